@@ -1,1 +1,14 @@
-//! hull runtime
+//! hull's host side.
+//!
+//! Data flows one way: `bin/hull.rs` (CLI) or the containerd shim -> [`sandbox`] (one VM
+//! and its agent) -> [`hypervisor`] (the backend that runs the VM) and
+//! [`agent_client`] (ttrpc over hybrid vsock to the guest agent).
+
+pub mod agent_client;
+pub mod bench;
+pub mod check;
+pub mod child;
+pub mod config;
+pub mod host;
+pub mod hypervisor;
+pub mod sandbox;

@@ -1,0 +1,199 @@
+//! The host's side of the agent API: waits for the agent's announcement, dials it over
+//! hybrid vsock and wraps the generated ttrpc client with timeouts and reply checks.
+//!
+//! Protocol types (`hull_proto`) stop here and in `convert`: callers above get plain
+//! Rust values.
+
+pub mod hybrid_vsock;
+
+use std::path::Path;
+use std::time::Duration;
+
+use hull_proto::{AgentServiceClient, API_VERSION};
+use tokio::io::AsyncReadExt;
+
+pub use hybrid_vsock::{GuestListener, VsockError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
+    #[error("the agent's announcement was malformed: {0}")]
+    BadAnnouncement(String),
+    #[error("the agent speaks API version {agent}, this runtime speaks {API_VERSION}")]
+    ApiMismatch { agent: u32 },
+    #[error("agent request {rpc} failed: {source}")]
+    Rpc {
+        rpc: &'static str,
+        source: ttrpc::Error,
+    },
+    #[error("agent request {rpc} timed out after {timeout:?}")]
+    Timeout { rpc: &'static str, timeout: Duration },
+    #[error("agent reply to {rpc} is invalid: {what}")]
+    BadReply { rpc: &'static str, what: String },
+}
+
+/// Reads the agent's `HULL-AGENT-READY <api>\n` line from an announce connection.
+pub async fn read_announcement(
+    stream: &mut tokio::net::UnixStream,
+    timeout: Duration,
+) -> Result<u32, AgentError> {
+    let mut buf = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 64];
+        while !buf.contains(&b'\n') && buf.len() < 256 {
+            let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok::<(), String>(())
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(AgentError::BadAnnouncement(e)),
+        Err(_) => return Err(AgentError::BadAnnouncement("no line within the timeout".into())),
+    }
+    parse_announcement(&buf)
+}
+
+/// Validates an announcement line and returns the agent's API version.
+pub fn parse_announcement(bytes: &[u8]) -> Result<u32, AgentError> {
+    let bad = |what: &str| AgentError::BadAnnouncement(format!("{what}: {:?}", String::from_utf8_lossy(bytes)));
+    let line = bytes
+        .split(|b| *b == b'\n')
+        .next()
+        .and_then(|l| std::str::from_utf8(l).ok())
+        .ok_or_else(|| bad("not text"))?;
+    let mut words = line.split_whitespace();
+    if words.next() != Some(hull_proto::ANNOUNCE_PREFIX) {
+        return Err(bad("wrong prefix"));
+    }
+    let api: u32 = words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .ok_or_else(|| bad("no API version"))?;
+    if api != API_VERSION {
+        return Err(AgentError::ApiMismatch { agent: api });
+    }
+    Ok(api)
+}
+
+/// What the agent says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentVersion {
+    pub agent_version: String,
+    pub api_version: u32,
+    pub kernel_release: String,
+    pub uptime: Duration,
+}
+
+/// A connected agent.
+#[derive(Clone)]
+pub struct AgentClient {
+    inner: AgentServiceClient,
+    timeout: Duration,
+}
+
+/// Calls `$rpc` on the generated client with a deadline, mapping errors.
+macro_rules! call {
+    ($self:ident, $rpc:ident, $req:expr) => {{
+        let ctx = ttrpc::context::with_timeout($self.timeout.as_nanos() as i64);
+        match tokio::time::timeout(
+            $self.timeout + Duration::from_secs(1),
+            $self.inner.$rpc(ctx, &$req),
+        )
+        .await
+        {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(source)) => Err(AgentError::Rpc {
+                rpc: stringify!($rpc),
+                source,
+            }),
+            Err(_) => Err(AgentError::Timeout {
+                rpc: stringify!($rpc),
+                timeout: $self.timeout,
+            }),
+        }
+    }};
+}
+
+impl AgentClient {
+    /// Dials the agent on its vsock port through the hybrid vsock socket `uds`.
+    pub async fn connect(uds: &Path, timeout: Duration) -> Result<AgentClient, AgentError> {
+        let stream = hybrid_vsock::connect(uds, hull_proto::AGENT_VSOCK_PORT, timeout).await?;
+        let socket = ttrpc::r#async::transport::Socket::from(stream);
+        let client = ttrpc::r#async::Client::new(socket);
+        Ok(AgentClient {
+            inner: AgentServiceClient::new(client),
+            timeout,
+        })
+    }
+
+    /// Health check: succeeds only if the agent says it is serving.
+    pub async fn check(&self) -> Result<(), AgentError> {
+        let reply = call!(self, check, hull_proto::CheckRequest::new())?;
+        use hull_proto::health_check_response::ServingStatus;
+        match reply.status.enum_value() {
+            Ok(ServingStatus::SERVING) => Ok(()),
+            other => Err(AgentError::BadReply {
+                rpc: "check",
+                what: format!("status {other:?}"),
+            }),
+        }
+    }
+
+    pub async fn version(&self) -> Result<AgentVersion, AgentError> {
+        let reply = call!(self, version, hull_proto::CheckRequest::new())?;
+        let bad = |what: String| AgentError::BadReply { rpc: "version", what };
+        // The guest is not trusted: bound what we print and keep.
+        for (name, v) in [
+            ("agent_version", &reply.agent_version),
+            ("kernel_release", &reply.kernel_release),
+        ] {
+            if v.is_empty() || v.len() > 128 || v.chars().any(|c| c.is_control()) {
+                return Err(bad(format!("{name} {v:?} is not a short printable string")));
+            }
+        }
+        if reply.api_version != API_VERSION {
+            return Err(AgentError::ApiMismatch {
+                agent: reply.api_version,
+            });
+        }
+        Ok(AgentVersion {
+            agent_version: reply.agent_version,
+            api_version: reply.api_version,
+            kernel_release: reply.kernel_release,
+            uptime: Duration::from_millis(reply.uptime_ms),
+        })
+    }
+
+    /// Asks the agent to stop everything and power the VM off.
+    pub async fn destroy_sandbox(&self, timeout_secs: u32) -> Result<(), AgentError> {
+        let mut req = hull_proto::DestroySandboxRequest::new();
+        req.timeout_secs = timeout_secs;
+        call!(self, destroy_sandbox, req)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcements() {
+        assert_eq!(
+            parse_announcement(format!("HULL-AGENT-READY {API_VERSION}\n").as_bytes()).expect("ok"),
+            API_VERSION
+        );
+        assert!(matches!(
+            parse_announcement(b"HULL-AGENT-READY 999\n"),
+            Err(AgentError::ApiMismatch { agent: 999 })
+        ));
+        assert!(parse_announcement(b"HELLO 1\n").is_err());
+        assert!(parse_announcement(b"HULL-AGENT-READY\n").is_err());
+        assert!(parse_announcement(b"\xff\xfe").is_err());
+    }
+}

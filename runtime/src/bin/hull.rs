@@ -1,0 +1,210 @@
+//! `hull`: the command-line front end. Each subcommand is a thin script over the
+//! runtime library (`hull_runtime`); this file only parses arguments, prints, and makes
+//! sure a Ctrl-C or SIGTERM tears everything down.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use hull_runtime::config::Config;
+use hull_runtime::sandbox::{Sandbox, SandboxSpec};
+use hull_runtime::{bench, check, hypervisor};
+
+#[derive(Parser)]
+#[command(name = "hull", version, about = "Containers in microVMs")]
+struct Cli {
+    /// Configuration file [default: /etc/hull/config.toml if present].
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Log level for hull's own logs (error, warn, info, debug, trace).
+    #[arg(long, global = true, env = "HULL_LOG", default_value = "warn")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Tell what this host can run and which backend hull will use.
+    Check,
+    /// Work with bare VMs (no container).
+    Vm {
+        #[command(subcommand)]
+        command: VmCommand,
+    },
+    /// Measure hull.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct VmArgs {
+    /// Guest kernel (vmlinux or bzImage) [default: from the config].
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Guest initramfs [default: from the config].
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// vCPUs.
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// Guest memory in MiB.
+    #[arg(long)]
+    memory: Option<u32>,
+    /// Keep the VM's state dir (console and helper logs) afterwards, for debugging.
+    #[arg(long)]
+    keep_state: bool,
+}
+
+#[derive(Subcommand)]
+enum VmCommand {
+    /// Boot a VM, ask its agent for its health and version, print them, destroy the VM.
+    Ping {
+        #[command(flatten)]
+        vm: VmArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Boot phases of a hull VM next to the same kernel booting a trivial /init.
+    Boot {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Runs of each.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// The floor initramfs [default: floor-initramfs.cpio.gz in the cache dir].
+        #[arg(long)]
+        floor_initrd: Option<PathBuf>,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hull: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        tokio::select! {
+            r = run(cli) => match r {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("hull: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+            sig = interrupted() => {
+                // Dropping `run` dropped the sandbox: its processes were killed and its
+                // state dir removed.
+                eprintln!("hull: interrupted by {sig}; the VM was torn down");
+                ExitCode::from(if sig == "SIGINT" { 130 } else { 143 })
+            }
+        }
+    })
+}
+
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Config> {
+    Ok(Config::load(cli.config.as_deref())?)
+}
+
+fn sandbox_spec(config: &Config, vm: &VmArgs) -> SandboxSpec {
+    let mut spec = SandboxSpec::from_config(config);
+    if let Some(k) = &vm.kernel {
+        spec.kernel = k.clone();
+    }
+    if let Some(i) = &vm.initrd {
+        spec.initrd = i.clone();
+    }
+    if let Some(c) = vm.cpus {
+        spec.vcpus = c;
+    }
+    if let Some(m) = vm.memory {
+        spec.memory_mib = m;
+    }
+    spec.keep_state = vm.keep_state;
+    spec
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let config = load_config(&cli)?;
+    match &cli.command {
+        Command::Check => {
+            let report = check::run(&config);
+            print!("{report}");
+            Ok(if report.can_run() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Vm {
+            command: VmCommand::Ping { vm },
+        } => {
+            let spec = sandbox_spec(&config, vm);
+            let sandbox = Sandbox::boot(&config, &spec, hypervisor::select(&config)?)
+                .await
+                .context("booting the VM")?;
+            let answer = async {
+                sandbox.agent().context("no agent")?.check().await?;
+                Ok::<_, anyhow::Error>(sandbox.agent_version().await?)
+            }
+            .await;
+            let report = sandbox.boot_report().summary();
+            let state = sandbox.state_dir().to_path_buf();
+            let destroyed = sandbox.destroy().await;
+            let v = answer.context("asking the agent")?;
+            destroyed.context("destroying the VM")?;
+            println!("agent: hull-agent {} (API {}) healthy", v.agent_version, v.api_version);
+            println!("guest kernel: {}", v.kernel_release);
+            println!("guest uptime at answer: {:.3} s", v.uptime.as_secs_f64());
+            println!("{report}");
+            if vm.keep_state {
+                println!("state kept in {}", state.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command: BenchCommand::Boot { vm, runs, floor_initrd, json },
+        } => {
+            let spec = sandbox_spec(&config, vm);
+            let floor = floor_initrd
+                .clone()
+                .unwrap_or_else(|| config.runtime.cache_dir.join("floor-initramfs.cpio.gz"));
+            let result = bench::boot(&config, &spec, floor, (*runs).max(1)).await?;
+            print!("{result}");
+            if let Some(path) = json {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                }
+                std::fs::write(path, serde_json::to_string_pretty(&result)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

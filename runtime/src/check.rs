@@ -1,0 +1,236 @@
+//! `hull check`: what this host can run, one line per requirement, with the command
+//! that fixes what is missing, and which backend hull will use.
+
+use std::fmt;
+use std::path::Path;
+
+use crate::config::{BackendChoice, Config};
+use crate::host::{self, CgroupMode, KvmKind};
+use crate::hypervisor::boot_files;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Missing,
+    Unusable,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Ok => "OK",
+            Status::Missing => "MISSING",
+            Status::Unusable => "UNUSABLE",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub name: &'static str,
+    pub status: Status,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub lines: Vec<Line>,
+    /// The backend hull will use, or None when none can run.
+    pub backend: Option<String>,
+    pub backend_reason: String,
+    /// Whether hull-vmm (our own VMM) can boot a Linux guest here.
+    pub hull_vmm: String,
+}
+
+impl Report {
+    pub fn can_run(&self) -> bool {
+        self.backend.is_some()
+    }
+
+    fn status(&self, name: &str) -> Status {
+        self.lines
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.status)
+            .unwrap_or(Status::Missing)
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for l in &self.lines {
+            write!(f, "{:<20} {:<9} {}", l.name, l.status, l.detail)?;
+            if let Some(fix) = &l.fix {
+                write!(f, "\n{:<20} {:<9} fix: {}", "", "", fix)?;
+            }
+            writeln!(f)?;
+        }
+        writeln!(f, "hull-vmm: {}", self.hull_vmm)?;
+        match &self.backend {
+            Some(b) => writeln!(f, "backend: {b} ({})", self.backend_reason),
+            None => writeln!(f, "backend: none can run here ({})", self.backend_reason),
+        }
+    }
+}
+
+fn binary_line(name: &'static str, configured: &Path, fix: &str) -> Line {
+    match host::find_binary(configured) {
+        Some(p) => {
+            let version = command_version(&p);
+            Line {
+                name,
+                status: Status::Ok,
+                detail: format!("{}{}", p.display(), version.map(|v| format!(" ({v})")).unwrap_or_default()),
+                fix: None,
+            }
+        }
+        None => Line {
+            name,
+            status: Status::Missing,
+            detail: format!("{} not found", configured.display()),
+            fix: Some(fix.to_string()),
+        },
+    }
+}
+
+/// First line of `<binary> --version`, trimmed to something short.
+fn command_version(p: &Path) -> Option<String> {
+    let out = std::process::Command::new(p).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().next()?.trim().to_string();
+    (!line.is_empty()).then(|| line.chars().take(60).collect())
+}
+
+fn guest_file_line(
+    name: &'static str,
+    path: &Path,
+    check: fn(&Path) -> Result<(), boot_files::BootFileError>,
+) -> Line {
+    match check(path) {
+        Ok(()) => Line {
+            name,
+            status: Status::Ok,
+            detail: path.display().to_string(),
+            fix: None,
+        },
+        Err(e @ boot_files::BootFileError::Missing { .. }) => Line {
+            name,
+            status: Status::Missing,
+            detail: e.to_string(),
+            fix: Some("guest-image/build (or scripts/setup)".into()),
+        },
+        Err(e) => Line {
+            name,
+            status: Status::Unusable,
+            detail: e.to_string(),
+            fix: Some("guest-image/build --force".into()),
+        },
+    }
+}
+
+pub fn run(config: &Config) -> Report {
+    let mut lines = Vec::new();
+    let kvm = host::kvm_kind();
+    lines.push(Line {
+        name: "KVM",
+        status: match kvm {
+            KvmKind::Hardware => Status::Ok,
+            KvmKind::Absent => Status::Missing,
+            KvmKind::Pvm | KvmKind::Unusable => Status::Unusable,
+        },
+        detail: format!("/dev/kvm: {}", kvm.describe()),
+        fix: match kvm {
+            KvmKind::Hardware => None,
+            KvmKind::Unusable => Some("check permissions on /dev/kvm (group kvm) and that kvm_intel/kvm_amd is loaded".into()),
+            KvmKind::Pvm | KvmKind::Absent => Some("run on a host with VMX/SVM (bare metal or nested virtualisation) for KVM speed; until then QEMU uses TCG (software emulation)".into()),
+        },
+    });
+    lines.push(binary_line("QEMU", &config.hypervisor.qemu, "apt-get install qemu-system-x86"));
+    lines.push(binary_line(
+        "vhost-device-vsock",
+        &config.hypervisor.vhost_vsock,
+        "cargo install --locked vhost-device-vsock@0.3.0",
+    ));
+    lines.push(binary_line(
+        "virtiofsd",
+        &config.hypervisor.virtiofsd,
+        "apt-get install libseccomp-dev libcap-ng-dev && cargo install --locked virtiofsd@1.14.0",
+    ));
+    lines.push(guest_file_line("guest kernel", &config.guest.kernel, |p| {
+        boot_files::check_kernel(p).map(|_| ())
+    }));
+    lines.push(guest_file_line("guest initrd", &config.guest.initrd, boot_files::check_initrd));
+    let cg = host::cgroup_mode();
+    lines.push(Line {
+        name: "cgroup v2",
+        status: match cg {
+            CgroupMode::Unified | CgroupMode::Hybrid => Status::Ok,
+            CgroupMode::Legacy => Status::Missing,
+        },
+        detail: match cg {
+            CgroupMode::Unified => "unified (cgroup2 at /sys/fs/cgroup)".into(),
+            CgroupMode::Hybrid => "hybrid (v1 controllers; cgroup2 at /sys/fs/cgroup/unified): host-side limits use v1".into(),
+            CgroupMode::Legacy => "v1 only: host-side limits use v1".into(),
+        },
+        fix: (cg == CgroupMode::Legacy).then(|| "boot the host with systemd.unified_cgroup_hierarchy=1".into()),
+    });
+    lines.push(binary_line(
+        "containerd",
+        Path::new("containerd"),
+        "apt-get install containerd runc",
+    ));
+
+    let hull_vmm = if kvm.boots_linux() {
+        "can boot Linux here (hardware KVM); pods still run on QEMU until hull-vmm has virtio devices".to_string()
+    } else {
+        format!(
+            "cannot boot Linux here (/dev/kvm is {}); freestanding guests only",
+            kvm.describe()
+        )
+    };
+    let mut report = Report {
+        lines,
+        backend: None,
+        backend_reason: String::new(),
+        hull_vmm,
+    };
+    let needed = ["QEMU", "vhost-device-vsock", "guest kernel", "guest initrd"];
+    let missing: Vec<&str> = needed
+        .iter()
+        .copied()
+        .filter(|n| report.status(n) != Status::Ok)
+        .collect();
+    if config.hypervisor.backend == BackendChoice::HullVmm {
+        report.backend_reason = "the config asks for hull-vmm, which cannot run pods yet".into();
+    } else if missing.is_empty() {
+        let accel = if kvm.boots_linux() { "kvm" } else { "tcg" };
+        report.backend = Some(format!("qemu ({accel})"));
+        report.backend_reason = if kvm.boots_linux() {
+            "hardware KVM".into()
+        } else {
+            "no hardware KVM: software emulation, slower but complete".into()
+        };
+    } else {
+        report.backend_reason = format!("missing: {}", missing.join(", "));
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_guest_image_means_no_backend() {
+        let mut config = Config::default();
+        config.guest.kernel = "/nonexistent/vmlinux".into();
+        let r = run(&config);
+        assert!(!r.can_run());
+        let text = r.to_string();
+        assert!(text.contains("guest kernel"), "{text}");
+        assert!(text.contains("MISSING"), "{text}");
+        assert!(text.contains("fix: guest-image/build"), "{text}");
+        assert!(text.contains("backend: none can run here"), "{text}");
+    }
+}

@@ -1,0 +1,321 @@
+//! hull's configuration: `/etc/hull/config.toml`, with every default compiled in.
+//!
+//! Every field is optional in the file; what is absent takes the default documented
+//! here. Unknown keys are refused, so a typo does not silently fall back to a default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where hull looks for its configuration when no path is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/hull/config.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("config file {path}: {what}")]
+    Invalid { path: PathBuf, what: String },
+}
+
+/// Which hypervisor backend runs the VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendChoice {
+    /// hull-vmm on hosts with hardware KVM, QEMU otherwise (see `hull check`).
+    #[default]
+    Auto,
+    Qemu,
+    HullVmm,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub hypervisor: HypervisorConfig,
+    pub guest: GuestConfig,
+    pub boot: BootConfig,
+    pub runtime: RuntimeConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HypervisorConfig {
+    pub backend: BackendChoice,
+    /// QEMU binary (a name is looked up in PATH).
+    pub qemu: PathBuf,
+    /// vhost-user vsock backend (rust-vmm's vhost-device-vsock).
+    pub vhost_vsock: PathBuf,
+    /// vhost-user-fs backend.
+    pub virtiofsd: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuestConfig {
+    /// Guest kernel: an ELF vmlinux (PVH entry) or a bzImage.
+    pub kernel: PathBuf,
+    /// Initramfs whose /init is hull-agent.
+    pub initrd: PathBuf,
+    /// Extra kernel command-line parameters, appended to hull's own.
+    pub kernel_params: String,
+    /// vCPUs of a VM when the workload does not ask for more.
+    pub vcpus: u32,
+    /// Guest memory in MiB when the workload does not ask for more.
+    pub memory_mib: u32,
+    /// Guest log level of the agent (`hull.log=` on the kernel command line).
+    pub agent_log: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BootConfig {
+    /// Seconds from launch until the kernel must have printed its banner.
+    pub kernel_timeout_secs: f64,
+    /// Seconds from launch until the agent must have started (its first console line).
+    pub init_timeout_secs: f64,
+    /// Seconds from launch until the agent must have announced itself over vsock.
+    pub agent_timeout_secs: f64,
+    /// Seconds an agent request may take before it fails (long-poll requests excepted).
+    pub request_timeout_secs: f64,
+    /// Seconds the VM gets to power off after DestroySandbox before it is killed.
+    pub shutdown_timeout_secs: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Per-VM state (sockets, console log) lives in `<state_dir>/vms/<id>/`.
+    pub state_dir: PathBuf,
+    /// Guest images built by `guest-image/build`.
+    pub cache_dir: PathBuf,
+}
+
+impl Default for HypervisorConfig {
+    fn default() -> Self {
+        HypervisorConfig {
+            backend: BackendChoice::Auto,
+            qemu: PathBuf::from("qemu-system-x86_64"),
+            vhost_vsock: PathBuf::from("vhost-device-vsock"),
+            virtiofsd: PathBuf::from("virtiofsd"),
+        }
+    }
+}
+
+impl Default for GuestConfig {
+    fn default() -> Self {
+        let cache = default_cache_dir();
+        GuestConfig {
+            kernel: cache.join("vmlinux"),
+            initrd: cache.join("initramfs.cpio.gz"),
+            kernel_params: String::new(),
+            vcpus: 1,
+            memory_mib: 256,
+            agent_log: "info".to_string(),
+        }
+    }
+}
+
+impl Default for BootConfig {
+    fn default() -> Self {
+        // Generous: under TCG on a loaded 2-core machine a boot that normally takes 1 s
+        // can take several. Hardware KVM boots in a fraction of these.
+        BootConfig {
+            kernel_timeout_secs: 20.0,
+            init_timeout_secs: 40.0,
+            agent_timeout_secs: 60.0,
+            request_timeout_secs: 30.0,
+            shutdown_timeout_secs: 10.0,
+        }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            state_dir: default_state_dir(),
+            cache_dir: default_cache_dir(),
+        }
+    }
+}
+
+impl BootConfig {
+    pub fn kernel_timeout(&self) -> Duration {
+        secs(self.kernel_timeout_secs)
+    }
+    pub fn init_timeout(&self) -> Duration {
+        secs(self.init_timeout_secs)
+    }
+    pub fn agent_timeout(&self) -> Duration {
+        secs(self.agent_timeout_secs)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        secs(self.request_timeout_secs)
+    }
+    pub fn shutdown_timeout(&self) -> Duration {
+        secs(self.shutdown_timeout_secs)
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s).unwrap_or(Duration::ZERO)
+}
+
+impl Config {
+    /// Loads `path`, or the defaults when `path` is the default location and absent.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(Config::default())
+            }
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        Config::parse(&text, &path)
+    }
+
+    /// Parses a config file's text; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |what: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            what,
+        };
+        if self.guest.vcpus == 0 || self.guest.vcpus > 255 {
+            return Err(invalid(format!(
+                "guest.vcpus = {} is out of range (1..=255)",
+                self.guest.vcpus
+            )));
+        }
+        if self.guest.memory_mib < 64 {
+            return Err(invalid(format!(
+                "guest.memory_mib = {} is too small (at least 64)",
+                self.guest.memory_mib
+            )));
+        }
+        let b = &self.boot;
+        for (name, v) in [
+            ("boot.kernel_timeout_secs", b.kernel_timeout_secs),
+            ("boot.init_timeout_secs", b.init_timeout_secs),
+            ("boot.agent_timeout_secs", b.agent_timeout_secs),
+            ("boot.request_timeout_secs", b.request_timeout_secs),
+            ("boot.shutdown_timeout_secs", b.shutdown_timeout_secs),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v < 3600.0) {
+                return Err(invalid(format!("{name} = {v} must be between 0 and 3600 seconds")));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// `$HULL_CACHE_DIR`, else `/var/cache/hull` for root, else `$XDG_CACHE_HOME/hull`.
+/// guest-image/build uses the same rule.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("HULL_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if is_root() {
+        return PathBuf::from("/var/cache/hull");
+    }
+    xdg_dir("XDG_CACHE_HOME", ".cache").join("hull")
+}
+
+/// `$HULL_STATE_DIR`, else `/run/hull` for root, else `$XDG_RUNTIME_DIR/hull`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("HULL_STATE_DIR") {
+        return PathBuf::from(d);
+    }
+    if is_root() {
+        return PathBuf::from("/run/hull");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("hull"),
+        None => std::env::temp_dir().join(format!("hull-{}", nix::unistd::geteuid())),
+    }
+}
+
+fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+            PathBuf::from(home).join(fallback)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("", Path::new("x.toml")).expect("empty config parses");
+        assert_eq!(c.guest.vcpus, 1);
+        assert_eq!(c.hypervisor.backend, BackendChoice::Auto);
+    }
+
+    #[test]
+    fn partial_file_overrides_only_what_it_names() {
+        let c = Config::parse(
+            "[guest]\nmemory_mib = 512\n[hypervisor]\nbackend = \"qemu\"\n",
+            Path::new("x.toml"),
+        )
+        .expect("config parses");
+        assert_eq!(c.guest.memory_mib, 512);
+        assert_eq!(c.guest.vcpus, 1);
+        assert_eq!(c.hypervisor.backend, BackendChoice::Qemu);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_by_name() {
+        let e = Config::parse("[guest]\nmemroy_mib = 512\n", Path::new("/etc/x.toml"))
+            .expect_err("typo must be refused");
+        let msg = e.to_string();
+        assert!(msg.contains("memroy_mib"), "{msg}");
+        assert!(msg.contains("/etc/x.toml"), "{msg}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        for text in [
+            "[guest]\nvcpus = 0\n",
+            "[guest]\nmemory_mib = 8\n",
+            "[boot]\nagent_timeout_secs = -1.0\n",
+        ] {
+            assert!(Config::parse(text, Path::new("x")).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error() {
+        let e = Config::load(Some(Path::new("/nonexistent/hull.toml"))).expect_err("missing");
+        assert!(e.to_string().contains("/nonexistent/hull.toml"));
+    }
+}

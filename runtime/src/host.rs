@@ -1,0 +1,170 @@
+//! Facts about the host that decide how a VM can run: what kind of KVM there is and
+//! where the helper binaries are. Used by `hull check` and by backend selection.
+
+use std::path::{Path, PathBuf};
+
+/// What `/dev/kvm` is on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvmKind {
+    /// VMX or SVM hardware virtualisation (bare metal or nested): boots Linux guests.
+    Hardware,
+    /// `kvm_pvm` (pagetable-based VM, no VMX/SVM): freestanding guests run, Linux does not.
+    Pvm,
+    /// /dev/kvm exists but cannot be opened (permissions) or is not usable.
+    Unusable,
+    /// No /dev/kvm.
+    Absent,
+}
+
+impl KvmKind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            KvmKind::Hardware => "hardware (VMX/SVM)",
+            KvmKind::Pvm => "PVM (kvm_pvm: cannot boot a Linux guest)",
+            KvmKind::Unusable => "present but not usable",
+            KvmKind::Absent => "absent",
+        }
+    }
+
+    /// Whether a standard Linux guest kernel boots under this KVM.
+    pub fn boots_linux(self) -> bool {
+        self == KvmKind::Hardware
+    }
+}
+
+/// Probes /dev/kvm, /proc/cpuinfo and the loaded modules.
+pub fn kvm_kind() -> KvmKind {
+    let dev = Path::new("/dev/kvm");
+    if !dev.exists() {
+        return KvmKind::Absent;
+    }
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)
+        .is_err()
+    {
+        return KvmKind::Unusable;
+    }
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return KvmKind::Pvm;
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if cpu_has_virt_flags(&cpuinfo) {
+        KvmKind::Hardware
+    } else {
+        // KVM without VMX/SVM in the guest-visible flags is some paravirtual flavour;
+        // it is not what a Linux guest needs.
+        KvmKind::Pvm
+    }
+}
+
+/// Whether the first `flags` line of /proc/cpuinfo lists `vmx` or `svm`.
+pub fn cpu_has_virt_flags(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .map(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+        .unwrap_or(false)
+}
+
+/// Resolves a configured binary: a path with a slash is taken as is; a bare name is
+/// looked up in PATH, then in cargo's bin directory (where `cargo install` puts
+/// vhost-device-vsock and virtiofsd).
+pub fn find_binary(name: &Path) -> Option<PathBuf> {
+    if name.components().count() > 1 || name.is_absolute() {
+        return is_executable(name).then(|| name.to_path_buf());
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(cargo_home) = std::env::var_os("CARGO_HOME") {
+        dirs.push(PathBuf::from(cargo_home).join("bin"));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.push(PathBuf::from("/root/.cargo/bin"));
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Whether cgroup v2 is mounted, and how: unified, hybrid (v1 controllers with cgroup2
+/// at /sys/fs/cgroup/unified) or v1 only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupMode {
+    Unified,
+    Hybrid,
+    Legacy,
+}
+
+pub fn cgroup_mode() -> CgroupMode {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    cgroup_mode_from_mounts(&mounts)
+}
+
+pub fn cgroup_mode_from_mounts(mounts: &str) -> CgroupMode {
+    let mut v2_root = false;
+    let mut v2_unified = false;
+    for line in mounts.lines() {
+        let mut f = line.split_whitespace();
+        let (_, Some(target), Some(fstype)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if fstype == "cgroup2" {
+            if target == "/sys/fs/cgroup" {
+                v2_root = true;
+            } else if target == "/sys/fs/cgroup/unified" {
+                v2_unified = true;
+            }
+        }
+    }
+    if v2_root {
+        CgroupMode::Unified
+    } else if v2_unified {
+        CgroupMode::Hybrid
+    } else {
+        CgroupMode::Legacy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virt_flags_are_found_as_whole_words() {
+        assert!(cpu_has_virt_flags("processor : 0\nflags\t\t: fpu vme svm lm\n"));
+        assert!(cpu_has_virt_flags("flags : fpu vmx\n"));
+        assert!(!cpu_has_virt_flags("flags : fpu vmxnot svmx\n"));
+        assert!(!cpu_has_virt_flags("processor : 0\n"));
+    }
+
+    #[test]
+    fn cgroup_modes_from_mount_tables() {
+        let hybrid = "cgroup /sys/fs/cgroup/memory cgroup rw 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(cgroup_mode_from_mounts(hybrid), CgroupMode::Hybrid);
+        let unified = "cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n";
+        assert_eq!(cgroup_mode_from_mounts(unified), CgroupMode::Unified);
+        assert_eq!(
+            cgroup_mode_from_mounts("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n"),
+            CgroupMode::Legacy
+        );
+    }
+
+    #[test]
+    fn find_binary_takes_paths_as_is() {
+        assert_eq!(find_binary(Path::new("/bin/sh")), Some(PathBuf::from("/bin/sh")));
+        assert_eq!(find_binary(Path::new("/nonexistent/qemu")), None);
+        assert!(find_binary(Path::new("sh")).is_some());
+    }
+}

@@ -1,0 +1,246 @@
+//! QEMU backend: `qemu-system-x86_64 -M microvm` with KVM where the host has hardware
+//! virtualisation, TCG elsewhere; vsock through rust-vmm's vhost-device-vsock
+//! (vhost-user), which speaks Firecracker's hybrid-vsock protocol on a host Unix socket.
+//!
+//! Per-VM files in the state dir: `vhost-vsock.sock` (QEMU <-> backend), `vsock.sock`
+//! (hybrid vsock, host side), `console.log`, `qemu.log` and `vhost-vsock.log` (stderr).
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::process::Command;
+
+use super::{boot_files, Console, Hypervisor, HypervisorError, VmSpec};
+use crate::child::HelperProcess;
+use crate::host;
+
+/// Guest CID given to every VM: each VM has its own vsock backend, so CIDs never meet.
+pub const GUEST_CID: u32 = 3;
+
+/// Which accelerator QEMU uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    /// KVM only where it boots Linux (hardware VMX/SVM); TCG otherwise (PVM or none).
+    pub fn for_host() -> Accel {
+        if host::kvm_kind().boots_linux() {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    pub qemu: PathBuf,
+    pub vhost_vsock: PathBuf,
+    pub accel: Accel,
+}
+
+pub struct Qemu {
+    config: QemuConfig,
+    vsock_backend: Option<HelperProcess>,
+    qemu: Option<HelperProcess>,
+    vsock_uds: Option<PathBuf>,
+}
+
+impl Qemu {
+    pub fn new(config: QemuConfig) -> Qemu {
+        Qemu {
+            config,
+            vsock_backend: None,
+            qemu: None,
+            vsock_uds: None,
+        }
+    }
+
+    /// Starts vhost-device-vsock for this VM and waits for its vhost-user socket.
+    async fn start_vsock_backend(&mut self, spec: &VmSpec) -> Result<PathBuf, HypervisorError> {
+        let vhost_sock = spec.state_dir.join("vhost-vsock.sock");
+        let uds = spec.state_dir.join("vsock.sock");
+        let mut cmd = Command::new(&self.config.vhost_vsock);
+        cmd.arg("--guest-cid")
+            .arg(GUEST_CID.to_string())
+            .arg("--socket")
+            .arg(&vhost_sock)
+            .arg("--uds-path")
+            .arg(&uds)
+            .stdout(Stdio::null());
+        let mut backend =
+            HelperProcess::spawn("vhost-device-vsock", cmd, &spec.state_dir.join("vhost-vsock.log"))?;
+        let waited = wait_for_socket(&vhost_sock, &mut backend, Duration::from_secs(10)).await;
+        self.vsock_backend = Some(backend);
+        waited?;
+        Ok(uds)
+    }
+
+    fn qemu_command(&self, spec: &VmSpec, vhost_sock: Option<&Path>) -> Command {
+        let mut cmd = Command::new(&self.config.qemu);
+        let mem = format!("{}M", spec.memory_mib);
+        let (accel, cpu) = match self.config.accel {
+            Accel::Kvm => ("kvm", "host"),
+            Accel::Tcg => ("tcg", "max"),
+        };
+        cmd.arg("-name")
+            .arg(format!("hull-{},debug-threads=on", spec.id))
+            // microvm: no PCI, no firmware, virtio-mmio devices announced on the kernel
+            // command line (acpi=off makes QEMU add `virtio_mmio.device=` itself).
+            .args(["-M", "microvm,acpi=off,memory-backend=mem"])
+            .args(["-accel", accel, "-cpu", cpu])
+            .arg("-smp")
+            .arg(spec.vcpus.to_string())
+            .arg("-m")
+            .arg(&mem)
+            // Guest RAM in a shared memfd: vhost-user backends map it.
+            .arg("-object")
+            .arg(format!("memory-backend-memfd,id=mem,size={mem},share=on"))
+            .args(["-nodefaults", "-no-user-config", "-nographic"])
+            // The guest stops the VM by rebooting (reboot=t); -no-reboot turns that
+            // into QEMU exiting with status 0.
+            .arg("-no-reboot")
+            // The console comes to us on stdout (see console.rs).
+            .args(["-serial", "stdio"])
+            .arg("-kernel")
+            .arg(&spec.kernel)
+            .arg("-initrd")
+            .arg(&spec.initrd)
+            .arg("-append")
+            .arg(&spec.cmdline)
+            .stdout(Stdio::piped());
+        if let Some(sock) = vhost_sock {
+            cmd.arg("-chardev")
+                .arg(format!("socket,id=vsock,path={}", sock.display()))
+                .args(["-device", "vhost-user-vsock-device,chardev=vsock"]);
+        }
+        cmd
+    }
+}
+
+#[async_trait]
+impl Hypervisor for Qemu {
+    fn name(&self) -> String {
+        match self.config.accel {
+            Accel::Kvm => "qemu (kvm)".into(),
+            Accel::Tcg => "qemu (tcg)".into(),
+        }
+    }
+
+    async fn launch(&mut self, spec: &VmSpec) -> Result<Console, HypervisorError> {
+        boot_files::check_kernel(&spec.kernel)?;
+        boot_files::check_initrd(&spec.initrd)?;
+        let vhost_sock = if spec.vsock {
+            self.vsock_uds = Some(self.start_vsock_backend(spec).await?);
+            Some(spec.state_dir.join("vhost-vsock.sock"))
+        } else {
+            None
+        };
+        let cmd = self.qemu_command(spec, vhost_sock.as_deref());
+        tracing::debug!(?cmd, "launching qemu");
+        let mut qemu = HelperProcess::spawn("qemu", cmd, &spec.state_dir.join("qemu.log"))?;
+        let stdout = qemu.child_mut().stdout.take();
+        self.qemu = Some(qemu);
+        let stdout = stdout.ok_or(HypervisorError::Io {
+            what: "the console pipe",
+            source: std::io::Error::other("qemu's stdout was not captured"),
+        })?;
+        Console::spawn(stdout, &spec.state_dir.join("console.log"))
+            .await
+            .map_err(|source| HypervisorError::Io {
+                what: "the console log",
+                source,
+            })
+    }
+
+    fn vsock_uds(&self) -> Option<PathBuf> {
+        self.vsock_uds.clone()
+    }
+
+    async fn wait(&mut self) -> Result<ExitStatus, HypervisorError> {
+        match self.qemu.as_mut() {
+            Some(q) => Ok(q.wait().await?),
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn stop(&mut self, grace: Duration) -> Result<(), HypervisorError> {
+        let mut first_err = None;
+        if let Some(q) = self.qemu.as_mut() {
+            if let Err(e) = q.stop(grace).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        // vhost-device-vsock outlives its VM (it waits for the next one): always stop it.
+        if let Some(b) = self.vsock_backend.as_mut() {
+            if let Err(e) = b.stop(Duration::from_millis(500)).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        [self.qemu.as_ref(), self.vsock_backend.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.pid())
+            .collect()
+    }
+
+    fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        for p in [self.qemu.as_ref(), self.vsock_backend.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            let tail = p.stderr_tail(10);
+            if !tail.trim().is_empty() {
+                out.push_str(&format!("\n--- {} stderr ---\n{}", p.name(), tail));
+            }
+        }
+        out
+    }
+}
+
+/// Waits until `path` exists (a helper created its listening socket), failing early
+/// if the helper exits.
+async fn wait_for_socket(
+    path: &Path,
+    helper: &mut HelperProcess,
+    timeout: Duration,
+) -> Result<(), HypervisorError> {
+    let start = Instant::now();
+    loop {
+        if path.exists() {
+            return Ok(());
+        }
+        if let Some(status) = helper.try_status() {
+            return Err(HypervisorError::NotReady {
+                what: helper.name(),
+                waited: start.elapsed(),
+                detail: format!(
+                    ": it exited with {}\n{}",
+                    crate::child::describe_status(&status),
+                    helper.stderr_tail(10)
+                ),
+            });
+        }
+        if start.elapsed() > timeout {
+            return Err(HypervisorError::NotReady {
+                what: helper.name(),
+                waited: timeout,
+                detail: format!(" (no socket at {})", path.display()),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}

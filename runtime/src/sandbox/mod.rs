@@ -1,0 +1,209 @@
+//! A sandbox is one VM with its agent: it owns the hypervisor backend, the agent
+//! client and the VM's state dir, and is the only place that knows the boot sequence:
+//!
+//! 1. state dir, and a listener for the agent's announcement (`vsock.sock_1025`);
+//! 2. the backend launches the VM (console read from the first byte);
+//! 3. wait, stage by stage, for the kernel banner, the agent's first console line and
+//!    its announcement, failing with the stage that never came and the console tail;
+//! 4. only then dial the agent (polling earlier can break vhost-device-vsock) and check
+//!    its health.
+//!
+//! Whatever fails, and whenever the future is dropped, every process is killed and the
+//! state dir removed (the backend's processes are kill-on-drop; `StateDir` removes
+//! itself on drop).
+
+mod boot;
+pub mod state_dir;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::agent_client::{AgentClient, AgentError, AgentVersion, VsockError};
+use crate::config::Config;
+use crate::hypervisor::{Console, Hypervisor, HypervisorError};
+pub use boot::{BootReport, BootStage};
+use state_dir::StateDir;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("cannot create the VM state dir under {base}: {source}")]
+    StateDir {
+        base: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Hypervisor(#[from] HypervisorError),
+    #[error("{0}")]
+    Listener(#[from] VsockError),
+    #[error("{0}")]
+    Agent(#[from] AgentError),
+    #[error("{message}\n--- last console lines ({log}) ---\n{console}{diagnostics}")]
+    Boot {
+        stage: BootStage,
+        message: String,
+        log: String,
+        console: String,
+        diagnostics: String,
+    },
+}
+
+/// What to boot. Built from the config, then adjusted per workload.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// Extra kernel parameters after hull's own.
+    pub kernel_params: String,
+    pub agent_log: String,
+    /// Keep the state dir (console log, helper logs) after the VM is gone.
+    pub keep_state: bool,
+}
+
+impl SandboxSpec {
+    pub fn from_config(config: &Config) -> SandboxSpec {
+        SandboxSpec {
+            kernel: config.guest.kernel.clone(),
+            initrd: config.guest.initrd.clone(),
+            vcpus: config.guest.vcpus,
+            memory_mib: config.guest.memory_mib,
+            kernel_params: config.guest.kernel_params.clone(),
+            agent_log: config.guest.agent_log.clone(),
+            keep_state: false,
+        }
+    }
+
+    /// The guest kernel command line: serial console; stop by reboot (the backend
+    /// turns a reboot into the VM process exiting); a kernel panic reboots at once.
+    pub fn cmdline(&self) -> String {
+        let mut c = format!(
+            "console=ttyS0 reboot=t panic=-1 hull.log={}",
+            self.agent_log
+        );
+        if !self.kernel_params.trim().is_empty() {
+            c.push(' ');
+            c.push_str(self.kernel_params.trim());
+        }
+        c
+    }
+}
+
+pub struct Sandbox {
+    id: String,
+    // Field order is drop order: the backend (and its processes) goes before the dir.
+    hypervisor: Box<dyn Hypervisor>,
+    agent: Option<AgentClient>,
+    console: Option<Console>,
+    state: StateDir,
+    report: BootReport,
+    shutdown_timeout: Duration,
+}
+
+impl Sandbox {
+    /// Boots a VM on `hypervisor` and connects to its agent. On error nothing is left.
+    pub async fn boot(
+        config: &Config,
+        spec: &SandboxSpec,
+        hypervisor: Box<dyn Hypervisor>,
+    ) -> Result<Sandbox, SandboxError> {
+        let id = state_dir::new_id();
+        let base = &config.runtime.state_dir;
+        let mut state = StateDir::create(base, &id).map_err(|source| SandboxError::StateDir {
+            base: base.clone(),
+            source,
+        })?;
+        if spec.keep_state {
+            state.keep();
+        }
+        let mut sandbox = Sandbox {
+            id,
+            hypervisor,
+            agent: None,
+            console: None,
+            state,
+            report: BootReport::default(),
+            shutdown_timeout: config.boot.shutdown_timeout(),
+        };
+        let span = tracing::info_span!("sandbox_boot", id = %sandbox.id);
+        let _enter = span.enter();
+        match boot::run(&mut sandbox, config, spec).await {
+            Ok(()) => Ok(sandbox),
+            Err(e) => {
+                sandbox.teardown().await;
+                Err(e)
+            }
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn state_dir(&self) -> &std::path::Path {
+        self.state.path()
+    }
+
+    pub fn boot_report(&self) -> &BootReport {
+        &self.report
+    }
+
+    pub fn backend_name(&self) -> String {
+        self.hypervisor.name()
+    }
+
+    /// Host PIDs of the VM's processes (hypervisor and helpers).
+    pub fn pids(&self) -> Vec<u32> {
+        self.hypervisor.pids()
+    }
+
+    pub fn agent(&self) -> Option<&AgentClient> {
+        self.agent.as_ref()
+    }
+
+    pub async fn agent_version(&self) -> Result<AgentVersion, SandboxError> {
+        match &self.agent {
+            Some(a) => Ok(a.version().await?),
+            None => Err(SandboxError::Agent(AgentError::BadReply {
+                rpc: "version",
+                what: "no agent connection".into(),
+            })),
+        }
+    }
+
+    /// Orderly stop: the agent syncs and powers the VM off; the VM gets
+    /// `shutdown_timeout` to exit before it is killed. Everything is removed either way.
+    pub async fn destroy(mut self) -> Result<(), SandboxError> {
+        let span = tracing::info_span!("sandbox_destroy", id = %self.id);
+        let _enter = span.enter();
+        let mut result = Ok(());
+        if let Some(agent) = self.agent.take() {
+            if let Err(e) = agent.destroy_sandbox(self.shutdown_timeout.as_secs() as u32).await {
+                tracing::warn!(error = %e, "agent did not accept DestroySandbox; killing the VM");
+                result = Err(e.into());
+            }
+        }
+        match tokio::time::timeout(self.shutdown_timeout, self.hypervisor.wait()).await {
+            Ok(Ok(status)) if status.success() => {}
+            Ok(Ok(status)) => tracing::warn!(
+                status = %crate::child::describe_status(&status),
+                "VM exited abnormally on shutdown"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %e, "waiting for the VM failed"),
+            Err(_) => tracing::warn!(
+                timeout = ?self.shutdown_timeout,
+                "VM did not power off in time; killing it"
+            ),
+        }
+        self.teardown().await;
+        result
+    }
+
+    /// Stops every process now (no guest shutdown). The state dir goes on drop.
+    pub async fn teardown(&mut self) {
+        self.agent = None;
+        if let Err(e) = self.hypervisor.stop(Duration::from_millis(500)).await {
+            tracing::warn!(error = %e, "stopping the VM's processes");
+        }
+    }
+}
