@@ -17,7 +17,7 @@ pub enum Status {
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Status::Ok => "OK",
             Status::Missing => "MISSING",
             Status::Unusable => "UNUSABLE",
@@ -98,7 +98,9 @@ fn binary_line(name: &'static str, configured: &Path, fix: &str) -> Line {
 fn command_version(p: &Path) -> Option<String> {
     let out = std::process::Command::new(p).arg("--version").output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().next()?.trim().to_string();
+    let line = text.lines().next()?.trim();
+    // "QEMU emulator version 7.2.22 (Debian ...)" -> "QEMU emulator version 7.2.22"
+    let line = line.split(" (").next().unwrap_or(line);
     (!line.is_empty()).then(|| line.chars().take(60).collect())
 }
 

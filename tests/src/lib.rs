@@ -1,0 +1,224 @@
+//! Helpers for hull's end-to-end tests: finding the built binaries and the guest image,
+//! a private state dir per test, and leak checks against the real process table.
+//!
+//! Tests need real parts (QEMU, vhost-device-vsock, the guest kernel and initramfs).
+//! Where one is missing a test says so and skips, unless `HULL_REQUIRE_E2E=1` (set by
+//! scripts/test and CI), where a missing part is a failure: CI never passes by skipping.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use hull_runtime::config::{default_cache_dir, Config};
+use hull_runtime::host;
+
+/// Where the workspace's binaries were built: next to this test executable's `deps/`.
+pub fn target_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    dir.join(name)
+}
+
+/// The `hull` binary; panics with how to build it when absent.
+pub fn hull_bin() -> PathBuf {
+    let p = target_bin("hull");
+    assert!(
+        p.exists(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins; scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+/// What an end-to-end VM test needs, or why it cannot run here.
+pub fn vm_prerequisites() -> Result<(), String> {
+    let config = Config::default();
+    let mut missing = Vec::new();
+    if host::find_binary(&config.hypervisor.qemu).is_none() {
+        missing.push("qemu-system-x86_64".to_string());
+    }
+    if host::find_binary(&config.hypervisor.vhost_vsock).is_none() {
+        missing.push("vhost-device-vsock".to_string());
+    }
+    for f in [&config.guest.kernel, &config.guest.initrd] {
+        if !f.exists() {
+            missing.push(f.display().to_string());
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "missing {} (run scripts/setup)",
+            missing.join(", ")
+        ))
+    }
+}
+
+/// Returns true if the test may run; prints why not and returns false otherwise.
+/// Panics instead when `HULL_REQUIRE_E2E=1`.
+pub fn require_vm(test: &str) -> bool {
+    match vm_prerequisites() {
+        Ok(()) => true,
+        Err(why) => {
+            if std::env::var("HULL_REQUIRE_E2E").as_deref() == Ok("1") {
+                panic!("{test}: cannot run and HULL_REQUIRE_E2E=1: {why}");
+            }
+            eprintln!("SKIP {test}: {why}");
+            false
+        }
+    }
+}
+
+pub fn guest_kernel() -> PathBuf {
+    Config::default().guest.kernel
+}
+
+pub fn guest_initrd() -> PathBuf {
+    Config::default().guest.initrd
+}
+
+pub fn floor_initrd() -> PathBuf {
+    default_cache_dir().join("floor-initramfs.cpio.gz")
+}
+
+/// A private state dir for one test, so leak checks see only that test's VMs.
+pub struct TestState {
+    dir: tempfile::TempDir,
+}
+
+impl TestState {
+    pub fn new() -> TestState {
+        TestState {
+            dir: tempfile::Builder::new()
+                .prefix("hull-test-")
+                .tempdir_in("/tmp")
+                .expect("temp state dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A `hull` command that uses this state dir.
+    pub fn hull(&self) -> Command {
+        let mut c = Command::new(hull_bin());
+        c.env("HULL_STATE_DIR", self.path());
+        c
+    }
+
+    /// A config whose state dir is this one.
+    pub fn config(&self) -> Config {
+        let mut c = Config::default();
+        c.runtime.state_dir = self.path().to_path_buf();
+        c
+    }
+
+    /// VM dirs left under `vms/`.
+    pub fn leftover_vm_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.path().join("vms"))
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Processes whose command line mentions this state dir (every VM process does:
+    /// its sockets and logs live there).
+    pub fn processes(&self) -> Vec<(i32, String)> {
+        processes_mentioning(&self.path().to_string_lossy())
+    }
+
+    /// Asserts nothing of this test's VMs is left: no process, no VM dir. Processes get
+    /// a moment to finish dying (a SIGKILLed process is reaped asynchronously).
+    pub fn assert_nothing_left(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let procs = self.processes();
+            let dirs = self.leftover_vm_dirs();
+            if procs.is_empty() && dirs.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("left behind: processes {procs:?}, VM dirs {dirs:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Default for TestState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Live (non-zombie) processes whose command line contains `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    let me = std::process::id() as i32;
+    for e in rd.filter_map(|e| e.ok()) {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if !cmd.contains(needle) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .map(|s| s.trim_start().starts_with('Z'))
+            .unwrap_or(false);
+        if !zombie {
+            found.push((pid, cmd));
+        }
+    }
+    found
+}
+
+/// Whether `pid` is still a live process (zombies count as gone).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .map(|s| s.trim_start().starts_with('Z'))
+            .unwrap_or(true),
+        Err(_) => false,
+    }
+}
+
+/// stdout + stderr of a finished command, for assertion messages.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "status: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Waits until `f` returns Some, or panics after `timeout` naming `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
