@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::x86_64::{boot, bootparams, regs, BootProtocol};
+use crate::arch::x86_64::boot;
 use crate::bus::Bus;
 use crate::config::VmConfig;
 use crate::control::Control;
@@ -47,20 +47,14 @@ pub fn build(config: VmConfig) -> Result<Vmm> {
     let memory = create_guest_memory(mem_size, backing)?;
     let vm = Vm::new(&kvm, &memory)?;
 
-    let kernel = boot::load_kernel(&memory, &mut files.kernel, config.kernel_format)?;
-    let initrd = match files.initrd.as_mut() {
-        Some(f) if kernel.entry.protocol != BootProtocol::RealMode => {
-            Some(boot::load_initrd(&memory, f, &kernel, mem_size)?)
-        }
-        Some(_) => return Err(Error::Config("a real-mode program takes no initrd".into())),
-        None => None,
-    };
-    let cmdline_len = match kernel.entry.protocol {
-        BootProtocol::RealMode => 0,
-        _ => boot::write_cmdline(&memory, &kernel, &config.cmdline)?,
-    };
-    bootparams::write_boot_info(&memory, &kernel, cmdline_len, initrd, mem_size)?;
-    regs::write_boot_tables(&memory, kernel.entry.protocol)?;
+    let (kernel, _initrd) = boot::prepare(
+        &memory,
+        &mut files.kernel,
+        config.kernel_format,
+        files.initrd.as_mut(),
+        &config.cmdline,
+        mem_size,
+    )?;
 
     let control = Arc::new(Control::new()?);
     let mut pio = Bus::new();

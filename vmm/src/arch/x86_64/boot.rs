@@ -228,6 +228,37 @@ pub fn write_cmdline(mem: &GuestMemoryMmap, kernel: &LoadedKernel, text: &str) -
     Ok(written.as_bytes_with_nul().len())
 }
 
+/// Everything the boot vCPU needs from memory, written: kernel, initrd, command line,
+/// zero page or PVH start_info, GDT and page tables. Returns the loaded kernel (with its
+/// entry point) and where the initrd went.
+pub fn prepare(
+    mem: &GuestMemoryMmap,
+    kernel_file: &mut File,
+    format: KernelFormat,
+    initrd_file: Option<&mut File>,
+    cmdline: &str,
+    mem_size: u64,
+) -> Result<(LoadedKernel, Option<InitrdPlacement>)> {
+    let kernel = load_kernel(mem, kernel_file, format)?;
+    let real_mode = kernel.entry.protocol == BootProtocol::RealMode;
+    if real_mode && (initrd_file.is_some() || !cmdline.is_empty()) {
+        return Err(Error::Config(
+            "a real-mode program takes no initrd and no command line".into(),
+        ));
+    }
+    let initrd = initrd_file
+        .map(|f| load_initrd(mem, f, &kernel, mem_size))
+        .transpose()?;
+    let cmdline_len = if real_mode {
+        0
+    } else {
+        write_cmdline(mem, &kernel, cmdline)?
+    };
+    super::bootparams::write_boot_info(mem, &kernel, cmdline_len, initrd, mem_size)?;
+    super::regs::write_boot_tables(mem, kernel.entry.protocol)?;
+    Ok((kernel, initrd))
+}
+
 /// Reads a NUL-terminated string from guest memory (tests and diagnostics).
 #[cfg(test)]
 pub fn read_cstr(mem: &GuestMemoryMmap, addr: u64, max: usize) -> Option<String> {
