@@ -14,7 +14,7 @@ use crate::bus::Bus;
 use crate::config::VmConfig;
 use crate::control::Control;
 use crate::devices::legacy::{
-    DebugExit, SerialDevice, I8042, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN, DEBUG_EXIT_PORT,
+    DebugExit, SerialDevice, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN, DEBUG_EXIT_PORT, I8042,
     I8042_PORT_BASE, I8042_PORT_LEN,
 };
 use crate::error::{Error, Result};
@@ -88,7 +88,9 @@ pub fn build(config: VmConfig) -> Result<Vmm> {
             serial,
         }),
         (Some(_), None) => {
-            return Err(Error::Config("console_input needs the serial device".into()))
+            return Err(Error::Config(
+                "console_input needs the serial device".into(),
+            ))
         }
         (None, _) => None,
     };

@@ -50,7 +50,10 @@ impl Bus {
     }
 
     fn find(&self, addr: u64, size: usize) -> Option<(&Entry, u64)> {
-        let idx = self.entries.partition_point(|e| e.base <= addr).checked_sub(1)?;
+        let idx = self
+            .entries
+            .partition_point(|e| e.base <= addr)
+            .checked_sub(1)?;
         let entry = &self.entries[idx];
         let offset = addr - entry.base;
         let end = offset.checked_add(size as u64)?;

@@ -148,7 +148,7 @@ impl VmConfig {
                 self.mem_mib
             )));
         }
-        if self.hugepages && self.mem_mib % 2 != 0 {
+        if self.hugepages && self.mem_mib & 1 != 0 {
             return Err(Error::Config(
                 "mem_mib must be a multiple of 2 with hugepages".into(),
             ));

@@ -124,7 +124,10 @@ mod tests {
         assert_eq!(classify(true, svm, "", false), KvmKind::Svm);
         assert_eq!(classify(true, none, pvm, false), KvmKind::Pvm);
         assert_eq!(classify(true, none, "", true), KvmKind::Pvm);
-        assert_eq!(classify(true, none, "kvm 1 0 - Live\n", false), KvmKind::Unknown);
+        assert_eq!(
+            classify(true, none, "kvm 1 0 - Live\n", false),
+            KvmKind::Unknown
+        );
         let h = HostSupport {
             kind: KvmKind::Pvm,
             kvm_accessible: true,

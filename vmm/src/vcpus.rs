@@ -80,7 +80,10 @@ fn vcpu_loop(mut vcpu: Vcpu, shared: &Shared, control: &Control) {
                 *state = State::Paused;
                 shared.changed.notify_all();
                 while shared.request.load(Ordering::SeqCst) == REQ_PAUSE {
-                    state = shared.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+                    state = shared
+                        .changed
+                        .wait(state)
+                        .unwrap_or_else(|p| p.into_inner());
                 }
                 *state = State::Running;
                 shared.changed.notify_all();

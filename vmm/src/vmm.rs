@@ -43,6 +43,12 @@ impl VmmHandle {
     }
 
     fn ask(&self, make: fn(mpsc::Sender<Result<()>>) -> Request) -> Result<()> {
+        if self.control.is_ending() {
+            return Err(Error::Vcpu {
+                index: 0,
+                reason: "the VM has ended".into(),
+            });
+        }
         let (tx, rx) = mpsc::channel();
         self.control.push(make(tx));
         rx.recv_timeout(ACK_TIMEOUT * 2 + Duration::from_secs(1))
@@ -123,7 +129,10 @@ impl Vmm {
                 reason: "the VM has ended".into(),
             }));
         }
-        let outcome = self.control.take_outcome().unwrap_or(Ok(ExitReason::Stopped));
+        let outcome = self
+            .control
+            .take_outcome()
+            .unwrap_or(Ok(ExitReason::Stopped));
         match (outcome, stop_error) {
             (Err(e), _) | (Ok(_), Some(e)) => Err(e),
             (Ok(reason), None) => Ok(reason),

@@ -24,7 +24,10 @@ fn wait(mut child: Child) -> Output {
             None if start.elapsed() > HANG_LIMIT => {
                 let _ = child.kill();
                 let out = child.wait_with_output().expect("output");
-                panic!("hull-vmm hung; stderr: {}", String::from_utf8_lossy(&out.stderr));
+                panic!(
+                    "hull-vmm hung; stderr: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             None => std::thread::sleep(Duration::from_millis(5)),
         }
@@ -53,7 +56,10 @@ fn run_vmm(dir: &Path, args: &[&str]) -> Run {
         console: std::fs::read_to_string(&console).unwrap_or_default(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     };
-    println!("exit {}\nconsole:\n{}\nstderr:\n{}", run.code, run.console, run.stderr);
+    println!(
+        "exit {}\nconsole:\n{}\nstderr:\n{}",
+        run.code, run.console, run.stderr
+    );
     run
 }
 
@@ -68,7 +74,18 @@ fn real_mode_guest_prints_and_uses_the_debug_exit_port() {
     }
     let g = guests();
     let dir = scratch("real16");
-    let r = run_vmm(&dir, &["--kernel", p(&g.real16_exit), "--kernel-format", "raw16", "--mem-mib", "16", "--debug-exit"]);
+    let r = run_vmm(
+        &dir,
+        &[
+            "--kernel",
+            p(&g.real16_exit),
+            "--kernel-format",
+            "raw16",
+            "--mem-mib",
+            "16",
+            "--debug-exit",
+        ],
+    );
     assert_eq!(r.console, "hull real-mode guest\n");
     assert_eq!(r.code, (0x10 << 1) | 1);
 }
@@ -80,7 +97,17 @@ fn real_mode_guest_resets_through_the_i8042() {
     }
     let g = guests();
     let dir = scratch("real16-reset");
-    let r = run_vmm(&dir, &["--kernel", p(&g.real16_reset), "--kernel-format", "raw16", "--mem-mib", "16"]);
+    let r = run_vmm(
+        &dir,
+        &[
+            "--kernel",
+            p(&g.real16_reset),
+            "--kernel-format",
+            "raw16",
+            "--mem-mib",
+            "16",
+        ],
+    );
     assert_eq!(r.console, "hull real-mode guest\n");
     assert_eq!(r.code, 0);
     assert!(r.stderr.contains("i8042"), "{}", r.stderr);
@@ -88,8 +115,14 @@ fn real_mode_guest_resets_through_the_i8042() {
 
 fn check_64bit_output(console: &str, tag: &str, cmdline: &str, memmap: u32, initrd: bool) {
     assert!(console.contains(tag), "missing {tag:?} in {console:?}");
-    assert!(console.contains(&format!("cmdline={cmdline}\n")), "{console:?}");
-    assert!(console.contains(&format!("memmap={memmap}\n")), "{console:?}");
+    assert!(
+        console.contains(&format!("cmdline={cmdline}\n")),
+        "{console:?}"
+    );
+    assert!(
+        console.contains(&format!("memmap={memmap}\n")),
+        "{console:?}"
+    );
     if initrd {
         assert!(console.contains("initrd=INITRD-OK 012345\n"), "{console:?}");
     } else {
@@ -105,12 +138,26 @@ fn pvh_elf_guest_gets_cmdline_initrd_and_memmap() {
     let g = guests();
     let dir = scratch("pvh");
     let cmdline = "console=ttyS0 act=xA hull.test=1";
-    let r = run_vmm(&dir, &[
-        "--kernel", p(&g.pvh_elf), "--mem-mib", "64", "--debug-exit",
-        "--initrd", p(&g.initrd), "--cmdline", cmdline,
-    ]);
+    let r = run_vmm(
+        &dir,
+        &[
+            "--kernel",
+            p(&g.pvh_elf),
+            "--mem-mib",
+            "64",
+            "--debug-exit",
+            "--initrd",
+            p(&g.initrd),
+            "--cmdline",
+            cmdline,
+        ],
+    );
     // 'P' is printed in 32-bit mode after the start_info magic check.
-    assert!(r.console.starts_with("P\nhull PVH guest in long mode\n"), "{:?}", r.console);
+    assert!(
+        r.console.starts_with("P\nhull PVH guest in long mode\n"),
+        "{:?}",
+        r.console
+    );
     check_64bit_output(&r.console, "PVH guest", cmdline, 2, true);
     assert!(r.console.ends_with("action: debug exit\n"));
     assert_eq!(r.code, (0x41 << 1) | 1);
@@ -124,7 +171,17 @@ fn pvh_guest_above_the_mmio_gap_sees_three_ram_ranges() {
     let g = guests();
     let dir = scratch("pvh-high");
     // 3.5 GiB: RAM continues above 4 GiB (memory is reserved lazily: MAP_NORESERVE).
-    let r = run_vmm(&dir, &["--kernel", p(&g.pvh_elf), "--mem-mib", "3584", "--cmdline", "act=r"]);
+    let r = run_vmm(
+        &dir,
+        &[
+            "--kernel",
+            p(&g.pvh_elf),
+            "--mem-mib",
+            "3584",
+            "--cmdline",
+            "act=r",
+        ],
+    );
     check_64bit_output(&r.console, "PVH guest", "act=r", 3, false);
     assert_eq!(r.code, 0);
 }
@@ -136,8 +193,24 @@ fn pvh_guest_i8042_reset_exits_zero() {
     }
     let g = guests();
     let dir = scratch("pvh-reset");
-    let r = run_vmm(&dir, &["--kernel", p(&g.pvh_elf), "--mem-mib", "32", "--cmdline", "act=r", "--vcpus", "2"]);
-    assert!(r.console.ends_with("action: i8042 reset\n"), "{:?}", r.console);
+    let r = run_vmm(
+        &dir,
+        &[
+            "--kernel",
+            p(&g.pvh_elf),
+            "--mem-mib",
+            "32",
+            "--cmdline",
+            "act=r",
+            "--vcpus",
+            "2",
+        ],
+    );
+    assert!(
+        r.console.ends_with("action: i8042 reset\n"),
+        "{:?}",
+        r.console
+    );
     assert_eq!(r.code, 0);
     assert!(r.stderr.contains("guest reset (i8042 0xFE)"));
 }
@@ -149,8 +222,22 @@ fn triple_fault_is_a_reset_request() {
     }
     let g = guests();
     let dir = scratch("triple");
-    let r = run_vmm(&dir, &["--kernel", p(&g.pvh_elf), "--mem-mib", "32", "--cmdline", "act=t"]);
-    assert!(r.console.ends_with("action: triple fault\n"), "{:?}", r.console);
+    let r = run_vmm(
+        &dir,
+        &[
+            "--kernel",
+            p(&g.pvh_elf),
+            "--mem-mib",
+            "32",
+            "--cmdline",
+            "act=t",
+        ],
+    );
+    assert!(
+        r.console.ends_with("action: triple fault\n"),
+        "{:?}",
+        r.console
+    );
     assert_eq!(r.code, 0);
     assert!(r.stderr.contains("triple fault"), "{}", r.stderr);
 }
@@ -163,12 +250,27 @@ fn bzimage_guest_uses_the_64bit_boot_protocol() {
     let g = guests();
     let dir = scratch("bzimage");
     let cmdline = "act=x2 root=/dev/vda";
-    let r = run_vmm(&dir, &[
-        "--kernel", p(&g.bzimage), "--mem-mib", "64", "--debug-exit",
-        "--initrd", p(&g.initrd), "--cmdline", cmdline,
-    ]);
+    let r = run_vmm(
+        &dir,
+        &[
+            "--kernel",
+            p(&g.bzimage),
+            "--mem-mib",
+            "64",
+            "--debug-exit",
+            "--initrd",
+            p(&g.initrd),
+            "--cmdline",
+            cmdline,
+        ],
+    );
     // 'B' is printed after the zero page's "HdrS" check.
-    assert!(r.console.starts_with("B\nhull 64-bit boot protocol guest\n"), "{:?}", r.console);
+    assert!(
+        r.console
+            .starts_with("B\nhull 64-bit boot protocol guest\n"),
+        "{:?}",
+        r.console
+    );
     check_64bit_output(&r.console, "64-bit boot protocol", cmdline, 2, true);
     assert_eq!(r.code, (b'2' as i32) << 1 | 1);
 }
@@ -180,8 +282,23 @@ fn elf_without_pvh_note_uses_the_64bit_boot_protocol() {
     }
     let g = guests();
     let dir = scratch("elf64");
-    let r = run_vmm(&dir, &["--kernel", p(&g.elf64), "--mem-mib", "32", "--cmdline", "act=r"]);
-    assert!(r.console.starts_with("B\nhull 64-bit boot protocol guest\n"), "{:?}", r.console);
+    let r = run_vmm(
+        &dir,
+        &[
+            "--kernel",
+            p(&g.elf64),
+            "--mem-mib",
+            "32",
+            "--cmdline",
+            "act=r",
+        ],
+    );
+    assert!(
+        r.console
+            .starts_with("B\nhull 64-bit boot protocol guest\n"),
+        "{:?}",
+        r.console
+    );
     check_64bit_output(&r.console, "64-bit boot protocol", "act=r", 2, false);
     assert_eq!(r.code, 0);
 }
@@ -221,7 +338,15 @@ fn serial_input_reaches_the_guest() {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     let console = dir.join("console.txt");
     let child = vmm()
-        .args(["--kernel", p(&g.bzimage), "--mem-mib", "32", "--debug-exit", "--cmdline", "act=e"])
+        .args([
+            "--kernel",
+            p(&g.bzimage),
+            "--mem-mib",
+            "32",
+            "--debug-exit",
+            "--cmdline",
+            "act=e",
+        ])
         .arg("--console")
         .arg(&console)
         .arg("--console-input")
@@ -234,7 +359,10 @@ fn serial_input_reaches_the_guest() {
     let out = wait(child);
     let text = std::fs::read_to_string(&console).unwrap();
     println!("{text}");
-    assert!(text.ends_with("action: echo\nhello from the host\n"), "{text:?}");
+    assert!(
+        text.ends_with("action: echo\nhello from the host\n"),
+        "{text:?}"
+    );
     assert_eq!(out.status.code(), Some((0x45 << 1) | 1));
 }
 
@@ -248,14 +376,26 @@ fn sigterm_stops_a_vm_whose_vcpus_are_blocked_in_kvm() {
     let console = dir.join("console.txt");
     // vCPU 0 halts with interrupts off; vCPU 1 waits for INIT/SIPI: both sit in KVM_RUN.
     let child = vmm()
-        .args(["--kernel", p(&g.pvh_elf), "--mem-mib", "32", "--vcpus", "2", "--cmdline", "act=h"])
+        .args([
+            "--kernel",
+            p(&g.pvh_elf),
+            "--mem-mib",
+            "32",
+            "--vcpus",
+            "2",
+            "--cmdline",
+            "act=h",
+        ])
         .arg("--console")
         .arg(&console)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let start = Instant::now();
-    while !std::fs::read_to_string(&console).unwrap_or_default().contains("action: halt") {
+    while !std::fs::read_to_string(&console)
+        .unwrap_or_default()
+        .contains("action: halt")
+    {
         assert!(start.elapsed() < HANG_LIMIT, "guest never reached its halt");
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -118,7 +118,8 @@ mod tests {
         let fo1 = regions[1].file_offset().unwrap();
         assert_eq!(fo0.file().as_raw_fd(), fo1.file().as_raw_fd());
         assert_eq!(fo1.start(), 3 << 30);
-        mem.write_obj(0x1234_5678u32, GuestAddress((1 << 32) + 8)).unwrap();
+        mem.write_obj(0x1234_5678u32, GuestAddress((1 << 32) + 8))
+            .unwrap();
         // A second mapping of the memfd (what a vhost-user backend does) sees the write.
         let other = MmapRegionBuilder::<()>::new(4096)
             .with_file_offset(FileOffset::new(fo1.file().try_clone().unwrap(), 3 << 30))

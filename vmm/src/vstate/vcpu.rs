@@ -11,7 +11,9 @@ use std::cell::Cell;
 use std::ptr;
 use std::sync::{Arc, Once};
 
-use kvm_bindings::{kvm_run, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::{
+    kvm_run, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
@@ -123,7 +125,10 @@ impl Vcpu {
             index: self.index(),
             reason: format!("MSR list: {e:?}"),
         })?;
-        let set = self.fd.set_msrs(&msrs).map_err(Error::kvm("KVM_SET_MSRS"))?;
+        let set = self
+            .fd
+            .set_msrs(&msrs)
+            .map_err(Error::kvm("KVM_SET_MSRS"))?;
         if set != entries.len() {
             let failed = entries.get(set).map(|m| m.index).unwrap_or_default();
             return Err(Error::Vcpu {
@@ -203,18 +208,15 @@ impl Vcpu {
                 suberror: internal_suberror(run),
                 rip: self.fd.get_regs().ok().map(|r| r.rip),
             }),
-            Ok(VcpuExit::FailEntry(reason, _cpu)) => VcpuRun::Exit(ExitReason::FailEntry {
-                vcpu,
-                reason,
-            }),
+            Ok(VcpuExit::FailEntry(reason, _cpu)) => {
+                VcpuRun::Exit(ExitReason::FailEntry { vcpu, reason })
+            }
             Ok(VcpuExit::Intr) => VcpuRun::Interrupted,
             Ok(other) => VcpuRun::Exit(ExitReason::UnhandledExit {
                 vcpu,
                 exit: format!("{other:?}"),
             }),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                VcpuRun::Interrupted
-            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => VcpuRun::Interrupted,
             Err(e) => return Err(Error::kvm("KVM_RUN")(e)),
         };
         Ok(outcome)
@@ -233,4 +235,79 @@ fn internal_suberror(run: *mut kvm_run) -> u32 {
     // SAFETY: `run` is the live kvm_run mapping of the vCPU that just exited with
     // KVM_EXIT_INTERNAL_ERROR, so the `internal` member of the union is the active one.
     unsafe { ptr::addr_of!((*run).__bindgen_anon_1.internal.suberror).read_volatile() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::x86_64::layout::{PML4_START, ZERO_PAGE_START};
+    use crate::arch::x86_64::regs::lint_regs;
+    use crate::arch::x86_64::BootProtocol;
+    use crate::vstate::memory::{create_guest_memory, MemoryBacking};
+    use kvm_bindings::{kvm_msr_entry, KVM_MAX_CPUID_ENTRIES};
+    use vm_memory::GuestAddress;
+
+    /// Configures real vCPUs on /dev/kvm and reads the state back.
+    #[test]
+    fn configure_applies_boot_state() {
+        if !crate::host_support().can_run_vms() {
+            println!(
+                "SKIP configure_applies_boot_state: {}",
+                crate::host_support().summary()
+            );
+            return;
+        }
+        let kvm = KvmContext::new().unwrap();
+        let backing = MemoryBacking {
+            shared: true,
+            hugepages: false,
+        };
+        let mem = create_guest_memory(32 << 20, backing).unwrap();
+        let vm = Vm::new(&kvm, &mem).unwrap();
+        let bus = Arc::new(Bus::new());
+        let entry = EntryPoint {
+            protocol: BootProtocol::Linux64,
+            addr: GuestAddress(0x100200),
+        };
+        for index in 0..2u8 {
+            let vcpu = Vcpu::new(&vm, index, bus.clone(), bus.clone()).unwrap();
+            vcpu.configure(&kvm, 2, &entry).unwrap();
+
+            let regs = vcpu.fd.get_regs().unwrap();
+            assert_eq!(
+                (regs.rip, regs.rsi, regs.rflags),
+                (0x100200, ZERO_PAGE_START, 2)
+            );
+            let sregs = vcpu.fd.get_sregs().unwrap();
+            assert_eq!(sregs.cr3, PML4_START);
+            assert_eq!((sregs.cs.l, sregs.cs.selector), (1, 0x10));
+            assert_ne!(sregs.efer & 0x500, 0);
+
+            let cpuid = vcpu.fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES).unwrap();
+            let leaf1 = cpuid
+                .as_slice()
+                .iter()
+                .find(|e| e.function == 1)
+                .copied()
+                .unwrap();
+            assert_ne!(leaf1.ecx & (1 << 31), 0, "hypervisor bit");
+            assert_eq!(leaf1.ebx >> 24, u32::from(index), "APIC id");
+            assert_eq!((leaf1.ebx >> 16) & 0xff, 2, "logical processors");
+
+            let lapic = vcpu.fd.get_lapic().unwrap();
+            let (lint0, lint1) = lint_regs(&lapic);
+            assert_eq!((lint0 >> 8) & 7, 7, "LINT0 ExtINT");
+            assert_eq!((lint1 >> 8) & 7, 4, "LINT1 NMI");
+
+            if kvm.msr_index_list().contains(&0x1a0) {
+                let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+                    index: 0x1a0,
+                    ..Default::default()
+                }])
+                .unwrap();
+                assert_eq!(vcpu.fd.get_msrs(&mut msrs).unwrap(), 1);
+                assert_eq!(msrs.as_slice()[0].data & 1, 1, "fast strings");
+            }
+        }
+    }
 }

@@ -33,7 +33,9 @@ impl Vm {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
-        vm.fd.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
+        vm.fd
+            .create_pit2(pit)
+            .map_err(Error::kvm("KVM_CREATE_PIT2"))?;
         Ok(vm)
     }
 

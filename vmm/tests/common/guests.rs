@@ -29,9 +29,12 @@ fn src_dir() -> PathBuf {
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {:?}: {e} (GNU binutils needed)", cmd.get_program()))?;
+    let out = cmd.output().map_err(|e| {
+        format!(
+            "cannot run {:?}: {e} (GNU binutils needed)",
+            cmd.get_program()
+        )
+    })?;
     if out.status.success() {
         Ok(())
     } else {

@@ -265,7 +265,9 @@ pub fn read_cstr(mem: &GuestMemoryMmap, addr: u64, max: usize) -> Option<String>
     let mut buf = vec![0u8; max];
     let mut len = 0;
     while len < max {
-        let b: u8 = mem.read_obj(GuestAddress(addr.checked_add(len as u64)?)).ok()?;
+        let b: u8 = mem
+            .read_obj(GuestAddress(addr.checked_add(len as u64)?))
+            .ok()?;
         if b == 0 {
             break;
         }

@@ -58,10 +58,12 @@ pub fn write_zero_page(
     initrd: Option<InitrdPlacement>,
     mem_size: u64,
 ) -> Result<()> {
-    let mut params = boot_params::default();
-    params.hdr = kernel
-        .setup_header
-        .unwrap_or_else(|| synthesized_header(cmdline_len));
+    let mut params = boot_params {
+        hdr: kernel
+            .setup_header
+            .unwrap_or_else(|| synthesized_header(cmdline_len)),
+        ..Default::default()
+    };
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     params.hdr.boot_flag = BOOT_FLAG_MAGIC;
     params.hdr.cmd_line_ptr = CMDLINE_START as u32;

@@ -82,13 +82,19 @@ mod tests {
     fn descriptors_decode_as_flat_segments() {
         let cs64 = boot_segment(CODE64_SEL);
         assert_eq!((cs64.base, cs64.limit, cs64.type_), (0, 0xffff_ffff, 0xb));
-        assert_eq!((cs64.l, cs64.db, cs64.g, cs64.s, cs64.present), (1, 0, 1, 1, 1));
+        assert_eq!(
+            (cs64.l, cs64.db, cs64.g, cs64.s, cs64.present),
+            (1, 0, 1, 1, 1)
+        );
         let cs32 = boot_segment(CODE32_SEL);
         assert_eq!((cs32.l, cs32.db, cs32.limit), (0, 1, 0xffff_ffff));
         let ds = boot_segment(DATA_SEL);
         assert_eq!((ds.type_, ds.db, ds.limit), (3, 1, 0xffff_ffff));
         let tr = boot_segment(TSS_SEL);
-        assert_eq!((tr.base, tr.limit, tr.type_, tr.s, tr.g), (0x1000, 0x67, 0xb, 0, 0));
+        assert_eq!(
+            (tr.base, tr.limit, tr.type_, tr.s, tr.g),
+            (0x1000, 0x67, 0xb, 0, 0)
+        );
         // Known encodings (the same flat descriptors Linux uses).
         assert_eq!(gdt_entry(0xa09b, 0, 0xfffff), 0x00af_9b00_0000_ffff);
         assert_eq!(gdt_entry(0xc093, 0, 0xfffff), 0x00cf_9300_0000_ffff);

@@ -112,7 +112,7 @@ mod tests {
         for b in b"hi" {
             dev.write(0, &[*b]);
         }
-        dev.write(0, &[b'x', b'y']); // wide access: ignored
+        dev.write(0, b"xy"); // wide access: ignored
         assert_eq!(&*sink.0.lock().unwrap(), b"hi");
 
         dev.write(1, &[0x01]); // IER: received-data interrupt
