@@ -54,6 +54,7 @@ pub fn build(config: VmConfig) -> Result<Vmm> {
         files.initrd.as_mut(),
         &config.cmdline,
         mem_size,
+        config.vcpus,
     )?;
 
     let control = Arc::new(Control::new()?);

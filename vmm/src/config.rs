@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Largest vCPU count accepted (x2APIC ids stay below 255, one package).
-pub const MAX_VCPUS: u8 = 254;
+/// Largest vCPU count accepted: what the MP table in the 1 KiB EBDA can describe.
+pub const MAX_VCPUS: u8 = crate::arch::x86_64::mptable::MAX_CPUS;
 /// Smallest guest memory (MiB): room for the boot structures and a tiny kernel.
 pub const MIN_MEM_MIB: u32 = 2;
 /// Largest guest memory (MiB): 1 TiB.
@@ -50,7 +50,7 @@ pub struct VmConfig {
     /// Kernel command line.
     #[serde(default)]
     pub cmdline: String,
-    /// Number of vCPUs (1..=254).
+    /// Number of vCPUs (1..=40, the MP table's limit).
     #[serde(default = "default_vcpus")]
     pub vcpus: u8,
     /// Guest memory in MiB.

@@ -229,7 +229,7 @@ pub fn write_cmdline(mem: &GuestMemoryMmap, kernel: &LoadedKernel, text: &str) -
 }
 
 /// Everything the boot vCPU needs from memory, written: kernel, initrd, command line,
-/// zero page or PVH start_info, GDT and page tables. Returns the loaded kernel (with its
+/// zero page or PVH start_info, GDT, page tables and the MP table for `vcpus`. Returns the loaded kernel (with its
 /// entry point) and where the initrd went.
 pub fn prepare(
     mem: &GuestMemoryMmap,
@@ -238,6 +238,7 @@ pub fn prepare(
     initrd_file: Option<&mut File>,
     cmdline: &str,
     mem_size: u64,
+    vcpus: u8,
 ) -> Result<(LoadedKernel, Option<InitrdPlacement>)> {
     let kernel = load_kernel(mem, kernel_file, format)?;
     let real_mode = kernel.entry.protocol == BootProtocol::RealMode;
@@ -256,6 +257,9 @@ pub fn prepare(
     };
     super::bootparams::write_boot_info(mem, &kernel, cmdline_len, initrd, mem_size)?;
     super::regs::write_boot_tables(mem, kernel.entry.protocol)?;
+    if !real_mode {
+        super::mptable::write(mem, vcpus)?;
+    }
     Ok((kernel, initrd))
 }
 

@@ -7,7 +7,7 @@
 //! 0x0000_9000  PML4  0xa000 PDPT  0xb000..0xefff four PDs (identity map of 0..4 GiB)
 //! 0x0000_7c00  raw16 programs (only with kernel_format raw16: none of the above is written)
 //! 0x0002_0000  kernel command line (4 KiB)
-//! 0x0009_fc00  EBDA (not RAM in the e820 map)
+//! 0x0009_fc00  EBDA: the MP table (not RAM in the e820 map)
 //! 0x0010_0000  kernels are loaded from here (ELF p_paddr, bzImage code32_start)
 //! 0xc000_0000  .. 4 GiB: MMIO gap, RAM continues above 4 GiB
 //! ```

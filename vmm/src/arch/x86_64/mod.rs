@@ -7,6 +7,7 @@ pub mod bootparams;
 pub mod cpuid;
 pub mod gdt;
 pub mod layout;
+pub mod mptable;
 pub mod msr;
 pub mod regs;
 

@@ -56,7 +56,15 @@ fn boot(
     let mem = create_guest_memory(mem_size, backing)?;
     let mut kfile = File::open(kernel).expect("kernel file");
     let mut ifile = initrd.map(|p| File::open(p).expect("initrd file"));
-    let (kernel, initrd) = prepare(&mem, &mut kfile, format, ifile.as_mut(), cmdline, mem_size)?;
+    let (kernel, initrd) = prepare(
+        &mem,
+        &mut kfile,
+        format,
+        ifile.as_mut(),
+        cmdline,
+        mem_size,
+        2,
+    )?;
     Ok(Booted {
         mem,
         kernel,
@@ -142,7 +150,21 @@ fn check_pvh(b: &Booted, cmdline: &str, initrd: Option<&[u8]>) {
     check_gdt(b, &s);
 }
 
+/// The MP table (2 vCPUs) sits in the EBDA, outside every RAM range of the memory map.
+fn check_mptable(b: &Booted) {
+    let mut sig = [0u8; 4];
+    b.mem
+        .read_slice(&mut sig, GuestAddress(super::mptable::MPTABLE_START))
+        .unwrap();
+    assert_eq!(&sig, b"_MP_");
+    let start = super::mptable::MPTABLE_START;
+    assert!(memory_map(b.mem_size)
+        .iter()
+        .all(|e| start + 1024 <= e.addr || start >= e.addr + e.size));
+}
+
 fn check_gdt(b: &Booted, s: &kvm_sregs) {
+    check_mptable(b);
     assert_eq!(s.gdt.base, GDT_START);
     let gdt = boot_gdt();
     assert_eq!(usize::from(s.gdt.limit) + 1, gdt.len() * 8);
