@@ -55,11 +55,11 @@ pub struct VcpuThread {
     handle: Option<JoinHandle<()>>,
 }
 
+/// A caller may have blocked the kick signal; vCPU threads need it. (Should this fail,
+/// kicks never land and pause/stop report an acknowledgement timeout.)
 fn unblock_kick_signal() {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it and
-    // pthread_sigmask only changes this thread's mask. Failures leave the mask as it was,
-    // which only matters if a caller blocked the kick signal (then kicks fall back to
-    // the periodic re-kick never landing, reported as an acknowledgement timeout).
+    // SAFETY: sigset_t is plain data initialised by sigemptyset; pthread_sigmask only
+    // changes this thread's mask.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);

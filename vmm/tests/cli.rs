@@ -40,17 +40,21 @@ struct Run {
     stderr: String,
 }
 
-fn run_vmm(dir: &Path, args: &[&str]) -> Run {
-    let console = dir.join("console.txt");
-    let child = vmm()
+/// Starts hull-vmm with `args` and its console in `dir/console.txt`.
+fn spawn_vmm(dir: &Path, args: &[&str]) -> Child {
+    vmm()
         .args(args)
         .arg("--console")
-        .arg(&console)
+        .arg(dir.join("console.txt"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn hull-vmm");
-    let out = wait(child);
+        .expect("spawn hull-vmm")
+}
+
+fn run_vmm(dir: &Path, args: &[&str]) -> Run {
+    let console = dir.join("console.txt");
+    let out = wait(spawn_vmm(dir, args));
     let run = Run {
         code: out.status.code().expect("exited, not signalled"),
         console: std::fs::read_to_string(&console).unwrap_or_default(),
@@ -336,9 +340,9 @@ fn serial_input_reaches_the_guest() {
     let c = std::ffi::CString::new(p(&fifo)).unwrap();
     // SAFETY: `c` is a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    let console = dir.join("console.txt");
-    let child = vmm()
-        .args([
+    let child = spawn_vmm(
+        &dir,
+        &[
             "--kernel",
             p(&g.bzimage),
             "--mem-mib",
@@ -346,18 +350,14 @@ fn serial_input_reaches_the_guest() {
             "--debug-exit",
             "--cmdline",
             "act=e",
-        ])
-        .arg("--console")
-        .arg(&console)
-        .arg("--console-input")
-        .arg(&fifo)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+            "--console-input",
+            p(&fifo),
+        ],
+    );
     // Opening the FIFO for writing blocks until hull-vmm has opened it for reading.
     std::fs::write(&fifo, b"hello from the host\n").unwrap();
     let out = wait(child);
-    let text = std::fs::read_to_string(&console).unwrap();
+    let text = std::fs::read_to_string(dir.join("console.txt")).unwrap();
     println!("{text}");
     assert!(
         text.ends_with("action: echo\nhello from the host\n"),
@@ -375,8 +375,9 @@ fn sigterm_stops_a_vm_whose_vcpus_are_blocked_in_kvm() {
     let dir = scratch("sigterm");
     let console = dir.join("console.txt");
     // vCPU 0 halts with interrupts off; vCPU 1 waits for INIT/SIPI: both sit in KVM_RUN.
-    let child = vmm()
-        .args([
+    let child = spawn_vmm(
+        &dir,
+        &[
             "--kernel",
             p(&g.pvh_elf),
             "--mem-mib",
@@ -385,12 +386,8 @@ fn sigterm_stops_a_vm_whose_vcpus_are_blocked_in_kvm() {
             "2",
             "--cmdline",
             "act=h",
-        ])
-        .arg("--console")
-        .arg(&console)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+    );
     let start = Instant::now();
     while !std::fs::read_to_string(&console)
         .unwrap_or_default()
