@@ -101,9 +101,8 @@ pub fn build(config: VmConfig) -> Result<Vmm> {
         control,
         vcpus,
         event_loop,
-        entry: kernel.entry,
         _vm: vm,
-        memory,
+        _memory: memory,
         _kvm: kvm,
     })
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use vm_memory::GuestMemoryMmap;
 
-use crate::arch::x86_64::EntryPoint;
 use crate::config::VmConfig;
 use crate::control::{Control, Request};
 use crate::error::{Error, Result};
@@ -23,9 +22,8 @@ pub struct Vmm {
     pub(crate) control: Arc<Control>,
     pub(crate) vcpus: Vec<Vcpu>,
     pub(crate) event_loop: EventLoop,
-    pub(crate) entry: EntryPoint,
     pub(crate) _vm: Vm,
-    pub(crate) memory: GuestMemoryMmap,
+    pub(crate) _memory: GuestMemoryMmap,
     pub(crate) _kvm: KvmContext,
 }
 
@@ -81,16 +79,6 @@ impl Vmm {
         VmmHandle {
             control: self.control.clone(),
         }
-    }
-
-    /// Guest memory (for tests and, later, device backends).
-    pub fn guest_memory(&self) -> &GuestMemoryMmap {
-        &self.memory
-    }
-
-    /// The boot vCPU's entry point (guest physical address).
-    pub fn entry_point(&self) -> u64 {
-        self.entry.addr.0
     }
 
     /// Runs the VM until the guest ends it, a [`VmmHandle`] stops it, or it fails.
