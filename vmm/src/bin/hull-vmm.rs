@@ -1,0 +1,159 @@
+//! `hull-vmm`: boot one microVM described by a JSON file or flags, and exit with a status
+//! that says how it ended (table in vmm/README.md):
+//!
+//! | status | meaning |
+//! |---|---|
+//! | 0 | guest power-off or reset request (i8042 0xFE, triple fault, KVM system event) |
+//! | 2v+1 | guest wrote byte v to the debug-exit port 0x501 (QEMU `isa-debug-exit` style) |
+//! | 2 | bad configuration, usage, or kernel/initrd that cannot be loaded |
+//! | 4 | KVM unavailable, or a KVM ioctl failed |
+//! | 6 | the guest could not be run: emulation failure, failed VM entry, crash, unknown exit |
+//! | 8 | VMM-internal failure (memory, threads, event loop) |
+//! | 10 | stopped by the host (SIGTERM, SIGINT) |
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use hull_vmm::{host_support, KernelFormat, VmConfig, Vmm, VmmHandle};
+
+#[derive(Parser, Debug)]
+#[command(name = "hull-vmm", about = "hull's KVM microVM monitor", version)]
+struct Cli {
+    /// VM description as JSON (the library's VmConfig); excludes the VM flags below.
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "mem_mib"])]
+    config: Option<PathBuf>,
+    /// Print what this host's /dev/kvm can do and exit (0: can run VMs, 4: cannot).
+    #[arg(long)]
+    check: bool,
+    /// Kernel image (vmlinux ELF, bzImage, or a raw16 program).
+    #[arg(long, required_unless_present_any = ["config", "check"])]
+    kernel: Option<PathBuf>,
+    /// auto, elf, bzimage or raw16.
+    #[arg(long, value_parser = parse_format, default_value = "auto")]
+    kernel_format: KernelFormat,
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    #[arg(long, default_value = "")]
+    cmdline: String,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    #[arg(long, default_value_t = 128)]
+    mem_mib: u32,
+    /// Back guest memory with 2 MiB huge pages.
+    #[arg(long)]
+    hugepages: bool,
+    /// Anonymous private guest memory instead of a shared memfd.
+    #[arg(long)]
+    private_memory: bool,
+    /// Serial console output file (created or truncated).
+    #[arg(long)]
+    console: Option<PathBuf>,
+    /// Serial console input (FIFO, terminal or socket).
+    #[arg(long)]
+    console_input: Option<PathBuf>,
+    /// Add the debug-exit port 0x501.
+    #[arg(long)]
+    debug_exit: bool,
+    #[arg(long)]
+    no_i8042: bool,
+}
+
+fn parse_format(s: &str) -> Result<KernelFormat, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("unknown kernel format {s:?} (auto, elf, bzimage, raw16)"))
+}
+
+impl Cli {
+    fn vm_config(&self) -> Result<VmConfig, hull_vmm::Error> {
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path).map_err(|source| hull_vmm::Error::File {
+                path: path.clone(),
+                source,
+            })?;
+            let mut cfg = VmConfig::from_json(&text)?;
+            // Output/input and device flags still apply on top of a file.
+            if self.console.is_some() {
+                cfg.console = self.console.clone();
+            }
+            if self.console_input.is_some() {
+                cfg.console_input = self.console_input.clone();
+            }
+            cfg.devices.debug_exit |= self.debug_exit;
+            return Ok(cfg);
+        }
+        let mut cfg = VmConfig::new(self.kernel.clone().unwrap_or_default());
+        cfg.kernel_format = self.kernel_format;
+        cfg.initrd = self.initrd.clone();
+        cfg.cmdline = self.cmdline.clone();
+        cfg.vcpus = self.vcpus;
+        cfg.mem_mib = self.mem_mib;
+        cfg.hugepages = self.hugepages;
+        cfg.shared_memory = !self.private_memory;
+        cfg.console = self.console.clone();
+        cfg.console_input = self.console_input.clone();
+        cfg.devices.debug_exit = self.debug_exit;
+        cfg.devices.i8042 = !self.no_i8042;
+        Ok(cfg)
+    }
+}
+
+/// Blocks SIGTERM/SIGINT/SIGHUP in every thread and turns them into a clean stop.
+fn stop_on_signals(handle: VmmHandle) {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset/sigaddset; the mask
+    // change affects this thread and the threads it creates afterwards.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `set` is a valid signal set and `sig` a valid out-pointer.
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                eprintln!("hull-vmm: signal {sig}, stopping the VM");
+                handle.stop();
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("hull-vmm: no signal thread ({e}); SIGTERM will kill the VMM outright");
+    }
+}
+
+fn status(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(8))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("HULL_VMM_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if cli.check {
+        let h = host_support();
+        println!("{}", h.summary());
+        return status(if h.can_run_vms() { 0 } else { 4 });
+    }
+    let result = cli.vm_config().and_then(|cfg| {
+        let vmm = Vmm::build(cfg)?;
+        stop_on_signals(vmm.handle());
+        vmm.run()
+    });
+    match result {
+        Ok(reason) => {
+            eprintln!("hull-vmm: {reason}");
+            status(reason.exit_code())
+        }
+        Err(e) => {
+            eprintln!("hull-vmm: error: {e}");
+            status(e.exit_code())
+        }
+    }
+}

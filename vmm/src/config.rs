@@ -1,0 +1,213 @@
+//! The VM description: what the runtime (or `hull-vmm --config vm.json`) asks for.
+//! [`VmConfig::validate`] rejects anything hull-vmm cannot honour before any KVM work.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Largest vCPU count accepted: what the MP table in the 1 KiB EBDA can describe.
+pub const MAX_VCPUS: u8 = crate::arch::x86_64::mptable::MAX_CPUS;
+/// Smallest guest memory (MiB): room for the boot structures and a tiny kernel.
+pub const MIN_MEM_MIB: u32 = 2;
+/// Largest guest memory (MiB): 1 TiB.
+pub const MAX_MEM_MIB: u32 = 1 << 20;
+/// Longest kernel command line accepted (bytes, without the NUL).
+pub const MAX_CMDLINE_LEN: usize = 4095;
+
+/// How to interpret the kernel file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelFormat {
+    /// ELF if it starts with the ELF magic, bzImage if it has the `HdrS` setup header.
+    #[default]
+    Auto,
+    /// ELF (vmlinux): PVH entry if it has the `XEN_ELFNOTE_PHYS32_ENTRY` note, else the
+    /// 64-bit Linux boot protocol at `e_entry`.
+    Elf,
+    /// bzImage: the 64-bit Linux boot protocol (needs `XLF_KERNEL_64`).
+    Bzimage,
+    /// A flat real-mode program loaded at 0x7c00 and entered at `0000:7c00` like a boot
+    /// sector (no zero page, command line or initrd). For tests and tiny guests.
+    Raw16,
+}
+
+/// A VM to boot. JSON example:
+/// `{"kernel": "vmlinux", "cmdline": "console=ttyS0 reboot=k", "vcpus": 2, "mem_mib": 256,
+///   "console": "/run/vm/console.log"}`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Kernel image (vmlinux ELF, bzImage, or raw16 program).
+    pub kernel: PathBuf,
+    /// How to read `kernel`.
+    #[serde(default)]
+    pub kernel_format: KernelFormat,
+    /// Initial ramdisk, placed at the top of low memory.
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[serde(default)]
+    pub cmdline: String,
+    /// Number of vCPUs (1..=40, the MP table's limit).
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    #[serde(default = "default_mem_mib")]
+    pub mem_mib: u32,
+    /// Back guest memory with a shared memfd, so that another process (a vhost-user
+    /// backend) can map it. On by default.
+    #[serde(default = "default_true")]
+    pub shared_memory: bool,
+    /// Back guest memory with 2 MiB huge pages (needs free pages in
+    /// `/proc/sys/vm/nr_hugepages`; `mem_mib` must be even).
+    #[serde(default)]
+    pub hugepages: bool,
+    /// File the serial console (COM1, ttyS0) is written to; created or truncated.
+    /// Without it, guest console output is discarded.
+    #[serde(default)]
+    pub console: Option<PathBuf>,
+    /// File or FIFO read as serial console input.
+    #[serde(default)]
+    pub console_input: Option<PathBuf>,
+    /// Legacy devices.
+    #[serde(default)]
+    pub devices: Devices,
+}
+
+/// Which legacy devices the VM gets on its I/O port bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Devices {
+    /// 8250 UART at 0x3f8, IRQ 4.
+    #[serde(default = "default_true")]
+    pub serial: bool,
+    /// i8042 at 0x60/0x64; only its CPU-reset command (0xFE) does anything.
+    #[serde(default = "default_true")]
+    pub i8042: bool,
+    /// Debug-exit port 0x501 (for tests): a byte written there ends the VM.
+    #[serde(default)]
+    pub debug_exit: bool,
+}
+
+impl Default for Devices {
+    fn default() -> Self {
+        Devices {
+            serial: true,
+            i8042: true,
+            debug_exit: false,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_vcpus() -> u8 {
+    1
+}
+fn default_mem_mib() -> u32 {
+    128
+}
+
+impl VmConfig {
+    /// A configuration with defaults for everything but the kernel.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        VmConfig {
+            kernel: kernel.into(),
+            kernel_format: KernelFormat::Auto,
+            initrd: None,
+            cmdline: String::new(),
+            vcpus: default_vcpus(),
+            mem_mib: default_mem_mib(),
+            shared_memory: true,
+            hugepages: false,
+            console: None,
+            console_input: None,
+            devices: Devices::default(),
+        }
+    }
+
+    /// Parses the JSON form.
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// Checks everything that can be checked without touching KVM or memory.
+    pub fn validate(&self) -> Result<()> {
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(Error::Config(format!(
+                "vcpus must be 1..={MAX_VCPUS}, got {}",
+                self.vcpus
+            )));
+        }
+        if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&self.mem_mib) {
+            return Err(Error::Config(format!(
+                "mem_mib must be {MIN_MEM_MIB}..={MAX_MEM_MIB}, got {}",
+                self.mem_mib
+            )));
+        }
+        if self.hugepages && self.mem_mib & 1 != 0 {
+            return Err(Error::Config(
+                "mem_mib must be a multiple of 2 with hugepages".into(),
+            ));
+        }
+        if self.cmdline.len() > MAX_CMDLINE_LEN {
+            return Err(Error::Config(format!(
+                "cmdline is {} bytes, the limit is {MAX_CMDLINE_LEN}",
+                self.cmdline.len()
+            )));
+        }
+        if let Some(bad) = self.cmdline.chars().find(|c| !(' '..='~').contains(c)) {
+            return Err(Error::Config(format!(
+                "cmdline may hold printable ASCII only, found {bad:?}"
+            )));
+        }
+        if self.kernel_format == KernelFormat::Raw16
+            && (self.initrd.is_some() || !self.cmdline.is_empty())
+        {
+            return Err(Error::Config(
+                "a raw16 kernel takes no initrd and no command line".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Guest memory size in bytes.
+    pub fn mem_bytes(&self) -> u64 {
+        u64::from(self.mem_mib) << 20
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_defaults_and_rejections() {
+        let c = VmConfig::from_json(r#"{"kernel": "/k"}"#).unwrap();
+        assert_eq!(c, VmConfig::new("/k"));
+        assert!(c.validate().is_ok());
+        assert!(VmConfig::from_json(r#"{"kernel": "/k", "vcpu": 2}"#).is_err());
+        let c = VmConfig::from_json(r#"{"kernel": "/k", "kernel_format": "raw16"}"#).unwrap();
+        assert_eq!(c.kernel_format, KernelFormat::Raw16);
+
+        let mut bad = VmConfig::new("/k");
+        bad.vcpus = 0;
+        assert!(matches!(bad.validate(), Err(Error::Config(_))));
+        let mut bad = VmConfig::new("/k");
+        bad.mem_mib = 1;
+        assert!(bad.validate().is_err());
+        let mut bad = VmConfig::new("/k");
+        bad.cmdline = "a\nb".into();
+        assert!(bad.validate().is_err());
+        let mut bad = VmConfig::new("/k");
+        bad.cmdline = "x".repeat(MAX_CMDLINE_LEN + 1);
+        assert!(bad.validate().is_err());
+        let mut bad = VmConfig::new("/k");
+        bad.hugepages = true;
+        bad.mem_mib = 3;
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,137 @@
+//! A built VM and its run: start the vCPU threads, serve events until the VM ends, stop
+//! the vCPUs, report how it ended.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use vm_memory::GuestMemoryMmap;
+
+use crate::config::VmConfig;
+use crate::control::{Control, Request};
+use crate::error::{Error, Result};
+use crate::event_loop::EventLoop;
+use crate::exit::ExitReason;
+use crate::vcpus::{VcpuThread, ACK_TIMEOUT};
+use crate::vstate::kvm::KvmContext;
+use crate::vstate::vcpu::{install_kick_handler, Vcpu};
+use crate::vstate::vm::Vm;
+
+/// A VM ready to run. Fields drop in order: vCPUs before the VM, the VM before memory.
+pub struct Vmm {
+    pub(crate) control: Arc<Control>,
+    pub(crate) vcpus: Vec<Vcpu>,
+    pub(crate) event_loop: EventLoop,
+    pub(crate) _vm: Vm,
+    pub(crate) _memory: GuestMemoryMmap,
+    pub(crate) _kvm: KvmContext,
+}
+
+/// Controls a VM from another thread. Cheap to clone.
+#[derive(Clone)]
+pub struct VmmHandle {
+    control: Arc<Control>,
+}
+
+impl VmmHandle {
+    /// Ends the VM: [`Vmm::run`] returns [`ExitReason::Stopped`] (unless the guest ended
+    /// it first).
+    pub fn stop(&self) {
+        self.control.finish(Ok(ExitReason::Stopped));
+    }
+
+    fn ask(&self, make: fn(mpsc::Sender<Result<()>>) -> Request) -> Result<()> {
+        if self.control.is_ending() {
+            return Err(Error::Vcpu {
+                index: 0,
+                reason: "the VM has ended".into(),
+            });
+        }
+        let (tx, rx) = mpsc::channel();
+        self.control.push(make(tx));
+        rx.recv_timeout(ACK_TIMEOUT * 2 + Duration::from_secs(1))
+            .map_err(|_| Error::Vcpu {
+                index: 0,
+                reason: "the VM did not answer (not running?)".into(),
+            })?
+    }
+
+    /// Takes every vCPU out of the guest and parks it; returns once all are parked.
+    pub fn pause(&self) -> Result<()> {
+        self.ask(Request::Pause)
+    }
+
+    /// Lets paused vCPUs run again.
+    pub fn resume(&self) -> Result<()> {
+        self.ask(Request::Resume)
+    }
+}
+
+impl Vmm {
+    /// Builds a VM from `config`: validates it, creates the VM, loads the kernel, sets up
+    /// devices and vCPUs. Nothing runs yet.
+    pub fn build(config: VmConfig) -> Result<Vmm> {
+        crate::builder::build(config)
+    }
+
+    /// A handle to stop/pause/resume the VM while [`Vmm::run`] blocks.
+    pub fn handle(&self) -> VmmHandle {
+        VmmHandle {
+            control: self.control.clone(),
+        }
+    }
+
+    /// Runs the VM until the guest ends it, a [`VmmHandle`] stops it, or it fails.
+    pub fn run(mut self) -> Result<ExitReason> {
+        install_kick_handler()?;
+        let mut threads = Vec::new();
+        for vcpu in self.vcpus.drain(..) {
+            match VcpuThread::spawn(vcpu, self.control.clone()) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    self.control.finish(Err(e));
+                    break;
+                }
+            }
+        }
+        while !self.control.is_ending() {
+            if let Err(e) = self.event_loop.run_once() {
+                self.control.finish(Err(e));
+                break;
+            }
+            while let Some(request) = self.control.pop() {
+                serve(request, &threads);
+            }
+        }
+        let mut stop_error = None;
+        for t in threads {
+            if let Err(e) = t.stop() {
+                stop_error.get_or_insert(e);
+            }
+        }
+        // Answer requests that raced with the end.
+        while let Some(request) = self.control.pop() {
+            let (Request::Pause(tx) | Request::Resume(tx)) = request;
+            let _ = tx.send(Err(Error::Vcpu {
+                index: 0,
+                reason: "the VM has ended".into(),
+            }));
+        }
+        let outcome = self
+            .control
+            .take_outcome()
+            .unwrap_or(Ok(ExitReason::Stopped));
+        match (outcome, stop_error) {
+            (Err(e), _) | (Ok(_), Some(e)) => Err(e),
+            (Ok(reason), None) => Ok(reason),
+        }
+    }
+}
+
+fn serve(request: Request, threads: &[VcpuThread]) {
+    let (tx, result) = match request {
+        Request::Pause(tx) => (tx, threads.iter().try_for_each(VcpuThread::pause)),
+        Request::Resume(tx) => (tx, threads.iter().try_for_each(VcpuThread::resume)),
+    };
+    let _ = tx.send(result);
+}
