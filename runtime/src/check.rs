@@ -183,13 +183,11 @@ pub fn run(config: &Config) -> Report {
         "apt-get install containerd runc",
     ));
 
-    let hull_vmm = if kvm.boots_linux() {
-        "can boot Linux here (hardware KVM); pods still run on QEMU until hull-vmm has virtio devices".to_string()
+    let support = hull_vmm::host_support();
+    let hull_vmm = if support.can_boot_linux() {
+        format!("{} (pods still run on QEMU until hull-vmm has virtio devices)", support.summary())
     } else {
-        format!(
-            "cannot boot Linux here (/dev/kvm is {}); freestanding guests only",
-            kvm.describe()
-        )
+        support.summary()
     };
     let mut report = Report {
         lines,

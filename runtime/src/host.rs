@@ -32,40 +32,20 @@ impl KvmKind {
     }
 }
 
-/// Probes /dev/kvm, /proc/cpuinfo and the loaded modules.
+/// Probes /dev/kvm through hull-vmm's host probe (one probe for the whole project).
 pub fn kvm_kind() -> KvmKind {
-    let dev = Path::new("/dev/kvm");
-    if !dev.exists() {
-        return KvmKind::Absent;
-    }
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dev)
-        .is_err()
-    {
-        return KvmKind::Unusable;
-    }
-    if Path::new("/sys/module/kvm_pvm").exists() {
-        return KvmKind::Pvm;
-    }
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    if cpu_has_virt_flags(&cpuinfo) {
-        KvmKind::Hardware
-    } else {
-        // KVM without VMX/SVM in the guest-visible flags is some paravirtual flavour;
-        // it is not what a Linux guest needs.
-        KvmKind::Pvm
-    }
+    from_support(&hull_vmm::host_support())
 }
 
-/// Whether the first `flags` line of /proc/cpuinfo lists `vmx` or `svm`.
-pub fn cpu_has_virt_flags(cpuinfo: &str) -> bool {
-    cpuinfo
-        .lines()
-        .find(|l| l.starts_with("flags"))
-        .map(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
-        .unwrap_or(false)
+fn from_support(s: &hull_vmm::HostSupport) -> KvmKind {
+    use hull_vmm::KvmKind as V;
+    match (s.kind, s.kvm_accessible) {
+        (V::Absent, _) => KvmKind::Absent,
+        (_, false) => KvmKind::Unusable,
+        (V::Vmx | V::Svm, true) => KvmKind::Hardware,
+        // Neither VMX/SVM nor PVM recognised: not what a Linux guest needs.
+        (V::Pvm | V::Unknown, true) => KvmKind::Pvm,
+    }
 }
 
 /// Resolves a configured binary: a path with a slash is taken as is; a bare name is
@@ -141,11 +121,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn virt_flags_are_found_as_whole_words() {
-        assert!(cpu_has_virt_flags("processor : 0\nflags\t\t: fpu vme svm lm\n"));
-        assert!(cpu_has_virt_flags("flags : fpu vmx\n"));
-        assert!(!cpu_has_virt_flags("flags : fpu vmxnot svmx\n"));
-        assert!(!cpu_has_virt_flags("processor : 0\n"));
+    fn kvm_kinds_from_the_vmm_probe() {
+        use hull_vmm::{HostSupport, KvmKind as V};
+        let k = |kind, kvm_accessible| from_support(&HostSupport { kind, kvm_accessible });
+        assert_eq!(k(V::Vmx, true), KvmKind::Hardware);
+        assert_eq!(k(V::Svm, false), KvmKind::Unusable);
+        assert_eq!(k(V::Pvm, true), KvmKind::Pvm);
+        assert_eq!(k(V::Absent, false), KvmKind::Absent);
+        assert!(!k(V::Unknown, true).boots_linux());
     }
 
     #[test]
