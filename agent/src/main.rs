@@ -2,14 +2,14 @@
 //! `lib.rs`).
 //!
 //! Start-up, in order (each step is a module):
-//! 1. `config`   arguments; the mode: guest init (PID 1 on vsock) or a plain process
-//! 2. `power`    panic hook: as guest init a panic stops the VM instead of hanging it
-//! 3. `init`     /dev and /proc, the console (`hull-agent: started`), kernel command
-//!               line options, then the other base mounts and cgroup controllers
-//! 4. `reaper`   SIGCHLD: reaps every child and orphan, hands out exit statuses
-//! 5. `server`   ttrpc on vsock port 1024 (or `--listen unix:///path`), handlers in
-//!               `rpc`, logic in `service`
-//! 6. `announce` tells the host it may connect now
+//! 1. `config`: arguments; the mode: guest init (PID 1 on vsock) or a plain process.
+//! 2. `power`: panic hook; as guest init a panic stops the VM instead of hanging it.
+//! 3. `init`: /dev and /proc, the console (`hull-agent: started`), kernel command line
+//!    options, then the other base mounts and cgroup controllers.
+//! 4. `reaper`: SIGCHLD; reaps every child and orphan, hands out exit statuses.
+//! 5. `server`: ttrpc on vsock port 1024 (or `--listen unix:///path`), handlers in
+//!    `rpc`, logic in `service`.
+//! 6. `announce`: tells the host it may connect now.
 //!
 //! Outside a guest (`--listen unix://...` or not PID 1) steps 3 and the power-off are
 //! skipped, and DestroySandbox ends the process: that is how host-side tests run it.
