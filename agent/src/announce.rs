@@ -23,9 +23,15 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, thiserror::Error)]
 pub enum AnnounceError {
     #[error("connect to {target}: {source}")]
-    Connect { target: String, source: std::io::Error },
+    Connect {
+        target: String,
+        source: std::io::Error,
+    },
     #[error("write to {target}: {source}")]
-    Write { target: String, source: std::io::Error },
+    Write {
+        target: String,
+        source: std::io::Error,
+    },
     #[error("{target} did not answer within {ATTEMPT_TIMEOUT:?}")]
     Timeout { target: String },
 }
@@ -72,7 +78,10 @@ pub async fn announce(target: AnnounceTarget) -> bool {
 
 async fn announce_once(target: &AnnounceTarget) -> Result<(), AnnounceError> {
     let name = || describe(target);
-    let connect_err = |source| AnnounceError::Connect { target: name(), source };
+    let connect_err = |source| AnnounceError::Connect {
+        target: name(),
+        source,
+    };
     match target {
         AnnounceTarget::Vsock { cid, port } => {
             let stream = VsockStream::connect(VsockAddr::new(*cid, *port))
@@ -85,7 +94,10 @@ async fn announce_once(target: &AnnounceTarget) -> Result<(), AnnounceError> {
             write_line(stream).await
         }
     }
-    .map_err(|source| AnnounceError::Write { target: name(), source })
+    .map_err(|source| AnnounceError::Write {
+        target: name(),
+        source,
+    })
 }
 
 /// Writes the line and closes our side; the host reads up to EOF or the newline.

@@ -30,7 +30,10 @@ impl ListenAddr {
 /// Where the readiness announcement goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AnnounceTarget {
-    Vsock { cid: u32, port: u32 },
+    Vsock {
+        cid: u32,
+        port: u32,
+    },
     /// A unix socket (lets tests and tools observe the announcement without vsock).
     Unix(PathBuf),
 }
@@ -53,9 +56,9 @@ pub struct Args {
 impl Args {
     /// The listen address to use.
     pub fn listen_addr(&self) -> ListenAddr {
-        self.listen
-            .clone()
-            .unwrap_or(ListenAddr::Vsock { port: AGENT_VSOCK_PORT })
+        self.listen.clone().unwrap_or(ListenAddr::Vsock {
+            port: AGENT_VSOCK_PORT,
+        })
     }
 
     /// Where to announce readiness, if anywhere: explicit `--announce`, else the host when
@@ -107,7 +110,12 @@ where
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
             _ => (arg.clone(), None),
         };
-        let mut value = |name: &'static str| inline.clone().or_else(|| it.next()).ok_or(ArgsError::MissingValue(name));
+        let mut value = |name: &'static str| {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or(ArgsError::MissingValue(name))
+        };
         match flag.as_str() {
             "--listen" => out.listen = Some(parse_listen(&value("--listen")?)?),
             "--announce" => out.announce = Some(parse_announce(&value("--announce")?)?),
@@ -125,7 +133,9 @@ fn parse_listen(s: &str) -> Result<ListenAddr, ArgsError> {
         return non_empty_path(path, s).map(ListenAddr::Unix);
     }
     if let Some(rest) = s.strip_prefix("vsock://") {
-        let (cid, port) = rest.split_once(':').ok_or_else(|| ArgsError::BadAddr(s.into()))?;
+        let (cid, port) = rest
+            .split_once(':')
+            .ok_or_else(|| ArgsError::BadAddr(s.into()))?;
         // The agent always listens on any CID; accept the notations for it.
         if !matches!(cid, "-1" | "" | "any") {
             return Err(ArgsError::BadAddr(s.into()));
@@ -141,7 +151,9 @@ fn parse_announce(s: &str) -> Result<AnnounceTarget, ArgsError> {
         return non_empty_path(path, s).map(AnnounceTarget::Unix);
     }
     if let Some(rest) = s.strip_prefix("vsock://") {
-        let (cid, port) = rest.split_once(':').ok_or_else(|| ArgsError::BadAddr(s.into()))?;
+        let (cid, port) = rest
+            .split_once(':')
+            .ok_or_else(|| ArgsError::BadAddr(s.into()))?;
         let cid = cid.parse().map_err(|_| ArgsError::BadAddr(s.into()))?;
         let port = port.parse().map_err(|_| ArgsError::BadAddr(s.into()))?;
         return Ok(AnnounceTarget::Vsock { cid, port });
@@ -158,7 +170,8 @@ fn non_empty_path(path: &str, whole: &str) -> Result<PathBuf, ArgsError> {
 
 /// Parses a log level name.
 pub fn parse_level(s: &str) -> Result<LevelFilter, ArgsError> {
-    s.parse::<LevelFilter>().map_err(|_| ArgsError::BadLevel(s.into()))
+    s.parse::<LevelFilter>()
+        .map_err(|_| ArgsError::BadLevel(s.into()))
 }
 
 /// `hull.*` options from the kernel command line.

@@ -14,6 +14,7 @@ pub mod config;
 pub mod console;
 pub mod init;
 pub mod power;
+pub mod procfs;
 pub mod reaper;
 pub mod rpc;
 pub mod server;

@@ -32,34 +32,53 @@ use hull_agent::{announce, console, init, server};
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 fn main() -> ExitCode {
+    let is_pid1 = nix::unistd::getpid().as_raw() == 1;
+    // Until the arguments say otherwise, PID 1 is the guest's init: a panic or bad
+    // arguments (the kernel passes words after `--` to init) must stop the VM, not
+    // return from main (PID 1 exiting panics the kernel).
+    let provisional = if is_pid1 {
+        Mode::GuestInit
+    } else {
+        Mode::Process
+    };
+    provisional.set_global();
+    power::install_panic_hook();
+
     let args = match config::parse_args(std::env::args().skip(1)) {
         Ok(args) => args,
         Err(e) => {
-            eprintln!("hull-agent: {e}");
+            power::fatal(&anyhow::Error::new(e));
             return ExitCode::from(2);
         }
     };
-    if args.version {
-        println!("hull-agent {VERSION} (agent API {})", hull_proto::API_VERSION);
-        return ExitCode::SUCCESS;
-    }
-    let is_pid1 = nix::unistd::getpid().as_raw() == 1;
     let mode = match args.listen_addr() {
         ListenAddr::Vsock { .. } if is_pid1 => Mode::GuestInit,
         _ => Mode::Process,
     };
     mode.set_global();
-    power::install_panic_hook();
+    if args.version {
+        println!(
+            "hull-agent {VERSION} (agent API {})",
+            hull_proto::API_VERSION
+        );
+        return finish(mode, ExitCode::SUCCESS);
+    }
 
     match run(args, mode) {
-        // PID 1 must never exit (the kernel would panic): stop the VM instead.
-        Ok(()) if mode == Mode::GuestInit => power::power_off_now(),
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => finish(mode, ExitCode::SUCCESS),
         Err(e) => {
             power::fatal(&e);
             ExitCode::FAILURE
         }
     }
+}
+
+/// The exit code, or, as guest init (which must never exit), the VM's power-off.
+fn finish(mode: Mode, code: ExitCode) -> ExitCode {
+    if mode == Mode::GuestInit {
+        power::power_off_now();
+    }
+    code
 }
 
 fn run(args: Args, mode: Mode) -> anyhow::Result<()> {
@@ -103,7 +122,9 @@ async fn serve(args: Args, mode: Mode) -> anyhow::Result<()> {
 
     if let Some(target) = args.announce_target() {
         tokio::spawn(async move {
-            announce::announce(target).instrument(info_span!("announce")).await;
+            announce::announce(target)
+                .instrument(info_span!("announce"))
+                .await;
         });
     }
 

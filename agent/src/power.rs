@@ -6,6 +6,7 @@
 //! ends QEMU with rc 0 (see PLATFORM.md).
 
 use std::convert::Infallible;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use nix::unistd::Pid;
 use tokio::sync::watch;
 use tracing::{error, info, info_span, warn, Instrument};
 
-use crate::console;
+use crate::{console, procfs};
 
 /// Whether this process is the guest's init (set once, early in `main`). Read by the
 /// panic hook, which has no other way to know.
@@ -144,24 +145,36 @@ impl PowerControl {
 /// Only for guest init: `kill(-1, ..)` anywhere else would hit the host's processes.
 async fn terminate_all(grace: Duration) {
     if let Err(e) = kill(Pid::from_raw(-1), Signal::SIGTERM) {
-        if e == Errno::ESRCH {
-            return; // nobody left
-        }
         warn!(error = %e, "SIGTERM to all processes failed");
     }
     let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        // Signal 0 to -1 fails with ESRCH once no process but us is left (the reaper
-        // task, on this same runtime, reaps the zombies while we sleep).
-        if kill(Pid::from_raw(-1), None) == Err(Errno::ESRCH) {
+    loop {
+        // Not `kill(-1, 0)`: kernel threads always answer it. The reaper task, on this
+        // same runtime, reaps the zombies while we sleep.
+        let left = match procfs::live_user_processes(Path::new("/proc"), std::process::id() as i32)
+        {
+            Ok(pids) => pids,
+            Err(e) => {
+                warn!(error = %e, "cannot list processes; killing without waiting");
+                break;
+            }
+        };
+        if left.is_empty() {
             info!("all processes exited");
             return;
+        }
+        if Instant::now() >= deadline {
+            warn!(
+                ?grace,
+                ?left,
+                "processes left after the grace period; killing them"
+            );
+            break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     match kill(Pid::from_raw(-1), Signal::SIGKILL) {
-        Ok(()) => warn!(?grace, "processes left after the grace period were killed"),
-        Err(Errno::ESRCH) => {}
+        Ok(()) | Err(Errno::ESRCH) => {}
         Err(e) => error!(error = %e, "SIGKILL to all processes failed"),
     }
 }

@@ -82,7 +82,11 @@ impl Registry {
             }
             return;
         }
-        debug!(pid = status.pid, code = status.code(), "reaped an unwatched process");
+        debug!(
+            pid = status.pid,
+            code = status.code(),
+            "reaped an unwatched process"
+        );
         self.prune(now);
         if self.unclaimed.len() >= UNCLAIMED_MAX {
             self.evict_oldest();
@@ -221,7 +225,9 @@ impl Reaper {
         // A panic while holding the lock reboots the guest (panic hook); in a test it
         // leaves consistent data (every method completes its updates before returning),
         // so a poisoned lock is still usable.
-        self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

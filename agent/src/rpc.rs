@@ -40,7 +40,10 @@ pub fn to_status(err: &ServiceError) -> ttrpc::Error {
 }
 
 /// Runs one request's work inside the `rpc` span and maps its error.
-async fn handle<T>(rpc: &'static str, work: impl Future<Output = Result<T, ServiceError>>) -> ttrpc::Result<T> {
+async fn handle<T>(
+    rpc: &'static str,
+    work: impl Future<Output = Result<T, ServiceError>>,
+) -> ttrpc::Result<T> {
     async move {
         debug!("request");
         let result = work.await;
@@ -63,77 +66,168 @@ fn unimplemented<T>(rpc: &'static str) -> ttrpc::Result<T> {
 #[async_trait]
 impl AgentService for Rpc {
     // ---- health
-    async fn check(&self, _ctx: &TtrpcContext, req: CheckRequest) -> ttrpc::Result<HealthCheckResponse> {
+    async fn check(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CheckRequest,
+    ) -> ttrpc::Result<HealthCheckResponse> {
         handle("Check", async { Ok(health::do_check(&req)) }).await
     }
-    async fn version(&self, _ctx: &TtrpcContext, req: CheckRequest) -> ttrpc::Result<VersionResponse> {
+    async fn version(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CheckRequest,
+    ) -> ttrpc::Result<VersionResponse> {
         handle("Version", async { health::do_version(&req) }).await
     }
 
     // ---- sandbox
-    async fn destroy_sandbox(&self, _ctx: &TtrpcContext, req: DestroySandboxRequest) -> ttrpc::Result<Empty> {
-        handle("DestroySandbox", async { sandbox::do_destroy_sandbox(&self.svc, &req) }).await
+    async fn destroy_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: DestroySandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle("DestroySandbox", async {
+            sandbox::do_destroy_sandbox(&self.svc, &req)
+        })
+        .await
     }
 
     // ---- not implemented yet (containers, processes, I/O, events, network: next issue)
-    async fn create_sandbox(&self, _ctx: &TtrpcContext, _req: CreateSandboxRequest) -> ttrpc::Result<Empty> {
+    async fn create_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: CreateSandboxRequest,
+    ) -> ttrpc::Result<Empty> {
         unimplemented("CreateSandbox")
     }
-    async fn create_container(&self, _ctx: &TtrpcContext, _req: CreateContainerRequest) -> ttrpc::Result<Empty> {
+    async fn create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: CreateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         unimplemented("CreateContainer")
     }
-    async fn start_container(&self, _ctx: &TtrpcContext, _req: StartContainerRequest) -> ttrpc::Result<Empty> {
+    async fn start_container(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: StartContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         unimplemented("StartContainer")
     }
-    async fn remove_container(&self, _ctx: &TtrpcContext, _req: RemoveContainerRequest) -> ttrpc::Result<Empty> {
+    async fn remove_container(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         unimplemented("RemoveContainer")
     }
-    async fn pause_container(&self, _ctx: &TtrpcContext, _req: ContainerRequest) -> ttrpc::Result<Empty> {
+    async fn pause_container(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: ContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         unimplemented("PauseContainer")
     }
-    async fn resume_container(&self, _ctx: &TtrpcContext, _req: ContainerRequest) -> ttrpc::Result<Empty> {
+    async fn resume_container(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: ContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         unimplemented("ResumeContainer")
     }
-    async fn update_container(&self, _ctx: &TtrpcContext, _req: UpdateContainerRequest) -> ttrpc::Result<Empty> {
+    async fn update_container(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         unimplemented("UpdateContainer")
     }
-    async fn stats_container(&self, _ctx: &TtrpcContext, _req: ContainerRequest) -> ttrpc::Result<StatsContainerResponse> {
+    async fn stats_container(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: ContainerRequest,
+    ) -> ttrpc::Result<StatsContainerResponse> {
         unimplemented("StatsContainer")
     }
-    async fn list_processes(&self, _ctx: &TtrpcContext, _req: ContainerRequest) -> ttrpc::Result<ListProcessesResponse> {
+    async fn list_processes(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: ContainerRequest,
+    ) -> ttrpc::Result<ListProcessesResponse> {
         unimplemented("ListProcesses")
     }
-    async fn exec_process(&self, _ctx: &TtrpcContext, _req: ExecProcessRequest) -> ttrpc::Result<Empty> {
+    async fn exec_process(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: ExecProcessRequest,
+    ) -> ttrpc::Result<Empty> {
         unimplemented("ExecProcess")
     }
-    async fn signal_process(&self, _ctx: &TtrpcContext, _req: SignalProcessRequest) -> ttrpc::Result<Empty> {
+    async fn signal_process(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
         unimplemented("SignalProcess")
     }
-    async fn wait_process(&self, _ctx: &TtrpcContext, _req: ProcessRequest) -> ttrpc::Result<WaitProcessResponse> {
+    async fn wait_process(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: ProcessRequest,
+    ) -> ttrpc::Result<WaitProcessResponse> {
         unimplemented("WaitProcess")
     }
-    async fn resize_tty(&self, _ctx: &TtrpcContext, _req: ResizeTtyRequest) -> ttrpc::Result<Empty> {
+    async fn resize_tty(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: ResizeTtyRequest,
+    ) -> ttrpc::Result<Empty> {
         unimplemented("ResizeTty")
     }
     async fn close_stdin(&self, _ctx: &TtrpcContext, _req: ProcessRequest) -> ttrpc::Result<Empty> {
         unimplemented("CloseStdin")
     }
-    async fn write_stdin(&self, _ctx: &TtrpcContext, _req: WriteStreamRequest) -> ttrpc::Result<WriteStreamResponse> {
+    async fn write_stdin(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: WriteStreamRequest,
+    ) -> ttrpc::Result<WriteStreamResponse> {
         unimplemented("WriteStdin")
     }
-    async fn read_stdout(&self, _ctx: &TtrpcContext, _req: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
+    async fn read_stdout(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: ReadStreamRequest,
+    ) -> ttrpc::Result<ReadStreamResponse> {
         unimplemented("ReadStdout")
     }
-    async fn read_stderr(&self, _ctx: &TtrpcContext, _req: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
+    async fn read_stderr(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: ReadStreamRequest,
+    ) -> ttrpc::Result<ReadStreamResponse> {
         unimplemented("ReadStderr")
     }
-    async fn get_oom_event(&self, _ctx: &TtrpcContext, _req: GetOomEventRequest) -> ttrpc::Result<OomEvent> {
+    async fn get_oom_event(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: GetOomEventRequest,
+    ) -> ttrpc::Result<OomEvent> {
         unimplemented("GetOomEvent")
     }
-    async fn update_interface(&self, _ctx: &TtrpcContext, _req: UpdateInterfaceRequest) -> ttrpc::Result<Interface> {
+    async fn update_interface(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: UpdateInterfaceRequest,
+    ) -> ttrpc::Result<Interface> {
         unimplemented("UpdateInterface")
     }
-    async fn update_routes(&self, _ctx: &TtrpcContext, _req: UpdateRoutesRequest) -> ttrpc::Result<Routes> {
+    async fn update_routes(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: UpdateRoutesRequest,
+    ) -> ttrpc::Result<Routes> {
         unimplemented("UpdateRoutes")
     }
     async fn list_interfaces(&self, _ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<Interfaces> {

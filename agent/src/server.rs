@@ -83,5 +83,8 @@ fn remove_stale_socket(path: &Path) -> Result<(), ServerError> {
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Err(ServerError::InUse { path: shown() });
     }
-    std::fs::remove_file(path).map_err(|source| ServerError::Stale { path: shown(), source })
+    std::fs::remove_file(path).map_err(|source| ServerError::Stale {
+        path: shown(),
+        source,
+    })
 }

@@ -35,7 +35,11 @@ fn assert_unimplemented<T: std::fmt::Debug>(rpc: &str, result: ttrpc::Result<T>)
     match result {
         Err(ttrpc::Error::RpcStatus(status)) => {
             assert_eq!(status.code(), Code::UNIMPLEMENTED, "{rpc}: {status:?}");
-            assert!(status.message().contains(rpc), "{rpc}: {:?}", status.message());
+            assert!(
+                status.message().contains(rpc),
+                "{rpc}: {:?}",
+                status.message()
+            );
         }
         other => panic!("{rpc}: expected UNIMPLEMENTED, got {other:?}"),
     }
@@ -128,7 +132,9 @@ async fn announces_readiness_once_listening() {
     let listener = listen(&announce);
     let arg = format!("unix://{}", announce.display());
     let mut agent = Agent::start_in(dir, &["--announce", &arg]);
-    let line = tokio::task::spawn_blocking(move || read_announcement(listener)).await.unwrap();
+    let line = tokio::task::spawn_blocking(move || read_announcement(listener))
+        .await
+        .unwrap();
     assert_eq!(line, format!("{ANNOUNCE_PREFIX} {API_VERSION}\n"));
     // Announced means listening.
     let c = agent.client().await;
@@ -145,9 +151,15 @@ async fn announce_retries_until_the_host_listens() {
     agent.client().await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     let listener = listen(&announce);
-    let line = tokio::task::spawn_blocking(move || read_announcement(listener)).await.unwrap();
+    let line = tokio::task::spawn_blocking(move || read_announcement(listener))
+        .await
+        .unwrap();
     assert_eq!(line, format!("{ANNOUNCE_PREFIX} {API_VERSION}\n"));
-    assert!(agent.log_text().contains("announce failed"), "{}", agent.log_text());
+    assert!(
+        agent.log_text().contains("announce failed"),
+        "{}",
+        agent.log_text()
+    );
 }
 
 #[tokio::test]
@@ -175,10 +187,23 @@ async fn a_live_socket_is_not_stolen() {
     let status = second.wait().unwrap();
     assert_eq!(status.code(), Some(1));
     let mut err = String::new();
-    second.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    assert!(err.contains("hull-agent: FATAL:") && err.contains("in use"), "{err}");
+    second
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        err.contains("hull-agent: FATAL:") && err.contains("in use"),
+        "{err}"
+    );
     // The first agent still serves.
-    first.client().await.check(ctx(), &CheckRequest::new()).await.unwrap();
+    first
+        .client()
+        .await
+        .check(ctx(), &CheckRequest::new())
+        .await
+        .unwrap();
 }
 
 #[test]

@@ -9,7 +9,10 @@ fn no_args_is_vsock_with_announce_to_host() {
     let a = args(&[]).unwrap();
     assert_eq!(a.listen_addr(), ListenAddr::Vsock { port: 1024 });
     assert_eq!(a.listen_addr().to_ttrpc(), "vsock://-1:1024");
-    assert_eq!(a.announce_target(), Some(AnnounceTarget::Vsock { cid: 2, port: 1025 }));
+    assert_eq!(
+        a.announce_target(),
+        Some(AnnounceTarget::Vsock { cid: 2, port: 1025 })
+    );
 }
 
 #[test]
@@ -22,11 +25,23 @@ fn unix_listen_has_no_default_announce() {
 
 #[test]
 fn explicit_announce_and_inline_values() {
-    let a = args(&["--listen=unix:///x.sock", "--announce", "unix:///y.sock", "--log=debug"]).unwrap();
-    assert_eq!(a.announce_target(), Some(AnnounceTarget::Unix("/y.sock".into())));
+    let a = args(&[
+        "--listen=unix:///x.sock",
+        "--announce",
+        "unix:///y.sock",
+        "--log=debug",
+    ])
+    .unwrap();
+    assert_eq!(
+        a.announce_target(),
+        Some(AnnounceTarget::Unix("/y.sock".into()))
+    );
     assert_eq!(a.log, Some(LevelFilter::DEBUG));
     let a = args(&["--announce", "vsock://2:2000"]).unwrap();
-    assert_eq!(a.announce_target(), Some(AnnounceTarget::Vsock { cid: 2, port: 2000 }));
+    assert_eq!(
+        a.announce_target(),
+        Some(AnnounceTarget::Vsock { cid: 2, port: 2000 })
+    );
 }
 
 #[test]
@@ -40,20 +55,47 @@ fn no_announce_wins() {
 #[test]
 fn vsock_listen_forms() {
     for s in ["vsock://-1:7", "vsock://:7", "vsock://any:7"] {
-        assert_eq!(args(&["--listen", s]).unwrap().listen_addr(), ListenAddr::Vsock { port: 7 });
+        assert_eq!(
+            args(&["--listen", s]).unwrap().listen_addr(),
+            ListenAddr::Vsock { port: 7 }
+        );
     }
 }
 
 #[test]
 fn bad_args_are_errors() {
-    assert_eq!(args(&["--bogus"]), Err(ArgsError::Unknown("--bogus".into())));
-    assert_eq!(args(&["--listen"]), Err(ArgsError::MissingValue("--listen")));
-    assert!(matches!(args(&["--listen", "tcp://1.2.3.4:5"]), Err(ArgsError::BadAddr(_))));
-    assert!(matches!(args(&["--listen", "unix://"]), Err(ArgsError::BadAddr(_))));
-    assert!(matches!(args(&["--listen", "vsock://3:1024"]), Err(ArgsError::BadAddr(_))));
-    assert!(matches!(args(&["--listen", "vsock://-1:x"]), Err(ArgsError::BadAddr(_))));
-    assert!(matches!(args(&["--announce", "vsock://2"]), Err(ArgsError::BadAddr(_))));
-    assert!(matches!(args(&["--log", "loud"]), Err(ArgsError::BadLevel(_))));
+    assert_eq!(
+        args(&["--bogus"]),
+        Err(ArgsError::Unknown("--bogus".into()))
+    );
+    assert_eq!(
+        args(&["--listen"]),
+        Err(ArgsError::MissingValue("--listen"))
+    );
+    assert!(matches!(
+        args(&["--listen", "tcp://1.2.3.4:5"]),
+        Err(ArgsError::BadAddr(_))
+    ));
+    assert!(matches!(
+        args(&["--listen", "unix://"]),
+        Err(ArgsError::BadAddr(_))
+    ));
+    assert!(matches!(
+        args(&["--listen", "vsock://3:1024"]),
+        Err(ArgsError::BadAddr(_))
+    ));
+    assert!(matches!(
+        args(&["--listen", "vsock://-1:x"]),
+        Err(ArgsError::BadAddr(_))
+    ));
+    assert!(matches!(
+        args(&["--announce", "vsock://2"]),
+        Err(ArgsError::BadAddr(_))
+    ));
+    assert!(matches!(
+        args(&["--log", "loud"]),
+        Err(ArgsError::BadLevel(_))
+    ));
 }
 
 #[test]
@@ -77,12 +119,18 @@ fn cmdline_defaults_and_unknowns() {
     let o = parse_cmdline("hull.log=loud hull.nope=1 hull.debug_console=maybe hull.debug_console");
     assert_eq!(o.log, None);
     assert!(o.debug_console, "a bare flag turns it on");
-    assert_eq!(o.ignored, vec!["hull.log=loud", "hull.nope=1", "hull.debug_console=maybe"]);
+    assert_eq!(
+        o.ignored,
+        vec!["hull.log=loud", "hull.nope=1", "hull.debug_console=maybe"]
+    );
 }
 
 #[test]
 fn cmdline_levels_are_case_insensitive() {
-    assert_eq!(parse_cmdline("hull.log=TRACE").log, Some(LevelFilter::TRACE));
+    assert_eq!(
+        parse_cmdline("hull.log=TRACE").log,
+        Some(LevelFilter::TRACE)
+    );
     assert_eq!(parse_cmdline("hull.log=off").log, Some(LevelFilter::OFF));
 }
 

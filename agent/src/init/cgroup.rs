@@ -26,10 +26,11 @@ pub enum CgroupError {
 /// one by one so a single unavailable controller does not cost the others.
 pub fn enable_controllers(root: &Path) -> Result<Vec<String>, CgroupError> {
     let controllers_path = root.join("cgroup.controllers");
-    let listed = std::fs::read_to_string(&controllers_path).map_err(|source| CgroupError::Read {
-        path: controllers_path,
-        source,
-    })?;
+    let listed =
+        std::fs::read_to_string(&controllers_path).map_err(|source| CgroupError::Read {
+            path: controllers_path,
+            source,
+        })?;
     let available: Vec<String> = listed.split_whitespace().map(str::to_owned).collect();
     if available.is_empty() {
         return Ok(Vec::new());

@@ -54,7 +54,10 @@ pub struct HostOps;
 
 impl MountOps for HostOps {
     fn mkdir_all(&self, path: &Path, mode: u32) -> io::Result<()> {
-        std::fs::DirBuilder::new().recursive(true).mode(mode).create(path)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(path)
     }
 
     fn is_mountpoint(&self, path: &Path) -> io::Result<bool> {
@@ -116,7 +119,15 @@ pub fn base_mounts() -> Vec<MountSpec> {
         required,
     };
     vec![
-        m("sysfs", "/sys", "sysfs", NOSUID_NODEV_NOEXEC, None, 0o555, true),
+        m(
+            "sysfs",
+            "/sys",
+            "sysfs",
+            NOSUID_NODEV_NOEXEC,
+            None,
+            0o555,
+            true,
+        ),
         m(
             "devpts",
             "/dev/pts",
@@ -126,12 +137,44 @@ pub fn base_mounts() -> Vec<MountSpec> {
             0o755,
             true,
         ),
-        m("shm", "/dev/shm", "tmpfs", NOSUID_NODEV, Some("mode=1777"), 0o1777, true),
-        m("tmpfs", "/run", "tmpfs", NOSUID_NODEV, Some("mode=0755"), 0o755, true),
-        m("tmpfs", "/tmp", "tmpfs", NOSUID_NODEV, Some("mode=1777"), 0o1777, true),
+        m(
+            "shm",
+            "/dev/shm",
+            "tmpfs",
+            NOSUID_NODEV,
+            Some("mode=1777"),
+            0o1777,
+            true,
+        ),
+        m(
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            NOSUID_NODEV,
+            Some("mode=0755"),
+            0o755,
+            true,
+        ),
+        m(
+            "tmpfs",
+            "/tmp",
+            "tmpfs",
+            NOSUID_NODEV,
+            Some("mode=1777"),
+            0o1777,
+            true,
+        ),
         // Without cgroups the agent still answers (health, version) but containers fail
         // later with a clear error, so this one is not fatal.
-        m("cgroup2", CGROUP_ROOT, "cgroup2", NOSUID_NODEV_NOEXEC, None, 0o555, false),
+        m(
+            "cgroup2",
+            CGROUP_ROOT,
+            "cgroup2",
+            NOSUID_NODEV_NOEXEC,
+            None,
+            0o555,
+            false,
+        ),
     ]
 }
 
@@ -151,10 +194,11 @@ pub fn mount_all(ops: &dyn MountOps, specs: &[MountSpec]) -> Result<(), InitErro
 
 fn mount_one(ops: &dyn MountOps, spec: &MountSpec) -> Result<(), InitError> {
     let target = Path::new(spec.target);
-    ops.mkdir_all(target, spec.dir_mode).map_err(|source| InitError::Mkdir {
-        path: target.to_path_buf(),
-        source,
-    })?;
+    ops.mkdir_all(target, spec.dir_mode)
+        .map_err(|source| InitError::Mkdir {
+            path: target.to_path_buf(),
+            source,
+        })?;
     if ops.is_mountpoint(target).unwrap_or(false) {
         debug!("already mounted");
         return Ok(());

@@ -14,7 +14,9 @@ struct Recorder {
 
 impl MountOps for Recorder {
     fn mkdir_all(&self, path: &Path, mode: u32) -> io::Result<()> {
-        self.calls.borrow_mut().push(format!("mkdir {} {mode:o}", path.display()));
+        self.calls
+            .borrow_mut()
+            .push(format!("mkdir {} {mode:o}", path.display()));
         Ok(())
     }
     fn is_mountpoint(&self, path: &Path) -> io::Result<bool> {
@@ -35,7 +37,12 @@ impl MountOps for Recorder {
 }
 
 fn mounts_of(r: &Recorder) -> Vec<String> {
-    r.calls.borrow().iter().filter(|c| c.starts_with("mount")).cloned().collect()
+    r.calls
+        .borrow()
+        .iter()
+        .filter(|c| c.starts_with("mount"))
+        .cloned()
+        .collect()
 }
 
 #[test]
@@ -64,9 +71,17 @@ fn every_target_is_created_before_mounting() {
     mount_all(&r, &base_mounts()).unwrap();
     let calls = r.calls.borrow();
     for spec in base_mounts() {
-        let mkdir = calls.iter().position(|c| c.starts_with(&format!("mkdir {} ", spec.target)));
-        let mount = calls.iter().position(|c| c.contains(&format!(" {} ", spec.target)) && c.starts_with("mount"));
-        assert!(mkdir.is_some() && mkdir < mount, "{} : {calls:?}", spec.target);
+        let mkdir = calls
+            .iter()
+            .position(|c| c.starts_with(&format!("mkdir {} ", spec.target)));
+        let mount = calls
+            .iter()
+            .position(|c| c.contains(&format!(" {} ", spec.target)) && c.starts_with("mount"));
+        assert!(
+            mkdir.is_some() && mkdir < mount,
+            "{} : {calls:?}",
+            spec.target
+        );
     }
 }
 
@@ -99,7 +114,10 @@ fn required_mount_failure_is_fatal() {
         ..Default::default()
     };
     let err = mount_all(&r, &base_mounts()).unwrap_err();
-    assert!(matches!(err, InitError::Mount { target: "/sys", .. }), "{err}");
+    assert!(
+        matches!(err, InitError::Mount { target: "/sys", .. }),
+        "{err}"
+    );
     // Nothing after /sys was attempted.
     assert!(mounts_of(&r).is_empty(), "{:?}", mounts_of(&r));
 }
@@ -141,5 +159,8 @@ fn no_controllers_is_fine_and_missing_root_is_an_error() {
     let dir = temp_cgroup("");
     assert!(enable_controllers(&dir).unwrap().is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
-    assert!(matches!(enable_controllers(&dir), Err(CgroupError::Read { .. })));
+    assert!(matches!(
+        enable_controllers(&dir),
+        Err(CgroupError::Read { .. })
+    ));
 }

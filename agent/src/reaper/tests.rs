@@ -58,7 +58,10 @@ fn unclaimed_statuses_expire() {
     let now = Instant::now();
     r.exited(status(12, ExitKind::Code(1)), now);
     let mut rx = r.watch(12, now + UNCLAIMED_TTL + Duration::from_secs(1));
-    assert!(rx.try_recv().is_err(), "expired status must not be delivered");
+    assert!(
+        rx.try_recv().is_err(),
+        "expired status must not be delivered"
+    );
     assert_eq!(r.unclaimed_len(), 0);
 }
 
@@ -109,21 +112,30 @@ async fn reaps_real_children() {
             Ok::<_, std::io::Error>(((), child.id() as i32))
         })
         .unwrap();
-    let st = tokio::time::timeout(Duration::from_secs(10), rx).await.unwrap().unwrap();
+    let st = tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(st.kind, ExitKind::Code(7));
 
     // The children below are reaped by the reaper, never by `Child::wait`: that is the
     // point of the test (hence the clippy allowances).
     // Exit (and reap) before watch: the status is kept for the late watcher.
     #[allow(clippy::zombie_processes)]
-    let child = Command::new("sh").args(["-c", "kill -9 $$"]).spawn().unwrap();
+    let child = Command::new("sh")
+        .args(["-c", "kill -9 $$"])
+        .spawn()
+        .unwrap();
     let pid = child.id() as i32;
     let deadline = Instant::now() + Duration::from_secs(10);
     while reaper.lock().unclaimed_len() == 0 {
         assert!(Instant::now() < deadline, "child was not reaped");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let st = tokio::time::timeout(Duration::from_secs(1), reaper.watch(pid)).await.unwrap().unwrap();
+    let st = tokio::time::timeout(Duration::from_secs(1), reaper.watch(pid))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(st.kind, ExitKind::Signal(9));
     assert_eq!(st.code(), 137);
 
@@ -133,7 +145,8 @@ async fn reaps_real_children() {
     let pid = child.id() as i32;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "));
+        let zombie =
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "));
         let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists();
         if gone && !zombie {
             break;

@@ -18,7 +18,10 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
-    pub fn internal(what: &'static str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+    pub fn internal(
+        what: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         ServiceError::Internal {
             what,
             source: source.into(),

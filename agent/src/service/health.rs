@@ -19,12 +19,14 @@ pub fn do_check(_req: &CheckRequest) -> HealthCheckResponse {
 /// The agent's and the guest kernel's versions, and the guest's uptime.
 pub fn do_version(_req: &CheckRequest) -> Result<VersionResponse, ServiceError> {
     let uts = nix::sys::utsname::uname().map_err(|e| ServiceError::internal("uname", e))?;
-    let uptime = std::fs::read_to_string(PROC_UPTIME).map_err(|e| ServiceError::internal("read /proc/uptime", e))?;
+    let uptime = std::fs::read_to_string(PROC_UPTIME)
+        .map_err(|e| ServiceError::internal("read /proc/uptime", e))?;
     let mut resp = VersionResponse::new();
     resp.agent_version = env!("CARGO_PKG_VERSION").to_string();
     resp.api_version = API_VERSION;
     resp.kernel_release = uts.release().to_string_lossy().into_owned();
-    resp.uptime_ms = parse_uptime_ms(&uptime).map_err(|e| ServiceError::internal("parse /proc/uptime", e))?;
+    resp.uptime_ms =
+        parse_uptime_ms(&uptime).map_err(|e| ServiceError::internal("parse /proc/uptime", e))?;
     Ok(resp)
 }
 
@@ -38,7 +40,10 @@ pub fn parse_uptime_ms(text: &str) -> Result<u64, UptimeError> {
     let bad = || UptimeError(text.chars().take(64).collect());
     let first = text.split_whitespace().next().ok_or_else(bad)?;
     let (secs, frac) = first.split_once('.').unwrap_or((first, ""));
-    if secs.is_empty() || !secs.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    if secs.is_empty()
+        || !secs.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
         return Err(bad());
     }
     let secs: u64 = secs.parse().map_err(|_| bad())?;
@@ -48,7 +53,9 @@ pub fn parse_uptime_ms(text: &str) -> Result<u64, UptimeError> {
         .chain(std::iter::repeat(b'0'))
         .take(3)
         .fold(0u64, |acc, b| acc * 10 + u64::from(b - b'0'));
-    secs.checked_mul(1000).and_then(|s| s.checked_add(ms)).ok_or_else(bad)
+    secs.checked_mul(1000)
+        .and_then(|s| s.checked_add(ms))
+        .ok_or_else(bad)
 }
 
 #[cfg(test)]
@@ -66,7 +73,16 @@ mod tests {
 
     #[test]
     fn bad_uptime_is_an_error() {
-        for s in ["", "\n", "abc 1.0", "-1.0 2", "1.x 2", ".5 1", "1e3 1", "99999999999999999999.0 1"] {
+        for s in [
+            "",
+            "\n",
+            "abc 1.0",
+            "-1.0 2",
+            "1.x 2",
+            ".5 1",
+            "1e3 1",
+            "99999999999999999999.0 1",
+        ] {
             assert!(parse_uptime_ms(s).is_err(), "{s:?}");
         }
     }

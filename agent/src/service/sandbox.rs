@@ -16,7 +16,10 @@ pub const REPLY_GRACE: Duration = Duration::from_millis(250);
 /// Replies success at once; the power-off runs in a task after [`REPLY_GRACE`]:
 /// SIGTERM to every process, SIGKILL after `timeout_secs`, sync, reboot (as guest init),
 /// or the process exits (outside a guest). Asking again while it runs is harmless.
-pub fn do_destroy_sandbox(svc: &Service, req: &DestroySandboxRequest) -> Result<Empty, ServiceError> {
+pub fn do_destroy_sandbox(
+    svc: &Service,
+    req: &DestroySandboxRequest,
+) -> Result<Empty, ServiceError> {
     let grace = Duration::from_secs(u64::from(req.timeout_secs));
     let power = svc.power.clone();
     info!(?grace, mode = ?power.mode(), "destroying the sandbox after the reply");

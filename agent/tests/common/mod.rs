@@ -83,7 +83,11 @@ impl Agent {
                     return AgentServiceClient::new(c);
                 }
             }
-            assert!(Instant::now() < deadline, "agent never listened; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "agent never listened; log:\n{}",
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -95,7 +99,11 @@ impl Agent {
             if let Some(st) = self.child.try_wait().unwrap() {
                 return st;
             }
-            assert!(Instant::now() < deadline, "agent did not exit; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "agent did not exit; log:\n{}",
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
