@@ -1,1 +1,159 @@
-fn main() {}
+//! The `hull-agent` binary: start-up and the main loop (the modules are in the library,
+//! `lib.rs`).
+//!
+//! Start-up, in order (each step is a module):
+//! 1. `config`: arguments; the mode: guest init (PID 1 on vsock) or a plain process.
+//! 2. `power`: panic hook; as guest init a panic stops the VM instead of hanging it.
+//! 3. `init`: /dev and /proc, the console (`hull-agent: started`), kernel command line
+//!    options, then the other base mounts and cgroup controllers.
+//! 4. `reaper`: SIGCHLD; reaps every child and orphan, hands out exit statuses.
+//! 5. `server`: ttrpc on vsock port 1024 (or `--listen unix:///path`), handlers in
+//!    `rpc`, logic in `service`.
+//! 6. `announce`: tells the host it may connect now.
+//!
+//! Outside a guest (`--listen unix://...` or not PID 1) steps 3 and the power-off are
+//! skipped, and DestroySandbox ends the process: that is how host-side tests run it.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::level_filters::LevelFilter;
+use tracing::{info, info_span, warn, Instrument};
+
+use hull_agent::config::{self, Args, ListenAddr};
+use hull_agent::power::{self, Mode, PowerControl};
+use hull_agent::reaper::Reaper;
+use hull_agent::rpc::Rpc;
+use hull_agent::service::Service;
+use hull_agent::{announce, console, init, server};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn main() -> ExitCode {
+    let is_pid1 = nix::unistd::getpid().as_raw() == 1;
+    // Until the arguments say otherwise, PID 1 is the guest's init: a panic or bad
+    // arguments (the kernel passes words after `--` to init) must stop the VM, not
+    // return from main (PID 1 exiting panics the kernel).
+    let provisional = if is_pid1 {
+        Mode::GuestInit
+    } else {
+        Mode::Process
+    };
+    provisional.set_global();
+    power::install_panic_hook();
+
+    let args = match config::parse_args(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(e) => {
+            power::fatal(&anyhow::Error::new(e));
+            return ExitCode::from(2);
+        }
+    };
+    let mode = match args.listen_addr() {
+        ListenAddr::Vsock { .. } if is_pid1 => Mode::GuestInit,
+        _ => Mode::Process,
+    };
+    mode.set_global();
+    if args.version {
+        println!(
+            "hull-agent {VERSION} (agent API {})",
+            hull_proto::API_VERSION
+        );
+        return finish(mode, ExitCode::SUCCESS);
+    }
+
+    match run(args, mode) {
+        Ok(()) => finish(mode, ExitCode::SUCCESS),
+        Err(e) => {
+            power::fatal(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The exit code, or, as guest init (which must never exit), the VM's power-off.
+fn finish(mode: Mode, code: ExitCode) -> ExitCode {
+    if mode == Mode::GuestInit {
+        power::power_off_now();
+    }
+    code
+}
+
+fn run(args: Args, mode: Mode) -> anyhow::Result<()> {
+    let mut level = args.log.unwrap_or(LevelFilter::INFO);
+    if mode == Mode::GuestInit {
+        init::mount_all(&init::HostOps, &init::early_mounts()).context("early mounts")?;
+        console::setup_stdio().context("console")?;
+        console::announce_line(&format!("started {VERSION}"));
+        let cmdline = std::fs::read_to_string("/proc/cmdline").context("read /proc/cmdline")?;
+        let opts = config::parse_cmdline(&cmdline);
+        level = opts.log.unwrap_or(level);
+        init_logging(level);
+        for word in &opts.ignored {
+            warn!(option = %word, "unknown or malformed hull.* kernel option ignored");
+        }
+        info!(debug_console = opts.debug_console, "guest init");
+        init::bring_up(&init::HostOps).context("guest bring-up")?;
+    } else {
+        console::announce_line(&format!("started {VERSION}"));
+        init_logging(level);
+        // Orphans of our children come to us, as they would to PID 1.
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            warn!(error = %e, "could not become a child subreaper");
+        }
+    }
+
+    // current_thread: PID 1 stays one thread, so the next issue's in-process clone()
+    // (youki's libcontainer) runs in a process that has no other threads to lose.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    runtime.block_on(serve(args, mode))
+}
+
+async fn serve(args: Args, mode: Mode) -> anyhow::Result<()> {
+    let reaper = Reaper::start().context("reaper")?;
+    let (power, mut stop) = PowerControl::new(mode);
+    let service = Arc::new(Service::new(power, reaper));
+    let listening = server::start(&args.listen_addr(), Rpc::new(service)).await?;
+
+    if let Some(target) = args.announce_target() {
+        tokio::spawn(async move {
+            announce::announce(target)
+                .instrument(info_span!("announce"))
+                .await;
+        });
+    }
+
+    if mode == Mode::GuestInit {
+        // Signals to PID 1 have no default action; the VM ends through DestroySandbox.
+        stop.requested().await;
+    } else {
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        tokio::select! {
+            _ = stop.requested() => {}
+            _ = term.recv() => info!("SIGTERM"),
+            _ = int.recv() => info!("SIGINT"),
+        }
+    }
+    listening.shutdown().await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Logs go to stderr: the serial console in the guest.
+fn init_logging(level: LevelFilter) {
+    let result = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .with_target(false)
+        .try_init();
+    if let Err(e) = result {
+        eprintln!("hull-agent: logging not set up: {e}");
+    }
+}

@@ -1,0 +1,28 @@
+//! What the agent does for each request, behind the thin ttrpc handlers in `rpc.rs`.
+//!
+//! [`Service`] owns the agent's state (no globals); each submodule holds the `do_xxx`
+//! functions of one area. Next: `container.rs`, `process.rs`, `io.rs`, `network.rs`, and
+//! the container table in `crate::sandbox`.
+
+mod error;
+pub mod health;
+pub mod sandbox;
+
+pub use error::ServiceError;
+
+use crate::power::PowerControl;
+use crate::reaper::Reaper;
+
+/// The agent's state, shared by every request.
+#[derive(Debug)]
+pub struct Service {
+    pub power: PowerControl,
+    /// Exit statuses of the processes the agent starts (used from the next issue on).
+    pub reaper: Reaper,
+}
+
+impl Service {
+    pub fn new(power: PowerControl, reaper: Reaper) -> Service {
+        Service { power, reaper }
+    }
+}

@@ -1,0 +1,228 @@
+//! The agent's API over a unix socket, against the real binary.
+
+mod common;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use common::{ctx, listen, Agent, TempDir, PATIENCE};
+use hull_proto::health_check_response::ServingStatus;
+use hull_proto::*;
+use ttrpc::Code;
+
+#[tokio::test]
+async fn check_says_serving() {
+    let mut agent = Agent::start(&[]);
+    let client = agent.client().await;
+    let resp = client.check(ctx(), &CheckRequest::new()).await.unwrap();
+    assert_eq!(resp.status.enum_value(), Ok(ServingStatus::SERVING));
+}
+
+#[tokio::test]
+async fn version_reports_agent_api_kernel_and_uptime() {
+    let mut agent = Agent::start(&[]);
+    let client = agent.client().await;
+    let v = client.version(ctx(), &CheckRequest::new()).await.unwrap();
+    assert_eq!(v.agent_version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(v.api_version, API_VERSION);
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(v.kernel_release, release.trim());
+    assert!(v.uptime_ms > 0);
+}
+
+/// Asserts that a call failed with UNIMPLEMENTED and a message naming the RPC.
+fn assert_unimplemented<T: std::fmt::Debug>(rpc: &str, result: ttrpc::Result<T>) {
+    match result {
+        Err(ttrpc::Error::RpcStatus(status)) => {
+            assert_eq!(status.code(), Code::UNIMPLEMENTED, "{rpc}: {status:?}");
+            assert!(
+                status.message().contains(rpc),
+                "{rpc}: {:?}",
+                status.message()
+            );
+        }
+        other => panic!("{rpc}: expected UNIMPLEMENTED, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn every_other_rpc_is_unimplemented_by_name() {
+    let mut agent = Agent::start(&[]);
+    let c = agent.client().await;
+    macro_rules! check {
+        ($($method:ident($req:ty) => $rpc:literal),* $(,)?) => {$(
+            assert_unimplemented($rpc, c.$method(ctx(), &<$req>::new()).await);
+        )*};
+    }
+    check!(
+        create_sandbox(CreateSandboxRequest) => "CreateSandbox",
+        create_container(CreateContainerRequest) => "CreateContainer",
+        start_container(StartContainerRequest) => "StartContainer",
+        remove_container(RemoveContainerRequest) => "RemoveContainer",
+        pause_container(ContainerRequest) => "PauseContainer",
+        resume_container(ContainerRequest) => "ResumeContainer",
+        update_container(UpdateContainerRequest) => "UpdateContainer",
+        stats_container(ContainerRequest) => "StatsContainer",
+        list_processes(ContainerRequest) => "ListProcesses",
+        exec_process(ExecProcessRequest) => "ExecProcess",
+        signal_process(SignalProcessRequest) => "SignalProcess",
+        wait_process(ProcessRequest) => "WaitProcess",
+        resize_tty(ResizeTtyRequest) => "ResizeTty",
+        close_stdin(ProcessRequest) => "CloseStdin",
+        write_stdin(WriteStreamRequest) => "WriteStdin",
+        read_stdout(ReadStreamRequest) => "ReadStdout",
+        read_stderr(ReadStreamRequest) => "ReadStderr",
+        get_oom_event(GetOomEventRequest) => "GetOomEvent",
+        update_interface(UpdateInterfaceRequest) => "UpdateInterface",
+        update_routes(UpdateRoutesRequest) => "UpdateRoutes",
+        list_interfaces(Empty) => "ListInterfaces",
+        list_routes(Empty) => "ListRoutes",
+    );
+    // The agent is still fine afterwards.
+    c.check(ctx(), &CheckRequest::new()).await.unwrap();
+}
+
+#[tokio::test]
+async fn destroy_sandbox_replies_then_the_process_exits() {
+    let mut agent = Agent::start(&[]);
+    let client = agent.client().await;
+    let mut req = DestroySandboxRequest::new();
+    req.timeout_secs = 1;
+    client.destroy_sandbox(ctx(), &req).await.unwrap();
+    let status = agent.wait_exit().await;
+    assert!(status.success(), "{status}; log:\n{}", agent.log_text());
+    assert!(!agent.socket.exists(), "socket left behind");
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_process_cleanly() {
+    let mut agent = Agent::start(&[]);
+    agent.client().await;
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = agent.wait_exit().await;
+    assert!(status.success(), "{status}; log:\n{}", agent.log_text());
+    assert!(!agent.socket.exists(), "socket left behind");
+}
+
+/// Accepts one connection on `listener` and returns everything written to it.
+fn read_announcement(listener: std::os::unix::net::UnixListener) -> String {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let mut conn = loop {
+        match listener.accept() {
+            Ok((conn, _)) => break conn,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "no announcement");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    text
+}
+
+#[tokio::test]
+async fn announces_readiness_once_listening() {
+    let dir = TempDir::new();
+    let announce = dir.0.join("announce.sock");
+    let listener = listen(&announce);
+    let arg = format!("unix://{}", announce.display());
+    let mut agent = Agent::start_in(dir, &["--announce", &arg]);
+    let line = tokio::task::spawn_blocking(move || read_announcement(listener))
+        .await
+        .unwrap();
+    assert_eq!(line, format!("{ANNOUNCE_PREFIX} {API_VERSION}\n"));
+    // Announced means listening.
+    let c = agent.client().await;
+    c.check(ctx(), &CheckRequest::new()).await.unwrap();
+}
+
+#[tokio::test]
+async fn announce_retries_until_the_host_listens() {
+    let dir = TempDir::new();
+    let announce = dir.0.join("announce.sock");
+    let arg = format!("unix://{}", announce.display());
+    let mut agent = Agent::start_in(dir, &["--announce", &arg]);
+    // The agent is up (and its first announce attempts fail) before the host listens.
+    agent.client().await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let listener = listen(&announce);
+    let line = tokio::task::spawn_blocking(move || read_announcement(listener))
+        .await
+        .unwrap();
+    assert_eq!(line, format!("{ANNOUNCE_PREFIX} {API_VERSION}\n"));
+    assert!(
+        agent.log_text().contains("announce failed"),
+        "{}",
+        agent.log_text()
+    );
+}
+
+#[tokio::test]
+async fn a_stale_socket_file_is_replaced() {
+    let dir = TempDir::new();
+    // A socket file nobody listens on, as a crashed agent leaves it.
+    drop(listen(&dir.0.join("agent.sock")));
+    let mut agent = Agent::start_in(dir, &[]);
+    let c = agent.client().await;
+    c.check(ctx(), &CheckRequest::new()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_live_socket_is_not_stolen() {
+    let mut first = Agent::start(&[]);
+    first.client().await;
+    let socket = first.socket.clone();
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_hull-agent"))
+        .arg("--listen")
+        .arg(format!("unix://{}", socket.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = second.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let mut err = String::new();
+    second
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        err.contains("hull-agent: FATAL:") && err.contains("in use"),
+        "{err}"
+    );
+    // The first agent still serves.
+    first
+        .client()
+        .await
+        .check(ctx(), &CheckRequest::new())
+        .await
+        .unwrap();
+}
+
+#[test]
+fn bad_arguments_exit_2() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hull-agent"))
+        .arg("--bogus")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown argument"));
+}
+
+#[test]
+fn version_flag_prints_the_version() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hull-agent"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(env!("CARGO_PKG_VERSION")), "{text}");
+}
