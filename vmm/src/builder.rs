@@ -13,6 +13,7 @@ use crate::arch::x86_64::boot;
 use crate::bus::Bus;
 use crate::config::VmConfig;
 use crate::control::Control;
+use crate::devices::legacy::LimitedWriter;
 use crate::devices::legacy::{
     DebugExit, SerialDevice, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN, DEBUG_EXIT_PORT, I8042,
     I8042_PORT_BASE, I8042_PORT_LEN,
@@ -112,14 +113,15 @@ fn open_files(config: &VmConfig) -> Result<Files> {
     let kernel = open(&config.kernel)?;
     let initrd = config.initrd.as_deref().map(open).transpose()?;
     let console_out: Box<dyn Write + Send> = match &config.console {
-        Some(path) => Box::new(
+        Some(path) => Box::new(LimitedWriter::new(
             OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(true)
                 .open(path)
                 .map_err(Error::file(path))?,
-        ),
+            config.console_limit_bytes,
+        )),
         None => Box::new(std::io::sink()),
     };
     let console_in = match &config.console_input {

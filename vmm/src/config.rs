@@ -68,6 +68,10 @@ pub struct VmConfig {
     /// Without it, guest console output is discarded.
     #[serde(default)]
     pub console: Option<PathBuf>,
+    /// Most bytes of guest console output written to `console`; the rest is dropped
+    /// (a hostile guest must not fill the host's disk). 0 means no limit.
+    #[serde(default = "default_console_limit")]
+    pub console_limit_bytes: u64,
     /// File or FIFO read as serial console input.
     #[serde(default)]
     pub console_input: Option<PathBuf>,
@@ -101,6 +105,11 @@ impl Default for Devices {
     }
 }
 
+/// 64 MiB of console log per VM.
+fn default_console_limit() -> u64 {
+    64 << 20
+}
+
 fn default_true() -> bool {
     true
 }
@@ -124,6 +133,7 @@ impl VmConfig {
             shared_memory: true,
             hugepages: false,
             console: None,
+            console_limit_bytes: default_console_limit(),
             console_input: None,
             devices: Devices::default(),
         }

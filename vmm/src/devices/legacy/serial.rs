@@ -35,6 +35,55 @@ impl SerialEvents for InputDrained {
     }
 }
 
+/// Console output with a size limit: past `limit` bytes the guest's output is
+/// dropped after one note, so a guest printing forever cannot fill the host's disk.
+pub struct LimitedWriter<W: Write> {
+    inner: W,
+    limit: u64,
+    written: u64,
+    noted: bool,
+}
+
+impl<W: Write> LimitedWriter<W> {
+    /// `limit` 0 means no limit.
+    pub fn new(inner: W, limit: u64) -> Self {
+        LimitedWriter {
+            inner,
+            limit,
+            written: 0,
+            noted: false,
+        }
+    }
+}
+
+impl<W: Write> Write for LimitedWriter<W> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        if self.limit == 0 {
+            return self.inner.write(b);
+        }
+        let room = self.limit.saturating_sub(self.written);
+        if room == 0 {
+            if !self.noted {
+                self.noted = true;
+                let _ = self
+                    .inner
+                    .write_all(b"\n[hull-vmm: console limit reached; further output dropped]\n");
+                tracing::warn!(limit = self.limit, "guest console limit reached");
+            }
+            // Report the bytes as taken: the UART must not stall on a full log.
+            return Ok(b.len());
+        }
+        let n = (b.len() as u64).min(room) as usize;
+        let w = self.inner.write(&b[..n])?;
+        self.written += w as u64;
+        Ok(w)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 pub struct SerialDevice {
     uart: Serial<IrqLine, InputDrained, Box<dyn Write + Send>>,
 }
@@ -85,6 +134,20 @@ impl BusDevice for SerialDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn console_output_stops_at_the_limit_without_stalling() {
+        let mut w = LimitedWriter::new(Vec::new(), 10);
+        assert_eq!(w.write(b"0123456").ok(), Some(7));
+        assert_eq!(w.write(b"789abc").ok(), Some(3));
+        assert_eq!(w.write(b"more").ok(), Some(4));
+        assert_eq!(w.write(b"again").ok(), Some(5));
+        let text = String::from_utf8_lossy(&w.inner).to_string();
+        assert!(text.starts_with("0123456789\n[hull-vmm: console limit reached"), "{text}");
+        assert_eq!(text.matches("limit reached").count(), 1);
+        let mut unlimited = LimitedWriter::new(Vec::new(), 0);
+        assert_eq!(unlimited.write(&[b'x'; 100]).ok(), Some(100));
+    }
     use std::sync::{Arc, Mutex};
 
     #[derive(Clone, Default)]
