@@ -169,7 +169,9 @@ async fn a_stale_socket_file_is_replaced() {
     drop(listen(&dir.0.join("agent.sock")));
     let mut agent = Agent::start_in(dir, &[]);
     let c = agent.client().await;
-    c.check(ctx(), &CheckRequest::new()).await.unwrap();
+    if let Err(e) = c.check(ctx(), &CheckRequest::new()).await {
+        panic!("check failed: {e:?}; agent log:\n{}", agent.log_text());
+    }
 }
 
 #[tokio::test]
