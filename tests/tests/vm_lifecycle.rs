@@ -259,3 +259,31 @@ fn hull_check_names_the_backend() {
         assert!(stdout.contains("backend: qemu"), "{text}");
     }
 }
+
+#[tokio::test]
+async fn a_fatal_agent_error_stops_the_vm_instead_of_hanging_it() {
+    if !require_vm("a_fatal_agent_error_stops_the_vm_instead_of_hanging_it") {
+        return;
+    }
+    let state = TestState::new();
+    let config = state.config();
+    let mut spec = SandboxSpec::from_config(&config);
+    // Everything after `--` reaches /init's argv: the agent refuses the argument, says
+    // FATAL on the console and powers the VM off (PID 1 must never just exit or hang).
+    spec.kernel_params = "-- --no-such-agent-flag".into();
+    let err = match Sandbox::boot(&config, &spec, hypervisor::select(&config).expect("backend")).await {
+        Ok(_) => panic!("an agent that refuses its arguments cannot become ready"),
+        Err(e) => e,
+    };
+    match &err {
+        SandboxError::Boot { message, console, .. } => {
+            assert!(message.contains("the VM stopped"), "{err}");
+            assert!(message.contains("exit code 0"), "the guest rebooted cleanly: {err}");
+            assert!(console.contains("FATAL"), "{err}");
+            assert!(console.contains("--no-such-agent-flag"), "{err}");
+            assert!(!console.contains("Attempted to kill init"), "the agent must not exit: {err}");
+        }
+        other => panic!("unexpected error: {other}"),
+    }
+    state.assert_nothing_left();
+}
