@@ -13,3 +13,4 @@ pub mod host;
 pub mod image;
 pub mod hypervisor;
 pub mod sandbox;
+pub mod spec;
