@@ -5,6 +5,7 @@
 //! Rust values.
 
 pub mod hybrid_vsock;
+pub mod convert;
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use hull_proto::{AgentServiceClient, API_VERSION};
 use tokio::io::AsyncReadExt;
 
+pub use container::Stream;
 pub use hybrid_vsock::{GuestListener, VsockError};
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +91,49 @@ pub struct AgentVersion {
     pub uptime: Duration,
 }
 
+/// A storage for the guest to mount (see `Storage` in agent.proto).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StorageSpec {
+    pub driver: String,
+    pub source: String,
+    pub fstype: String,
+    pub options: Vec<String>,
+    pub mount_point: String,
+    pub readonly: bool,
+}
+
+impl StorageSpec {
+    /// A virtio-fs share with device tag `tag`, mounted at `mount_point`.
+    pub fn virtiofs_share(tag: &str, mount_point: &str) -> StorageSpec {
+        StorageSpec {
+            driver: "virtiofs".into(),
+            source: tag.into(),
+            fstype: "virtiofs".into(),
+            options: Vec::new(),
+            mount_point: mount_point.into(),
+            readonly: false,
+        }
+    }
+}
+
+/// Which stdio streams a process gets, and whether they are a terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StdioSpec {
+    pub terminal: bool,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    /// Exit code, or 128 + signal number.
+    pub status: i32,
+    /// Killed by the guest kernel's OOM killer.
+    pub oom_killed: bool,
+}
+
 /// A connected agent.
 #[derive(Clone)]
 pub struct AgentClient {
@@ -129,6 +174,15 @@ impl AgentClient {
             inner: AgentServiceClient::new(client),
             timeout,
         })
+    }
+
+    /// A client over an already connected stream (the agent's tests, fake agents).
+    pub fn from_stream(stream: tokio::net::UnixStream, timeout: Duration) -> AgentClient {
+        let socket = ttrpc::r#async::transport::Socket::from(stream);
+        AgentClient {
+            inner: AgentServiceClient::new(ttrpc::r#async::Client::new(socket)),
+            timeout,
+        }
     }
 
     /// Health check: succeeds only if the agent says it is serving.
@@ -177,6 +231,8 @@ impl AgentClient {
         Ok(())
     }
 }
+
+mod container;
 
 #[cfg(test)]
 mod tests {

@@ -57,6 +57,9 @@ struct VmArgs {
     /// Keep the VM's state dir (console and helper logs) afterwards, for debugging.
     #[arg(long)]
     keep_state: bool,
+    /// Attach the sandbox share (virtiofsd) as `hull run` does.
+    #[arg(long)]
+    share: bool,
 }
 
 #[derive(Subcommand)]
@@ -151,6 +154,7 @@ fn sandbox_spec(config: &Config, vm: &VmArgs) -> SandboxSpec {
         spec.memory_mib = m;
     }
     spec.keep_state = vm.keep_state;
+    spec.share = vm.share;
     spec
 }
 
