@@ -12,5 +12,6 @@ pub mod config;
 pub mod host;
 pub mod image;
 pub mod hypervisor;
+pub mod run;
 pub mod sandbox;
 pub mod spec;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use hull_proto::{AgentServiceClient, API_VERSION};
 use tokio::io::AsyncReadExt;
 
-pub use container::Stream;
+pub use container::{Stream, MAX_READ};
 pub use hybrid_vsock::{GuestListener, VsockError};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +24,7 @@ pub enum AgentError {
     BadAnnouncement(String),
     #[error("the agent speaks API version {agent}, this runtime speaks {API_VERSION}")]
     ApiMismatch { agent: u32 },
-    #[error("agent request {rpc} failed: {source}")]
+    #[error("agent request {rpc} failed: {}", describe_rpc_error(source))]
     Rpc {
         rpc: &'static str,
         source: ttrpc::Error,
@@ -33,6 +33,17 @@ pub enum AgentError {
     Timeout { rpc: &'static str, timeout: Duration },
     #[error("agent reply to {rpc} is invalid: {what}")]
     BadReply { rpc: &'static str, what: String },
+}
+
+/// A ttrpc error in one line: `CODE: message` for a status from the agent.
+pub fn describe_rpc_error(e: &ttrpc::Error) -> String {
+    match e {
+        ttrpc::Error::RpcStatus(s) => {
+            let code = s.code.enum_value().map(|c| format!("{c:?}")).unwrap_or_else(|v| v.to_string());
+            format!("{code}: {}", s.message)
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Reads the agent's `HULL-AGENT-READY <api>\n` line from an announce connection.
