@@ -146,9 +146,9 @@ mod tests {
         assert!(v.readonly && v.container == "/data");
         assert!(!parse_volume(&format!("{h}:/data")).expect("rw").readonly);
         for bad in [
-            format!("{h}"),
+            h.to_string(),
             format!("{h}:data"),
-            format!("rel:/data"),
+            "rel:/data".to_string(),
             format!("{h}:/data:rx"),
             format!("{h}/nope:/data"),
             format!("{h}:/"),

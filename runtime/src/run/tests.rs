@@ -35,7 +35,7 @@ impl AgentService for Fake {
         {
             let mut n = self.reads.lock().expect("lock");
             *n += 1;
-            if self.stutter && *n % 2 == 0 {
+            if self.stutter && (*n).is_multiple_of(2) {
                 return Ok(r);
             }
         }

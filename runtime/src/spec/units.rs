@@ -46,7 +46,7 @@ pub fn parse_cpus(s: &str) -> Result<f64, SpecError> {
         why: why.to_string(),
     };
     let v: f64 = s.trim().parse().map_err(|_| bad("expected a number of CPUs, e.g. 0.5 or 2"))?;
-    if !v.is_finite() || v < 0.01 || v > 256.0 {
+    if !v.is_finite() || !(0.01..=256.0).contains(&v) {
         return Err(bad("must be between 0.01 and 256"));
     }
     Ok(v)
