@@ -20,7 +20,11 @@ fn run(state: &TestState, args: &[&str]) -> Output {
 fn run_in(mut cmd: Command, args: &[&str], stdin: Option<&[u8]>) -> Output {
     cmd.arg("run").args(args);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     let mut child = cmd.spawn().expect("start hull run");
     let writer = stdin.map(|data| {
         let mut pipe = child.stdin.take().expect("stdin pipe");
@@ -100,8 +104,14 @@ fn killed_by_sigkill_exits_137() {
 fn stdin_is_echoed_back_byte_exact() {
     need_run!("stdin_is_echoed_back_byte_exact");
     let state = TestState::new();
-    let data: Vec<u8> = (0..3 * 1024 * 1024 + 7).map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-    let out = run_in(state.hull(), &refs(&demo(&["-i", "--", "cat"])), Some(&data));
+    let data: Vec<u8> = (0..3 * 1024 * 1024 + 7)
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let out = run_in(
+        state.hull(),
+        &refs(&demo(&["-i", "--", "cat"])),
+        Some(&data),
+    );
     state.assert_nothing_left();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(out.stdout.len(), data.len());
@@ -113,9 +123,17 @@ fn sixty_four_mib_of_output_arrive_byte_exact() {
     need_run!("sixty_four_mib_of_output_arrive_byte_exact");
     let state = TestState::new();
     const N: usize = 64 << 20;
-    let out = demo_run(&state, &["--", "sh", "-c", "yes abcdefghijklmno | head -c 67108864"]);
+    let out = demo_run(
+        &state,
+        &["--", "sh", "-c", "yes abcdefghijklmno | head -c 67108864"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let expected: Vec<u8> = b"abcdefghijklmno\n".iter().copied().cycle().take(N).collect();
+    let expected: Vec<u8> = b"abcdefghijklmno\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(N)
+        .collect();
     assert_eq!(out.stdout.len(), N);
     assert_eq!(
         format!("{:x}", Sha256::digest(&out.stdout)),
@@ -127,17 +145,37 @@ fn sixty_four_mib_of_output_arrive_byte_exact() {
 fn stdout_and_stderr_are_kept_apart() {
     need_run!("stdout_and_stderr_are_kept_apart");
     let state = TestState::new();
-    let out = demo_run(&state, &["--", "sh", "-c", "echo to-out; echo to-err >&2; echo more-out"]);
+    let out = demo_run(
+        &state,
+        &[
+            "--",
+            "sh",
+            "-c",
+            "echo to-out; echo to-err >&2; echo more-out",
+        ],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert_eq!(stdout(&out), "to-out\nmore-out\n");
-    assert!(stderr(&out).contains("to-err\n") && !stdout(&out).contains("to-err"), "{}", output_text(&out));
+    assert!(
+        stderr(&out).contains("to-err\n") && !stdout(&out).contains("to-err"),
+        "{}",
+        output_text(&out)
+    );
 }
 
 #[test]
 fn nothing_is_lost_when_the_process_exits_right_after_writing() {
     need_run!("nothing_is_lost_when_the_process_exits_right_after_writing");
     let state = TestState::new();
-    let out = demo_run(&state, &["--", "sh", "-c", "head -c 1000000 /dev/zero; echo tail >&2; exit 7"]);
+    let out = demo_run(
+        &state,
+        &[
+            "--",
+            "sh",
+            "-c",
+            "head -c 1000000 /dev/zero; echo tail >&2; exit 7",
+        ],
+    );
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert_eq!(out.stdout.len(), 1_000_000);
     assert!(stderr(&out).ends_with("tail\n"), "{}", stderr(&out));
@@ -150,7 +188,10 @@ fn tty_mode_gives_the_container_a_terminal() {
     let out = demo_run(&state, &["-t", "--", "sh", "-c", "tty; echo TERM=$TERM"]);
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     let text = stdout(&out);
-    assert!(text.contains("/dev/pts/") && text.contains("TERM=xterm"), "{text}");
+    assert!(
+        text.contains("/dev/pts/") && text.contains("TERM=xterm"),
+        "{text}"
+    );
 }
 
 // ---------------------------------------------------------------- isolation
@@ -159,7 +200,17 @@ fn tty_mode_gives_the_container_a_terminal() {
 fn pid_1_is_the_command_and_hostname_is_set() {
     need_run!("pid_1_is_the_command_and_hostname_is_set");
     let state = TestState::new();
-    let out = demo_run(&state, &["--hostname", "hull-box", "--", "sh", "-c", "echo $$; hostname"]);
+    let out = demo_run(
+        &state,
+        &[
+            "--hostname",
+            "hull-box",
+            "--",
+            "sh",
+            "-c",
+            "echo $$; hostname",
+        ],
+    );
     assert_eq!(stdout(&out), "1\nhull-box\n", "{}", output_text(&out));
 }
 
@@ -171,9 +222,18 @@ fn proc_kcore_is_masked_and_rootfs_read_only_when_asked() {
     assert_eq!(stdout(&out).trim(), "0", "{}", output_text(&out));
     let out = demo_run(&state, &["--read-only", "--", "touch", "/newfile"]);
     assert_ne!(out.status.code(), Some(0), "{}", output_text(&out));
-    assert!(stderr(&out).contains("Read-only file system"), "{}", output_text(&out));
+    assert!(
+        stderr(&out).contains("Read-only file system"),
+        "{}",
+        output_text(&out)
+    );
     let out = demo_run(&state, &["--", "touch", "/newfile"]);
-    assert_eq!(out.status.code(), Some(0), "writable without --read-only: {}", output_text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "writable without --read-only: {}",
+        output_text(&out)
+    );
 }
 
 #[test]
@@ -184,9 +244,23 @@ fn capabilities_outside_the_default_set_are_denied() {
     let out = demo_run(&state, &["--", "mount", "-t", "tmpfs", "t", "/mnt"]);
     assert_ne!(out.status.code(), Some(0), "{}", output_text(&out));
     // A non-root user has no capabilities at all: chown is denied.
-    let out = demo_run(&state, &["--user", "1000:1000", "--", "sh", "-c", "touch /tmp/f && chown 0:0 /tmp/f"]);
+    let out = demo_run(
+        &state,
+        &[
+            "--user",
+            "1000:1000",
+            "--",
+            "sh",
+            "-c",
+            "touch /tmp/f && chown 0:0 /tmp/f",
+        ],
+    );
     assert_ne!(out.status.code(), Some(0), "{}", output_text(&out));
-    assert!(stderr(&out).contains("Operation not permitted"), "{}", output_text(&out));
+    assert!(
+        stderr(&out).contains("Operation not permitted"),
+        "{}",
+        output_text(&out)
+    );
 }
 
 #[test]
@@ -196,7 +270,11 @@ fn the_default_seccomp_profile_denies_with_eperm() {
     // unshare(CLONE_NEWUSER) needs no capability; only seccomp stops it.
     let out = demo_run(&state, &["--", "unshare", "-U", "true"]);
     assert_ne!(out.status.code(), Some(0), "{}", output_text(&out));
-    assert!(stderr(&out).contains("Operation not permitted"), "{}", output_text(&out));
+    assert!(
+        stderr(&out).contains("Operation not permitted"),
+        "{}",
+        output_text(&out)
+    );
 }
 
 #[test]
@@ -205,10 +283,25 @@ fn user_env_and_cwd_are_applied() {
     let state = TestState::new();
     let out = demo_run(
         &state,
-        &["--user", "1000:1001", "--env", "GREETING=hi there", "--workdir", "/tmp", "--", "sh", "-c", "id; echo \"$GREETING\"; pwd"],
+        &[
+            "--user",
+            "1000:1001",
+            "--env",
+            "GREETING=hi there",
+            "--workdir",
+            "/tmp",
+            "--",
+            "sh",
+            "-c",
+            "id; echo \"$GREETING\"; pwd",
+        ],
     );
     let text = stdout(&out);
-    assert!(text.contains("uid=1000") && text.contains("gid=1001"), "{}", output_text(&out));
+    assert!(
+        text.contains("uid=1000") && text.contains("gid=1001"),
+        "{}",
+        output_text(&out)
+    );
     assert!(text.contains("hi there\n/tmp\n"), "{}", output_text(&out));
 }
 
@@ -219,7 +312,17 @@ fn a_memory_hog_is_oom_killed_with_137() {
     need_run!("a_memory_hog_is_oom_killed_with_137");
     let state = TestState::new();
     // tail keeps a whole newline-free stream in memory.
-    let out = demo_run(&state, &["--memory", "32M", "--", "sh", "-c", "head -c 200000000 /dev/zero | tail"]);
+    let out = demo_run(
+        &state,
+        &[
+            "--memory",
+            "32M",
+            "--",
+            "sh",
+            "-c",
+            "head -c 200000000 /dev/zero | tail",
+        ],
+    );
     assert_eq!(out.status.code(), Some(137), "{}", output_text(&out));
     assert!(stderr(&out).contains("OOM"), "{}", output_text(&out));
 }
@@ -230,17 +333,46 @@ fn pids_limit_is_enforced() {
     let state = TestState::new();
     let out = demo_run(
         &state,
-        &["--pids-limit", "8", "--", "sh", "-c", "for i in $(seq 20); do sleep 2 & done; wait"],
+        &[
+            "--pids-limit",
+            "8",
+            "--",
+            "sh",
+            "-c",
+            "for i in $(seq 20); do sleep 2 & done; wait",
+        ],
     );
-    assert!(stderr(&out).contains("can't fork") || stderr(&out).contains("Resource temporarily unavailable"), "{}", output_text(&out));
+    assert!(
+        stderr(&out).contains("can't fork")
+            || stderr(&out).contains("Resource temporarily unavailable"),
+        "{}",
+        output_text(&out)
+    );
 }
 
 #[test]
 fn cpu_quota_is_in_the_containers_cgroup() {
     need_run!("cpu_quota_is_in_the_containers_cgroup");
     let state = TestState::new();
-    let out = demo_run(&state, &["--cpus", "0.5", "--memory", "64M", "--", "sh", "-c", "cat /sys/fs/cgroup/cpu.max /sys/fs/cgroup/memory.max"]);
-    assert_eq!(stdout(&out), format!("50000 100000\n{}\n", 64 << 20), "{}", output_text(&out));
+    let out = demo_run(
+        &state,
+        &[
+            "--cpus",
+            "0.5",
+            "--memory",
+            "64M",
+            "--",
+            "sh",
+            "-c",
+            "cat /sys/fs/cgroup/cpu.max /sys/fs/cgroup/memory.max",
+        ],
+    );
+    assert_eq!(
+        stdout(&out),
+        format!("50000 100000\n{}\n", 64 << 20),
+        "{}",
+        output_text(&out)
+    );
 }
 
 // ---------------------------------------------------------------- signals
@@ -252,7 +384,12 @@ fn sigterm_to_hull_is_forwarded_and_everything_torn_down() {
     let mut hull = state
         .hull()
         .arg("run")
-        .args(refs(&demo(&["--", "sh", "-c", "trap 'echo got-term; exit 42' TERM; echo ready; while true; do sleep 0.1; done"])))
+        .args(refs(&demo(&[
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 42' TERM; echo ready; while true; do sleep 0.1; done",
+        ])))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -261,8 +398,11 @@ fn sigterm_to_hull_is_forwarded_and_everything_torn_down() {
     let mut first = [0u8; 6];
     std::io::Read::read_exact(&mut out, &mut first).expect("ready line");
     assert_eq!(&first, b"ready\n");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(hull.id() as i32), nix::sys::signal::Signal::SIGTERM)
-        .expect("signal");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(hull.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("signal");
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut out, &mut rest).expect("rest");
     let status = hull.wait().expect("wait");
@@ -287,16 +427,27 @@ fn sigint_during_boot_leaves_nothing_host_side() {
         .spawn()
         .expect("hull run");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !state.processes().iter().any(|(_, c)| c.contains("qemu-system")) {
+    while !state
+        .processes()
+        .iter()
+        .any(|(_, c)| c.contains("qemu-system"))
+    {
         if std::time::Instant::now() > deadline {
             let out = hull.wait_with_output().expect("hull");
             panic!("QEMU never started: {}", output_text(&out));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(state.mounts().len(), 1, "the volume is mounted while the VM runs");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(hull.id() as i32), nix::sys::signal::Signal::SIGINT)
-        .expect("signal");
+    assert_eq!(
+        state.mounts().len(),
+        1,
+        "the volume is mounted while the VM runs"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(hull.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("signal");
     let out = hull.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(130), "{}", output_text(&out));
     assert!(stderr(&out).contains("SIGINT"), "{}", output_text(&out));
@@ -318,17 +469,40 @@ fn volumes_rw_ro_and_nothing_else_of_the_host() {
     std::fs::write(ro.join("given"), b"from host\n").expect("given");
     // A marker next to the volumes, never shared: the guest must not find it.
     std::fs::write(top.path().join("hull-secret-marker-7f3a"), b"secret").expect("marker");
-    let script = "echo written > /rw/out; cat /ro/given; if echo x > /ro/nope; then echo RO-WRITABLE; fi; \
+    let script =
+        "echo written > /rw/out; cat /ro/given; if echo x > /ro/nope; then echo RO-WRITABLE; fi; \
                   find / -name 'hull-secret-marker-*' 2>/dev/null; echo done";
     let out = demo_run(
         &state,
-        &["-v", &format!("{}:/rw", rw.display()), "-v", &format!("{}:/ro:ro", ro.display()), "--", "sh", "-c", script],
+        &[
+            "-v",
+            &format!("{}:/rw", rw.display()),
+            "-v",
+            &format!("{}:/ro:ro", ro.display()),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
     );
     let text = stdout(&out);
-    assert_eq!(std::fs::read(rw.join("out")).ok().as_deref(), Some(&b"written\n"[..]), "{}", output_text(&out));
+    assert_eq!(
+        std::fs::read(rw.join("out")).ok().as_deref(),
+        Some(&b"written\n"[..]),
+        "{}",
+        output_text(&out)
+    );
     assert!(text.contains("from host"), "{}", output_text(&out));
-    assert!(!text.contains("RO-WRITABLE") && !ro.join("nope").exists(), "{}", output_text(&out));
-    assert!(!text.contains("hull-secret-marker"), "the guest saw a host file: {}", output_text(&out));
+    assert!(
+        !text.contains("RO-WRITABLE") && !ro.join("nope").exists(),
+        "{}",
+        output_text(&out)
+    );
+    assert!(
+        !text.contains("hull-secret-marker"),
+        "the guest saw a host file: {}",
+        output_text(&out)
+    );
     assert!(text.ends_with("done\n"), "{}", output_text(&out));
     assert!(top.path().join("hull-secret-marker-7f3a").exists());
 }
@@ -346,14 +520,21 @@ fn volume_mounts_are_undone_when_the_run_fails() {
     let out = run(&state, &refs(&demo(&["-v", &v, "--", "/no/such/command"])));
     assert_ne!(out.status.code(), Some(0), "{}", output_text(&out));
     state.assert_nothing_left();
-    assert_eq!(std::fs::read(vol.path().join("keep")).expect("user data survives"), b"user data");
+    assert_eq!(
+        std::fs::read(vol.path().join("keep")).expect("user data survives"),
+        b"user data"
+    );
 }
 
 // ---------------------------------------------------------------- bad input
 
 fn assert_clean_failure(state: &TestState, out: &Output, must_contain: &str) {
     assert_eq!(out.status.code(), Some(125), "{}", output_text(out));
-    assert!(stderr(out).contains(must_contain), "error should name {must_contain:?}: {}", output_text(out));
+    assert!(
+        stderr(out).contains(must_contain),
+        "error should name {must_contain:?}: {}",
+        output_text(out)
+    );
     state.assert_nothing_left();
 }
 
@@ -362,12 +543,20 @@ fn missing_image_dir_is_named() {
     // host side
     need_run!("missing_image_dir_is_named");
     let state = TestState::new();
-    let out = run(&state, &["--image", "/nonexistent/hull-image", "--", "true"]);
+    let out = run(
+        &state,
+        &["--image", "/nonexistent/hull-image", "--", "true"],
+    );
     assert_clean_failure(&state, &out, "/nonexistent/hull-image");
 }
 
 fn copy_dir(from: &Path, to: &Path) {
-    let st = Command::new("cp").arg("-a").arg(from).arg(to).status().expect("cp");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
     assert!(st.success());
 }
 
@@ -388,7 +577,10 @@ fn image_with_a_missing_layer_blob_names_the_digest() {
         .expect("a blob");
     let digest = format!("sha256:{}", layer.file_name().to_string_lossy());
     std::fs::remove_file(layer.path()).expect("rm layer");
-    let out = run(&state, &["--image", &img.display().to_string(), "--", "true"]);
+    let out = run(
+        &state,
+        &["--image", &img.display().to_string(), "--", "true"],
+    );
     assert_clean_failure(&state, &out, &digest);
 }
 
@@ -419,7 +611,11 @@ fn a_command_not_in_the_image_is_reported_as_not_found() {
     let out = run(&state, &refs(&demo(&["--", "/bin/no-such-command"])));
     assert_ne!(out.status.code(), Some(0), "{}", output_text(&out));
     let err = stderr(&out);
-    assert!(err.contains("no-such-command") && err.contains("not found"), "{}", output_text(&out));
+    assert!(
+        err.contains("no-such-command") && err.contains("not found"),
+        "{}",
+        output_text(&out)
+    );
     state.assert_nothing_left();
 }
 
@@ -427,7 +623,11 @@ fn a_command_not_in_the_image_is_reported_as_not_found() {
 fn hull_image_path_names_the_demo_image() {
     // host side
     let state = TestState::new();
-    let out = state.hull().args(["image", "path", "demo"]).output().expect("hull image path");
+    let out = state
+        .hull()
+        .args(["image", "path", "demo"])
+        .output()
+        .expect("hull image path");
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(stdout(&out).trim(), demo_image().display().to_string());
 }

@@ -10,7 +10,12 @@ use hull_runtime::spec::{self, ContainerOptions};
 use hull_tests::*;
 
 fn runc_available(test: &str) -> bool {
-    let ok = Command::new("runc").arg("--version").stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+    let ok = Command::new("runc")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
         && nix::unistd::geteuid().is_root()
         && demo_image().join("index.json").exists();
     if !ok {
@@ -24,11 +29,22 @@ fn runc_available(test: &str) -> bool {
 
 /// Unpacks the demo image into `bundle/rootfs`, writes the spec and runs it with runc.
 fn runc_run(bundle: &Path, opts: ContainerOptions) -> Output {
-    let image = Image::open(&ImageRef { dir: demo_image(), tag: None }).expect("demo image");
+    let image = Image::open(&ImageRef {
+        dir: demo_image(),
+        tag: None,
+    })
+    .expect("demo image");
     let rootfs = bundle.join("rootfs");
     image.unpack(&rootfs).expect("unpack");
-    let s = spec::generate(&opts, &image.config, &rootfs.display().to_string(), Some(&rootfs)).expect("spec");
-    std::fs::write(bundle.join("config.json"), spec::to_json(&s).expect("json")).expect("config.json");
+    let s = spec::generate(
+        &opts,
+        &image.config,
+        &rootfs.display().to_string(),
+        Some(&rootfs),
+    )
+    .expect("spec");
+    std::fs::write(bundle.join("config.json"), spec::to_json(&s).expect("json"))
+        .expect("config.json");
     let id = format!("hull-spec-test-{}", std::process::id());
     let out = Command::new("runc")
         .args(["run", "--bundle"])

@@ -77,7 +77,11 @@ impl AgentClient {
         Ok(())
     }
 
-    pub async fn remove_container(&self, container_id: &str, timeout_secs: u32) -> Result<(), AgentError> {
+    pub async fn remove_container(
+        &self,
+        container_id: &str,
+        timeout_secs: u32,
+    ) -> Result<(), AgentError> {
         let mut req = hull_proto::RemoveContainerRequest::new();
         req.container_id = container_id.to_string();
         req.timeout_secs = timeout_secs;
@@ -104,14 +108,23 @@ impl AgentClient {
         if reply.data.len() > req.len as usize {
             return Err(AgentError::BadReply {
                 rpc: "read_stream",
-                what: format!("{} bytes for a read of at most {}", reply.data.len(), req.len),
+                what: format!(
+                    "{} bytes for a read of at most {}",
+                    reply.data.len(),
+                    req.len
+                ),
             });
         }
         Ok((reply.data, reply.eof))
     }
 
     /// Writes to a process's stdin; returns how many bytes the agent took.
-    pub async fn write_stdin(&self, container_id: &str, exec_id: &str, data: &[u8]) -> Result<usize, AgentError> {
+    pub async fn write_stdin(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        data: &[u8],
+    ) -> Result<usize, AgentError> {
         let mut req = hull_proto::WriteStreamRequest::new();
         req.container_id = container_id.to_string();
         req.exec_id = exec_id.to_string();
@@ -136,7 +149,11 @@ impl AgentClient {
     }
 
     /// Waits for a process to exit (after its output pipes reached EOF in the agent).
-    pub async fn wait_process(&self, container_id: &str, exec_id: &str) -> Result<ExitInfo, AgentError> {
+    pub async fn wait_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+    ) -> Result<ExitInfo, AgentError> {
         let mut req = hull_proto::ProcessRequest::new();
         req.container_id = container_id.to_string();
         req.exec_id = exec_id.to_string();
@@ -163,7 +180,13 @@ impl AgentClient {
         Ok(())
     }
 
-    pub async fn resize_tty(&self, container_id: &str, exec_id: &str, rows: u16, columns: u16) -> Result<(), AgentError> {
+    pub async fn resize_tty(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        rows: u16,
+        columns: u16,
+    ) -> Result<(), AgentError> {
         let mut req = hull_proto::ResizeTtyRequest::new();
         req.container_id = container_id.to_string();
         req.exec_id = exec_id.to_string();

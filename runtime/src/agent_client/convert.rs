@@ -39,15 +39,31 @@ mod tests {
         let s = StorageSpec::virtiofs_share("hullshare", "/run/hull/share");
         let p = storage(&s);
         assert_eq!(
-            (p.driver.as_str(), p.source.as_str(), p.fstype.as_str(), p.mount_point.as_str()),
+            (
+                p.driver.as_str(),
+                p.source.as_str(),
+                p.fstype.as_str(),
+                p.mount_point.as_str()
+            ),
             ("virtiofs", "hullshare", "virtiofs", "/run/hull/share")
         );
         assert!(!p.readonly && p.options.is_empty());
-        let io = stdio(&StdioSpec { terminal: true, stdin: true, stdout: true, stderr: false });
+        let io = stdio(&StdioSpec {
+            terminal: true,
+            stdin: true,
+            stdout: true,
+            stderr: false,
+        });
         assert!(io.terminal && io.stdin && io.stdout && !io.stderr);
         let mut w = hull_proto::WaitProcessResponse::new();
         w.status = 137;
         w.oom_killed = true;
-        assert_eq!(exit(&w), ExitInfo { status: 137, oom_killed: true });
+        assert_eq!(
+            exit(&w),
+            ExitInfo {
+                status: 137,
+                oom_killed: true
+            }
+        );
     }
 }

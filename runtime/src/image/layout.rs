@@ -67,10 +67,11 @@ impl Layout {
             dir: dir.to_path_buf(),
             what: format!("cannot read {}: {source}", marker.display()),
         })?;
-        let layout: OciLayout = serde_json::from_slice(&text).map_err(|e| ImageError::NotALayout {
-            dir: dir.to_path_buf(),
-            what: format!("{}: {e}", marker.display()),
-        })?;
+        let layout: OciLayout =
+            serde_json::from_slice(&text).map_err(|e| ImageError::NotALayout {
+                dir: dir.to_path_buf(),
+                what: format!("{}: {e}", marker.display()),
+            })?;
         if !layout.version.starts_with("1.") {
             return Err(ImageError::NotALayout {
                 dir: dir.to_path_buf(),
@@ -102,7 +103,11 @@ impl Layout {
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf, ImageError> {
         let hex = digest
             .strip_prefix("sha256:")
-            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+            .filter(|h| {
+                h.len() == 64
+                    && h.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            })
             .ok_or_else(|| ImageError::BadDigestSyntax(digest.to_string()))?;
         Ok(self.dir.join("blobs").join("sha256").join(hex))
     }
@@ -162,7 +167,10 @@ impl Layout {
 }
 
 /// Picks the manifest named `tag`, or the only one when no tag is asked for.
-pub fn pick_manifest<'a>(index: &'a Index, tag: Option<&str>) -> Result<&'a Descriptor, ImageError> {
+pub fn pick_manifest<'a>(
+    index: &'a Index,
+    tag: Option<&str>,
+) -> Result<&'a Descriptor, ImageError> {
     let tags = || {
         index
             .manifests

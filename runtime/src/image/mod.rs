@@ -56,7 +56,10 @@ pub enum ImageError {
     #[error("the image has several manifests and none is tagged latest; name one with :TAG (tags: {tags:?})")]
     AmbiguousManifest { tags: Vec<String> },
     #[error("unsupported {what} media type {media_type:?}")]
-    MediaType { what: &'static str, media_type: String },
+    MediaType {
+        what: &'static str,
+        media_type: String,
+    },
     #[error("layer {digest}: {message}")]
     Layer { digest: String, message: String },
     #[error("cannot prepare the rootfs {path}: {source}")]

@@ -75,8 +75,11 @@ fn put_blob(dir: &Path, data: &[u8]) -> String {
 /// Writes an image layout with these layers (already compressed or not) and config.
 fn make_image(dir: &Path, layers: &[Vec<u8>], config: &str, tag: &str) {
     std::fs::create_dir_all(dir).expect("mkdir");
-    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
-    let cfg = format!(r#"{{"architecture":"amd64","os":"linux","config":{config},"rootfs":{{"type":"layers","diff_ids":[]}}}}"#);
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
+        .expect("oci-layout");
+    let cfg = format!(
+        r#"{{"architecture":"amd64","os":"linux","config":{config},"rootfs":{{"type":"layers","diff_ids":[]}}}}"#
+    );
     let cfg_d = put_blob(dir, cfg.as_bytes());
     let layer_descs: Vec<String> = layers
         .iter()
@@ -117,7 +120,10 @@ fn unpacks_layers_with_modes_owners_links_and_reads_the_config() {
         E::Dir("home/u", 0o700),
         E::File("home/u/f", b"mine", 0o640, 1234),
     ]);
-    let l2 = gzip(&layer(&[E::Hardlink("bin/bb2", "bin/busybox"), E::File("etc/motd", b"hi", 0o644, 0)]));
+    let l2 = gzip(&layer(&[
+        E::Hardlink("bin/bb2", "bin/busybox"),
+        E::File("etc/motd", b"hi", 0o644, 0),
+    ]));
     make_image(
         &img,
         &[l1, l2],
@@ -126,15 +132,24 @@ fn unpacks_layers_with_modes_owners_links_and_reads_the_config() {
     );
     let image = open(&img).expect("open");
     assert_eq!(image.config.cmd, Some(vec!["sh".to_string()]));
-    assert_eq!(image.config.entrypoint, Some(vec!["/bin/busybox".to_string()]));
-    assert_eq!(image.config.env, Some(vec!["PATH=/bin".to_string(), "A=1".to_string()]));
+    assert_eq!(
+        image.config.entrypoint,
+        Some(vec!["/bin/busybox".to_string()])
+    );
+    assert_eq!(
+        image.config.env,
+        Some(vec!["PATH=/bin".to_string(), "A=1".to_string()])
+    );
     assert_eq!(image.config.working_dir.as_deref(), Some("/home/u"));
     assert_eq!(image.config.user.as_deref(), Some("1234:1234"));
     let root = t.path().join("rootfs");
     image.unpack(&root).expect("unpack");
     let bb = std::fs::metadata(root.join("bin/busybox")).expect("busybox");
     assert_eq!(bb.permissions().mode() & 0o7777, 0o4755);
-    assert_eq!(std::fs::read_link(root.join("bin/sh")).expect("link"), Path::new("busybox"));
+    assert_eq!(
+        std::fs::read_link(root.join("bin/sh")).expect("link"),
+        Path::new("busybox")
+    );
     let hl = std::fs::metadata(root.join("bin/bb2")).expect("hardlink");
     assert_eq!(hl.ino(), bb.ino(), "hard link shares the inode");
     let f = std::fs::metadata(root.join("home/u/f")).expect("f");
@@ -194,7 +209,10 @@ fn a_symlink_from_a_lower_layer_cannot_redirect_writes_out_of_the_rootfs() {
     let l1 = layer(&[E::Symlink("evil", target)]);
     let l2 = layer(&[E::File("evil/pwned", b"owned", 0o644, 0)]);
     make_image(&img, &[l1, l2], "{}", "latest");
-    let err = open(&img).expect("open").unpack(&t.path().join("r1")).expect_err("must refuse");
+    let err = open(&img)
+        .expect("open")
+        .unpack(&t.path().join("r1"))
+        .expect_err("must refuse");
     assert!(matches!(err, ImageError::Layer { .. }), "{err}");
     assert!(!outside.join("pwned").exists(), "wrote outside the rootfs");
 
@@ -206,16 +224,25 @@ fn a_symlink_from_a_lower_layer_cannot_redirect_writes_out_of_the_rootfs() {
     let r2 = t.path().join("r2");
     open(&img).expect("open").unpack(&r2).expect("unpack");
     assert_eq!(std::fs::read(r2.join("link")).expect("link"), b"new");
-    assert_eq!(std::fs::read(outside.join("victim")).expect("victim"), b"original");
+    assert_eq!(
+        std::fs::read(outside.join("victim")).expect("victim"),
+        b"original"
+    );
 
     // 3. a whiteout through a symlinked directory removes nothing outside
     let img = t.path().join("img3");
     let l1 = layer(&[E::Symlink("evil", target)]);
     let l2 = layer(&[E::File("evil/.wh.victim", b"", 0o644, 0)]);
     make_image(&img, &[l1, l2], "{}", "latest");
-    let err = open(&img).expect("open").unpack(&t.path().join("r3")).expect_err("must refuse");
+    let err = open(&img)
+        .expect("open")
+        .unpack(&t.path().join("r3"))
+        .expect_err("must refuse");
     assert!(err.to_string().contains("outside"), "{err}");
-    assert!(outside.join("victim").exists(), "a whiteout removed a host file");
+    assert!(
+        outside.join("victim").exists(),
+        "a whiteout removed a host file"
+    );
 
     // 4. a hard link to a host file
     let img = t.path().join("img4");
@@ -237,7 +264,9 @@ fn a_symlink_from_a_lower_layer_cannot_redirect_writes_out_of_the_rootfs() {
     h.set_cksum();
     raw[..512].copy_from_slice(h.as_bytes());
     make_image(&img, &[raw], "{}", "latest");
-    let res = open(&img).expect("open").unpack(&t.path().join("r5").join("root"));
+    let res = open(&img)
+        .expect("open")
+        .unpack(&t.path().join("r5").join("root"));
     assert!(res.is_err(), "a `..` entry was accepted");
     assert!(!t.path().join("r5/escape").exists());
 }
@@ -247,7 +276,10 @@ fn errors_name_the_missing_dir_blob_or_bad_digest() {
     let t = tempfile::tempdir().expect("tmp");
     let missing = t.path().join("nope");
     let err = open(&missing).expect_err("missing");
-    assert!(err.to_string().contains(&missing.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&missing.display().to_string()),
+        "{err}"
+    );
 
     let img = t.path().join("img");
     let l1 = layer(&[E::File("f", b"data", 0o644, 0)]);
@@ -256,7 +288,10 @@ fn errors_name_the_missing_dir_blob_or_bad_digest() {
     let blob = img.join("blobs/sha256").join(&d[7..]);
 
     std::fs::write(&blob, b"tampered").expect("tamper");
-    let err = open(&img).expect("open").unpack(&t.path().join("r")).expect_err("corrupt");
+    let err = open(&img)
+        .expect("open")
+        .unpack(&t.path().join("r"))
+        .expect_err("corrupt");
     assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
     assert!(err.to_string().contains(&d), "{err}");
 
@@ -276,11 +311,25 @@ fn manifests_are_picked_by_tag() {
     let t = tempfile::tempdir().expect("tmp");
     let img = t.path().join("img");
     make_image(&img, &[layer(&[])], r#"{"Cmd":["sh"]}"#, "v1");
-    let by_tag = Image::open(&ImageRef { dir: img.clone(), tag: Some("v1".into()) }).expect("v1");
+    let by_tag = Image::open(&ImageRef {
+        dir: img.clone(),
+        tag: Some("v1".into()),
+    })
+    .expect("v1");
     assert_eq!(by_tag.config.cmd, Some(vec!["sh".to_string()]));
-    assert!(open(&img).is_ok(), "the only manifest is taken without a tag");
-    let err = Image::open(&ImageRef { dir: img, tag: Some("v2".into()) }).expect_err("v2");
-    assert!(err.to_string().contains("v2") && err.to_string().contains("v1"), "{err}");
+    assert!(
+        open(&img).is_ok(),
+        "the only manifest is taken without a tag"
+    );
+    let err = Image::open(&ImageRef {
+        dir: img,
+        tag: Some("v2".into()),
+    })
+    .expect_err("v2");
+    assert!(
+        err.to_string().contains("v2") && err.to_string().contains("v1"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -288,18 +337,30 @@ fn image_refs() {
     let cache = Path::new("/var/cache/hull");
     assert_eq!(
         ImageRef::parse("demo", cache),
-        ImageRef { dir: cache.join("images/demo"), tag: None }
+        ImageRef {
+            dir: cache.join("images/demo"),
+            tag: None
+        }
     );
     assert_eq!(
         ImageRef::parse("demo:v1", cache),
-        ImageRef { dir: cache.join("images/demo"), tag: Some("v1".into()) }
+        ImageRef {
+            dir: cache.join("images/demo"),
+            tag: Some("v1".into())
+        }
     );
     assert_eq!(
         ImageRef::parse("/x/y", cache),
-        ImageRef { dir: "/x/y".into(), tag: None }
+        ImageRef {
+            dir: "/x/y".into(),
+            tag: None
+        }
     );
     assert_eq!(
         ImageRef::parse("./lay:latest", cache),
-        ImageRef { dir: "./lay".into(), tag: Some("latest".into()) }
+        ImageRef {
+            dir: "./lay".into(),
+            tag: Some("latest".into())
+        }
     );
 }

@@ -62,7 +62,8 @@ fn open_layer(path: &Path, digest: &str) -> Result<Box<dyn Read>, ImageError> {
         Compression::Zstd => {
             return Err(ImageError::Layer {
                 digest: digest.to_string(),
-                message: "zstd-compressed layers are not supported yet (use tar or tar+gzip)".into(),
+                message: "zstd-compressed layers are not supported yet (use tar or tar+gzip)"
+                    .into(),
             })
         }
     })
@@ -78,16 +79,21 @@ pub fn apply_layer(rootfs: &Path, path: &Path, digest: &str) -> Result<(), Image
     let mut archive = tar::Archive::new(open_layer(path, digest)?);
     for entry in archive.entries().map_err(|e| layer_err(e.to_string()))? {
         let entry = entry.map_err(|e| layer_err(e.to_string()))?;
-        let p = entry.path().map_err(|e| layer_err(e.to_string()))?.into_owned();
+        let p = entry
+            .path()
+            .map_err(|e| layer_err(e.to_string()))?
+            .into_owned();
         let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
         if name == OPAQUE {
             let dir = p.parent().unwrap_or(Path::new(""));
-            clear_dir(rootfs, dir).map_err(|e| layer_err(format!("opaque whiteout {}: {e}", p.display())))?;
+            clear_dir(rootfs, dir)
+                .map_err(|e| layer_err(format!("opaque whiteout {}: {e}", p.display())))?;
         } else if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
             let victim = p.with_file_name(target);
-            remove_in(rootfs, &victim).map_err(|e| layer_err(format!("whiteout {}: {e}", p.display())))?;
+            remove_in(rootfs, &victim)
+                .map_err(|e| layer_err(format!("whiteout {}: {e}", p.display())))?;
         }
     }
     // Pass 2: everything else.
@@ -99,9 +105,11 @@ pub fn apply_layer(rootfs: &Path, path: &Path, digest: &str) -> Result<(), Image
     archive.set_unpack_xattrs(true);
     for entry in archive.entries().map_err(|e| layer_err(e.to_string()))? {
         let mut entry = entry.map_err(|e| layer_err(e.to_string()))?;
-        let p = entry.path().map_err(|e| layer_err(e.to_string()))?.into_owned();
-        if p
-            .file_name()
+        let p = entry
+            .path()
+            .map_err(|e| layer_err(e.to_string()))?
+            .into_owned();
+        if p.file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with(WHITEOUT_PREFIX))
         {

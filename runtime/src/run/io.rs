@@ -51,7 +51,11 @@ pub async fn pump_output<W: AsyncWrite + Unpin>(
 }
 
 /// Copies `r` to the container's stdin until EOF, then closes it.
-pub async fn pump_stdin<R: AsyncRead + Unpin>(agent: AgentClient, cid: String, mut r: R) -> Result<u64, AgentError> {
+pub async fn pump_stdin<R: AsyncRead + Unpin>(
+    agent: AgentClient,
+    cid: String,
+    mut r: R,
+) -> Result<u64, AgentError> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
     loop {

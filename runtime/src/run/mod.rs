@@ -96,9 +96,17 @@ impl RunOutcome {
 }
 
 /// Runs one container; returns its exit once everything is torn down.
-pub async fn run(config: &Config, opts: &RunOptions, signals: &mut Signals) -> Result<RunOutcome, RunError> {
+pub async fn run(
+    config: &Config,
+    opts: &RunOptions,
+    signals: &mut Signals,
+) -> Result<RunOutcome, RunError> {
     // 1. inputs
-    let memory = opts.memory.as_deref().map(units::parse_memory).transpose()?;
+    let memory = opts
+        .memory
+        .as_deref()
+        .map(units::parse_memory)
+        .transpose()?;
     let cpus = opts.cpus.as_deref().map(units::parse_cpus).transpose()?;
     if opts.pids_limit.is_some_and(|p| p < 1) {
         return Err(RunError::Usage("--pids-limit must be at least 1".into()));
@@ -108,7 +116,11 @@ pub async fn run(config: &Config, opts: &RunOptions, signals: &mut Signals) -> R
         .iter()
         .map(|v| prepare::parse_volume(v))
         .collect::<Result<Vec<_>, _>>()?;
-    let source = RootfsSource::open(opts.image.as_deref(), opts.rootfs.as_deref(), &config.runtime.cache_dir)?;
+    let source = RootfsSource::open(
+        opts.image.as_deref(),
+        opts.rootfs.as_deref(),
+        &config.runtime.cache_dir,
+    )?;
     let image_config = source.config();
     spec::process_args(&image_config, &opts.command)?;
     let backend = hypervisor::select(config)?;
@@ -117,9 +129,22 @@ pub async fn run(config: &Config, opts: &RunOptions, signals: &mut Signals) -> R
     let sandbox_spec = prepare::sandbox_spec(config, memory, cpus, opts.keep_state);
     let mut sandbox = Sandbox::create(config, &sandbox_spec, backend)?;
     let cid = sandbox.id().to_string();
-    let hostname = opts.hostname.clone().unwrap_or_else(|| cid.chars().take(12).collect());
+    let hostname = opts
+        .hostname
+        .clone()
+        .unwrap_or_else(|| cid.chars().take(12).collect());
     let setup = async {
-        let spec_json = prepare_container(&mut sandbox, &cid, &source, &volumes, opts, memory, cpus, &hostname).await?;
+        let spec_json = prepare_container(
+            &mut sandbox,
+            &cid,
+            &source,
+            &volumes,
+            opts,
+            memory,
+            cpus,
+            &hostname,
+        )
+        .await?;
         // 3. VM and container
         sandbox.start(config, &sandbox_spec).await?;
         sandbox.prepare_guest(&hostname).await?;
@@ -250,13 +275,32 @@ pub async fn attach(
     signals: &mut Signals,
     grace: Duration,
 ) -> Result<ExitInfo, RunError> {
-    let _raw = if opts.tty && opts.interactive { io::RawMode::enable() } else { None };
-    let stdout = tokio::spawn(io::pump_output(agent.clone(), cid.to_string(), Stream::Stdout, tokio::io::stdout()));
-    let stderr = (!opts.tty)
-        .then(|| tokio::spawn(io::pump_output(agent.clone(), cid.to_string(), Stream::Stderr, tokio::io::stderr())));
-    let stdin = opts
-        .interactive
-        .then(|| tokio::spawn(io::pump_stdin(agent.clone(), cid.to_string(), tokio::io::stdin())));
+    let _raw = if opts.tty && opts.interactive {
+        io::RawMode::enable()
+    } else {
+        None
+    };
+    let stdout = tokio::spawn(io::pump_output(
+        agent.clone(),
+        cid.to_string(),
+        Stream::Stdout,
+        tokio::io::stdout(),
+    ));
+    let stderr = (!opts.tty).then(|| {
+        tokio::spawn(io::pump_output(
+            agent.clone(),
+            cid.to_string(),
+            Stream::Stderr,
+            tokio::io::stderr(),
+        ))
+    });
+    let stdin = opts.interactive.then(|| {
+        tokio::spawn(io::pump_stdin(
+            agent.clone(),
+            cid.to_string(),
+            tokio::io::stdin(),
+        ))
+    });
     let mut winch = if opts.tty {
         if let Some((rows, cols)) = io::window_size() {
             if let Err(e) = agent.resize_tty(cid, "", rows, cols).await {
@@ -303,7 +347,12 @@ pub async fn attach(
         let Some(task) = task else { continue };
         match task.await {
             Ok(Ok(n)) => tracing::debug!(stream = name, bytes = n, "output drained"),
-            Ok(Err(e)) => return Err(RunError::Agent { step: "reading the container's output", source: e }),
+            Ok(Err(e)) => {
+                return Err(RunError::Agent {
+                    step: "reading the container's output",
+                    source: e,
+                })
+            }
             Err(e) => return Err(RunError::Internal(format!("{name} pump: {e}"))),
         }
     }

@@ -22,11 +22,21 @@ pub enum RootfsSource {
 
 impl RootfsSource {
     /// From `--image` / `--rootfs`: exactly one of them.
-    pub fn open(image: Option<&str>, rootfs: Option<&Path>, cache_dir: &Path) -> Result<RootfsSource, RunError> {
+    pub fn open(
+        image: Option<&str>,
+        rootfs: Option<&Path>,
+        cache_dir: &Path,
+    ) -> Result<RootfsSource, RunError> {
         match (image, rootfs) {
-            (Some(_), Some(_)) => Err(RunError::Usage("give either --image or --rootfs, not both".into())),
-            (None, None) => Err(RunError::Usage("give --image OCI_LAYOUT_DIR|NAME or --rootfs DIR".into())),
-            (Some(i), None) => Ok(RootfsSource::Image(Box::new(Image::open(&ImageRef::parse(i, cache_dir))?))),
+            (Some(_), Some(_)) => Err(RunError::Usage(
+                "give either --image or --rootfs, not both".into(),
+            )),
+            (None, None) => Err(RunError::Usage(
+                "give --image OCI_LAYOUT_DIR|NAME or --rootfs DIR".into(),
+            )),
+            (Some(i), None) => Ok(RootfsSource::Image(Box::new(Image::open(
+                &ImageRef::parse(i, cache_dir),
+            )?))),
             (None, Some(dir)) => {
                 let meta = std::fs::metadata(dir).map_err(|e| RunError::Rootfs {
                     path: dir.to_path_buf(),
@@ -72,7 +82,10 @@ impl RootfsSource {
                 if !out.status.success() {
                     return Err(RunError::Rootfs {
                         path: src.clone(),
-                        why: format!("copy failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
+                        why: format!(
+                            "copy failed: {}",
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        ),
                     });
                 }
                 Ok(())
@@ -106,7 +119,9 @@ pub fn parse_volume(v: &str) -> Result<Volume, RunError> {
         return Err(bad("both paths must be absolute"));
     }
     if container == "/" || container.split('/').any(|c| c == "..") {
-        return Err(bad("the container path must be a directory below /, without .."));
+        return Err(bad(
+            "the container path must be a directory below /, without ..",
+        ));
     }
     let host = std::fs::canonicalize(host).map_err(|e| bad(&format!("host dir {host}: {e}")))?;
     if !host.is_dir() {
@@ -120,7 +135,12 @@ pub fn parse_volume(v: &str) -> Result<Volume, RunError> {
 }
 
 /// The sandbox for one container: share attached, memory and vCPUs from its limits.
-pub fn sandbox_spec(config: &Config, memory: Option<u64>, cpus: Option<f64>, keep_state: bool) -> SandboxSpec {
+pub fn sandbox_spec(
+    config: &Config,
+    memory: Option<u64>,
+    cpus: Option<f64>,
+    keep_state: bool,
+) -> SandboxSpec {
     let mut spec = SandboxSpec::from_config(config);
     spec.share = true;
     spec.keep_state = keep_state;
@@ -163,12 +183,18 @@ mod tests {
     fn vm_size_follows_limits() {
         let config = Config::default();
         let s = sandbox_spec(&config, None, None, false);
-        assert_eq!((s.memory_mib, s.vcpus), (config.guest.memory_mib, config.guest.vcpus));
+        assert_eq!(
+            (s.memory_mib, s.vcpus),
+            (config.guest.memory_mib, config.guest.vcpus)
+        );
         assert!(s.share);
         let s = sandbox_spec(&config, Some(512 << 20), Some(1.5), false);
         assert_eq!((s.memory_mib, s.vcpus), (640, 2));
         let s = sandbox_spec(&config, Some(16 << 20), Some(0.5), false);
-        assert_eq!((s.memory_mib, s.vcpus), (config.guest.memory_mib, config.guest.vcpus));
+        assert_eq!(
+            (s.memory_mib, s.vcpus),
+            (config.guest.memory_mib, config.guest.vcpus)
+        );
     }
 
     #[test]
@@ -179,6 +205,9 @@ mod tests {
         let err = RootfsSource::open(Some("/no/such/image"), None, cache).expect_err("missing");
         assert!(err.to_string().contains("/no/such/image"), "{err}");
         let err = RootfsSource::open(Some("demo"), None, cache).expect_err("missing demo");
-        assert!(err.to_string().contains("/nonexistent-cache/images/demo"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent-cache/images/demo"),
+            "{err}"
+        );
     }
 }

@@ -26,7 +26,11 @@ struct Fake {
 
 #[async_trait]
 impl AgentService for Fake {
-    async fn read_stdout(&self, _: &TtrpcContext, req: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
+    async fn read_stdout(
+        &self,
+        _: &TtrpcContext,
+        req: ReadStreamRequest,
+    ) -> ttrpc::Result<ReadStreamResponse> {
         let mut r = ReadStreamResponse::new();
         if self.oversize {
             r.data = vec![b'x'; req.len as usize + 1];
@@ -47,16 +51,27 @@ impl AgentService for Fake {
         Ok(r)
     }
 
-    async fn read_stderr(&self, _: &TtrpcContext, _req: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
+    async fn read_stderr(
+        &self,
+        _: &TtrpcContext,
+        _req: ReadStreamRequest,
+    ) -> ttrpc::Result<ReadStreamResponse> {
         let mut r = ReadStreamResponse::new();
         r.eof = true;
         Ok(r)
     }
 
-    async fn write_stdin(&self, _: &TtrpcContext, req: WriteStreamRequest) -> ttrpc::Result<WriteStreamResponse> {
+    async fn write_stdin(
+        &self,
+        _: &TtrpcContext,
+        req: WriteStreamRequest,
+    ) -> ttrpc::Result<WriteStreamResponse> {
         // Take at most 1000 bytes: the host must resend the rest.
         let n = req.data.len().min(1000);
-        self.stdin.lock().expect("lock").extend_from_slice(&req.data[..n]);
+        self.stdin
+            .lock()
+            .expect("lock")
+            .extend_from_slice(&req.data[..n]);
         let mut r = WriteStreamResponse::new();
         r.len = n as u32;
         Ok(r)
@@ -67,7 +82,11 @@ impl AgentService for Fake {
         Ok(Empty::new())
     }
 
-    async fn wait_process(&self, _: &TtrpcContext, _req: ProcessRequest) -> ttrpc::Result<WaitProcessResponse> {
+    async fn wait_process(
+        &self,
+        _: &TtrpcContext,
+        _req: ProcessRequest,
+    ) -> ttrpc::Result<WaitProcessResponse> {
         let mut r = WaitProcessResponse::new();
         r.status = 137;
         r.oom_killed = true;
@@ -89,7 +108,9 @@ async fn serve(fake: Arc<Fake>) -> Served {
         .expect("bind")
         .register_service(hull_proto::agent_ttrpc::create_agent_service(fake));
     server.start().await.expect("start");
-    let stream = tokio::net::UnixStream::connect(&sock).await.expect("connect");
+    let stream = tokio::net::UnixStream::connect(&sock)
+        .await
+        .expect("connect");
     Served {
         _dir: dir,
         server,
@@ -116,7 +137,9 @@ async fn output_is_copied_byte_exact_until_eof() {
         .expect("pump");
     assert_eq!(n as usize, data.len());
     assert!(out == data, "output differs");
-    let n = pump_output(s.client.clone(), "c1".into(), Stream::Stderr, Vec::new()).await.expect("stderr");
+    let n = pump_output(s.client.clone(), "c1".into(), Stream::Stderr, Vec::new())
+        .await
+        .expect("stderr");
     assert_eq!(n, 0);
     let exit = s.client.wait_process("c1", "").await.expect("wait");
     assert_eq!((exit.status, exit.oom_killed), (137, true));
@@ -128,7 +151,9 @@ async fn stdin_is_delivered_whole_across_partial_writes_then_closed() {
     let fake = Arc::new(Fake::default());
     let mut s = serve(fake.clone()).await;
     let data = pattern(100_000);
-    let n = pump_stdin(s.client.clone(), "c1".into(), &data[..]).await.expect("stdin");
+    let n = pump_stdin(s.client.clone(), "c1".into(), &data[..])
+        .await
+        .expect("stdin");
     assert_eq!(n as usize, data.len());
     assert!(*fake.stdin.lock().expect("lock") == data, "stdin differs");
     assert!(*fake.stdin_closed.lock().expect("lock"));

@@ -121,12 +121,26 @@ impl Share {
             errno,
         };
         // Not recursive: mounts below the user's dir stay invisible to the guest.
-        mount(Some(source), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(bind_err)?;
+        mount(
+            Some(source),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(bind_err)?;
         let guard = BindGuard {
             target: target.clone(),
         };
         // Our mount must not propagate to (or receive) other mounts.
-        mount(None::<&str>, &target, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>).map_err(bind_err)?;
+        mount(
+            None::<&str>,
+            &target,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(bind_err)?;
         if readonly {
             mount(
                 None::<&str>,
@@ -171,7 +185,9 @@ fn check_id(id: &str) -> Result<(), ShareError> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && !id.starts_with('.')
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -198,7 +214,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -240,16 +259,25 @@ mod tests {
         let guest = share.add_volume("c1", 0, &src, true).expect("ro volume");
         assert_eq!(guest, "/run/hull/share/containers/c1/volumes/0");
         let target = state.join("share/containers/c1/volumes/0");
-        assert_eq!(std::fs::read(target.join("f")).expect("through the mount"), b"host");
+        assert_eq!(
+            std::fs::read(target.join("f")).expect("through the mount"),
+            b"host"
+        );
         let err = std::fs::write(target.join("g"), b"x").expect_err("read-only");
         assert_eq!(err.raw_os_error(), Some(libc::EROFS));
         share.add_volume("c1", 1, &src, false).expect("rw volume");
         std::fs::write(state.join("share/containers/c1/volumes/1/g"), b"x").expect("rw write");
         assert_eq!(mounts_under(&state).len(), 2);
-        let err = share.add_volume("c1", 2, &src.join("f"), false).expect_err("file");
+        let err = share
+            .add_volume("c1", 2, &src.join("f"), false)
+            .expect_err("file");
         assert!(err.to_string().contains("not a directory"), "{err}");
         drop(share);
-        assert!(mounts_under(&state).is_empty(), "mounts left: {:?}", mounts_under(&state));
+        assert!(
+            mounts_under(&state).is_empty(),
+            "mounts left: {:?}",
+            mounts_under(&state)
+        );
         assert!(src.join("f").exists() && src.join("g").exists());
     }
 }

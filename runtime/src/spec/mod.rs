@@ -202,8 +202,18 @@ pub fn generate(
 
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)
-        .masked_paths(defaults::MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .readonly_paths(defaults::READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .masked_paths(
+            defaults::MASKED_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .readonly_paths(
+            defaults::READONLY_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
         .resources(resources)
         .seccomp(seccomp::default_profile(defaults::CAPABILITIES))
         .build()

@@ -6,8 +6,7 @@
 
 use oci_spec::runtime::{
     Arch, Capability, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder,
-    LinuxSeccompOperator,
-    LinuxSyscall,
+    LinuxSeccompOperator, LinuxSyscall,
 };
 
 const ALLOW: &str = include_str!("seccomp_allow.txt");
@@ -18,22 +17,55 @@ const BY_CAPABILITY: &[(Capability, &[&str])] = &[
     (
         Capability::SysAdmin,
         &[
-            "bpf", "clone", "clone3", "fanotify_init", "fsconfig", "fsmount", "fsopen", "fspick",
-            "lookup_dcookie", "mount", "mount_setattr", "move_mount", "name_to_handle_at",
-            "open_tree", "perf_event_open", "quotactl", "quotactl_fd", "setdomainname",
-            "sethostname", "setns", "syslog", "umount", "umount2", "unshare",
+            "bpf",
+            "clone",
+            "clone3",
+            "fanotify_init",
+            "fsconfig",
+            "fsmount",
+            "fsopen",
+            "fspick",
+            "lookup_dcookie",
+            "mount",
+            "mount_setattr",
+            "move_mount",
+            "name_to_handle_at",
+            "open_tree",
+            "perf_event_open",
+            "quotactl",
+            "quotactl_fd",
+            "setdomainname",
+            "sethostname",
+            "setns",
+            "syslog",
+            "umount",
+            "umount2",
+            "unshare",
         ],
     ),
     (Capability::SysBoot, &["reboot"]),
     (Capability::SysChroot, &["chroot"]),
-    (Capability::SysModule, &["delete_module", "init_module", "finit_module"]),
+    (
+        Capability::SysModule,
+        &["delete_module", "init_module", "finit_module"],
+    ),
     (Capability::SysPacct, &["acct"]),
     (
         Capability::SysPtrace,
-        &["kcmp", "pidfd_getfd", "process_madvise", "process_vm_readv", "process_vm_writev", "ptrace"],
+        &[
+            "kcmp",
+            "pidfd_getfd",
+            "process_madvise",
+            "process_vm_readv",
+            "process_vm_writev",
+            "ptrace",
+        ],
     ),
     (Capability::SysRawio, &["iopl", "ioperm"]),
-    (Capability::SysTime, &["settimeofday", "stime", "clock_settime", "clock_settime64"]),
+    (
+        Capability::SysTime,
+        &["settimeofday", "stime", "clock_settime", "clock_settime64"],
+    ),
     (Capability::SysTtyConfig, &["vhangup"]),
     (Capability::Syslog, &["syslog"]),
     (Capability::Bpf, &["bpf"]),
@@ -66,8 +98,16 @@ fn rule(names: &[&str], action: LinuxSeccompAction) -> LinuxSyscall {
     s
 }
 
-fn arg(index: usize, value: u64, value_two: Option<u64>, op: LinuxSeccompOperator) -> Vec<LinuxSeccompArg> {
-    let b = LinuxSeccompArgBuilder::default().index(index).value(value).op(op);
+fn arg(
+    index: usize,
+    value: u64,
+    value_two: Option<u64>,
+    op: LinuxSeccompOperator,
+) -> Vec<LinuxSeccompArg> {
+    let b = LinuxSeccompArgBuilder::default()
+        .index(index)
+        .value(value)
+        .op(op);
     let b = match value_two {
         Some(v) => b.value_two(v),
         None => b,
@@ -101,7 +141,12 @@ pub fn default_profile(bounding: &[Capability]) -> LinuxSeccomp {
     }
     if !bounding.contains(&Capability::SysAdmin) {
         let mut clone = rule(&["clone"], allow);
-        clone.set_args(Some(arg(0, CLONE_NS_FLAGS, Some(0), LinuxSeccompOperator::ScmpCmpMaskedEq)));
+        clone.set_args(Some(arg(
+            0,
+            CLONE_NS_FLAGS,
+            Some(0),
+            LinuxSeccompOperator::ScmpCmpMaskedEq,
+        )));
         rules.push(clone);
         let mut clone3 = rule(&["clone3"], LinuxSeccompAction::ScmpActErrno);
         clone3.set_errno_ret(Some(libc::ENOSYS as u32));
@@ -109,7 +154,11 @@ pub fn default_profile(bounding: &[Capability]) -> LinuxSeccomp {
     }
     let mut s = LinuxSeccomp::default();
     s.set_default_action(LinuxSeccompAction::ScmpActErrno);
-    s.set_architectures(Some(vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32]));
+    s.set_architectures(Some(vec![
+        Arch::ScmpArchX86_64,
+        Arch::ScmpArchX86,
+        Arch::ScmpArchX32,
+    ]));
     s.set_syscalls(Some(rules));
     s
 }

@@ -45,7 +45,10 @@ pub fn parse_cpus(s: &str) -> Result<f64, SpecError> {
         value: s.to_string(),
         why: why.to_string(),
     };
-    let v: f64 = s.trim().parse().map_err(|_| bad("expected a number of CPUs, e.g. 0.5 or 2"))?;
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| bad("expected a number of CPUs, e.g. 0.5 or 2"))?;
     if !v.is_finite() || !(0.01..=256.0).contains(&v) {
         return Err(bad("must be between 0.01 and 256"));
     }
@@ -117,14 +120,16 @@ pub fn resolve_user(spec: &str, rootfs: Option<&Path>) -> Result<(u32, u32), Spe
             .unwrap_or_default()
     };
     let passwd = read("passwd");
-    let entry = passwd.iter().find(|f| {
-        f.len() >= 4 && (f[0] == u || f[2] == u)
-    });
+    let entry = passwd
+        .iter()
+        .find(|f| f.len() >= 4 && (f[0] == u || f[2] == u));
     let uid = match u.parse::<u32>() {
         Ok(n) => n,
-        Err(_) => entry
-            .and_then(|f| f[2].parse().ok())
-            .ok_or_else(|| bad(format!("no user {u:?} in the image's /etc/passwd; use a numeric UID")))?,
+        Err(_) => entry.and_then(|f| f[2].parse().ok()).ok_or_else(|| {
+            bad(format!(
+                "no user {u:?} in the image's /etc/passwd; use a numeric UID"
+            ))
+        })?,
     };
     let gid = match g {
         Some(g) => match g.parse::<u32>() {
@@ -133,7 +138,11 @@ pub fn resolve_user(spec: &str, rootfs: Option<&Path>) -> Result<(u32, u32), Spe
                 .iter()
                 .find(|f| f.len() >= 3 && f[0] == g)
                 .and_then(|f| f[2].parse().ok())
-                .ok_or_else(|| bad(format!("no group {g:?} in the image's /etc/group; use a numeric GID")))?,
+                .ok_or_else(|| {
+                    bad(format!(
+                        "no group {g:?} in the image's /etc/group; use a numeric GID"
+                    ))
+                })?,
         },
         None => entry.and_then(|f| f[3].parse().ok()).unwrap_or(0),
     };
