@@ -5,6 +5,8 @@
 //! Where one is missing a test says so and skips, unless `HULL_REQUIRE_E2E=1` (set by
 //! scripts/test and CI), where a missing part is a failure: CI never passes by skipping.
 
+pub mod run_helpers;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
