@@ -275,9 +275,12 @@ fn volume_mounts_are_undone_when_the_run_fails() {
     let vol = tempfile::tempdir().expect("vol");
     std::fs::write(vol.path().join("keep"), b"user data").expect("keep");
     let v = format!("{}:/data:ro", vol.path().display());
-    // A command that cannot exist: the run fails in the guest (today already at
-    // CreateSandbox), after the volume was mounted.
-    let out = run(&state, &refs(&demo(&["-v", &v, "--", "/no/such/command"])));
+    // A run that fails after the volume was mounted: in the container (exit 1), or
+    // today already at CreateSandbox.
+    let out = run(
+        &state,
+        &refs(&demo(&["-v", &v, "--", "sh", "-c", "exit 1"])),
+    );
     assert_ne!(out.status.code(), Some(0), "{}", output_text(&out));
     state.assert_nothing_left();
     assert_eq!(
@@ -366,17 +369,20 @@ fn bad_memory_value_is_named() {
 
 #[test]
 fn a_command_not_in_the_image_is_reported_as_not_found() {
+    // host side: the command is looked up in the rootfs before the VM boots.
     need_run!("a_command_not_in_the_image_is_reported_as_not_found");
     let state = TestState::new();
-    let out = run(&state, &refs(&demo(&["--", "/bin/no-such-command"])));
-    assert_ne!(out.status.code(), Some(0), "{}", output_text(&out));
-    let err = stderr(&out);
-    assert!(
-        err.contains("no-such-command") && err.contains("not found"),
-        "{}",
-        output_text(&out)
-    );
-    state.assert_nothing_left();
+    for cmd in ["/bin/no-such-command", "no-such-command"] {
+        let out = run(&state, &refs(&demo(&["--", cmd])));
+        assert_eq!(out.status.code(), Some(127), "{}", output_text(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(cmd) && err.contains("not found"),
+            "{}",
+            output_text(&out)
+        );
+        state.assert_nothing_left();
+    }
 }
 
 #[test]

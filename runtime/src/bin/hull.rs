@@ -293,7 +293,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// `hull run`: the container's exit code; 125 when hull itself fails (as docker does),
+/// `hull run`: the container's exit code; 127 when the command is not in the rootfs,
+/// 125 when hull itself fails (as docker does),
 /// 128+N when a signal ended the run before the container did.
 async fn run_container(config: &Config, a: &RunArgs) -> ExitCode {
     let opts = RunOptions {
@@ -325,6 +326,10 @@ async fn run_container(config: &Config, a: &RunArgs) -> ExitCode {
         Err(RunError::Interrupted(sig)) => {
             eprintln!("hull: {}", RunError::Interrupted(sig));
             ExitCode::from(128u8.saturating_add(u8::try_from(sig).unwrap_or(0)))
+        }
+        Err(e @ RunError::CommandNotFound { .. }) => {
+            eprintln!("hull: {e}");
+            ExitCode::from(127)
         }
         Err(e) => {
             eprintln!("hull: {e}");

@@ -11,6 +11,7 @@
 //! 5. RemoveContainer, DestroySandbox; on any error or a signal before the container
 //!    runs, tear everything down instead (processes, mounts, state dir).
 
+pub mod command;
 pub mod io;
 pub mod prepare;
 
@@ -49,6 +50,8 @@ pub enum RunError {
         step: &'static str,
         source: AgentError,
     },
+    #[error("command {command:?} not found in the container's rootfs (searched {searched})")]
+    CommandNotFound { command: String, searched: String },
     #[error("interrupted by {} before the container ran; everything was torn down", io::signal_name(*.0))]
     Interrupted(i32),
     #[error("internal error: {0}")]
@@ -257,6 +260,19 @@ async fn prepare_container(
     };
     let rootfs_guest = format!("{guest_dir}/rootfs");
     let spec = spec::generate(&copts, &source.config(), &rootfs_guest, Some(&rootfs_host))?;
+    if let Some(process) = spec.process() {
+        let args = process.args().clone().unwrap_or_default();
+        let env = process.env().clone().unwrap_or_default();
+        let volume_dirs: Vec<String> = copts.mounts.iter().map(|m| m.destination.clone()).collect();
+        if let Some(cmd) = args.first() {
+            command::check(&rootfs_host, cmd, &env, &volume_dirs).map_err(|searched| {
+                RunError::CommandNotFound {
+                    command: cmd.clone(),
+                    searched,
+                }
+            })?;
+        }
+    }
     let json = spec::to_json(&spec)?;
     std::fs::write(host_dir.join("config.json"), &json).map_err(|e| RunError::Rootfs {
         path: host_dir.join("config.json"),
