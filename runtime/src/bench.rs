@@ -174,6 +174,7 @@ async fn floor_once(
         vcpus: spec.vcpus,
         memory_mib: spec.memory_mib,
         vsock: false,
+        devices: Vec::new(),
     };
     let t0 = Instant::now();
     let console = hv.launch(&vm).await?;

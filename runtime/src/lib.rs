@@ -10,5 +10,8 @@ pub mod check;
 pub mod child;
 pub mod config;
 pub mod host;
+pub mod image;
 pub mod hypervisor;
+pub mod run;
 pub mod sandbox;
+pub mod spec;

@@ -5,6 +5,8 @@
 //! Where one is missing a test says so and skips, unless `HULL_REQUIRE_E2E=1` (set by
 //! scripts/test and CI), where a missing part is a failure: CI never passes by skipping.
 
+pub mod run_helpers;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -58,10 +60,42 @@ pub fn vm_prerequisites() -> Result<(), String> {
     }
 }
 
+/// What `hull run` needs on top of a VM: virtiofsd and the demo image.
+pub fn run_prerequisites() -> Result<(), String> {
+    vm_prerequisites()?;
+    let config = Config::default();
+    let mut missing = Vec::new();
+    if host::find_binary(&config.hypervisor.virtiofsd).is_none() {
+        missing.push("virtiofsd".to_string());
+    }
+    if !demo_image().join("index.json").exists() {
+        missing.push(format!("the demo image at {}", demo_image().display()));
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("missing {} (run scripts/setup)", missing.join(", ")))
+    }
+}
+
+/// The demo image built by scripts/demo-image.
+pub fn demo_image() -> PathBuf {
+    hull_runtime::image::images_dir(&default_cache_dir()).join("demo")
+}
+
+/// Like [`require_vm`], for tests of `hull run`.
+pub fn require_run(test: &str) -> bool {
+    require(test, run_prerequisites())
+}
+
 /// Returns true if the test may run; prints why not and returns false otherwise.
 /// Panics instead when `HULL_REQUIRE_E2E=1`.
 pub fn require_vm(test: &str) -> bool {
-    match vm_prerequisites() {
+    require(test, vm_prerequisites())
+}
+
+fn require(test: &str, prerequisites: Result<(), String>) -> bool {
+    match prerequisites {
         Ok(()) => true,
         Err(why) => {
             if std::env::var("HULL_REQUIRE_E2E").as_deref() == Ok("1") {
@@ -131,18 +165,25 @@ impl TestState {
         processes_mentioning(&self.path().to_string_lossy())
     }
 
-    /// Asserts nothing of this test's VMs is left: no process, no VM dir. Processes get
-    /// a moment to finish dying (a SIGKILLed process is reaped asynchronously).
+    /// Mount points under this state dir (volumes bind-mounted into a share).
+    pub fn mounts(&self) -> Vec<PathBuf> {
+        hull_runtime::sandbox::share::mounts_under(self.path())
+    }
+
+    /// Asserts nothing of this test's VMs is left: no process, no VM dir, no mount.
+    /// Processes get a moment to finish dying (a SIGKILLed process is reaped
+    /// asynchronously).
     pub fn assert_nothing_left(&self) {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let procs = self.processes();
             let dirs = self.leftover_vm_dirs();
-            if procs.is_empty() && dirs.is_empty() {
+            let mounts = self.mounts();
+            if procs.is_empty() && dirs.is_empty() && mounts.is_empty() {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("left behind: processes {procs:?}, VM dirs {dirs:?}");
+                panic!("left behind: processes {procs:?}, VM dirs {dirs:?}, mounts {mounts:?}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }

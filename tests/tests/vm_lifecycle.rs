@@ -287,3 +287,26 @@ async fn a_fatal_agent_error_stops_the_vm_instead_of_hanging_it() {
     }
     state.assert_nothing_left();
 }
+
+#[test]
+fn vm_ping_with_the_share_attached_runs_virtiofsd_and_leaves_nothing() {
+    if !require_run("vm_ping_with_the_share_attached_runs_virtiofsd_and_leaves_nothing") {
+        return;
+    }
+    let state = TestState::new();
+    let hull = state
+        .hull()
+        .args(["vm", "ping", "--share"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hull");
+    wait_for("virtiofsd to start", Duration::from_secs(20), || {
+        state.processes().into_iter().find(|(_, c)| c.contains("virtiofsd")).map(|_| ())
+    });
+    let out = hull.wait_with_output().expect("hull");
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("healthy"), "{text}");
+    state.assert_nothing_left();
+}

@@ -5,6 +5,7 @@
 //! Rust values.
 
 pub mod hybrid_vsock;
+pub mod convert;
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use hull_proto::{AgentServiceClient, API_VERSION};
 use tokio::io::AsyncReadExt;
 
+pub use container::{Stream, MAX_READ};
 pub use hybrid_vsock::{GuestListener, VsockError};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +24,7 @@ pub enum AgentError {
     BadAnnouncement(String),
     #[error("the agent speaks API version {agent}, this runtime speaks {API_VERSION}")]
     ApiMismatch { agent: u32 },
-    #[error("agent request {rpc} failed: {source}")]
+    #[error("agent request {rpc} failed: {}", describe_rpc_error(source))]
     Rpc {
         rpc: &'static str,
         source: ttrpc::Error,
@@ -31,6 +33,17 @@ pub enum AgentError {
     Timeout { rpc: &'static str, timeout: Duration },
     #[error("agent reply to {rpc} is invalid: {what}")]
     BadReply { rpc: &'static str, what: String },
+}
+
+/// A ttrpc error in one line: `CODE: message` for a status from the agent.
+pub fn describe_rpc_error(e: &ttrpc::Error) -> String {
+    match e {
+        ttrpc::Error::RpcStatus(s) => {
+            let code = s.code.enum_value().map(|c| format!("{c:?}")).unwrap_or_else(|v| v.to_string());
+            format!("{code}: {}", s.message)
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Reads the agent's `HULL-AGENT-READY <api>\n` line from an announce connection.
@@ -89,6 +102,49 @@ pub struct AgentVersion {
     pub uptime: Duration,
 }
 
+/// A storage for the guest to mount (see `Storage` in agent.proto).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StorageSpec {
+    pub driver: String,
+    pub source: String,
+    pub fstype: String,
+    pub options: Vec<String>,
+    pub mount_point: String,
+    pub readonly: bool,
+}
+
+impl StorageSpec {
+    /// A virtio-fs share with device tag `tag`, mounted at `mount_point`.
+    pub fn virtiofs_share(tag: &str, mount_point: &str) -> StorageSpec {
+        StorageSpec {
+            driver: "virtiofs".into(),
+            source: tag.into(),
+            fstype: "virtiofs".into(),
+            options: Vec::new(),
+            mount_point: mount_point.into(),
+            readonly: false,
+        }
+    }
+}
+
+/// Which stdio streams a process gets, and whether they are a terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StdioSpec {
+    pub terminal: bool,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    /// Exit code, or 128 + signal number.
+    pub status: i32,
+    /// Killed by the guest kernel's OOM killer.
+    pub oom_killed: bool,
+}
+
 /// A connected agent.
 #[derive(Clone)]
 pub struct AgentClient {
@@ -129,6 +185,15 @@ impl AgentClient {
             inner: AgentServiceClient::new(client),
             timeout,
         })
+    }
+
+    /// A client over an already connected stream (the agent's tests, fake agents).
+    pub fn from_stream(stream: tokio::net::UnixStream, timeout: Duration) -> AgentClient {
+        let socket = ttrpc::r#async::transport::Socket::from(stream);
+        AgentClient {
+            inner: AgentServiceClient::new(ttrpc::r#async::Client::new(socket)),
+            timeout,
+        }
     }
 
     /// Health check: succeeds only if the agent says it is serving.
@@ -177,6 +242,8 @@ impl AgentClient {
         Ok(())
     }
 }
+
+mod container;
 
 #[cfg(test)]
 mod tests {

@@ -9,7 +9,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hull_runtime::config::Config;
 use hull_runtime::sandbox::{Sandbox, SandboxSpec};
-use hull_runtime::{bench, check, hypervisor};
+use hull_runtime::run::{RunError, RunOptions, Signals};
+use hull_runtime::{bench, check, hypervisor, image};
 
 #[derive(Parser)]
 #[command(name = "hull", version, about = "Containers in microVMs")]
@@ -32,6 +33,13 @@ enum Command {
     Vm {
         #[command(subcommand)]
         command: VmCommand,
+    },
+    /// Run a command in a container in a fresh microVM; exits with its exit code.
+    Run(Box<RunArgs>),
+    /// Local OCI images.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
     },
     /// Measure hull.
     Bench {
@@ -57,6 +65,66 @@ struct VmArgs {
     /// Keep the VM's state dir (console and helper logs) afterwards, for debugging.
     #[arg(long)]
     keep_state: bool,
+    /// Attach the sandbox share (virtiofsd) as `hull run` does.
+    #[arg(long)]
+    share: bool,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// OCI image layout dir, or the name of one in <cache_dir>/images (e.g. demo);
+    /// `:TAG` picks a manifest by tag.
+    #[arg(long, conflicts_with = "rootfs")]
+    image: Option<String>,
+    /// A root filesystem directory to copy instead of an image.
+    #[arg(long)]
+    rootfs: Option<PathBuf>,
+    /// Allocate a terminal (raw mode on hull's terminal while it runs).
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Keep stdin open and send it to the container.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Set an environment variable (KEY=VALUE); repeatable.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    /// UID[:GID] (or a name from the image's /etc/passwd).
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Memory limit: bytes, or with a unit k, m, g (512M, 1G). The VM gets this plus
+    /// 128 MiB (at least the configured guest memory).
+    #[arg(short = 'm', long)]
+    memory: Option<String>,
+    /// CPU limit (CFS quota), e.g. 0.5 or 2. The VM gets at least this many vCPUs.
+    #[arg(long)]
+    cpus: Option<String>,
+    /// Maximum number of processes in the container.
+    #[arg(long)]
+    pids_limit: Option<i64>,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long)]
+    read_only: bool,
+    /// Bind a host directory into the container: HOST_DIR:CONTAINER_DIR[:ro]; repeatable.
+    #[arg(short = 'v', long = "volume", value_name = "HOST_DIR:CONTAINER_DIR[:ro]")]
+    volumes: Vec<String>,
+    /// Container hostname [default: the first 12 characters of the sandbox id].
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Keep the VM's state dir afterwards, for debugging.
+    #[arg(long)]
+    keep_state: bool,
+    /// The command and its arguments [default: the image's Entrypoint and Cmd].
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Print where a named image lives (<cache_dir>/images/NAME).
+    Path { name: String },
 }
 
 #[derive(Subcommand)]
@@ -102,7 +170,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(async {
+    // `hull run` forwards signals to its container and tears down itself.
+    let own_signals = matches!(cli.command, Command::Run(_));
+    let code = rt.block_on(async {
         tokio::select! {
             r = run(cli) => match r {
                 Ok(code) => code,
@@ -111,14 +181,17 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             },
-            sig = interrupted() => {
+            sig = interrupted(), if !own_signals => {
                 // Dropping `run` dropped the sandbox: its processes were killed and its
                 // state dir removed.
                 eprintln!("hull: interrupted by {sig}; the VM was torn down");
                 ExitCode::from(if sig == "SIGINT" { 130 } else { 143 })
             }
         }
-    })
+    });
+    // A stdin reader blocked in the runtime's thread pool must not keep hull alive.
+    rt.shutdown_background();
+    code
 }
 
 async fn interrupted() -> &'static str {
@@ -151,6 +224,7 @@ fn sandbox_spec(config: &Config, vm: &VmArgs) -> SandboxSpec {
         spec.memory_mib = m;
     }
     spec.keep_state = vm.keep_state;
+    spec.share = vm.share;
     spec
 }
 
@@ -188,6 +262,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run(args) => Ok(run_container(&config, args).await),
+        Command::Image {
+            command: ImageCommand::Path { name },
+        } => {
+            if !image::is_bare_name(name) {
+                anyhow::bail!("{name:?} is not an image name (no '/')");
+            }
+            println!("{}", image::images_dir(&config.runtime.cache_dir).join(name).display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench {
             command: BenchCommand::Boot { vm, runs, floor_initrd, json },
         } => {
@@ -205,6 +289,51 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `hull run`: the container's exit code; 127 when the command is not in the rootfs,
+/// 125 when hull itself fails (as docker does),
+/// 128+N when a signal ended the run before the container did.
+async fn run_container(config: &Config, a: &RunArgs) -> ExitCode {
+    let opts = RunOptions {
+        image: a.image.clone(),
+        rootfs: a.rootfs.clone(),
+        tty: a.tty,
+        interactive: a.interactive,
+        env: a.env.clone(),
+        workdir: a.workdir.clone(),
+        user: a.user.clone(),
+        memory: a.memory.clone(),
+        cpus: a.cpus.clone(),
+        pids_limit: a.pids_limit,
+        read_only: a.read_only,
+        volumes: a.volumes.clone(),
+        hostname: a.hostname.clone(),
+        command: a.command.clone(),
+        keep_state: a.keep_state,
+    };
+    let mut signals = Signals::new();
+    match hull_runtime::run::run(config, &opts, &mut signals).await {
+        Ok(outcome) => {
+            if outcome.exit.oom_killed {
+                eprintln!("hull: the container was killed by the OOM killer (memory limit {})",
+                    a.memory.as_deref().unwrap_or("none"));
+            }
+            ExitCode::from(outcome.code())
+        }
+        Err(RunError::Interrupted(sig)) => {
+            eprintln!("hull: {}", RunError::Interrupted(sig));
+            ExitCode::from(128u8.saturating_add(u8::try_from(sig).unwrap_or(0)))
+        }
+        Err(e @ RunError::CommandNotFound { .. }) => {
+            eprintln!("hull: {e}");
+            ExitCode::from(127)
+        }
+        Err(e) => {
+            eprintln!("hull: {e}");
+            ExitCode::from(125)
         }
     }
 }

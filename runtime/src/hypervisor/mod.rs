@@ -9,6 +9,7 @@
 pub mod boot_files;
 pub mod console;
 pub mod qemu;
+pub mod virtiofs;
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -36,6 +37,19 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// Attach a hybrid vsock device whose host side is `vsock_uds()`.
     pub vsock: bool,
+    /// Storage devices to attach. The guest finds each by its tag (or, later, a block
+    /// device by its serial); the agent mounts them when `CreateSandbox` names them.
+    pub devices: Vec<VmDevice>,
+}
+
+/// A storage device of a VM. Only a shared directory (virtio-fs) today; a block-device
+/// rootfs (erofs/ext4 image on virtio-blk, found by serial) is a new variant here and a
+/// `Storage { driver: "blk" }` for the agent, with no change to the agent API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmDevice {
+    /// A host directory shared into the guest with virtio-fs (virtiofsd), mounted by the
+    /// guest with `mount -t virtiofs <tag> <dir>`.
+    SharedDir { tag: String, host_dir: PathBuf },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +64,11 @@ pub enum HypervisorError {
     },
     #[error("{0}")]
     BootFile(#[from] boot_files::BootFileError),
+    #[error("{what} not found (looked in PATH and cargo's bin dir); fix: {fix}")]
+    MissingHelper {
+        what: &'static str,
+        fix: &'static str,
+    },
     #[error("cannot set up {what}: {source}")]
     Io {
         what: &'static str,
@@ -117,9 +136,13 @@ pub fn select(config: &crate::config::Config) -> Result<Box<dyn Hypervisor>, Sel
                     fix: "cargo install --locked vhost-device-vsock@0.3.0",
                 },
             )?;
+            // virtiofsd is only needed for VMs with a shared dir; `launch` names it if
+            // one is asked for and it is missing.
+            let virtiofsd = crate::host::find_binary(&config.hypervisor.virtiofsd);
             Ok(Box::new(qemu::Qemu::new(qemu::QemuConfig {
                 qemu,
                 vhost_vsock,
+                virtiofsd,
                 accel: qemu::Accel::for_host(),
             })))
         }

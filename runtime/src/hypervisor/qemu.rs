@@ -4,6 +4,7 @@
 //!
 //! Per-VM files in the state dir: `vhost-vsock.sock` (QEMU <-> backend), `vsock.sock`
 //! (hybrid vsock, host side), `console.log`, `qemu.log` and `vhost-vsock.log` (stderr).
+//! A shared dir adds `virtiofsd.sock` and `virtiofsd.log` (see [`super::virtiofs`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -11,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::process::Command;
+use tracing::Instrument;
 
-use super::{boot_files, Console, Hypervisor, HypervisorError, VmSpec};
+use super::{boot_files, virtiofs, Console, Hypervisor, HypervisorError, VmDevice, VmSpec};
 use crate::child::HelperProcess;
 use crate::host;
 
@@ -41,12 +43,16 @@ impl Accel {
 pub struct QemuConfig {
     pub qemu: PathBuf,
     pub vhost_vsock: PathBuf,
+    /// virtiofsd, when found (needed only for shared dirs).
+    pub virtiofsd: Option<PathBuf>,
     pub accel: Accel,
 }
 
 pub struct Qemu {
     config: QemuConfig,
     vsock_backend: Option<HelperProcess>,
+    /// One virtiofsd per shared dir, with the vhost-user socket QEMU connects to.
+    fs_backends: Vec<(HelperProcess, String, PathBuf)>,
     qemu: Option<HelperProcess>,
     vsock_uds: Option<PathBuf>,
 }
@@ -56,6 +62,7 @@ impl Qemu {
         Qemu {
             config,
             vsock_backend: None,
+            fs_backends: Vec::new(),
             qemu: None,
             vsock_uds: None,
         }
@@ -79,6 +86,25 @@ impl Qemu {
         self.vsock_backend = Some(backend);
         waited?;
         Ok(uds)
+    }
+
+    /// Starts one virtiofsd per shared dir and waits for each socket.
+    async fn start_fs_backends(&mut self, spec: &VmSpec) -> Result<(), HypervisorError> {
+        for (i, dev) in spec.devices.iter().enumerate() {
+            let VmDevice::SharedDir { tag, host_dir } = dev;
+            let bin = self.config.virtiofsd.clone().ok_or(HypervisorError::MissingHelper {
+                what: "virtiofsd",
+                fix: "apt-get install libseccomp-dev libcap-ng-dev && cargo install --locked virtiofsd@1.14.0",
+            })?;
+            let name = if i == 0 { "virtiofsd".to_string() } else { format!("virtiofsd-{i}") };
+            let sock = spec.state_dir.join(format!("{name}.sock"));
+            let log = spec.state_dir.join(format!("{name}.log"));
+            let mut backend = virtiofs::spawn(&bin, &sock, host_dir, &log)?;
+            let waited = wait_for_socket(&sock, &mut backend, Duration::from_secs(10)).await;
+            self.fs_backends.push((backend, tag.clone(), sock));
+            waited?;
+        }
+        Ok(())
     }
 
     fn qemu_command(&self, spec: &VmSpec, vhost_sock: Option<&Path>) -> Command {
@@ -119,6 +145,13 @@ impl Qemu {
                 .arg(format!("socket,id=vsock,path={}", sock.display()))
                 .args(["-device", "vhost-user-vsock-device,chardev=vsock"]);
         }
+        // The tag goes on the QEMU device only: virtiofsd's --tag crashes QEMU 7.x.
+        for (i, (_, tag, sock)) in self.fs_backends.iter().enumerate() {
+            cmd.arg("-chardev")
+                .arg(format!("socket,id=fs{i},path={}", sock.display()))
+                .arg("-device")
+                .arg(format!("vhost-user-fs-device,chardev=fs{i},tag={tag}"));
+        }
         cmd
     }
 }
@@ -141,6 +174,9 @@ impl Hypervisor for Qemu {
         } else {
             None
         };
+        self.start_fs_backends(spec)
+            .instrument(tracing::info_span!("virtiofsd_start"))
+            .await?;
         let cmd = self.qemu_command(spec, vhost_sock.as_deref());
         tracing::debug!(?cmd, "launching qemu");
         let mut qemu = HelperProcess::spawn("qemu", cmd, &spec.state_dir.join("qemu.log"))?;
@@ -177,7 +213,12 @@ impl Hypervisor for Qemu {
             }
         }
         // vhost-device-vsock outlives its VM (it waits for the next one): always stop it.
-        if let Some(b) = self.vsock_backend.as_mut() {
+        // virtiofsd exits with its VM, but a VM that never started leaves it waiting.
+        let backends = self
+            .vsock_backend
+            .iter_mut()
+            .chain(self.fs_backends.iter_mut().map(|(p, _, _)| p));
+        for b in backends {
             if let Err(e) = b.stop(Duration::from_millis(500)).await {
                 first_err.get_or_insert(e);
             }
@@ -189,25 +230,28 @@ impl Hypervisor for Qemu {
     }
 
     fn pids(&self) -> Vec<u32> {
-        [self.qemu.as_ref(), self.vsock_backend.as_ref()]
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p.pid())
-            .collect()
+        self.processes().filter_map(|p| p.pid()).collect()
     }
 
     fn diagnostics(&self) -> String {
         let mut out = String::new();
-        for p in [self.qemu.as_ref(), self.vsock_backend.as_ref()]
-            .into_iter()
-            .flatten()
-        {
+        for p in self.processes() {
             let tail = p.stderr_tail(10);
             if !tail.trim().is_empty() {
                 out.push_str(&format!("\n--- {} stderr ---\n{}", p.name(), tail));
             }
         }
         out
+    }
+}
+
+impl Qemu {
+    /// Every helper process, QEMU first.
+    fn processes(&self) -> impl Iterator<Item = &HelperProcess> {
+        self.qemu
+            .iter()
+            .chain(self.vsock_backend.iter())
+            .chain(self.fs_backends.iter().map(|(p, _, _)| p))
     }
 }
 

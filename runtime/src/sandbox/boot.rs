@@ -6,7 +6,7 @@ use super::{Sandbox, SandboxError, SandboxSpec};
 use crate::agent_client::{self, AgentClient, GuestListener};
 use crate::child::describe_status;
 use crate::config::Config;
-use crate::hypervisor::{ConsoleProgress, VmSpec};
+use crate::hypervisor::{ConsoleProgress, VmDevice, VmSpec};
 
 /// The stages a boot goes through, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +82,14 @@ pub(super) async fn run(
         vcpus: spec.vcpus,
         memory_mib: spec.memory_mib,
         vsock: true,
+        devices: sandbox
+            .share
+            .iter()
+            .map(|s| VmDevice::SharedDir {
+                tag: super::share::SHARE_TAG.to_string(),
+                host_dir: s.host_dir().to_path_buf(),
+            })
+            .collect(),
     };
     // Listen for the announcement before anything can send it.
     let uds = state.join("vsock.sock");

@@ -13,15 +13,17 @@
 //! itself on drop).
 
 mod boot;
+pub mod share;
 pub mod state_dir;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::agent_client::{AgentClient, AgentError, AgentVersion, VsockError};
+use crate::agent_client::{AgentClient, AgentError, AgentVersion, StorageSpec, VsockError};
 use crate::config::Config;
 use crate::hypervisor::{Console, Hypervisor, HypervisorError};
 pub use boot::{BootReport, BootStage};
+use share::{Share, ShareError};
 use state_dir::StateDir;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,10 @@ pub enum SandboxError {
     Listener(#[from] VsockError),
     #[error("{0}")]
     Agent(#[from] AgentError),
+    #[error("{0}")]
+    Share(#[from] ShareError),
+    #[error("the sandbox has no agent connection (not booted, or torn down)")]
+    NotConnected,
     #[error("{message}\n--- last console lines ({log}) ---\n{console}{diagnostics}")]
     Boot {
         stage: BootStage,
@@ -59,6 +65,8 @@ pub struct SandboxSpec {
     pub agent_log: String,
     /// Keep the state dir (console log, helper logs) after the VM is gone.
     pub keep_state: bool,
+    /// Attach the sandbox share (`<state>/share` over virtio-fs, tag `hullshare`).
+    pub share: bool,
 }
 
 impl SandboxSpec {
@@ -71,6 +79,7 @@ impl SandboxSpec {
             kernel_params: config.guest.kernel_params.clone(),
             agent_log: config.guest.agent_log.clone(),
             keep_state: false,
+            share: false,
         }
     }
 
@@ -95,6 +104,8 @@ pub struct Sandbox {
     hypervisor: Box<dyn Hypervisor>,
     agent: Option<AgentClient>,
     console: Option<Console>,
+    // After the VM (virtiofsd gone), before the state dir: volumes are unmounted first.
+    share: Option<Share>,
     state: StateDir,
     report: BootReport,
     shutdown_timeout: Duration,
@@ -103,6 +114,18 @@ pub struct Sandbox {
 impl Sandbox {
     /// Boots a VM on `hypervisor` and connects to its agent. On error nothing is left.
     pub async fn boot(
+        config: &Config,
+        spec: &SandboxSpec,
+        hypervisor: Box<dyn Hypervisor>,
+    ) -> Result<Sandbox, SandboxError> {
+        let mut sandbox = Sandbox::create(config, spec, hypervisor)?;
+        sandbox.start(config, spec).await?;
+        Ok(sandbox)
+    }
+
+    /// Creates the state dir (and the share dir when asked), without starting the VM,
+    /// so the caller can fill the share first. Dropping the value removes it all.
+    pub fn create(
         config: &Config,
         spec: &SandboxSpec,
         hypervisor: Box<dyn Hypervisor>,
@@ -116,24 +139,61 @@ impl Sandbox {
         if spec.keep_state {
             state.keep();
         }
-        let mut sandbox = Sandbox {
+        let share = if spec.share {
+            Some(Share::create(state.path())?)
+        } else {
+            None
+        };
+        Ok(Sandbox {
             id,
             hypervisor,
             agent: None,
             console: None,
+            share,
             state,
             report: BootReport::default(),
             shutdown_timeout: config.boot.shutdown_timeout(),
-        };
-        let span = tracing::info_span!("sandbox_boot", id = %sandbox.id);
+        })
+    }
+
+    /// Boots the VM and connects to its agent. On error every process is stopped.
+    pub async fn start(&mut self, config: &Config, spec: &SandboxSpec) -> Result<(), SandboxError> {
+        let span = tracing::info_span!("sandbox_boot", id = %self.id);
         let _enter = span.enter();
-        match boot::run(&mut sandbox, config, spec).await {
-            Ok(()) => Ok(sandbox),
+        match boot::run(self, config, spec).await {
+            Ok(()) => Ok(()),
             Err(e) => {
-                sandbox.teardown().await;
+                self.teardown().await;
                 Err(e)
             }
         }
+    }
+
+    /// The host side of the share, if the sandbox has one.
+    pub fn share(&self) -> Option<&Share> {
+        self.share.as_ref()
+    }
+
+    pub fn share_mut(&mut self) -> Option<&mut Share> {
+        self.share.as_mut()
+    }
+
+    /// The connected agent, or an error saying there is none.
+    pub fn agent_or_err(&self) -> Result<&AgentClient, SandboxError> {
+        self.agent.as_ref().ok_or(SandboxError::NotConnected)
+    }
+
+    /// `CreateSandbox`: hostname, and the share mounted at [`share::GUEST_SHARE`].
+    pub async fn prepare_guest(&self, hostname: &str) -> Result<(), SandboxError> {
+        let _s = tracing::info_span!("create_sandbox").entered();
+        let storages: Vec<StorageSpec> = match &self.share {
+            Some(_) => vec![StorageSpec::virtiofs_share(share::SHARE_TAG, share::GUEST_SHARE)],
+            None => Vec::new(),
+        };
+        self.agent_or_err()?
+            .create_sandbox(&self.id, hostname, &storages)
+            .await?;
+        Ok(())
     }
 
     pub fn id(&self) -> &str {
@@ -199,11 +259,15 @@ impl Sandbox {
         result
     }
 
-    /// Stops every process now (no guest shutdown). The state dir goes on drop.
+    /// Stops every process now (no guest shutdown) and unmounts the volumes. The state
+    /// dir goes on drop.
     pub async fn teardown(&mut self) {
         self.agent = None;
         if let Err(e) = self.hypervisor.stop(Duration::from_millis(500)).await {
             tracing::warn!(error = %e, "stopping the VM's processes");
+        }
+        if let Some(share) = self.share.as_mut() {
+            share.unmount_all();
         }
     }
 }

@@ -38,6 +38,18 @@ impl Drop for StateDir {
         if self.keep {
             return;
         }
+        // Never let the removal walk into a mounted directory (a volume is a user's own
+        // host dir): detach whatever is still mounted below, and if anything stays,
+        // leave the dir rather than delete through it.
+        for m in super::share::mounts_under(&self.path) {
+            tracing::warn!(mount = %m.display(), "mount left under the VM state dir; detaching it");
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let left = super::share::mounts_under(&self.path);
+        if !left.is_empty() {
+            tracing::error!(path = %self.path.display(), mounts = ?left, "not removing the VM state dir: mounts remain");
+            return;
+        }
         if let Err(e) = std::fs::remove_dir_all(&self.path) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(path = %self.path.display(), error = %e, "cannot remove VM state dir");

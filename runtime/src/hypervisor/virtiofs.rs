@@ -1,0 +1,31 @@
+//! virtiofsd (rust-vmm, vhost-user-fs backend): shares one host directory into a VM.
+//!
+//! Run as `virtiofsd --socket-path S --shared-dir D --cache never --sandbox namespace`:
+//! the daemon moves into its own mount namespace with D as its root, so the guest can
+//! reach nothing of the host outside D (mounts under D made before it starts are
+//! included). No `--tag`: it crashes QEMU 7.x; the tag is set on QEMU's device. It exits
+//! by itself when its VM goes; the backend stops it anyway.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use tokio::process::Command;
+
+use super::HypervisorError;
+use crate::child::HelperProcess;
+
+pub fn spawn(
+    bin: &Path,
+    socket: &Path,
+    shared_dir: &Path,
+    stderr_log: &Path,
+) -> Result<HelperProcess, HypervisorError> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--socket-path")
+        .arg(socket)
+        .arg("--shared-dir")
+        .arg(shared_dir)
+        .args(["--cache", "never", "--sandbox", "namespace"])
+        .stdout(Stdio::null());
+    Ok(HelperProcess::spawn("virtiofsd", cmd, stderr_log)?)
+}
