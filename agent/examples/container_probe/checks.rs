@@ -1,0 +1,272 @@
+//! The checks, in order. Each returns Ok or a description of what was wrong.
+
+use std::time::{Duration, Instant};
+
+use hull_proto::*;
+use serde_json::{json, Value};
+
+use super::client::{base_spec, ctx, stdio, Agent};
+
+type Check = Result<(), String>;
+
+fn expect(cond: bool, what: impl FnOnce() -> String) -> Check {
+    if cond {
+        Ok(())
+    } else {
+        Err(what())
+    }
+}
+
+fn e2s<E: std::fmt::Debug>(e: E) -> String {
+    format!("{e:?}")
+}
+
+fn with(mut spec: Value, f: impl FnOnce(&mut Value)) -> Value {
+    f(&mut spec);
+    spec
+}
+
+async fn sandbox(a: &Agent) -> Check {
+    let mut s = Storage::new();
+    s.driver = "virtiofs".into();
+    s.source = "hullshare".into();
+    s.fstype = "virtiofs".into();
+    s.mount_point = "/run/hull/share".into();
+    let mut req = CreateSandboxRequest::new();
+    req.sandbox_id = "probe".into();
+    req.hostname = "pod1".into();
+    req.storages.push(s);
+    a.c.create_sandbox(ctx(), &req).await.map_err(e2s)?;
+    Ok(())
+}
+
+async fn echo(a: &Agent) -> Check {
+    let o = a.run("echo", &base_spec(&["echo", "hello"])).await.map_err(e2s)?;
+    expect(o.out() == "hello\n" && o.status == 0, || format!("{o:?}"))
+}
+
+async fn exit3(a: &Agent) -> Check {
+    let o = a.run("exit3", &base_spec(&["sh", "-c", "exit 3"])).await.map_err(e2s)?;
+    expect(o.status == 3, || format!("{o:?}"))
+}
+
+async fn out_err_apart(a: &Agent) -> Check {
+    let o = a
+        .run("apart", &base_spec(&["sh", "-c", "echo out; echo err >&2; echo out2"]))
+        .await
+        .map_err(e2s)?;
+    expect(o.out() == "out\nout2\n" && o.err() == "err\n", || format!("{o:?}"))
+}
+
+async fn isolation(a: &Agent) -> Check {
+    let script = "echo pid=$$; hostname; wc -c </proc/kcore; echo $FOO; pwd; id; umask";
+    let spec = with(base_spec(&["sh", "-c", script]), |s| {
+        s["process"]["env"].as_array_mut().map(|e| e.push(json!("FOO=bar")));
+        s["process"]["cwd"] = json!("/tmp");
+        s["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [10, 20], "umask": 63});
+    });
+    let o = a.run("iso", &spec).await.map_err(e2s)?;
+    let want = "pid=1\nbox\n0\nbar\n/tmp\nuid=1000 gid=1000 groups=10,20,1000\n0077\n";
+    expect(o.out() == want && o.status == 0, || format!("want {want:?}, got {o:?}"))
+}
+
+async fn readonly_rootfs(a: &Agent) -> Check {
+    let spec = with(base_spec(&["sh", "-c", "touch /newfile"]), |s| {
+        s["root"]["readonly"] = json!(true);
+    });
+    let o = a.run("ro", &spec).await.map_err(e2s)?;
+    expect(o.status != 0 && o.err().contains("Read-only"), || format!("{o:?}"))
+}
+
+async fn caps_dropped(a: &Agent) -> Check {
+    let spec = with(base_spec(&["sh", "-c", "touch /tmp/f && chown 1 /tmp/f"]), |s| {
+        let caps = json!(["CAP_DAC_OVERRIDE"]);
+        s["process"]["capabilities"] = json!({"bounding": caps, "effective": caps, "permitted": caps});
+    });
+    let o = a.run("caps", &spec).await.map_err(e2s)?;
+    expect(o.status != 0 && o.err().contains("Operation not permitted"), || format!("{o:?}"))
+}
+
+async fn seccomp(a: &Agent) -> Check {
+    let spec = with(base_spec(&["sh", "-c", "mkdir /tmp/d"]), |s| {
+        s["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+        });
+    });
+    let o = a.run("seccomp", &spec).await.map_err(e2s)?;
+    expect(o.status != 0 && o.err().contains("Operation not permitted"), || format!("{o:?}"))
+}
+
+async fn stdin_echo(a: &Agent) -> Check {
+    a.create("cat", &base_spec(&["cat"]), stdio(true, false)).await.map_err(e2s)?;
+    a.start("cat").await.map_err(e2s)?;
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let writer = async {
+        a.write_stdin("cat", "", &data).await?;
+        a.close_stdin("cat", "").await
+    };
+    let (w, o) = tokio::join!(writer, a.collect("cat", ""));
+    a.remove("cat").await.map_err(e2s)?;
+    w.map_err(e2s)?;
+    let o = o.map_err(e2s)?;
+    expect(o.stdout == data && o.status == 0, || format!("got {} bytes, status {}", o.stdout.len(), o.status))
+}
+
+async fn sigkill(a: &Agent) -> Check {
+    a.create("kill", &base_spec(&["sleep", "100"]), stdio(false, false)).await.map_err(e2s)?;
+    a.start("kill").await.map_err(e2s)?;
+    a.signal("kill", "", 9, false).await.map_err(e2s)?;
+    let o = a.collect("kill", "").await.map_err(e2s)?;
+    a.remove("kill").await.map_err(e2s)?;
+    expect(o.status == 137, || format!("{o:?}"))
+}
+
+async fn not_found(a: &Agent) -> Check {
+    let r = a.create("nf", &base_spec(&["no-such-command"]), stdio(false, false)).await;
+    let _ = a.remove("nf").await;
+    match r {
+        Err(ttrpc::Error::RpcStatus(s)) if s.message().contains("not found") => {
+            println!("probe:   error was: {}", s.message());
+            Ok(())
+        }
+        other => Err(format!("{other:?}")),
+    }
+}
+
+async fn memory_oom(a: &Agent) -> Check {
+    let spec = with(base_spec(&["sh", "-c", "echo start; tail /dev/zero"]), |s| {
+        s["linux"]["resources"]["memory"] = json!({"limit": 16 * 1024 * 1024, "swap": 16 * 1024 * 1024});
+    });
+    let oom = {
+        let c = a.c.clone();
+        tokio::spawn(async move { c.get_oom_event(ctx(), &GetOomEventRequest::new()).await })
+    };
+    let o = a.run("oom", &spec).await.map_err(e2s)?;
+    let ev = tokio::time::timeout(Duration::from_secs(10), oom).await.map_err(e2s)?.map_err(e2s)?.map_err(e2s)?;
+    expect(o.status == 137 && o.oom_killed && ev.container_id == "oom", || format!("{o:?} event {ev:?}"))
+}
+
+async fn pids_and_cpu(a: &Agent) -> Check {
+    let script = "cat /sys/fs/cgroup/cpu.max /sys/fs/cgroup/pids.max; for i in 1 2 3 4 5 6 7 8; do sleep 1 & done; wait";
+    let spec = with(base_spec(&["sh", "-c", script]), |s| {
+        s["linux"]["resources"]["pids"] = json!({"limit": 5});
+        s["linux"]["resources"]["cpu"] = json!({"quota": 50000, "period": 100000});
+    });
+    let o = a.run("pids", &spec).await.map_err(e2s)?;
+    expect(o.out().starts_with("50000 100000\n5\n") && o.err().contains("fork"), || format!("{o:?}"))
+}
+
+async fn exec_and_tty(a: &Agent) -> Check {
+    a.create("long", &base_spec(&["sleep", "1000"]), stdio(false, false)).await.map_err(e2s)?;
+    a.start("long").await.map_err(e2s)?;
+    let result = exec_and_tty_inner(a).await;
+    let _ = a.remove("long").await.map_err(e2s);
+    result
+}
+
+async fn exec_and_tty_inner(a: &Agent) -> Check {
+    let process = |args: &[&str], terminal: bool| {
+        let mut p = base_spec(args)["process"].clone();
+        p["terminal"] = json!(terminal);
+        p["env"].as_array_mut().map(|e| e.push(json!("TERM=xterm")));
+        serde_json::to_vec(&p).unwrap_or_default()
+    };
+    let mut req = ExecProcessRequest::new();
+    req.container_id = "long".into();
+    req.exec_id = "e1".into();
+    req.process_json = process(&["sh", "-c", "echo exec; cat /proc/1/cmdline | tr '\\0' ' '"], false);
+    req.stdio = protobuf::MessageField::some(stdio(false, false));
+    a.c.exec_process(ctx(), &req).await.map_err(e2s)?;
+    let o = a.collect("long", "e1").await.map_err(e2s)?;
+    expect(o.out() == "exec\nsleep 1000 " && o.status == 0, || format!("exec: {o:?}"))?;
+
+    // ListProcesses and Stats while it runs.
+    let mut creq = ContainerRequest::new();
+    creq.container_id = "long".into();
+    let list = a.c.list_processes(ctx(), &creq).await.map_err(e2s)?;
+    expect(list.processes.iter().any(|p| p.pid == 1 && p.args == ["sleep", "1000"]), || format!("list: {list:?}"))?;
+    let stats = a.c.stats_container(ctx(), &creq).await.map_err(e2s)?;
+    expect(stats.pids.current >= 1 && stats.memory.usage > 0, || format!("stats: {stats:?}"))?;
+
+    // A terminal exec: `stty size` after a resize, and stdin through the pty.
+    req.exec_id = "t1".into();
+    req.process_json = process(&["sh", "-c", "read x; stty size; echo got:$x; tty"], true);
+    req.stdio = protobuf::MessageField::some(stdio(true, true));
+    a.c.exec_process(ctx(), &req).await.map_err(e2s)?;
+    let mut rz = ResizeTtyRequest::new();
+    rz.container_id = "long".into();
+    rz.exec_id = "t1".into();
+    rz.rows = 33;
+    rz.columns = 101;
+    a.c.resize_tty(ctx(), &rz).await.map_err(e2s)?;
+    a.write_stdin("long", "t1", b"hi\n").await.map_err(e2s)?;
+    let o = a.collect("long", "t1").await.map_err(e2s)?;
+    let out = o.out();
+    expect(out.contains("33 101") && out.contains("got:hi") && out.contains("/dev/pts/"), || format!("tty: {o:?}"))?;
+
+    // Pause/resume, update, signal all.
+    a.c.pause_container(ctx(), &creq).await.map_err(e2s)?;
+    a.c.resume_container(ctx(), &creq).await.map_err(e2s)?;
+    let mut up = UpdateContainerRequest::new();
+    up.container_id = "long".into();
+    up.resources_json = br#"{"pids":{"limit":42}}"#.to_vec();
+    a.c.update_container(ctx(), &up).await.map_err(e2s)?;
+    req.exec_id = "e2".into();
+    req.process_json = process(&["cat", "/sys/fs/cgroup/pids.max"], false);
+    req.stdio = protobuf::MessageField::some(stdio(false, false));
+    a.c.exec_process(ctx(), &req).await.map_err(e2s)?;
+    let o = a.collect("long", "e2").await.map_err(e2s)?;
+    expect(o.out() == "42\n", || format!("update: {o:?}"))?;
+    a.signal("long", "", 15, true).await.map_err(e2s)?;
+    let o = a.collect("long", "").await.map_err(e2s)?;
+    expect(o.status == 143, || format!("signal all: {o:?}"))
+}
+
+async fn big_output(a: &Agent) -> Check {
+    let mib = 16;
+    let t = Instant::now();
+    let o = a
+        .run("big", &base_spec(&["sh", "-c", &format!("head -c {} /dev/zero | tr '\\0' x; echo -n end", mib << 20)]))
+        .await
+        .map_err(e2s)?;
+    println!("probe:   {mib} MiB in {} ms", t.elapsed().as_millis());
+    let n = o.stdout.len();
+    expect(n == (mib << 20) + 3 && o.stdout.ends_with(b"xend") && o.stdout[..n - 3].iter().all(|b| *b == b'x'), || format!("got {n} bytes"))
+}
+
+async fn bad_spec(a: &Agent) -> Check {
+    let r = a.create("bad", &base_spec(&[]), stdio(false, false)).await;
+    match r {
+        Err(ttrpc::Error::RpcStatus(s)) if s.message().contains("args is empty") => Ok(()),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+pub async fn run_all(a: &Agent, only: Option<&str>) -> usize {
+    macro_rules! checks {
+        ($($name:ident),* $(,)?) => {{
+            let mut failures = 0;
+            $(
+                let name = stringify!($name);
+                if name == "sandbox" || only.is_none_or(|o| o.split(',').any(|x| x == name)) {
+                    let t = Instant::now();
+                    match $name(a).await {
+                        Ok(()) => println!("PASS {name} ({} ms)", t.elapsed().as_millis()),
+                        Err(e) => {
+                            failures += 1;
+                            println!("FAIL {name}: {e}");
+                        }
+                    }
+                }
+            )*
+            failures
+        }};
+    }
+    checks!(
+        sandbox, echo, exit3, out_err_apart, isolation, readonly_rootfs, caps_dropped, seccomp,
+        stdin_echo, sigkill, not_found, bad_spec, memory_oom, pids_and_cpu, exec_and_tty,
+        big_output,
+    )
+}
