@@ -2,6 +2,7 @@
 //! queue of OOM events GetOomEvent hands out.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -50,21 +51,22 @@ impl Sandbox {
         self.table().insert(container.id.clone(), container);
         let tx = self.oom_tx.clone();
         tokio::spawn(async move {
-            let mut seen = None;
             loop {
                 let Some(c) = weak.upgrade() else { return };
-                let now = cgroup::oom_kills(&c.cgroup);
-                if seen.is_some_and(|s| now > s) {
-                    info!(container = %c.id, oom_kills = now, "OOM kill in container");
-                    if tx.send(c.id.clone()).is_err() {
-                        return;
-                    }
+                if !check_oom(&c, &tx) {
+                    return;
                 }
-                seen = Some(now);
                 drop(c);
                 tokio::time::sleep(OOM_POLL).await;
             }
         });
+    }
+
+    /// Queues an OOM event if the container's `oom_kill` count went up since the last
+    /// look (the poller's, or this one). RemoveContainer calls it before the cgroup goes,
+    /// so a kill just before removal is not lost between two polls.
+    pub fn check_oom(&self, c: &Container) {
+        check_oom(c, &self.oom_tx);
     }
 
     pub fn remove(&self, id: &str) -> Option<Arc<Container>> {
@@ -79,4 +81,15 @@ impl Sandbox {
     pub async fn next_oom(&self) -> Option<String> {
         self.oom_rx.lock().await.recv().await
     }
+}
+
+/// See [`Sandbox::check_oom`]; false once nobody listens any more.
+fn check_oom(c: &Container, tx: &mpsc::UnboundedSender<String>) -> bool {
+    let now = cgroup::oom_kills(&c.cgroup);
+    let before = c.oom_kills_seen.swap(now, Ordering::SeqCst);
+    if now > before {
+        info!(container = %c.id, oom_kills = now, "OOM kill in container");
+        return tx.send(c.id.clone()).is_ok();
+    }
+    true
 }

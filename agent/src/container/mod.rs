@@ -11,7 +11,7 @@ pub mod stdio;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use process::{Exit, Process};
@@ -26,6 +26,8 @@ pub struct Container {
     pub cgroup: PathBuf,
     /// Guest mounts made for this container (its `storages`), unmounted on removal.
     pub mounts: Vec<PathBuf>,
+    /// The cgroup's `oom_kill` count when last looked at (see `Sandbox::check_oom`).
+    pub oom_kills_seen: AtomicU64,
     started: AtomicBool,
     execs: Mutex<HashMap<String, Arc<Process>>>,
 }
@@ -38,6 +40,7 @@ impl Container {
             init,
             cgroup,
             mounts,
+            oom_kills_seen: AtomicU64::new(0),
             started: AtomicBool::new(false),
             execs: Mutex::new(HashMap::new()),
         }

@@ -146,6 +146,7 @@ pub async fn do_remove_container(svc: &Service, req: &RemoveContainerRequest) ->
             }
         }
     }
+    svc.sandbox.check_oom(&c);
     let result = runner::destroy(&c.id);
     unmount_all(&c.mounts);
     svc.sandbox.remove(&c.id);
