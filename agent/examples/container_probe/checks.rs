@@ -101,6 +101,46 @@ async fn seccomp(a: &Agent) -> Check {
     expect(o.status != 0 && o.err().contains("Operation not permitted"), || format!("{o:?}"))
 }
 
+/// containerd's default profile (`contrib/seccomp/seccomp_default.go`) for containerd's
+/// default capabilities, as the runtime's spec generator (`runtime/src/spec/seccomp.rs`)
+/// makes it, in OCI JSON.
+const CONTAINERD_DEFAULT_SECCOMP: &str = include_str!("containerd_default_seccomp.json");
+
+/// The default profile loads (the shell, fork and exec work, the filter is on) and is
+/// enforced: with CAP_SYS_ADMIN granted, sethostname is still refused by the filter.
+async fn default_seccomp_profile(a: &Agent) -> Check {
+    let profile: Value = serde_json::from_str(CONTAINERD_DEFAULT_SECCOMP).map_err(e2s)?;
+    let script = "echo ok | cat; grep Seccomp: /proc/self/status; hostname blocked";
+    let spec = with(base_spec(&["sh", "-c", script]), |s| {
+        s["linux"]["seccomp"] = profile;
+        for set in ["bounding", "effective", "permitted"] {
+            s["process"]["capabilities"][set].as_array_mut().map(|c| c.push(json!("CAP_SYS_ADMIN")));
+        }
+    });
+    let o = a.run("dflt-seccomp", &spec).await.map_err(e2s)?;
+    expect(
+        o.out().starts_with("ok\nSeccomp:\t2\n") && o.status != 0 && o.err().contains("Operation not permitted"),
+        || format!("{o:?}"),
+    )
+}
+
+async fn process_attrs(a: &Agent) -> Check {
+    let script = "cat /proc/self/oom_score_adj; ulimit -n; cat /proc/sys/kernel/shm_rmid_forced; \
+                  grep -E '^(NoNewPrivs|CapEff)' /proc/self/status; echo x >/dev/null && echo devnull-ok; \
+                  echo y >/dev/kmsg 2>/dev/null || echo kmsg-denied";
+    let spec = with(base_spec(&["sh", "-c", script]), |s| {
+        s["process"]["oomScoreAdj"] = json!(500);
+        s["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 321, "soft": 123}]);
+        s["linux"]["sysctl"] = json!({"kernel.shm_rmid_forced": "1"});
+        let caps = json!(["CAP_KILL"]);
+        s["process"]["capabilities"] = json!({"bounding": caps, "effective": caps, "permitted": caps,
+                                              "inheritable": caps, "ambient": caps});
+    });
+    let o = a.run("attrs", &spec).await.map_err(e2s)?;
+    let want = "500\n123\n1\nCapEff:\t0000000000000020\nNoNewPrivs:\t1\ndevnull-ok\nkmsg-denied\n";
+    expect(o.out() == want, || format!("want {want:?} got {o:?}"))
+}
+
 async fn stdin_echo(a: &Agent) -> Check {
     a.create("cat", &base_spec(&["cat"]), stdio(true, false)).await.map_err(e2s)?;
     a.start("cat").await.map_err(e2s)?;
@@ -269,6 +309,7 @@ pub async fn run_all(a: &Agent, only: Option<&str>) -> usize {
     }
     checks!(
         sandbox, echo, exit3, out_err_apart, isolation, readonly_rootfs, caps_dropped, seccomp,
+        default_seccomp_profile, process_attrs,
         stdin_echo, sigkill, not_found, bad_spec, memory_oom, pids_and_cpu, exec_and_tty,
         big_output,
     )
