@@ -33,6 +33,10 @@ for applet in $("$BUSYBOX" --list); do
   [ "$applet" = busybox ] || ln -sf busybox "$R/bin/$applet"
 done
 echo "root:x:0:0:root:/root:/bin/sh" > "$R/etc/passwd"
+# Volumes, as `hull run -v` puts them in the share.
+mkdir -p "$D/share/vol-rw" "$D/share/vol-ro"
+echo from-host > "$D/share/vol-ro/in"
+export HULL_PROBE_SHARE="$D/share"
 
 "$VHOST" --vm "guest-cid=3,socket=$D/vhost.sock,uds-path=$D/vm.sock" > "$D/vhost.log" 2>&1 &
 pids+=($!)

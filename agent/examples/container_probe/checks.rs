@@ -21,6 +21,13 @@ fn e2s<E: std::fmt::Debug>(e: E) -> String {
     format!("{e:?}")
 }
 
+/// Appends to a JSON array (a no-op on anything else).
+fn push(v: &mut Value, item: Value) {
+    if let Some(a) = v.as_array_mut() {
+        a.push(item);
+    }
+}
+
 fn with(mut spec: Value, f: impl FnOnce(&mut Value)) -> Value {
     f(&mut spec);
     spec
@@ -62,10 +69,10 @@ async fn isolation(a: &Agent) -> Check {
     // The guest kernel has no /proc/kcore; /proc/version stands in for a masked path.
     let script = "echo pid=$$; hostname; wc -c </proc/version; echo $FOO; pwd; id; umask";
     let spec = with(base_spec(&["sh", "-c", script]), |s| {
-        s["process"]["env"].as_array_mut().map(|e| e.push(json!("FOO=bar")));
+        push(&mut s["process"]["env"], json!("FOO=bar"));
         s["process"]["cwd"] = json!("/tmp");
         s["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [10, 20], "umask": 63});
-        s["linux"]["maskedPaths"].as_array_mut().map(|m| m.push(json!("/proc/version")));
+        push(&mut s["linux"]["maskedPaths"], json!("/proc/version"));
     });
     let o = a.run("iso", &spec).await.map_err(e2s)?;
     let want = "pid=1\nbox\n0\nbar\n/tmp\nuid=1000 gid=1000 groups=10,20\n0077\n";
@@ -114,7 +121,7 @@ async fn default_seccomp_profile(a: &Agent) -> Check {
     let spec = with(base_spec(&["sh", "-c", script]), |s| {
         s["linux"]["seccomp"] = profile;
         for set in ["bounding", "effective", "permitted"] {
-            s["process"]["capabilities"][set].as_array_mut().map(|c| c.push(json!("CAP_SYS_ADMIN")));
+            push(&mut s["process"]["capabilities"][set], json!("CAP_SYS_ADMIN"));
         }
     });
     let o = a.run("dflt-seccomp", &spec).await.map_err(e2s)?;
@@ -147,6 +154,52 @@ async fn devices(a: &Agent) -> Check {
                   echo x >/dev/null && head -c 3 /dev/zero | wc -c";
     let o = a.run("devices", &base_spec(&["sh", "-c", script])).await.map_err(e2s)?;
     expect(o.out() == "open-denied\n3\n", || format!("{o:?}"))
+}
+
+/// Volumes as `hull run -v` makes them: host dirs in the share, bind-mounted; `ro`
+/// enforced in the guest; what the container writes to a rw volume is on the host.
+async fn volumes(a: &Agent) -> Check {
+    let share = std::env::var("HULL_PROBE_SHARE").map_err(|_| "HULL_PROBE_SHARE not set".to_string())?;
+    let script = "echo written >/data/rw/out; cat /data/ro/in; touch /data/ro/x";
+    let spec = with(base_spec(&["sh", "-c", script]), |s| {
+        push(&mut s["mounts"], json!({"destination": "/data/rw", "type": "bind", "source": "/run/hull/share/vol-rw", "options": ["rbind", "rw"]}));
+        push(&mut s["mounts"], json!({"destination": "/data/ro", "type": "bind", "source": "/run/hull/share/vol-ro", "options": ["rbind", "ro"]}));
+    });
+    let o = a.run("vol", &spec).await.map_err(e2s)?;
+    let host = std::fs::read_to_string(format!("{share}/vol-rw/out")).unwrap_or_default();
+    expect(
+        o.out() == "from-host\n" && o.err().contains("Read-only") && o.status != 0 && host == "written\n",
+        || format!("{o:?}, host file {host:?}"),
+    )
+}
+
+/// The init process on a terminal: output through the pty, resize before start.
+async fn init_tty(a: &Agent) -> Check {
+    let spec = with(base_spec(&["sh", "-c", "stty size; tty"]), |s| {
+        s["process"]["terminal"] = json!(true);
+    });
+    a.create("itty", &spec, stdio(false, true)).await.map_err(e2s)?;
+    let mut rz = ResizeTtyRequest::new();
+    rz.container_id = "itty".into();
+    rz.rows = 24;
+    rz.columns = 80;
+    a.c.resize_tty(ctx(), &rz).await.map_err(e2s)?;
+    a.start("itty").await.map_err(e2s)?;
+    let o = a.collect("itty", "").await.map_err(e2s)?;
+    a.remove("itty").await.map_err(e2s)?;
+    expect(o.out().starts_with("24 80\r\n/dev/pts/0") && o.status == 0, || format!("{o:?}"))
+}
+
+/// A user namespace when the spec asks for one.
+async fn user_namespace(a: &Agent) -> Check {
+    let spec = with(base_spec(&["sh", "-c", "id -u; cat /proc/self/uid_map"]), |s| {
+        push(&mut s["linux"]["namespaces"], json!({"type": "user"}));
+        s["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        s["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    });
+    let o = a.run("userns", &spec).await.map_err(e2s)?;
+    let map: Vec<String> = o.out().split_whitespace().map(String::from).collect();
+    expect(map == ["0", "0", "100000", "65536"], || format!("{o:?}"))
 }
 
 async fn stdin_echo(a: &Agent) -> Check {
@@ -220,7 +273,7 @@ async fn exec_and_tty_inner(a: &Agent) -> Check {
     let process = |args: &[&str], terminal: bool| {
         let mut p = base_spec(args)["process"].clone();
         p["terminal"] = json!(terminal);
-        p["env"].as_array_mut().map(|e| e.push(json!("TERM=xterm")));
+        push(&mut p["env"], json!("TERM=xterm"));
         serde_json::to_vec(&p).unwrap_or_default()
     };
     let mut req = ExecProcessRequest::new();
@@ -276,7 +329,7 @@ async fn exec_and_tty_inner(a: &Agent) -> Check {
 }
 
 async fn big_output(a: &Agent) -> Check {
-    let mib = 16;
+    let mib = 64;
     let t = Instant::now();
     let o = a
         .run("big", &base_spec(&["sh", "-c", &format!("head -c {} /dev/zero | tr '\\0' x; echo -n end", mib << 20)]))
@@ -317,7 +370,7 @@ pub async fn run_all(a: &Agent, only: Option<&str>) -> usize {
     }
     checks!(
         sandbox, echo, exit3, out_err_apart, isolation, readonly_rootfs, caps_dropped, seccomp,
-        default_seccomp_profile, process_attrs, devices,
+        default_seccomp_profile, process_attrs, devices, volumes, init_tty, user_namespace,
         stdin_echo, sigkill, not_found, bad_spec, memory_oom, pids_and_cpu, exec_and_tty,
         big_output,
     )
