@@ -252,13 +252,26 @@ async fn memory_oom(a: &Agent) -> Check {
 }
 
 async fn pids_and_cpu(a: &Agent) -> Check {
-    let script = "cat /sys/fs/cgroup/cpu.max /sys/fs/cgroup/pids.max; for i in 1 2 3 4 5 6 7 8; do sleep 1 & done; wait";
+    let script = "cd /sys/fs/cgroup; cat cpu.max pids.max cpu.weight cpuset.cpus memory.max; \\
+                  for i in 1 2 3 4 5 6 7 8; do sleep 1 & done; wait";
     let spec = with(base_spec(&["sh", "-c", script]), |s| {
         s["linux"]["resources"]["pids"] = json!({"limit": 5});
-        s["linux"]["resources"]["cpu"] = json!({"quota": 50000, "period": 100000});
+        s["linux"]["resources"]["cpu"] = json!({"quota": 50000, "period": 100000, "shares": 2048, "cpus": "1"});
+        s["linux"]["resources"]["memory"] = json!({"limit": 64 << 20});
     });
     let o = a.run("pids", &spec).await.map_err(e2s)?;
-    expect(o.out().starts_with("50000 100000\n5\n") && o.err().contains("fork"), || format!("{o:?}"))
+    // cpu.weight from shares: any value but the default 100 (the conversion formula is
+    // libcgroups'; 2048 gives 174 there).
+    let lines: Vec<&str> = o.stdout.split(|b| *b == b'\n').map(|l| std::str::from_utf8(l).unwrap_or("")).collect();
+    let memory = (64u64 << 20).to_string();
+    expect(
+        lines.len() >= 5
+            && lines[..2] == ["50000 100000", "5"]
+            && lines[2] != "100"
+            && lines[3..5] == ["1", memory.as_str()]
+            && o.err().contains("fork"),
+        || format!("{o:?} {:?}", o.out()),
+    )
 }
 
 async fn exec_and_tty(a: &Agent) -> Check {
