@@ -16,6 +16,7 @@ pub const OOM_POLL: Duration = Duration::from_millis(200);
 
 #[derive(Debug)]
 pub struct Sandbox {
+    created: std::sync::atomic::AtomicBool,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     oom_tx: mpsc::UnboundedSender<String>,
     oom_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
@@ -25,6 +26,7 @@ impl Default for Sandbox {
     fn default() -> Self {
         let (oom_tx, oom_rx) = mpsc::unbounded_channel();
         Sandbox {
+            created: std::sync::atomic::AtomicBool::new(false),
             containers: Mutex::new(HashMap::new()),
             oom_tx,
             oom_rx: tokio::sync::Mutex::new(oom_rx),
@@ -35,6 +37,16 @@ impl Default for Sandbox {
 impl Sandbox {
     fn table(&self) -> MutexGuard<'_, HashMap<String, Arc<Container>>> {
         self.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the sandbox set up (CreateSandbox); false if it already was.
+    pub fn mark_created(&self) -> bool {
+        !self.created.swap(true, Ordering::SeqCst)
+    }
+
+    /// Lets a failed CreateSandbox be retried.
+    pub fn unmark_created(&self) {
+        self.created.store(false, Ordering::SeqCst);
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Container>> {

@@ -226,14 +226,35 @@ async fn sigkill(a: &Agent) -> Check {
     expect(o.status == 137, || format!("{o:?}"))
 }
 
+/// A missing command fails CreateContainer with "not found", and leaves nothing behind:
+/// the same id can be created again (and a created, never started one removed).
 async fn not_found(a: &Agent) -> Check {
     let r = a.create("nf", &base_spec(&["no-such-command"]), stdio(false, false)).await;
-    let _ = a.remove("nf").await;
     match r {
         Err(ttrpc::Error::RpcStatus(s)) if s.message().contains("not found") => {
             println!("probe:   error was: {}", s.message());
-            Ok(())
         }
+        other => return Err(format!("{other:?}")),
+    }
+    a.create("nf", &base_spec(&["true"]), stdio(false, false)).await.map_err(e2s)?;
+    a.remove("nf").await.map_err(e2s)?;
+    Ok(())
+}
+
+/// Runs last: no container's cgroup is left (seen without a cgroup namespace).
+async fn nothing_left(a: &Agent) -> Check {
+    let spec = with(base_spec(&["sh", "-c", "cd /sys/fs/cgroup/hull && ls -d */"]), |s| {
+        if let Some(ns) = s["linux"]["namespaces"].as_array_mut() {
+            ns.retain(|n| n["type"] != "cgroup");
+        }
+    });
+    let o = a.run("left", &spec).await.map_err(e2s)?;
+    expect(o.out() == "left/\n", || format!("{o:?}"))
+}
+
+async fn sandbox_twice(a: &Agent) -> Check {
+    match a.c.create_sandbox(ctx(), &CreateSandboxRequest::new()).await {
+        Err(ttrpc::Error::RpcStatus(s)) if s.code() == ttrpc::Code::ALREADY_EXISTS => Ok(()),
         other => Err(format!("{other:?}")),
     }
 }
@@ -385,6 +406,6 @@ pub async fn run_all(a: &Agent, only: Option<&str>) -> usize {
         sandbox, echo, exit3, out_err_apart, isolation, readonly_rootfs, caps_dropped, seccomp,
         default_seccomp_profile, process_attrs, devices, volumes, init_tty, user_namespace,
         stdin_echo, sigkill, not_found, bad_spec, memory_oom, pids_and_cpu, exec_and_tty,
-        big_output,
+        big_output, sandbox_twice, nothing_left,
     )
 }

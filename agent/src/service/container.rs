@@ -127,7 +127,8 @@ pub async fn do_remove_container(svc: &Service, req: &RemoveContainerRequest) ->
                 c.id
             )));
         }
-        if req.timeout_secs > 0 {
+        // A never started container has nothing to shut down gracefully.
+        if req.timeout_secs > 0 && c.is_started() {
             signal_all(&c, libc::SIGTERM);
             let grace = Duration::from_secs(u64::from(req.timeout_secs));
             let _ = tokio::time::timeout(grace, c.init.wait()).await;

@@ -91,8 +91,20 @@ fn check_sysctl(key: &str) -> Result<std::path::PathBuf, ServiceError> {
 /// Mounts the storages (the virtio-fs share first, as the host sends it), sets the
 /// guest hostname and writes hostname/resolv.conf/hosts under [`SANDBOX_FILES`], applies
 /// guest-wide sysctls.
-pub fn do_create_sandbox(_svc: &Service, req: &CreateSandboxRequest) -> Result<Empty, ServiceError> {
+/// A second call fails with AlreadyExists (a failed one may be retried).
+pub fn do_create_sandbox(svc: &Service, req: &CreateSandboxRequest) -> Result<Empty, ServiceError> {
     let _span = info_span!("create_sandbox", id = %req.sandbox_id).entered();
+    if !svc.sandbox.mark_created() {
+        return Err(ServiceError::AlreadyExists("the sandbox was already created".into()));
+    }
+    let result = create_sandbox(req);
+    if result.is_err() {
+        svc.sandbox.unmark_created();
+    }
+    result
+}
+
+fn create_sandbox(req: &CreateSandboxRequest) -> Result<Empty, ServiceError> {
     if !req.hostname.is_empty() {
         check_hostname(&req.hostname)?;
     }
