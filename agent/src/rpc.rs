@@ -37,6 +37,7 @@ pub fn to_status(err: &ServiceError) -> ttrpc::Error {
         ServiceError::NotFound(_) => Code::NOT_FOUND,
         ServiceError::AlreadyExists(_) => Code::ALREADY_EXISTS,
         ServiceError::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
+        ServiceError::Cancelled(_) => Code::CANCELLED,
         ServiceError::Internal { .. } => Code::INTERNAL,
     };
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, err))

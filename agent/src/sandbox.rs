@@ -16,6 +16,8 @@ pub const OOM_POLL: Duration = Duration::from_millis(200);
 
 #[derive(Debug)]
 pub struct Sandbox {
+    /// Set by DestroySandbox: OOM long polls end.
+    closing: tokio::sync::watch::Sender<bool>,
     created: std::sync::atomic::AtomicBool,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     oom_tx: mpsc::UnboundedSender<String>,
@@ -26,6 +28,7 @@ impl Default for Sandbox {
     fn default() -> Self {
         let (oom_tx, oom_rx) = mpsc::unbounded_channel();
         Sandbox {
+            closing: tokio::sync::watch::channel(false).0,
             created: std::sync::atomic::AtomicBool::new(false),
             containers: Mutex::new(HashMap::new()),
             oom_tx,
@@ -89,9 +92,22 @@ impl Sandbox {
         self.table().values().cloned().collect()
     }
 
-    /// The next OOM event (container id); waits for one.
+    /// The next OOM event (container id); waits for one. None once the sandbox is being
+    /// destroyed ([`Sandbox::close`]).
     pub async fn next_oom(&self) -> Option<String> {
-        self.oom_rx.lock().await.recv().await
+        let mut closing = self.closing.subscribe();
+        if *closing.borrow() {
+            return None;
+        }
+        tokio::select! {
+            id = async { self.oom_rx.lock().await.recv().await } => id,
+            _ = closing.wait_for(|c| *c) => None,
+        }
+    }
+
+    /// The sandbox is going away: pending and later OOM long polls return None.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 }
 

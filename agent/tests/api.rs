@@ -258,3 +258,19 @@ async fn container_rpcs_check_the_container_id() {
         other => panic!("expected NOT_FOUND, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn oom_long_poll_is_cancelled_by_destroy_sandbox() {
+    let mut agent = Agent::start(&[]);
+    let c = agent.client().await;
+    let poll = {
+        let c = c.clone();
+        tokio::spawn(async move { c.get_oom_event(ctx(), &GetOomEventRequest::new()).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    c.destroy_sandbox(ctx(), &DestroySandboxRequest::new()).await.unwrap();
+    match poll.await.unwrap() {
+        Err(ttrpc::Error::RpcStatus(s)) => assert_eq!(s.code(), Code::CANCELLED, "{s:?}"),
+        other => panic!("expected CANCELLED, got {other:?}"),
+    }
+}

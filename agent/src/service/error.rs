@@ -19,6 +19,9 @@ pub enum ServiceError {
     /// container, ...).
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// The sandbox is being destroyed (ends long polls such as GetOomEvent).
+    #[error("cancelled: {0}")]
+    Cancelled(String),
     /// Something in the guest failed.
     #[error("{what}: {source}")]
     Internal {

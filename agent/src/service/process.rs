@@ -195,7 +195,7 @@ pub async fn do_get_oom_event(svc: &Service, _req: &GetOomEventRequest) -> Resul
         .sandbox
         .next_oom()
         .await
-        .ok_or_else(|| ServiceError::internal("oom events", "the event queue is closed"))?;
+        .ok_or_else(|| ServiceError::Cancelled("the sandbox is being destroyed".into()))?;
     let mut ev = OomEvent::new();
     ev.container_id = id;
     Ok(ev)

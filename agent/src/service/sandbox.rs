@@ -21,6 +21,7 @@ pub fn do_destroy_sandbox(
     req: &DestroySandboxRequest,
 ) -> Result<Empty, ServiceError> {
     let grace = Duration::from_secs(u64::from(req.timeout_secs));
+    svc.sandbox.close();
     let power = svc.power.clone();
     info!(?grace, mode = ?power.mode(), "destroying the sandbox after the reply");
     tokio::spawn(
