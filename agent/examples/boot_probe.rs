@@ -1,6 +1,6 @@
 //! The host side of a boot smoke test (see `scripts/boot-smoke.sh`): waits for the
 //! agent's announcement on `<vm.sock>_1025`, dials `<vm.sock>` with the hybrid-vsock
-//! handshake (`CONNECT 1024`), calls Check, Version, one unimplemented RPC and
+//! handshake (`CONNECT 1024`), calls Check, Version, one unimplemented RPC (ListInterfaces) and
 //! DestroySandbox, and exits non-zero if any answer is wrong.
 //!
 //! `cargo run -p hull-agent --example boot_probe -- /path/to/vm.sock`
@@ -64,14 +64,11 @@ async fn main() -> Res<()> {
         "Version: agent {} api {} kernel {} uptime {} ms",
         v.agent_version, v.api_version, v.kernel_release, v.uptime_ms
     ));
-    match client
-        .create_container(ctx(), &CreateContainerRequest::new())
-        .await
-    {
+    match client.list_interfaces(ctx(), &Empty::new()).await {
         Err(ttrpc::Error::RpcStatus(s)) if s.code() == ttrpc::Code::UNIMPLEMENTED => {
-            step(&format!("CreateContainer: {}", s.message()))
+            step(&format!("ListInterfaces: {}", s.message()))
         }
-        other => return Err(format!("CreateContainer: unexpected {other:?}").into()),
+        other => return Err(format!("ListInterfaces: unexpected {other:?}").into()),
     }
     let mut req = DestroySandboxRequest::new();
     req.timeout_secs = 2;

@@ -13,6 +13,9 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
+# Same as guest-image/build: static glibc, and libseccomp linked in statically (a
+# dynamically linked libseccomp in a static-pie binary crashes at start).
+LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS='-C target-feature=+crt-static' \
   cargo build -q --release -p hull-agent --target x86_64-unknown-linux-gnu
 cargo build -q -p hull-agent --example boot_probe

@@ -4,18 +4,23 @@
 //! module, so that tests reach the parts directly. Where a request goes:
 //! `server` (listen) -> `rpc` (thin handler per RPC) -> `service::<area>` (the work).
 //!
-//! Next (containers): `service/container.rs`, `service/process.rs`, `service/io.rs`,
-//! `sandbox.rs` (the container table, owned by `service::Service`), `container/` (spec
-//! validation and the creation steps), `policy.rs`.
+//! Containers: `service/{container,process,io}.rs` (the RPCs), `sandbox.rs` (the
+//! container table, owned by `service::Service`), `container/` (spec validation, the
+//! steps through libcontainer, stdio, cgroup files), `storage.rs` (guest mounts),
+//! `switch_root.rs` (PID 1 leaves the initramfs so pivot_root works). Next: `policy.rs`.
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod announce;
 pub mod config;
 pub mod console;
+pub mod container;
 pub mod init;
 pub mod power;
 pub mod procfs;
 pub mod reaper;
 pub mod rpc;
+pub mod sandbox;
 pub mod server;
 pub mod service;
+pub mod storage;
+pub mod switch_root;

@@ -27,12 +27,18 @@ use hull_agent::power::{self, Mode, PowerControl};
 use hull_agent::reaper::Reaper;
 use hull_agent::rpc::Rpc;
 use hull_agent::service::Service;
-use hull_agent::{announce, console, init, server};
+use hull_agent::{announce, console, init, server, switch_root};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 fn main() -> ExitCode {
     let is_pid1 = nix::unistd::getpid().as_raw() == 1;
+    // Before anything else: leave the initramfs (pivot_root cannot work from it). Only
+    // returns on failure; the agent then goes on, and containers will fail to start.
+    if is_pid1 && switch_root::needed() && wants_guest_init() {
+        let e = switch_root::switch_and_reexec();
+        eprintln!("hull-agent: could not move the root onto a tmpfs: {e}");
+    }
     // Until the arguments say otherwise, PID 1 is the guest's init: a panic or bad
     // arguments (the kernel passes words after `--` to init) must stop the VM, not
     // return from main (PID 1 exiting panics the kernel).
@@ -70,6 +76,15 @@ fn main() -> ExitCode {
             power::fatal(&e);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Whether the arguments leave the agent in its default (vsock, guest init) mode: only
+/// then does PID 1 switch its root.
+fn wants_guest_init() -> bool {
+    match config::parse_args(std::env::args().skip(1)) {
+        Ok(args) => matches!(args.listen_addr(), ListenAddr::Vsock { .. }) && !args.version,
+        Err(_) => false,
     }
 }
 

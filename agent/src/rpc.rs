@@ -16,7 +16,7 @@ use tracing::{debug, info_span, warn, Instrument};
 use ttrpc::r#async::TtrpcContext;
 use ttrpc::Code;
 
-use crate::service::{health, sandbox, Service, ServiceError};
+use crate::service::{container, health, io, process, sandbox, Service, ServiceError};
 
 /// The `AgentService` implementation handed to the ttrpc server.
 pub struct Rpc {
@@ -34,6 +34,10 @@ pub fn to_status(err: &ServiceError) -> ttrpc::Error {
     let code = match err {
         ServiceError::Unimplemented { .. } => Code::UNIMPLEMENTED,
         ServiceError::InvalidArgument(_) => Code::INVALID_ARGUMENT,
+        ServiceError::NotFound(_) => Code::NOT_FOUND,
+        ServiceError::AlreadyExists(_) => Code::ALREADY_EXISTS,
+        ServiceError::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
+        ServiceError::Cancelled(_) => Code::CANCELLED,
         ServiceError::Internal { .. } => Code::INTERNAL,
     };
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, err))
@@ -93,129 +97,114 @@ impl AgentService for Rpc {
         .await
     }
 
-    // ---- not implemented yet (containers, processes, I/O, events, network: next issue)
     async fn create_sandbox(
         &self,
         _ctx: &TtrpcContext,
-        _req: CreateSandboxRequest,
+        req: CreateSandboxRequest,
     ) -> ttrpc::Result<Empty> {
-        unimplemented("CreateSandbox")
+        handle("CreateSandbox", async { sandbox::do_create_sandbox(&self.svc, &req) }).await
     }
+
+    // ---- containers
     async fn create_container(
         &self,
         _ctx: &TtrpcContext,
-        _req: CreateContainerRequest,
+        req: CreateContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        unimplemented("CreateContainer")
+        handle("CreateContainer", async { container::do_create_container(&self.svc, &req) }).await
     }
     async fn start_container(
         &self,
         _ctx: &TtrpcContext,
-        _req: StartContainerRequest,
+        req: StartContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        unimplemented("StartContainer")
+        handle("StartContainer", async { container::do_start_container(&self.svc, &req) }).await
     }
     async fn remove_container(
         &self,
         _ctx: &TtrpcContext,
-        _req: RemoveContainerRequest,
+        req: RemoveContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        unimplemented("RemoveContainer")
+        handle("RemoveContainer", container::do_remove_container(&self.svc, &req)).await
     }
-    async fn pause_container(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: ContainerRequest,
-    ) -> ttrpc::Result<Empty> {
-        unimplemented("PauseContainer")
+    async fn pause_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
+        handle("PauseContainer", async { container::do_pause(&self.svc, &req) }).await
     }
-    async fn resume_container(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: ContainerRequest,
-    ) -> ttrpc::Result<Empty> {
-        unimplemented("ResumeContainer")
+    async fn resume_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
+        handle("ResumeContainer", async { container::do_resume(&self.svc, &req) }).await
     }
     async fn update_container(
         &self,
         _ctx: &TtrpcContext,
-        _req: UpdateContainerRequest,
+        req: UpdateContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        unimplemented("UpdateContainer")
+        handle("UpdateContainer", async { container::do_update(&self.svc, &req) }).await
     }
     async fn stats_container(
         &self,
         _ctx: &TtrpcContext,
-        _req: ContainerRequest,
+        req: ContainerRequest,
     ) -> ttrpc::Result<StatsContainerResponse> {
-        unimplemented("StatsContainer")
+        handle("StatsContainer", async { container::do_stats(&self.svc, &req) }).await
     }
     async fn list_processes(
         &self,
         _ctx: &TtrpcContext,
-        _req: ContainerRequest,
+        req: ContainerRequest,
     ) -> ttrpc::Result<ListProcessesResponse> {
-        unimplemented("ListProcesses")
+        handle("ListProcesses", async { container::do_list_processes(&self.svc, &req) }).await
     }
-    async fn exec_process(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: ExecProcessRequest,
-    ) -> ttrpc::Result<Empty> {
-        unimplemented("ExecProcess")
+
+    // ---- processes
+    async fn exec_process(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
+        handle("ExecProcess", async { process::do_exec(&self.svc, &req) }).await
     }
-    async fn signal_process(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: SignalProcessRequest,
-    ) -> ttrpc::Result<Empty> {
-        unimplemented("SignalProcess")
+    async fn signal_process(&self, _ctx: &TtrpcContext, req: SignalProcessRequest) -> ttrpc::Result<Empty> {
+        handle("SignalProcess", async { process::do_signal(&self.svc, &req) }).await
     }
     async fn wait_process(
         &self,
         _ctx: &TtrpcContext,
-        _req: ProcessRequest,
+        req: ProcessRequest,
     ) -> ttrpc::Result<WaitProcessResponse> {
-        unimplemented("WaitProcess")
+        handle("WaitProcess", process::do_wait(&self.svc, &req)).await
     }
-    async fn resize_tty(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: ResizeTtyRequest,
-    ) -> ttrpc::Result<Empty> {
-        unimplemented("ResizeTty")
+    async fn resize_tty(&self, _ctx: &TtrpcContext, req: ResizeTtyRequest) -> ttrpc::Result<Empty> {
+        handle("ResizeTty", async { process::do_resize(&self.svc, &req) }).await
     }
-    async fn close_stdin(&self, _ctx: &TtrpcContext, _req: ProcessRequest) -> ttrpc::Result<Empty> {
-        unimplemented("CloseStdin")
+    async fn close_stdin(&self, _ctx: &TtrpcContext, req: ProcessRequest) -> ttrpc::Result<Empty> {
+        handle("CloseStdin", process::do_close_stdin(&self.svc, &req)).await
     }
+
+    // ---- process I/O
     async fn write_stdin(
         &self,
         _ctx: &TtrpcContext,
-        _req: WriteStreamRequest,
+        req: WriteStreamRequest,
     ) -> ttrpc::Result<WriteStreamResponse> {
-        unimplemented("WriteStdin")
+        handle("WriteStdin", io::do_write_stdin(&self.svc, &req)).await
     }
     async fn read_stdout(
         &self,
         _ctx: &TtrpcContext,
-        _req: ReadStreamRequest,
+        req: ReadStreamRequest,
     ) -> ttrpc::Result<ReadStreamResponse> {
-        unimplemented("ReadStdout")
+        handle("ReadStdout", io::do_read_stdout(&self.svc, &req)).await
     }
     async fn read_stderr(
         &self,
         _ctx: &TtrpcContext,
-        _req: ReadStreamRequest,
+        req: ReadStreamRequest,
     ) -> ttrpc::Result<ReadStreamResponse> {
-        unimplemented("ReadStderr")
+        handle("ReadStderr", io::do_read_stderr(&self.svc, &req)).await
     }
-    async fn get_oom_event(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: GetOomEventRequest,
-    ) -> ttrpc::Result<OomEvent> {
-        unimplemented("GetOomEvent")
+
+    // ---- events
+    async fn get_oom_event(&self, _ctx: &TtrpcContext, req: GetOomEventRequest) -> ttrpc::Result<OomEvent> {
+        handle("GetOomEvent", process::do_get_oom_event(&self.svc, &req)).await
     }
+
+    // ---- not implemented yet (guest network: a later issue)
     async fn update_interface(
         &self,
         _ctx: &TtrpcContext,

@@ -46,7 +46,7 @@ fn assert_unimplemented<T: std::fmt::Debug>(rpc: &str, result: ttrpc::Result<T>)
 }
 
 #[tokio::test]
-async fn every_other_rpc_is_unimplemented_by_name() {
+async fn network_rpcs_are_unimplemented_by_name() {
     let mut agent = Agent::start(&[]);
     let c = agent.client().await;
     macro_rules! check {
@@ -55,24 +55,6 @@ async fn every_other_rpc_is_unimplemented_by_name() {
         )*};
     }
     check!(
-        create_sandbox(CreateSandboxRequest) => "CreateSandbox",
-        create_container(CreateContainerRequest) => "CreateContainer",
-        start_container(StartContainerRequest) => "StartContainer",
-        remove_container(RemoveContainerRequest) => "RemoveContainer",
-        pause_container(ContainerRequest) => "PauseContainer",
-        resume_container(ContainerRequest) => "ResumeContainer",
-        update_container(UpdateContainerRequest) => "UpdateContainer",
-        stats_container(ContainerRequest) => "StatsContainer",
-        list_processes(ContainerRequest) => "ListProcesses",
-        exec_process(ExecProcessRequest) => "ExecProcess",
-        signal_process(SignalProcessRequest) => "SignalProcess",
-        wait_process(ProcessRequest) => "WaitProcess",
-        resize_tty(ResizeTtyRequest) => "ResizeTty",
-        close_stdin(ProcessRequest) => "CloseStdin",
-        write_stdin(WriteStreamRequest) => "WriteStdin",
-        read_stdout(ReadStreamRequest) => "ReadStdout",
-        read_stderr(ReadStreamRequest) => "ReadStderr",
-        get_oom_event(GetOomEventRequest) => "GetOomEvent",
         update_interface(UpdateInterfaceRequest) => "UpdateInterface",
         update_routes(UpdateRoutesRequest) => "UpdateRoutes",
         list_interfaces(Empty) => "ListInterfaces",
@@ -227,4 +209,70 @@ fn version_flag_prints_the_version() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(env!("CARGO_PKG_VERSION")), "{text}");
+}
+
+/// Asserts that a call failed with INVALID_ARGUMENT naming the bad field.
+fn assert_invalid<T: std::fmt::Debug>(rpc: &str, what: &str, result: ttrpc::Result<T>) {
+    match result {
+        Err(ttrpc::Error::RpcStatus(status)) => {
+            assert_eq!(status.code(), Code::INVALID_ARGUMENT, "{rpc}: {status:?}");
+            assert!(status.message().contains(what), "{rpc}: {:?}", status.message());
+        }
+        other => panic!("{rpc}: expected INVALID_ARGUMENT, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn container_rpcs_check_the_container_id() {
+    let mut agent = Agent::start(&[]);
+    let c = agent.client().await;
+    macro_rules! check {
+        ($($method:ident($req:ty)),* $(,)?) => {$(
+            assert_invalid(stringify!($method), "container id", c.$method(ctx(), &<$req>::new()).await);
+        )*};
+    }
+    check!(
+        create_container(CreateContainerRequest),
+        start_container(StartContainerRequest),
+        remove_container(RemoveContainerRequest),
+        pause_container(ContainerRequest),
+        resume_container(ContainerRequest),
+        update_container(UpdateContainerRequest),
+        stats_container(ContainerRequest),
+        list_processes(ContainerRequest),
+        exec_process(ExecProcessRequest),
+        signal_process(SignalProcessRequest),
+        wait_process(ProcessRequest),
+        resize_tty(ResizeTtyRequest),
+        close_stdin(ProcessRequest),
+        write_stdin(WriteStreamRequest),
+        read_stdout(ReadStreamRequest),
+        read_stderr(ReadStreamRequest),
+    );
+    let mut req = CreateContainerRequest::new();
+    req.container_id = "c1".into();
+    req.oci_spec_json = br#"{"ociVersion":"1.0.2","process":{"args":[],"cwd":"/","user":{"uid":0,"gid":0}},"root":{"path":"/x"},"linux":{}}"#.to_vec();
+    assert_invalid("CreateContainer", "args is empty", c.create_container(ctx(), &req).await);
+    let mut req = ProcessRequest::new();
+    req.container_id = "nope".into();
+    match c.wait_process(ctx(), &req).await {
+        Err(ttrpc::Error::RpcStatus(s)) => assert_eq!(s.code(), Code::NOT_FOUND, "{s:?}"),
+        other => panic!("expected NOT_FOUND, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn oom_long_poll_is_cancelled_by_destroy_sandbox() {
+    let mut agent = Agent::start(&[]);
+    let c = agent.client().await;
+    let poll = {
+        let c = c.clone();
+        tokio::spawn(async move { c.get_oom_event(ctx(), &GetOomEventRequest::new()).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    c.destroy_sandbox(ctx(), &DestroySandboxRequest::new()).await.unwrap();
+    match poll.await.unwrap() {
+        Err(ttrpc::Error::RpcStatus(s)) => assert_eq!(s.code(), Code::CANCELLED, "{s:?}"),
+        other => panic!("expected CANCELLED, got {other:?}"),
+    }
 }

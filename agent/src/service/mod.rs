@@ -4,8 +4,11 @@
 //! functions of one area. Next: `container.rs`, `process.rs`, `io.rs`, `network.rs`, and
 //! the container table in `crate::sandbox`.
 
+pub mod container;
 mod error;
 pub mod health;
+pub mod io;
+pub mod process;
 pub mod sandbox;
 
 pub use error::ServiceError;
@@ -19,10 +22,16 @@ pub struct Service {
     pub power: PowerControl,
     /// Exit statuses of the processes the agent starts (used from the next issue on).
     pub reaper: Reaper,
+    /// The container table and OOM events.
+    pub sandbox: crate::sandbox::Sandbox,
 }
 
 impl Service {
     pub fn new(power: PowerControl, reaper: Reaper) -> Service {
-        Service { power, reaper }
+        Service {
+            power,
+            reaper,
+            sandbox: crate::sandbox::Sandbox::default(),
+        }
     }
 }

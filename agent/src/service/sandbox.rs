@@ -1,9 +1,9 @@
-//! The sandbox as a whole. For now: DestroySandbox (stop everything, power off).
-//! CreateSandbox and the container table come with the next issue.
+//! The sandbox as a whole: CreateSandbox (storages, hostname, DNS, hosts, sysctls) and
+//! DestroySandbox (stop everything, power off).
 
 use std::time::Duration;
 
-use hull_proto::{DestroySandboxRequest, Empty};
+use hull_proto::{CreateSandboxRequest, DestroySandboxRequest, DnsConfig, Empty};
 use tracing::{info, info_span, Instrument};
 
 use super::{Service, ServiceError};
@@ -21,6 +21,7 @@ pub fn do_destroy_sandbox(
     req: &DestroySandboxRequest,
 ) -> Result<Empty, ServiceError> {
     let grace = Duration::from_secs(u64::from(req.timeout_secs));
+    svc.sandbox.close();
     let power = svc.power.clone();
     info!(?grace, mode = ?power.mode(), "destroying the sandbox after the reply");
     tokio::spawn(
@@ -31,4 +32,137 @@ pub fn do_destroy_sandbox(
         .instrument(info_span!("destroy_sandbox")),
     );
     Ok(Empty::new())
+}
+
+/// Where the pod's hostname, resolv.conf and hosts files are written for containers to
+/// bind-mount (the host's spec names them as mount sources).
+pub const SANDBOX_FILES: &str = "/run/hull/sandbox";
+
+/// resolv.conf text for `dns` (None: no DNS configured).
+pub fn resolv_conf(dns: &DnsConfig) -> Option<String> {
+    if dns.servers.is_empty() && dns.searches.is_empty() && dns.options.is_empty() {
+        return None;
+    }
+    let mut s = String::new();
+    for server in &dns.servers {
+        s.push_str(&format!("nameserver {server}\n"));
+    }
+    if !dns.searches.is_empty() {
+        s.push_str(&format!("search {}\n", dns.searches.join(" ")));
+    }
+    if !dns.options.is_empty() {
+        s.push_str(&format!("options {}\n", dns.options.join(" ")));
+    }
+    Some(s)
+}
+
+/// /etc/hosts text: localhost lines, the hostname, then the host's lines.
+pub fn hosts_file(hostname: &str, extra: &[String]) -> String {
+    let mut s = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    if !hostname.is_empty() {
+        s.push_str(&format!("127.0.1.1\t{hostname}\n"));
+    }
+    for line in extra {
+        s.push_str(line.trim_end_matches('\n'));
+        s.push('\n');
+    }
+    s
+}
+
+fn write_file(name: &str, text: &str) -> Result<(), ServiceError> {
+    let dir = std::path::Path::new(SANDBOX_FILES);
+    std::fs::create_dir_all(dir).map_err(|e| ServiceError::internal(format!("create {SANDBOX_FILES}"), e))?;
+    std::fs::write(dir.join(name), text).map_err(|e| ServiceError::internal(format!("write {SANDBOX_FILES}/{name}"), e))
+}
+
+fn check_hostname(h: &str) -> Result<(), ServiceError> {
+    if h.len() > 64 || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+        return Err(ServiceError::InvalidArgument(format!("hostname {h:?} is not a valid host name")));
+    }
+    Ok(())
+}
+
+fn check_sysctl(key: &str) -> Result<std::path::PathBuf, ServiceError> {
+    if key.is_empty() || key.contains("..") || key.contains('/') && key.contains('.') || key.starts_with('/') {
+        return Err(ServiceError::InvalidArgument(format!("sysctl {key:?} is not a valid key")));
+    }
+    Ok(std::path::Path::new("/proc/sys").join(key.replace('.', "/")))
+}
+
+/// Mounts the storages (the virtio-fs share first, as the host sends it), sets the
+/// guest hostname and writes hostname/resolv.conf/hosts under [`SANDBOX_FILES`], applies
+/// guest-wide sysctls.
+/// A second call fails with AlreadyExists (a failed one may be retried).
+pub fn do_create_sandbox(svc: &Service, req: &CreateSandboxRequest) -> Result<Empty, ServiceError> {
+    let _span = info_span!("create_sandbox", id = %req.sandbox_id).entered();
+    if !svc.sandbox.mark_created() {
+        return Err(ServiceError::AlreadyExists("the sandbox was already created".into()));
+    }
+    let result = create_sandbox(req);
+    if result.is_err() {
+        svc.sandbox.unmark_created();
+    }
+    result
+}
+
+fn create_sandbox(req: &CreateSandboxRequest) -> Result<Empty, ServiceError> {
+    if !req.hostname.is_empty() {
+        check_hostname(&req.hostname)?;
+    }
+    let plans = req
+        .storages
+        .iter()
+        .map(crate::storage::plan)
+        .collect::<Result<Vec<_>, _>>()?;
+    let sysctls = req
+        .sysctls
+        .iter()
+        .map(|(k, v)| check_sysctl(k).map(|p| (p, v)))
+        .collect::<Result<Vec<_>, _>>()?;
+    for plan in &plans {
+        crate::storage::mount(plan)?;
+        info!(target = %plan.target.display(), source = %plan.source, "storage mounted");
+    }
+    if !req.hostname.is_empty() {
+        nix::unistd::sethostname(&req.hostname).map_err(|e| ServiceError::internal("sethostname", e))?;
+        write_file("hostname", &format!("{}\n", req.hostname))?;
+    }
+    write_file("hosts", &hosts_file(&req.hostname, &req.hosts))?;
+    if let Some(dns) = req.dns.as_ref().and_then(resolv_conf) {
+        write_file("resolv.conf", &dns)?;
+    }
+    for (path, value) in sysctls {
+        std::fs::write(&path, value).map_err(|e| ServiceError::internal(format!("sysctl {}", path.display()), e))?;
+    }
+    Ok(Empty::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_and_hosts_files() {
+        let mut dns = DnsConfig::new();
+        assert_eq!(resolv_conf(&dns), None);
+        dns.servers = vec!["10.0.0.2".into(), "1.1.1.1".into()];
+        dns.searches = vec!["svc.local".into(), "local".into()];
+        dns.options = vec!["ndots:5".into()];
+        assert_eq!(
+            resolv_conf(&dns).unwrap(),
+            "nameserver 10.0.0.2\nnameserver 1.1.1.1\nsearch svc.local local\noptions ndots:5\n"
+        );
+        let h = hosts_file("pod1", &["10.0.0.5 pod1.svc".into()]);
+        assert!(h.contains("127.0.0.1\tlocalhost\n") && h.contains("127.0.1.1\tpod1\n"));
+        assert!(h.ends_with("10.0.0.5 pod1.svc\n"));
+    }
+
+    #[test]
+    fn bad_hostname_and_sysctl() {
+        assert!(check_hostname("pod-1.example").is_ok());
+        assert!(check_hostname("a b").is_err());
+        assert!(check_sysctl("net.ipv4.ip_forward").is_ok());
+        assert!(check_sysctl("../../etc").is_err());
+        assert!(check_sysctl("/etc/passwd").is_err());
+    }
 }

@@ -1,0 +1,223 @@
+//! The container steps, done by youki's libcontainer: namespaces, rootfs and mounts,
+//! pivot_root, masked/readonly paths, hostname, user, capabilities, rlimits, seccomp,
+//! cgroups, devices, sysctl, ... exactly as the OCI spec says.
+//!
+//! libcontainer clones in-process. The agent calls it on its single tokio thread
+//! (a `current_thread` runtime), so the clone happens in a process without other
+//! threads, and the reaper task cannot run (and steal libcontainer's own `waitpid` of its
+//! intermediate process) while a call is in progress.
+//!
+//! Layout in the guest: `STATE_ROOT/<id>` is libcontainer's state, `BUNDLES/<id>` holds
+//! the `config.json` the agent writes and exec process JSONs.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container as LcContainer;
+use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use oci_spec::runtime::{Process, Spec};
+
+use super::console::ConsoleSocket;
+
+pub const STATE_ROOT: &str = "/run/hull/libcontainer";
+pub const BUNDLES: &str = "/run/hull/bundles";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Libcontainer(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+    let what = what.into();
+    move |source| RunError::Io { what, source }
+}
+
+fn lc(e: libcontainer::error::LibcontainerError) -> RunError {
+    // libcontainer's errors nest their causes in Display only partly; Debug has all.
+    let text = e.to_string();
+    let debug = format!("{e:?}");
+    if debug.contains(&text) && debug.len() > text.len() + 2 {
+        RunError::Libcontainer(format!("{text} ({debug})"))
+    } else {
+        RunError::Libcontainer(text)
+    }
+}
+
+/// The process's ends of its stdio (given to libcontainer, which dup2s them to 0/1/2).
+#[derive(Debug)]
+pub struct ChildStdio {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// Where a process's stdio goes: pipes, or a pty whose master comes back.
+#[derive(Debug)]
+pub enum StdioSetup {
+    Pipes(ChildStdio),
+    Terminal,
+}
+
+/// What creating a process gives back.
+#[derive(Debug)]
+pub struct Launched {
+    pub pid: i32,
+    pub pty_master: Option<OwnedFd>,
+}
+
+pub fn bundle_dir(id: &str) -> PathBuf {
+    Path::new(BUNDLES).join(id)
+}
+
+pub fn state_dir(id: &str) -> PathBuf {
+    Path::new(STATE_ROOT).join(id)
+}
+
+fn builder(id: &str, stdio: StdioSetup, console: Option<&ConsoleSocket>) -> Result<ContainerBuilder, RunError> {
+    std::fs::create_dir_all(STATE_ROOT).map_err(io(format!("create {STATE_ROOT}")))?;
+    let mut b = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+        .with_root_path(STATE_ROOT)
+        .map_err(lc)?
+        .with_executor(DefaultExecutor {})
+        .with_console_socket(console.map(|c| c.path().to_path_buf()));
+    if let StdioSetup::Pipes(p) = stdio {
+        b = b.with_stdin(p.stdin).with_stdout(p.stdout).with_stderr(p.stderr);
+    }
+    Ok(b)
+}
+
+fn console_for(dir: &Path, name: &str, stdio: &StdioSetup) -> Result<Option<ConsoleSocket>, RunError> {
+    match stdio {
+        StdioSetup::Terminal => {
+            let path = dir.join(name);
+            Ok(Some(ConsoleSocket::bind(&path).map_err(io(format!("bind {}", path.display())))?))
+        }
+        StdioSetup::Pipes(_) => Ok(None),
+    }
+}
+
+fn receive_pty(console: Option<ConsoleSocket>) -> Result<Option<OwnedFd>, RunError> {
+    console
+        .map(|c| c.receive_master().map_err(io("receive the pty master")))
+        .transpose()
+}
+
+/// Creates container `id` from `spec`: its init process exists and waits for
+/// [`start`]. On failure nothing of it is left (see [`destroy`]).
+pub fn create(id: &str, spec: &Spec, stdio: StdioSetup) -> Result<Launched, RunError> {
+    let bundle = bundle_dir(id);
+    std::fs::create_dir_all(&bundle).map_err(io(format!("create {}", bundle.display())))?;
+    let config = serde_json::to_vec(spec).map_err(|e| RunError::Libcontainer(format!("serialize spec: {e}")))?;
+    std::fs::write(bundle.join("config.json"), config).map_err(io("write config.json"))?;
+    let console = console_for(&bundle, "console.sock", &stdio)?;
+    let container = builder(id, stdio, console.as_ref())?
+        .as_init(&bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(lc)?;
+    let pid = container
+        .pid()
+        .ok_or_else(|| RunError::Libcontainer("created container has no pid".into()))?;
+    Ok(Launched {
+        pid: pid.as_raw(),
+        pty_master: receive_pty(console)?,
+    })
+}
+
+fn load(id: &str) -> Result<LcContainer, RunError> {
+    LcContainer::load(state_dir(id)).map_err(lc)
+}
+
+/// Lets the init process run its command.
+pub fn start(id: &str) -> Result<(), RunError> {
+    load(id)?.start().map_err(lc)
+}
+
+/// Starts `process` in the namespaces and cgroup of container `id`.
+pub fn exec(id: &str, exec_id: &str, process: &Process, stdio: StdioSetup) -> Result<Launched, RunError> {
+    let bundle = bundle_dir(id);
+    let path = bundle.join(format!("exec-{exec_id}.json"));
+    let json = serde_json::to_vec(process).map_err(|e| RunError::Libcontainer(format!("serialize process: {e}")))?;
+    std::fs::write(&path, json).map_err(io(format!("write {}", path.display())))?;
+    let console = console_for(&bundle, &format!("console-{exec_id}.sock"), &stdio)?;
+    let result = builder(id, stdio, console.as_ref()).and_then(|b| {
+        b.as_tenant()
+            .with_process(Some(&path))
+            .with_detach(true)
+            .build()
+            .map_err(lc)
+    });
+    let _ = std::fs::remove_file(&path);
+    let pid = result?;
+    Ok(Launched {
+        pid: pid.as_raw(),
+        pty_master: receive_pty(console)?,
+    })
+}
+
+pub fn pause(id: &str) -> Result<(), RunError> {
+    load(id)?.pause().map_err(lc)
+}
+
+pub fn resume(id: &str) -> Result<(), RunError> {
+    load(id)?.resume().map_err(lc)
+}
+
+/// Removes everything of container `id`: libcontainer's state and cgroup (killing what
+/// still runs), and the bundle. Best effort, so it also rolls back a failed create.
+pub fn destroy(id: &str) -> Result<(), RunError> {
+    let mut first_err = None;
+    match load(id) {
+        Ok(mut c) => {
+            if let Err(e) = c.delete(true) {
+                first_err = Some(lc(e));
+            }
+        }
+        Err(_) => {
+            // No readable state (creation failed early): remove what may exist.
+            let _ = std::fs::remove_dir_all(state_dir(id));
+        }
+    }
+    let cgroup = super::cgroup::dir_of(id);
+    if cgroup.exists() {
+        if let Err(e) = std::fs::remove_dir(&cgroup) {
+            first_err.get_or_insert(RunError::Io {
+                what: format!("remove cgroup {}", cgroup.display()),
+                source: e,
+            });
+        }
+    }
+    let _ = std::fs::remove_dir_all(bundle_dir(id));
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Applies new cgroup resources (UpdateContainer).
+pub fn update(id: &str, resources: &oci_spec::runtime::LinuxResources) -> Result<(), RunError> {
+    use libcgroups::common::{create_cgroup_manager, CgroupConfig, CgroupManager, ControllerOpt};
+    let manager = create_cgroup_manager(CgroupConfig {
+        cgroup_path: Path::new(super::spec::CGROUP_PARENT).join(id),
+        systemd_cgroup: false,
+        container_name: id.to_owned(),
+    })
+    .map_err(|e| RunError::Libcontainer(format!("cgroup manager: {e}")))?;
+    manager
+        .apply(&ControllerOpt {
+            resources,
+            disable_oom_killer: false,
+            oom_score_adj: None,
+            freezer_state: None,
+        })
+        .map_err(|e| RunError::Libcontainer(format!("apply resources: {e}")))
+}

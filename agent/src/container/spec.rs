@@ -1,0 +1,164 @@
+//! What the agent accepts from the host: ids, OCI runtime specs and processes, checked
+//! before anything is created, with errors that name the offending field; and the few
+//! rewrites a spec needs to mean the same inside the guest.
+
+use std::path::Path;
+
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+
+/// Where container cgroups live, under the guest's cgroup2 root.
+pub const CGROUP_PARENT: &str = "/hull";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("{what} {id:?} is invalid: {why}")]
+    BadId {
+        what: &'static str,
+        id: String,
+        why: &'static str,
+    },
+    #[error("OCI spec is not valid JSON for the runtime spec: {0}")]
+    Json(String),
+    #[error("OCI spec: {0}")]
+    Invalid(String),
+}
+
+/// Container and exec ids: `[A-Za-z0-9_.-]{1,64}`, and not `.` / `..` (ids name
+/// directories in the guest).
+pub fn validate_id(what: &'static str, id: &str) -> Result<(), SpecError> {
+    let bad = |why| {
+        Err(SpecError::BadId {
+            what,
+            id: id.chars().take(80).collect(),
+            why,
+        })
+    };
+    if id.is_empty() {
+        return bad("empty");
+    }
+    if id.len() > 64 {
+        return bad("longer than 64 characters");
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return bad("only A-Z a-z 0-9 _ . - are allowed");
+    }
+    if id.contains("..") || id == "." {
+        return bad("must not be . or contain ..");
+    }
+    Ok(())
+}
+
+/// Checks an OCI process (the init process's or an exec's).
+pub fn validate_process(process: &Process, what: &str) -> Result<(), SpecError> {
+    let invalid = |m: String| Err(SpecError::Invalid(m));
+    match process.args() {
+        Some(args) if !args.is_empty() && !args[0].is_empty() => {}
+        _ => return invalid(format!("{what}.args is empty: there is no command to run")),
+    }
+    if !process.cwd().is_absolute() {
+        return invalid(format!(
+            "{what}.cwd {:?} is not an absolute path",
+            process.cwd()
+        ));
+    }
+    if let Some(env) = process.env() {
+        if let Some(bad) = env.iter().find(|e| !e.contains('=')) {
+            return invalid(format!("{what}.env entry {bad:?} is not KEY=VALUE"));
+        }
+    }
+    Ok(())
+}
+
+/// Parses a process JSON (ExecProcess) and checks it.
+pub fn parse_process(json: &[u8]) -> Result<Process, SpecError> {
+    let process: Process =
+        serde_json::from_slice(json).map_err(|e| SpecError::Json(format!("process: {e}")))?;
+    validate_process(&process, "process")?;
+    Ok(process)
+}
+
+/// Parses and checks a runtime spec, and rewrites it for the guest (see [`adapt`]).
+pub fn parse_spec(json: &[u8], container_id: &str) -> Result<Spec, SpecError> {
+    let mut spec: Spec = serde_json::from_slice(json).map_err(|e| SpecError::Json(e.to_string()))?;
+    if !spec.version().starts_with("1.") {
+        return Err(SpecError::Invalid(format!(
+            "ociVersion {:?} is not 1.x",
+            spec.version()
+        )));
+    }
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| SpecError::Invalid("no process".into()))?;
+    validate_process(process, "process")?;
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| SpecError::Invalid("no root".into()))?;
+    if !root.path().is_absolute() {
+        return Err(SpecError::Invalid(format!(
+            "root.path {:?} must be an absolute guest path",
+            root.path()
+        )));
+    }
+    if spec.linux().is_none() {
+        return Err(SpecError::Invalid("no linux section".into()));
+    }
+    if let Some(mounts) = spec.mounts() {
+        for m in mounts {
+            if !m.destination().is_absolute() {
+                return Err(SpecError::Invalid(format!(
+                    "mount destination {:?} is not absolute",
+                    m.destination()
+                )));
+            }
+        }
+    }
+    adapt(&mut spec, container_id)?;
+    Ok(spec)
+}
+
+/// Rewrites the parts of a host-made spec that mean something else in the guest:
+/// - `linux.cgroupsPath` becomes `/hull/<id>` (the host's cgroup layout is not the
+///   guest's);
+/// - a network namespace given by path (the host's pod netns) is dropped: containers of
+///   a pod share the VM's network, which is the pod's;
+/// - other namespace paths are host paths: refused;
+/// - hooks are host binaries: dropped (the runtime runs them on the host).
+pub fn adapt(spec: &mut Spec, container_id: &str) -> Result<(), SpecError> {
+    spec.set_hooks(None);
+    let Some(linux) = spec.linux_mut().as_mut() else {
+        return Ok(());
+    };
+    linux.set_cgroups_path(Some(Path::new(CGROUP_PARENT).join(container_id)));
+    if let Some(namespaces) = linux.namespaces_mut().as_mut() {
+        let mut kept = Vec::with_capacity(namespaces.len());
+        for ns in namespaces.drain(..) {
+            match (ns.typ(), ns.path()) {
+                (_, None) => kept.push(ns),
+                (LinuxNamespaceType::Network, Some(_)) => {}
+                (typ, Some(path)) => {
+                    return Err(SpecError::Invalid(format!(
+                        "{typ:?} namespace path {path:?}: joining namespaces by path is not supported in the guest"
+                    )))
+                }
+            }
+        }
+        *namespaces = kept;
+    }
+    Ok(())
+}
+
+/// Whether the spec asks for a terminal.
+pub fn wants_terminal(spec: &Spec) -> bool {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests;

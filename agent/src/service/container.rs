@@ -1,0 +1,219 @@
+//! Container RPCs: create (rolls back on failure), start, remove, pause/resume, update,
+//! stats, list processes. The steps themselves are libcontainer's (`container::runner`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hull_proto::*;
+use tracing::{info, warn};
+
+use super::process::{finish_ends, prepare_stdio, signal_all};
+use super::{Service, ServiceError};
+use crate::container::{cgroup, runner, spec, Container, Process};
+use crate::storage;
+
+/// How long RemoveContainer waits for the processes to die after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// The container `id`, or NotFound.
+pub fn lookup(svc: &Service, id: &str) -> Result<Arc<Container>, ServiceError> {
+    spec::validate_id("container id", id)?;
+    svc.sandbox
+        .get(id)
+        .ok_or_else(|| ServiceError::NotFound(format!("container {id}")))
+}
+
+fn unmount_all(points: &[PathBuf]) {
+    for p in points.iter().rev() {
+        if let Err(e) = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH) {
+            warn!(path = %p.display(), error = %e, "unmount failed");
+        }
+    }
+}
+
+pub fn do_create_container(svc: &Service, req: &CreateContainerRequest) -> Result<Empty, ServiceError> {
+    let id = req.container_id.as_str();
+    spec::validate_id("container id", id)?;
+    if svc.sandbox.contains(id) || runner::state_dir(id).exists() {
+        return Err(ServiceError::AlreadyExists(format!("container {id}")));
+    }
+    if !req.sandbox_container_id.is_empty() {
+        spec::validate_id("sandbox container id", &req.sandbox_container_id)?;
+    }
+    let mut oci = spec::parse_spec(&req.oci_spec_json, id)?;
+    let terminal = req.stdio.terminal || spec::wants_terminal(&oci);
+    if let Some(p) = oci.process_mut().as_mut() {
+        p.set_terminal(Some(terminal));
+    }
+    let plans = req
+        .storages
+        .iter()
+        .map(storage::plan)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut mounted = Vec::new();
+    for plan in &plans {
+        if let Err(e) = storage::mount(plan) {
+            unmount_all(&mounted);
+            return Err(e.into());
+        }
+        mounted.push(plan.target.clone());
+    }
+    let rollback = |mounted: &[PathBuf]| {
+        if let Err(e) = runner::destroy(id) {
+            warn!(container = id, error = %e, "rollback of a failed create");
+        }
+        unmount_all(mounted);
+    };
+    let (setup, ends) = match prepare_stdio(&req.stdio, terminal) {
+        Ok(v) => v,
+        Err(e) => {
+            unmount_all(&mounted);
+            return Err(ServiceError::internal("stdio pipes", e));
+        }
+    };
+    let created = svc.reaper.spawn_watched(|| {
+        let launched = runner::create(id, &oci, setup)?;
+        let pid = launched.pid;
+        Ok::<_, runner::RunError>((launched, pid))
+    });
+    let (launched, exited) = match created {
+        Ok(v) => v,
+        Err(e) => {
+            rollback(&mounted);
+            return Err(ServiceError::internal(format!("create container {id}"), e));
+        }
+    };
+    let pid = launched.pid;
+    let ends = match finish_ends(ends, launched.pty_master, &req.stdio) {
+        Ok(ends) => ends,
+        Err(e) => {
+            rollback(&mounted);
+            return Err(ServiceError::internal("process stdio", e));
+        }
+    };
+    let init = Arc::new(Process::new(String::new(), pid, ends, exited, cgroup::dir_of(id)));
+    let container = Arc::new(Container::new(id.to_owned(), init, mounted));
+    svc.sandbox.insert(container);
+    info!(container = id, pid, terminal, "container created");
+    Ok(Empty::new())
+}
+
+pub fn do_start_container(svc: &Service, req: &StartContainerRequest) -> Result<Empty, ServiceError> {
+    let c = lookup(svc, &req.container_id)?;
+    if c.init.has_exited() {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "container {}: its init process has exited",
+            c.id
+        )));
+    }
+    if !c.mark_started() {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "container {} was already started",
+            c.id
+        )));
+    }
+    runner::start(&c.id).map_err(|e| ServiceError::internal(format!("start container {}", c.id), e))?;
+    info!(container = %c.id, "container started");
+    Ok(Empty::new())
+}
+
+pub async fn do_remove_container(svc: &Service, req: &RemoveContainerRequest) -> Result<Empty, ServiceError> {
+    let c = lookup(svc, &req.container_id)?;
+    if !c.init.has_exited() {
+        if req.timeout_secs == 0 && c.is_started() {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "container {} is still running (give timeout_secs to stop it)",
+                c.id
+            )));
+        }
+        // A never started container has nothing to shut down gracefully.
+        if req.timeout_secs > 0 && c.is_started() {
+            signal_all(&c, libc::SIGTERM);
+            let grace = Duration::from_secs(u64::from(req.timeout_secs));
+            let _ = tokio::time::timeout(grace, c.init.wait()).await;
+        }
+        if !c.init.has_exited() {
+            signal_all(&c, libc::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.init.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            if tokio::time::timeout(KILL_WAIT, c.init.wait()).await.is_err() {
+                return Err(ServiceError::internal(
+                    format!("remove container {}", c.id),
+                    "init process did not die after SIGKILL",
+                ));
+            }
+        }
+    }
+    svc.sandbox.check_oom(&c);
+    let result = runner::destroy(&c.id);
+    unmount_all(&c.mounts);
+    svc.sandbox.remove(&c.id);
+    result.map_err(|e| ServiceError::internal(format!("remove container {}", c.id), e))?;
+    info!(container = %c.id, "container removed");
+    Ok(Empty::new())
+}
+
+pub fn do_pause(svc: &Service, req: &ContainerRequest) -> Result<Empty, ServiceError> {
+    let c = lookup(svc, &req.container_id)?;
+    runner::pause(&c.id).map_err(|e| ServiceError::internal(format!("pause {}", c.id), e))?;
+    Ok(Empty::new())
+}
+
+pub fn do_resume(svc: &Service, req: &ContainerRequest) -> Result<Empty, ServiceError> {
+    let c = lookup(svc, &req.container_id)?;
+    runner::resume(&c.id).map_err(|e| ServiceError::internal(format!("resume {}", c.id), e))?;
+    Ok(Empty::new())
+}
+
+pub fn do_update(svc: &Service, req: &UpdateContainerRequest) -> Result<Empty, ServiceError> {
+    let c = lookup(svc, &req.container_id)?;
+    let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&req.resources_json)
+        .map_err(|e| ServiceError::InvalidArgument(format!("resources_json: {e}")))?;
+    runner::update(&c.id, &resources).map_err(|e| ServiceError::internal(format!("update {}", c.id), e))?;
+    Ok(Empty::new())
+}
+
+pub fn do_stats(svc: &Service, req: &ContainerRequest) -> Result<StatsContainerResponse, ServiceError> {
+    let c = lookup(svc, &req.container_id)?;
+    cgroup::stats(&c.cgroup).map_err(|e| ServiceError::internal(format!("stats {}", c.id), e))
+}
+
+/// The pid inside the process's innermost PID namespace (last NSpid field).
+fn ns_pid(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+    line.split_whitespace().last()?.parse().ok()
+}
+
+fn cmdline(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn do_list_processes(svc: &Service, req: &ContainerRequest) -> Result<ListProcessesResponse, ServiceError> {
+    let c = lookup(svc, &req.container_id)?;
+    let pids = cgroup::procs(&c.cgroup).map_err(|e| ServiceError::internal(format!("list {}", c.id), e))?;
+    let execs = c.exec_processes();
+    let mut resp = ListProcessesResponse::new();
+    for pid in pids {
+        let mut info = ProcessInfo::new();
+        info.pid = ns_pid(pid).unwrap_or(pid);
+        info.exec_id = execs
+            .iter()
+            .find(|p| p.pid == pid)
+            .map(|p| p.exec_id.clone())
+            .unwrap_or_default();
+        info.args = cmdline(pid);
+        resp.processes.push(info);
+    }
+    Ok(resp)
+}
