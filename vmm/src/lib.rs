@@ -30,7 +30,7 @@ mod vcpus;
 mod vmm;
 mod vstate;
 
-pub use config::{KernelFormat, VmConfig};
+pub use config::{BlockConfig, KernelFormat, VmConfig, VsockConfig};
 pub use error::{Error, Result};
 pub use exit::{ExitReason, ResetCause};
 pub use host::{host_support, HostSupport, KvmKind};
