@@ -11,11 +11,6 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::boot;
 use crate::arch::x86_64::layout::VIRTIO_MMIO_BASE;
-use crate::devices::virtio::block::{Block, BlockOptions};
-use crate::devices::virtio::event_handler::VirtioEvents;
-use crate::devices::virtio::mmio::MmioTransport;
-use crate::devices::virtio::vsock::Vsock;
-use crate::devices::virtio::{IrqTrigger, VirtioDevice, MMIO_WINDOW};
 use crate::bus::Bus;
 use crate::config::VmConfig;
 use crate::control::Control;
@@ -24,6 +19,11 @@ use crate::devices::legacy::{
     DebugExit, SerialDevice, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN, DEBUG_EXIT_PORT, I8042,
     I8042_PORT_BASE, I8042_PORT_LEN,
 };
+use crate::devices::virtio::block::{Block, BlockOptions};
+use crate::devices::virtio::event_handler::VirtioEvents;
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::vsock::Vsock;
+use crate::devices::virtio::{IrqTrigger, VirtioDevice, MMIO_WINDOW};
 use crate::error::{Error, Result};
 use crate::event_loop::{ConsoleInputSource, EventLoop};
 use crate::vmm::Vmm;

@@ -296,8 +296,14 @@ mod tests {
         .unwrap();
         assert!(c.validate().is_ok());
         assert!(c.block[0].read_only);
-        assert!(VmConfig::from_json(r#"{"kernel": "/k", "vsock": {"guest_cid": 3, "uds_path": "/x", "cid": 1}}"#).is_err());
-        assert!(VmConfig::from_json(r#"{"kernel": "/k", "block": [{"path": "/d", "ro": true}]}"#).is_err());
+        assert!(VmConfig::from_json(
+            r#"{"kernel": "/k", "vsock": {"guest_cid": 3, "uds_path": "/x", "cid": 1}}"#
+        )
+        .is_err());
+        assert!(
+            VmConfig::from_json(r#"{"kernel": "/k", "block": [{"path": "/d", "ro": true}]}"#)
+                .is_err()
+        );
         let mut bad = c.clone();
         bad.vsock.as_mut().unwrap().guest_cid = 2;
         assert!(bad.validate().is_err());

@@ -78,9 +78,18 @@ fn guest_vsock_echo_through_the_runtime_client() {
     }
     let echoed = echoed.unwrap_or_else(|e| panic!("client: {e}; console: {}", console()));
     assert_eq!(echoed, msg);
-    assert_eq!(outcome.expect("run"), ExitReason::DebugExit(b'V'), "{}", console());
+    assert_eq!(
+        outcome.expect("run"),
+        ExitReason::DebugExit(b'V'),
+        "{}",
+        console()
+    );
     let text = console();
-    for line in ["vsock: virtio-mmio v2, device 19", "vsock: connected", "vsock: echoed"] {
+    for line in [
+        "vsock: virtio-mmio v2, device 19",
+        "vsock: connected",
+        "vsock: echoed",
+    ] {
         assert!(text.contains(line), "{line:?} missing: {text}");
     }
     assert!(

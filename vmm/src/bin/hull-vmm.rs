@@ -78,7 +78,10 @@ fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
 
 fn parse_block(s: &str) -> Result<BlockConfig, String> {
     let mut parts = s.split(',');
-    let path = parts.next().filter(|p| !p.is_empty()).ok_or("empty block path")?;
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or("empty block path")?;
     let mut cfg = BlockConfig {
         path: path.into(),
         read_only: false,

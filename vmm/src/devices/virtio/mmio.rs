@@ -99,15 +99,8 @@ impl MmioTransport {
         &self.queue_evts
     }
 
-    pub fn device(&self) -> SharedDevice {
-        self.device.clone()
-    }
-
-    /// The Status register.
-    pub fn status(&self) -> u32 {
-        self.status
-    }
-
+    /// DRIVER_OK was accepted and the device runs.
+    #[cfg(test)]
     pub fn is_active(&self) -> bool {
         self.active
     }
@@ -159,7 +152,11 @@ impl MmioTransport {
             | VIRTIO_MMIO_QUEUE_AVAIL_HIGH
             | VIRTIO_MMIO_QUEUE_USED_LOW
             | VIRTIO_MMIO_QUEUE_USED_HIGH => self.write_queue_reg(offset, v),
-            _ => tracing::debug!(offset, v, "virtio-mmio: write to read-only/unknown register"),
+            _ => tracing::debug!(
+                offset,
+                v,
+                "virtio-mmio: write to read-only/unknown register"
+            ),
         }
     }
 
@@ -222,7 +219,11 @@ impl MmioTransport {
         let new_bits = v & !self.status;
         // The driver may only add bits (spec 3.1.1), except by writing 0.
         if v & self.status != self.status {
-            tracing::debug!(v, old = self.status, "virtio-mmio: status bits cleared, ignored");
+            tracing::debug!(
+                v,
+                old = self.status,
+                "virtio-mmio: status bits cleared, ignored"
+            );
             return;
         }
         if new_bits & VIRTIO_CONFIG_S_FAILED != 0 {
@@ -258,7 +259,8 @@ impl MmioTransport {
             }
             return;
         }
-        let allowed = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
+        let allowed =
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
         self.status |= new_bits & allowed;
     }
 
@@ -279,7 +281,6 @@ impl MmioTransport {
             mem: self.mem.clone(),
             queues,
             irq: self.irq.clone(),
-            features: self.acked,
         })?;
         self.active = true;
         Ok(())
@@ -328,7 +329,11 @@ impl BusDevice for MmioTransport {
         }
         match (u32::try_from(offset), <[u8; 4]>::try_from(data)) {
             (Ok(off), Ok(bytes)) if off % 4 == 0 => self.write_reg(off, u32::from_le_bytes(bytes)),
-            _ => tracing::debug!(offset, len = data.len(), "virtio-mmio: bad access size, ignored"),
+            _ => tracing::debug!(
+                offset,
+                len = data.len(),
+                "virtio-mmio: bad access size, ignored"
+            ),
         }
     }
 }

@@ -42,9 +42,6 @@ pub enum ActivateError {
     /// The device needs a queue the driver did not make ready.
     #[error("queue {0} is not ready")]
     QueueNotReady(usize),
-    /// The device's backend failed.
-    #[error("backend: {0}")]
-    Backend(String),
 }
 
 /// The device's interrupt line: sets bits of the transport's InterruptStatus register
@@ -92,11 +89,6 @@ impl IrqTrigger {
     pub fn clear(&self) {
         self.status.store(0, Ordering::SeqCst);
     }
-
-    /// The eventfd (for registering as irqfd).
-    pub fn eventfd(&self) -> &EventFd {
-        &self.evt
-    }
 }
 
 /// What a device gets when the driver sets DRIVER_OK.
@@ -105,8 +97,6 @@ pub struct Activation {
     /// One per entry of [`VirtioDevice::queue_max_sizes`], validated against `mem`.
     pub queues: Vec<Queue>,
     pub irq: std::sync::Arc<IrqTrigger>,
-    /// Features the driver acked (a subset of [`VirtioDevice::features`]).
-    pub features: u64,
 }
 
 /// A virtio device model.

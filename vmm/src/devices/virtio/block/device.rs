@@ -69,11 +69,6 @@ impl Block {
         }
     }
 
-    /// Disk size in sectors.
-    pub fn capacity(&self) -> u64 {
-        self.capacity
-    }
-
     fn serve(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
@@ -135,7 +130,11 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, a: Activation) -> std::result::Result<(), ActivateError> {
-        let queue = a.queues.into_iter().next().ok_or(ActivateError::QueueNotReady(0))?;
+        let queue = a
+            .queues
+            .into_iter()
+            .next()
+            .ok_or(ActivateError::QueueNotReady(0))?;
         self.active = Some(Active {
             mem: a.mem,
             queue,

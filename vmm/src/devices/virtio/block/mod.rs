@@ -5,4 +5,3 @@ mod device;
 mod request;
 
 pub use device::{Block, BlockOptions};
-pub use request::{RequestError, SECTOR_SIZE};

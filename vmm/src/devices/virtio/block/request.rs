@@ -28,8 +28,6 @@ pub enum RequestError {
     TooShort,
     #[error("header descriptor is device-writable or shorter than 16 bytes")]
     BadHeader,
-    #[error("status descriptor is not device-writable")]
-    BadStatus,
     #[error("data descriptor {0} has the wrong direction")]
     WrongDirection(usize),
     #[error("descriptor {0} points outside guest memory")]
@@ -37,7 +35,11 @@ pub enum RequestError {
     #[error("data length {0} is not a multiple of the sector size")]
     PartialSector(u64),
     #[error("sectors {sector}+{count} are past the end of the disk ({capacity} sectors)")]
-    OutOfRange { sector: u64, count: u64, capacity: u64 },
+    OutOfRange {
+        sector: u64,
+        count: u64,
+        capacity: u64,
+    },
     #[error("write to a read-only disk")]
     ReadOnly,
     #[error("unsupported request type {0}")]
@@ -78,7 +80,9 @@ fn in_memory(mem: &GuestMemoryMmap, d: &Descriptor, access: Permissions) -> bool
 /// Runs the request in `descs` (the chain's descriptors, in order). Returns `None` when
 /// the chain has no usable status byte: the request is then dropped (used length 0).
 pub fn handle(mem: &GuestMemoryMmap, descs: &[Descriptor], disk: &Disk) -> Option<Completion> {
-    let status = descs.last().filter(|d| descs.len() >= 2 && d.is_write_only() && d.len() >= 1)?;
+    let status = descs
+        .last()
+        .filter(|d| descs.len() >= 2 && d.is_write_only() && d.len() >= 1)?;
     let status_addr = status.addr().checked_add(u64::from(status.len()) - 1)?;
     if !mem.check_range(status_addr, 1, Permissions::Write) {
         return None;
@@ -107,7 +111,9 @@ fn run(mem: &GuestMemoryMmap, descs: &[Descriptor], disk: &Disk) -> Result<u32, 
     if !in_memory(mem, header, Permissions::Read) {
         return Err(RequestError::OutsideMemory(0));
     }
-    let kind: u32 = mem.read_obj(header.addr()).map_err(|_| RequestError::OutsideMemory(0))?;
+    let kind: u32 = mem
+        .read_obj(header.addr())
+        .map_err(|_| RequestError::OutsideMemory(0))?;
     let sector: u64 = mem
         .read_obj(header.addr().unchecked_add(8))
         .map_err(|_| RequestError::OutsideMemory(0))?;
@@ -117,7 +123,9 @@ fn run(mem: &GuestMemoryMmap, descs: &[Descriptor], disk: &Disk) -> Result<u32, 
         VIRTIO_BLK_T_IN | VIRTIO_BLK_T_GET_ID => true,
         VIRTIO_BLK_T_OUT => false,
         VIRTIO_BLK_T_FLUSH => {
-            disk.file.sync_data().map_err(|e| RequestError::Io(e.to_string()))?;
+            disk.file
+                .sync_data()
+                .map_err(|e| RequestError::Io(e.to_string()))?;
             return Ok(0);
         }
         other => return Err(RequestError::Unsupported(other)),
@@ -143,11 +151,14 @@ fn run(mem: &GuestMemoryMmap, descs: &[Descriptor], disk: &Disk) -> Result<u32, 
     if kind == VIRTIO_BLK_T_OUT && disk.read_only {
         return Err(RequestError::ReadOnly);
     }
-    if total % SECTOR_SIZE != 0 {
+    if !total.is_multiple_of(SECTOR_SIZE) {
         return Err(RequestError::PartialSector(total));
     }
     let count = total / SECTOR_SIZE;
-    if sector.checked_add(count).map_or(true, |end| end > disk.capacity) {
+    if sector
+        .checked_add(count)
+        .is_none_or(|end| end > disk.capacity)
+    {
         return Err(RequestError::OutOfRange {
             sector,
             count,

@@ -30,8 +30,18 @@ pub fn test_disk(sectors: u64, read_only: bool) -> (Block, File) {
 
 fn tempfile() -> File {
     let dir = std::env::temp_dir();
-    let path = dir.join(format!("hull-blk-{}-{:?}", std::process::id(), std::thread::current().id()));
-    let f = File::options().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+    let path = dir.join(format!(
+        "hull-blk-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let f = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
     std::fs::remove_file(&path).unwrap();
     f
 }
@@ -69,7 +79,12 @@ fn request(d: &mut Driver, kind: u32, sector: u64, data: &[(u64, u32, bool)]) ->
 fn read_write_flush_get_id() {
     let (mut d, mut f) = started(64, false);
     // Read sectors 2 and 3 into two buffers.
-    let (st, len) = request(&mut d, VIRTIO_BLK_T_IN, 2, &[(BUF, 512, true), (BUF + 0x1000, 512, true)]);
+    let (st, len) = request(
+        &mut d,
+        VIRTIO_BLK_T_IN,
+        2,
+        &[(BUF, 512, true), (BUF + 0x1000, 512, true)],
+    );
     assert_eq!((st, len), (VIRTIO_BLK_S_OK as u8, 1025));
     assert_eq!(d.read(BUF, 512), vec![2u8; 512]);
     assert_eq!(d.read(BUF + 0x1000, 512), vec![3u8; 512]);
@@ -108,19 +123,49 @@ fn invalid_requests_get_an_error_status() {
     let (mut d, _f) = started(8, false);
     let ioerr = VIRTIO_BLK_S_IOERR as u8;
     // Past the end, and overflowing sector arithmetic.
-    assert_eq!(request(&mut d, VIRTIO_BLK_T_IN, 8, &[(BUF, 512, true)]).0, ioerr);
-    assert_eq!(request(&mut d, VIRTIO_BLK_T_IN, 7, &[(BUF, 1024, true)]).0, ioerr);
-    assert_eq!(request(&mut d, VIRTIO_BLK_T_IN, u64::MAX, &[(BUF, 512, true)]).0, ioerr);
+    assert_eq!(
+        request(&mut d, VIRTIO_BLK_T_IN, 8, &[(BUF, 512, true)]).0,
+        ioerr
+    );
+    assert_eq!(
+        request(&mut d, VIRTIO_BLK_T_IN, 7, &[(BUF, 1024, true)]).0,
+        ioerr
+    );
+    assert_eq!(
+        request(&mut d, VIRTIO_BLK_T_IN, u64::MAX, &[(BUF, 512, true)]).0,
+        ioerr
+    );
     // Data in the wrong direction, both ways.
-    assert_eq!(request(&mut d, VIRTIO_BLK_T_IN, 0, &[(BUF, 512, false)]).0, ioerr);
-    assert_eq!(request(&mut d, VIRTIO_BLK_T_OUT, 0, &[(BUF, 512, true)]).0, ioerr);
+    assert_eq!(
+        request(&mut d, VIRTIO_BLK_T_IN, 0, &[(BUF, 512, false)]).0,
+        ioerr
+    );
+    assert_eq!(
+        request(&mut d, VIRTIO_BLK_T_OUT, 0, &[(BUF, 512, true)]).0,
+        ioerr
+    );
     // Partial sector.
-    assert_eq!(request(&mut d, VIRTIO_BLK_T_IN, 0, &[(BUF, 100, true)]).0, ioerr);
+    assert_eq!(
+        request(&mut d, VIRTIO_BLK_T_IN, 0, &[(BUF, 100, true)]).0,
+        ioerr
+    );
     // Data outside guest memory, straddling its end, huge lengths.
-    assert_eq!(request(&mut d, VIRTIO_BLK_T_IN, 0, &[(MEM_SIZE, 512, true)]).0, ioerr);
-    assert_eq!(request(&mut d, VIRTIO_BLK_T_IN, 0, &[(MEM_SIZE - 256, 512, true)]).0, ioerr);
-    assert_eq!(request(&mut d, VIRTIO_BLK_T_IN, 0, &[(u64::MAX - 10, 512, true)]).0, ioerr);
-    assert_eq!(request(&mut d, VIRTIO_BLK_T_OUT, 0, &[(BUF, 0xffff_fe00, false)]).0, ioerr);
+    assert_eq!(
+        request(&mut d, VIRTIO_BLK_T_IN, 0, &[(MEM_SIZE, 512, true)]).0,
+        ioerr
+    );
+    assert_eq!(
+        request(&mut d, VIRTIO_BLK_T_IN, 0, &[(MEM_SIZE - 256, 512, true)]).0,
+        ioerr
+    );
+    assert_eq!(
+        request(&mut d, VIRTIO_BLK_T_IN, 0, &[(u64::MAX - 10, 512, true)]).0,
+        ioerr
+    );
+    assert_eq!(
+        request(&mut d, VIRTIO_BLK_T_OUT, 0, &[(BUF, 0xffff_fe00, false)]).0,
+        ioerr
+    );
     // Unknown type.
     assert_eq!(request(&mut d, 99, 0, &[]).0, VIRTIO_BLK_S_UNSUPP as u8);
     // Header written by the device side, or too short.
@@ -138,7 +183,10 @@ fn chains_without_status_are_dropped() {
     header(&d, VIRTIO_BLK_T_IN, 0);
     // Status read-only; status outside memory; a lone header.
     d.add_chain(0, &[(HDR, 16, false), (BUF, 512, true), (STATUS, 1, false)]);
-    d.add_chain(0, &[(HDR, 16, false), (BUF, 512, true), (MEM_SIZE + 8, 1, true)]);
+    d.add_chain(
+        0,
+        &[(HDR, 16, false), (BUF, 512, true), (MEM_SIZE + 8, 1, true)],
+    );
     d.add_chain(0, &[(HDR, 16, false)]);
     d.notify(0);
     assert_eq!(d.used(0), vec![(0, 0), (3, 0), (6, 0)]);
@@ -174,7 +222,14 @@ fn looping_and_wild_chains_terminate() {
     assert!(d.used(0).is_empty());
     // An indirect table outside memory.
     let (mut d, _f) = started(8, false);
-    d.raw_desc(0, 0, MEM_SIZE - 8, 64, virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16, 0);
+    d.raw_desc(
+        0,
+        0,
+        MEM_SIZE - 8,
+        64,
+        virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16,
+        0,
+    );
     d.push_avail(0, 0);
     d.notify(0);
     assert_eq!(d.used(0), vec![(0, 0)]);

@@ -76,7 +76,10 @@ impl Driver {
     pub fn negotiate(&mut self, features: u64) -> bool {
         self.set(VIRTIO_MMIO_STATUS, 0);
         self.set(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
-        self.set(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
+        self.set(
+            VIRTIO_MMIO_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+        );
         self.set(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
         self.set(VIRTIO_MMIO_DRIVER_FEATURES, features as u32);
         self.set(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
@@ -145,12 +148,16 @@ impl Driver {
         let slot = r.avail + 4 + u64::from(r.avail_idx % r.size) * 2;
         self.mem.write_obj(head, GuestAddress(slot)).unwrap();
         r.avail_idx = r.avail_idx.wrapping_add(1);
-        self.mem.write_obj(r.avail_idx, GuestAddress(r.avail + 2)).unwrap();
+        self.mem
+            .write_obj(r.avail_idx, GuestAddress(r.avail + 2))
+            .unwrap();
     }
 
     /// Sets the available index directly (hostile tests).
     pub fn set_avail_idx(&mut self, q: usize, idx: u16) {
-        self.mem.write_obj(idx, GuestAddress(self.rings[q].avail + 2)).unwrap();
+        self.mem
+            .write_obj(idx, GuestAddress(self.rings[q].avail + 2))
+            .unwrap();
     }
 
     /// Posts a chain of buffers, as a driver does; returns its head.

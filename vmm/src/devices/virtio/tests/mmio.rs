@@ -24,7 +24,11 @@ fn identity_registers() {
     d.set(VIRTIO_MMIO_QUEUE_SEL, 0);
     assert_eq!(d.reg(VIRTIO_MMIO_QUEUE_NUM_MAX), 256);
     d.set(VIRTIO_MMIO_QUEUE_SEL, 7);
-    assert_eq!(d.reg(VIRTIO_MMIO_QUEUE_NUM_MAX), 0, "queue that does not exist");
+    assert_eq!(
+        d.reg(VIRTIO_MMIO_QUEUE_NUM_MAX),
+        0,
+        "queue that does not exist"
+    );
     // Config space: capacity 8 sectors, byte-wise too.
     let mut cap = [0u8; 8];
     d.transport.read(0x100, &mut cap);
@@ -47,7 +51,8 @@ fn bad_access_sizes_and_offsets_are_ignored() {
     d.transport.read(2, &mut odd);
     assert_eq!(odd, [0; 4]);
     d.transport.write(VIRTIO_MMIO_STATUS.into(), &[1]);
-    d.transport.write(u64::from(VIRTIO_MMIO_STATUS) + 1, &[1, 0, 0, 0]);
+    d.transport
+        .write(u64::from(VIRTIO_MMIO_STATUS) + 1, &[1, 0, 0, 0]);
     d.transport.write(u64::MAX, &[1, 0, 0, 0]);
     assert_eq!(d.reg(VIRTIO_MMIO_STATUS), 0);
 }
@@ -63,7 +68,10 @@ fn features_never_offered_are_refused() {
     assert!(!d.negotiate(0));
     // A bit beyond 63.
     d.set(VIRTIO_MMIO_STATUS, 0);
-    d.set(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
+    d.set(
+        VIRTIO_MMIO_STATUS,
+        VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+    );
     d.set(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
     d.set(VIRTIO_MMIO_DRIVER_FEATURES, 1);
     d.set(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 2);
@@ -141,7 +149,10 @@ fn reset_and_queue_registers_after_driver_ok() {
     assert_eq!(d.reg(VIRTIO_MMIO_STATUS), 0);
     assert_eq!(d.reg(VIRTIO_MMIO_QUEUE_READY), 0);
     // FAILED sticks until reset.
-    d.set(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_FAILED);
+    d.set(
+        VIRTIO_MMIO_STATUS,
+        VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_FAILED,
+    );
     assert_ne!(d.reg(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FAILED, 0);
     // And the device comes up again after a reset.
     d.rings.clear();

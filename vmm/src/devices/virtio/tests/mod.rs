@@ -7,4 +7,3 @@ mod block;
 mod driver;
 mod mmio;
 mod vsock;
-

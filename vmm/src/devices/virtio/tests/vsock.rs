@@ -11,7 +11,6 @@ use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 
 use super::driver::{Driver, DATA, MEM_SIZE};
 use crate::devices::virtio::vsock::{Header, Vsock, CONN_BUF_SIZE, HOST_CID};
-use crate::devices::virtio::VirtioDevice;
 
 const CID: u64 = 3;
 const RX: usize = 0;
@@ -108,7 +107,8 @@ impl Guest {
     fn post_rx(&mut self) {
         let at = RX_BUFS + (self.rx_posted % 8) * 0x2000;
         self.rx_posted += 1;
-        self.d.add_chain(RX, &[(at, 44, true), (at + 0x1000, 4096, true)]);
+        self.d
+            .add_chain(RX, &[(at, 44, true), (at + 0x1000, 4096, true)]);
     }
 
     fn send(&mut self, h: Header, data: &[u8]) {
@@ -117,7 +117,10 @@ impl Guest {
             self.d.add_chain(TX, &[(TX_HDR, 44, false)]);
         } else {
             self.d.write(TX_DATA, data);
-            self.d.add_chain(TX, &[(TX_HDR, 44, false), (TX_DATA, data.len() as u32, false)]);
+            self.d.add_chain(
+                TX,
+                &[(TX_HDR, 44, false), (TX_DATA, data.len() as u32, false)],
+            );
         }
         self.d.notify(TX as u32);
         assert!(!self.d.used(TX).is_empty(), "TX buffer returned");
@@ -183,10 +186,15 @@ fn config_space_holds_the_cid() {
 fn host_initiated_connection_with_connect_handshake() {
     let mut g = Guest::new("host");
     let mut client = UnixStream::connect(&g.uds).unwrap();
-    client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
     client.write_all(b"CONNECT 1024\nearly").unwrap();
     let (req, _) = g.wait_packet();
-    assert_eq!((req.op, req.dst_port, req.dst_cid, req.src_cid), (OP_REQUEST, 1024, CID, HOST_CID));
+    assert_eq!(
+        (req.op, req.dst_port, req.dst_cid, req.src_cid),
+        (OP_REQUEST, 1024, CID, HOST_CID)
+    );
     assert!(req.src_port >= 1 << 30);
     assert_eq!(req.buf_alloc, CONN_BUF_SIZE);
     let host_port = req.src_port;
@@ -212,7 +220,7 @@ fn host_initiated_connection_with_connect_handshake() {
     drop(client);
     let (p, _) = g.wait_packet();
     assert_eq!((p.op, p.flags), (OP_SHUTDOWN, 3));
-    assert_eq!(g.d.device.lock().unwrap().backend_fd().is_some(), true);
+    assert!(g.d.device.lock().unwrap().backend_fd().is_some());
 }
 
 #[test]
@@ -221,7 +229,10 @@ fn guest_initiated_connection_goes_to_uds_port() {
     let listener = UnixListener::bind(format!("{}_5000", g.uds.display())).unwrap();
     g.send(pkt(OP_REQUEST, 7777, 5000, 0), &[]);
     let (resp, _) = g.wait_packet();
-    assert_eq!((resp.op, resp.src_port, resp.dst_port), (OP_RESPONSE, 5000, 7777));
+    assert_eq!(
+        (resp.op, resp.src_port, resp.dst_port),
+        (OP_RESPONSE, 5000, 7777)
+    );
     let (mut host, _) = listener.accept().unwrap();
     host.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     g.send(pkt(OP_RW, 7777, 5000, 3), b"abc");
@@ -233,7 +244,13 @@ fn guest_initiated_connection_goes_to_uds_port() {
     assert_eq!((p.op, p.len, data.as_slice()), (OP_RW, 3, &b"xyz"[..]));
     assert_eq!(p.fwd_cnt, 3, "the device forwarded 3 guest bytes");
     // Guest closes: RST back, host sees EOF.
-    g.send(Header { flags: 3, ..pkt(OP_SHUTDOWN, 7777, 5000, 0) }, &[]);
+    g.send(
+        Header {
+            flags: 3,
+            ..pkt(OP_SHUTDOWN, 7777, 5000, 0)
+        },
+        &[],
+    );
     let (p, _) = g.wait_packet();
     assert_eq!(p.op, OP_RST);
     let mut rest = Vec::new();
@@ -248,7 +265,10 @@ fn guest_initiated_connection_goes_to_uds_port() {
 fn host_to_guest_respects_guest_credit() {
     let mut g = Guest::new("credit");
     let listener = UnixListener::bind(format!("{}_6000", g.uds.display())).unwrap();
-    let small = Header { buf_alloc: 1000, ..pkt(OP_REQUEST, 1, 6000, 0) };
+    let small = Header {
+        buf_alloc: 1000,
+        ..pkt(OP_REQUEST, 1, 6000, 0)
+    };
     g.send(small, &[]);
     assert_eq!(g.wait_packet().0.op, OP_RESPONSE);
     let (mut host, _) = listener.accept().unwrap();
@@ -261,7 +281,14 @@ fn host_to_guest_respects_guest_credit() {
     }
     assert_eq!(got, 1000, "no more than the guest's buf_alloc");
     // The guest consumed it all and says so.
-    g.send(Header { buf_alloc: 1000, fwd_cnt: 1000, ..pkt(OP_CREDIT_UPDATE, 1, 6000, 0) }, &[]);
+    g.send(
+        Header {
+            buf_alloc: 1000,
+            fwd_cnt: 1000,
+            ..pkt(OP_CREDIT_UPDATE, 1, 6000, 0)
+        },
+        &[],
+    );
     for _ in 0..20 {
         g.backend();
         got += g.recv().iter().map(|(_, d)| d.len()).sum::<usize>();
@@ -294,14 +321,32 @@ fn guest_overrunning_its_credit_is_reset() {
 fn hostile_packets_are_dropped_or_reset() {
     let mut g = Guest::new("hostile");
     // Wrong source CID, wrong destination CID: dropped silently.
-    g.send(Header { src_cid: 99, ..pkt(OP_REQUEST, 1, 2, 0) }, &[]);
-    g.send(Header { dst_cid: 7, ..pkt(OP_REQUEST, 1, 2, 0) }, &[]);
+    g.send(
+        Header {
+            src_cid: 99,
+            ..pkt(OP_REQUEST, 1, 2, 0)
+        },
+        &[],
+    );
+    g.send(
+        Header {
+            dst_cid: 7,
+            ..pkt(OP_REQUEST, 1, 2, 0)
+        },
+        &[],
+    );
     g.backend();
     assert!(g.recv().is_empty());
     // Data for a connection that does not exist, unknown type: RST.
     g.send(pkt(OP_RW, 1, 2, 3), b"abc");
     assert_eq!(g.wait_packet().0.op, OP_RST);
-    g.send(Header { type_: 2, ..pkt(OP_REQUEST, 1, 2, 0) }, &[]);
+    g.send(
+        Header {
+            type_: 2,
+            ..pkt(OP_REQUEST, 1, 2, 0)
+        },
+        &[],
+    );
     assert_eq!(g.wait_packet().0.op, OP_RST);
     // RST for nothing: ignored (no RST storm).
     g.send(pkt(OP_RST, 1, 2, 0), &[]);
@@ -317,7 +362,10 @@ fn hostile_packets_are_dropped_or_reset() {
     g.d.write(TX_HDR + 0x200, &encode(&pkt(OP_RW, 1, 2, u32::MAX)));
     g.d.add_chain(TX, &[(TX_HDR + 0x200, 44, false), (TX_DATA, 4096, false)]);
     g.d.write(TX_HDR + 0x300, &encode(&pkt(OP_RW, 1, 2, 16)));
-    g.d.add_chain(TX, &[(TX_HDR + 0x300, 44, false), (MEM_SIZE - 8, 16, false)]);
+    g.d.add_chain(
+        TX,
+        &[(TX_HDR + 0x300, 44, false), (MEM_SIZE - 8, 16, false)],
+    );
     g.d.notify(TX as u32);
     assert_eq!(g.d.used(TX).len(), 5);
     g.backend();

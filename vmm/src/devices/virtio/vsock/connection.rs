@@ -52,7 +52,14 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(stream: UnixStream, token: u64, state: State, local_port: u32, peer_port: u32, guest_cid: u64) -> Self {
+    pub fn new(
+        stream: UnixStream,
+        token: u64,
+        state: State,
+        local_port: u32,
+        peer_port: u32,
+        guest_cid: u64,
+    ) -> Self {
         Connection {
             stream,
             token,

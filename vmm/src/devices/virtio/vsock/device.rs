@@ -50,10 +50,6 @@ impl Vsock {
         })
     }
 
-    pub fn muxer(&self) -> &Muxer {
-        &self.muxer
-    }
-
     fn process_tx(&mut self) {
         let Some(a) = self.active.as_mut() else {
             return;
@@ -98,12 +94,14 @@ impl Vsock {
                 break;
             };
             let head = chain.head_index();
-            let used_len = match VsockPacket::from_rx_virtq_chain(&a.mem, &mut chain, MAX_PKT_DATA) {
+            let used_len = match VsockPacket::from_rx_virtq_chain(&a.mem, &mut chain, MAX_PKT_DATA)
+            {
                 Ok(mut pkt) => {
                     let room = pkt.data_slice().map_or(0, |s| s.len()).min(self.buf.len());
                     match self.muxer.fill_rx(&mut self.buf[..room]) {
                         Some((h, n)) => {
-                            let written = pkt.header_slice().write_slice(&[0u8; PKT_HEADER_SIZE], 0);
+                            let written =
+                                pkt.header_slice().write_slice(&[0u8; PKT_HEADER_SIZE], 0);
                             h.write_to(&mut pkt);
                             let data_ok = n == 0
                                 || pkt

@@ -15,7 +15,7 @@ mod muxer;
 mod packet;
 
 pub use device::Vsock;
-pub use muxer::Muxer;
+#[cfg(test)]
 pub use packet::Header;
 
 /// The host's CID.

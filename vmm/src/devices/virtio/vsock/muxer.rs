@@ -211,11 +211,6 @@ impl Muxer {
         self.rx_data.clear();
     }
 
-    /// Number of open connections (tests, diagnostics).
-    pub fn connections(&self) -> usize {
-        self.conns.len()
-    }
-
     fn token(&mut self) -> u64 {
         self.next_token += 1;
         self.next_token
@@ -269,8 +264,14 @@ impl Muxer {
                         continue;
                     }
                     let token = self.token();
-                    if self.watch(stream.as_raw_fd(), ControlOperation::Add, EventSet::IN, token) {
-                        self.handshakes.insert(token, (stream, LineReader::default()));
+                    if self.watch(
+                        stream.as_raw_fd(),
+                        ControlOperation::Add,
+                        EventSet::IN,
+                        token,
+                    ) {
+                        self.handshakes
+                            .insert(token, (stream, LineReader::default()));
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -310,7 +311,14 @@ impl Muxer {
             self.unwatch(stream.as_raw_fd());
             return;
         };
-        let mut conn = Connection::new(stream, token, State::LocalInit, local_port, port, self.guest_cid);
+        let mut conn = Connection::new(
+            stream,
+            token,
+            State::LocalInit,
+            local_port,
+            port,
+            self.guest_cid,
+        );
         let request = conn.header(OP_REQUEST, 0, 0);
         let key = (local_port, port);
         self.conns.insert(key, conn);
@@ -347,11 +355,23 @@ impl Muxer {
             }
         };
         let token = self.token();
-        if !self.watch(stream.as_raw_fd(), ControlOperation::Add, EventSet::empty(), token) {
+        if !self.watch(
+            stream.as_raw_fd(),
+            ControlOperation::Add,
+            EventSet::empty(),
+            token,
+        ) {
             self.reply_rst(h);
             return;
         }
-        let mut conn = Connection::new(stream, token, State::Established, key.0, key.1, self.guest_cid);
+        let mut conn = Connection::new(
+            stream,
+            token,
+            State::Established,
+            key.0,
+            key.1,
+            self.guest_cid,
+        );
         conn.update_peer_credit(h);
         let response = conn.header(OP_RESPONSE, 0, 0);
         self.conns.insert(key, conn);
@@ -403,7 +423,12 @@ impl Muxer {
             if conn.wants_write_events() {
                 set |= EventSet::OUT;
             }
-            self.watch(conn.stream.as_raw_fd(), ControlOperation::Modify, set, conn.token);
+            self.watch(
+                conn.stream.as_raw_fd(),
+                ControlOperation::Modify,
+                set,
+                conn.token,
+            );
         }
         if conn.wants_rx() && !self.rx_data.contains(&key) {
             self.rx_data.push_back(key);
@@ -444,7 +469,10 @@ fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
     // SAFETY: sockaddr_un is plain data; all-zero is a valid value.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "socket path too long"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
     }
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
     for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
