@@ -115,6 +115,7 @@ pub fn build(config: VmConfig) -> Result<Vmm> {
         control,
         vcpus,
         event_loop,
+        seccomp: config.seccomp,
         _vm: vm,
         _memory: memory,
         _kvm: kvm,

@@ -84,6 +84,10 @@ pub struct VmConfig {
     /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
     #[serde(default)]
     pub block: Vec<BlockConfig>,
+    /// seccomp filters on the vCPU and event-loop threads (on by default; turn off only
+    /// to debug a `SIGSYS`).
+    #[serde(default = "default_true")]
+    pub seccomp: bool,
 }
 
 /// virtio-vsock: the guest's CID and the host Unix socket of Firecracker's hybrid model
@@ -173,6 +177,7 @@ impl VmConfig {
             devices: Devices::default(),
             vsock: None,
             block: Vec::new(),
+            seccomp: true,
         }
     }
 

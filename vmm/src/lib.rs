@@ -27,6 +27,7 @@ mod event_loop;
 mod exit;
 mod host;
 mod vcpus;
+mod seccomp;
 mod vmm;
 mod vstate;
 

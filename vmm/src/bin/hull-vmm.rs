@@ -57,6 +57,9 @@ struct Cli {
     debug_exit: bool,
     #[arg(long)]
     no_i8042: bool,
+    /// Run without the per-thread seccomp filters (debugging only).
+    #[arg(long)]
+    no_seccomp: bool,
     /// virtio-vsock: `<guest_cid>,<uds_path>` (hybrid socket; guest connections to host
     /// port P go to `<uds_path>_P`).
     #[arg(long, value_parser = parse_vsock)]
@@ -122,6 +125,7 @@ impl Cli {
                 cfg.vsock = self.vsock.clone();
             }
             cfg.block.extend(self.block.iter().cloned());
+            cfg.seccomp &= !self.no_seccomp;
             return Ok(cfg);
         }
         let mut cfg = VmConfig::new(self.kernel.clone().unwrap_or_default());
@@ -138,6 +142,7 @@ impl Cli {
         cfg.devices.i8042 = !self.no_i8042;
         cfg.vsock = self.vsock.clone();
         cfg.block = self.block.clone();
+        cfg.seccomp = !self.no_seccomp;
         Ok(cfg)
     }
 }
