@@ -15,7 +15,9 @@ mod muxer;
 mod packet;
 
 pub use device::Vsock;
-#[cfg(test)]
+#[cfg(feature = "fuzzing")]
+pub use muxer::Muxer;
+#[cfg(any(test, feature = "fuzzing"))]
 pub use packet::Header;
 
 /// The host's CID.
