@@ -22,6 +22,7 @@ use crate::devices::legacy::{
 use crate::devices::virtio::block::{Block, BlockOptions};
 use crate::devices::virtio::event_handler::VirtioEvents;
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::net::{Net, Tap};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{IrqTrigger, VirtioDevice, MMIO_WINDOW};
 use crate::error::{Error, Result};
@@ -186,7 +187,7 @@ pub const VIRTIO_IRQS: [u32; crate::config::MAX_VIRTIO_DEVICES] = [5, 6, 7, 9, 1
 
 type SharedVirtio = Arc<Mutex<dyn VirtioDevice>>;
 
-/// The virtio devices of `config`, in slot order: disks first, then vsock.
+/// The virtio devices of `config`, in slot order: disks, network interfaces, vsock.
 fn open_virtio_devices(config: &VmConfig) -> Result<Vec<SharedVirtio>> {
     let mut devices: Vec<SharedVirtio> = Vec::new();
     for b in &config.block {
@@ -195,6 +196,17 @@ fn open_virtio_devices(config: &VmConfig) -> Result<Vec<SharedVirtio>> {
             id: b.id.clone(),
         };
         devices.push(Arc::new(Mutex::new(Block::open(&b.path, options)?)));
+    }
+    for (i, n) in config.net.iter().enumerate() {
+        let slot = config.block.len() + i;
+        let mac = match &n.mac {
+            Some(text) => crate::config::parse_mac(text)
+                .ok_or_else(|| Error::Config(format!("bad mac {text:?}")))?,
+            None => [0x02, 0x68, 0x75, 0x6c, slot as u8, 0],
+        };
+        let tap = Tap::from_fd(n.tap_fd).map_err(Error::host("tap fd"))?;
+        let net = Net::new(tap, mac).map_err(Error::host("virtio-net epoll"))?;
+        devices.push(Arc::new(Mutex::new(net)));
     }
     if let Some(v) = &config.vsock {
         devices.push(Arc::new(Mutex::new(Vsock::new(v.guest_cid, &v.uds_path)?)));

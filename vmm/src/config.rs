@@ -84,6 +84,9 @@ pub struct VmConfig {
     /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
     #[serde(default)]
     pub block: Vec<BlockConfig>,
+    /// virtio-net interfaces on taps the caller opened.
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
     /// seccomp filters on the vCPU and event-loop threads (on by default; turn off only
     /// to debug a `SIGSYS`).
     #[serde(default = "default_true")]
@@ -112,6 +115,31 @@ pub struct BlockConfig {
     /// Serial the guest reads with GET_ID (`/sys/block/vdX/serial`), at most 20 bytes.
     #[serde(default)]
     pub id: String,
+}
+
+/// A virtio-net interface on an open tap fd (opened with `IFF_TAP | IFF_NO_PI`, and
+/// `IFF_VNET_HDR` for checksum/TSO offloads). hull-vmm duplicates the fd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    pub tap_fd: i32,
+    /// `aa:bb:cc:dd:ee:ff`; default `02:68:75:6c:<slot>:00`.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 /// Most virtio devices: one edge-triggered ISA IRQ each (see `builder::VIRTIO_IRQS`).
@@ -177,6 +205,7 @@ impl VmConfig {
             devices: Devices::default(),
             vsock: None,
             block: Vec::new(),
+            net: Vec::new(),
             seccomp: true,
         }
     }
@@ -227,7 +256,17 @@ impl VmConfig {
     }
 
     fn validate_virtio(&self) -> Result<()> {
-        let count = self.block.len() + usize::from(self.vsock.is_some());
+        let count = self.block.len() + self.net.len() + usize::from(self.vsock.is_some());
+        for n in &self.net {
+            if n.tap_fd < 0 {
+                return Err(Error::Config(format!("bad tap_fd {}", n.tap_fd)));
+            }
+            if let Some(mac) = &n.mac {
+                if parse_mac(mac).is_none() {
+                    return Err(Error::Config(format!("bad mac {mac:?}")));
+                }
+            }
+        }
         if count > MAX_VIRTIO_DEVICES {
             return Err(Error::Config(format!(
                 "{count} virtio devices, at most {MAX_VIRTIO_DEVICES}"

@@ -33,7 +33,7 @@ mod seccomp;
 mod vmm;
 mod vstate;
 
-pub use config::{BlockConfig, KernelFormat, VmConfig, VsockConfig};
+pub use config::{BlockConfig, KernelFormat, NetConfig, VmConfig, VsockConfig};
 pub use error::{Error, Result};
 pub use exit::{ExitReason, ResetCause};
 pub use host::{host_support, HostSupport, KvmKind};

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use hull_vmm::{host_support, BlockConfig, KernelFormat, VmConfig, Vmm, VmmHandle, VsockConfig};
+use hull_vmm::{host_support, BlockConfig, KernelFormat, NetConfig, VmConfig, Vmm, VmmHandle, VsockConfig};
 
 #[derive(Parser, Debug)]
 #[command(name = "hull-vmm", about = "hull's KVM microVM monitor", version)]
@@ -67,6 +67,25 @@ struct Cli {
     /// virtio-blk disk: `<path>[,ro][,id=<serial>]`; repeat for more disks.
     #[arg(long, value_parser = parse_block)]
     block: Vec<BlockConfig>,
+    /// virtio-net on an inherited tap fd: `<fd>[,mac=aa:bb:cc:dd:ee:ff]`; repeatable.
+    #[arg(long, value_parser = parse_net)]
+    net: Vec<NetConfig>,
+}
+
+fn parse_net(s: &str) -> Result<NetConfig, String> {
+    let mut parts = s.split(',');
+    let fd = parts.next().unwrap_or_default();
+    let mut cfg = NetConfig {
+        tap_fd: fd.parse().map_err(|_| format!("bad tap fd {fd:?}"))?,
+        mac: None,
+    };
+    for opt in parts {
+        match opt.split_once('=') {
+            Some(("mac", mac)) => cfg.mac = Some(mac.to_string()),
+            _ => return Err(format!("unknown net option {opt:?} (mac=...)")),
+        }
+    }
+    Ok(cfg)
 }
 
 fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
@@ -125,6 +144,7 @@ impl Cli {
                 cfg.vsock = self.vsock.clone();
             }
             cfg.block.extend(self.block.iter().cloned());
+            cfg.net.extend(self.net.iter().cloned());
             cfg.seccomp &= !self.no_seccomp;
             return Ok(cfg);
         }
@@ -142,6 +162,7 @@ impl Cli {
         cfg.devices.i8042 = !self.no_i8042;
         cfg.vsock = self.vsock.clone();
         cfg.block = self.block.clone();
+        cfg.net = self.net.clone();
         cfg.seccomp = !self.no_seccomp;
         Ok(cfg)
     }

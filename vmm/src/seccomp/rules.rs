@@ -7,10 +7,13 @@ pub const VCPU_IOCTLS: &[u64] = &[
     0xae80,     // KVM_RUN
     0x8090_ae81, // KVM_GET_REGS (rip for an emulation-failure report)
 ];
+// (A guest's device reset runs on its vCPU thread: it may drop vsock streams and change
+// the devices' own epoll sets, hence epoll_ctl and close below.)
 
 /// `ioctl` requests the event loop makes.
 pub const EVENT_LOOP_IOCTLS: &[u64] = &[
-    0x5421, // FIONBIO: set_nonblocking on accepted vsock streams
+    0x5421,      // FIONBIO: set_nonblocking on accepted vsock streams
+    0x4004_54d0, // TUNSETOFFLOAD: the guest's acked receive offloads
 ];
 
 /// Memory, threads, signals and time: what any Rust thread needs.
@@ -35,7 +38,9 @@ macro_rules! housekeeping {
 /// vCPU threads: exits are served by device models in memory; they write the console
 /// file and eventfds (interrupts, queue notifications, the control mailbox).
 pub fn vcpu() -> Vec<i64> {
-    housekeeping!().to_vec()
+    let mut v = housekeeping!().to_vec();
+    v.push(SYS_epoll_ctl);
+    v
 }
 
 /// The event loop thread: devices' host I/O and the VM's teardown.

@@ -281,6 +281,7 @@ impl MmioTransport {
             mem: self.mem.clone(),
             queues,
             irq: self.irq.clone(),
+            features: self.acked,
         })?;
         self.active = true;
         Ok(())

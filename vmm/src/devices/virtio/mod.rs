@@ -22,6 +22,7 @@ use vmm_sys_util::eventfd::EventFd;
 pub mod block;
 pub mod event_handler;
 pub mod mmio;
+pub mod net;
 pub mod vsock;
 
 #[cfg(test)]
@@ -97,6 +98,8 @@ pub struct Activation {
     /// One per entry of [`VirtioDevice::queue_max_sizes`], validated against `mem`.
     pub queues: Vec<Queue>,
     pub irq: std::sync::Arc<IrqTrigger>,
+    /// Features the driver acked (a subset of [`VirtioDevice::features`]).
+    pub features: u64,
 }
 
 /// A virtio device model.

@@ -6,4 +6,5 @@
 mod block;
 mod driver;
 mod mmio;
+mod net;
 mod vsock;

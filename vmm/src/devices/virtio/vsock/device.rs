@@ -164,8 +164,8 @@ impl VirtioDevice for Vsock {
             _event: event,
             irq: a.irq,
         });
-        // Connections made before the driver came up may already wait.
-        self.process_rx();
+        // Packets that waited for the driver go out on its first RX notification (this
+        // runs on a vCPU thread, which does no socket I/O).
         Ok(())
     }
 
