@@ -21,6 +21,7 @@ use crate::devices::legacy::{
 };
 use crate::devices::virtio::block::{Block, BlockOptions};
 use crate::devices::virtio::event_handler::VirtioEvents;
+use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::net::{Net, Tap};
 use crate::devices::virtio::vsock::Vsock;
@@ -187,7 +188,7 @@ pub const VIRTIO_IRQS: [u32; crate::config::MAX_VIRTIO_DEVICES] = [5, 6, 7, 9, 1
 
 type SharedVirtio = Arc<Mutex<dyn VirtioDevice>>;
 
-/// The virtio devices of `config`, in slot order: disks, network interfaces, vsock.
+/// The virtio devices of `config`, in slot order: disks, network interfaces, fs, vsock.
 fn open_virtio_devices(config: &VmConfig) -> Result<Vec<SharedVirtio>> {
     let mut devices: Vec<SharedVirtio> = Vec::new();
     for b in &config.block {
@@ -207,6 +208,9 @@ fn open_virtio_devices(config: &VmConfig) -> Result<Vec<SharedVirtio>> {
         let tap = Tap::from_fd(n.tap_fd).map_err(Error::host("tap fd"))?;
         let net = Net::new(tap, mac).map_err(Error::host("virtio-net epoll"))?;
         devices.push(Arc::new(Mutex::new(net)));
+    }
+    if let Some(f) = &config.fs {
+        devices.push(Arc::new(Mutex::new(Fs::connect(&f.socket, &f.tag)?)));
     }
     if let Some(v) = &config.vsock {
         devices.push(Arc::new(Mutex::new(Vsock::new(v.guest_cid, &v.uds_path)?)));

@@ -87,6 +87,9 @@ pub struct VmConfig {
     /// virtio-net interfaces on taps the caller opened.
     #[serde(default)]
     pub net: Vec<NetConfig>,
+    /// virtio-fs served by virtiofsd (vhost-user); needs `shared_memory`.
+    #[serde(default)]
+    pub fs: Option<FsConfig>,
     /// seccomp filters on the vCPU and event-loop threads (on by default; turn off only
     /// to debug a `SIGSYS`).
     #[serde(default = "default_true")]
@@ -126,6 +129,16 @@ pub struct NetConfig {
     /// `aa:bb:cc:dd:ee:ff`; default `02:68:75:6c:<slot>:00`.
     #[serde(default)]
     pub mac: Option<String>,
+}
+
+/// virtio-fs: the vhost-user socket of a running virtiofsd and the tag the guest mounts
+/// (`mount -t virtiofs <tag> /mnt`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    pub socket: PathBuf,
+    /// 1..=36 bytes.
+    pub tag: String,
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -206,6 +219,7 @@ impl VmConfig {
             vsock: None,
             block: Vec::new(),
             net: Vec::new(),
+            fs: None,
             seccomp: true,
         }
     }
@@ -256,7 +270,20 @@ impl VmConfig {
     }
 
     fn validate_virtio(&self) -> Result<()> {
-        let count = self.block.len() + self.net.len() + usize::from(self.vsock.is_some());
+        let count = self.block.len()
+            + self.net.len()
+            + usize::from(self.fs.is_some())
+            + usize::from(self.vsock.is_some());
+        if let Some(fs) = &self.fs {
+            if !self.shared_memory {
+                return Err(Error::Config(
+                    "fs needs shared_memory (virtiofsd maps guest memory)".into(),
+                ));
+            }
+            if fs.tag.is_empty() || fs.tag.len() > 36 {
+                return Err(Error::Config("fs tag must be 1..=36 bytes".into()));
+            }
+        }
         for n in &self.net {
             if n.tap_fd < 0 {
                 return Err(Error::Config(format!("bad tap_fd {}", n.tap_fd)));

@@ -49,7 +49,9 @@ fn shared_vsock() -> Arc<Mutex<dyn VirtioDevice>> {
 }
 
 fn transport(device: Arc<Mutex<dyn VirtioDevice>>, mem: &GuestMemoryMmap) -> MmioTransport {
-    let irq = Arc::new(IrqTrigger::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd")));
+    let irq = Arc::new(IrqTrigger::new(
+        EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
+    ));
     // A shared device may still run with the last input's queues.
     device.lock().unwrap_or_else(|p| p.into_inner()).reset();
     MmioTransport::new(device, mem.clone(), irq).expect("transport")
@@ -129,7 +131,11 @@ pub fn descriptor_chains(data: &[u8]) {
     set(&mut t, 0x24, 1);
     set(&mut t, 0x20, 1); // VERSION_1
     set(&mut t, 0x70, 0xb);
-    let queues = device.lock().unwrap_or_else(|p| p.into_inner()).queue_max_sizes().len();
+    let queues = device
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .queue_max_sizes()
+        .len();
     for q in 0..queues as u32 {
         let base = 0x1_0000 + q * 0x1000;
         set(&mut t, 0x30, q);
@@ -143,9 +149,15 @@ pub fn descriptor_chains(data: &[u8]) {
     // Queue areas (descriptors + avail ring of every queue) first, buffers after.
     let (rings, buffers) = rest.split_at(rest.len().min(queues * 0x1000));
     for (q, chunk) in rings.chunks(0x1000).enumerate() {
-        let _ = mem.write_slice(&chunk[..chunk.len().min(0x800)], GuestAddress(0x1_0000 + q as u64 * 0x1000));
+        let _ = mem.write_slice(
+            &chunk[..chunk.len().min(0x800)],
+            GuestAddress(0x1_0000 + q as u64 * 0x1000),
+        );
     }
-    let _ = mem.write_slice(&buffers[..buffers.len().min(MEM - 0x2_0000)], GuestAddress(0x2_0000));
+    let _ = mem.write_slice(
+        &buffers[..buffers.len().min(MEM - 0x2_0000)],
+        GuestAddress(0x2_0000),
+    );
     serve_all(&device);
 }
 
@@ -168,8 +180,16 @@ pub fn vsock_packets(data: &[u8]) {
         let u16_at = |i: usize| u16::from_le_bytes([h[i], h[i + 1]]);
         let header = Header {
             // Mostly valid CIDs, so that the interesting paths run.
-            src_cid: if h[0] & 1 == 0 { 3 } else { u64::from(u32_at(0)) },
-            dst_cid: if h[8] & 1 == 0 { 2 } else { u64::from(u32_at(8)) },
+            src_cid: if h[0] & 1 == 0 {
+                3
+            } else {
+                u64::from(u32_at(0))
+            },
+            dst_cid: if h[8] & 1 == 0 {
+                2
+            } else {
+                u64::from(u32_at(8))
+            },
             src_port: u32_at(16),
             dst_port: u32_at(20),
             len: u32_at(24),

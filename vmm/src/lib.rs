@@ -28,12 +28,12 @@ mod exit;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 mod host;
-mod vcpus;
 mod seccomp;
+mod vcpus;
 mod vmm;
 mod vstate;
 
-pub use config::{BlockConfig, KernelFormat, NetConfig, VmConfig, VsockConfig};
+pub use config::{BlockConfig, FsConfig, KernelFormat, NetConfig, VmConfig, VsockConfig};
 pub use error::{Error, Result};
 pub use exit::{ExitReason, ResetCause};
 pub use host::{host_support, HostSupport, KvmKind};

@@ -15,7 +15,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use hull_vmm::{host_support, BlockConfig, KernelFormat, NetConfig, VmConfig, Vmm, VmmHandle, VsockConfig};
+use hull_vmm::{
+    host_support, BlockConfig, FsConfig, KernelFormat, NetConfig, VmConfig, Vmm, VmmHandle,
+    VsockConfig,
+};
 
 #[derive(Parser, Debug)]
 #[command(name = "hull-vmm", about = "hull's KVM microVM monitor", version)]
@@ -70,6 +73,19 @@ struct Cli {
     /// virtio-net on an inherited tap fd: `<fd>[,mac=aa:bb:cc:dd:ee:ff]`; repeatable.
     #[arg(long, value_parser = parse_net)]
     net: Vec<NetConfig>,
+    /// virtio-fs through a running virtiofsd: `<vhost-user socket>,<tag>`.
+    #[arg(long, value_parser = parse_fs)]
+    fs: Option<FsConfig>,
+}
+
+fn parse_fs(s: &str) -> Result<FsConfig, String> {
+    let (socket, tag) = s
+        .rsplit_once(',')
+        .ok_or_else(|| format!("expected <socket>,<tag>, got {s:?}"))?;
+    Ok(FsConfig {
+        socket: socket.into(),
+        tag: tag.to_string(),
+    })
 }
 
 fn parse_net(s: &str) -> Result<NetConfig, String> {
@@ -145,6 +161,9 @@ impl Cli {
             }
             cfg.block.extend(self.block.iter().cloned());
             cfg.net.extend(self.net.iter().cloned());
+            if self.fs.is_some() {
+                cfg.fs = self.fs.clone();
+            }
             cfg.seccomp &= !self.no_seccomp;
             return Ok(cfg);
         }
@@ -163,6 +182,7 @@ impl Cli {
         cfg.vsock = self.vsock.clone();
         cfg.block = self.block.clone();
         cfg.net = self.net.clone();
+        cfg.fs = self.fs.clone();
         cfg.seccomp = !self.no_seccomp;
         Ok(cfg)
     }

@@ -4,7 +4,7 @@ use libc::*;
 
 /// `ioctl` requests the vCPU threads make.
 pub const VCPU_IOCTLS: &[u64] = &[
-    0xae80,     // KVM_RUN
+    0xae80,      // KVM_RUN
     0x8090_ae81, // KVM_GET_REGS (rip for an emulation-failure report)
 ];
 // (A guest's device reset runs on its vCPU thread: it may drop vsock streams and change
@@ -20,17 +20,33 @@ pub const EVENT_LOOP_IOCTLS: &[u64] = &[
 macro_rules! housekeeping {
     () => {
         [
-            SYS_brk, SYS_mmap, SYS_munmap, SYS_mremap, SYS_madvise, SYS_mprotect, // allocator
-            SYS_futex,                                                          // locks, join
-            SYS_rt_sigreturn, SYS_rt_sigprocmask, SYS_sigaltstack,              // kick signal, thread exit
-            SYS_exit, SYS_exit_group,
-            SYS_sched_yield, SYS_sched_getaffinity,
-            SYS_clock_gettime, SYS_clock_nanosleep, SYS_nanosleep,              // timed waits
-            SYS_getpid, SYS_gettid, SYS_tgkill,                                 // kicks, diagnostics
-            SYS_getrandom,                                                      // HashMap seeds
-            SYS_write, SYS_writev,                                              // logs, eventfds
-            SYS_read,                                                           // eventfds
-            SYS_close, SYS_fcntl,                                               // fd checks (F_GETFD)
+            SYS_brk,
+            SYS_mmap,
+            SYS_munmap,
+            SYS_mremap,
+            SYS_madvise,
+            SYS_mprotect, // allocator
+            SYS_futex,    // locks, join
+            SYS_rt_sigreturn,
+            SYS_rt_sigprocmask,
+            SYS_sigaltstack, // kick signal, thread exit
+            SYS_exit,
+            SYS_exit_group,
+            SYS_sched_yield,
+            SYS_sched_getaffinity,
+            SYS_clock_gettime,
+            SYS_clock_nanosleep,
+            SYS_nanosleep, // timed waits
+            SYS_getpid,
+            SYS_gettid,
+            SYS_tgkill,    // kicks, diagnostics
+            SYS_getrandom, // HashMap seeds
+            SYS_write,
+            SYS_writev, // logs, eventfds
+            SYS_read,   // eventfds
+            SYS_dup,
+            SYS_close,
+            SYS_fcntl, // fd checks (F_GETFD)
         ]
     };
 }
@@ -47,13 +63,26 @@ pub fn vcpu() -> Vec<i64> {
 pub fn event_loop() -> Vec<i64> {
     let mut v = housekeeping!().to_vec();
     v.extend([
-        SYS_epoll_wait, SYS_epoll_pwait, SYS_epoll_ctl, // the loop and the vsock muxer's epoll
-        SYS_accept4, SYS_socket, SYS_connect, SYS_shutdown, // hybrid vsock
-        SYS_recvfrom, SYS_sendto, SYS_recvmsg, SYS_sendmsg, // stream I/O
-        SYS_readv, SYS_pread64, SYS_pwrite64, SYS_preadv, SYS_pwritev, // virtio-blk
-        SYS_fsync, SYS_fdatasync,                        // virtio-blk flush
+        SYS_epoll_wait,
+        SYS_epoll_pwait,
+        SYS_epoll_ctl, // the loop and the vsock muxer's epoll
+        SYS_accept4,
+        SYS_socket,
+        SYS_connect,
+        SYS_shutdown, // hybrid vsock
+        SYS_recvfrom,
+        SYS_sendto,
+        SYS_recvmsg,
+        SYS_sendmsg, // stream I/O
+        SYS_readv,
+        SYS_pread64,
+        SYS_pwrite64,
+        SYS_preadv,
+        SYS_pwritev, // virtio-blk
+        SYS_fsync,
+        SYS_fdatasync, // virtio-blk flush
         SYS_lseek,
-        SYS_unlink,                                      // removing the hybrid socket at the end
+        SYS_unlink, // removing the hybrid socket at the end
     ]);
     v
 }

@@ -21,10 +21,11 @@ pub struct VirtioEvents {
 impl VirtioEvents {
     /// `queue_evts` are clones of the transport's notification eventfds.
     pub fn new(device: Arc<Mutex<dyn VirtioDevice>>, queue_evts: Vec<EventFd>) -> Self {
-        let backend = device
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .backend_fd();
+        let (backend, ours) = {
+            let d = device.lock().unwrap_or_else(|p| p.into_inner());
+            (d.backend_fd(), d.handles_notifications())
+        };
+        let queue_evts = if ours { queue_evts } else { Vec::new() };
         VirtioEvents {
             device,
             queue_evts,

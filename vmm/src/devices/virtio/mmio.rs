@@ -282,6 +282,12 @@ impl MmioTransport {
             queues,
             irq: self.irq.clone(),
             features: self.acked,
+            notifiers: self
+                .queue_evts
+                .iter()
+                .map(EventFd::try_clone)
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(|e| ActivateError::Backend(e.to_string()))?,
         })?;
         self.active = true;
         Ok(())

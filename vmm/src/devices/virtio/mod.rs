@@ -21,6 +21,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub mod block;
 pub mod event_handler;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod vsock;
@@ -43,6 +44,9 @@ pub enum ActivateError {
     /// The device needs a queue the driver did not make ready.
     #[error("queue {0} is not ready")]
     QueueNotReady(usize),
+    /// A host resource for the device failed.
+    #[error("backend: {0}")]
+    Backend(String),
 }
 
 /// The device's interrupt line: sets bits of the transport's InterruptStatus register
@@ -100,6 +104,9 @@ pub struct Activation {
     pub irq: std::sync::Arc<IrqTrigger>,
     /// Features the driver acked (a subset of [`VirtioDevice::features`]).
     pub features: u64,
+    /// Clones of the queue-notification eventfds (for devices served by another
+    /// process, which reads them itself).
+    pub notifiers: Vec<EventFd>,
 }
 
 /// A virtio device model.
@@ -118,6 +125,10 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
     /// Back to the state before activation (driver wrote 0 to Status).
     fn reset(&mut self);
+    /// False when someone else (a vhost-user backend) reads the notification eventfds.
+    fn handles_notifications(&self) -> bool {
+        true
+    }
     /// The driver notified queue `index` (ignored before activation).
     fn process_queue(&mut self, index: usize);
     /// A host fd the event loop watches for this device (e.g. the vsock muxer's epoll).

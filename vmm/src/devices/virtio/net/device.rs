@@ -74,7 +74,10 @@ impl Net {
     fn watch_tap(&self, on: bool) {
         let set = if on { EventSet::IN } else { EventSet::empty() };
         let ev = EpollEvent::new(set, 0);
-        if let Err(e) = self.epoll.ctl(ControlOperation::Modify, self.tap.as_raw_fd(), ev) {
+        if let Err(e) = self
+            .epoll
+            .ctl(ControlOperation::Modify, self.tap.as_raw_fd(), ev)
+        {
             tracing::warn!("virtio-net epoll: {e}");
         }
     }
@@ -205,7 +208,8 @@ fn gather(mem: &GuestMemoryMmap, descs: &[Descriptor], buf: &mut [u8]) -> Option
         if d.is_write_only() || total + len > buf.len() {
             return None;
         }
-        mem.read_slice(&mut buf[total..total + len], d.addr()).ok()?;
+        mem.read_slice(&mut buf[total..total + len], d.addr())
+            .ok()?;
         total += len;
     }
     Some(total)

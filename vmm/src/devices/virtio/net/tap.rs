@@ -64,7 +64,8 @@ impl Tap {
             return Ok(());
         }
         // SAFETY: TUNSETOFFLOAD takes the flags by value.
-        let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong) };
+        let rc =
+            unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong) };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }

@@ -42,6 +42,11 @@ pub type Buf = (u64, u32, bool);
 impl Driver {
     pub fn new(device: Arc<Mutex<dyn VirtioDevice>>) -> Driver {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
+        Self::with_memory(device, mem)
+    }
+
+    /// With guest memory of the caller's choice (a shared memfd for vhost-user).
+    pub fn with_memory(device: Arc<Mutex<dyn VirtioDevice>>, mem: GuestMemoryMmap) -> Driver {
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let trigger = Arc::new(IrqTrigger::new(irq.try_clone().unwrap()));
         let transport = MmioTransport::new(device.clone(), mem.clone(), trigger).unwrap();

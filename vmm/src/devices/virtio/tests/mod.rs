@@ -5,6 +5,7 @@
 
 mod block;
 mod driver;
+mod fs;
 mod mmio;
 mod net;
 mod vsock;

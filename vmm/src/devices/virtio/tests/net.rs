@@ -41,7 +41,14 @@ fn peer_send(peer: &OwnedFd, frame: &[u8]) {
 fn peer_recv(peer: &OwnedFd) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 70000];
     // SAFETY: reading into a live buffer; MSG_DONTWAIT keeps the test from blocking.
-    let n = unsafe { libc::recv(peer.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    let n = unsafe {
+        libc::recv(
+            peer.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
     (n >= 0).then(|| {
         buf.truncate(n as usize);
         buf
@@ -59,7 +66,10 @@ fn mac_and_no_offloads_without_a_vnet_header_tap() {
     let net = Net::new(Tap::from_fd(ours.as_raw_fd()).unwrap(), MAC).unwrap();
     let mut d = Driver::new(Arc::new(Mutex::new(net)));
     let f = d.device_features();
-    assert_eq!(f, VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_STATUS);
+    assert_eq!(
+        f,
+        VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_STATUS
+    );
     // Offloads the host cannot honour are refused even if the driver asks.
     assert!(!d.negotiate(VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_GUEST_TSO4));
     let mut mac = [0u8; 6];
@@ -123,7 +133,11 @@ fn hostile_chains_are_dropped() {
 #[test]
 fn a_real_tap_with_vnet_headers_offers_offloads() {
     const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-    let Ok(tun) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun") else {
+    let Ok(tun) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+    else {
         println!("SKIP a_real_tap_with_vnet_headers_offers_offloads: no /dev/net/tun");
         return;
     };
@@ -143,7 +157,12 @@ fn a_real_tap_with_vnet_headers_offers_offloads() {
     assert!(tap.vnet_hdr());
     let mut d = Driver::new(Arc::new(Mutex::new(Net::new(tap, MAC).unwrap())));
     let f = d.device_features();
-    for b in [VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4] {
+    for b in [
+        VIRTIO_NET_F_CSUM,
+        VIRTIO_NET_F_GUEST_CSUM,
+        VIRTIO_NET_F_GUEST_TSO4,
+        VIRTIO_NET_F_HOST_TSO4,
+    ] {
         assert_ne!(f & 1 << b, 0, "feature {b}");
     }
     // The driver acks receive offloads: the device sets them on the tap (TUNSETOFFLOAD).
