@@ -146,18 +146,47 @@ pub fn descriptor_chains(data: &[u8]) {
         set(&mut t, 0x44, 1);
     }
     set(&mut t, 0x70, 0xf);
-    // Queue areas (descriptors + avail ring of every queue) first, buffers after.
-    let (rings, buffers) = rest.split_at(rest.len().min(queues * 0x1000));
-    for (q, chunk) in rings.chunks(0x1000).enumerate() {
-        let _ = mem.write_slice(
-            &chunk[..chunk.len().min(0x800)],
-            GuestAddress(0x1_0000 + q as u64 * 0x1000),
-        );
+    // 16 descriptors per queue from the input: 12 bytes each {addr u32, len u16, flags u8
+    // (NEXT/WRITE/INDIRECT), next u8, selector u32}; most addresses land in the buffer
+    // area so that the interesting paths run, some anywhere.
+    let mut input = rest;
+    let mut take = |n: usize| {
+        let (a, b) = input.split_at(n.min(input.len()));
+        input = b;
+        let mut v = a.to_vec();
+        v.resize(n, 0);
+        v
+    };
+    for q in 0..queues as u64 {
+        let base = 0x1_0000 + q * 0x1000;
+        for i in 0..16u64 {
+            let r = take(12);
+            let raw = u32::from_le_bytes([r[0], r[1], r[2], r[3]]);
+            let addr = if r[8] & 7 == 0 {
+                u64::from(raw) | u64::from(r[9]) << 32
+            } else {
+                0x2_0000 + u64::from(raw % 0x8_0000)
+            };
+            let len = u32::from(u16::from_le_bytes([r[4], r[5]])) << (r[10] & 3);
+            let flags = u16::from(r[6] & 7);
+            let next = u16::from(r[7] % 20);
+            let mut d = [0u8; 16];
+            d[0..8].copy_from_slice(&addr.to_le_bytes());
+            d[8..12].copy_from_slice(&len.to_le_bytes());
+            d[12..14].copy_from_slice(&flags.to_le_bytes());
+            d[14..16].copy_from_slice(&next.to_le_bytes());
+            let _ = mem.write_slice(&d, GuestAddress(base + i * 16));
+        }
+        // Available ring: idx and 16 heads.
+        let r = take(17);
+        let idx = u16::from(r[0] % 40);
+        let _ = mem.write_obj(idx, GuestAddress(base + 0x402));
+        for (k, h) in r[1..].iter().enumerate() {
+            let _ = mem.write_obj(u16::from(*h % 20), GuestAddress(base + 0x404 + 2 * k as u64));
+        }
     }
-    let _ = mem.write_slice(
-        &buffers[..buffers.len().min(MEM - 0x2_0000)],
-        GuestAddress(0x2_0000),
-    );
+    // The rest fills the buffer area (request headers, vsock packets).
+    let _ = mem.write_slice(&input[..input.len().min(MEM - 0x2_0000)], GuestAddress(0x2_0000));
     serve_all(&device);
 }
 
