@@ -205,7 +205,8 @@ fn open_virtio_devices(config: &VmConfig) -> Result<Vec<SharedVirtio>> {
                 .ok_or_else(|| Error::Config(format!("bad mac {text:?}")))?,
             None => [0x02, 0x68, 0x75, 0x6c, slot as u8, 0],
         };
-        let tap = Tap::from_fd(n.tap_fd).map_err(Error::host("tap fd"))?;
+        let tap = Tap::from_fd(n.tap_fd)
+            .map_err(|e| Error::Config(format!("tap_fd {}: {e}", n.tap_fd)))?;
         let net = Net::new(tap, mac).map_err(Error::host("virtio-net epoll"))?;
         devices.push(Arc::new(Mutex::new(net)));
     }

@@ -182,11 +182,17 @@ pub fn descriptor_chains(data: &[u8]) {
         let idx = u16::from(r[0] % 40);
         let _ = mem.write_obj(idx, GuestAddress(base + 0x402));
         for (k, h) in r[1..].iter().enumerate() {
-            let _ = mem.write_obj(u16::from(*h % 20), GuestAddress(base + 0x404 + 2 * k as u64));
+            let _ = mem.write_obj(
+                u16::from(*h % 20),
+                GuestAddress(base + 0x404 + 2 * k as u64),
+            );
         }
     }
     // The rest fills the buffer area (request headers, vsock packets).
-    let _ = mem.write_slice(&input[..input.len().min(MEM - 0x2_0000)], GuestAddress(0x2_0000));
+    let _ = mem.write_slice(
+        &input[..input.len().min(MEM - 0x2_0000)],
+        GuestAddress(0x2_0000),
+    );
     serve_all(&device);
 }
 

@@ -57,8 +57,11 @@ impl Fs {
         if tag.is_empty() || tag.len() > MAX_TAG {
             return Err(Error::Config(format!("fs tag must be 1..={MAX_TAG} bytes")));
         }
-        let frontend = Frontend::connect(socket, QUEUE_SIZES.len() as u64)
-            .map_err(vhost_err("vhost-user connect"))?;
+        let frontend =
+            Frontend::connect(socket, QUEUE_SIZES.len() as u64).map_err(|e| Error::File {
+                path: socket.to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
         frontend
             .set_owner()
             .map_err(vhost_err("vhost-user SET_OWNER"))?;
