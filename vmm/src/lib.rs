@@ -25,6 +25,8 @@ mod devices;
 mod error;
 mod event_loop;
 mod exit;
+#[cfg(feature = "bench")]
+pub mod bench;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 mod host;

@@ -394,9 +394,15 @@ impl Muxer {
             }
             return;
         }
-        if set.contains(EventSet::OUT) && conn.flush().is_err() {
-            self.kill(key);
-            return;
+        if set.contains(EventSet::OUT) {
+            if conn.flush().is_err() {
+                self.kill(key);
+                return;
+            }
+            // The host drained bytes the guest is waiting to send more after.
+            if conn.credit_update_due() && self.rx_ctrl.len() < MAX_QUEUED_CONTROL {
+                self.rx_ctrl.push_back(conn.credit_update());
+            }
         }
         if set.contains(EventSet::IN) || hangup {
             conn.readable = true;
