@@ -8,7 +8,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::{
+    Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -30,7 +32,11 @@ const GUEST_BUF_ALLOC: u32 = 256 << 10;
 /// Where the queues are served.
 enum Backend {
     InProcess(Arc<Mutex<dyn VirtioDevice>>),
-    VhostUser { _frontend: Frontend, kicks: Vec<EventFd>, _calls: Vec<EventFd> },
+    VhostUser {
+        _frontend: Frontend,
+        kicks: Vec<EventFd>,
+        _calls: Vec<EventFd>,
+    },
 }
 
 struct Ring {
@@ -51,13 +57,20 @@ pub struct EchoGuest {
 }
 
 fn memory() -> GuestMemoryMmap {
-    let backing = MemoryBacking { shared: true, hugepages: false };
+    let backing = MemoryBacking {
+        shared: true,
+        hugepages: false,
+    };
     create_guest_memory(16 << 20, backing).expect("guest memory")
 }
 
 impl EchoGuest {
     fn new(mem: GuestMemoryMmap, backend: Backend) -> EchoGuest {
-        let ring = |q: u64| Ring { base: RING_BASE + q * 0x4000, avail: 0, used_seen: 0 };
+        let ring = |q: u64| Ring {
+            base: RING_BASE + q * 0x4000,
+            avail: 0,
+            used_seen: 0,
+        };
         EchoGuest {
             mem,
             backend,
@@ -71,8 +84,11 @@ impl EchoGuest {
     /// hull-vmm's device model, in this process; the hybrid socket at `uds`.
     pub fn hull(uds: &Path) -> EchoGuest {
         let mem = memory();
-        let dev: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(Vsock::new(3, uds).expect("vsock")));
-        let irq = Arc::new(IrqTrigger::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd")));
+        let dev: Arc<Mutex<dyn VirtioDevice>> =
+            Arc::new(Mutex::new(Vsock::new(3, uds).expect("vsock")));
+        let irq = Arc::new(IrqTrigger::new(
+            EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
+        ));
         let mut t = MmioTransport::new(dev.clone(), mem.clone(), irq).expect("transport");
         let mut set = |off: u64, v: u32| t.write(off, &v.to_le_bytes());
         set(0x70, 3);
@@ -106,14 +122,23 @@ impl EchoGuest {
         f.set_features(features).expect("SET_FEATURES");
         if features & proto != 0 {
             let p = f.get_protocol_features().expect("GET_PROTOCOL_FEATURES");
-            f.set_protocol_features(p & VhostUserProtocolFeatures::MQ).expect("SET_PROTOCOL_FEATURES");
+            let want = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
+            f.set_protocol_features(p & want)
+                .expect("SET_PROTOCOL_FEATURES");
+            if p.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+                // Every request is acknowledged: a refused one fails here, not silently.
+                f.set_hdr_flags(vhost::vhost_user::message::VhostUserHeaderFlag::NEED_REPLY);
+            }
         }
         let regions: Vec<_> = mem
             .iter()
             .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).expect("memfd region"))
             .collect();
         f.set_mem_table(&regions).expect("SET_MEM_TABLE");
-        let host = |gpa: u64| mem.get_host_address(GuestAddress(gpa)).expect("ring in memory") as u64;
+        let host = |gpa: u64| {
+            mem.get_host_address(GuestAddress(gpa))
+                .expect("ring in memory") as u64
+        };
         let (mut kicks, mut calls) = (Vec::new(), Vec::new());
         for q in 0..3usize {
             let base = RING_BASE + q as u64 * 0x4000;
@@ -141,7 +166,14 @@ impl EchoGuest {
                 f.set_vring_enable(q, true).expect("SET_VRING_ENABLE");
             }
         }
-        let mut g = EchoGuest::new(mem, Backend::VhostUser { _frontend: f, kicks, _calls: calls });
+        let mut g = EchoGuest::new(
+            mem,
+            Backend::VhostUser {
+                _frontend: f,
+                kicks,
+                _calls: calls,
+            },
+        );
         g.post_rx_all();
         g
     }
@@ -190,7 +222,10 @@ impl EchoGuest {
 
     fn used(&mut self, q: usize) -> Vec<u32> {
         let r = &mut self.rings[q];
-        let idx: u16 = self.mem.read_obj(GuestAddress(r.base + 0x2002)).unwrap_or(r.used_seen);
+        let idx: u16 = self
+            .mem
+            .read_obj(GuestAddress(r.base + 0x2002))
+            .unwrap_or(r.used_seen);
         let mut out = Vec::new();
         while r.used_seen != idx {
             let at = r.base + 0x2004 + u64::from(r.used_seen % QSIZE) * 8;
@@ -238,9 +273,12 @@ impl EchoGuest {
     /// Serves until `stop`: accepts connections on port 1024 and echoes their bytes.
     pub fn run(&mut self, stop: &AtomicBool) {
         let mut backlog: Vec<(u16, u32, Vec<u8>)> = Vec::new();
+        let mut idle = 0u32;
         while !stop.load(Ordering::Relaxed) {
             if let Backend::InProcess(d) = &self.backend {
-                d.lock().unwrap_or_else(|p| p.into_inner()).process_backend();
+                d.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .process_backend();
             }
             let mut sent = false;
             let mut recycled = false;
@@ -273,7 +311,8 @@ impl EchoGuest {
             }
             let mut rest = Vec::new();
             for (op, port, data) in backlog.drain(..) {
-                let (_, tx, peer_alloc, peer_fwd) = self.conns.get(&port).copied().unwrap_or_default();
+                let (_, tx, peer_alloc, peer_fwd) =
+                    self.conns.get(&port).copied().unwrap_or_default();
                 let credit = peer_alloc.saturating_sub(tx.wrapping_sub(peer_fwd));
                 if (data.len() as u32) > credit || !self.send(op, port, &data) {
                     rest.push((op, port, data));
@@ -282,12 +321,26 @@ impl EchoGuest {
                 }
             }
             backlog = rest;
+            // Blocked on the device's credit with nothing arriving: ask for an update
+            // (CREDIT_REQUEST), now and then.
+            idle = if recycled || backlog.is_empty() {
+                0
+            } else {
+                idle + 1
+            };
+            if idle % 4096 == 4095 {
+                if let Some(&(_, port, _)) = backlog.first() {
+                    sent |= self.send(7, port, &[]);
+                }
+            }
             // Like Linux: tell the device about consumed bytes once half the buffer is
             // free again, even when nothing else is sent (a CREDIT_UPDATE needs no credit).
             let due: Vec<u32> = self
                 .conns
                 .iter()
-                .filter(|(p, c)| c.0.wrapping_sub(*self.told.get(p).unwrap_or(&0)) >= GUEST_BUF_ALLOC / 2)
+                .filter(|(p, c)| {
+                    c.0.wrapping_sub(*self.told.get(p).unwrap_or(&0)) >= GUEST_BUF_ALLOC / 2
+                })
                 .map(|(p, _)| *p)
                 .collect();
             for port in due {

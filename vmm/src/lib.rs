@@ -17,6 +17,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod arch;
+#[cfg(feature = "bench")]
+pub mod bench;
 mod builder;
 mod bus;
 mod config;
@@ -25,8 +27,6 @@ mod devices;
 mod error;
 mod event_loop;
 mod exit;
-#[cfg(feature = "bench")]
-pub mod bench;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 mod host;
