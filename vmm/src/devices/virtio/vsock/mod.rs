@@ -13,6 +13,7 @@ mod device;
 pub mod handshake;
 mod muxer;
 mod packet;
+mod uds;
 
 pub use device::Vsock;
 #[cfg(feature = "fuzzing")]
