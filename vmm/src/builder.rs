@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::boot;
+use crate::arch::x86_64::layout::VIRTIO_MMIO_BASE;
 use crate::bus::Bus;
 use crate::config::VmConfig;
 use crate::control::Control;
@@ -18,6 +19,13 @@ use crate::devices::legacy::{
     DebugExit, SerialDevice, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN, DEBUG_EXIT_PORT, I8042,
     I8042_PORT_BASE, I8042_PORT_LEN,
 };
+use crate::devices::virtio::block::{Block, BlockOptions};
+use crate::devices::virtio::event_handler::VirtioEvents;
+use crate::devices::virtio::fs::Fs;
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::net::{Net, Tap};
+use crate::devices::virtio::vsock::Vsock;
+use crate::devices::virtio::{IrqTrigger, VirtioDevice, MMIO_WINDOW};
 use crate::error::{Error, Result};
 use crate::event_loop::{ConsoleInputSource, EventLoop};
 use crate::vmm::Vmm;
@@ -48,12 +56,14 @@ pub fn build(config: VmConfig) -> Result<Vmm> {
     let memory = create_guest_memory(mem_size, backing)?;
     let vm = Vm::new(&kvm, &memory)?;
 
+    let virtio = open_virtio_devices(&config)?;
+    let cmdline = announce_virtio(&config.cmdline, virtio.len());
     let (kernel, _initrd) = boot::prepare(
         &memory,
         &mut files.kernel,
         config.kernel_format,
         files.initrd.as_mut(),
-        &config.cmdline,
+        &cmdline,
         mem_size,
         config.vcpus,
     )?;
@@ -74,7 +84,12 @@ pub fn build(config: VmConfig) -> Result<Vmm> {
         pio.insert(DEBUG_EXIT_PORT.into(), 1, dev)?;
     }
     let pio = Arc::new(pio);
-    let mmio = Arc::new(Bus::new());
+    let mut mmio = Bus::new();
+    let mut virtio_events = Vec::new();
+    for (slot, device) in virtio.into_iter().enumerate() {
+        virtio_events.push(attach_virtio(&vm, &memory, &mut mmio, slot, device)?);
+    }
+    let mmio = Arc::new(mmio);
 
     let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
     for index in 0..config.vcpus {
@@ -96,12 +111,13 @@ pub fn build(config: VmConfig) -> Result<Vmm> {
         }
         (None, _) => None,
     };
-    let event_loop = EventLoop::new(control.clone(), console)?;
+    let event_loop = EventLoop::new(control.clone(), console, virtio_events)?;
     tracing::debug!(entry = kernel.entry.addr.0, protocol = ?kernel.entry.protocol, "VM built");
     Ok(Vmm {
         control,
         vcpus,
         event_loop,
+        seccomp: config.seccomp,
         _vm: vm,
         _memory: memory,
         _kvm: kvm,
@@ -164,4 +180,86 @@ fn attach_serial(vm: &Vm, pio: &mut Bus, out: Box<dyn Write + Send>) -> Result<S
     let serial = Arc::new(Mutex::new(SerialDevice::new(irq, drained_for_device, out)));
     pio.insert(COM1_PORT_BASE.into(), COM1_PORT_LEN.into(), serial.clone())?;
     Ok((serial, drained))
+}
+
+/// ISA IRQs given to virtio-mmio devices, in slot order (each device needs its own:
+/// irqfd interrupts are edge-triggered). 4 is COM1, 8 the RTC, 12 the PS/2 mouse.
+pub const VIRTIO_IRQS: [u32; crate::config::MAX_VIRTIO_DEVICES] = [5, 6, 7, 9, 10, 11, 14, 15];
+
+type SharedVirtio = Arc<Mutex<dyn VirtioDevice>>;
+
+/// The virtio devices of `config`, in slot order: disks, network interfaces, fs, vsock.
+fn open_virtio_devices(config: &VmConfig) -> Result<Vec<SharedVirtio>> {
+    let mut devices: Vec<SharedVirtio> = Vec::new();
+    for b in &config.block {
+        let options = BlockOptions {
+            read_only: b.read_only,
+            id: b.id.clone(),
+        };
+        devices.push(Arc::new(Mutex::new(Block::open(&b.path, options)?)));
+    }
+    for (i, n) in config.net.iter().enumerate() {
+        let slot = config.block.len() + i;
+        let mac = match &n.mac {
+            Some(text) => crate::config::parse_mac(text)
+                .ok_or_else(|| Error::Config(format!("bad mac {text:?}")))?,
+            None => [0x02, 0x68, 0x75, 0x6c, slot as u8, 0],
+        };
+        let tap = Tap::from_fd(n.tap_fd)
+            .map_err(|e| Error::Config(format!("tap_fd {}: {e}", n.tap_fd)))?;
+        let net = Net::new(tap, mac).map_err(Error::host("virtio-net epoll"))?;
+        devices.push(Arc::new(Mutex::new(net)));
+    }
+    if let Some(f) = &config.fs {
+        devices.push(Arc::new(Mutex::new(Fs::connect(&f.socket, &f.tag)?)));
+    }
+    if let Some(v) = &config.vsock {
+        devices.push(Arc::new(Mutex::new(Vsock::new(v.guest_cid, &v.uds_path)?)));
+    }
+    Ok(devices)
+}
+
+/// Guest address and IRQ of virtio slot `slot`.
+pub fn virtio_slot(slot: usize) -> Option<(u64, u32)> {
+    let irq = *VIRTIO_IRQS.get(slot)?;
+    Some((VIRTIO_MMIO_BASE + slot as u64 * MMIO_WINDOW, irq))
+}
+
+/// Appends `virtio_mmio.device=4K@<addr>:<irq>` for each device (Linux needs
+/// `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`).
+fn announce_virtio(cmdline: &str, count: usize) -> String {
+    let mut line = cmdline.to_string();
+    for (addr, irq) in (0..count).filter_map(virtio_slot) {
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(&format!("virtio_mmio.device=4K@{addr:#x}:{irq}"));
+    }
+    line
+}
+
+/// Puts `device` on the MMIO bus in `slot`: irqfd for its interrupt, ioeventfds for its
+/// queue notifications, and an event-loop subscriber that serves them.
+fn attach_virtio(
+    vm: &Vm,
+    memory: &vm_memory::GuestMemoryMmap,
+    mmio: &mut Bus,
+    slot: usize,
+    device: SharedVirtio,
+) -> Result<VirtioEvents> {
+    let (addr, irq) =
+        virtio_slot(slot).ok_or_else(|| Error::Config("too many virtio devices".into()))?;
+    let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::host("eventfd"))?;
+    vm.register_irqfd(&irq_evt, irq)?;
+    let trigger = Arc::new(IrqTrigger::new(irq_evt));
+    let transport = MmioTransport::new(device.clone(), memory.clone(), trigger)
+        .map_err(Error::host("virtio queue eventfds"))?;
+    let notify = addr + u64::from(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY);
+    let mut evts = Vec::new();
+    for (index, evt) in transport.queue_evts().iter().enumerate() {
+        vm.register_ioevent(evt, notify, index as u32)?;
+        evts.push(evt.try_clone().map_err(Error::host("eventfd"))?);
+    }
+    mmio.insert(addr, MMIO_WINDOW, Arc::new(Mutex::new(transport)))?;
+    Ok(VirtioEvents::new(device, evts))
 }

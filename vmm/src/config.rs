@@ -78,7 +78,87 @@ pub struct VmConfig {
     /// Legacy devices.
     #[serde(default)]
     pub devices: Devices,
+    /// virtio-vsock with the hybrid Unix socket (the agent's channel).
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
+    #[serde(default)]
+    pub block: Vec<BlockConfig>,
+    /// virtio-net interfaces on taps the caller opened.
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
+    /// virtio-fs served by virtiofsd (vhost-user); needs `shared_memory`.
+    #[serde(default)]
+    pub fs: Option<FsConfig>,
+    /// seccomp filters on the vCPU and event-loop threads (on by default; turn off only
+    /// to debug a `SIGSYS`).
+    #[serde(default = "default_true")]
+    pub seccomp: bool,
 }
+
+/// virtio-vsock: the guest's CID and the host Unix socket of Firecracker's hybrid model
+/// (host clients connect to `uds_path` and write `CONNECT <port>\n`; guest connections
+/// to host port P go to `<uds_path>_P`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// 3..=0xffff_fffe.
+    pub guest_cid: u64,
+    /// Created by hull-vmm (must not exist), removed when the VM ends.
+    pub uds_path: PathBuf,
+}
+
+/// A virtio-blk disk backed by a host file (raw image; size rounded down to 512 bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockConfig {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+    /// Serial the guest reads with GET_ID (`/sys/block/vdX/serial`), at most 20 bytes.
+    #[serde(default)]
+    pub id: String,
+}
+
+/// A virtio-net interface on an open tap fd (opened with `IFF_TAP | IFF_NO_PI`, and
+/// `IFF_VNET_HDR` for checksum/TSO offloads). hull-vmm duplicates the fd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    pub tap_fd: i32,
+    /// `aa:bb:cc:dd:ee:ff`; default `02:68:75:6c:<slot>:00`.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// virtio-fs: the vhost-user socket of a running virtiofsd and the tag the guest mounts
+/// (`mount -t virtiofs <tag> /mnt`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    pub socket: PathBuf,
+    /// 1..=36 bytes.
+    pub tag: String,
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// Most virtio devices: one edge-triggered ISA IRQ each (see `builder::VIRTIO_IRQS`).
+pub const MAX_VIRTIO_DEVICES: usize = 8;
+/// Longest `uds_path`: `sun_path` is 108 bytes and `_<port>` (up to 11) is appended.
+pub const MAX_UDS_PATH: usize = 108 - 12;
 
 /// Which legacy devices the VM gets on its I/O port bus.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +216,11 @@ impl VmConfig {
             console_limit_bytes: default_console_limit(),
             console_input: None,
             devices: Devices::default(),
+            vsock: None,
+            block: Vec::new(),
+            net: Vec::new(),
+            fs: None,
+            seccomp: true,
         }
     }
 
@@ -181,6 +266,66 @@ impl VmConfig {
                 "a raw16 kernel takes no initrd and no command line".into(),
             ));
         }
+        self.validate_virtio()
+    }
+
+    fn validate_virtio(&self) -> Result<()> {
+        let count = self.block.len()
+            + self.net.len()
+            + usize::from(self.fs.is_some())
+            + usize::from(self.vsock.is_some());
+        if let Some(fs) = &self.fs {
+            if !self.shared_memory {
+                return Err(Error::Config(
+                    "fs needs shared_memory (virtiofsd maps guest memory)".into(),
+                ));
+            }
+            if fs.tag.is_empty() || fs.tag.len() > 36 {
+                return Err(Error::Config("fs tag must be 1..=36 bytes".into()));
+            }
+        }
+        for n in &self.net {
+            if n.tap_fd < 0 {
+                return Err(Error::Config(format!("bad tap_fd {}", n.tap_fd)));
+            }
+            if let Some(mac) = &n.mac {
+                if parse_mac(mac).is_none() {
+                    return Err(Error::Config(format!("bad mac {mac:?}")));
+                }
+            }
+        }
+        if count > MAX_VIRTIO_DEVICES {
+            return Err(Error::Config(format!(
+                "{count} virtio devices, at most {MAX_VIRTIO_DEVICES}"
+            )));
+        }
+        if count > 0 && self.kernel_format == KernelFormat::Raw16 {
+            return Err(Error::Config(
+                "virtio devices are announced on the command line, which raw16 has not".into(),
+            ));
+        }
+        if let Some(v) = &self.vsock {
+            if !(3..=0xffff_fffe).contains(&v.guest_cid) {
+                return Err(Error::Config(format!(
+                    "vsock guest_cid must be 3..=4294967294, got {}",
+                    v.guest_cid
+                )));
+            }
+            let len = v.uds_path.as_os_str().len();
+            if len == 0 || len > MAX_UDS_PATH {
+                return Err(Error::Config(format!(
+                    "vsock uds_path must be 1..={MAX_UDS_PATH} bytes"
+                )));
+            }
+        }
+        for b in &self.block {
+            if b.id.len() > 20 {
+                return Err(Error::Config(format!(
+                    "block id {:?} is longer than 20 bytes",
+                    b.id
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -215,6 +360,34 @@ mod tests {
         let mut bad = VmConfig::new("/k");
         bad.cmdline = "x".repeat(MAX_CMDLINE_LEN + 1);
         assert!(bad.validate().is_err());
+        let c = VmConfig::from_json(
+            r#"{"kernel": "/k", "vsock": {"guest_cid": 3, "uds_path": "/run/v.sock"},
+                "block": [{"path": "/d.img", "read_only": true, "id": "root"}]}"#,
+        )
+        .unwrap();
+        assert!(c.validate().is_ok());
+        assert!(c.block[0].read_only);
+        assert!(VmConfig::from_json(
+            r#"{"kernel": "/k", "vsock": {"guest_cid": 3, "uds_path": "/x", "cid": 1}}"#
+        )
+        .is_err());
+        assert!(
+            VmConfig::from_json(r#"{"kernel": "/k", "block": [{"path": "/d", "ro": true}]}"#)
+                .is_err()
+        );
+        let mut bad = c.clone();
+        bad.vsock.as_mut().unwrap().guest_cid = 2;
+        assert!(bad.validate().is_err());
+        let mut bad = c.clone();
+        bad.vsock.as_mut().unwrap().uds_path = "x".repeat(200).into();
+        assert!(bad.validate().is_err());
+        let mut bad = c.clone();
+        bad.block[0].id = "x".repeat(21);
+        assert!(bad.validate().is_err());
+        let mut bad = c.clone();
+        bad.block = vec![c.block[0].clone(); 8];
+        assert!(bad.validate().is_err());
+
         let mut bad = VmConfig::new("/k");
         bad.hugepages = true;
         bad.mem_mib = 3;

@@ -1,6 +1,7 @@
 //! The VMM's own thread: an epoll loop (event-manager) serving host-side events while
 //! vCPU threads run the guest. Subscribers: the control mailbox (stop/pause/resume and
-//! "the VM is ending") and the serial console input.
+//! "the VM is ending"), the serial console input, and virtio devices (queue
+//! notifications and host-side backends).
 
 use std::fs::File;
 use std::io::{ErrorKind, Read};
@@ -12,6 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::control::Control;
 use crate::devices::legacy::SerialDevice;
+use crate::devices::virtio::event_handler::VirtioEvents;
 use crate::error::{Error, Result};
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -115,7 +117,11 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
-    pub fn new(control: Arc<Control>, console: Option<ConsoleInputSource>) -> Result<Self> {
+    pub fn new(
+        control: Arc<Control>,
+        console: Option<ConsoleInputSource>,
+        virtio: Vec<VirtioEvents>,
+    ) -> Result<Self> {
         let io = |e: event_manager::Error| Error::Host {
             what: "event loop",
             source: std::io::Error::other(format!("{e:?}")),
@@ -130,6 +136,9 @@ impl EventLoop {
                 watching_input: false,
                 eof: false,
             })));
+        }
+        for device in virtio {
+            manager.add_subscriber(Arc::new(Mutex::new(device)));
         }
         Ok(EventLoop { manager })
     }

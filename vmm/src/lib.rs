@@ -17,6 +17,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod arch;
+#[cfg(feature = "bench")]
+pub mod bench;
 mod builder;
 mod bus;
 mod config;
@@ -25,12 +27,15 @@ mod devices;
 mod error;
 mod event_loop;
 mod exit;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 mod host;
+mod seccomp;
 mod vcpus;
 mod vmm;
 mod vstate;
 
-pub use config::{KernelFormat, VmConfig};
+pub use config::{BlockConfig, FsConfig, KernelFormat, NetConfig, VmConfig, VsockConfig};
 pub use error::{Error, Result};
 pub use exit::{ExitReason, ResetCause};
 pub use host::{host_support, HostSupport, KvmKind};

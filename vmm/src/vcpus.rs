@@ -111,7 +111,8 @@ fn vcpu_loop(mut vcpu: Vcpu, shared: &Shared, control: &Control) {
 
 impl VcpuThread {
     /// Starts `vcpu` on its own thread.
-    pub fn spawn(vcpu: Vcpu, control: Arc<Control>) -> Result<Self> {
+    /// With `seccomp`, the thread installs the vCPU filter before its first `KVM_RUN`.
+    pub fn spawn(vcpu: Vcpu, control: Arc<Control>, seccomp: bool) -> Result<Self> {
         let index = vcpu.index();
         let shared = Arc::new(Shared {
             request: AtomicU8::new(REQ_RUN),
@@ -122,7 +123,15 @@ impl VcpuThread {
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
-                vcpu_loop(vcpu, &thread_shared, &control);
+                let filtered = if seccomp {
+                    crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu)
+                } else {
+                    Ok(())
+                };
+                match filtered {
+                    Ok(()) => vcpu_loop(vcpu, &thread_shared, &control),
+                    Err(e) => control.finish(Err(e)),
+                }
                 thread_shared.set_state(State::Exited);
             })
             .map_err(Error::host("vCPU thread"))?;

@@ -22,6 +22,8 @@ pub struct Vmm {
     pub(crate) control: Arc<Control>,
     pub(crate) vcpus: Vec<Vcpu>,
     pub(crate) event_loop: EventLoop,
+    /// Install the per-thread seccomp filters.
+    pub(crate) seccomp: bool,
     pub(crate) _vm: Vm,
     pub(crate) _memory: GuestMemoryMmap,
     pub(crate) _kvm: KvmContext,
@@ -82,16 +84,38 @@ impl Vmm {
     }
 
     /// Runs the VM until the guest ends it, a [`VmmHandle`] stops it, or it fails.
-    pub fn run(mut self) -> Result<ExitReason> {
+    ///
+    /// With `seccomp` on (the default) the event loop runs on a thread of its own,
+    /// "vmm-events", so that its filter never lands on the caller's thread.
+    pub fn run(self) -> Result<ExitReason> {
         install_kick_handler()?;
+        if !self.seccomp {
+            return self.serve();
+        }
+        let events = std::thread::Builder::new()
+            .name("vmm-events".into())
+            .spawn(move || self.serve())
+            .map_err(Error::host("event loop thread"))?;
+        events.join().map_err(|_| Error::Vcpu {
+            index: 0,
+            reason: "the event loop thread panicked".into(),
+        })?
+    }
+
+    fn serve(mut self) -> Result<ExitReason> {
         let mut threads = Vec::new();
         for vcpu in self.vcpus.drain(..) {
-            match VcpuThread::spawn(vcpu, self.control.clone()) {
+            match VcpuThread::spawn(vcpu, self.control.clone(), self.seccomp) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     self.control.finish(Err(e));
                     break;
                 }
+            }
+        }
+        if self.seccomp {
+            if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::EventLoop) {
+                self.control.finish(Err(e));
             }
         }
         while !self.control.is_ending() {

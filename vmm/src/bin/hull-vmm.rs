@@ -15,7 +15,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use hull_vmm::{host_support, KernelFormat, VmConfig, Vmm, VmmHandle};
+use hull_vmm::{
+    host_support, BlockConfig, FsConfig, KernelFormat, NetConfig, VmConfig, Vmm, VmmHandle,
+    VsockConfig,
+};
 
 #[derive(Parser, Debug)]
 #[command(name = "hull-vmm", about = "hull's KVM microVM monitor", version)]
@@ -57,6 +60,79 @@ struct Cli {
     debug_exit: bool,
     #[arg(long)]
     no_i8042: bool,
+    /// Run without the per-thread seccomp filters (debugging only).
+    #[arg(long)]
+    no_seccomp: bool,
+    /// virtio-vsock: `<guest_cid>,<uds_path>` (hybrid socket; guest connections to host
+    /// port P go to `<uds_path>_P`).
+    #[arg(long, value_parser = parse_vsock)]
+    vsock: Option<VsockConfig>,
+    /// virtio-blk disk: `<path>[,ro][,id=<serial>]`; repeat for more disks.
+    #[arg(long, value_parser = parse_block)]
+    block: Vec<BlockConfig>,
+    /// virtio-net on an inherited tap fd: `<fd>[,mac=aa:bb:cc:dd:ee:ff]`; repeatable.
+    #[arg(long, value_parser = parse_net)]
+    net: Vec<NetConfig>,
+    /// virtio-fs through a running virtiofsd: `<vhost-user socket>,<tag>`.
+    #[arg(long, value_parser = parse_fs)]
+    fs: Option<FsConfig>,
+}
+
+fn parse_fs(s: &str) -> Result<FsConfig, String> {
+    let (socket, tag) = s
+        .rsplit_once(',')
+        .ok_or_else(|| format!("expected <socket>,<tag>, got {s:?}"))?;
+    Ok(FsConfig {
+        socket: socket.into(),
+        tag: tag.to_string(),
+    })
+}
+
+fn parse_net(s: &str) -> Result<NetConfig, String> {
+    let mut parts = s.split(',');
+    let fd = parts.next().unwrap_or_default();
+    let mut cfg = NetConfig {
+        tap_fd: fd.parse().map_err(|_| format!("bad tap fd {fd:?}"))?,
+        mac: None,
+    };
+    for opt in parts {
+        match opt.split_once('=') {
+            Some(("mac", mac)) => cfg.mac = Some(mac.to_string()),
+            _ => return Err(format!("unknown net option {opt:?} (mac=...)")),
+        }
+    }
+    Ok(cfg)
+}
+
+fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
+    let (cid, path) = s
+        .split_once(',')
+        .ok_or_else(|| format!("expected <guest_cid>,<uds_path>, got {s:?}"))?;
+    Ok(VsockConfig {
+        guest_cid: cid.parse().map_err(|_| format!("bad guest cid {cid:?}"))?,
+        uds_path: path.into(),
+    })
+}
+
+fn parse_block(s: &str) -> Result<BlockConfig, String> {
+    let mut parts = s.split(',');
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or("empty block path")?;
+    let mut cfg = BlockConfig {
+        path: path.into(),
+        read_only: false,
+        id: String::new(),
+    };
+    for opt in parts {
+        match opt.split_once('=') {
+            None if opt == "ro" => cfg.read_only = true,
+            Some(("id", id)) => cfg.id = id.to_string(),
+            _ => return Err(format!("unknown block option {opt:?} (ro, id=...)")),
+        }
+    }
+    Ok(cfg)
 }
 
 fn parse_format(s: &str) -> Result<KernelFormat, String> {
@@ -80,6 +156,15 @@ impl Cli {
                 cfg.console_input = self.console_input.clone();
             }
             cfg.devices.debug_exit |= self.debug_exit;
+            if self.vsock.is_some() {
+                cfg.vsock = self.vsock.clone();
+            }
+            cfg.block.extend(self.block.iter().cloned());
+            cfg.net.extend(self.net.iter().cloned());
+            if self.fs.is_some() {
+                cfg.fs = self.fs.clone();
+            }
+            cfg.seccomp &= !self.no_seccomp;
             return Ok(cfg);
         }
         let mut cfg = VmConfig::new(self.kernel.clone().unwrap_or_default());
@@ -94,6 +179,11 @@ impl Cli {
         cfg.console_input = self.console_input.clone();
         cfg.devices.debug_exit = self.debug_exit;
         cfg.devices.i8042 = !self.no_i8042;
+        cfg.vsock = self.vsock.clone();
+        cfg.block = self.block.clone();
+        cfg.net = self.net.clone();
+        cfg.fs = self.fs.clone();
+        cfg.seccomp = !self.no_seccomp;
         Ok(cfg)
     }
 }

@@ -2,3 +2,4 @@
 //! and VM-ending requests leave through small handles passed in.
 
 pub mod legacy;
+pub mod virtio;

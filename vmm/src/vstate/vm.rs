@@ -1,7 +1,7 @@
 //! The KVM VM: memory slots, in-kernel irqchip (PIC + IOAPIC) and PIT, irqfds.
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{VcpuFd, VmFd};
+use kvm_ioctls::{IoEventAddress, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -65,6 +65,14 @@ impl Vm {
         self.fd
             .register_irqfd(evt, gsi)
             .map_err(Error::kvm("KVM_IRQFD"))
+    }
+
+    /// Makes a guest write of `datamatch` (4 bytes) at MMIO `addr` signal `evt` without
+    /// a VM exit (virtio QueueNotify).
+    pub fn register_ioevent(&self, evt: &EventFd, addr: u64, datamatch: u32) -> Result<()> {
+        self.fd
+            .register_ioevent(evt, &IoEventAddress::Mmio(addr), datamatch)
+            .map_err(Error::kvm("KVM_IOEVENTFD"))
     }
 
     /// Creates vCPU `index` (its APIC id).

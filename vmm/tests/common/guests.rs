@@ -66,7 +66,7 @@ pub fn build_guests(out: &Path) -> Result<Guests, String> {
             .arg(o(&format!("{name}.elf")))
             .arg(o(&format!("{name}.bin"))))?;
     }
-    for name in ["common64", "pvh", "bzimage"] {
+    for name in ["common64", "virtio64", "pvh", "bzimage"] {
         run(Command::new("as")
             .args(["--64", "-o"])
             .arg(o(&format!("{name}.o")))
@@ -79,7 +79,8 @@ pub fn build_guests(out: &Path) -> Result<Guests, String> {
             .arg("-o")
             .arg(o(output))
             .arg(o(first))
-            .arg(o("common64.o")))
+            .arg(o("common64.o"))
+            .arg(o("virtio64.o")))
     };
     link("pvh.ld", "pvh.o", "pvh.elf")?;
     link("elf64.ld", "bzimage.o", "elf64.elf")?;

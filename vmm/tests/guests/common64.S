@@ -3,7 +3,7 @@
 #   r11 = number of memory map entries, a usable stack.
 .code64
 .text
-.globl main64
+.globl main64, puts, putc, newline
 main64:
     mov %r12, %rsi
     call puts
@@ -54,6 +54,8 @@ main64:
     je act_spin
     cmp $'h', %al
     je act_halt
+    cmp $'v', %al
+    je act_vsock
 act_default:
 act_reset:
     lea s_reset(%rip), %rsi

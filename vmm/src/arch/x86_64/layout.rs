@@ -10,6 +10,7 @@
 //! 0x0009_fc00  EBDA: the MP table (not RAM in the e820 map)
 //! 0x0010_0000  kernels are loaded from here (ELF p_paddr, bzImage code32_start)
 //! 0xc000_0000  .. 4 GiB: MMIO gap, RAM continues above 4 GiB
+//! 0xd000_0000  virtio-mmio devices, 4 KiB apart
 //! ```
 //! The initrd goes at the top of RAM below the gap, page aligned.
 
@@ -37,6 +38,8 @@ pub const EBDA_START: u64 = 0x9fc00;
 pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
 pub const MMIO_GAP_END: u64 = 1 << 32;
+/// virtio-mmio windows: 4 KiB each from here (inside the MMIO gap, below the IOAPIC).
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 pub const PAGE_SIZE: u64 = 0x1000;
 
 /// E820 / PVH memory map entry types.
