@@ -231,7 +231,9 @@ async fn sigkill(a: &Agent) -> Check {
 async fn not_found(a: &Agent) -> Check {
     let r = a.create("nf", &base_spec(&["no-such-command"]), stdio(false, false)).await;
     match r {
-        Err(ttrpc::Error::RpcStatus(s)) if s.message().contains("not found") => {
+        Err(ttrpc::Error::RpcStatus(s))
+            if s.code() == ttrpc::Code::INVALID_ARGUMENT && s.message().contains("command not found") =>
+        {
             println!("probe:   error was: {}", s.message());
         }
         other => return Err(format!("{other:?}")),
