@@ -202,6 +202,33 @@ async fn user_namespace(a: &Agent) -> Check {
     expect(map == ["0", "0", "100000", "65536"], || format!("{o:?}"))
 }
 
+/// A container's own storages: mounted before it is created (here a tmpfs its spec
+/// bind-mounts), unmounted when it is removed.
+async fn container_storage(a: &Agent) -> Check {
+    let spec = |script: &str| {
+        with(base_spec(&["sh", "-c", script]), |s| {
+            push(&mut s["mounts"], json!({"destination": "/scratch", "type": "bind", "source": "/run/hull/ctr/stor1", "options": ["rbind"]}));
+        })
+    };
+    let mut st = Storage::new();
+    st.driver = "tmpfs".into();
+    st.mount_point = "/run/hull/ctr/stor1".into();
+    st.options = vec!["size=1m".into()];
+    let mut req = CreateContainerRequest::new();
+    req.container_id = "stor".into();
+    req.oci_spec_json = serde_json::to_vec(&spec("echo hi >/scratch/f && cat /scratch/f && grep /scratch /proc/mounts | cut -d' ' -f3"))
+        .map_err(e2s)?;
+    req.storages.push(st);
+    req.stdio = protobuf::MessageField::some(stdio(false, false));
+    a.c.create_container(ctx(), &req).await.map_err(e2s)?;
+    a.start("stor").await.map_err(e2s)?;
+    let o = a.collect("stor", "").await.map_err(e2s)?;
+    a.remove("stor").await.map_err(e2s)?;
+    expect(o.out() == "hi\ntmpfs\n", || format!("{o:?}"))?;
+    let o = a.run("stor2", &spec("ls /scratch | wc -l")).await.map_err(e2s)?;
+    expect(o.out().trim() == "0", || format!("still mounted after removal: {o:?}"))
+}
+
 async fn stdin_echo(a: &Agent) -> Check {
     a.create("cat", &base_spec(&["cat"]), stdio(true, false)).await.map_err(e2s)?;
     a.start("cat").await.map_err(e2s)?;
@@ -231,7 +258,9 @@ async fn sigkill(a: &Agent) -> Check {
 async fn not_found(a: &Agent) -> Check {
     let r = a.create("nf", &base_spec(&["no-such-command"]), stdio(false, false)).await;
     match r {
-        Err(ttrpc::Error::RpcStatus(s)) if s.message().contains("not found") => {
+        Err(ttrpc::Error::RpcStatus(s))
+            if s.code() == ttrpc::Code::INVALID_ARGUMENT && s.message().contains("command not found") =>
+        {
             println!("probe:   error was: {}", s.message());
         }
         other => return Err(format!("{other:?}")),
@@ -404,7 +433,7 @@ pub async fn run_all(a: &Agent, only: Option<&str>) -> usize {
     }
     checks!(
         sandbox, echo, exit3, out_err_apart, isolation, readonly_rootfs, caps_dropped, seccomp,
-        default_seccomp_profile, process_attrs, devices, volumes, init_tty, user_namespace,
+        default_seccomp_profile, process_attrs, devices, volumes, container_storage, init_tty, user_namespace,
         stdin_echo, sigkill, not_found, bad_spec, memory_oom, pids_and_cpu, exec_and_tty,
         big_output, sandbox_twice, nothing_left,
     )

@@ -81,7 +81,7 @@ pub fn do_create_container(svc: &Service, req: &CreateContainerRequest) -> Resul
         Ok(v) => v,
         Err(e) => {
             rollback(&mounted);
-            return Err(ServiceError::internal(format!("create container {id}"), e));
+            return Err(create_error(id, e));
         }
     };
     let pid = launched.pid;
@@ -97,6 +97,19 @@ pub fn do_create_container(svc: &Service, req: &CreateContainerRequest) -> Resul
     svc.sandbox.insert(container);
     info!(container = id, pid, terminal, "container created");
     Ok(Empty::new())
+}
+
+/// A missing command is the caller's mistake (INVALID_ARGUMENT, "command not found");
+/// anything else failed in the guest.
+fn create_error(id: &str, e: runner::RunError) -> ServiceError {
+    let text = e.to_string();
+    match text.find("executable '") {
+        Some(at) if text.contains("not found in $PATH") => ServiceError::InvalidArgument(format!(
+            "container {id}: command not found: {}",
+            &text[at..]
+        )),
+        _ => ServiceError::internal(format!("create container {id}"), e),
+    }
 }
 
 pub fn do_start_container(svc: &Service, req: &StartContainerRequest) -> Result<Empty, ServiceError> {
