@@ -155,6 +155,31 @@ impl HelperProcess {
     }
 }
 
+impl Drop for HelperProcess {
+    /// A helper that is still running when its handle goes (an error path, a cancelled
+    /// boot, Ctrl-C) is SIGKILLed and reaped here, synchronously: when the drop returns
+    /// the process can no longer create files in the VM's state dir, which is removed
+    /// right after. A SIGKILLed process exits within milliseconds; the wait is bounded.
+    fn drop(&mut self) {
+        if self.try_status().is_some() {
+            return;
+        }
+        let _ = self.child.start_kill();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    self.status = Some(status);
+                    return;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+                Err(_) => return,
+            }
+        }
+        tracing::warn!(name = self.name, pid = self.child.id(), "helper did not exit after SIGKILL");
+    }
+}
+
 /// The last `n` lines of `bytes`, lossily decoded.
 pub fn tail_lines(bytes: &[u8], n: usize) -> String {
     let text = String::from_utf8_lossy(bytes);
@@ -198,6 +223,18 @@ mod tests {
         let st = p.stop(Duration::from_millis(200)).await.expect("stop");
         assert_eq!(describe_status(&st), "killed by SIGKILL");
         assert_eq!(p.stderr_tail(1), "started");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_handle_kills_and_reaps_the_process() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "trap '' TERM; sleep 30"]);
+        let p = HelperProcess::spawn("test", cmd, &dir.path().join("err.log")).expect("spawn");
+        let pid = nix::unistd::Pid::from_raw(p.pid().expect("pid") as i32);
+        drop(p);
+        // Reaped, not a zombie: the pid no longer exists at all.
+        assert_eq!(nix::sys::signal::kill(pid, None), Err(nix::errno::Errno::ESRCH));
     }
 
     #[tokio::test]

@@ -50,9 +50,19 @@ impl Drop for StateDir {
             tracing::error!(path = %self.path.display(), mounts = ?left, "not removing the VM state dir: mounts remain");
             return;
         }
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(path = %self.path.display(), error = %e, "cannot remove VM state dir");
+        // The helpers are reaped before this runs, but a socket or log a dying helper
+        // created while the tree was walked makes one pass fail with ENOTEMPTY: retry.
+        for attempt in 0..5 {
+            match std::fs::remove_dir_all(&self.path) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && attempt < 4 => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot remove VM state dir");
+                    return;
+                }
             }
         }
     }
