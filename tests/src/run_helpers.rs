@@ -9,15 +9,20 @@ pub fn run(state: &TestState, args: &[&str]) -> Output {
     run_in(state.hull(), args, None)
 }
 
-pub fn run_in(mut cmd: Command, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    cmd.arg("run").args(args);
+pub fn run_in(cmd: Command, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    hull_in(cmd, "run", args, stdin)
+}
+
+/// Runs `hull <subcommand> <args>` to the end, feeding `stdin` if given.
+pub fn hull_in(mut cmd: Command, subcommand: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    cmd.arg(subcommand).args(args);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {
         Stdio::null()
     });
-    let mut child = cmd.spawn().expect("start hull run");
+    let mut child = cmd.spawn().expect("start hull");
     let writer = stdin.map(|data| {
         let mut pipe = child.stdin.take().expect("stdin pipe");
         let data = data.to_vec();
@@ -25,7 +30,7 @@ pub fn run_in(mut cmd: Command, args: &[&str], stdin: Option<&[u8]>) -> Output {
             let _ = pipe.write_all(&data);
         })
     });
-    let out = child.wait_with_output().expect("hull run");
+    let out = child.wait_with_output().expect("hull exits");
     if let Some(w) = writer {
         let _ = w.join();
     }

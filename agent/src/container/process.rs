@@ -45,7 +45,10 @@ pub struct Process {
 
 impl Process {
     /// Takes the process's stdio ends and publishes its exit when `exited` fires. The
-    /// OOM verdict compares the cgroup's `oom_kill` count at exit with the one now.
+    /// OOM verdict compares the cgroup's `oom_kill` count when the process started with
+    /// the one at its exit: any OOM kill in the container during the process's life
+    /// counts (as Docker's `OOMKilled` and containerd's TaskOOM do), also when the victim
+    /// was a child and the process only passed its 137 on (`sh -c 'hog | tail'`).
     pub fn new(
         exec_id: String,
         pid: i32,
@@ -60,8 +63,7 @@ impl Process {
                 debug!(pid, "reaper dropped the watch");
                 return;
             };
-            let oom_killed = cgroup::oom_kills(&cgroup_dir) > oom_before
-                && status.kind == crate::reaper::ExitKind::Signal(libc::SIGKILL);
+            let oom_killed = cgroup::oom_kills(&cgroup_dir) > oom_before;
             let exited_at_ns = status
                 .exited_at
                 .duration_since(UNIX_EPOCH)

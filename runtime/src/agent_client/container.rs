@@ -22,6 +22,30 @@ impl Stream {
     }
 }
 
+/// One process of a container: its init (`exec_id` empty) or an exec'd process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessRef {
+    pub container_id: String,
+    pub exec_id: String,
+}
+
+impl ProcessRef {
+    /// The container's init process.
+    pub fn init(container_id: &str) -> ProcessRef {
+        ProcessRef {
+            container_id: container_id.to_string(),
+            exec_id: String::new(),
+        }
+    }
+
+    pub fn exec(container_id: &str, exec_id: &str) -> ProcessRef {
+        ProcessRef {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+        }
+    }
+}
+
 /// Guest data is bounded: a read never returns more than this, whatever the agent says.
 pub const MAX_READ: u32 = 128 * 1024;
 
@@ -86,6 +110,24 @@ impl AgentClient {
         req.container_id = container_id.to_string();
         req.timeout_secs = timeout_secs;
         call!(self, remove_container, req)?;
+        Ok(())
+    }
+
+    /// Starts an extra process `exec_id` in a running container; `process_json` is an
+    /// OCI `Process`.
+    pub async fn exec_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        process_json: Vec<u8>,
+        stdio: &StdioSpec,
+    ) -> Result<(), AgentError> {
+        let mut req = hull_proto::ExecProcessRequest::new();
+        req.container_id = container_id.to_string();
+        req.exec_id = exec_id.to_string();
+        req.process_json = process_json;
+        req.stdio = protobuf::MessageField::some(convert::stdio(stdio));
+        call!(self, exec_process, req)?;
         Ok(())
     }
 

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hull_runtime::config::Config;
 use hull_runtime::sandbox::{Sandbox, SandboxSpec};
+use hull_runtime::run::exec::ExecOptions;
 use hull_runtime::run::{RunError, RunOptions, Signals};
 use hull_runtime::{bench, check, hypervisor, image};
 
@@ -36,6 +37,8 @@ enum Command {
     },
     /// Run a command in a container in a fresh microVM; exits with its exit code.
     Run(Box<RunArgs>),
+    /// Run one more command in the container of a running `hull run --name NAME`.
+    Exec(Box<ExecArgs>),
     /// Local OCI images.
     Image {
         #[command(subcommand)]
@@ -116,8 +119,35 @@ struct RunArgs {
     /// Keep the VM's state dir afterwards, for debugging.
     #[arg(long)]
     keep_state: bool,
+    /// Name the sandbox (1-64 of [A-Za-z0-9_.-]), so `hull exec NAME` can reach it.
+    #[arg(long)]
+    name: Option<String>,
     /// The command and its arguments [default: the image's Entrypoint and Cmd].
     #[arg(last = true)]
+    command: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct ExecArgs {
+    /// Allocate a terminal.
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Keep stdin open and send it to the process.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Set an environment variable (KEY=VALUE); repeatable.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Working directory inside the container [default: the container's].
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    /// UID[:GID] (or a name from the image's /etc/passwd) [default: the container's].
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// The sandbox's name (`hull run --name`).
+    name: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
     command: Vec<String>,
 }
 
@@ -171,7 +201,7 @@ fn main() -> ExitCode {
         }
     };
     // `hull run` forwards signals to its container and tears down itself.
-    let own_signals = matches!(cli.command, Command::Run(_));
+    let own_signals = matches!(cli.command, Command::Run(_) | Command::Exec(_));
     let code = rt.block_on(async {
         tokio::select! {
             r = run(cli) => match r {
@@ -263,6 +293,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => Ok(run_container(&config, args).await),
+        Command::Exec(args) => Ok(exec_process(&config, args).await),
         Command::Image {
             command: ImageCommand::Path { name },
         } => {
@@ -313,13 +344,16 @@ async fn run_container(config: &Config, a: &RunArgs) -> ExitCode {
         hostname: a.hostname.clone(),
         command: a.command.clone(),
         keep_state: a.keep_state,
+        name: a.name.clone(),
     };
     let mut signals = Signals::new();
     match hull_runtime::run::run(config, &opts, &mut signals).await {
         Ok(outcome) => {
             if outcome.exit.oom_killed {
-                eprintln!("hull: the container was killed by the OOM killer (memory limit {})",
-                    a.memory.as_deref().unwrap_or("none"));
+                eprintln!(
+                    "hull: OOM: the OOM killer killed a process of the container (memory limit {})",
+                    a.memory.as_deref().unwrap_or("none")
+                );
             }
             ExitCode::from(outcome.code())
         }
@@ -330,6 +364,32 @@ async fn run_container(config: &Config, a: &RunArgs) -> ExitCode {
         Err(e @ RunError::CommandNotFound { .. }) => {
             eprintln!("hull: {e}");
             ExitCode::from(127)
+        }
+        Err(e) => {
+            eprintln!("hull: {e}");
+            ExitCode::from(125)
+        }
+    }
+}
+
+/// `hull exec`: the process's exit code; 125 when hull itself fails, 128+N when a
+/// signal ended it before the process did.
+async fn exec_process(config: &Config, a: &ExecArgs) -> ExitCode {
+    let opts = ExecOptions {
+        name: a.name.clone(),
+        tty: a.tty,
+        interactive: a.interactive,
+        env: a.env.clone(),
+        workdir: a.workdir.clone(),
+        user: a.user.clone(),
+        command: a.command.clone(),
+    };
+    let mut signals = Signals::new();
+    match hull_runtime::run::exec::exec(config, &opts, &mut signals).await {
+        Ok(exit) => ExitCode::from(u8::try_from(exit.status).unwrap_or(255)),
+        Err(RunError::Interrupted(sig)) => {
+            eprintln!("hull: {}", RunError::Interrupted(sig));
+            ExitCode::from(128u8.saturating_add(u8::try_from(sig).unwrap_or(0)))
         }
         Err(e) => {
             eprintln!("hull: {e}");

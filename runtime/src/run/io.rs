@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::agent_client::{AgentClient, AgentError, Stream, MAX_READ};
+use crate::agent_client::{AgentClient, AgentError, ProcessRef, Stream, MAX_READ};
 
 /// Copies one output stream of the container's init process to `w` until EOF.
 /// Returns the number of bytes. If `w` fails (hull's stdout closed), the stream is
 /// still drained so the container never blocks on a full pipe.
 pub async fn pump_output<W: AsyncWrite + Unpin>(
     agent: AgentClient,
-    cid: String,
+    process: ProcessRef,
     stream: Stream,
     mut w: W,
 ) -> Result<u64, AgentError> {
@@ -23,7 +23,7 @@ pub async fn pump_output<W: AsyncWrite + Unpin>(
     let mut idle = Duration::from_millis(1);
     let mut discard = false;
     loop {
-        let (data, eof) = agent.read_stream(&cid, "", stream, MAX_READ).await?;
+        let (data, eof) = agent.read_stream(&process.container_id, &process.exec_id, stream, MAX_READ).await?;
         if !data.is_empty() {
             total += data.len() as u64;
             idle = Duration::from_millis(1);
@@ -53,7 +53,7 @@ pub async fn pump_output<W: AsyncWrite + Unpin>(
 /// Copies `r` to the container's stdin until EOF, then closes it.
 pub async fn pump_stdin<R: AsyncRead + Unpin>(
     agent: AgentClient,
-    cid: String,
+    process: ProcessRef,
     mut r: R,
 ) -> Result<u64, AgentError> {
     let mut buf = vec![0u8; 64 * 1024];
@@ -67,12 +67,12 @@ pub async fn pump_stdin<R: AsyncRead + Unpin>(
             }
         };
         if n == 0 {
-            agent.close_stdin(&cid, "").await?;
+            agent.close_stdin(&process.container_id, &process.exec_id).await?;
             return Ok(total);
         }
         let mut off = 0;
         while off < n {
-            let took = agent.write_stdin(&cid, "", &buf[off..n]).await?;
+            let took = agent.write_stdin(&process.container_id, &process.exec_id, &buf[off..n]).await?;
             if took == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }

@@ -12,6 +12,7 @@
 //!    runs, tear everything down instead (processes, mounts, state dir).
 
 pub mod command;
+pub mod exec;
 pub mod io;
 pub mod prepare;
 
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use crate::agent_client::{AgentClient, AgentError, ExitInfo, StdioSpec, Stream};
+use crate::agent_client::{AgentClient, AgentError, ExitInfo, ProcessRef, StdioSpec, Stream};
 use crate::config::Config;
 use crate::hypervisor::{self, SelectError};
 use crate::image::ImageError;
@@ -83,6 +84,8 @@ pub struct RunOptions {
     pub hostname: Option<String>,
     pub command: Vec<String>,
     pub keep_state: bool,
+    /// The sandbox's (and container's) name, for `hull exec`; random when unset.
+    pub name: Option<String>,
 }
 
 /// How the run ended.
@@ -129,7 +132,8 @@ pub async fn run(
     let backend = hypervisor::select(config)?;
 
     // 2. host side
-    let sandbox_spec = prepare::sandbox_spec(config, memory, cpus, opts.keep_state);
+    let mut sandbox_spec = prepare::sandbox_spec(config, memory, cpus, opts.keep_state);
+    sandbox_spec.id = opts.name.clone();
     let mut sandbox = Sandbox::create(config, &sandbox_spec, backend)?;
     let cid = sandbox.id().to_string();
     let hostname = opts
@@ -183,7 +187,11 @@ pub async fn run(
     };
 
     // 4. streams and exit
-    let attached = attach(&agent, &cid, opts, signals, config.boot.shutdown_timeout())
+    let stdio = Attach {
+        tty: opts.tty,
+        interactive: opts.interactive,
+    };
+    let attached = attach(&agent, &ProcessRef::init(&cid), stdio, signals, config.boot.shutdown_timeout())
         .instrument(tracing::info_span!("container_attach"))
         .await;
 
@@ -281,16 +289,26 @@ async fn prepare_container(
     Ok(json)
 }
 
-/// Streams stdio until the container exits and both outputs reached EOF; forwards
+/// How a process's stdio is attached to hull's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Attach {
+    /// The process has a terminal (stdout only; stderr is the same pty).
+    pub tty: bool,
+    /// hull's stdin is copied to the process.
+    pub interactive: bool,
+}
+
+/// Streams stdio until the process exits and both outputs reached EOF; forwards
 /// SIGINT/SIGTERM/SIGHUP. A second signal, or a container that does not exit within
 /// `grace` of a forwarded one, ends the run with [`RunError::Interrupted`].
 pub async fn attach(
     agent: &AgentClient,
-    cid: &str,
-    opts: &RunOptions,
+    process: &ProcessRef,
+    opts: Attach,
     signals: &mut Signals,
     grace: Duration,
 ) -> Result<ExitInfo, RunError> {
+    let (cid, eid) = (process.container_id.as_str(), process.exec_id.as_str());
     let _raw = if opts.tty && opts.interactive {
         io::RawMode::enable()
     } else {
@@ -298,14 +316,14 @@ pub async fn attach(
     };
     let stdout = tokio::spawn(io::pump_output(
         agent.clone(),
-        cid.to_string(),
+        process.clone(),
         Stream::Stdout,
         tokio::io::stdout(),
     ));
     let stderr = (!opts.tty).then(|| {
         tokio::spawn(io::pump_output(
             agent.clone(),
-            cid.to_string(),
+            process.clone(),
             Stream::Stderr,
             tokio::io::stderr(),
         ))
@@ -313,13 +331,13 @@ pub async fn attach(
     let stdin = opts.interactive.then(|| {
         tokio::spawn(io::pump_stdin(
             agent.clone(),
-            cid.to_string(),
+            process.clone(),
             tokio::io::stdin(),
         ))
     });
     let mut winch = if opts.tty {
         if let Some((rows, cols)) = io::window_size() {
-            if let Err(e) = agent.resize_tty(cid, "", rows, cols).await {
+            if let Err(e) = agent.resize_tty(cid, eid, rows, cols).await {
                 tracing::warn!(error = %e, "cannot set the container's window size");
             }
         }
@@ -328,7 +346,7 @@ pub async fn attach(
         None
     };
 
-    let wait = agent.wait_process(cid, "");
+    let wait = agent.wait_process(cid, eid);
     tokio::pin!(wait);
     let mut forwarded: Option<(i32, tokio::time::Instant)> = None;
     let exit = loop {
@@ -340,7 +358,7 @@ pub async fn attach(
                     return Err(RunError::Interrupted(sig));
                 }
                 tracing::info!(signal = io::signal_name(sig), "forwarding to the container");
-                if let Err(e) = agent.signal_process(cid, "", sig, false).await {
+                if let Err(e) = agent.signal_process(cid, eid, sig, false).await {
                     tracing::warn!(error = %e, "cannot forward the signal; tearing down");
                     return Err(RunError::Interrupted(sig));
                 }
@@ -348,7 +366,7 @@ pub async fn attach(
             }
             _ = async { match winch.as_mut() { Some(w) => { w.recv().await; } None => std::future::pending().await } } => {
                 if let Some((rows, cols)) = io::window_size() {
-                    let _ = agent.resize_tty(cid, "", rows, cols).await;
+                    let _ = agent.resize_tty(cid, eid, rows, cols).await;
                 }
             }
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {

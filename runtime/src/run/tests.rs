@@ -9,7 +9,7 @@ use hull_proto::*;
 use ttrpc::r#async::TtrpcContext;
 
 use super::io::{pump_output, pump_stdin};
-use crate::agent_client::{AgentClient, AgentError, Stream};
+use crate::agent_client::{AgentClient, AgentError, ProcessRef, Stream};
 
 #[derive(Default)]
 struct Fake {
@@ -132,12 +132,12 @@ async fn output_is_copied_byte_exact_until_eof() {
     });
     let mut s = serve(fake).await;
     let mut out = Vec::new();
-    let n = pump_output(s.client.clone(), "c1".into(), Stream::Stdout, &mut out)
+    let n = pump_output(s.client.clone(), ProcessRef::init("c1"), Stream::Stdout, &mut out)
         .await
         .expect("pump");
     assert_eq!(n as usize, data.len());
     assert!(out == data, "output differs");
-    let n = pump_output(s.client.clone(), "c1".into(), Stream::Stderr, Vec::new())
+    let n = pump_output(s.client.clone(), ProcessRef::init("c1"), Stream::Stderr, Vec::new())
         .await
         .expect("stderr");
     assert_eq!(n, 0);
@@ -151,7 +151,7 @@ async fn stdin_is_delivered_whole_across_partial_writes_then_closed() {
     let fake = Arc::new(Fake::default());
     let mut s = serve(fake.clone()).await;
     let data = pattern(100_000);
-    let n = pump_stdin(s.client.clone(), "c1".into(), &data[..])
+    let n = pump_stdin(s.client.clone(), ProcessRef::init("c1"), &data[..])
         .await
         .expect("stdin");
     assert_eq!(n as usize, data.len());
@@ -167,7 +167,7 @@ async fn a_reply_larger_than_asked_is_refused() {
         ..Default::default()
     });
     let mut s = serve(fake).await;
-    let err = pump_output(s.client.clone(), "c1".into(), Stream::Stdout, Vec::new())
+    let err = pump_output(s.client.clone(), ProcessRef::init("c1"), Stream::Stdout, Vec::new())
         .await
         .expect_err("oversize");
     assert!(matches!(err, AgentError::BadReply { .. }), "{err}");

@@ -13,6 +13,7 @@
 //! itself on drop).
 
 mod boot;
+pub mod record;
 pub mod share;
 pub mod state_dir;
 
@@ -41,6 +42,10 @@ pub enum SandboxError {
     Agent(#[from] AgentError),
     #[error("{0}")]
     Share(#[from] ShareError),
+    #[error("{0}")]
+    Record(#[from] record::RecordError),
+    #[error("a sandbox named {0:?} already exists (pick another --name)")]
+    NameTaken(String),
     #[error("the sandbox has no agent connection (not booted, or torn down)")]
     NotConnected,
     #[error("{message}\n--- last console lines ({log}) ---\n{console}{diagnostics}")]
@@ -67,6 +72,9 @@ pub struct SandboxSpec {
     pub keep_state: bool,
     /// Attach the sandbox share (`<state>/share` over virtio-fs, tag `hullshare`).
     pub share: bool,
+    /// The sandbox's id (its state dir's name, what `hull exec` finds it by); a random
+    /// one when unset.
+    pub id: Option<String>,
 }
 
 impl SandboxSpec {
@@ -80,6 +88,7 @@ impl SandboxSpec {
             agent_log: config.guest.agent_log.clone(),
             keep_state: false,
             share: false,
+            id: None,
         }
     }
 
@@ -130,11 +139,29 @@ impl Sandbox {
         spec: &SandboxSpec,
         hypervisor: Box<dyn Hypervisor>,
     ) -> Result<Sandbox, SandboxError> {
-        let id = state_dir::new_id();
         let base = &config.runtime.state_dir;
-        let mut state = StateDir::create(base, &id).map_err(|source| SandboxError::StateDir {
-            base: base.clone(),
-            source,
+        let id = match &spec.id {
+            Some(id) => {
+                share::check_id(id)?;
+                // A name left by a hull that was killed (its record names a dead owner)
+                // is free again: its leftovers go first.
+                if let Err(record::RecordError::Gone { pid, .. }) = record::SandboxRecord::load(base, id) {
+                    tracing::warn!(id, owner = pid, "removing the state of a dead sandbox of that name");
+                    drop(StateDir::adopt_stale(base, id));
+                }
+                id.clone()
+            }
+            None => state_dir::new_id(),
+        };
+        let mut state = StateDir::create(base, &id).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AlreadyExists && spec.id.is_some() {
+                SandboxError::NameTaken(id.clone())
+            } else {
+                SandboxError::StateDir {
+                    base: base.clone(),
+                    source,
+                }
+            }
         })?;
         if spec.keep_state {
             state.keep();
@@ -160,13 +187,30 @@ impl Sandbox {
     pub async fn start(&mut self, config: &Config, spec: &SandboxSpec) -> Result<(), SandboxError> {
         let span = tracing::info_span!("sandbox_boot", id = %self.id);
         let _enter = span.enter();
-        match boot::run(self, config, spec).await {
+        match boot::run(self, config, spec).await.and_then(|()| self.write_record()) {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.teardown().await;
                 Err(e)
             }
         }
+    }
+
+    /// Publishes `sandbox.json` so other hull commands can reach the running sandbox.
+    fn write_record(&self) -> Result<(), SandboxError> {
+        let Some(vsock_uds) = self.hypervisor.vsock_uds() else {
+            return Ok(());
+        };
+        record::SandboxRecord {
+            id: self.id.clone(),
+            backend: self.hypervisor.name(),
+            owner_pid: std::process::id(),
+            vm_pids: self.hypervisor.pids(),
+            vsock_uds,
+            created: record::now_secs(),
+        }
+        .write(self.state.path())?;
+        Ok(())
     }
 
     /// The host side of the share, if the sandbox has one.

@@ -14,6 +14,8 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 /// virtio-fs tag of the sandbox share.
 pub const SHARE_TAG: &str = "hullshare";
+/// The share's directory name inside a VM state dir.
+pub const SHARE_DIR: &str = "share";
 /// Where the agent mounts the share in the guest.
 pub const GUEST_SHARE: &str = "/run/hull/share";
 
@@ -72,7 +74,7 @@ impl Share {
     /// Creates `<state>/share` (mode 0755: the guest's container processes run as
     /// other users and must traverse it).
     pub fn create(state_dir: &Path) -> Result<Share, ShareError> {
-        let dir = state_dir.join("share");
+        let dir = state_dir.join(SHARE_DIR);
         mkdir(&dir)?;
         Ok(Share {
             dir,
@@ -82,6 +84,13 @@ impl Share {
 
     pub fn host_dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Host path of container `cid`'s dir in the share of the VM whose state dir is
+    /// `state_dir` (for another process than the sandbox's owner; nothing is created).
+    pub fn container_dir_of(state_dir: &Path, cid: &str) -> Result<PathBuf, ShareError> {
+        check_id(cid)?;
+        Ok(state_dir.join(SHARE_DIR).join("containers").join(cid))
     }
 
     /// Host and guest paths of a container's dir (created on the host).
@@ -181,7 +190,8 @@ fn mkdir(path: &Path) -> Result<(), ShareError> {
         })
 }
 
-fn check_id(id: &str) -> Result<(), ShareError> {
+/// Checks a sandbox or container id: it names a directory, so no path tricks.
+pub fn check_id(id: &str) -> Result<(), ShareError> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && !id.starts_with('.')

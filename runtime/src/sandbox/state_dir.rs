@@ -4,6 +4,9 @@
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
+/// Directory under the runtime's state dir that holds one dir per VM.
+pub const VMS_DIR: &str = "vms";
+
 #[derive(Debug)]
 pub struct StateDir {
     path: PathBuf,
@@ -12,7 +15,7 @@ pub struct StateDir {
 
 impl StateDir {
     pub fn create(base: &Path, id: &str) -> std::io::Result<StateDir> {
-        let vms = base.join("vms");
+        let vms = base.join(VMS_DIR);
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o711)
@@ -21,6 +24,15 @@ impl StateDir {
         // Not recursive: an id that already exists is an error, never shared.
         std::fs::DirBuilder::new().mode(0o700).create(&path)?;
         Ok(StateDir { path, keep: false })
+    }
+
+    /// Takes over the existing dir of a dead sandbox, so dropping the value removes it
+    /// the same careful way (mounts below detached first).
+    pub fn adopt_stale(base: &Path, id: &str) -> StateDir {
+        StateDir {
+            path: base.join(VMS_DIR).join(id),
+            keep: false,
+        }
     }
 
     pub fn path(&self) -> &Path {
