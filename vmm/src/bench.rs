@@ -301,6 +301,14 @@ impl EchoGuest {
                         backlog.push((5, port, data));
                     }
                     4 => backlog.push((3, port, Vec::new())), // SHUTDOWN -> RST
+                    // Like Linux (virtio_transport_recv_connected): a CREDIT_REQUEST is
+                    // answered with a CREDIT_UPDATE. vhost-device-vsock depends on it:
+                    // when it runs out of the guest's credit it sends CREDIT_REQUEST and
+                    // stops polling that connection's host socket until a CREDIT_UPDATE
+                    // arrives (credit carried by data packets does not resume it). Without
+                    // this answer the stream stalled after the guest's 256 KiB buffer.
+                    7 => backlog.push((6, port, Vec::new())),
+                    // CREDIT_UPDATE: the credit fields were recorded above.
                     _ => {}
                 }
                 self.post_rx(slot);
