@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use hull_runtime::agent_client::hybrid_vsock;
+use hull_runtime::agent_client::{self, hybrid_vsock, GuestListener};
 use hull_runtime::config::Config;
 use hull_runtime::hypervisor::hull_vmm::{HullVmm, HullVmmConfig};
 use hull_runtime::hypervisor::{Hypervisor, HypervisorError, VmSpec};
@@ -167,10 +167,12 @@ fn hull_check_and_ping_with_backend_hull_vmm_follow_the_host() {
     state.assert_nothing_left();
 }
 
-/// The backend boots a freestanding guest (`act=v` in vmm/tests/guests/virtio64.S:
-/// brings up virtio-vsock through virtio-mmio, accepts `CONNECT 1024`, echoes one
-/// packet) and the runtime's hybrid-vsock client, unchanged, talks to it through the
-/// socket the sandbox would use. Then stop: no process, no socket.
+/// The backend boots a freestanding guest (`act=a` in vmm/tests/guests/virtio64.S:
+/// brings up virtio-vsock through virtio-mmio, announces itself on host port 1025 as
+/// hull-agent does, then accepts `CONNECT 1024` and echoes one packet) and the runtime's
+/// own vsock code, unchanged, does what the sandbox's boot does: listens on
+/// `<uds>_1025` before launch, reads the announcement, then dials guest port 1024
+/// through the backend's socket. Then stop: no process, no socket.
 #[tokio::test]
 async fn freestanding_guest_answers_the_runtime_vsock_client_through_the_backend() {
     let test = "freestanding_guest_answers_the_runtime_vsock_client_through_the_backend";
@@ -189,12 +191,16 @@ async fn freestanding_guest_answers_the_runtime_vsock_client_through_the_backend
         state_dir: vm_dir.clone(),
         kernel: guests.elf64.clone(),
         initrd: tiny_initrd(state.path()),
-        cmdline: "act=v".into(),
+        cmdline: "act=a".into(),
         vcpus: 1,
         memory_mib: 32,
         vsock: true,
         devices: Vec::new(),
     };
+    // As the sandbox does: listen for the announcement before anything can send it.
+    let uds_expected = vm_dir.join("vsock.sock");
+    let announce = GuestListener::bind(&uds_expected, hull_proto::ANNOUNCE_VSOCK_PORT)
+        .expect("announce listener");
     let mut hv = backend(&bin);
     let console = hv.launch(&spec).await.expect("launch");
     let uds = hv.vsock_uds().expect("vsock socket");
@@ -206,7 +212,16 @@ async fn freestanding_guest_answers_the_runtime_vsock_client_through_the_backend
     let limit = Duration::from_secs(120);
     let msg = b"ping from the runtime\n";
     let talk = async {
-        let mut s = hybrid_vsock::connect(&uds, 1024, limit)
+        let mut announced = tokio::time::timeout(limit, announce.accept())
+            .await
+            .map_err(|_| "no announcement".to_string())?
+            .map_err(|e| e.to_string())?;
+        let api = agent_client::read_announcement(&mut announced, limit)
+            .await
+            .map_err(|e| e.to_string())?;
+        assert_eq!(api, hull_proto::API_VERSION);
+        println!("guest announced itself on {} (API {api})", announce.path().display());
+        let mut s = hybrid_vsock::connect(&uds, hull_proto::AGENT_VSOCK_PORT, limit)
             .await
             .map_err(|e| e.to_string())?;
         s.write_all(msg).await.map_err(|e| e.to_string())?;
@@ -228,17 +243,20 @@ async fn freestanding_guest_answers_the_runtime_vsock_client_through_the_backend
         Ok(Ok(back)) => {
             assert_eq!(back, msg);
             // The guest reports its steps on the console, read through the backend's pipe.
-            let mut progress = console.progress();
+            // (console.log is written by the reader task a moment after the guest prints)
             let _ = tokio::time::timeout(Duration::from_secs(30), async {
                 while !console_text().contains("vsock: echoed") {
-                    if progress.changed().await.is_err() {
-                        break;
-                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             })
             .await;
             let text = console_text();
-            for line in ["vsock: virtio-mmio v2, device 19", "vsock: connected", "vsock: echoed"] {
+            for line in [
+                "vsock: virtio-mmio v2, device 19",
+                "vsock: announced",
+                "vsock: connected",
+                "vsock: echoed",
+            ] {
                 assert!(text.contains(line), "{line:?} missing: {text}");
             }
             assert!(text.contains("virtio_mmio.device=4K@0xd0000000:5"), "announced: {text}");
@@ -263,6 +281,7 @@ async fn freestanding_guest_answers_the_runtime_vsock_client_through_the_backend
         assert!(!pid_alive(p), "pid {p} alive after stop");
     }
     assert!(!uds.exists(), "hull-vmm removes its socket when the VM ends");
+    drop(announce);
     let _ = std::fs::remove_dir_all(&vm_dir);
     state.assert_nothing_left();
 }
