@@ -7,7 +7,6 @@
 //! scripts/test builds every binary) and, for the guest, GNU binutils and /dev/kvm.
 
 #[path = "../../vmm/tests/common/guests.rs"]
-#[allow(dead_code)]
 mod guests;
 
 use std::path::{Path, PathBuf};

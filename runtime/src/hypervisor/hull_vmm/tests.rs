@@ -141,7 +141,7 @@ async fn missing_or_corrupt_kernel_is_named_before_anything_starts() {
         s.initrd = initrd.clone();
         // /bin/true would "run" any VM: it must never be started.
         let mut hv = backend(Path::new("/bin/true"));
-        let e = hv.launch(&s).await.err().expect("must fail");
+        let e = hv.launch(&s).await.expect_err("must fail");
         let msg = e.to_string();
         assert!(msg.contains(&*kernel.to_string_lossy()) && msg.contains(want), "{msg}");
         assert!(hv.pids().is_empty(), "nothing started");
@@ -152,7 +152,7 @@ async fn missing_or_corrupt_kernel_is_named_before_anything_starts() {
     s.initrd = junk.clone();
     s.kernel = d.path().join("elf-magic");
     std::fs::write(&s.kernel, b"\x7fELF").expect("elf magic");
-    let e = backend(Path::new("/bin/true")).launch(&s).await.err().expect("initrd");
+    let e = backend(Path::new("/bin/true")).launch(&s).await.expect_err("initrd");
     assert!(e.to_string().contains("initrd"), "{e}");
 }
 
@@ -169,7 +169,7 @@ async fn missing_binary_is_named_and_nothing_runs() {
     s.kernel = kernel;
     s.initrd = initrd;
     let mut hv = backend(Path::new("/nonexistent/bin/hull-vmm"));
-    let e = hv.launch(&s).await.err().expect("must fail");
+    let e = hv.launch(&s).await.expect_err("must fail");
     let msg = e.to_string();
     assert!(msg.contains("/nonexistent/bin/hull-vmm") && msg.contains("hull-vmm"), "{msg}");
     assert!(hv.pids().is_empty());
@@ -193,7 +193,7 @@ async fn a_shared_dir_without_virtiofsd_names_virtiofsd() {
         host_dir: d.path().to_path_buf(),
     });
     let mut hv = backend(Path::new("/bin/true"));
-    let e = hv.launch(&s).await.err().expect("no virtiofsd");
+    let e = hv.launch(&s).await.expect_err("no virtiofsd");
     assert!(e.to_string().contains("virtiofsd"), "{e}");
     assert!(hv.pids().is_empty());
 }
@@ -221,7 +221,7 @@ async fn a_vmm_that_exits_before_its_socket_is_reported_with_its_stderr() {
     s.kernel = kernel;
     s.initrd = initrd;
     let mut hv = backend(&fake);
-    let e = hv.launch(&s).await.err().expect("must fail");
+    let e = hv.launch(&s).await.expect_err("must fail");
     let msg = e.to_string();
     assert!(msg.contains("hull-vmm") && msg.contains("exit code 2"), "{msg}");
     assert!(msg.contains("cannot load the kernel"), "{msg}");
