@@ -206,13 +206,15 @@ impl Hypervisor for HullVmm {
             if let Some(vmm) = self.vmm.as_mut() {
                 if let Err(e) = wait_for_socket(&uds, vmm, BUILD_TIMEOUT).await {
                     return Err(match vmm.try_status() {
-                        Some(status) => HypervisorError::VmmExited {
+                        // (A VM that ran and ended cleanly before we saw its socket is
+                        // not a build failure: the plain "exited with" error says so.)
+                        Some(status) if !status.success() => HypervisorError::VmmExited {
                             kernel: spec.kernel.clone(),
                             initrd: spec.initrd.clone(),
                             status: crate::child::describe_status(&status),
                             stderr: vmm.stderr_tail(10),
                         },
-                        None => e,
+                        _ => e,
                     });
                 }
             }
