@@ -4,8 +4,9 @@
 use std::fmt;
 use std::path::Path;
 
-use crate::config::{BackendChoice, Config};
+use crate::config::Config;
 use crate::host::{self, CgroupMode, KvmKind};
+use crate::hypervisor::select::{self, BackendKind};
 use crate::hypervisor::boot_files;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,8 +133,14 @@ fn guest_file_line(
 }
 
 pub fn run(config: &Config) -> Report {
+    run_on(config, &hull_vmm::host_support())
+}
+
+/// The report for a host whose `/dev/kvm` is `support` (passed in so tests can ask
+/// about hosts they do not run on).
+pub fn run_on(config: &Config, support: &hull_vmm::HostSupport) -> Report {
     let mut lines = Vec::new();
-    let kvm = host::kvm_kind();
+    let kvm = host::from_support(support);
     lines.push(Line {
         name: "KVM",
         status: match kvm {
@@ -154,6 +161,7 @@ pub fn run(config: &Config) -> Report {
         &config.hypervisor.vhost_vsock,
         "cargo install --locked vhost-device-vsock@0.3.0",
     ));
+    lines.push(binary_line("hull-vmm", &config.hypervisor.hull_vmm, select::HULL_VMM_FIX));
     lines.push(binary_line(
         "virtiofsd",
         &config.hypervisor.virtiofsd,
@@ -183,36 +191,43 @@ pub fn run(config: &Config) -> Report {
         "apt-get install containerd runc",
     ));
 
-    let support = hull_vmm::host_support();
-    let hull_vmm = if support.can_boot_linux() {
-        format!("{} (pods still run on QEMU until hull-vmm has virtio devices)", support.summary())
-    } else {
-        support.summary()
-    };
     let mut report = Report {
         lines,
         backend: None,
         backend_reason: String::new(),
-        hull_vmm,
+        hull_vmm: support.summary(),
     };
-    let needed = ["QEMU", "vhost-device-vsock", "guest kernel", "guest initrd"];
+    let hull_vmm_found = report.status("hull-vmm") == Status::Ok;
+    let plan = match select::plan(
+        config.hypervisor.backend,
+        support,
+        (&config.hypervisor.hull_vmm, hull_vmm_found),
+    ) {
+        Ok(plan) => plan,
+        Err(e) => {
+            report.backend_reason = e.to_string();
+            return report;
+        }
+    };
+    let needed: &[&str] = match plan.kind {
+        BackendKind::HullVmm => &["hull-vmm", "guest kernel", "guest initrd"],
+        BackendKind::Qemu(_) => &["QEMU", "vhost-device-vsock", "guest kernel", "guest initrd"],
+    };
     let missing: Vec<&str> = needed
         .iter()
         .copied()
         .filter(|n| report.status(n) != Status::Ok)
         .collect();
-    if config.hypervisor.backend == BackendChoice::HullVmm {
-        report.backend_reason = "the config asks for hull-vmm, which cannot run pods yet".into();
-    } else if missing.is_empty() {
-        let accel = if kvm.boots_linux() { "kvm" } else { "tcg" };
-        report.backend = Some(format!("qemu ({accel})"));
-        report.backend_reason = if kvm.boots_linux() {
-            "hardware KVM".into()
-        } else {
-            "no hardware KVM: software emulation, slower but complete".into()
-        };
+    if missing.is_empty() {
+        report.backend = Some(plan.kind.name().to_string());
+        report.backend_reason = plan.reason;
     } else {
-        report.backend_reason = format!("missing: {}", missing.join(", "));
+        report.backend_reason = format!(
+            "{} would run ({}), but missing: {}",
+            plan.kind.name(),
+            plan.reason,
+            missing.join(", ")
+        );
     }
     report
 }
@@ -232,5 +247,87 @@ mod tests {
         assert!(text.contains("MISSING"), "{text}");
         assert!(text.contains("fix: guest-image/build"), "{text}");
         assert!(text.contains("backend: none can run here"), "{text}");
+    }
+
+    /// A config whose every binary and guest file exists (hermetic: /bin/true stands in
+    /// for the binaries, files with the right magic for the guest image).
+    fn complete_config(dir: &Path) -> Config {
+        let mut config = Config::default();
+        let kernel = dir.join("vmlinux");
+        let initrd = dir.join("initrd");
+        std::fs::write(&kernel, b"\x7fELF\x02\x01\x01").expect("kernel");
+        std::fs::write(&initrd, [0x1f, 0x8b, 8, 0]).expect("initrd");
+        config.guest.kernel = kernel;
+        config.guest.initrd = initrd;
+        for b in [
+            &mut config.hypervisor.qemu,
+            &mut config.hypervisor.vhost_vsock,
+            &mut config.hypervisor.hull_vmm,
+            &mut config.hypervisor.virtiofsd,
+        ] {
+            *b = "/bin/true".into();
+        }
+        config
+    }
+
+    fn host(kind: hull_vmm::KvmKind) -> hull_vmm::HostSupport {
+        hull_vmm::HostSupport { kind, kvm_accessible: true }
+    }
+
+    #[test]
+    fn auto_shows_hull_vmm_on_hardware_kvm_and_qemu_tcg_on_pvm() {
+        use crate::config::BackendChoice;
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut config = complete_config(d.path());
+        let r = run_on(&config, &host(hull_vmm::KvmKind::Vmx));
+        let text = r.to_string();
+        assert!(r.can_run(), "{text}");
+        assert!(text.contains("backend: hull-vmm (kvm) (auto: hardware KVM)"), "{text}");
+        assert!(text.contains("hull-vmm: /dev/kvm with hardware virtualization"), "{text}");
+
+        let r = run_on(&config, &host(hull_vmm::KvmKind::Pvm));
+        let text = r.to_string();
+        assert!(r.can_run(), "{text}");
+        assert!(text.contains("backend: qemu (tcg) (auto: no hardware KVM"), "{text}");
+        assert!(text.contains("PVM"), "{text}");
+
+        // hull-vmm missing on a hardware host: QEMU with KVM, and check says why.
+        config.hypervisor.hull_vmm = "/nonexistent/hull-vmm".into();
+        let r = run_on(&config, &host(hull_vmm::KvmKind::Vmx));
+        let text = r.to_string();
+        assert!(r.can_run(), "{text}");
+        assert!(text.contains("backend: qemu (kvm) (auto: hull-vmm not found"), "{text}");
+
+        config.hypervisor.backend = BackendChoice::Qemu;
+        let r = run_on(&config, &host(hull_vmm::KvmKind::Vmx));
+        assert_eq!(r.backend.as_deref(), Some("qemu (kvm)"), "{r}");
+    }
+
+    #[test]
+    fn hull_vmm_asked_for_on_a_host_that_cannot_run_it_is_no_backend_with_the_reason() {
+        use crate::config::BackendChoice;
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut config = complete_config(d.path());
+        config.hypervisor.backend = BackendChoice::HullVmm;
+        let r = run_on(&config, &host(hull_vmm::KvmKind::Pvm));
+        let text = r.to_string();
+        assert!(!r.can_run(), "{text}");
+        assert!(text.contains("backend: none can run here"), "{text}");
+        assert!(text.contains("cannot run here") && text.contains("PVM"), "{text}");
+
+        let r = run_on(&config, &host(hull_vmm::KvmKind::Svm));
+        assert_eq!(r.backend.as_deref(), Some("hull-vmm (kvm)"), "{r}");
+
+        // On hardware KVM, hull-vmm needs no QEMU nor vhost-device-vsock...
+        config.hypervisor.qemu = "/nonexistent/qemu".into();
+        config.hypervisor.vhost_vsock = "/nonexistent/vhost".into();
+        let r = run_on(&config, &host(hull_vmm::KvmKind::Svm));
+        assert_eq!(r.backend.as_deref(), Some("hull-vmm (kvm)"), "{r}");
+        // ...but its own binary.
+        config.hypervisor.hull_vmm = "/nonexistent/hull-vmm".into();
+        let r = run_on(&config, &host(hull_vmm::KvmKind::Svm));
+        let text = r.to_string();
+        assert!(!r.can_run(), "{text}");
+        assert!(text.contains("/nonexistent/hull-vmm"), "{text}");
     }
 }

@@ -57,6 +57,8 @@ pub struct HypervisorConfig {
     pub vhost_vsock: PathBuf,
     /// vhost-user-fs backend.
     pub virtiofsd: PathBuf,
+    /// hull's own VMM binary (`vmm/src/bin/hull-vmm.rs`).
+    pub hull_vmm: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -107,6 +109,7 @@ impl Default for HypervisorConfig {
             qemu: PathBuf::from("qemu-system-x86_64"),
             vhost_vsock: PathBuf::from("vhost-device-vsock"),
             virtiofsd: PathBuf::from("virtiofsd"),
+            hull_vmm: PathBuf::from("hull-vmm"),
         }
     }
 }
@@ -291,6 +294,26 @@ mod tests {
         assert_eq!(c.guest.memory_mib, 512);
         assert_eq!(c.guest.vcpus, 1);
         assert_eq!(c.hypervisor.backend, BackendChoice::Qemu);
+    }
+
+    #[test]
+    fn backend_choices_parse_and_unknown_ones_are_refused() {
+        for (text, want) in [
+            ("auto", BackendChoice::Auto),
+            ("qemu", BackendChoice::Qemu),
+            ("hull-vmm", BackendChoice::HullVmm),
+        ] {
+            let c = Config::parse(
+                &format!("[hypervisor]\nbackend = \"{text}\"\nhull_vmm = \"/opt/hull-vmm\"\n"),
+                Path::new("x.toml"),
+            )
+            .expect("config parses");
+            assert_eq!(c.hypervisor.backend, want);
+            assert_eq!(c.hypervisor.hull_vmm, PathBuf::from("/opt/hull-vmm"));
+        }
+        let e = Config::parse("[hypervisor]\nbackend = \"firecracker\"\n", Path::new("x.toml"))
+            .expect_err("unknown backend");
+        assert!(e.to_string().contains("firecracker"), "{e}");
     }
 
     #[test]

@@ -37,7 +37,8 @@ pub fn kvm_kind() -> KvmKind {
     from_support(&hull_vmm::host_support())
 }
 
-fn from_support(s: &hull_vmm::HostSupport) -> KvmKind {
+/// The runtime's view of hull-vmm's probe.
+pub fn from_support(s: &hull_vmm::HostSupport) -> KvmKind {
     use hull_vmm::KvmKind as V;
     match (s.kind, s.kvm_accessible) {
         (V::Absent, _) => KvmKind::Absent,
@@ -50,7 +51,8 @@ fn from_support(s: &hull_vmm::HostSupport) -> KvmKind {
 
 /// Resolves a configured binary: a path with a slash is taken as is; a bare name is
 /// looked up in PATH, then in cargo's bin directory (where `cargo install` puts
-/// vhost-device-vsock and virtiofsd).
+/// vhost-device-vsock and virtiofsd), then beside the running executable (hull-vmm
+/// next to a `hull` run from the build dir).
 pub fn find_binary(name: &Path) -> Option<PathBuf> {
     if name.components().count() > 1 || name.is_absolute() {
         return is_executable(name).then(|| name.to_path_buf());
@@ -65,6 +67,9 @@ pub fn find_binary(name: &Path) -> Option<PathBuf> {
         dirs.push(PathBuf::from(home).join(".cargo/bin"));
     }
     dirs.push(PathBuf::from("/root/.cargo/bin"));
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        dirs.push(dir);
+    }
     dirs.into_iter()
         .map(|d| d.join(name))
         .find(|p| is_executable(p))

@@ -4,6 +4,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use hull_runtime::config::Config;
+use hull_runtime::host;
 use hull_runtime::hypervisor;
 use hull_runtime::sandbox::{Sandbox, SandboxError, SandboxSpec, BootStage};
 use hull_tests::*;
@@ -256,7 +258,13 @@ fn hull_check_names_the_backend() {
     assert_eq!(out.status.success(), !stdout.contains("backend: none"), "{text}");
     if vm_prerequisites().is_ok() {
         assert!(out.status.success(), "{text}");
-        assert!(stdout.contains("backend: qemu"), "{text}");
+        // auto: hull-vmm where hardware KVM boots Linux and hull-vmm is installed,
+        // QEMU everywhere else (this project's PVM machines: QEMU with TCG).
+        let config = Config::default();
+        let hull_vmm_here = host::kvm_kind().boots_linux()
+            && host::find_binary(&config.hypervisor.hull_vmm).is_some();
+        let want = if hull_vmm_here { "backend: hull-vmm (kvm)" } else { "backend: qemu" };
+        assert!(stdout.contains(want), "{want}: {text}");
     }
 }
 

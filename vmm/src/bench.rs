@@ -1,7 +1,8 @@
 //! A vsock "guest" for the benchmark (feature `bench`): split virtqueues in guest memory,
 //! driven like a guest driver that echoes every byte it receives on its connections.
-//! Runs against hull-vmm's device model in-process or against a vhost-user backend
-//! (vhost-device-vsock) sharing the same memfd memory; `benches/vsock.rs` measures.
+//! Runs against hull-vmm's device model (on its own event-loop thread, woken by the
+//! queue eventfds like in a VM) or against a vhost-user backend (vhost-device-vsock, its
+//! own process) sharing the same memfd memory; `benches/vsock.rs` measures.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,6 +17,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+
+use crate::devices::virtio::event_handler::VirtioEvents;
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{IrqTrigger, VirtioDevice, VIRTIO_F_VERSION_1};
@@ -31,7 +35,17 @@ const GUEST_BUF_ALLOC: u32 = 256 << 10;
 
 /// Where the queues are served.
 enum Backend {
-    InProcess(Arc<Mutex<dyn VirtioDevice>>),
+    /// hull-vmm's device model on its own thread, fed as in a VM: the guest's
+    /// notifications are the transport's queue eventfds (ioeventfds under KVM) and the
+    /// host sockets are the device's backend fd, both on an event-manager loop
+    /// (`VirtioEvents`, the same subscriber the VMM's event loop uses). So both sides of
+    /// the comparison wake a device thread through an eventfd per kick.
+    DeviceThread {
+        kicks: Vec<EventFd>,
+        stop: Arc<AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+        _transport: MmioTransport,
+    },
     VhostUser {
         _frontend: Frontend,
         kicks: Vec<EventFd>,
@@ -106,7 +120,31 @@ impl EchoGuest {
         }
         set(0x70, 0xf);
         assert!(t.is_active_for_bench(), "device not active");
-        let mut g = EchoGuest::new(mem, Backend::InProcess(dev));
+        let clone = |e: &EventFd| e.try_clone().expect("eventfd clone");
+        let kicks: Vec<EventFd> = t.queue_evts().iter().map(clone).collect();
+        let events = VirtioEvents::new(dev, t.queue_evts().iter().map(clone).collect());
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("bench-device".into())
+            .spawn(move || {
+                let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+                    EventManager::new().expect("event manager");
+                em.add_subscriber(Arc::new(Mutex::new(events)));
+                while !thread_stop.load(Ordering::Relaxed) {
+                    let _ = em.run_with_timeout(50);
+                }
+            })
+            .expect("device thread");
+        let mut g = EchoGuest::new(
+            mem,
+            Backend::DeviceThread {
+                kicks,
+                stop,
+                thread: Some(thread),
+                _transport: t,
+            },
+        );
         g.post_rx_all();
         g
     }
@@ -180,8 +218,7 @@ impl EchoGuest {
 
     fn notify(&mut self, q: usize) {
         match &self.backend {
-            Backend::InProcess(d) => d.lock().unwrap_or_else(|p| p.into_inner()).process_queue(q),
-            Backend::VhostUser { kicks, .. } => {
+            Backend::DeviceThread { kicks, .. } | Backend::VhostUser { kicks, .. } => {
                 let _ = kicks[q].write(1);
             }
         }
@@ -275,11 +312,6 @@ impl EchoGuest {
         let mut backlog: Vec<(u16, u32, Vec<u8>)> = Vec::new();
         let mut idle = 0u32;
         while !stop.load(Ordering::Relaxed) {
-            if let Backend::InProcess(d) = &self.backend {
-                d.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .process_backend();
-            }
             let mut sent = false;
             let mut recycled = false;
             for id in self.used(0) {
@@ -301,6 +333,14 @@ impl EchoGuest {
                         backlog.push((5, port, data));
                     }
                     4 => backlog.push((3, port, Vec::new())), // SHUTDOWN -> RST
+                    // Like Linux (virtio_transport_recv_connected): a CREDIT_REQUEST is
+                    // answered with a CREDIT_UPDATE. vhost-device-vsock depends on it:
+                    // when it runs out of the guest's credit it sends CREDIT_REQUEST and
+                    // stops polling that connection's host socket until a CREDIT_UPDATE
+                    // arrives (credit carried by data packets does not resume it). Without
+                    // this answer the stream stalled after the guest's 256 KiB buffer.
+                    7 => backlog.push((6, port, Vec::new())),
+                    // CREDIT_UPDATE: the credit fields were recorded above.
                     _ => {}
                 }
                 self.post_rx(slot);
@@ -350,6 +390,17 @@ impl EchoGuest {
             }
             if sent {
                 self.notify(1);
+            }
+        }
+    }
+}
+
+impl Drop for EchoGuest {
+    fn drop(&mut self) {
+        if let Backend::DeviceThread { stop, thread, .. } = &mut self.backend {
+            stop.store(true, Ordering::Relaxed);
+            if let Some(t) = thread.take() {
+                let _ = t.join();
             }
         }
     }

@@ -3,12 +3,15 @@
 //! The trait is deliberately small (launch, wait, stop, a few accessors); everything
 //! about containers lives above it in `sandbox`, and everything about one hypervisor's
 //! command line or API lives below it in its module. Backends: [`qemu`] (QEMU microvm,
-//! KVM or TCG) and, on hardware-KVM hosts, hull-vmm (issue "hull-vmm devices and
-//! backend").
+//! KVM or TCG) and [`hull_vmm`] (hull's own VMM, on hardware-KVM hosts); [`select`]
+//! decides which one runs.
 
 pub mod boot_files;
 pub mod console;
+pub mod hull_vmm;
 pub mod qemu;
+mod ready;
+pub mod select;
 pub mod virtiofs;
 
 use std::path::PathBuf;
@@ -18,6 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use console::{Console, ConsoleProgress};
+pub use select::{plan, select, BackendKind, BackendPlan, SelectError};
 
 use crate::child::ChildError;
 
@@ -69,6 +73,15 @@ pub enum HypervisorError {
         what: &'static str,
         fix: &'static str,
     },
+    #[error("hull-vmm could not build the VM (kernel {kernel}, initrd {initrd}): it exited with {status}\n{stderr}")]
+    VmmExited {
+        kernel: PathBuf,
+        initrd: PathBuf,
+        status: String,
+        stderr: String,
+    },
+    #[error("the VM cannot run on hull-vmm: {what}")]
+    VmConfig { what: String },
     #[error("cannot set up {what}: {source}")]
     Io {
         what: &'static str,
@@ -103,48 +116,3 @@ pub trait Hypervisor: Send {
     fn diagnostics(&self) -> String;
 }
 
-/// Why no backend can be built.
-#[derive(Debug, thiserror::Error)]
-pub enum SelectError {
-    #[error("{what} not found (looked for {name} in PATH and cargo's bin dir); fix: {fix}")]
-    Missing {
-        what: &'static str,
-        name: PathBuf,
-        fix: &'static str,
-    },
-    #[error("the hull-vmm backend cannot run pods yet: it has no virtio devices (see the issue \"hull-vmm devices and backend\"); use backend = \"qemu\"")]
-    HullVmmNotReady,
-}
-
-/// Builds the backend the config asks for. `auto` is QEMU until hull-vmm has the
-/// devices a pod needs; QEMU then uses KVM on hardware-virtualisation hosts, TCG
-/// elsewhere.
-pub fn select(config: &crate::config::Config) -> Result<Box<dyn Hypervisor>, SelectError> {
-    use crate::config::BackendChoice;
-    match config.hypervisor.backend {
-        BackendChoice::HullVmm => Err(SelectError::HullVmmNotReady),
-        BackendChoice::Auto | BackendChoice::Qemu => {
-            let qemu = crate::host::find_binary(&config.hypervisor.qemu).ok_or(SelectError::Missing {
-                what: "QEMU",
-                name: config.hypervisor.qemu.clone(),
-                fix: "apt-get install qemu-system-x86",
-            })?;
-            let vhost_vsock = crate::host::find_binary(&config.hypervisor.vhost_vsock).ok_or(
-                SelectError::Missing {
-                    what: "vhost-device-vsock",
-                    name: config.hypervisor.vhost_vsock.clone(),
-                    fix: "cargo install --locked vhost-device-vsock@0.3.0",
-                },
-            )?;
-            // virtiofsd is only needed for VMs with a shared dir; `launch` names it if
-            // one is asked for and it is missing.
-            let virtiofsd = crate::host::find_binary(&config.hypervisor.virtiofsd);
-            Ok(Box::new(qemu::Qemu::new(qemu::QemuConfig {
-                qemu,
-                vhost_vsock,
-                virtiofsd,
-                accel: qemu::Accel::for_host(),
-            })))
-        }
-    }
-}

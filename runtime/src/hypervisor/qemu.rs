@@ -8,12 +8,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::process::Command;
 use tracing::Instrument;
 
+use super::ready::wait_for_socket;
 use super::{boot_files, virtiofs, Console, Hypervisor, HypervisorError, VmDevice, VmSpec};
 use crate::child::HelperProcess;
 use crate::host;
@@ -252,39 +253,5 @@ impl Qemu {
             .iter()
             .chain(self.vsock_backend.iter())
             .chain(self.fs_backends.iter().map(|(p, _, _)| p))
-    }
-}
-
-/// Waits until `path` exists (a helper created its listening socket), failing early
-/// if the helper exits.
-async fn wait_for_socket(
-    path: &Path,
-    helper: &mut HelperProcess,
-    timeout: Duration,
-) -> Result<(), HypervisorError> {
-    let start = Instant::now();
-    loop {
-        if path.exists() {
-            return Ok(());
-        }
-        if let Some(status) = helper.try_status() {
-            return Err(HypervisorError::NotReady {
-                what: helper.name(),
-                waited: start.elapsed(),
-                detail: format!(
-                    ": it exited with {}\n{}",
-                    crate::child::describe_status(&status),
-                    helper.stderr_tail(10)
-                ),
-            });
-        }
-        if start.elapsed() > timeout {
-            return Err(HypervisorError::NotReady {
-                what: helper.name(),
-                waited: timeout,
-                detail: format!(" (no socket at {})", path.display()),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }

@@ -24,8 +24,11 @@ pub struct Guests {
 
 pub const INITRD_TEXT: &[u8] = b"INITRD-OK 0123456789\n";
 
+/// The guest sources. Found from the including crate's manifest dir through the
+/// workspace root, so other crates of the workspace (the runtime's backend tests) can
+/// `#[path]`-include this file too.
 fn src_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../vmm/tests/guests")
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {

@@ -56,6 +56,8 @@ main64:
     je act_halt
     cmp $'v', %al
     je act_vsock
+    cmp $'a', %al
+    je act_vsock_announce
 act_default:
 act_reset:
     lea s_reset(%rip), %rsi

@@ -2,6 +2,9 @@
 # device in virtio-mmio slot 0 (0xd0000000) through its registers, sets up its three
 # split virtqueues (8 entries each), accepts one host-initiated connection on vsock port
 # 1024, echoes the first data packet back, then writes 'V' to the debug-exit port.
+# act=a first announces itself the way hull-agent does: it connects to host port 1025
+# (hybrid vsock: `<uds>_1025` on the host), waits for the RESPONSE and sends
+# "HULL-AGENT-READY 1\n"; then it goes on as act=v.
 # Any check that fails prints "vsock: FAIL <n>" and debug-exits with 'F'.
 # Needs hull's identity map of 0..4 GiB (the 64-bit boot protocol guests), interrupts
 # off (it polls the used rings). Ring-0 code is emulated on PVM: keep it small.
@@ -13,7 +16,11 @@
 .equ TXH, 0x420000         # TX header
 .equ TXD, 0x420100         # TX payload
 .equ PORT, 1024
+.equ ANNOUNCE_PORT, 1025
 
+.globl act_vsock_announce
+act_vsock_announce:
+    movb $1, v_announce(%rip)
 .globl act_vsock
 act_vsock:
     cli
@@ -84,11 +91,39 @@ act_vsock:
     movl $0, 0x50(%rbx)           # QueueNotify RX
     lea s_v_ready(%rip), %rsi
     call puts
-    mov $'4', %r15b
-    call rx_next                  # the host's REQUEST
-    cmpw $1, 30(%rdi)
+    cmpb $0, v_announce(%rip)
+    je 7f
+    mov $'A', %r15b               # guest-initiated connection to host port 1025
+    mov $ANNOUNCE_PORT, %r9d
+    xor %ecx, %ecx
+    mov $1, %eax                  # REQUEST
+    call tx_send
+8:  call rx_next                  # RESPONSE (skip credit updates)
+    cmpw $3, 30(%rdi)             # RST: nothing listens on the host
+    je v_fail
+    cmpw $2, 30(%rdi)
+    je 9f
+    call rx_recycle
+    jmp 8b
+9:  cmpl $ANNOUNCE_PORT, 16(%rdi)
     jne v_fail
-    cmpl $PORT, 20(%rdi)
+    call rx_recycle
+    lea s_v_ann(%rip), %rsi
+    mov $TXD, %edi
+    mov $(s_v_ann_end - s_v_ann), %ecx
+    rep movsb
+    mov $(s_v_ann_end - s_v_ann), %ecx
+    mov $5, %eax                  # RW
+    call tx_send
+    lea s_v_announced(%rip), %rsi
+    call puts
+7:  mov $'4', %r15b
+10: call rx_next                  # the host's REQUEST (skip what the announce
+    cmpw $1, 30(%rdi)             # connection may still send: credit, shutdown)
+    je 11f
+    call rx_recycle
+    jmp 10b
+11: cmpl $PORT, 20(%rdi)
     jne v_fail
     mov 16(%rdi), %r9d            # host port
     call rx_recycle
@@ -199,3 +234,7 @@ s_v_ready: .asciz "vsock: queues ready\n"
 s_v_conn:  .asciz "vsock: connected\n"
 s_v_echo:  .asciz "vsock: echoed\n"
 s_v_fail:  .asciz "vsock: FAIL "
+s_v_announced: .asciz "vsock: announced\n"
+s_v_ann:   .ascii "HULL-AGENT-READY 1\n"
+s_v_ann_end:
+v_announce: .byte 0

@@ -1,0 +1,274 @@
+//! hull-vmm backend: hull's own KVM microVM monitor (`vmm/`), run as a separate helper
+//! process (`hull-vmm --config <state>/hull-vmm.json`), for hosts with hardware KVM.
+//!
+//! What the rest of the runtime sees is the same as with QEMU:
+//! - the console comes on the helper's stdout (hull-vmm writes COM1 to
+//!   `/proc/self/fd/1`, a pipe) and goes through [`Console`] to `console.log`;
+//! - the hybrid vsock is `<state>/vsock.sock`, created by hull-vmm itself (Firecracker's
+//!   protocol: `CONNECT <port>\n` -> `OK <host port>\n`; guest connections to host port
+//!   P go to `<state>/vsock.sock_P`), so `agent_client` is unchanged;
+//! - a shared dir is served by virtiofsd through hull-vmm's vhost-user-fs frontend (one
+//!   per VM: hull-vmm has one virtio-fs device);
+//! - the guest stops the VM by rebooting (`reboot=t`: a triple fault), which hull-vmm
+//!   turns into exit status 0; SIGTERM stops it with status 10.
+//!
+//! Per-VM files in the state dir: `hull-vmm.json` (the VM description), `hull-vmm.log`
+//! (its stderr), `console.log`, `vsock.sock`, and `virtiofsd.sock` / `virtiofsd.log`.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::process::Command;
+use tracing::Instrument;
+
+use super::ready::wait_for_socket;
+use super::{boot_files, virtiofs, Console, Hypervisor, HypervisorError, VmDevice, VmSpec};
+use crate::child::HelperProcess;
+
+/// Guest CID of every VM (each VM has its own vsock device, so CIDs never meet).
+pub const GUEST_CID: u64 = 3;
+/// Where hull-vmm writes the guest console: its own stdout, a pipe to us.
+pub const CONSOLE_PATH: &str = "/proc/self/fd/1";
+/// How long hull-vmm may take to build the VM (open files, KVM, load the kernel,
+/// connect to virtiofsd) before its vsock socket must exist.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct HullVmmConfig {
+    /// The `hull-vmm` binary.
+    pub binary: PathBuf,
+    /// virtiofsd, when found (needed only for shared dirs).
+    pub virtiofsd: Option<PathBuf>,
+}
+
+pub struct HullVmm {
+    config: HullVmmConfig,
+    /// virtiofsd, when the VM has a shared dir.
+    fs_backend: Option<HelperProcess>,
+    vmm: Option<HelperProcess>,
+    vsock_uds: Option<PathBuf>,
+}
+
+/// The hybrid-vsock socket of a VM whose state dir is `state_dir` (the sandbox listens
+/// on `<this>_1025` before launch, as with QEMU).
+pub fn vsock_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("vsock.sock")
+}
+
+/// The VM description hull-vmm gets for `spec`. `fs` is the (tag, vhost-user socket) of
+/// a running virtiofsd. Validated with hull-vmm's own rules, so a VM it would refuse is
+/// refused here, naming the field, before any process starts.
+pub fn vm_config(
+    spec: &VmSpec,
+    fs: Option<(&str, &Path)>,
+) -> Result<::hull_vmm::VmConfig, HypervisorError> {
+    let invalid = |what: String| HypervisorError::VmConfig { what };
+    let mut cfg = ::hull_vmm::VmConfig::new(&spec.kernel);
+    cfg.initrd = Some(spec.initrd.clone());
+    cfg.cmdline = spec.cmdline.clone();
+    cfg.vcpus = u8::try_from(spec.vcpus)
+        .map_err(|_| invalid(format!("vcpus must be 1..=40, got {}", spec.vcpus)))?;
+    cfg.mem_mib = spec.memory_mib;
+    // virtiofsd maps guest memory: a shared memfd (hull-vmm's default).
+    cfg.shared_memory = true;
+    cfg.console = Some(PathBuf::from(CONSOLE_PATH));
+    cfg.seccomp = true;
+    if spec.vsock {
+        cfg.vsock = Some(::hull_vmm::VsockConfig {
+            guest_cid: GUEST_CID,
+            uds_path: vsock_path(&spec.state_dir),
+        });
+    }
+    if let Some((tag, socket)) = fs {
+        cfg.fs = Some(::hull_vmm::FsConfig {
+            socket: socket.to_path_buf(),
+            tag: tag.to_string(),
+        });
+    }
+    cfg.validate().map_err(|e| invalid(e.to_string()))?;
+    Ok(cfg)
+}
+
+/// The command line that runs hull-vmm on the VM description `config_file`.
+pub fn command(binary: &Path, config_file: &Path) -> Command {
+    let mut cmd = Command::new(binary);
+    cmd.arg("--config")
+        .arg(config_file)
+        .env("HULL_VMM_LOG", std::env::var("HULL_VMM_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(Stdio::piped());
+    cmd
+}
+
+impl HullVmm {
+    pub fn new(config: HullVmmConfig) -> HullVmm {
+        HullVmm {
+            config,
+            fs_backend: None,
+            vmm: None,
+            vsock_uds: None,
+        }
+    }
+
+    /// The one shared dir of `spec`, if any (hull-vmm has a single virtio-fs device).
+    fn shared_dir(spec: &VmSpec) -> Result<Option<(&str, &Path)>, HypervisorError> {
+        let mut dirs = spec.devices.iter().map(|d| match d {
+            VmDevice::SharedDir { tag, host_dir } => (tag.as_str(), host_dir.as_path()),
+        });
+        let first = dirs.next();
+        if dirs.next().is_some() {
+            return Err(HypervisorError::VmConfig {
+                what: format!(
+                    "{} shared dirs asked for; hull-vmm has one virtio-fs device",
+                    spec.devices.len()
+                ),
+            });
+        }
+        Ok(first)
+    }
+
+    /// Starts virtiofsd for the shared dir and waits for its socket.
+    async fn start_fs_backend(
+        &mut self,
+        spec: &VmSpec,
+        host_dir: &Path,
+        sock: &Path,
+    ) -> Result<(), HypervisorError> {
+        let bin = self.config.virtiofsd.clone().ok_or(HypervisorError::MissingHelper {
+            what: "virtiofsd",
+            fix: "apt-get install libseccomp-dev libcap-ng-dev && cargo install --locked virtiofsd@1.14.0",
+        })?;
+        let mut backend =
+            virtiofs::spawn(&bin, sock, host_dir, &spec.state_dir.join("virtiofsd.log"))?;
+        let waited = wait_for_socket(sock, &mut backend, Duration::from_secs(10)).await;
+        self.fs_backend = Some(backend);
+        waited
+    }
+
+    /// Every helper process, hull-vmm first.
+    fn processes(&self) -> impl Iterator<Item = &HelperProcess> {
+        self.vmm
+            .iter()
+            .chain(self.fs_backend.iter())
+    }
+}
+
+#[async_trait]
+impl Hypervisor for HullVmm {
+    fn name(&self) -> String {
+        "hull-vmm (kvm)".into()
+    }
+
+    async fn launch(&mut self, spec: &VmSpec) -> Result<Console, HypervisorError> {
+        boot_files::check_kernel(&spec.kernel)?;
+        boot_files::check_initrd(&spec.initrd)?;
+        let shared = Self::shared_dir(spec)?;
+        // Refuse a VM hull-vmm would refuse before starting anything.
+        let fs_socket = spec.state_dir.join("virtiofsd.sock");
+        let cfg = vm_config(spec, shared.map(|(tag, _)| (tag, fs_socket.as_path())))?;
+        if let Some((_, host_dir)) = shared {
+            self.start_fs_backend(spec, host_dir, &fs_socket)
+                .instrument(tracing::info_span!("virtiofsd_start"))
+                .await?;
+        }
+        let json = serde_json::to_vec_pretty(&cfg).map_err(|e| HypervisorError::Io {
+            what: "the hull-vmm VM description",
+            source: std::io::Error::other(e),
+        })?;
+        let config_file = spec.state_dir.join("hull-vmm.json");
+        std::fs::write(&config_file, json).map_err(|source| HypervisorError::Io {
+            what: "the hull-vmm VM description",
+            source,
+        })?;
+
+        let cmd = command(&self.config.binary, &config_file);
+        tracing::debug!(?cmd, "launching hull-vmm");
+        let mut vmm =
+            HelperProcess::spawn("hull-vmm", cmd, &spec.state_dir.join("hull-vmm.log"))?;
+        let stdout = vmm.child_mut().stdout.take();
+        self.vmm = Some(vmm);
+        let stdout = stdout.ok_or(HypervisorError::Io {
+            what: "the console pipe",
+            source: std::io::Error::other("hull-vmm's stdout was not captured"),
+        })?;
+        // Read the console from the first byte, before waiting for anything.
+        let console = Console::spawn(stdout, &spec.state_dir.join("console.log"))
+            .await
+            .map_err(|source| HypervisorError::Io {
+                what: "the console log",
+                source,
+            })?;
+        if let Some(uds) = cfg.vsock.as_ref().map(|v| v.uds_path.clone()) {
+            // hull-vmm creates the socket once the VM is built: a kernel it cannot load,
+            // a KVM it cannot use or a virtiofsd it cannot talk to ends it before that,
+            // and the error carries its stderr.
+            if let Some(vmm) = self.vmm.as_mut() {
+                if let Err(e) = wait_for_socket(&uds, vmm, BUILD_TIMEOUT).await {
+                    return Err(match vmm.try_status() {
+                        // (A VM that ran and ended cleanly before we saw its socket is
+                        // not a build failure: the plain "exited with" error says so.)
+                        Some(status) if !status.success() => HypervisorError::VmmExited {
+                            kernel: spec.kernel.clone(),
+                            initrd: spec.initrd.clone(),
+                            status: crate::child::describe_status(&status),
+                            stderr: vmm.stderr_tail(10),
+                        },
+                        _ => e,
+                    });
+                }
+            }
+            self.vsock_uds = Some(uds);
+        }
+        Ok(console)
+    }
+
+    fn vsock_uds(&self) -> Option<PathBuf> {
+        self.vsock_uds.clone()
+    }
+
+    async fn wait(&mut self) -> Result<ExitStatus, HypervisorError> {
+        match self.vmm.as_mut() {
+            Some(v) => Ok(v.wait().await?),
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn stop(&mut self, grace: Duration) -> Result<(), HypervisorError> {
+        let mut first_err = None;
+        // SIGTERM: hull-vmm stops its vCPUs and exits with status 10.
+        if let Some(v) = self.vmm.as_mut() {
+            if let Err(e) = v.stop(grace).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        // virtiofsd exits with its VM, but a VM that never started leaves it waiting.
+        if let Some(b) = self.fs_backend.as_mut() {
+            if let Err(e) = b.stop(Duration::from_millis(500)).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.processes().filter_map(|p| p.pid()).collect()
+    }
+
+    fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        for p in self.processes() {
+            let tail = p.stderr_tail(10);
+            if !tail.trim().is_empty() {
+                out.push_str(&format!("\n--- {} stderr ---\n{}", p.name(), tail));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;
