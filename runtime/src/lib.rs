@@ -13,5 +13,6 @@ pub mod host;
 pub mod image;
 pub mod hypervisor;
 pub mod run;
+pub mod shim;
 pub mod sandbox;
 pub mod spec;

@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use super::{convert, AgentClient, AgentError, ExitInfo, StdioSpec, StorageSpec};
 
+/// A container's cgroup v2 statistics, as the agent reports them (the shape of
+/// containerd's `io.containerd.cgroups.v2.Metrics`; `shim::convert` maps it).
+pub use hull_proto::StatsContainerResponse as ContainerStats;
+
 /// Which output stream of a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -194,6 +198,76 @@ impl AgentClient {
         req.columns = columns.into();
         call!(self, resize_tty, req)?;
         Ok(())
+    }
+
+    /// Starts a process in a running container (the OCI process as JSON).
+    pub async fn exec_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        process_json: Vec<u8>,
+        stdio: &StdioSpec,
+    ) -> Result<(), AgentError> {
+        let mut req = hull_proto::ExecProcessRequest::new();
+        req.container_id = container_id.to_string();
+        req.exec_id = exec_id.to_string();
+        req.process_json = process_json;
+        req.stdio = protobuf::MessageField::some(convert::stdio(stdio));
+        call!(self, exec_process, req)?;
+        Ok(())
+    }
+
+    pub async fn pause_container(&self, container_id: &str) -> Result<(), AgentError> {
+        let mut req = hull_proto::ContainerRequest::new();
+        req.container_id = container_id.to_string();
+        call!(self, pause_container, req)?;
+        Ok(())
+    }
+
+    pub async fn resume_container(&self, container_id: &str) -> Result<(), AgentError> {
+        let mut req = hull_proto::ContainerRequest::new();
+        req.container_id = container_id.to_string();
+        call!(self, resume_container, req)?;
+        Ok(())
+    }
+
+    /// New cgroup limits (OCI `LinuxResources` as JSON).
+    pub async fn update_container(
+        &self,
+        container_id: &str,
+        resources_json: Vec<u8>,
+    ) -> Result<(), AgentError> {
+        let mut req = hull_proto::UpdateContainerRequest::new();
+        req.container_id = container_id.to_string();
+        req.resources_json = resources_json;
+        call!(self, update_container, req)?;
+        Ok(())
+    }
+
+    /// The container's cgroup v2 statistics.
+    pub async fn stats_container(&self, container_id: &str) -> Result<ContainerStats, AgentError> {
+        let mut req = hull_proto::ContainerRequest::new();
+        req.container_id = container_id.to_string();
+        call!(self, stats_container, req)
+    }
+
+    /// The container's processes: `(pid in the container, exec id)`.
+    pub async fn list_processes(&self, container_id: &str) -> Result<Vec<(i32, String)>, AgentError> {
+        let mut req = hull_proto::ContainerRequest::new();
+        req.container_id = container_id.to_string();
+        let reply = call!(self, list_processes, req)?;
+        Ok(reply
+            .processes
+            .into_iter()
+            .map(|p| (p.pid, p.exec_id))
+            .collect())
+    }
+
+    /// Waits (no deadline) for the next OOM kill in the sandbox; the container's id.
+    pub async fn next_oom_event(&self) -> Result<String, AgentError> {
+        let req = hull_proto::GetOomEventRequest::new();
+        let reply = call_blocking!(self, get_oom_event, req)?;
+        Ok(reply.container_id)
     }
 
     /// The request timeout, for callers that bound their own waits by it.

@@ -17,13 +17,24 @@ pub async fn pump_output<W: AsyncWrite + Unpin>(
     agent: AgentClient,
     cid: String,
     stream: Stream,
+    w: W,
+) -> Result<u64, AgentError> {
+    pump_process_output(agent, cid, String::new(), stream, w).await
+}
+
+/// [`pump_output`] for any process of the container (`exec_id` empty: its init).
+pub async fn pump_process_output<W: AsyncWrite + Unpin>(
+    agent: AgentClient,
+    cid: String,
+    exec_id: String,
+    stream: Stream,
     mut w: W,
 ) -> Result<u64, AgentError> {
     let mut total = 0u64;
     let mut idle = Duration::from_millis(1);
     let mut discard = false;
     loop {
-        let (data, eof) = agent.read_stream(&cid, "", stream, MAX_READ).await?;
+        let (data, eof) = agent.read_stream(&cid, &exec_id, stream, MAX_READ).await?;
         if !data.is_empty() {
             total += data.len() as u64;
             idle = Duration::from_millis(1);
@@ -54,6 +65,16 @@ pub async fn pump_output<W: AsyncWrite + Unpin>(
 pub async fn pump_stdin<R: AsyncRead + Unpin>(
     agent: AgentClient,
     cid: String,
+    r: R,
+) -> Result<u64, AgentError> {
+    pump_process_stdin(agent, cid, String::new(), r).await
+}
+
+/// [`pump_stdin`] for any process of the container (`exec_id` empty: its init).
+pub async fn pump_process_stdin<R: AsyncRead + Unpin>(
+    agent: AgentClient,
+    cid: String,
+    exec_id: String,
     mut r: R,
 ) -> Result<u64, AgentError> {
     let mut buf = vec![0u8; 64 * 1024];
@@ -67,12 +88,12 @@ pub async fn pump_stdin<R: AsyncRead + Unpin>(
             }
         };
         if n == 0 {
-            agent.close_stdin(&cid, "").await?;
+            agent.close_stdin(&cid, &exec_id).await?;
             return Ok(total);
         }
         let mut off = 0;
         while off < n {
-            let took = agent.write_stdin(&cid, "", &buf[off..n]).await?;
+            let took = agent.write_stdin(&cid, &exec_id, &buf[off..n]).await?;
             if took == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }

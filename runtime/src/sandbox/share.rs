@@ -155,6 +155,85 @@ impl Share {
         Ok(format!("{guest}/volumes/{n}"))
     }
 
+    /// Bind-mounts host file `source` at `containers/<cid>/files/<n>` (CRI's hosts,
+    /// resolv.conf, hostname, secrets as files) and returns the guest path.
+    pub fn add_file(
+        &mut self,
+        cid: &str,
+        n: usize,
+        source: &Path,
+        readonly: bool,
+    ) -> Result<String, ShareError> {
+        let (host, guest) = self.container_dir(cid)?;
+        let meta = std::fs::metadata(source).map_err(|e| ShareError::VolumeSource {
+            path: source.to_path_buf(),
+            why: e.to_string(),
+        })?;
+        if !meta.is_file() {
+            return Err(ShareError::VolumeSource {
+                path: source.to_path_buf(),
+                why: "not a regular file".into(),
+            });
+        }
+        let dir = host.join("files");
+        mkdir(&dir)?;
+        let target = dir.join(n.to_string());
+        std::fs::File::create(&target).map_err(|source| ShareError::Create {
+            path: target.clone(),
+            source,
+        })?;
+        self.bind(source, &target, readonly)?;
+        Ok(format!("{guest}/files/{n}"))
+    }
+
+    /// Bind-mounts `source` (a directory, a file, or a mounted rootfs) onto the existing
+    /// `target` below the share, private, read-only when asked; unmounted on drop.
+    pub fn bind(&mut self, source: &Path, target: &Path, readonly: bool) -> Result<(), ShareError> {
+        let bind_err = |errno| ShareError::Bind {
+            source_dir: source.to_path_buf(),
+            target: target.to_path_buf(),
+            errno,
+        };
+        mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(bind_err)?;
+        let guard = BindGuard {
+            target: target.to_path_buf(),
+        };
+        mount(None::<&str>, target, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>).map_err(bind_err)?;
+        if readonly {
+            mount(
+                None::<&str>,
+                target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .map_err(bind_err)?;
+        }
+        self.mounts.push(guard);
+        Ok(())
+    }
+
+    /// Takes ownership of a mount made elsewhere at `target` (a container's rootfs), so
+    /// it is unmounted with the others.
+    pub fn adopt_mount(&mut self, target: &Path) {
+        self.mounts.push(BindGuard {
+            target: target.to_path_buf(),
+        });
+    }
+
+    /// Unmounts every mount at or below `dir` that this share owns (one container's),
+    /// deepest first.
+    pub fn unmount_under(&mut self, dir: &Path) {
+        let (mine, rest): (Vec<_>, Vec<_>) = self
+            .mounts
+            .drain(..)
+            .partition(|m| m.target.starts_with(dir));
+        self.mounts = rest;
+        let mut mine = mine;
+        mine.sort_by_key(|m| std::cmp::Reverse(m.target.components().count()));
+        drop(mine);
+    }
+
     /// Unmounts every volume now (also done on drop).
     pub fn unmount_all(&mut self) {
         while let Some(m) = self.mounts.pop() {
