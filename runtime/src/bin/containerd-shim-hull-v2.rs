@@ -54,4 +54,6 @@ fn main() {
         RUNTIME_ID,
         Some(lifecycle::shim_config()),
     ));
+    // Never hang on exit for a blocking task (a mount helper, a FIFO open).
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
 }

@@ -4,8 +4,7 @@
 //! stdin from them. The exit of a process is reported only after its output pumps
 //! finished, so nothing written before the exit is lost.
 
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::io::AsyncWrite;
@@ -14,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::ShimError;
 use crate::agent_client::{AgentClient, AgentError, StdioSpec, Stream};
-use crate::run::io::{pump_process_output, pump_process_stdin};
+use crate::run::io::pump_process_output;
 
 /// How long to wait for containerd (or ctr) to open the reading end of an output FIFO.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -130,7 +129,7 @@ impl AsyncWrite for Sink {
 pub struct ProcessIo {
     outputs: Vec<JoinHandle<Result<u64, AgentError>>>,
     stdin: Option<JoinHandle<()>>,
-    stdin_path: Option<PathBuf>,
+    stdin_closed: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl ProcessIo {
@@ -162,43 +161,31 @@ impl ProcessIo {
                 ))
             })
             .collect();
-        let (stdin, stdin_path) = if spec.stdin {
+        let (stdin, stdin_closed) = if spec.stdin {
             let path = target(&paths.stdin)?;
-            let agent = agent.clone();
-            let (cid, exec_id, p) = (cid.to_string(), exec_id.to_string(), path.clone());
-            let task = tokio::spawn(async move {
-                // Opening for reading blocks until a writer comes: off the runtime.
-                let opened = tokio::task::spawn_blocking(move || {
-                    std::fs::OpenOptions::new().read(true).open(&p)
-                })
-                .await;
-                let file = match opened {
-                    Ok(Ok(f)) => f,
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "cannot open the stdin FIFO");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-                let rx = match pipe::Receiver::from_file(file) {
-                    Ok(rx) => rx,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "stdin is not a FIFO");
-                        return;
-                    }
-                };
-                if let Err(e) = pump_process_stdin(agent, cid, exec_id, rx).await {
-                    tracing::debug!(error = %e, "stdin pump ended");
-                }
-            });
-            (Some(task), Some(path))
+            // Non-blocking read-only open: it never waits for a writer, and Linux
+            // reports the FIFO readable at EOF only once a writer that came after this
+            // open has gone (a FIFO without a writer yet just waits). The end of input is
+            // that EOF, or containerd's CloseIO, whichever comes first.
+            let rx = pipe::OpenOptions::new()
+                .open_receiver(&path)
+                .map_err(|e| ShimError::Internal(format!("cannot open stdin FIFO {}: {e}", path.display())))?;
+            let closed = std::sync::Arc::new(tokio::sync::Notify::new());
+            let task = tokio::spawn(pump_stdin(
+                agent.clone(),
+                cid.to_string(),
+                exec_id.to_string(),
+                rx,
+                closed.clone(),
+            ));
+            (Some(task), Some(closed))
         } else {
             (None, None)
         };
         Ok(ProcessIo {
             outputs,
             stdin,
-            stdin_path,
+            stdin_closed,
         })
     }
 
@@ -214,18 +201,15 @@ impl ProcessIo {
         }
     }
 
-    /// containerd's CloseIO: the client's input ended. Give the pump a moment to pass on
-    /// what is still in the FIFO (it closes the process's stdin itself at EOF), then
-    /// close it from here.
-    pub async fn close_stdin(&mut self, agent: &AgentClient, cid: &str, exec_id: &str) {
-        if let Some(task) = self.stdin.take() {
+    /// containerd's CloseIO: the client's input ended. The pump passes on what is
+    /// still in the FIFO, then closes the process's stdin.
+    pub async fn close_stdin(&mut self) {
+        if let (Some(task), Some(closed)) = (self.stdin.take(), self.stdin_closed.take()) {
+            closed.notify_one();
             let mut task = task;
-            if tokio::time::timeout(Duration::from_secs(2), &mut task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), &mut task).await.is_err() {
+                tracing::warn!("stdin pump did not finish after CloseIO");
                 task.abort();
-                unblock_fifo_reader(self.stdin_path.as_deref());
-                if let Err(e) = agent.close_stdin(cid, exec_id).await {
-                    tracing::debug!(error = %e, "close stdin");
-                }
             }
         }
     }
@@ -237,7 +221,6 @@ impl ProcessIo {
         }
         if let Some(t) = self.stdin.take() {
             t.abort();
-            unblock_fifo_reader(self.stdin_path.as_deref());
         }
     }
 }
@@ -248,14 +231,54 @@ impl Drop for ProcessIo {
     }
 }
 
-/// A thread blocked opening a FIFO for reading is released by a writer showing up:
-/// open and close the write end once (non-blocking, so it cannot hang here).
-fn unblock_fifo_reader(path: Option<&Path>) {
-    if let Some(p) = path {
-        let _ = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(p);
+/// Copies the stdin FIFO to the process until CloseIO (`closed`), then drains what is
+/// left in the FIFO without waiting and closes the process's stdin.
+async fn pump_stdin(
+    agent: AgentClient,
+    cid: String,
+    exec_id: String,
+    rx: pipe::Receiver,
+    closed: std::sync::Arc<tokio::sync::Notify>,
+) {
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut closing = false;
+    loop {
+        let n = if closing {
+            match rx.try_read(&mut buf) {
+                Ok(n) => n,
+                Err(_) => 0,
+            }
+        } else {
+            tokio::select! {
+                r = rx.readable() => {
+                    if r.is_err() { 0 } else {
+                        match rx.try_read(&mut buf) {
+                            Ok(n) => n,
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                            Err(_) => 0,
+                        }
+                    }
+                }
+                _ = closed.notified() => { closing = true; continue; }
+            }
+        };
+        if n == 0 {
+            if let Err(e) = agent.close_stdin(&cid, &exec_id).await {
+                tracing::debug!(error = %e, "close stdin");
+            }
+            return;
+        }
+        let mut off = 0;
+        while off < n {
+            match agent.write_stdin(&cid, &exec_id, &buf[off..n]).await {
+                Ok(0) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Ok(took) => off += took,
+                Err(e) => {
+                    tracing::debug!(error = %e, "stdin pump ended");
+                    return;
+                }
+            }
+        }
     }
 }
 

@@ -20,6 +20,7 @@ pub struct Pod {
     agent: AgentClient,
     vm_pid: u32,
     dead: watch::Receiver<bool>,
+    stopping: std::sync::Arc<std::sync::atomic::AtomicBool>,
     record: Record,
     bundle: PathBuf,
 }
@@ -41,6 +42,8 @@ impl Pod {
             tracing::warn!(error = %e, "cannot write the sandbox record into the bundle");
         }
         let (tx, dead) = watch::channel(false);
+        let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let expected = stopping.clone();
         match pidfd(vm_pid) {
             Ok(fd) => {
                 tokio::spawn(async move {
@@ -52,7 +55,11 @@ impl Pod {
                     if let Ok(fd) = registered {
                         let _ = fd.readable().await;
                     }
-                    tracing::warn!(pid = vm_pid, "the VM process exited");
+                    if expected.load(std::sync::atomic::Ordering::SeqCst) {
+                        tracing::debug!(pid = vm_pid, "the VM process exited");
+                    } else {
+                        tracing::warn!(pid = vm_pid, "the VM process exited unexpectedly");
+                    }
                     let _ = tx.send(true);
                 });
             }
@@ -63,6 +70,7 @@ impl Pod {
             agent,
             vm_pid,
             dead,
+            stopping,
             record,
             bundle: bundle.to_path_buf(),
         })
@@ -102,6 +110,7 @@ impl Pod {
         let Some(sandbox) = self.sandbox.lock().await.take() else {
             return;
         };
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         if self.is_dead() {
             let mut sandbox = sandbox;
             sandbox.teardown().await;

@@ -462,9 +462,8 @@ impl Service {
     pub async fn close_io(&self, id: &str, exec_id: &str) -> Result<(), ShimError> {
         let c = self.container(id)?;
         let p = c.process(exec_id)?;
-        let pod = self.pod().await?;
         if let Some(io) = p.io.lock().await.as_mut() {
-            io.close_stdin(pod.agent(), id, exec_id).await;
+            io.close_stdin().await;
         }
         Ok(())
     }
