@@ -244,10 +244,7 @@ async fn pump_stdin(
     let mut closing = false;
     loop {
         let n = if closing {
-            match rx.try_read(&mut buf) {
-                Ok(n) => n,
-                Err(_) => 0,
-            }
+            rx.try_read(&mut buf).unwrap_or_default()
         } else {
             tokio::select! {
                 r = rx.readable() => {
