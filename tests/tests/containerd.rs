@@ -182,3 +182,67 @@ fn bad_input_is_refused_by_name() {
     }
     c.assert_nothing_left();
 }
+
+/// Runs `cat /proc/sys/kernel/random/boot_id` in task `id`: which guest kernel it is in.
+fn boot_id(c: &Containerd, id: &str, exec: &str) -> String {
+    let out = c.ctr(&["task", "exec", "--exec-id", exec, id, "cat", "/proc/sys/kernel/random/boot_id"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    stdout(&out).trim().to_string()
+}
+
+#[test]
+fn pod_containers_share_one_vm_and_pods_do_not() {
+    need_containerd!("pod_containers_share_one_vm_and_pods_do_not");
+    let c = Containerd::start();
+    let sandbox = |pod: &str| {
+        let out = c.ctr(&[
+            "run", "-d", "--runtime", RUNTIME,
+            "--annotation", "io.kubernetes.cri.container-type=sandbox",
+            "--annotation", &format!("io.kubernetes.cri.sandbox-id={pod}"),
+            IMAGE, pod, "sleep", "1000",
+        ]);
+        assert!(out.status.success(), "{}", output_text(&out));
+    };
+    let member = |pod: &str, id: &str| {
+        let out = c.ctr(&[
+            "run", "-d", "--runtime", RUNTIME,
+            "--annotation", "io.kubernetes.cri.container-type=container",
+            "--annotation", &format!("io.kubernetes.cri.sandbox-id={pod}"),
+            IMAGE, id, "sh", "-c", "echo member > /tmp/x; sleep 1000",
+        ]);
+        assert!(out.status.success(), "{}", output_text(&out));
+    };
+    sandbox("poda");
+    member("poda", "poda-c1");
+    member("poda", "poda-c2");
+    sandbox("podb");
+    assert_eq!(c.shims().len(), 2, "one shim per pod: {:?}", c.shims());
+    let vms = hull_runtime::sandbox::share::mounts_under(c.state.path());
+    assert!(!vms.is_empty());
+    let (a0, a1, a2, b0) = (
+        boot_id(&c, "poda", "b0"),
+        boot_id(&c, "poda-c1", "b1"),
+        boot_id(&c, "poda-c2", "b2"),
+        boot_id(&c, "podb", "b3"),
+    );
+    assert_eq!(a0, a1, "containers of a pod run in its VM");
+    assert_eq!(a0, a2, "containers of a pod run in its VM");
+    assert_ne!(a0, b0, "two pods, two VMs");
+    // Each container has its own rootfs in the VM.
+    let out = c.ctr(&["task", "exec", "--exec-id", "r1", "poda", "cat", "/tmp/x"]);
+    assert!(!out.status.success(), "the sandbox container must not see c1's files: {}", output_text(&out));
+    // A member goes, the pod stays; the sandbox goes last and takes the VM.
+    for id in ["poda-c1", "poda-c2", "poda", "podb"] {
+        assert!(c.ctr(&["task", "kill", "-s", "SIGKILL", id]).status.success());
+        wait_for("the task to stop", Duration::from_secs(30), || {
+            (c.task_status(id).as_deref() == Some("STOPPED")).then_some(())
+        });
+        let out = c.ctr(&["task", "delete", id]);
+        assert!(out.status.success(), "{}", output_text(&out));
+        assert!(c.ctr(&["containers", "rm", id]).status.success());
+        if id == "poda-c1" {
+            assert_eq!(boot_id(&c, "poda-c2", "b4"), a0, "the pod's VM outlives one member");
+        }
+    }
+    c.assert_nothing_left();
+}

@@ -66,8 +66,21 @@ impl AgentClient {
         oci_spec_json: Vec<u8>,
         stdio: &StdioSpec,
     ) -> Result<(), AgentError> {
+        self.create_pod_container(container_id, oci_spec_json, stdio, "").await
+    }
+
+    /// CreateContainer for a container of a pod whose sandbox (pause) container is
+    /// `sandbox_container_id` (empty: none).
+    pub async fn create_pod_container(
+        &self,
+        container_id: &str,
+        oci_spec_json: Vec<u8>,
+        stdio: &StdioSpec,
+        sandbox_container_id: &str,
+    ) -> Result<(), AgentError> {
         let mut req = hull_proto::CreateContainerRequest::new();
         req.container_id = container_id.to_string();
+        req.sandbox_container_id = sandbox_container_id.to_string();
         req.oci_spec_json = oci_spec_json;
         req.stdio = protobuf::MessageField::some(convert::stdio(stdio));
         call!(self, create_container, req)?;

@@ -66,6 +66,8 @@ impl Drop for BindGuard {
 pub struct Share {
     dir: PathBuf,
     mounts: Vec<BindGuard>,
+    /// The share is a shared mount point (see [`Share::make_shared`]).
+    shared: bool,
 }
 
 impl Share {
@@ -77,7 +79,32 @@ impl Share {
         Ok(Share {
             dir,
             mounts: Vec::new(),
+            shared: false,
         })
+    }
+
+    /// Makes the share a mount point with shared propagation, before virtiofsd starts:
+    /// virtiofsd serves it from its own mount namespace (a slave of the host's), so
+    /// only then do mounts made later below the share (a pod's later containers) reach
+    /// the guest, and their unmounts too. Mounts made below it stay shared for that.
+    pub fn make_shared(&mut self) -> Result<(), ShareError> {
+        let err = |errno| ShareError::Bind {
+            source_dir: self.dir.clone(),
+            target: self.dir.clone(),
+            errno,
+        };
+        mount(Some(&self.dir), &self.dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(err)?;
+        // Owned first, so unmounted last (mounts are undone in reverse order).
+        self.mounts.insert(
+            0,
+            BindGuard {
+                target: self.dir.clone(),
+            },
+        );
+        mount(None::<&str>, &self.dir, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>).map_err(err)?;
+        mount(None::<&str>, &self.dir, None::<&str>, MsFlags::MS_SHARED, None::<&str>).map_err(err)?;
+        self.shared = true;
+        Ok(())
     }
 
     pub fn host_dir(&self) -> &Path {
@@ -115,43 +142,7 @@ impl Share {
         }
         let target = host.join("volumes").join(n.to_string());
         mkdir(&target)?;
-        let bind_err = |errno| ShareError::Bind {
-            source_dir: source.to_path_buf(),
-            target: target.clone(),
-            errno,
-        };
-        // Not recursive: mounts below the user's dir stay invisible to the guest.
-        mount(
-            Some(source),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(bind_err)?;
-        let guard = BindGuard {
-            target: target.clone(),
-        };
-        // Our mount must not propagate to (or receive) other mounts.
-        mount(
-            None::<&str>,
-            &target,
-            None::<&str>,
-            MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .map_err(bind_err)?;
-        if readonly {
-            mount(
-                None::<&str>,
-                &target,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                None::<&str>,
-            )
-            .map_err(bind_err)?;
-        }
-        self.mounts.push(guard);
+        self.bind(source, &target, readonly)?;
         Ok(format!("{guest}/volumes/{n}"))
     }
 
@@ -195,10 +186,15 @@ impl Share {
             errno,
         };
         mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(bind_err)?;
+        // Dropped (unmounted) if a later step fails.
         let guard = BindGuard {
             target: target.to_path_buf(),
         };
-        mount(None::<&str>, target, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>).map_err(bind_err)?;
+        // Our mount must not propagate to (or receive) other mounts, unless the share
+        // is shared on purpose (then it reaches virtiofsd's namespace, and only that).
+        if !self.shared {
+            mount(None::<&str>, target, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>).map_err(bind_err)?;
+        }
         if readonly {
             mount(
                 None::<&str>,

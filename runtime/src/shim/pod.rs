@@ -23,11 +23,14 @@ pub struct Pod {
     stopping: std::sync::Arc<std::sync::atomic::AtomicBool>,
     record: Record,
     bundle: PathBuf,
+    sandbox_container: String,
 }
 
 impl Pod {
     /// Takes a booted sandbox; records it next to `bundle` for `delete` after a crash.
-    pub fn new(sandbox: Sandbox, bundle: &Path) -> Result<Pod, ShimError> {
+    /// `first` is the container that booted it: a pod's sandbox container, whose id is
+    /// the `sandbox-id` annotation of the pod's other containers.
+    pub fn new(sandbox: Sandbox, bundle: &Path, first: &str) -> Result<Pod, ShimError> {
         let agent = sandbox
             .agent()
             .cloned()
@@ -73,6 +76,7 @@ impl Pod {
             stopping,
             record,
             bundle: bundle.to_path_buf(),
+            sandbox_container: first.to_string(),
         })
     }
 
@@ -93,6 +97,15 @@ impl Pod {
     pub async fn died(&self) {
         let mut rx = self.dead.clone();
         let _ = rx.wait_for(|d| *d).await;
+    }
+
+    pub fn sandbox_container(&self) -> &str {
+        &self.sandbox_container
+    }
+
+    /// The sandbox (None once destroyed), locked.
+    pub async fn lock_sandbox(&self) -> tokio::sync::MutexGuard<'_, Option<Sandbox>> {
+        self.sandbox.lock().await
     }
 
     /// Runs `f` on the sandbox (its share), if it is still there.

@@ -190,26 +190,72 @@ impl Service {
         }
         let spec = HostSpec::load(&req.bundle)?;
         let mut pod_slot = self.pod.lock().await;
-        if pod_slot.is_some() {
-            return Err(ShimError::FailedPrecondition(format!(
-                "this shim already runs a sandbox; container {} would need pod grouping (CRI annotations {} and {})",
-                req.id,
-                super::ANNOTATION_CONTAINER_TYPE,
-                super::ANNOTATION_SANDBOX_ID
-            )));
+        let pod = match pod_slot.clone() {
+            Some(pod) => {
+                drop(pod_slot);
+                let joins = spec.annotation(super::ANNOTATION_CONTAINER_TYPE) == Some("container")
+                    && spec.annotation(super::ANNOTATION_SANDBOX_ID) == Some(pod.sandbox_container());
+                if !joins {
+                    return Err(ShimError::FailedPrecondition(format!(
+                        "this shim runs the sandbox of {}; container {} is not part of that pod (CRI annotations {} and {})",
+                        pod.sandbox_container(),
+                        req.id,
+                        super::ANNOTATION_CONTAINER_TYPE,
+                        super::ANNOTATION_SANDBOX_ID
+                    )));
+                }
+                self.join(&req, &spec, &pod).await?;
+                pod
+            }
+            None => {
+                let pod = self.boot(&req, &spec).await?;
+                *pod_slot = Some(pod.clone());
+                drop(pod_slot);
+                self.spawn_oom_watch(pod.clone());
+                pod
+            }
+        };
+        let init = Proc::new("", req.stdio.clone(), None);
+        // Outputs are opened now so nothing the process writes before Start is lost.
+        match ProcessIo::start(pod.agent(), &req.id, "", &req.stdio).await {
+            Ok(io) => *init.io.lock().await = Some(io),
+            Err(e) => {
+                self.forget_failed(&pod, &req.id).await;
+                return Err(e);
+            }
         }
+        let c = Arc::new(Container {
+            id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            init,
+            execs: Mutex::new(HashMap::new()),
+            paused: Mutex::new(false),
+        });
+        lock(&self.containers).insert(req.id.clone(), c);
+        let pid = pod.pid();
+        self.events
+            .create(&req.id, &req.bundle.to_string_lossy(), &req.stdio, pid)
+            .await;
+        Ok(pid)
+    }
+
+    /// Boots the VM for the first container, its rootfs and mounts already in the share.
+    async fn boot(&self, req: &CreateRequest, spec: &HostSpec) -> Result<Arc<Pod>, ShimError> {
         let config = Config::load(req.options.config_path.as_deref())
             .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
         let backend = hypervisor::select(&config).map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
-        let sandbox_spec = sandbox_spec(&config, &spec);
+        let sandbox_spec = sandbox_spec(&config, spec);
         let mut sandbox = Sandbox::create(&config, &sandbox_spec, backend)?;
         let booted = async {
             let share = sandbox
                 .share_mut()
                 .ok_or_else(|| ShimError::internal("the sandbox has no share"))?;
-            let readonly = false;
+            // A pod's later containers are mounted while virtiofsd runs.
+            share
+                .make_shared()
+                .map_err(|e| ShimError::Internal(e.to_string()))?;
             let (host_dir, rootfs_guest) =
-                rootfs::mount(share, &req.id, &req.rootfs, &req.bundle, spec.root_path(), readonly).await?;
+                rootfs::mount(share, &req.id, &req.rootfs, &req.bundle, spec.root_path(), false).await?;
             let json = spec.to_guest(&req.id, &rootfs_guest, share)?;
             let _ = std::fs::write(host_dir.join("config.json"), &json);
             sandbox.start(&config, &sandbox_spec).await?;
@@ -231,33 +277,58 @@ impl Service {
             drop(sandbox);
             return Err(e);
         }
-        let pod = Arc::new(Pod::new(sandbox, &req.bundle)?);
-        *pod_slot = Some(pod.clone());
-        drop(pod_slot);
-        self.spawn_oom_watch(pod.clone());
-        let init = Proc::new("", req.stdio.clone(), None);
-        // Outputs are opened now so nothing the process writes before Start is lost.
-        match ProcessIo::start(pod.agent(), &req.id, "", &req.stdio).await {
-            Ok(io) => *init.io.lock().await = Some(io),
-            Err(e) => {
-                *self.pod.lock().await = None;
-                pod.destroy().await;
-                return Err(e);
+        Ok(Arc::new(Pod::new(sandbox, &req.bundle, &req.id)?))
+    }
+
+    /// Creates a later container of the pod in its running VM.
+    async fn join(&self, req: &CreateRequest, spec: &HostSpec, pod: &Arc<Pod>) -> Result<(), ShimError> {
+        let json = {
+            let mut guard = pod.lock_sandbox().await;
+            let share = guard
+                .as_mut()
+                .and_then(|s| s.share_mut())
+                .ok_or_else(|| ShimError::FailedPrecondition("the pod's VM is gone".into()))?;
+            let prepared = async {
+                let (host_dir, rootfs_guest) =
+                    rootfs::mount(share, &req.id, &req.rootfs, &req.bundle, spec.root_path(), false).await?;
+                let json = spec.to_guest(&req.id, &rootfs_guest, share)?;
+                let _ = std::fs::write(host_dir.join("config.json"), &json);
+                Ok::<_, ShimError>(json)
             }
-        }
-        let c = Arc::new(Container {
-            id: req.id.clone(),
-            bundle: req.bundle.clone(),
-            init,
-            execs: Mutex::new(HashMap::new()),
-            paused: Mutex::new(false),
-        });
-        lock(&self.containers).insert(req.id.clone(), c);
-        let pid = pod.pid();
-        self.events
-            .create(&req.id, &req.bundle.to_string_lossy(), &req.stdio, pid)
             .await;
-        Ok(pid)
+            match prepared {
+                Ok(json) => json,
+                Err(e) => {
+                    rootfs::unmount(share, &req.id);
+                    return Err(e);
+                }
+            }
+        };
+        let created = pod
+            .agent()
+            .create_pod_container(&req.id, json, &req.stdio.spec(), pod.sandbox_container())
+            .instrument(tracing::info_span!("container_create", id = %req.id))
+            .await;
+        if let Err(e) = created {
+            self.forget_failed(pod, &req.id).await;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Undoes a create that failed after the container reached the VM.
+    async fn forget_failed(&self, pod: &Arc<Pod>, id: &str) {
+        let _ = pod.agent().remove_container(id, 1).await;
+        pod.with_sandbox(|s| {
+            if let Some(share) = s.share_mut() {
+                rootfs::unmount(share, id);
+            }
+        })
+        .await;
+        if lock(&self.containers).is_empty() {
+            *self.pod.lock().await = None;
+            pod.destroy().await;
+        }
     }
 
     /// Start of the init process or of an exec.

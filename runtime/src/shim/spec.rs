@@ -112,6 +112,14 @@ impl HostSpec {
             if let Some(Value::Array(nss)) = linux.get_mut("namespaces") {
                 // The pod's network is the VM's: a netns path of the host means nothing.
                 nss.retain(|ns| !(ns["type"] == "network" && ns.get("path").is_some()));
+                // Other paths name the host's view of the pod's sandbox container
+                // (/proc/<pid>/ns/..): meaningless in the guest, so the container gets
+                // namespaces of its own there.
+                for ns in nss.iter_mut() {
+                    if let Some(o) = ns.as_object_mut() {
+                        o.remove("path");
+                    }
+                }
             }
         }
         if let Some(Value::Array(mounts)) = spec.get_mut("mounts") {
