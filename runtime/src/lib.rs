@@ -11,6 +11,8 @@ pub mod child;
 pub mod config;
 pub mod host;
 pub mod image;
+pub mod inspect;
+pub mod install;
 pub mod hypervisor;
 pub mod run;
 pub mod shim;

@@ -78,6 +78,15 @@ fn task_api_exec_ps_metrics_pause_resume_kill_delete() {
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(c.task_status("d1").as_deref(), Some("RUNNING"));
 
+    // `hull ps` lists the VM with its container; `hull logs` prints its console.
+    let ps = c.state.hull().arg("ps").output().expect("hull ps");
+    let text = stdout(&ps);
+    let row = text.lines().find(|l| l.contains(" d1")).unwrap_or_else(|| panic!("hull ps: {}", output_text(&ps)));
+    assert!(row.contains("qemu"), "{row}");
+    let sandbox = row.split_whitespace().next().expect("id").to_string();
+    let logs = c.state.hull().args(["logs", &sandbox[..6]]).output().expect("hull logs");
+    assert!(logs.status.success() && stdout(&logs).contains("Linux version"), "{}", output_text(&logs));
+
     // Running tasks cannot be deleted; killed ones can, with the signal's status.
     let out = c.ctr(&["task", "delete", "d1"]);
     assert!(!out.status.success(), "delete of a running task must fail: {}", output_text(&out));
