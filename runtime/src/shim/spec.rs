@@ -177,7 +177,7 @@ fn rewrite_mount(m: &mut Value, n: usize, cid: &str, share: &mut Share) -> Resul
 /// The checks the agent makes on a process, made here first.
 pub fn validate_process(process: &Value, what: &str) -> Result<(), ShimError> {
     let args = process["args"].as_array().map(Vec::as_slice).unwrap_or_default();
-    if !args.first().and_then(Value::as_str).is_some_and(|a| !a.is_empty()) {
+    if args.first().and_then(Value::as_str).unwrap_or_default().is_empty() {
         return Err(invalid(format!("{what}.args is empty: there is no command to run")));
     }
     let cwd = process["cwd"].as_str().unwrap_or_default();
