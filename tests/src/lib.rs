@@ -5,6 +5,7 @@
 //! Where one is missing a test says so and skips, unless `HULL_REQUIRE_E2E=1` (set by
 //! scripts/test and CI), where a missing part is a failure: CI never passes by skipping.
 
+pub mod containerd;
 pub mod run_helpers;
 
 use std::path::{Path, PathBuf};
@@ -94,7 +95,7 @@ pub fn require_vm(test: &str) -> bool {
     require(test, vm_prerequisites())
 }
 
-fn require(test: &str, prerequisites: Result<(), String>) -> bool {
+pub(crate) fn require(test: &str, prerequisites: Result<(), String>) -> bool {
     match prerequisites {
         Ok(()) => true,
         Err(why) => {

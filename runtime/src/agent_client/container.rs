@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use super::{convert, AgentClient, AgentError, ExitInfo, StdioSpec, StorageSpec};
 
+/// A container's cgroup v2 statistics, as the agent reports them (the shape of
+/// containerd's `io.containerd.cgroups.v2.Metrics`; `shim::convert` maps it).
+pub use hull_proto::StatsContainerResponse as ContainerStats;
+
 /// Which output stream of a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -86,8 +90,21 @@ impl AgentClient {
         oci_spec_json: Vec<u8>,
         stdio: &StdioSpec,
     ) -> Result<(), AgentError> {
+        self.create_pod_container(container_id, oci_spec_json, stdio, "").await
+    }
+
+    /// CreateContainer for a container of a pod whose sandbox (pause) container is
+    /// `sandbox_container_id` (empty: none).
+    pub async fn create_pod_container(
+        &self,
+        container_id: &str,
+        oci_spec_json: Vec<u8>,
+        stdio: &StdioSpec,
+        sandbox_container_id: &str,
+    ) -> Result<(), AgentError> {
         let mut req = hull_proto::CreateContainerRequest::new();
         req.container_id = container_id.to_string();
+        req.sandbox_container_id = sandbox_container_id.to_string();
         req.oci_spec_json = oci_spec_json;
         req.stdio = protobuf::MessageField::some(convert::stdio(stdio));
         call!(self, create_container, req)?;
@@ -236,6 +253,59 @@ impl AgentClient {
         req.columns = columns.into();
         call!(self, resize_tty, req)?;
         Ok(())
+    }
+
+    pub async fn pause_container(&self, container_id: &str) -> Result<(), AgentError> {
+        let mut req = hull_proto::ContainerRequest::new();
+        req.container_id = container_id.to_string();
+        call!(self, pause_container, req)?;
+        Ok(())
+    }
+
+    pub async fn resume_container(&self, container_id: &str) -> Result<(), AgentError> {
+        let mut req = hull_proto::ContainerRequest::new();
+        req.container_id = container_id.to_string();
+        call!(self, resume_container, req)?;
+        Ok(())
+    }
+
+    /// New cgroup limits (OCI `LinuxResources` as JSON).
+    pub async fn update_container(
+        &self,
+        container_id: &str,
+        resources_json: Vec<u8>,
+    ) -> Result<(), AgentError> {
+        let mut req = hull_proto::UpdateContainerRequest::new();
+        req.container_id = container_id.to_string();
+        req.resources_json = resources_json;
+        call!(self, update_container, req)?;
+        Ok(())
+    }
+
+    /// The container's cgroup v2 statistics.
+    pub async fn stats_container(&self, container_id: &str) -> Result<ContainerStats, AgentError> {
+        let mut req = hull_proto::ContainerRequest::new();
+        req.container_id = container_id.to_string();
+        call!(self, stats_container, req)
+    }
+
+    /// The container's processes: `(pid in the container, exec id)`.
+    pub async fn list_processes(&self, container_id: &str) -> Result<Vec<(i32, String)>, AgentError> {
+        let mut req = hull_proto::ContainerRequest::new();
+        req.container_id = container_id.to_string();
+        let reply = call!(self, list_processes, req)?;
+        Ok(reply
+            .processes
+            .into_iter()
+            .map(|p| (p.pid, p.exec_id))
+            .collect())
+    }
+
+    /// Waits (no deadline) for the next OOM kill in the sandbox; the container's id.
+    pub async fn next_oom_event(&self) -> Result<String, AgentError> {
+        let req = hull_proto::GetOomEventRequest::new();
+        let reply = call_blocking!(self, get_oom_event, req)?;
+        Ok(reply.container_id)
     }
 
     /// The request timeout, for callers that bound their own waits by it.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use hull_proto::{AgentServiceClient, API_VERSION};
 use tokio::io::AsyncReadExt;
 
-pub use container::{ProcessRef, Stream, MAX_READ};
+pub use container::{ContainerStats, ProcessRef, Stream, MAX_READ};
 pub use hybrid_vsock::{GuestListener, VsockError};
 
 #[derive(Debug, thiserror::Error)]

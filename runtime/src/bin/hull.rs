@@ -11,7 +11,7 @@ use hull_runtime::config::Config;
 use hull_runtime::sandbox::{Sandbox, SandboxSpec};
 use hull_runtime::run::exec::ExecOptions;
 use hull_runtime::run::{RunError, RunOptions, Signals};
-use hull_runtime::{bench, check, hypervisor, image};
+use hull_runtime::{bench, check, hypervisor, image, inspect};
 
 #[derive(Parser)]
 #[command(name = "hull", version, about = "Containers in microVMs")]
@@ -43,6 +43,17 @@ enum Command {
     Image {
         #[command(subcommand)]
         command: ImageCommand,
+    },
+    /// List the sandbox VMs on this host: backend, PID, memory, containers.
+    Ps,
+    /// Print the guest console log (kernel and agent) of a sandbox (id or id prefix).
+    Logs { sandbox: String },
+    /// Register hull as the containerd runtime `io.containerd.hull.v2` (RuntimeClass
+    /// handler `hull`) in containerd's config; idempotent. Restart containerd after.
+    InstallContainerd {
+        /// containerd's config file.
+        #[arg(long, default_value = hull_runtime::install::DEFAULT_CONTAINERD_CONFIG)]
+        containerd_config: PathBuf,
     },
     /// Measure hull.
     Bench {
@@ -301,6 +312,33 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 anyhow::bail!("{name:?} is not an image name (no '/')");
             }
             println!("{}", image::images_dir(&config.runtime.cache_dir).join(name).display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ps => {
+            print!("{}", inspect::table(&inspect::list(&config.runtime.state_dir)));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs { sandbox } => {
+            let log = inspect::console_log(&config.runtime.state_dir, sandbox)?;
+            use std::io::Write;
+            std::io::stdout().write_all(&log)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::InstallContainerd { containerd_config } => {
+            let hull_config = cli
+                .config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(hull_runtime::config::DEFAULT_CONFIG_PATH));
+            match hull_runtime::install::install(containerd_config, &hull_config)? {
+                hull_runtime::install::Outcome::Added => println!(
+                    "added runtime io.containerd.hull.v2 (handler \"hull\") to {}; restart containerd",
+                    containerd_config.display()
+                ),
+                hull_runtime::install::Outcome::AlreadyThere => println!(
+                    "{} already has the hull runtime; nothing changed",
+                    containerd_config.display()
+                ),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -91,7 +91,7 @@ pub enum HypervisorError {
 
 /// A VM backend. One value runs at most one VM.
 #[async_trait]
-pub trait Hypervisor: Send {
+pub trait Hypervisor: Send + Sync {
     /// Backend name for logs and `hull check`, e.g. "qemu (tcg)".
     fn name(&self) -> String;
 

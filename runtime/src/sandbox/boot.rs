@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use super::{Sandbox, SandboxError, SandboxSpec};
 use crate::agent_client::{self, AgentClient, GuestListener};
 use crate::child::describe_status;
@@ -97,10 +99,11 @@ pub(super) async fn run(
 
     let t0 = Instant::now();
     sandbox.report.backend = sandbox.hypervisor.name();
-    let console = {
-        let _s = tracing::info_span!("vm_launch").entered();
-        sandbox.hypervisor.launch(&vm).await?
-    };
+    let console = sandbox
+        .hypervisor
+        .launch(&vm)
+        .instrument(tracing::info_span!("vm_launch"))
+        .await?;
     sandbox.report.launched = t0.elapsed();
     sandbox.console = Some(console.clone());
     tracing::debug!(pids = ?sandbox.hypervisor.pids(), "VM launched");
@@ -168,12 +171,13 @@ pub(super) async fn run(
     drop(announce_stream);
     drop(announce);
 
-    let agent = {
-        let _s = tracing::info_span!("agent_connect").entered();
+    let agent = async {
         let agent = AgentClient::connect(&uds, config.boot.request_timeout()).await?;
         agent.check().await?;
-        agent
-    };
+        Ok::<_, SandboxError>(agent)
+    }
+    .instrument(tracing::info_span!("agent_connect"))
+    .await?;
     sandbox.report.connected = t0.elapsed();
     sandbox.agent = Some(agent);
     tracing::info!(report = %sandbox.report.summary(), "sandbox ready");

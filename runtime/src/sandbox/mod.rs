@@ -20,6 +20,8 @@ pub mod state_dir;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use crate::agent_client::{AgentClient, AgentError, AgentVersion, StorageSpec, VsockError};
 use crate::config::Config;
 use crate::hypervisor::{Console, Hypervisor, HypervisorError};
@@ -185,15 +187,20 @@ impl Sandbox {
 
     /// Boots the VM and connects to its agent. On error every process is stopped.
     pub async fn start(&mut self, config: &Config, spec: &SandboxSpec) -> Result<(), SandboxError> {
+        // Spans are attached with `instrument`, never entered across an await (that
+        // would leak them into other tasks and make the future !Send).
         let span = tracing::info_span!("sandbox_boot", id = %self.id);
-        let _enter = span.enter();
-        match boot::run(self, config, spec).await.and_then(|()| self.write_record()) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.teardown().await;
-                Err(e)
+        async {
+            match boot::run(self, config, spec).await.and_then(|()| self.write_record()) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    self.teardown().await;
+                    Err(e)
+                }
             }
         }
+        .instrument(span)
+        .await
     }
 
     /// Publishes `sandbox.json` so other hull commands can reach the running sandbox.
@@ -229,13 +236,13 @@ impl Sandbox {
 
     /// `CreateSandbox`: hostname, and the share mounted at [`share::GUEST_SHARE`].
     pub async fn prepare_guest(&self, hostname: &str) -> Result<(), SandboxError> {
-        let _s = tracing::info_span!("create_sandbox").entered();
         let storages: Vec<StorageSpec> = match &self.share {
             Some(_) => vec![StorageSpec::virtiofs_share(share::SHARE_TAG, share::GUEST_SHARE)],
             None => Vec::new(),
         };
         self.agent_or_err()?
             .create_sandbox(&self.id, hostname, &storages)
+            .instrument(tracing::info_span!("create_sandbox"))
             .await?;
         Ok(())
     }
@@ -277,9 +284,12 @@ impl Sandbox {
 
     /// Orderly stop: the agent syncs and powers the VM off; the VM gets
     /// `shutdown_timeout` to exit before it is killed. Everything is removed either way.
-    pub async fn destroy(mut self) -> Result<(), SandboxError> {
+    pub async fn destroy(self) -> Result<(), SandboxError> {
         let span = tracing::info_span!("sandbox_destroy", id = %self.id);
-        let _enter = span.enter();
+        self.destroy_inner().instrument(span).await
+    }
+
+    async fn destroy_inner(mut self) -> Result<(), SandboxError> {
         let mut result = Ok(());
         if let Some(agent) = self.agent.take() {
             if let Err(e) = agent.destroy_sandbox(self.shutdown_timeout.as_secs() as u32).await {

@@ -68,6 +68,8 @@ impl Drop for BindGuard {
 pub struct Share {
     dir: PathBuf,
     mounts: Vec<BindGuard>,
+    /// The share is a shared mount point (see [`Share::make_shared`]).
+    shared: bool,
 }
 
 impl Share {
@@ -79,7 +81,32 @@ impl Share {
         Ok(Share {
             dir,
             mounts: Vec::new(),
+            shared: false,
         })
+    }
+
+    /// Makes the share a mount point with shared propagation, before virtiofsd starts:
+    /// virtiofsd serves it from its own mount namespace (a slave of the host's), so
+    /// only then do mounts made later below the share (a pod's later containers) reach
+    /// the guest, and their unmounts too. Mounts made below it stay shared for that.
+    pub fn make_shared(&mut self) -> Result<(), ShareError> {
+        let err = |errno| ShareError::Bind {
+            source_dir: self.dir.clone(),
+            target: self.dir.clone(),
+            errno,
+        };
+        mount(Some(&self.dir), &self.dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(err)?;
+        // Owned first, so unmounted last (mounts are undone in reverse order).
+        self.mounts.insert(
+            0,
+            BindGuard {
+                target: self.dir.clone(),
+            },
+        );
+        mount(None::<&str>, &self.dir, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>).map_err(err)?;
+        mount(None::<&str>, &self.dir, None::<&str>, MsFlags::MS_SHARED, None::<&str>).map_err(err)?;
+        self.shared = true;
+        Ok(())
     }
 
     pub fn host_dir(&self) -> &Path {
@@ -124,36 +151,63 @@ impl Share {
         }
         let target = host.join("volumes").join(n.to_string());
         mkdir(&target)?;
+        self.bind(source, &target, readonly)?;
+        Ok(format!("{guest}/volumes/{n}"))
+    }
+
+    /// Bind-mounts host file `source` at `containers/<cid>/files/<n>` (CRI's hosts,
+    /// resolv.conf, hostname, secrets as files) and returns the guest path.
+    pub fn add_file(
+        &mut self,
+        cid: &str,
+        n: usize,
+        source: &Path,
+        readonly: bool,
+    ) -> Result<String, ShareError> {
+        let (host, guest) = self.container_dir(cid)?;
+        let meta = std::fs::metadata(source).map_err(|e| ShareError::VolumeSource {
+            path: source.to_path_buf(),
+            why: e.to_string(),
+        })?;
+        if !meta.is_file() {
+            return Err(ShareError::VolumeSource {
+                path: source.to_path_buf(),
+                why: "not a regular file".into(),
+            });
+        }
+        let dir = host.join("files");
+        mkdir(&dir)?;
+        let target = dir.join(n.to_string());
+        std::fs::File::create(&target).map_err(|source| ShareError::Create {
+            path: target.clone(),
+            source,
+        })?;
+        self.bind(source, &target, readonly)?;
+        Ok(format!("{guest}/files/{n}"))
+    }
+
+    /// Bind-mounts `source` (a directory, a file, or a mounted rootfs) onto the existing
+    /// `target` below the share, private, read-only when asked; unmounted on drop.
+    pub fn bind(&mut self, source: &Path, target: &Path, readonly: bool) -> Result<(), ShareError> {
         let bind_err = |errno| ShareError::Bind {
             source_dir: source.to_path_buf(),
-            target: target.clone(),
+            target: target.to_path_buf(),
             errno,
         };
-        // Not recursive: mounts below the user's dir stay invisible to the guest.
-        mount(
-            Some(source),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(bind_err)?;
+        mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(bind_err)?;
+        // Dropped (unmounted) if a later step fails.
         let guard = BindGuard {
-            target: target.clone(),
+            target: target.to_path_buf(),
         };
-        // Our mount must not propagate to (or receive) other mounts.
-        mount(
-            None::<&str>,
-            &target,
-            None::<&str>,
-            MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .map_err(bind_err)?;
+        // Our mount must not propagate to (or receive) other mounts, unless the share
+        // is shared on purpose (then it reaches virtiofsd's namespace, and only that).
+        if !self.shared {
+            mount(None::<&str>, target, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>).map_err(bind_err)?;
+        }
         if readonly {
             mount(
                 None::<&str>,
-                &target,
+                target,
                 None::<&str>,
                 MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
                 None::<&str>,
@@ -161,7 +215,28 @@ impl Share {
             .map_err(bind_err)?;
         }
         self.mounts.push(guard);
-        Ok(format!("{guest}/volumes/{n}"))
+        Ok(())
+    }
+
+    /// Takes ownership of a mount made elsewhere at `target` (a container's rootfs), so
+    /// it is unmounted with the others.
+    pub fn adopt_mount(&mut self, target: &Path) {
+        self.mounts.push(BindGuard {
+            target: target.to_path_buf(),
+        });
+    }
+
+    /// Unmounts every mount at or below `dir` that this share owns (one container's),
+    /// deepest first.
+    pub fn unmount_under(&mut self, dir: &Path) {
+        let (mine, rest): (Vec<_>, Vec<_>) = self
+            .mounts
+            .drain(..)
+            .partition(|m| m.target.starts_with(dir));
+        self.mounts = rest;
+        let mut mine = mine;
+        mine.sort_by_key(|m| std::cmp::Reverse(m.target.components().count()));
+        drop(mine);
     }
 
     /// Unmounts every volume now (also done on drop).

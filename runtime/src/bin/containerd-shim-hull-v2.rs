@@ -1,0 +1,59 @@
+//! `containerd-shim-hull-v2`: hull's containerd shim (runtime `io.containerd.hull.v2`).
+//! See `runtime/src/shim/`.
+
+use std::os::unix::fs::OpenOptionsExt;
+
+use hull_runtime::shim::{lifecycle, HullShim, RUNTIME_ID};
+
+/// Logs go to containerd's shim log FIFO (`log` in the bundle, where containerd starts
+/// the shim) when it is there, else to stderr. `-debug` or `HULL_LOG` set the level.
+fn init_logging() {
+    let debug = std::env::args().any(|a| a == "-debug" || a == "--debug");
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HULL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if debug { "debug" } else { "info" }));
+    let fifo = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("log")
+        .ok()
+        .filter(|f| f.metadata().map(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type())).unwrap_or(false));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
+    match fifo {
+        Some(f) => {
+            let f = std::sync::Mutex::new(f);
+            let _ = builder.with_writer(f).try_init();
+        }
+        None => {
+            let _ = builder.with_writer(std::io::stderr).try_init();
+        }
+    }
+}
+
+fn main() {
+    // Only the serving shim logs into the FIFO; `start` and `delete` print protocol
+    // data on stdout, their logs go to stderr (containerd logs it).
+    let serving = !std::env::args().any(|a| a == "start" || a == "delete");
+    if serving {
+        init_logging();
+    } else {
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .try_init();
+    }
+    // One thread: the shim is per pod and small; its helpers (QEMU, ...) get their
+    // parent-death signal when this thread, i.e. the shim, ends.
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{RUNTIME_ID}: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    rt.block_on(containerd_shim::asynchronous::run::<HullShim>(
+        RUNTIME_ID,
+        Some(lifecycle::shim_config()),
+    ));
+    // Never hang on exit for a blocking task (a mount helper, a FIFO open).
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+}

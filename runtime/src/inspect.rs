@@ -1,0 +1,163 @@
+//! What runs on this host, for `hull ps` and `hull logs`: the VM state dirs under
+//! `<state_dir>/vms/`, their processes (found by the state dir in their command lines,
+//! as every VM process has its sockets there), memory and containers.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error("no sandbox {0:?} under {1} (see `hull ps`)")]
+    NotFound(String, PathBuf),
+    #[error("{0:?} matches several sandboxes: {1}")]
+    Ambiguous(String, String),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// One sandbox VM as seen from the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxInfo {
+    pub id: String,
+    pub dir: PathBuf,
+    /// "qemu" when a QEMU process runs it, else "-".
+    pub backend: String,
+    pub pid: Option<u32>,
+    /// Resident memory of the VM process.
+    pub rss_kib: Option<u64>,
+    /// Guest memory as configured (`-m`).
+    pub guest_mib: Option<u64>,
+    pub containers: Vec<String>,
+}
+
+/// Every VM dir under `state_dir`, sorted by id.
+pub fn list(state_dir: &Path) -> Vec<SandboxInfo> {
+    let vms = state_dir.join("vms");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&vms)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    let procs = processes();
+    dirs.into_iter()
+        .map(|dir| {
+            let id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let marker = dir.to_string_lossy().into_owned();
+            let vm = procs
+                .iter()
+                .find(|(_, cmd)| {
+                    cmd.iter().any(|a| a.contains(&marker)) && cmd.first().is_some_and(|a| a.contains("qemu-system"))
+                });
+            let mut containers: Vec<String> = std::fs::read_dir(dir.join("share/containers"))
+                .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            containers.sort();
+            SandboxInfo {
+                id,
+                backend: if vm.is_some() { "qemu".into() } else { "-".into() },
+                pid: vm.map(|(p, _)| *p),
+                rss_kib: vm.and_then(|(p, _)| rss_kib(*p)),
+                guest_mib: vm.and_then(|(_, cmd)| guest_mib(cmd)),
+                containers,
+                dir,
+            }
+        })
+        .collect()
+}
+
+/// The table `hull ps` prints.
+pub fn table(list: &[SandboxInfo]) -> String {
+    let mut out = format!("{:<18} {:<7} {:>8} {:>10} {:>9}  {}\n", "SANDBOX", "BACKEND", "PID", "RSS(MiB)", "GUEST(MiB)", "CONTAINERS");
+    for s in list {
+        let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "{:<18} {:<7} {:>8} {:>10} {:>9}  {}\n",
+            s.id,
+            s.backend,
+            opt(s.pid.map(u64::from)),
+            opt(s.rss_kib.map(|k| k / 1024)),
+            opt(s.guest_mib),
+            if s.containers.is_empty() { "-".to_string() } else { s.containers.join(",") }
+        ));
+    }
+    out
+}
+
+/// The VM dir whose id is `id` or starts with it.
+pub fn find(state_dir: &Path, id: &str) -> Result<PathBuf, InspectError> {
+    let all = list(state_dir);
+    if let Some(s) = all.iter().find(|s| s.id == id) {
+        return Ok(s.dir.clone());
+    }
+    let found: Vec<&SandboxInfo> = all.iter().filter(|s| !id.is_empty() && s.id.starts_with(id)).collect();
+    match found.as_slice() {
+        [one] => Ok(one.dir.clone()),
+        [] => Err(InspectError::NotFound(id.into(), state_dir.join("vms"))),
+        many => Err(InspectError::Ambiguous(
+            id.into(),
+            many.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", "),
+        )),
+    }
+}
+
+/// The guest console log of sandbox `id` (kernel and agent output).
+pub fn console_log(state_dir: &Path, id: &str) -> Result<Vec<u8>, InspectError> {
+    let path = find(state_dir, id)?.join("console.log");
+    std::fs::read(&path).map_err(|source| InspectError::Read { path, source })
+}
+
+fn processes() -> Vec<(u32, Vec<String>)> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args = raw
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>();
+            (!args.is_empty()).then_some((pid, args))
+        })
+        .collect()
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// QEMU's `-m 256M`.
+fn guest_mib(cmd: &[String]) -> Option<u64> {
+    let i = cmd.iter().position(|a| a == "-m")?;
+    let v = cmd.get(i + 1)?;
+    v.trim_end_matches(['M', 'm']).parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_finds_and_reads_logs() {
+        let t = tempfile::tempdir().expect("tmp");
+        for id in ["aa11", "aa22", "bb33"] {
+            std::fs::create_dir_all(t.path().join("vms").join(id).join("share/containers/c1")).expect("dir");
+        }
+        std::fs::write(t.path().join("vms/bb33/console.log"), b"Linux version 6.1\n").expect("log");
+        let l = list(t.path());
+        assert_eq!(l.len(), 3);
+        assert_eq!(l[0].containers, vec!["c1".to_string()]);
+        assert_eq!(l[0].backend, "-");
+        assert!(table(&l).contains("aa11"));
+        assert_eq!(console_log(t.path(), "bb").expect("log"), b"Linux version 6.1\n");
+        assert!(matches!(find(t.path(), "aa"), Err(InspectError::Ambiguous(..))));
+        assert!(matches!(find(t.path(), "zz"), Err(InspectError::NotFound(..))));
+        assert!(matches!(console_log(t.path(), "aa11"), Err(InspectError::Read { .. })));
+        assert_eq!(guest_mib(&["q".into(), "-m".into(), "256M".into()]), Some(256));
+    }
+}

@@ -1,0 +1,144 @@
+//! The shim's own lifecycle, as containerd drives it:
+//! - `start`: pick the shim for the task (a pod's containers share their sandbox's
+//!   shim, others get their own), start it in the background if it is not running, and
+//!   print its ttrpc address;
+//! - (no action): serve the Task service until Shutdown;
+//! - `delete`: run by containerd when a shim is gone (crashed, killed): remove what it
+//!   left, from the record in the bundle.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::publisher::RemotePublisher;
+use containerd_shim::asynchronous::{ExitSignal, Shim};
+use containerd_shim::{Config as ShimConfig, Flags, StartOpts};
+use containerd_shim_protos::api::DeleteResponse;
+use containerd_shim_protos::protobuf::MessageField;
+
+use super::events::Events;
+use super::record::Record;
+use super::service::{now, Service};
+use super::spec::HostSpec;
+use super::task::TaskService;
+use super::{ANNOTATION_CONTAINER_TYPE, ANNOTATION_SANDBOX_ID};
+
+pub struct HullShim {
+    exit: Arc<ExitSignal>,
+    namespace: String,
+}
+
+/// The shim crate's settings: hull reaps its own children (tokio owns their waits, a
+/// global `waitpid(-1)` would steal their statuses), is no subreaper, and logs with
+/// `tracing` (set up in the binary).
+pub fn shim_config() -> ShimConfig {
+    ShimConfig {
+        no_setup_logger: true,
+        default_log_level: "info".into(),
+        no_reaper: true,
+        no_sub_reaper: true,
+    }
+}
+
+/// Which shim serves the task in `bundle`: a pod's containers go to the shim of their
+/// sandbox; anything else (plain `ctr run`, a pod's sandbox container) to its own.
+pub fn grouping(id: &str, bundle: &Path) -> String {
+    let Ok(spec) = HostSpec::load(bundle) else {
+        return id.to_string();
+    };
+    match (
+        spec.annotation(ANNOTATION_CONTAINER_TYPE),
+        spec.annotation(ANNOTATION_SANDBOX_ID),
+    ) {
+        (Some("container"), Some(sandbox)) if !sandbox.is_empty() => sandbox.to_string(),
+        _ => id.to_string(),
+    }
+}
+
+fn shim_error(what: &str, e: impl std::fmt::Display) -> containerd_shim::Error {
+    containerd_shim::Error::Other(format!("{what}: {e}"))
+}
+
+#[async_trait]
+impl Shim for HullShim {
+    type T = TaskService;
+
+    async fn new(_runtime_id: &str, args: &Flags, _config: &mut ShimConfig) -> Self {
+        HullShim {
+            exit: Arc::new(ExitSignal::default()),
+            namespace: args.namespace.clone(),
+        }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        let bundle = std::env::current_dir().map_err(|e| shim_error("bundle dir", e))?;
+        let group = grouping(&opts.id, &bundle);
+        let address = containerd_shim::socket_address(&opts.address, &opts.namespace, &group);
+        let socket = address.strip_prefix("unix://").unwrap_or(&address).to_string();
+        // A pod's later containers: the sandbox's shim already listens there.
+        if group != opts.id && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            write_address(&bundle, &address)?;
+            return Ok(address);
+        }
+        let exe = std::env::current_exe().map_err(|e| shim_error("own executable", e))?;
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.current_dir(&bundle)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .args([
+                "-namespace",
+                &opts.namespace,
+                "-id",
+                &opts.id,
+                "-address",
+                &opts.address,
+                "-socket",
+                &address,
+            ]);
+        if opts.debug {
+            cmd.arg("-debug");
+        }
+        let mut child = cmd.spawn().map_err(|e| shim_error("starting the shim server", e))?;
+        // The server closes its stdout once it listens (the shim crate's handshake).
+        if let Some(mut out) = child.stdout.take() {
+            let _ = tokio::io::copy(&mut out, &mut tokio::io::sink()).await;
+        }
+        write_address(&bundle, &address)?;
+        Ok(address)
+    }
+
+    async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        let bundle = std::env::current_dir().map_err(|e| shim_error("bundle dir", e))?;
+        cleanup(&bundle);
+        Ok(DeleteResponse {
+            exit_status: 128 + libc::SIGKILL as u32,
+            exited_at: MessageField::some(now()),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        let events = Events::new(publisher, self.namespace.clone());
+        TaskService::new(Service::new(events, self.exit.clone()))
+    }
+}
+
+fn write_address(bundle: &Path, address: &str) -> containerd_shim::Result<()> {
+    std::fs::write(bundle.join("address"), address).map_err(|e| shim_error("writing the address file", e))
+}
+
+/// What `delete` does: the VM's leftovers (processes, mounts, state dir) and the
+/// container's rootfs mount in the bundle, if any.
+pub fn cleanup(bundle: &Path) {
+    if let Some(record) = Record::read(bundle) {
+        tracing::info!(state_dir = %record.state_dir.display(), "cleaning up after a shim that is gone");
+        record.clean();
+        Record::remove(bundle);
+    }
+}

@@ -1,0 +1,95 @@
+//! The containerd shim v2 (`containerd-shim-hull-v2`, runtime `io.containerd.hull.v2`).
+//!
+//! containerd starts one shim per task (or, with CRI annotations, per pod) and talks to
+//! it over ttrpc (task API v2). The shim owns one sandbox VM and runs every container
+//! of the task or pod in it. Requests flow one way:
+//!
+//! ```text
+//! containerd -> task.rs (ttrpc Task, thin) -> service.rs (containers, processes)
+//!            -> pod.rs (the sandbox VM) -> sandbox/ + agent_client/
+//! ```
+//!
+//! One job per module: [`lifecycle`] (the `start`/`delete` sub-commands), [`task`]
+//! (the Task service), [`service`] (state and operations), [`pod`] (one VM, booted by
+//! the first container), [`io`] (containerd's FIFOs <-> the agent's streams),
+//! [`rootfs`] (containerd's rootfs mounts and bind mounts in the share), [`spec`]
+//! (containerd's OCI spec -> the guest's), [`events`] (publishing to containerd),
+//! [`convert`] (containerd's protocol types), [`options`] (runtime options),
+//! [`record`] (what `delete` needs after a crash of the shim).
+
+pub mod convert;
+pub mod events;
+pub mod io;
+pub mod lifecycle;
+pub mod options;
+pub mod pod;
+pub mod record;
+pub mod rootfs;
+pub mod service;
+pub mod spec;
+pub mod task;
+
+pub use lifecycle::HullShim;
+
+/// The runtime name containerd knows hull by.
+pub const RUNTIME_ID: &str = "io.containerd.hull.v2";
+
+/// CRI annotation: `sandbox` (the pod's pause container) or `container`.
+pub const ANNOTATION_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// CRI annotation: the pod's sandbox id.
+pub const ANNOTATION_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// Errors of the shim's own work, mapped to ttrpc status codes in `task.rs`.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    Unimplemented(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ShimError {
+    pub fn internal(what: impl std::fmt::Display) -> ShimError {
+        ShimError::Internal(what.to_string())
+    }
+}
+
+impl From<crate::agent_client::AgentError> for ShimError {
+    fn from(e: crate::agent_client::AgentError) -> ShimError {
+        use crate::agent_client::AgentError;
+        // The agent's status codes keep their meaning for containerd.
+        if let AgentError::Rpc {
+            source: ttrpc::Error::RpcStatus(s),
+            ..
+        } = &e
+        {
+            use ttrpc::Code;
+            let text = e.to_string();
+            return match s.code.enum_value() {
+                Ok(Code::NOT_FOUND) => ShimError::NotFound(text),
+                Ok(Code::ALREADY_EXISTS) => ShimError::AlreadyExists(text),
+                Ok(Code::FAILED_PRECONDITION) => ShimError::FailedPrecondition(text),
+                Ok(Code::INVALID_ARGUMENT) => ShimError::InvalidArgument(text),
+                _ => ShimError::Internal(text),
+            };
+        }
+        ShimError::Internal(e.to_string())
+    }
+}
+
+impl From<crate::sandbox::SandboxError> for ShimError {
+    fn from(e: crate::sandbox::SandboxError) -> ShimError {
+        match e {
+            crate::sandbox::SandboxError::Agent(a) => a.into(),
+            other => ShimError::Internal(other.to_string()),
+        }
+    }
+}

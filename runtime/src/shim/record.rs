@@ -1,0 +1,98 @@
+//! What `containerd-shim-hull-v2 delete` needs when the shim itself is gone (killed,
+//! crashed): the VM's state dir and the host PIDs of its processes, written next to
+//! the bundle as `hull-sandbox.json` once they are known and removed on a clean end.
+//! The helpers die with the shim (parent-death signal); the record covers the mounts
+//! and the state dir they leave, and a helper that somehow survived.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const FILE: &str = "hull-sandbox.json";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Record {
+    pub state_dir: PathBuf,
+    pub pids: Vec<u32>,
+}
+
+impl Record {
+    pub fn write(&self, bundle: &Path) -> std::io::Result<()> {
+        let tmp = bundle.join(format!("{FILE}.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec(self)?)?;
+        std::fs::rename(&tmp, bundle.join(FILE))
+    }
+
+    pub fn read(bundle: &Path) -> Option<Record> {
+        let text = std::fs::read(bundle.join(FILE)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    pub fn remove(bundle: &Path) {
+        let _ = std::fs::remove_file(bundle.join(FILE));
+    }
+
+    /// Kills what is left of the VM, unmounts what is left in its state dir and
+    /// removes it. A PID is killed only if its command line still names the state dir
+    /// (the PID may have been reused since).
+    pub fn clean(&self) {
+        let marker = self.state_dir.to_string_lossy().into_owned();
+        if marker.is_empty() || !self.state_dir.is_absolute() {
+            return;
+        }
+        for pid in &self.pids {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&marker) {
+                if let Ok(p) = i32::try_from(*pid) {
+                    tracing::info!(pid, "killing a process left by the shim");
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+        // Give killed processes a moment to release their sockets and mounts.
+        for _ in 0..50 {
+            if self.pids.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists()
+                || !String::from_utf8_lossy(&std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default()).contains(&marker))
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        for m in crate::sandbox::share::mounts_under(&self.state_dir) {
+            if let Err(e) = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH) {
+                tracing::warn!(mount = %m.display(), error = %e, "cannot unmount");
+            }
+        }
+        if !crate::sandbox::share::mounts_under(&self.state_dir).is_empty() {
+            tracing::error!(dir = %self.state_dir.display(), "mounts remain; not removing the state dir");
+            return;
+        }
+        match std::fs::remove_dir_all(&self.state_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(dir = %self.state_dir.display(), error = %e, "cannot remove the state dir"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_clean() {
+        let t = tempfile::tempdir().expect("tmp");
+        let state = t.path().join("vms/abc");
+        std::fs::create_dir_all(state.join("share")).expect("state");
+        let r = Record {
+            state_dir: state.clone(),
+            pids: vec![u32::MAX],
+        };
+        r.write(t.path()).expect("write");
+        assert_eq!(Record::read(t.path()), Some(r.clone()));
+        r.clean();
+        assert!(!state.exists());
+        Record::remove(t.path());
+        assert_eq!(Record::read(t.path()), None);
+    }
+}

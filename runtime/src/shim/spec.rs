@@ -1,0 +1,260 @@
+//! containerd's OCI runtime spec (the bundle's `config.json`) made into the guest's:
+//! the rootfs and every host-path bind mount are rewritten to guest paths in the
+//! sandbox share, and what only means something on the host (AppArmor/SELinux labels,
+//! hooks, the pod's netns path) is dropped. The spec stays JSON throughout, so no field
+//! that hull does not know is lost on the way to the agent.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use super::ShimError;
+use crate::sandbox::share::Share;
+
+/// Size of the guest tmpfs that replaces CRI's host `/dev/shm` bind mount.
+const SHM_SIZE: &str = "size=65536k";
+
+/// A runtime spec as containerd wrote it.
+#[derive(Debug, Clone)]
+pub struct HostSpec {
+    json: Value,
+}
+
+fn invalid(what: String) -> ShimError {
+    ShimError::InvalidArgument(format!("invalid OCI spec: {what}"))
+}
+
+impl HostSpec {
+    /// Reads and checks `<bundle>/config.json`.
+    pub fn load(bundle: &Path) -> Result<HostSpec, ShimError> {
+        let path = bundle.join("config.json");
+        let text = std::fs::read(&path)
+            .map_err(|e| ShimError::InvalidArgument(format!("cannot read {}: {e}", path.display())))?;
+        HostSpec::parse(&text)
+    }
+
+    pub fn parse(text: &[u8]) -> Result<HostSpec, ShimError> {
+        let json: Value = serde_json::from_slice(text).map_err(|e| invalid(format!("not JSON: {e}")))?;
+        let spec = HostSpec { json };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// What the guest would refuse, named before a VM is booted for nothing.
+    fn validate(&self) -> Result<(), ShimError> {
+        let process = self
+            .json
+            .get("process")
+            .ok_or_else(|| invalid("no process".into()))?;
+        validate_process(process, "process")?;
+        if self.json.pointer("/root/path").and_then(Value::as_str).is_none() {
+            return Err(invalid("no root.path".into()));
+        }
+        Ok(())
+    }
+
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.json.pointer("/annotations")?.get(key)?.as_str()
+    }
+
+    /// The bundle-relative or absolute rootfs path containerd prepared.
+    pub fn root_path(&self) -> &str {
+        self.json
+            .pointer("/root/path")
+            .and_then(Value::as_str)
+            .unwrap_or("rootfs")
+    }
+
+    pub fn terminal(&self) -> bool {
+        self.json
+            .pointer("/process/terminal")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
+
+    pub fn hostname(&self) -> Option<&str> {
+        self.json
+            .get("hostname")
+            .and_then(Value::as_str)
+            .filter(|h| !h.is_empty())
+    }
+
+    /// Memory limit (bytes), if the spec sets one.
+    pub fn memory_limit(&self) -> Option<u64> {
+        self.json
+            .pointer("/linux/resources/memory/limit")
+            .and_then(Value::as_i64)
+            .filter(|l| *l > 0)
+            .map(|l| l as u64)
+    }
+
+    /// CPUs from the CFS quota and period, if set.
+    pub fn cpus(&self) -> Option<f64> {
+        let quota = self.json.pointer("/linux/resources/cpu/quota")?.as_i64()?;
+        let period = self.json.pointer("/linux/resources/cpu/period")?.as_u64()?;
+        (quota > 0 && period > 0).then(|| quota as f64 / period as f64)
+    }
+
+    /// The guest's spec as JSON: rootfs at `rootfs_guest`; host bind mounts added to
+    /// `share` (container `cid`) and pointed at their guest paths.
+    pub fn to_guest(&self, cid: &str, rootfs_guest: &str, share: &mut Share) -> Result<Vec<u8>, ShimError> {
+        let mut spec = self.json.clone();
+        spec["root"]["path"] = json!(rootfs_guest);
+        if let Some(p) = spec.get_mut("process").and_then(Value::as_object_mut) {
+            p.remove("apparmorProfile");
+            p.remove("selinuxLabel");
+        }
+        if let Some(o) = spec.as_object_mut() {
+            o.remove("hooks");
+        }
+        if let Some(linux) = spec.get_mut("linux").and_then(Value::as_object_mut) {
+            linux.remove("mountLabel");
+            if let Some(Value::Array(nss)) = linux.get_mut("namespaces") {
+                // The pod's network is the VM's: a netns path of the host means nothing.
+                nss.retain(|ns| !(ns["type"] == "network" && ns.get("path").is_some()));
+                // Other paths name the host's view of the pod's sandbox container
+                // (/proc/<pid>/ns/..): meaningless in the guest, so the container gets
+                // namespaces of its own there.
+                for ns in nss.iter_mut() {
+                    if let Some(o) = ns.as_object_mut() {
+                        o.remove("path");
+                    }
+                }
+            }
+        }
+        if let Some(Value::Array(mounts)) = spec.get_mut("mounts") {
+            for (n, m) in mounts.iter_mut().enumerate() {
+                rewrite_mount(m, n, cid, share)?;
+            }
+        }
+        serde_json::to_vec(&spec).map_err(|e| ShimError::internal(format!("spec to JSON: {e}")))
+    }
+}
+
+fn is_bind(m: &Value) -> bool {
+    m["type"] == "bind"
+        || m["options"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
+}
+
+fn rewrite_mount(m: &mut Value, n: usize, cid: &str, share: &mut Share) -> Result<(), ShimError> {
+    if !is_bind(m) {
+        return Ok(());
+    }
+    let dest = m["destination"].as_str().unwrap_or_default().to_string();
+    let source = m["source"].as_str().unwrap_or_default().to_string();
+    if dest == "/dev/shm" {
+        // CRI binds the pod's shm from the host; in the VM the pod's shm is a tmpfs.
+        *m = json!({
+            "destination": "/dev/shm",
+            "type": "tmpfs",
+            "source": "shm",
+            "options": ["nosuid", "noexec", "nodev", "mode=1777", SHM_SIZE],
+        });
+        return Ok(());
+    }
+    let readonly = m["options"]
+        .as_array()
+        .is_some_and(|o| o.iter().any(|x| x == "ro"));
+    let src = Path::new(&source);
+    if !src.is_absolute() {
+        return Err(invalid(format!("bind mount source {source:?} (for {dest}) is not absolute")));
+    }
+    let meta = std::fs::metadata(src)
+        .map_err(|e| invalid(format!("bind mount source {source} (for {dest}): {e}")))?;
+    let guest = if meta.is_dir() {
+        share.add_volume(cid, n, src, readonly)
+    } else {
+        share.add_file(cid, n, src, readonly)
+    }
+    .map_err(|e| ShimError::Internal(format!("sharing {source} for {dest}: {e}")))?;
+    m["source"] = json!(guest);
+    m["type"] = json!("bind");
+    Ok(())
+}
+
+/// The checks the agent makes on a process, made here first.
+pub fn validate_process(process: &Value, what: &str) -> Result<(), ShimError> {
+    let args = process["args"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if args.first().and_then(Value::as_str).unwrap_or_default().is_empty() {
+        return Err(invalid(format!("{what}.args is empty: there is no command to run")));
+    }
+    let cwd = process["cwd"].as_str().unwrap_or_default();
+    if !cwd.starts_with('/') {
+        return Err(invalid(format!("{what}.cwd {cwd:?} is not an absolute path")));
+    }
+    if let Some(env) = process["env"].as_array() {
+        if let Some(bad) = env.iter().find(|e| !e.as_str().is_some_and(|s| s.contains('='))) {
+            return Err(invalid(format!("{what}.env entry {bad} is not KEY=VALUE")));
+        }
+    }
+    Ok(())
+}
+
+/// An exec's process JSON (from containerd) made into the guest's.
+pub fn guest_process(json: &[u8]) -> Result<Vec<u8>, ShimError> {
+    let mut p: Value = serde_json::from_slice(json).map_err(|e| invalid(format!("exec process: {e}")))?;
+    validate_process(&p, "exec process")?;
+    if let Some(o) = p.as_object_mut() {
+        o.remove("apparmorProfile");
+        o.remove("selinuxLabel");
+    }
+    serde_json::to_vec(&p).map_err(|e| ShimError::internal(format!("process to JSON: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(process: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "ociVersion": "1.0.2",
+            "process": process,
+            "root": {"path": "rootfs"},
+            "hostname": "h",
+            "linux": {
+                "resources": {"memory": {"limit": 268435456}, "cpu": {"quota": 150000, "period": 100000}},
+                "namespaces": [{"type": "pid"}, {"type": "network", "path": "/var/run/netns/x"}],
+                "mountLabel": "x"
+            },
+            "hooks": {"prestart": []},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev/shm", "type": "bind", "source": "/run/x/shm", "options": ["rbind"]}
+            ]
+        }))
+        .expect("json")
+    }
+
+    #[test]
+    fn checks_name_the_field() {
+        let e = HostSpec::parse(&spec(json!({"args": ["sh"], "cwd": "rel"}))).expect_err("cwd");
+        assert!(e.to_string().contains("process.cwd \"rel\""), "{e}");
+        let e = HostSpec::parse(&spec(json!({"args": [], "cwd": "/"}))).expect_err("args");
+        assert!(e.to_string().contains("args is empty"), "{e}");
+        let e = HostSpec::parse(b"{").expect_err("json");
+        assert!(e.to_string().contains("not JSON"), "{e}");
+    }
+
+    #[test]
+    fn guest_spec_rewrites_host_parts() {
+        let s = HostSpec::parse(&spec(json!({"args": ["sh"], "cwd": "/", "apparmorProfile": "p", "terminal": true})))
+            .expect("valid");
+        assert_eq!(s.memory_limit(), Some(256 << 20));
+        assert_eq!(s.cpus(), Some(1.5));
+        assert!(s.terminal());
+        assert_eq!(s.hostname(), Some("h"));
+        let t = tempfile::tempdir().expect("tmp");
+        let mut share = Share::create(t.path()).expect("share");
+        let out: Value = serde_json::from_slice(&s.to_guest("c1", "/run/hull/share/containers/c1/rootfs", &mut share).expect("guest"))
+            .expect("json");
+        assert_eq!(out["root"]["path"], "/run/hull/share/containers/c1/rootfs");
+        assert!(out["process"].get("apparmorProfile").is_none());
+        assert!(out.get("hooks").is_none());
+        assert!(out["linux"].get("mountLabel").is_none());
+        assert_eq!(out["linux"]["namespaces"], json!([{"type": "pid"}]));
+        assert_eq!(out["mounts"][1]["type"], "tmpfs");
+        assert_eq!(out["mounts"][0]["type"], "proc");
+    }
+}

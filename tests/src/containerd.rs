@@ -1,0 +1,232 @@
+//! A real containerd for the shim's tests: its own root, state, socket and config in a
+//! temp dir, hull's runtime registered as `io.containerd.hull.v2`, the built
+//! `containerd-shim-hull-v2` found through PATH, hull's state under the test's
+//! [`TestState`], and the demo image imported. Dropping it stops containerd and any
+//! shim it left, so a failing test does not leak into the next.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{processes_mentioning, target_bin, TestState};
+
+pub const RUNTIME: &str = "io.containerd.hull.v2";
+pub const IMAGE: &str = "demo:latest";
+
+/// containerd, ctr and the shim binary, or why the tests cannot run.
+pub fn prerequisites() -> Result<(), String> {
+    crate::run_prerequisites()?;
+    let mut missing = Vec::new();
+    for b in ["containerd", "ctr"] {
+        if hull_runtime::host::find_binary(Path::new(b)).is_none() {
+            missing.push(b.to_string());
+        }
+    }
+    if !target_bin("containerd-shim-hull-v2").exists() {
+        missing.push(format!(
+            "{} (cargo build --workspace --bins)",
+            target_bin("containerd-shim-hull-v2").display()
+        ));
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("missing {} (apt-get install containerd)", missing.join(", ")))
+    }
+}
+
+/// Like `require_run`, for the containerd tests.
+pub fn require_containerd(test: &str) -> bool {
+    crate::require(test, prerequisites())
+}
+
+pub struct Containerd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    pub state: TestState,
+}
+
+impl Containerd {
+    /// Starts containerd and imports the demo image.
+    pub fn start() -> Containerd {
+        let state = TestState::new();
+        let dir = tempfile::Builder::new()
+            .prefix("hull-ctd-")
+            .tempdir_in("/tmp")
+            .expect("containerd temp dir");
+        let d = dir.path();
+        let bin = d.join("bin");
+        std::fs::create_dir(&bin).expect("bin dir");
+        std::os::unix::fs::symlink(target_bin("containerd-shim-hull-v2"), bin.join("containerd-shim-hull-v2"))
+            .expect("shim symlink");
+        let config = format!(
+            r#"version = 2
+root = "{root}"
+state = "{st}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{sock}"
+[debug]
+  level = "debug"
+"#,
+            root = d.join("root").display(),
+            st = d.join("state").display(),
+            sock = d.join("c.sock").display(),
+        );
+        std::fs::write(d.join("config.toml"), config).expect("config");
+        let log = std::fs::File::create(d.join("containerd.log")).expect("log");
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .env("PATH", path)
+            .env("HULL_STATE_DIR", state.path())
+            .env("HULL_CACHE_DIR", hull_runtime::config::default_cache_dir())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start containerd");
+        let c = Containerd {
+            child: Some(child),
+            dir,
+            state,
+        };
+        crate::wait_for("containerd's socket", Duration::from_secs(20), || {
+            c.ctr(&["version"]).status.success().then_some(())
+        });
+        let tar = c.dir.path().join("demo.tar");
+        let st = Command::new("tar")
+            .arg("-cf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(crate::demo_image())
+            .arg(".")
+            .status()
+            .expect("tar");
+        assert!(st.success(), "tar of the demo image failed");
+        let out = c.ctr(&["images", "import", "--base-name", "demo", tar.to_str().expect("utf8")]);
+        assert!(out.status.success(), "image import: {}", crate::output_text(&out));
+        c
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("c.sock")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// `ctr -a SOCKET ARGS...`, stdin from /dev/null.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_with_stdin(args, None)
+    }
+
+    pub fn ctr_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        // A hung ctr must fail the test, not hang it.
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-s", "KILL", "120", "ctr", "-a"]).arg(self.socket()).args(args);
+        run_cmd(cmd, stdin)
+    }
+
+    /// `ctr run --rm --runtime hull IMAGE ID ARGS...`.
+    pub fn run_rm(&self, id: &str, args: &[&str]) -> Output {
+        let mut a = vec!["run", "--rm", "--runtime", RUNTIME, IMAGE, id];
+        a.extend_from_slice(args);
+        self.ctr(&a)
+    }
+
+    /// The status column of `ctr task ls` for `id`, if listed.
+    pub fn task_status(&self, id: &str) -> Option<String> {
+        let out = self.ctr(&["task", "ls"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .find(|w| w.first().map(String::as_str) == Some(id))
+            .and_then(|w| w.get(2).cloned())
+    }
+
+    /// Shim processes of this containerd.
+    pub fn shims(&self) -> Vec<(i32, String)> {
+        processes_mentioning(&format!("-address {}", self.socket().display()))
+            .into_iter()
+            .filter(|(_, c)| c.contains("containerd-shim-hull-v2"))
+            .collect()
+    }
+
+    /// Nothing of hull is left: no VM process, dir or mount, no shim, and no mount
+    /// under containerd's dirs but its own snapshots' (none once tasks are deleted).
+    pub fn assert_nothing_left(&self) {
+        self.state.assert_nothing_left();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let shims = self.shims();
+            let mounts = hull_runtime::sandbox::share::mounts_under(&self.dir.path().join("state"));
+            if shims.is_empty() && mounts.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("left behind: shims {shims:?}, mounts {mounts:?}\n--- containerd log ---\n{}", tail(&self.log(), 60));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Runs `cmd` to the end with `stdin` (or /dev/null); its output.
+pub fn run_cmd(mut cmd: Command, stdin: Option<&[u8]>) -> Output {
+    use std::io::Write;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = cmd.spawn().expect("start command");
+    let writer = stdin.map(|data| {
+        let mut pipe = child.stdin.take().expect("stdin pipe");
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        })
+    });
+    let out = child.wait_with_output().expect("command output");
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    out
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Shims outlive containerd by design; a failed test's must not outlive us.
+        for (pid, _) in self.shims() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for m in hull_runtime::sandbox::share::mounts_under(self.dir.path()) {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        for m in hull_runtime::sandbox::share::mounts_under(self.state.path()) {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}

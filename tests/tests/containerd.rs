@@ -1,0 +1,257 @@
+//! containerd-shim-hull-v2 under a real containerd (Debian's 1.6), driven with `ctr`:
+//! output and exit codes of `ctr run`, stdin, a tty, the task API (exec, ps, metrics,
+//! pause/resume, kill, delete), faults (QEMU or the shim killed) and bad input. Every
+//! test starts its own containerd (see `hull_tests::containerd`) and checks that
+//! nothing is left: no VM process or dir, no mount, no shim.
+
+use std::time::Duration;
+
+use hull_tests::containerd::{run_cmd, Containerd, IMAGE, RUNTIME};
+use hull_tests::{output_text, processes_mentioning, wait_for};
+
+macro_rules! need_containerd {
+    ($name:expr) => {
+        if !hull_tests::containerd::require_containerd($name) {
+            return;
+        }
+    };
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn ctr_run_prints_output_and_propagates_exit_codes() {
+    need_containerd!("ctr_run_prints_output_and_propagates_exit_codes");
+    let c = Containerd::start();
+    let out = c.run_rm("echo1", &["echo", "hi"]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert_eq!(stdout(&out), "hi\n", "{}", output_text(&out));
+
+    let out = c.run_rm("exit7", &["sh", "-c", "echo out; echo err >&2; exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{}", output_text(&out));
+    assert_eq!(stdout(&out), "out\n", "{}", output_text(&out));
+    assert!(stderr(&out).contains("err\n"), "{}", output_text(&out));
+
+    // stdin reaches the container and its end ends `cat`; all output arrives.
+    let data: String = (0..2000).map(|i| format!("line {i}\n")).collect();
+    let out = c.ctr_with_stdin(
+        &["run", "--rm", "--runtime", RUNTIME, IMAGE, "cat1", "cat"],
+        Some(data.as_bytes()),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert_eq!(stdout(&out), data, "stdin round trip");
+    c.assert_nothing_left();
+}
+
+#[test]
+fn task_api_exec_ps_metrics_pause_resume_kill_delete() {
+    need_containerd!("task_api_exec_ps_metrics_pause_resume_kill_delete");
+    let c = Containerd::start();
+    let out = c.ctr(&["run", "-d", "--runtime", RUNTIME, IMAGE, "d1", "sleep", "1000"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(c.task_status("d1").as_deref(), Some("RUNNING"));
+
+    let out = c.ctr(&["task", "exec", "--exec-id", "e1", "d1", "sh", "-c", "echo from exec; exit 4"]);
+    assert_eq!(out.status.code(), Some(4), "{}", output_text(&out));
+    assert_eq!(stdout(&out), "from exec\n", "{}", output_text(&out));
+
+    let out = c.ctr(&["task", "ps", "d1"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let pids: Vec<String> = stdout(&out).lines().skip(1).filter_map(|l| l.split_whitespace().next().map(str::to_string)).collect();
+    assert_eq!(pids, vec!["1".to_string()], "the container's init is PID 1: {}", output_text(&out));
+
+    let out = c.ctr(&["task", "metrics", "d1"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let text = stdout(&out);
+    assert!(text.contains("memory.usage") && text.contains("cpu.usage_usec") && text.contains("pids.current"), "{text}");
+
+    let out = c.ctr(&["task", "pause", "d1"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(c.task_status("d1").as_deref(), Some("PAUSED"));
+    let out = c.ctr(&["task", "resume", "d1"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(c.task_status("d1").as_deref(), Some("RUNNING"));
+
+    // `hull ps` lists the VM with its container; `hull logs` prints its console.
+    let ps = c.state.hull().arg("ps").output().expect("hull ps");
+    let text = stdout(&ps);
+    let row = text.lines().find(|l| l.contains(" d1")).unwrap_or_else(|| panic!("hull ps: {}", output_text(&ps)));
+    assert!(row.contains("qemu"), "{row}");
+    let sandbox = row.split_whitespace().next().expect("id").to_string();
+    let logs = c.state.hull().args(["logs", &sandbox[..6]]).output().expect("hull logs");
+    assert!(logs.status.success() && stdout(&logs).contains("Linux version"), "{}", output_text(&logs));
+
+    // Running tasks cannot be deleted; killed ones can, with the signal's status.
+    let out = c.ctr(&["task", "delete", "d1"]);
+    assert!(!out.status.success(), "delete of a running task must fail: {}", output_text(&out));
+    let out = c.ctr(&["task", "kill", "-s", "SIGKILL", "d1"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    wait_for("the task to stop", Duration::from_secs(30), || {
+        (c.task_status("d1").as_deref() == Some("STOPPED")).then_some(())
+    });
+    let out = c.ctr(&["task", "delete", "d1"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(stderr(&out).contains("137"), "exit status 137 after SIGKILL: {}", output_text(&out));
+    let out = c.ctr(&["containers", "rm", "d1"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    c.assert_nothing_left();
+}
+
+#[test]
+fn ctr_run_with_a_tty() {
+    need_containerd!("ctr_run_with_a_tty");
+    if hull_runtime::host::find_binary(std::path::Path::new("script")).is_none() {
+        panic!("`script` (util-linux) is needed to give ctr a terminal");
+    }
+    let c = Containerd::start();
+    // `script` gives ctr a terminal; `-e` returns the command's exit code.
+    let cmdline = format!(
+        "ctr -a {} run -t --rm --runtime {RUNTIME} {IMAGE} tty1 sh -c 'tty; echo tty-ok; exit 6'",
+        c.socket().display()
+    );
+    let mut cmd = std::process::Command::new("timeout");
+    cmd.args(["-s", "KILL", "120", "script", "-qec", &cmdline, "/dev/null"]);
+    let out = run_cmd(cmd, None);
+    assert_eq!(out.status.code(), Some(6), "{}", output_text(&out));
+    let text = stdout(&out);
+    assert!(text.contains("/dev/pts/") && text.contains("tty-ok"), "{}", output_text(&out));
+    c.assert_nothing_left();
+}
+
+#[test]
+fn qemu_killed_under_a_running_task_stops_it() {
+    need_containerd!("qemu_killed_under_a_running_task_stops_it");
+    let c = Containerd::start();
+    let out = c.ctr(&["run", "-d", "--runtime", RUNTIME, IMAGE, "q1", "sleep", "1000"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let qemu = processes_mentioning(&c.state.path().to_string_lossy())
+        .into_iter()
+        .find(|(_, cmd)| cmd.contains("qemu-system"))
+        .expect("the task's QEMU");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(qemu.0), nix::sys::signal::Signal::SIGKILL).expect("kill QEMU");
+    wait_for("the task to stop", Duration::from_secs(30), || {
+        (c.task_status("q1").as_deref() == Some("STOPPED")).then_some(())
+    });
+    let out = c.ctr(&["task", "delete", "q1"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(stderr(&out).contains("non-zero exit code"), "a non-zero status: {}", output_text(&out));
+    assert!(c.ctr(&["containers", "rm", "q1"]).status.success());
+    c.assert_nothing_left();
+}
+
+#[test]
+fn shim_killed_is_cleaned_up_by_delete() {
+    need_containerd!("shim_killed_is_cleaned_up_by_delete");
+    let c = Containerd::start();
+    let out = c.ctr(&["run", "-d", "--runtime", RUNTIME, IMAGE, "s1", "sleep", "1000"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let shims = c.shims();
+    assert_eq!(shims.len(), 1, "one shim: {shims:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0].0), nix::sys::signal::Signal::SIGKILL).expect("kill the shim");
+    // containerd notices, runs `containerd-shim-hull-v2 delete`, and forgets the task.
+    wait_for("containerd to clean up the task", Duration::from_secs(30), || {
+        (c.task_status("s1").is_none()).then_some(())
+    });
+    assert!(c.ctr(&["containers", "rm", "s1"]).status.success());
+    c.assert_nothing_left();
+}
+
+#[test]
+fn bad_input_is_refused_by_name() {
+    need_containerd!("bad_input_is_refused_by_name");
+    let c = Containerd::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    // An unknown key in hull's config (the runtime option names it).
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[guest]\nmemroy_mib = 512\n").expect("bad config");
+    let bad_s = bad.to_str().expect("utf8");
+    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, "--runtime-config-path", bad_s, IMAGE, "b1", "true"]);
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(stderr(&out).contains("memroy_mib") && stderr(&out).contains(bad_s), "{}", output_text(&out));
+    // A missing kernel.
+    let nokernel = dir.path().join("nokernel.toml");
+    std::fs::write(&nokernel, "[guest]\nkernel = \"/nonexistent/vmlinux\"\n").expect("config");
+    let out = c.ctr(&[
+        "run", "--rm", "--runtime", RUNTIME, "--runtime-config-path", nokernel.to_str().expect("utf8"), IMAGE, "b2", "true",
+    ]);
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(stderr(&out).contains("/nonexistent/vmlinux"), "{}", output_text(&out));
+    // An invalid spec: a relative working directory.
+    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, "--cwd", "rel", IMAGE, "b3", "true"]);
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(stderr(&out).contains("process.cwd \"rel\""), "{}", output_text(&out));
+    for id in ["b1", "b2", "b3"] {
+        let _ = c.ctr(&["containers", "rm", id]);
+    }
+    c.assert_nothing_left();
+}
+
+/// Runs `cat /proc/sys/kernel/random/boot_id` in task `id`: which guest kernel it is in.
+fn boot_id(c: &Containerd, id: &str, exec: &str) -> String {
+    let out = c.ctr(&["task", "exec", "--exec-id", exec, id, "cat", "/proc/sys/kernel/random/boot_id"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    stdout(&out).trim().to_string()
+}
+
+#[test]
+fn pod_containers_share_one_vm_and_pods_do_not() {
+    need_containerd!("pod_containers_share_one_vm_and_pods_do_not");
+    let c = Containerd::start();
+    let sandbox = |pod: &str| {
+        let out = c.ctr(&[
+            "run", "-d", "--runtime", RUNTIME,
+            "--annotation", "io.kubernetes.cri.container-type=sandbox",
+            "--annotation", &format!("io.kubernetes.cri.sandbox-id={pod}"),
+            IMAGE, pod, "sleep", "1000",
+        ]);
+        assert!(out.status.success(), "{}", output_text(&out));
+    };
+    let member = |pod: &str, id: &str| {
+        let out = c.ctr(&[
+            "run", "-d", "--runtime", RUNTIME,
+            "--annotation", "io.kubernetes.cri.container-type=container",
+            "--annotation", &format!("io.kubernetes.cri.sandbox-id={pod}"),
+            IMAGE, id, "sh", "-c", "echo member > /tmp/x; sleep 1000",
+        ]);
+        assert!(out.status.success(), "{}", output_text(&out));
+    };
+    sandbox("poda");
+    member("poda", "poda-c1");
+    member("poda", "poda-c2");
+    sandbox("podb");
+    assert_eq!(c.shims().len(), 2, "one shim per pod: {:?}", c.shims());
+    let vms = hull_runtime::sandbox::share::mounts_under(c.state.path());
+    assert!(!vms.is_empty());
+    let (a0, a1, a2, b0) = (
+        boot_id(&c, "poda", "b0"),
+        boot_id(&c, "poda-c1", "b1"),
+        boot_id(&c, "poda-c2", "b2"),
+        boot_id(&c, "podb", "b3"),
+    );
+    assert_eq!(a0, a1, "containers of a pod run in its VM");
+    assert_eq!(a0, a2, "containers of a pod run in its VM");
+    assert_ne!(a0, b0, "two pods, two VMs");
+    // Each container has its own rootfs in the VM.
+    let out = c.ctr(&["task", "exec", "--exec-id", "r1", "poda", "cat", "/tmp/x"]);
+    assert!(!out.status.success(), "the sandbox container must not see c1's files: {}", output_text(&out));
+    // A member goes, the pod stays; the sandbox goes last and takes the VM.
+    for id in ["poda-c1", "poda-c2", "poda", "podb"] {
+        assert!(c.ctr(&["task", "kill", "-s", "SIGKILL", id]).status.success());
+        wait_for("the task to stop", Duration::from_secs(30), || {
+            (c.task_status(id).as_deref() == Some("STOPPED")).then_some(())
+        });
+        let out = c.ctr(&["task", "delete", id]);
+        assert!(out.status.success(), "{}", output_text(&out));
+        assert!(c.ctr(&["containers", "rm", id]).status.success());
+        if id == "poda-c1" {
+            assert_eq!(boot_id(&c, "poda-c2", "b4"), a0, "the pod's VM outlives one member");
+        }
+    }
+    c.assert_nothing_left();
+}
