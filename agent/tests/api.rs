@@ -147,8 +147,17 @@ async fn announce_retries_until_the_host_listens() {
 #[tokio::test]
 async fn a_stale_socket_file_is_replaced() {
     let dir = TempDir::new();
-    // A socket file nobody listens on, as a crashed agent leaves it.
-    drop(listen(&dir.0.join("agent.sock")));
+    // A socket file nobody listens on, as a crashed agent leaves it. Made with mknod,
+    // not bind+close: a listening fd, however briefly open, is inherited by any child
+    // another test thread forks in that window, and a client could then connect to
+    // that phantom listener and be reset when the child execs.
+    nix::sys::stat::mknod(
+        &dir.0.join("agent.sock"),
+        nix::sys::stat::SFlag::S_IFSOCK,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        0,
+    )
+    .expect("mknod a stale socket");
     let mut agent = Agent::start_in(dir, &[]);
     let c = agent.client().await;
     if let Err(e) = c.check(ctx(), &CheckRequest::new()).await {
