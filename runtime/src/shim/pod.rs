@@ -53,8 +53,9 @@ impl Pod {
                     // SAFETY: the AsyncFd owns the pidfd (an OwnedFd nobody else holds),
                     // so it stays open while registered and is deregistered before the
                     // AsyncFd closes it on drop.
-                    let registered =
-                        unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) };
+                    let interest = tokio::io::Interest::READABLE;
+                    // SAFETY: see above; `fd` is moved into the AsyncFd here.
+                    let registered = unsafe { AsyncFd::register_with_interest(fd, interest) };
                     if let Ok(fd) = registered {
                         let _ = fd.readable().await;
                     }
