@@ -576,7 +576,8 @@ pub const MIN_GUEST_MIB: u32 = 64;
 /// config's size) and vCPUs from the CPU quota, `hull run`'s rule, from the pod's
 /// resources when CRI gives them, else the container's. With a pod memory limit the VM
 /// is never larger than that limit: a VM sized above its pod's cgroup gets the VMM
-/// OOM-killed on the host.
+/// OOM-killed on the host. The host's own limits (the pod's cgroup and its parents) are
+/// applied on top by [`super::host_cgroup::enter`].
 pub fn sandbox_spec(config: &Config, spec: &HostSpec) -> Result<SandboxSpec, ShimError> {
     let num = |key: &str| spec.annotation(key).and_then(|v| v.trim().parse::<i64>().ok()).filter(|v| *v > 0);
     let pod_memory = num(ANNOTATION_SANDBOX_MEMORY).map(|v| v as u64);
