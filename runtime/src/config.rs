@@ -27,6 +27,11 @@ pub enum ConfigError {
     Invalid { path: PathBuf, what: String },
 }
 
+/// Default of `hypervisor.host_overhead_mib`, measured (see README, "Memory
+/// accounting"): QEMU under TCG with a 256 MiB guest, virtiofsd, vhost-device-vsock
+/// and the shim, with margin.
+pub const DEFAULT_HOST_OVERHEAD_MIB: u32 = 192;
+
 /// Which hypervisor backend runs the VMs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -59,6 +64,12 @@ pub struct HypervisorConfig {
     pub virtiofsd: PathBuf,
     /// hull's own VMM binary (`vmm/src/bin/hull-vmm.rs`).
     pub hull_vmm: PathBuf,
+    /// Host memory (MiB) a VM's processes use on top of the guest's memory: the
+    /// hypervisor (QEMU's TCG code buffer, its own heap), virtiofsd,
+    /// vhost-device-vsock and the shim. A pod's cgroup that hull creates is limited to
+    /// guest memory + this; under a limit the host already set, the VM gets at most
+    /// limit - this.
+    pub host_overhead_mib: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,6 +121,7 @@ impl Default for HypervisorConfig {
             vhost_vsock: PathBuf::from("vhost-device-vsock"),
             virtiofsd: PathBuf::from("virtiofsd"),
             hull_vmm: PathBuf::from("hull-vmm"),
+            host_overhead_mib: DEFAULT_HOST_OVERHEAD_MIB,
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod agent_client;
 pub mod bench;
+pub mod cgroup;
 pub mod check;
 pub mod child;
 pub mod config;

@@ -22,6 +22,11 @@ use crate::host;
 /// Guest CID given to every VM: each VM has its own vsock backend, so CIDs never meet.
 pub const GUEST_CID: u32 = 3;
 
+/// TCG with a bounded translation cache: QEMU's default lets it grow to 1 GiB of
+/// host memory, which no pod cgroup limit (VM + `hypervisor.host_overhead_mib`) could
+/// hold. 64 MiB holds a guest boot and small workloads without flushing.
+const TCG_ACCEL: &str = "tcg,tb-size=64";
+
 /// Which accelerator QEMU uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -113,7 +118,7 @@ impl Qemu {
         let mem = format!("{}M", spec.memory_mib);
         let (accel, cpu) = match self.config.accel {
             Accel::Kvm => ("kvm", "host"),
-            Accel::Tcg => ("tcg", "max"),
+            Accel::Tcg => (TCG_ACCEL, "max"),
         };
         cmd.arg("-name")
             .arg(format!("hull-{},debug-threads=on", spec.id))

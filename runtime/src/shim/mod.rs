@@ -15,10 +15,12 @@
 //! [`rootfs`] (containerd's rootfs mounts and bind mounts in the share), [`spec`]
 //! (containerd's OCI spec -> the guest's), [`events`] (publishing to containerd),
 //! [`convert`] (containerd's protocol types), [`options`] (runtime options),
-//! [`record`] (what `delete` needs after a crash of the shim).
+//! [`record`] (what `delete` needs after a crash of the shim), [`host_cgroup`] (the
+//! pod's cgroup on the host, where the VM's memory is charged).
 
 pub mod convert;
 pub mod events;
+pub mod host_cgroup;
 pub mod io;
 pub mod lifecycle;
 pub mod options;
@@ -82,6 +84,17 @@ impl From<crate::agent_client::AgentError> for ShimError {
             };
         }
         ShimError::Internal(e.to_string())
+    }
+}
+
+impl From<crate::cgroup::CgroupError> for ShimError {
+    fn from(e: crate::cgroup::CgroupError) -> ShimError {
+        use crate::cgroup::CgroupError;
+        match e {
+            CgroupError::BadPath { .. } => ShimError::InvalidArgument(e.to_string()),
+            CgroupError::TooSmall { .. } => ShimError::FailedPrecondition(e.to_string()),
+            other => ShimError::Internal(other.to_string()),
+        }
     }
 }
 

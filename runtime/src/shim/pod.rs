@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use super::record::Record;
 use super::ShimError;
 use crate::agent_client::AgentClient;
+use crate::cgroup::HostCgroup;
 use crate::sandbox::Sandbox;
 
 pub struct Pod {
@@ -24,23 +25,22 @@ pub struct Pod {
     record: Record,
     bundle: PathBuf,
     sandbox_container: String,
+    /// The pod's host cgroup (the shim is in it); removed after the VM.
+    cgroup: std::sync::Mutex<Option<HostCgroup>>,
 }
 
 impl Pod {
     /// Takes a booted sandbox; records it next to `bundle` for `delete` after a crash.
     /// `first` is the container that booted it: a pod's sandbox container, whose id is
     /// the `sandbox-id` annotation of the pod's other containers.
-    pub fn new(sandbox: Sandbox, bundle: &Path, first: &str) -> Result<Pod, ShimError> {
+    pub fn new(sandbox: Sandbox, bundle: &Path, first: &str, cgroup: Option<HostCgroup>) -> Result<Pod, ShimError> {
         let agent = sandbox
             .agent()
             .cloned()
             .ok_or_else(|| ShimError::internal("the sandbox has no agent connection"))?;
         let pids = sandbox.pids();
         let vm_pid = pids.first().copied().unwrap_or(0);
-        let record = Record {
-            state_dir: sandbox.state_dir().to_path_buf(),
-            pids,
-        };
+        let record = Record::new(sandbox.state_dir(), pids, cgroup.as_ref());
         if let Err(e) = record.write(bundle) {
             tracing::warn!(error = %e, "cannot write the sandbox record into the bundle");
         }
@@ -78,6 +78,7 @@ impl Pod {
             record,
             bundle: bundle.to_path_buf(),
             sandbox_container: first.to_string(),
+            cgroup: std::sync::Mutex::new(cgroup),
         })
     }
 
@@ -130,6 +131,10 @@ impl Pod {
             sandbox.teardown().await;
         } else if let Err(e) = sandbox.destroy().await {
             tracing::warn!(error = %e, "destroying the sandbox");
+        }
+        let cgroup = self.cgroup.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut cg) = cgroup {
+            cg.remove();
         }
         Record::remove(&self.bundle);
         // Nothing should be left; if something is, the record's cleaner gets it.

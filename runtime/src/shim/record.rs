@@ -14,9 +14,20 @@ pub const FILE: &str = "hull-sandbox.json";
 pub struct Record {
     pub state_dir: PathBuf,
     pub pids: Vec<u32>,
+    /// Host cgroups the shim created for the pod, deepest first.
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
 }
 
 impl Record {
+    pub fn new(state_dir: &Path, pids: Vec<u32>, cgroup: Option<&crate::cgroup::HostCgroup>) -> Record {
+        Record {
+            state_dir: state_dir.to_path_buf(),
+            pids,
+            cgroups: cgroup.map(|c| c.created().to_vec()).unwrap_or_default(),
+        }
+    }
+
     pub fn write(&self, bundle: &Path) -> std::io::Result<()> {
         let tmp = bundle.join(format!("{FILE}.tmp"));
         std::fs::write(&tmp, serde_json::to_vec(self)?)?;
@@ -33,9 +44,15 @@ impl Record {
     }
 
     /// Kills what is left of the VM, unmounts what is left in its state dir and
-    /// removes it. A PID is killed only if its command line still names the state dir
-    /// (the PID may have been reused since).
+    /// removes it, then the pod's cgroups (killing what is left in them: only the
+    /// pod's processes are there). A PID is killed only if its command line still
+    /// names the state dir (the PID may have been reused since).
     pub fn clean(&self) {
+        self.clean_state();
+        crate::cgroup::remove_dirs(&self.cgroups, true);
+    }
+
+    fn clean_state(&self) {
         let marker = self.state_dir.to_string_lossy().into_owned();
         if marker.is_empty() || !self.state_dir.is_absolute() {
             return;
@@ -87,6 +104,7 @@ mod tests {
         let r = Record {
             state_dir: state.clone(),
             pids: vec![u32::MAX],
+            cgroups: Vec::new(),
         };
         r.write(t.path()).expect("write");
         assert_eq!(Record::read(t.path()), Some(r.clone()));

@@ -20,6 +20,7 @@ use super::events::Events;
 use super::io::{ProcessIo, StdioPaths};
 use super::options::RuntimeOptions;
 use super::pod::Pod;
+use super::record::Record;
 use super::spec::HostSpec;
 use super::{rootfs, ShimError};
 use crate::agent_client::ContainerStats;
@@ -244,8 +245,15 @@ impl Service {
         let config = Config::load(req.options.config_path.as_deref())
             .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
         let backend = hypervisor::select(&config).map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
-        let sandbox_spec = sandbox_spec(&config, spec)?;
+        let mut sandbox_spec = sandbox_spec(&config, spec)?;
+        // Before any VM process starts: they inherit the pod's cgroup from the shim.
+        let cgroup = super::host_cgroup::enter(&config, spec, &mut sandbox_spec)?;
         let mut sandbox = Sandbox::create(&config, &sandbox_spec, backend)?;
+        // Until the pod is up, a crashed shim leaves `delete` the state dir and cgroup.
+        let early = Record::new(sandbox.state_dir(), Vec::new(), cgroup.as_ref());
+        if let Err(e) = early.write(&req.bundle) {
+            tracing::warn!(error = %e, "cannot write the sandbox record into the bundle");
+        }
         let booted = async {
             let share = sandbox
                 .share_mut()
@@ -275,9 +283,13 @@ impl Service {
         if let Err(e) = booted {
             sandbox.teardown().await;
             drop(sandbox);
+            if let Some(mut cg) = cgroup {
+                cg.remove();
+            }
+            Record::remove(&req.bundle);
             return Err(e);
         }
-        Ok(Arc::new(Pod::new(sandbox, &req.bundle, &req.id)?))
+        Ok(Arc::new(Pod::new(sandbox, &req.bundle, &req.id, cgroup)?))
     }
 
     /// Creates a later container of the pod in its running VM.
@@ -564,7 +576,8 @@ pub const MIN_GUEST_MIB: u32 = 64;
 /// config's size) and vCPUs from the CPU quota, `hull run`'s rule, from the pod's
 /// resources when CRI gives them, else the container's. With a pod memory limit the VM
 /// is never larger than that limit: a VM sized above its pod's cgroup gets the VMM
-/// OOM-killed on the host.
+/// OOM-killed on the host. The host's own limits (the pod's cgroup and its parents) are
+/// applied on top by [`super::host_cgroup::enter`].
 pub fn sandbox_spec(config: &Config, spec: &HostSpec) -> Result<SandboxSpec, ShimError> {
     let num = |key: &str| spec.annotation(key).and_then(|v| v.trim().parse::<i64>().ok()).filter(|v| *v > 0);
     let pod_memory = num(ANNOTATION_SANDBOX_MEMORY).map(|v| v as u64);

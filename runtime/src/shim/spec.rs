@@ -88,6 +88,14 @@ impl HostSpec {
             .map(|l| l as u64)
     }
 
+    /// `linux.cgroupsPath`, if set and not empty.
+    pub fn cgroups_path(&self) -> Option<&str> {
+        self.json
+            .pointer("/linux/cgroupsPath")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
+    }
+
     /// CPUs from the CFS quota and period, if set.
     pub fn cpus(&self) -> Option<f64> {
         let quota = self.json.pointer("/linux/resources/cpu/quota")?.as_i64()?;
