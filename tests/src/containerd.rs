@@ -56,7 +56,8 @@ impl Containerd {
     }
 
     /// Starts containerd with its CRI plugin on the same socket: hull is the runtime
-    /// handler `hull` (`runtime_type = "io.containerd.hull.v2"`), pods' sandbox image is
+    /// handler `hull` (`runtime_type = "io.containerd.hull.v2"`, also the default, as
+    /// CRI needs its default runtime configured), pods' sandbox image is
     /// `sandbox_image` (to be imported into `k8s.io` before a pod runs: nothing is
     /// pulled), AppArmor is left alone, and there is no CNI configuration (an empty
     /// dir): pods use the node's network, which under hull is their VM's.
@@ -91,6 +92,7 @@ impl Containerd {
     bin_dir = "{bin}"
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
+    default_runtime_name = "hull"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hull]
     runtime_type = "{RUNTIME}"
 "#,

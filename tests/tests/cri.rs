@@ -45,7 +45,9 @@ fn pod_config(name: &str, share_pid: bool, logs: &Path) -> PodSandboxConfig {
             namespace: "default".to_string(),
             attempt: 0,
         }),
-        hostname: name.to_string(),
+        // As the kubelet: no hostname for a pod on the node's network (its UTS namespace
+        // is the node's, here the VM's, which the shim names after the sandbox).
+        hostname: String::new(),
         log_directory: logs.join(name).display().to_string(),
         linux: Some(LinuxPodSandboxConfig {
             security_context: Some(LinuxSandboxSecurityContext {
@@ -174,7 +176,7 @@ fn cri_pods_run_in_their_own_vms_and_share_the_sandbox_namespaces() {
         let mut cri = Cri::connect(&c.socket()).await;
         let version = within("Version", cri.runtime.version(VersionRequest::default()))
             .await
-            .expect("CRI Version")
+            .unwrap_or_else(|e| panic!("CRI Version: {e}\n--- containerd log ---\n{}", c.log()))
             .into_inner();
         assert_eq!(version.runtime_name, "containerd", "{version:?}");
         cri.wait_for_image(PAUSE_IMAGE).await;
@@ -197,10 +199,10 @@ fn cri_pods_run_in_their_own_vms_and_share_the_sandbox_namespaces() {
         assert_eq!(pa1["boot_id"], pa2["boot_id"], "the containers of a pod run in its VM");
         assert_eq!(pb1["boot_id"], pb2["boot_id"], "the containers of a pod run in its VM");
         assert_ne!(pa1["boot_id"], pb1["boot_id"], "two pods, two VMs");
-        // The VM's hostname is the pod's.
-        assert_eq!(pa1["hostname"], "hull-pod-a");
-        assert_eq!(pa2["hostname"], "hull-pod-a");
-        assert_eq!(pb1["hostname"], "hull-pod-b");
+        // The pods' UTS namespace is the VM's, named after the sandbox.
+        assert_eq!(pa1["hostname"], pod_a, "{pa1:?}");
+        assert_eq!(pa2["hostname"], pod_a, "{pa2:?}");
+        assert_eq!(pb1["hostname"], pod_b, "{pb1:?}");
         for (pod, x, y) in [("a", &pa1, &pa2), ("b", &pb1, &pb2)] {
             // IPC and UTS: the pod's, shared by its containers; mounts: each its own.
             assert_eq!(x["ipc"], y["ipc"], "pod {pod}: one IPC namespace: {x:?} {y:?}");
