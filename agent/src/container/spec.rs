@@ -126,7 +126,8 @@ pub fn parse_spec(json: &[u8], container_id: &str) -> Result<Spec, SpecError> {
 ///   guest's);
 /// - a network namespace given by path (the host's pod netns) is dropped: containers of
 ///   a pod share the VM's network, which is the pod's;
-/// - other namespace paths are host paths: refused;
+/// - other namespace paths are host paths: refused (a pod's container joins its
+///   sandbox container's namespaces through [`join_namespaces`], after this);
 /// - hooks are host binaries: dropped (the runtime runs them on the host).
 pub fn adapt(spec: &mut Spec, container_id: &str) -> Result<(), SpecError> {
     spec.set_hooks(None);
