@@ -271,6 +271,32 @@ async fn container_rpcs_check_the_container_id() {
 }
 
 #[tokio::test]
+async fn pod_namespaces_need_a_known_sandbox_container() {
+    let mut agent = Agent::start(&[]);
+    let c = agent.client().await;
+    let spec = br#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}},"root":{"path":"/x"},"linux":{"namespaces":[{"type":"ipc"}]}}"#;
+    let req = |sandbox: &str, namespaces: &[&str]| {
+        let mut req = CreateContainerRequest::new();
+        req.container_id = "hull-api-test-member".into();
+        req.oci_spec_json = spec.to_vec();
+        req.sandbox_container_id = sandbox.into();
+        req.sandbox_namespaces = namespaces.iter().map(|n| n.to_string()).collect();
+        req
+    };
+    let r = c.create_container(ctx(), &req("", &["ipc"])).await;
+    assert_invalid("CreateContainer", "without sandbox_container_id", r);
+    let r = c.create_container(ctx(), &req("pause1", &["ipc", "mnt"])).await;
+    assert_invalid("CreateContainer", "only ipc, uts and pid", r);
+    match c.create_container(ctx(), &req("pause1", &["ipc", "uts"])).await {
+        Err(ttrpc::Error::RpcStatus(s)) => {
+            assert_eq!(s.code(), Code::NOT_FOUND, "{s:?}");
+            assert!(s.message().contains("sandbox container pause1"), "{s:?}");
+        }
+        other => panic!("expected NOT_FOUND, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn oom_long_poll_is_cancelled_by_destroy_sandbox() {
     let mut agent = Agent::start(&[]);
     let c = agent.client().await;

@@ -1,8 +1,9 @@
 //! A real containerd for the shim's tests: its own root, state, socket and config in a
 //! temp dir, hull's runtime registered as `io.containerd.hull.v2`, the built
 //! `containerd-shim-hull-v2` found through PATH, hull's state under the test's
-//! [`TestState`], and the demo image imported. Dropping it stops containerd and any
-//! shim it left, so a failing test does not leak into the next.
+//! [`TestState`], and the demo image imported; or, for the CRI tests, its CRI plugin
+//! with hull as runtime handler `hull`. Dropping it stops containerd and any shim it
+//! left, so a failing test does not leak into the next.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -47,8 +48,24 @@ pub struct Containerd {
 }
 
 impl Containerd {
-    /// Starts containerd and imports the demo image.
+    /// Starts containerd (without its CRI plugin) and imports the demo image.
     pub fn start() -> Containerd {
+        let c = Containerd::launch(None);
+        c.import("default", &crate::demo_image(), "demo");
+        c
+    }
+
+    /// Starts containerd with its CRI plugin on the same socket: hull is the runtime
+    /// handler `hull` (`runtime_type = "io.containerd.hull.v2"`, also the default, as
+    /// CRI needs its default runtime configured), pods' sandbox image is
+    /// `sandbox_image` (to be imported into `k8s.io` before a pod runs: nothing is
+    /// pulled), AppArmor is left alone, and there is no CNI configuration (an empty
+    /// dir): pods use the node's network, which under hull is their VM's.
+    pub fn start_cri(sandbox_image: &str) -> Containerd {
+        Containerd::launch(Some(sandbox_image))
+    }
+
+    fn launch(cri_sandbox_image: Option<&str>) -> Containerd {
         let state = TestState::new();
         let dir = tempfile::Builder::new()
             .prefix("hull-ctd-")
@@ -59,16 +76,40 @@ impl Containerd {
         std::fs::create_dir(&bin).expect("bin dir");
         std::os::unix::fs::symlink(target_bin("containerd-shim-hull-v2"), bin.join("containerd-shim-hull-v2"))
             .expect("shim symlink");
+        let plugins = match cri_sandbox_image {
+            None => "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".to_string(),
+            Some(image) => {
+                for dir in ["cni-conf", "cni-bin"] {
+                    std::fs::create_dir(d.join(dir)).expect("cni dir");
+                }
+                format!(
+                    r#"[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{image}"
+  disable_apparmor = true
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    conf_dir = "{conf}"
+    bin_dir = "{bin}"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "hull"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hull]
+    runtime_type = "{RUNTIME}"
+"#,
+                    conf = d.join("cni-conf").display(),
+                    bin = d.join("cni-bin").display(),
+                )
+            }
+        };
         let config = format!(
             r#"version = 2
 root = "{root}"
 state = "{st}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [grpc]
   address = "{sock}"
 [debug]
   level = "debug"
-"#,
+{plugins}"#,
             root = d.join("root").display(),
             st = d.join("state").display(),
             sock = d.join("c.sock").display(),
@@ -95,19 +136,30 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         crate::wait_for("containerd's socket", Duration::from_secs(20), || {
             c.ctr(&["version"]).status.success().then_some(())
         });
-        let tar = c.dir.path().join("demo.tar");
+        c
+    }
+
+    /// Imports the OCI image layout `layout` into containerd namespace `namespace` as
+    /// `<base_name>:<tag>` for each tag of the layout.
+    pub fn import(&self, namespace: &str, layout: &Path, base_name: &str) {
+        let tar = self.dir.path().join(format!("{}.tar", base_name.replace('/', "_")));
         let st = Command::new("tar")
             .arg("-cf")
             .arg(&tar)
             .arg("-C")
-            .arg(crate::demo_image())
+            .arg(layout)
             .arg(".")
             .status()
             .expect("tar");
-        assert!(st.success(), "tar of the demo image failed");
-        let out = c.ctr(&["images", "import", "--base-name", "demo", tar.to_str().expect("utf8")]);
+        assert!(st.success(), "tar of {} failed", layout.display());
+        let out = self.ctr(&["-n", namespace, "images", "import", "--base-name", base_name, tar.to_str().expect("utf8")]);
         assert!(out.status.success(), "image import: {}", crate::output_text(&out));
-        c
+        let _ = std::fs::remove_file(&tar);
+    }
+
+    /// containerd's own dir (root, state, socket, config, log) of this test.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn socket(&self) -> PathBuf {

@@ -6,6 +6,7 @@
 //! scripts/test and CI), where a missing part is a failure: CI never passes by skipping.
 
 pub mod containerd;
+pub mod cri;
 pub mod run_helpers;
 
 use std::path::{Path, PathBuf};

@@ -255,3 +255,41 @@ fn pod_containers_share_one_vm_and_pods_do_not() {
     }
     c.assert_nothing_left();
 }
+
+#[test]
+fn pod_member_of_a_stopped_sandbox_is_refused_by_name() {
+    need_containerd!("pod_member_of_a_stopped_sandbox_is_refused_by_name");
+    let c = Containerd::start();
+    let out = c.ctr(&[
+        "run", "-d", "--runtime", RUNTIME,
+        "--annotation", "io.kubernetes.cri.container-type=sandbox",
+        "--annotation", "io.kubernetes.cri.sandbox-id=podx",
+        IMAGE, "podx", "sleep", "1000",
+    ]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(c.ctr(&["task", "kill", "-s", "SIGKILL", "podx"]).status.success());
+    wait_for("the sandbox to stop", Duration::from_secs(30), || {
+        (c.task_status("podx").as_deref() == Some("STOPPED")).then_some(())
+    });
+    // A member that shares the pod's IPC namespace (as CRI's do, by a host path that
+    // never reaches the guest) needs the sandbox container running.
+    let out = c.ctr(&[
+        "run", "-d", "--runtime", RUNTIME,
+        "--annotation", "io.kubernetes.cri.container-type=container",
+        "--annotation", "io.kubernetes.cri.sandbox-id=podx",
+        "--with-ns", "ipc:/proc/1/ns/ipc",
+        IMAGE, "podx-c1", "sleep", "1000",
+    ]);
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(
+        stderr(&out).contains("sandbox container podx is not running"),
+        "{}",
+        output_text(&out)
+    );
+    let out = c.ctr(&["task", "delete", "podx"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    for id in ["podx-c1", "podx"] {
+        let _ = c.ctr(&["containers", "rm", id]);
+    }
+    c.assert_nothing_left();
+}

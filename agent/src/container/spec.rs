@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Process, Spec};
 
 /// Where container cgroups live, under the guest's cgroup2 root.
 pub const CGROUP_PARENT: &str = "/hull";
@@ -126,7 +126,8 @@ pub fn parse_spec(json: &[u8], container_id: &str) -> Result<Spec, SpecError> {
 ///   guest's);
 /// - a network namespace given by path (the host's pod netns) is dropped: containers of
 ///   a pod share the VM's network, which is the pod's;
-/// - other namespace paths are host paths: refused;
+/// - other namespace paths are host paths: refused (a pod's container joins its
+///   sandbox container's namespaces through [`join_namespaces`], after this);
 /// - hooks are host binaries: dropped (the runtime runs them on the host).
 pub fn adapt(spec: &mut Spec, container_id: &str) -> Result<(), SpecError> {
     spec.set_hooks(None);
@@ -150,6 +151,69 @@ pub fn adapt(spec: &mut Spec, container_id: &str) -> Result<(), SpecError> {
         *namespaces = kept;
     }
     Ok(())
+}
+
+/// The namespaces a container of a pod may share with the pod's sandbox container
+/// (CreateContainerRequest.sandbox_namespaces): IPC and UTS, and PID when the pod
+/// shares its process namespace. Network is the VM's for every container anyway; a
+/// shared mount, user or cgroup namespace is not Kubernetes' and is refused.
+pub fn sandbox_namespace(name: &str) -> Result<LinuxNamespaceType, SpecError> {
+    match name {
+        "ipc" => Ok(LinuxNamespaceType::Ipc),
+        "uts" => Ok(LinuxNamespaceType::Uts),
+        "pid" => Ok(LinuxNamespaceType::Pid),
+        other => Err(SpecError::Invalid(format!(
+            "sandbox namespace {:?}: only ipc, uts and pid can be shared with the pod's sandbox container",
+            other.chars().take(40).collect::<String>()
+        ))),
+    }
+}
+
+/// Points the namespaces `types` of `spec` at those of guest process `pid` (the pod's
+/// sandbox container's init): `/proc/<pid>/ns/<type>`, adding the namespace where the
+/// spec has none. Runs after [`adapt`], which refused any path the host wrote, so the
+/// only paths a guest `setns` sees are these.
+pub fn join_namespaces(spec: &mut Spec, pid: i32, types: &[LinuxNamespaceType]) -> Result<(), SpecError> {
+    if pid <= 0 {
+        return Err(SpecError::Invalid(format!("sandbox process id {pid} is not a process")));
+    }
+    let linux = spec
+        .linux_mut()
+        .as_mut()
+        .ok_or_else(|| SpecError::Invalid("no linux section".into()))?;
+    let namespaces = linux.namespaces_mut().get_or_insert_with(Vec::new);
+    for typ in types {
+        let path = Path::new("/proc")
+            .join(pid.to_string())
+            .join("ns")
+            .join(ns_file(*typ));
+        match namespaces.iter_mut().find(|ns| ns.typ() == *typ) {
+            Some(ns) => {
+                ns.set_path(Some(path));
+            }
+            None => {
+                let mut ns = LinuxNamespace::default();
+                ns.set_typ(*typ);
+                ns.set_path(Some(path));
+                namespaces.push(ns);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The file of a namespace type under `/proc/<pid>/ns/`.
+fn ns_file(typ: LinuxNamespaceType) -> &'static str {
+    match typ {
+        LinuxNamespaceType::Mount => "mnt",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::User => "user",
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Network => "net",
+        LinuxNamespaceType::Time => "time",
+    }
 }
 
 /// Whether the spec asks for a terminal.

@@ -42,6 +42,7 @@ pub fn do_create_container(svc: &Service, req: &CreateContainerRequest) -> Resul
         spec::validate_id("sandbox container id", &req.sandbox_container_id)?;
     }
     let mut oci = spec::parse_spec(&req.oci_spec_json, id)?;
+    join_sandbox(svc, req, &mut oci)?;
     let terminal = req.stdio.terminal || spec::wants_terminal(&oci);
     if let Some(p) = oci.process_mut().as_mut() {
         p.set_terminal(Some(terminal));
@@ -97,6 +98,40 @@ pub fn do_create_container(svc: &Service, req: &CreateContainerRequest) -> Resul
     svc.sandbox.insert(container);
     info!(container = id, pid, terminal, "container created");
     Ok(Empty::new())
+}
+
+/// Points the namespaces the request shares with the pod's sandbox container at that
+/// container's init process, which must be running (its namespaces die with it).
+fn join_sandbox(svc: &Service, req: &CreateContainerRequest, oci: &mut oci_spec::runtime::Spec) -> Result<(), ServiceError> {
+    if req.sandbox_namespaces.is_empty() {
+        return Ok(());
+    }
+    let id = req.container_id.as_str();
+    let types = req
+        .sandbox_namespaces
+        .iter()
+        .map(|n| spec::sandbox_namespace(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let names = req.sandbox_namespaces.join(", ");
+    let sandbox_id = req.sandbox_container_id.as_str();
+    if sandbox_id.is_empty() {
+        return Err(ServiceError::InvalidArgument(format!(
+            "container {id}: sandbox_namespaces ({names}) given without sandbox_container_id"
+        )));
+    }
+    let sandbox = svc.sandbox.get(sandbox_id).ok_or_else(|| {
+        ServiceError::NotFound(format!(
+            "sandbox container {sandbox_id} (whose {names} namespaces container {id} joins)"
+        ))
+    })?;
+    if !sandbox.is_started() || sandbox.init.has_exited() {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "sandbox container {sandbox_id} is not running: container {id} cannot join its {names} namespaces"
+        )));
+    }
+    spec::join_namespaces(oci, sandbox.init.pid, &types)?;
+    info!(container = id, sandbox = sandbox_id, pid = sandbox.init.pid, namespaces = %names, "joining the pod's namespaces");
+    Ok(())
 }
 
 /// A missing command is the caller's mistake (INVALID_ARGUMENT, "command not found");

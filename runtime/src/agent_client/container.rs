@@ -90,21 +90,24 @@ impl AgentClient {
         oci_spec_json: Vec<u8>,
         stdio: &StdioSpec,
     ) -> Result<(), AgentError> {
-        self.create_pod_container(container_id, oci_spec_json, stdio, "").await
+        self.create_pod_container(container_id, oci_spec_json, stdio, "", &[]).await
     }
 
     /// CreateContainer for a container of a pod whose sandbox (pause) container is
-    /// `sandbox_container_id` (empty: none).
+    /// `sandbox_container_id` (empty: none), sharing that container's
+    /// `sandbox_namespaces` ("ipc", "uts", "pid") in the guest.
     pub async fn create_pod_container(
         &self,
         container_id: &str,
         oci_spec_json: Vec<u8>,
         stdio: &StdioSpec,
         sandbox_container_id: &str,
+        sandbox_namespaces: &[&str],
     ) -> Result<(), AgentError> {
         let mut req = hull_proto::CreateContainerRequest::new();
         req.container_id = container_id.to_string();
         req.sandbox_container_id = sandbox_container_id.to_string();
+        req.sandbox_namespaces = sandbox_namespaces.iter().map(|n| n.to_string()).collect();
         req.oci_spec_json = oci_spec_json;
         req.stdio = protobuf::MessageField::some(convert::stdio(stdio));
         call!(self, create_container, req)?;

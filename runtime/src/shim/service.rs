@@ -318,7 +318,13 @@ impl Service {
         };
         let created = pod
             .agent()
-            .create_pod_container(&req.id, json, &req.stdio.spec(), pod.sandbox_container())
+            .create_pod_container(
+                &req.id,
+                json,
+                &req.stdio.spec(),
+                pod.sandbox_container(),
+                &spec.pod_namespaces(),
+            )
             .instrument(tracing::info_span!("container_create", id = %req.id))
             .await;
         if let Err(e) = created {

@@ -103,6 +103,31 @@ impl HostSpec {
         (quota > 0 && period > 0).then(|| quota as f64 / period as f64)
     }
 
+    /// The namespaces a container of a pod shares with the pod's sandbox container:
+    /// the ipc, uts and pid entries containerd's CRI gave a path (the sandbox
+    /// container's, seen from the host). CRI leaves the path out where the pod does not
+    /// share (pid without shareProcessNamespace) and the entry out for the node's
+    /// namespaces (hostIPC, hostPID; uts with hostNetwork), which in hull are the VM's.
+    pub fn pod_namespaces(&self) -> Vec<&'static str> {
+        let Some(Value::Array(nss)) = self.json.pointer("/linux/namespaces") else {
+            return Vec::new();
+        };
+        let mut shared = Vec::new();
+        for ns in nss {
+            let has_path = ns.get("path").and_then(Value::as_str).is_some_and(|p| !p.is_empty());
+            let typ = match ns.get("type").and_then(Value::as_str) {
+                Some("ipc") => "ipc",
+                Some("uts") => "uts",
+                Some("pid") => "pid",
+                _ => continue,
+            };
+            if has_path && !shared.contains(&typ) {
+                shared.push(typ);
+            }
+        }
+        shared
+    }
+
     /// The guest's spec as JSON: rootfs at `rootfs_guest`; host bind mounts added to
     /// `share` (container `cid`) and pointed at their guest paths.
     pub fn to_guest(&self, cid: &str, rootfs_guest: &str, share: &mut Share) -> Result<Vec<u8>, ShimError> {
@@ -121,8 +146,10 @@ impl HostSpec {
                 // The pod's network is the VM's: a netns path of the host means nothing.
                 nss.retain(|ns| !(ns["type"] == "network" && ns.get("path").is_some()));
                 // Other paths name the host's view of the pod's sandbox container
-                // (/proc/<pid>/ns/..): meaningless in the guest, so the container gets
-                // namespaces of its own there.
+                // (/proc/<pid>/ns/..): meaningless in the guest and never sent there.
+                // A pod's container shares the ipc/uts/pid ones with the sandbox
+                // container through the agent instead (`pod_namespaces`); the rest are
+                // the container's own.
                 for ns in nss.iter_mut() {
                     if let Some(o) = ns.as_object_mut() {
                         o.remove("path");
@@ -264,5 +291,55 @@ mod tests {
         assert_eq!(out["linux"]["namespaces"], json!([{"type": "pid"}]));
         assert_eq!(out["mounts"][1]["type"], "tmpfs");
         assert_eq!(out["mounts"][0]["type"], "proc");
+    }
+
+    /// containerd's CRI spec of a pod's container (ipc/uts/pid/net paths name the
+    /// sandbox container's host pid).
+    fn cri_member(namespaces: Value) -> HostSpec {
+        HostSpec::parse(
+            &serde_json::to_vec(&json!({
+                "ociVersion": "1.0.2",
+                "process": {"args": ["sh"], "cwd": "/"},
+                "root": {"path": "rootfs"},
+                "linux": {"namespaces": namespaces}
+            }))
+            .expect("json"),
+        )
+        .expect("spec")
+    }
+
+    #[test]
+    fn pod_namespaces_are_the_shared_ones_and_no_host_path_reaches_the_guest() {
+        let t = tempfile::tempdir().expect("tmp");
+        let mut share = Share::create(t.path()).expect("share");
+        // shareProcessNamespace: pid has a path too.
+        let s = cri_member(json!([
+            {"type": "pid", "path": "/proc/4242/ns/pid"},
+            {"type": "ipc", "path": "/proc/4242/ns/ipc"},
+            {"type": "uts", "path": "/proc/4242/ns/uts"},
+            {"type": "mount"},
+            {"type": "network", "path": "/proc/4242/ns/net"}
+        ]));
+        assert_eq!(s.pod_namespaces(), ["pid", "ipc", "uts"]);
+        let out: Value = serde_json::from_slice(&s.to_guest("c1", "/r", &mut share).expect("guest")).expect("json");
+        assert_eq!(
+            out["linux"]["namespaces"],
+            json!([{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}])
+        );
+        // A pod without a shared PID namespace, with hostNetwork (no uts entry): the
+        // container's own pid namespace, nothing of the node's to share.
+        let s = cri_member(json!([{"type": "pid"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}, {"type": "mount"}]));
+        assert_eq!(s.pod_namespaces(), ["ipc"]);
+        // Paths of other types (or empty ones) are never joined, and never sent.
+        let s = cri_member(json!([
+            {"type": "mount", "path": "/proc/1/ns/mnt"},
+            {"type": "user", "path": "/proc/1/ns/user"},
+            {"type": "ipc", "path": ""}
+        ]));
+        assert!(s.pod_namespaces().is_empty());
+        let out = s.to_guest("c2", "/r", &mut share).expect("guest");
+        assert!(!String::from_utf8_lossy(&out).contains("/proc/1/ns"), "{}", String::from_utf8_lossy(&out));
+        // No namespaces at all.
+        assert!(cri_member(json!([])).pod_namespaces().is_empty());
     }
 }

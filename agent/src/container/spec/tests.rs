@@ -79,3 +79,38 @@ fn process_checks() {
     let err = parse_process(br#"{"user":{"uid":0,"gid":0},"args":["sh"],"cwd":"/","env":["NOEQ"]}"#).unwrap_err();
     assert!(err.to_string().contains("KEY=VALUE"), "{err}");
 }
+
+#[test]
+fn pod_containers_join_the_sandbox_namespaces_by_guest_pid() {
+    // The shim sends the spec without paths (adapt refuses any) plus the types to share.
+    let json = spec_json(r#"["a"]"#).replace(r#"{"type":"mount"}"#, r#"{"type":"mount"},{"type":"ipc"}"#);
+    let mut spec = parse_spec(json.as_bytes(), "c1").unwrap();
+    let types: Vec<_> = ["ipc", "uts", "pid"].iter().map(|n| sandbox_namespace(n).unwrap()).collect();
+    join_namespaces(&mut spec, 42, &types).unwrap();
+    let nss = spec.linux().as_ref().unwrap().namespaces().as_ref().unwrap();
+    let path = |t: LinuxNamespaceType| {
+        nss.iter()
+            .find(|n| n.typ() == t)
+            .and_then(|n| n.path().as_ref())
+            .map(|p| p.display().to_string())
+    };
+    assert_eq!(path(LinuxNamespaceType::Ipc).as_deref(), Some("/proc/42/ns/ipc"));
+    assert_eq!(path(LinuxNamespaceType::Pid).as_deref(), Some("/proc/42/ns/pid"));
+    // A type the spec lacked (uts) is added, joined.
+    assert_eq!(path(LinuxNamespaceType::Uts).as_deref(), Some("/proc/42/ns/uts"));
+    // What is not shared stays the container's own, and nothing is duplicated.
+    assert_eq!(path(LinuxNamespaceType::Mount), None);
+    assert!(nss.iter().any(|n| n.typ() == LinuxNamespaceType::Mount));
+    assert_eq!(nss.len(), 4, "{nss:?}");
+}
+
+#[test]
+fn only_ipc_uts_pid_are_shared_with_the_sandbox() {
+    for bad in ["mount", "mnt", "net", "network", "user", "cgroup", "", "IPC"] {
+        let err = sandbox_namespace(bad).unwrap_err().to_string();
+        assert!(err.contains("only ipc, uts and pid"), "{bad}: {err}");
+    }
+    let mut spec = parse_spec(spec_json(r#"["a"]"#).as_bytes(), "c1").unwrap();
+    let err = join_namespaces(&mut spec, 0, &[LinuxNamespaceType::Ipc]).unwrap_err();
+    assert!(err.to_string().contains("not a process"), "{err}");
+}

@@ -1,0 +1,134 @@
+//! The CRI side of the containerd tests: images for pods (the demo image, and a pause
+//! image made from it with umoci: no registry), imported into containerd's `k8s.io`
+//! namespace, and a CRI client (k8s-cri's v1 API over containerd's socket, with tonic)
+//! whose calls fail the test instead of hanging it.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{ImageSpec, ImageStatusRequest};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::containerd::Containerd;
+
+/// The runtime handler (RuntimeClass handler) hull is registered as.
+pub const HANDLER: &str = "hull";
+/// The demo image (busybox, Cmd `sh`) under a name CRI does not normalise to docker.io.
+pub const IMAGE: &str = "localhost/hull/demo:latest";
+/// The pods' sandbox image: the demo image running `sleep` for ever.
+pub const PAUSE_IMAGE: &str = "localhost/hull/pause:latest";
+/// The namespace CRI keeps its images and containers in.
+pub const NAMESPACE: &str = "k8s.io";
+
+/// How long one CRI call may take before the test fails (a VM boot under TCG takes a
+/// few seconds; this only turns a hang into a failure).
+const CALL_LIMIT: Duration = Duration::from_secs(180);
+
+/// What the CRI tests need on top of the containerd tests'.
+pub fn prerequisites() -> Result<(), String> {
+    crate::containerd::prerequisites()?;
+    if hull_runtime::host::find_binary(Path::new("umoci")).is_none() {
+        return Err("missing umoci, which makes the pause image (apt-get install umoci)".into());
+    }
+    Ok(())
+}
+
+/// Like `require_run`, for the CRI tests.
+pub fn require_cri(test: &str) -> bool {
+    crate::require(test, prerequisites())
+}
+
+/// An OCI layout in `dir` holding the pause image: the demo image with Entrypoint
+/// `sleep 2147483647` (a sandbox container has no stdin, so the demo's `sh` would end
+/// at once). umoci writes the new config and manifest; the layers are the demo's.
+pub fn pause_layout(dir: &Path) -> PathBuf {
+    let layout = dir.join("pause-layout");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(crate::demo_image())
+        .arg(&layout)
+        .status()
+        .expect("cp");
+    assert!(st.success(), "copying the demo image failed");
+    let image = format!("{}:latest", layout.display());
+    let out = Command::new("umoci")
+        .args(["config", "--image", &image, "--config.entrypoint", "/bin/sleep", "--config.cmd", "2147483647"])
+        .output()
+        .expect("umoci");
+    assert!(out.status.success(), "umoci config: {}", crate::output_text(&out));
+    layout
+}
+
+/// Imports the demo and pause images into `k8s.io`.
+pub fn import_images(c: &Containerd) {
+    let tmp = tempfile::Builder::new()
+        .prefix("hull-pause-")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    let pause = pause_layout(tmp.path());
+    let base = |r: &str| r.rsplit_once(':').map(|(b, _)| b.to_string()).expect("tagged reference");
+    c.import(NAMESPACE, &pause, &base(PAUSE_IMAGE));
+    c.import(NAMESPACE, &crate::demo_image(), &base(IMAGE));
+}
+
+/// `f`, or a panic naming `what` if it does not finish within [`CALL_LIMIT`].
+pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(CALL_LIMIT, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: no answer within {CALL_LIMIT:?}"),
+    }
+}
+
+/// A CRI client on containerd's socket.
+pub struct Cri {
+    pub runtime: RuntimeServiceClient<Channel>,
+    pub images: ImageServiceClient<Channel>,
+}
+
+impl Cri {
+    pub async fn connect(socket: &Path) -> Cri {
+        let socket = socket.to_path_buf();
+        // The URI is required by tonic and ignored by the connector.
+        let channel = Endpoint::try_from("http://[::]:50051")
+            .expect("endpoint")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let socket = socket.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
+            }))
+            .await
+            .expect("connect to containerd's CRI socket");
+        Cri {
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            images: ImageServiceClient::new(channel),
+        }
+    }
+
+    /// Waits until CRI's image store knows `image` (it learns of an import through
+    /// containerd's events, asynchronously). A pod whose sandbox image CRI does not know
+    /// yet would be pulled, which fails offline.
+    pub async fn wait_for_image(&mut self, image: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let req = ImageStatusRequest {
+                image: Some(ImageSpec {
+                    image: image.to_string(),
+                    ..Default::default()
+                }),
+                verbose: false,
+            };
+            let status = within("ImageStatus", self.images.image_status(req))
+                .await
+                .unwrap_or_else(|e| panic!("ImageStatus {image}: {e}"));
+            if status.into_inner().image.is_some() {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "CRI never listed the imported image {image}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
