@@ -124,6 +124,33 @@ fn ctr_run_with_a_tty() {
     c.assert_nothing_left();
 }
 
+/// Regressions under `ctr run -t`: `stty size` failed ("No child processes": busybox
+/// reports a 0x0 window with a stale errno) because the pty's size was never set before
+/// the process ran; and a "^@" (an echoed NUL) came before the first output, which was
+/// the terminal harness's doing (see `hull_tests::in_terminal`), not the shim's.
+#[test]
+fn ctr_run_tty_has_a_size_and_no_stray_bytes() {
+    need_containerd!("ctr_run_tty_has_a_size_and_no_stray_bytes");
+    if hull_runtime::host::find_binary(std::path::Path::new("script")).is_none() {
+        panic!("`script` (util-linux) is needed to give ctr a terminal");
+    }
+    let c = Containerd::start();
+    let cmdline = format!(
+        "stty rows 33 cols 111; ctr -a {} run -t --rm --runtime {RUNTIME} {IMAGE} tty2 sh -c 'echo first; stty size; echo tty-done'",
+        c.socket().display()
+    );
+    let out = hull_tests::in_terminal(&cmdline, 120);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert!(!out.stdout.contains(&0), "a NUL byte in the tty output: {:?}", out.stdout);
+    let text = stdout(&out);
+    assert!(text.starts_with("first"), "the first output bytes are the command's: {:?}", out.stdout);
+    // ctr resizes once the task started: its 33x111, or the agent's 24x80 before that.
+    let size = text.lines().nth(1).unwrap_or_default().trim();
+    assert!(size == "33 111" || size == "24 80", "stty size: {:?}", out.stdout);
+    assert!(text.contains("tty-done"), "{}", output_text(&out));
+    c.assert_nothing_left();
+}
+
 #[test]
 fn qemu_killed_under_a_running_task_stops_it() {
     need_containerd!("qemu_killed_under_a_running_task_stops_it");

@@ -20,6 +20,7 @@
 pub mod convert;
 pub mod events;
 pub mod io;
+pub mod logger;
 pub mod lifecycle;
 pub mod options;
 pub mod pod;
