@@ -151,6 +151,54 @@ fn ctr_run_tty_has_a_size_and_no_stray_bytes() {
     c.assert_nothing_left();
 }
 
+/// `ctr run --log-uri`: `file://` appends both outputs to a file; `binary://` starts
+/// a logging binary with containerd's contract (args from the query, CONTAINER_ID and
+/// CONTAINER_NAMESPACE, fd 3 stdout, fd 4 stderr, fd 5 closed when ready), and it is
+/// gone after the task.
+#[test]
+fn ctr_run_log_uris_file_and_binary() {
+    need_containerd!("ctr_run_log_uris_file_and_binary");
+    let c = Containerd::start();
+    let dir = tempfile::tempdir().expect("tmp");
+
+    let file = dir.path().join("logs/f1.log");
+    let uri = format!("file://{}", file.display());
+    let out = c.ctr(&["run", "--rm", "--log-uri", &uri, "--runtime", RUNTIME, IMAGE, "f1", "sh", "-c", "echo to-out; echo to-err >&2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let text = std::fs::read_to_string(&file).expect("file:// log");
+    assert!(text.contains("to-out\n") && text.contains("to-err\n"), "{text:?}");
+
+    let log = dir.path().join("b1.log");
+    let logger = dir.path().join("logger.sh");
+    std::fs::write(
+        &logger,
+        format!(
+            "#!/bin/sh\necho \"args=$* id=$CONTAINER_ID ns=$CONTAINER_NAMESPACE\" > {log}\nexec 5>&-\nwhile read -r l <&3; do echo \"out: $l\"; done >> {log}\nwhile read -r l <&4; do echo \"err: $l\"; done >> {log}\necho end >> {log}\n",
+            log = log.display()
+        ),
+    )
+    .expect("logger script");
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let uri = format!("binary://{}?mode=test", logger.display());
+    let out = c.ctr(&["run", "--rm", "--log-uri", &uri, "--runtime", RUNTIME, IMAGE, "b1", "sh", "-c", "echo line1; echo line2; echo oops >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", output_text(&out));
+    let text = std::fs::read_to_string(&log).expect("binary:// log");
+    assert_eq!(
+        text,
+        "args=mode test id=b1 ns=default\nout: line1\nout: line2\nerr: oops\nend\n",
+        "{}",
+        output_text(&out)
+    );
+    assert!(processes_mentioning(&logger.to_string_lossy()).is_empty(), "the logger outlived its task");
+
+    // A logger that cannot start fails the task's creation by name.
+    let out = c.ctr(&["run", "--rm", "--log-uri", "binary:///nonexistent/hull-logger", "--runtime", RUNTIME, IMAGE, "b2", "true"]);
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(output_text(&out).contains("/nonexistent/hull-logger"), "{}", output_text(&out));
+    let _ = c.ctr(&["containers", "rm", "b2"]);
+    c.assert_nothing_left();
+}
+
 #[test]
 fn qemu_killed_under_a_running_task_stops_it() {
     need_containerd!("qemu_killed_under_a_running_task_stops_it");

@@ -7,6 +7,7 @@
 //! a debug command is a guest path, typically a static binary from a container's rootfs
 //! in the sandbox share (`/run/hull/share/containers/<id>/rootfs/bin/busybox sh`).
 
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -93,6 +94,31 @@ fn resolve(cmd: &str, path: &str) -> Option<PathBuf> {
         .find(|p| is_exe(p))
 }
 
+/// A new pty of the guest's devpts (mounted with `newinstance` at /dev/pts, so its own
+/// `ptmx`): (master, slave), both close-on-exec.
+fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::fs::OpenOptionsExt;
+    let master = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open("/dev/pts/ptmx")?;
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int through the pointer, which lives for the call.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock as *const libc::c_int) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: TIOCGPTPEER takes open flags by value and returns a new fd (or -1).
+    let fd = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl just returned this fd; nothing else owns it.
+    let slave = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok((OwnedFd::from(master), slave))
+}
+
 /// ExecProcess with an empty container id.
 pub fn do_debug_exec(svc: &Service, req: &ExecProcessRequest) -> Result<Empty, ServiceError> {
     check_allowed(svc)?;
@@ -104,15 +130,14 @@ pub fn do_debug_exec(svc: &Service, req: &ExecProcessRequest) -> Result<Empty, S
     let cmd = command_of(&process)?;
     let terminal = req.stdio.terminal || process.terminal().unwrap_or(false);
     let (child_stdio, pending, pty) = if terminal {
-        let pty = nix::pty::openpty(None, None).map_err(|e| ServiceError::internal("openpty", e))?;
-        let slave = &pty.slave;
+        let (master, slave) = open_pty().map_err(|e| ServiceError::internal("open a pty in /dev/pts", e))?;
         let dup = |what| slave.try_clone().map_err(|e| ServiceError::internal(what, e));
         let child = ChildStdio {
             stdin: dup("pty slave")?,
             stdout: dup("pty slave")?,
             stderr: dup("pty slave")?,
         };
-        (child, Default::default(), Some(pty.master))
+        (child, Default::default(), Some(master))
     } else {
         match prepare_stdio(&req.stdio, false).map_err(|e| ServiceError::internal("stdio pipes", e))? {
             (StdioSetup::Pipes(child), pending) => (child, pending, None),
