@@ -24,9 +24,19 @@ use crate::container::{spec, stdio, Process};
 /// PATH of a debug process whose env names none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// An empty container id names a debug process, which needs an exec id.
+fn check_exec_id(exec_id: &str) -> Result<(), ServiceError> {
+    if exec_id.is_empty() {
+        return Err(ServiceError::InvalidArgument(
+            "container id is empty, which names a debug process of the guest, and there is no exec id".into(),
+        ));
+    }
+    spec::validate_id("exec id", exec_id).map_err(ServiceError::from)
+}
+
 /// The debug process `exec_id`, or NotFound.
 pub fn lookup(svc: &Service, exec_id: &str) -> Result<Arc<Process>, ServiceError> {
-    spec::validate_id("exec id", exec_id)?;
+    check_exec_id(exec_id)?;
     svc.sandbox
         .debug_process(exec_id)
         .ok_or_else(|| ServiceError::NotFound(format!("debug process {exec_id}")))
@@ -121,8 +131,8 @@ fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
 
 /// ExecProcess with an empty container id.
 pub fn do_debug_exec(svc: &Service, req: &ExecProcessRequest) -> Result<Empty, ServiceError> {
+    check_exec_id(&req.exec_id)?;
     check_allowed(svc)?;
-    spec::validate_id("exec id", &req.exec_id)?;
     if svc.sandbox.has_debug_process(&req.exec_id) {
         return Err(ServiceError::AlreadyExists(format!("debug process {}", req.exec_id)));
     }

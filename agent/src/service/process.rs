@@ -151,25 +151,24 @@ pub fn do_exec(svc: &Service, req: &ExecProcessRequest) -> Result<Empty, Service
 }
 
 pub fn do_signal(svc: &Service, req: &SignalProcessRequest) -> Result<Empty, ServiceError> {
+    // A debug process (empty container id) has no container: `all` is the process.
+    let (c, p) = if req.container_id.is_empty() {
+        (None, super::debug::lookup(svc, &req.exec_id)?)
+    } else {
+        let (c, p) = lookup_process(svc, &req.container_id, &req.exec_id)?;
+        (Some(c), p)
+    };
     let sig = i32::try_from(req.signal)
         .ok()
         .and_then(|s| Signal::try_from(s).ok())
         .ok_or_else(|| ServiceError::InvalidArgument(format!("signal {} is not a valid signal", req.signal)))?;
-    if req.container_id.is_empty() {
-        let p = super::debug::lookup(svc, &req.exec_id)?;
-        if p.has_exited() {
-            return Err(ServiceError::NotFound(format!("debug process {} has exited", p.exec_id)));
-        }
-        kill(Pid::from_raw(p.pid), sig).map_err(|e| ServiceError::internal(format!("kill {}", p.pid), e))?;
+    if let (true, Some(c)) = (req.all, &c) {
+        signal_all(c, sig as i32);
         return Ok(Empty::new());
     }
-    let (c, p) = lookup_process(svc, &req.container_id, &req.exec_id)?;
-    if req.all {
-        signal_all(&c, sig as i32);
-        return Ok(Empty::new());
-    }
+    let owner = c.as_ref().map_or_else(|| "the guest".to_string(), |c| format!("container {}", c.id));
     if p.has_exited() {
-        return Err(ServiceError::NotFound(format!("process {:?} of container {} has exited", p.exec_id, c.id)));
+        return Err(ServiceError::NotFound(format!("process {:?} of {owner} has exited", p.exec_id)));
     }
     debug!(pid = p.pid, ?sig, "signal");
     kill(Pid::from_raw(p.pid), sig).map_err(|e| ServiceError::internal(format!("kill {}", p.pid), e))?;
