@@ -107,7 +107,10 @@ impl Process {
     /// Exited, and the host read its outputs to the end (nothing more to ask of it).
     pub fn is_finished(&self) -> bool {
         let drained = |m: &Mutex<Option<Reader>>| match m.try_lock() {
-            Ok(r) => r.as_ref().map_or(true, Reader::is_eof),
+            Ok(r) => match r.as_ref() {
+                Some(r) => r.is_eof(),
+                None => true,
+            },
             Err(_) => false,
         };
         self.has_exited() && drained(&self.stdout) && drained(&self.stderr)
