@@ -199,6 +199,41 @@ fn ctr_run_log_uris_file_and_binary() {
     c.assert_nothing_left();
 }
 
+/// `hull debug exec` reaches a containerd sandbox by its id from `hull ps`, when the
+/// config the shim booted it with (`--runtime-config-path`) enables debug processes.
+#[test]
+fn hull_debug_exec_into_a_containerd_sandbox() {
+    need_containerd!("hull_debug_exec_into_a_containerd_sandbox");
+    let c = Containerd::start();
+    let cfg = c.state.path().join("debug.toml");
+    std::fs::write(&cfg, "[debug]\nexec = true\n").expect("config");
+    let cfg_s = cfg.to_str().expect("utf8");
+    let out = c.ctr(&["run", "-d", "--runtime", RUNTIME, "--runtime-config-path", cfg_s, IMAGE, "dbg1", "sleep", "1000"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let ps = c.state.hull().arg("ps").output().expect("hull ps");
+    let text = stdout(&ps);
+    let row = text.lines().find(|l| l.contains(" dbg1")).unwrap_or_else(|| panic!("hull ps: {}", output_text(&ps)));
+    let sandbox = row.split_whitespace().next().expect("id").to_string();
+    let bb = "/run/hull/share/containers/dbg1/rootfs/bin/busybox";
+    let out = c.state.hull().args(["debug", "exec", &sandbox[..8], "--", bb, "cat", "/proc/1/cmdline"]).output().expect("hull debug exec");
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let pid1 = String::from_utf8_lossy(&out.stdout).replace('\0', " ");
+    assert!(!pid1.trim().is_empty() && !pid1.starts_with("sleep"), "the guest's PID 1 is the agent: {pid1:?}");
+    let out = c.state.hull().args(["debug", "exec", &sandbox, "--", bb, "sh", "-c", "exit 9"]).output().expect("hull debug exec");
+    assert_eq!(out.status.code(), Some(9), "{}", output_text(&out));
+
+    let out = c.ctr(&["task", "kill", "-s", "SIGKILL", "dbg1"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    wait_for("the task to stop", Duration::from_secs(30), || {
+        (c.task_status("dbg1").as_deref() == Some("STOPPED")).then_some(())
+    });
+    let out = c.ctr(&["task", "delete", "dbg1"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let out = c.ctr(&["containers", "rm", "dbg1"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    c.assert_nothing_left();
+}
+
 #[test]
 fn qemu_killed_under_a_running_task_stops_it() {
     need_containerd!("qemu_killed_under_a_running_task_stops_it");
