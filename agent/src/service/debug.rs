@@ -7,7 +7,7 @@
 //! a debug command is a guest path, typically a static binary from a container's rootfs
 //! in the sandbox share (`/run/hull/share/containers/<id>/rootfs/bin/busybox sh`).
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -107,7 +107,7 @@ fn resolve(cmd: &str, path: &str) -> Option<PathBuf> {
 /// A new pty of the guest's devpts (mounted with `newinstance` at /dev/pts, so its own
 /// `ptmx`): (master, slave), both close-on-exec.
 fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::fd::FromRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     let master = std::fs::OpenOptions::new()
         .read(true)
@@ -139,8 +139,11 @@ pub fn do_debug_exec(svc: &Service, req: &ExecProcessRequest) -> Result<Empty, S
     let process = spec::parse_process(&req.process_json)?;
     let cmd = command_of(&process)?;
     let terminal = req.stdio.terminal || process.terminal().unwrap_or(false);
+    let size = stdio::initial_size(process.console_size().as_ref());
     let (child_stdio, pending, pty) = if terminal {
         let (master, slave) = open_pty().map_err(|e| ServiceError::internal("open a pty in /dev/pts", e))?;
+        // The window size is there before the process runs.
+        stdio::resize(master.as_raw_fd(), size.0, size.1).map_err(|e| ServiceError::internal("TIOCSWINSZ", e))?;
         let dup = |what| slave.try_clone().map_err(|e| ServiceError::internal(what, e));
         let child = ChildStdio {
             stdin: dup("pty slave")?,
@@ -188,9 +191,14 @@ pub fn do_debug_exec(svc: &Service, req: &ExecProcessRequest) -> Result<Empty, S
     // The child's ends of the stdio were moved into `command`: drop them here.
     drop(command);
     let pid = i32::try_from(child.id()).unwrap_or(-1);
-    let size = stdio::initial_size(process.console_size().as_ref());
-    let ends = finish_ends(pending, pty, &req.stdio, size)
-        .map_err(|e| ServiceError::internal("process stdio", e))?;
+    let ends = match finish_ends(pending, pty, &req.stdio, size) {
+        Ok(ends) => ends,
+        Err(e) => {
+            // Nobody could talk to it: it must not run on. The reaper reaps it.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            return Err(ServiceError::internal("process stdio", e));
+        }
+    };
     // Not a container: no cgroup of its own for OOM accounting.
     let p = Arc::new(Process::new(req.exec_id.clone(), pid, ends, exited, PathBuf::new()));
     svc.sandbox.add_debug_process(p);
