@@ -38,6 +38,7 @@ pub fn to_status(err: &ServiceError) -> ttrpc::Error {
         ServiceError::AlreadyExists(_) => Code::ALREADY_EXISTS,
         ServiceError::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
         ServiceError::Cancelled(_) => Code::CANCELLED,
+        ServiceError::PermissionDenied(_) => Code::PERMISSION_DENIED,
         ServiceError::Internal { .. } => Code::INTERNAL,
     };
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, err))

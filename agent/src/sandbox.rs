@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::info;
 
-use crate::container::{cgroup, Container};
+use crate::container::{cgroup, Container, Process};
 
 /// How often a container's memory.events is looked at for new OOM kills.
 pub const OOM_POLL: Duration = Duration::from_millis(200);
@@ -19,7 +19,11 @@ pub struct Sandbox {
     /// Set by DestroySandbox: OOM long polls end.
     closing: tokio::sync::watch::Sender<bool>,
     created: std::sync::atomic::AtomicBool,
+    /// Debug processes allowed (CreateSandbox's `debug_exec`, fixed once created).
+    debug_exec: std::sync::atomic::AtomicBool,
     containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Debug processes of the guest itself (container_id "" in the API), by exec id.
+    debug: Mutex<HashMap<String, Arc<Process>>>,
     oom_tx: mpsc::UnboundedSender<String>,
     oom_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
 }
@@ -30,7 +34,9 @@ impl Default for Sandbox {
         Sandbox {
             closing: tokio::sync::watch::channel(false).0,
             created: std::sync::atomic::AtomicBool::new(false),
+            debug_exec: std::sync::atomic::AtomicBool::new(false),
             containers: Mutex::new(HashMap::new()),
+            debug: Mutex::new(HashMap::new()),
             oom_tx,
             oom_rx: tokio::sync::Mutex::new(oom_rx),
         }
@@ -50,6 +56,37 @@ impl Sandbox {
     /// Lets a failed CreateSandbox be retried.
     pub fn unmark_created(&self) {
         self.created.store(false, Ordering::SeqCst);
+        self.debug_exec.store(false, Ordering::SeqCst);
+    }
+
+    /// Sets the debug policy; only CreateSandbox calls it, once (see `mark_created`).
+    pub fn set_debug_exec(&self, allowed: bool) {
+        self.debug_exec.store(allowed, Ordering::SeqCst);
+    }
+
+    /// Whether debug processes are allowed in this sandbox.
+    pub fn debug_exec_allowed(&self) -> bool {
+        self.debug_exec.load(Ordering::SeqCst)
+    }
+
+    fn debug_table(&self) -> MutexGuard<'_, HashMap<String, Arc<Process>>> {
+        self.debug.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The debug process `exec_id`.
+    pub fn debug_process(&self, exec_id: &str) -> Option<Arc<Process>> {
+        self.debug_table().get(exec_id).cloned()
+    }
+
+    pub fn has_debug_process(&self, exec_id: &str) -> bool {
+        self.debug_table().contains_key(exec_id)
+    }
+
+    /// Adds a debug process, forgetting the ones that exited and were fully read.
+    pub fn add_debug_process(&self, process: Arc<Process>) {
+        let mut table = self.debug_table();
+        table.retain(|_, p| !p.is_finished());
+        table.insert(process.exec_id.clone(), process);
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Container>> {

@@ -270,6 +270,30 @@ async fn container_rpcs_check_the_container_id() {
     }
 }
 
+/// The agent is the policy point of `hull debug exec`: without CreateSandbox's
+/// debug_exec, a debug process (empty container id) is refused whatever the request.
+#[tokio::test]
+async fn debug_processes_are_refused_without_debug_exec() {
+    let mut agent = Agent::start(&[]);
+    let c = agent.client().await;
+    let mut req = ExecProcessRequest::new();
+    req.exec_id = "dbg1".into();
+    req.process_json = br#"{"args":["/bin/true"],"cwd":"/","user":{"uid":0,"gid":0}}"#.to_vec();
+    match c.exec_process(ctx(), &req).await {
+        Err(ttrpc::Error::RpcStatus(s)) => {
+            assert_eq!(s.code(), Code::PERMISSION_DENIED, "{s:?}");
+            assert!(s.message().contains("debug processes are not allowed"), "{s:?}");
+        }
+        other => panic!("expected PERMISSION_DENIED, got {other:?}"),
+    }
+    let mut req = ProcessRequest::new();
+    req.exec_id = "dbg1".into();
+    match c.wait_process(ctx(), &req).await {
+        Err(ttrpc::Error::RpcStatus(s)) => assert_eq!(s.code(), Code::NOT_FOUND, "{s:?}"),
+        other => panic!("expected NOT_FOUND, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn pod_namespaces_need_a_known_sandbox_container() {
     let mut agent = Agent::start(&[]);

@@ -50,6 +50,16 @@ pub struct Config {
     pub guest: GuestConfig,
     pub boot: BootConfig,
     pub runtime: RuntimeConfig,
+    pub debug: DebugConfig,
+}
+
+/// Debugging aids, off by default. Fixed per sandbox when it boots.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebugConfig {
+    /// Let `hull debug exec` run commands in the guest itself, outside any container
+    /// (the agent is told at CreateSandbox and refuses debug processes otherwise).
+    pub exec: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -294,6 +304,16 @@ mod tests {
         let c = Config::parse("", Path::new("x.toml")).expect("empty config parses");
         assert_eq!(c.guest.vcpus, 1);
         assert_eq!(c.hypervisor.backend, BackendChoice::Auto);
+    }
+
+    #[test]
+    fn debug_exec_is_off_unless_enabled() {
+        let c = Config::parse("", Path::new("x.toml")).expect("empty");
+        assert!(!c.debug.exec);
+        let c = Config::parse("[debug]\nexec = true\n", Path::new("x.toml")).expect("debug");
+        assert!(c.debug.exec);
+        let e = Config::parse("[debug]\nshell = true\n", Path::new("x.toml")).expect_err("unknown key");
+        assert!(e.to_string().contains("shell"), "{e}");
     }
 
     #[test]

@@ -265,3 +265,24 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Runs the shell command line `cmdline` under `script`, which gives it a terminal,
+/// with a timeout (SIGKILL after `timeout_secs`); the raw bytes of the session.
+/// `script`'s own stdin is a pipe held open until it ends: at EOF of its stdin, script
+/// writes an EOF character (^D) into the terminal, and a terminal still in canonical
+/// mode queues that as a NUL byte, which turns into input once ctr or hull switch the
+/// terminal to raw mode (the container's pty then echoes it as "^@").
+pub fn in_terminal(cmdline: &str, timeout_secs: u32) -> Output {
+    use std::process::Stdio;
+    let mut child = Command::new("timeout")
+        .args(["-s", "KILL", &timeout_secs.to_string(), "script", "-qec", cmdline, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start script");
+    let held_stdin = child.stdin.take();
+    let out = child.wait_with_output().expect("script output");
+    drop(held_stdin);
+    out
+}

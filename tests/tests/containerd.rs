@@ -124,6 +124,116 @@ fn ctr_run_with_a_tty() {
     c.assert_nothing_left();
 }
 
+/// Regressions under `ctr run -t`: `stty size` failed ("No child processes": busybox
+/// reports a 0x0 window with a stale errno) because the pty's size was never set before
+/// the process ran; and a "^@" (an echoed NUL) came before the first output, which was
+/// the terminal harness's doing (see `hull_tests::in_terminal`), not the shim's.
+#[test]
+fn ctr_run_tty_has_a_size_and_no_stray_bytes() {
+    need_containerd!("ctr_run_tty_has_a_size_and_no_stray_bytes");
+    if hull_runtime::host::find_binary(std::path::Path::new("script")).is_none() {
+        panic!("`script` (util-linux) is needed to give ctr a terminal");
+    }
+    let c = Containerd::start();
+    let cmdline = format!(
+        "stty rows 33 cols 111; ctr -a {} run -t --rm --runtime {RUNTIME} {IMAGE} tty2 sh -c 'echo first; stty size; echo tty-done'",
+        c.socket().display()
+    );
+    let out = hull_tests::in_terminal(&cmdline, 120);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert!(!out.stdout.contains(&0), "a NUL byte in the tty output: {:?}", out.stdout);
+    let text = stdout(&out);
+    assert!(text.starts_with("first"), "the first output bytes are the command's: {:?}", out.stdout);
+    // ctr resizes once the task started: its 33x111, or the agent's 24x80 before that.
+    let size = text.lines().nth(1).unwrap_or_default().trim();
+    assert!(size == "33 111" || size == "24 80", "stty size: {:?}", out.stdout);
+    assert!(text.contains("tty-done"), "{}", output_text(&out));
+    c.assert_nothing_left();
+}
+
+/// `ctr run --log-uri`: `file://` appends both outputs to a file; `binary://` starts
+/// a logging binary with containerd's contract (args from the query, CONTAINER_ID and
+/// CONTAINER_NAMESPACE, fd 3 stdout, fd 4 stderr, fd 5 closed when ready), and it is
+/// gone after the task.
+#[test]
+fn ctr_run_log_uris_file_and_binary() {
+    need_containerd!("ctr_run_log_uris_file_and_binary");
+    let c = Containerd::start();
+    let dir = tempfile::tempdir().expect("tmp");
+
+    let file = dir.path().join("logs/f1.log");
+    let uri = format!("file://{}", file.display());
+    let out = c.ctr(&["run", "--rm", "--log-uri", &uri, "--runtime", RUNTIME, IMAGE, "f1", "sh", "-c", "echo to-out; echo to-err >&2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let text = std::fs::read_to_string(&file).expect("file:// log");
+    assert!(text.contains("to-out\n") && text.contains("to-err\n"), "{text:?}");
+
+    let log = dir.path().join("b1.log");
+    let logger = dir.path().join("logger.sh");
+    std::fs::write(
+        &logger,
+        format!(
+            "#!/bin/sh\necho \"args=$* id=$CONTAINER_ID ns=$CONTAINER_NAMESPACE\" > {log}\nexec 5>&-\nwhile read -r l <&3; do echo \"out: $l\"; done >> {log}\nwhile read -r l <&4; do echo \"err: $l\"; done >> {log}\necho end >> {log}\n",
+            log = log.display()
+        ),
+    )
+    .expect("logger script");
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let uri = format!("binary://{}?mode=test", logger.display());
+    let out = c.ctr(&["run", "--rm", "--log-uri", &uri, "--runtime", RUNTIME, IMAGE, "b1", "sh", "-c", "echo line1; echo line2; echo oops >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", output_text(&out));
+    let text = std::fs::read_to_string(&log).expect("binary:// log");
+    assert_eq!(
+        text,
+        "args=mode test id=b1 ns=default\nout: line1\nout: line2\nerr: oops\nend\n",
+        "{}",
+        output_text(&out)
+    );
+    assert!(processes_mentioning(&logger.to_string_lossy()).is_empty(), "the logger outlived its task");
+
+    // A logger that cannot start fails the task's creation by name.
+    let out = c.ctr(&["run", "--rm", "--log-uri", "binary:///nonexistent/hull-logger", "--runtime", RUNTIME, IMAGE, "b2", "true"]);
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(output_text(&out).contains("/nonexistent/hull-logger"), "{}", output_text(&out));
+    let _ = c.ctr(&["containers", "rm", "b2"]);
+    c.assert_nothing_left();
+}
+
+/// `hull debug exec` reaches a containerd sandbox by its id from `hull ps`, when the
+/// config the shim booted it with (`--runtime-config-path`) enables debug processes.
+#[test]
+fn hull_debug_exec_into_a_containerd_sandbox() {
+    need_containerd!("hull_debug_exec_into_a_containerd_sandbox");
+    let c = Containerd::start();
+    let cfg = c.state.path().join("debug.toml");
+    std::fs::write(&cfg, "[debug]\nexec = true\n").expect("config");
+    let cfg_s = cfg.to_str().expect("utf8");
+    let out = c.ctr(&["run", "-d", "--runtime", RUNTIME, "--runtime-config-path", cfg_s, IMAGE, "dbg1", "sleep", "1000"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let ps = c.state.hull().arg("ps").output().expect("hull ps");
+    let text = stdout(&ps);
+    let row = text.lines().find(|l| l.contains(" dbg1")).unwrap_or_else(|| panic!("hull ps: {}", output_text(&ps)));
+    let sandbox = row.split_whitespace().next().expect("id").to_string();
+    let bb = "/run/hull/share/containers/dbg1/rootfs/bin/busybox";
+    let out = c.state.hull().args(["debug", "exec", &sandbox[..8], "--", bb, "cat", "/proc/1/cmdline"]).output().expect("hull debug exec");
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let pid1 = String::from_utf8_lossy(&out.stdout).replace('\0', " ");
+    assert!(!pid1.trim().is_empty() && !pid1.starts_with("sleep"), "the guest's PID 1 is the agent: {pid1:?}");
+    let out = c.state.hull().args(["debug", "exec", &sandbox, "--", bb, "sh", "-c", "exit 9"]).output().expect("hull debug exec");
+    assert_eq!(out.status.code(), Some(9), "{}", output_text(&out));
+
+    let out = c.ctr(&["task", "kill", "-s", "SIGKILL", "dbg1"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    wait_for("the task to stop", Duration::from_secs(30), || {
+        (c.task_status("dbg1").as_deref() == Some("STOPPED")).then_some(())
+    });
+    let out = c.ctr(&["task", "delete", "dbg1"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let out = c.ctr(&["containers", "rm", "dbg1"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    c.assert_nothing_left();
+}
+
 #[test]
 fn qemu_killed_under_a_running_task_stops_it() {
     need_containerd!("qemu_killed_under_a_running_task_stops_it");

@@ -400,3 +400,33 @@ fn hull_image_path_names_the_demo_image() {
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(stdout(&out).trim(), demo_image().display().to_string());
 }
+
+// ---------------------------------------------------------------- terminal
+
+/// Regression: `stty size` in a `-t` container failed ("No child processes", busybox's
+/// report of a 0x0 window with a stale errno): the pty started at 0x0 and hull sent its
+/// size only once the command ran. Now the size travels in the spec (`consoleSize`)
+/// and the agent sets it before the command starts; without a terminal of hull's own
+/// the agent gives 24x80.
+#[test]
+fn tty_has_its_size_before_the_command_runs() {
+    need_run!("tty_has_its_size_before_the_command_runs");
+    if hull_runtime::host::find_binary(Path::new("script")).is_none() {
+        panic!("`script` (util-linux) is needed to give hull a terminal");
+    }
+    let state = TestState::new();
+    let out = demo_run(&state, &["-t", "--", "stty", "size"]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert_eq!(stdout(&out).trim(), "24 80", "{}", output_text(&out));
+
+    let cmdline = format!(
+        "stty rows 33 cols 111; HULL_STATE_DIR={} {} run -t --image demo -- stty size",
+        state.path().display(),
+        hull_bin().display()
+    );
+    let out = in_terminal(&cmdline, 120);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert!(!out.stdout.contains(&0), "{:?}", out.stdout);
+    assert_eq!(stdout(&out).trim(), "33 111", "{:?}", out.stdout);
+    state.assert_nothing_left();
+}

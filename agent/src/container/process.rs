@@ -104,6 +104,18 @@ impl Process {
         result
     }
 
+    /// Exited, and the host read its outputs to the end (nothing more to ask of it).
+    pub fn is_finished(&self) -> bool {
+        let drained = |m: &Mutex<Option<Reader>>| match m.try_lock() {
+            Ok(r) => match r.as_ref() {
+                Some(r) => r.is_eof(),
+                None => true,
+            },
+            Err(_) => false,
+        };
+        self.has_exited() && drained(&self.stdout) && drained(&self.stderr)
+    }
+
     pub fn pty_fd(&self) -> Option<i32> {
         self.pty.as_ref().map(AsRawFd::as_raw_fd)
     }

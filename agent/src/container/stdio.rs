@@ -48,6 +48,11 @@ impl Reader {
         })
     }
 
+    /// The end of the stream was read.
+    pub fn is_eof(&self) -> bool {
+        self.eof
+    }
+
     /// Up to `len` bytes, waiting until at least one is there; empty at end of stream
     /// (every writer closed and the pipe drained; for a pty: the slave side closed).
     pub async fn read(&mut self, len: usize) -> io::Result<Vec<u8>> {
@@ -135,6 +140,19 @@ pub fn dev_null() -> io::Result<OwnedFd> {
     Ok(OwnedFd::from(f))
 }
 
+/// The window size a new terminal gets before its process runs: the process's
+/// `consoleSize` when the host gave one, else 24x80. libcontainer opens the pty with a
+/// 0x0 window, which programs read as "no size" (busybox's `stty size` then fails with a
+/// stale errno); the host's ResizeTty comes only once the process already runs.
+pub fn initial_size(console_size: Option<&oci_spec::runtime::Box>) -> (u16, u16) {
+    const DEFAULT: (u16, u16) = (24, 80);
+    let Some(b) = console_size else { return DEFAULT };
+    match (u16::try_from(b.height()), u16::try_from(b.width())) {
+        (Ok(rows), Ok(cols)) if rows > 0 && cols > 0 => (rows, cols),
+        _ => DEFAULT,
+    }
+}
+
 /// Sets the window size of the pty whose master is `fd`.
 pub fn resize(fd: i32, rows: u16, cols: u16) -> io::Result<()> {
     let ws = libc::winsize {
@@ -154,6 +172,29 @@ pub fn resize(fd: i32, rows: u16, cols: u16) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_terminal_never_starts_at_0x0() {
+        use oci_spec::runtime::BoxBuilder;
+        assert_eq!(initial_size(None), (24, 80));
+        let b = BoxBuilder::default().height(33u64).width(111u64).build().unwrap();
+        assert_eq!(initial_size(Some(&b)), (33, 111));
+        let zero = BoxBuilder::default().height(0u64).width(0u64).build().unwrap();
+        assert_eq!(initial_size(Some(&zero)), (24, 80));
+        let huge = BoxBuilder::default().height(1u64 << 40).width(80u64).build().unwrap();
+        assert_eq!(initial_size(Some(&huge)), (24, 80));
+    }
+
+    #[test]
+    fn resize_sets_the_window_of_a_pty() {
+        let pty = nix::pty::openpty(None, None).unwrap();
+        resize(pty.master.as_raw_fd(), 33, 111).unwrap();
+        let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: TIOCGWINSZ writes one winsize into the live local.
+        let rc = unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::TIOCGWINSZ, &mut ws as *mut libc::winsize) };
+        assert_eq!(rc, 0);
+        assert_eq!((ws.ws_row, ws.ws_col), (33, 111));
+    }
 
     #[test]
     fn read_len_is_capped() {

@@ -86,7 +86,9 @@ pub fn do_create_container(svc: &Service, req: &CreateContainerRequest) -> Resul
         }
     };
     let pid = launched.pid;
-    let ends = match finish_ends(ends, launched.pty_master, &req.stdio) {
+    let console_size = oci.process().as_ref().and_then(|p| p.console_size());
+    let size = crate::container::stdio::initial_size(console_size.as_ref());
+    let ends = match finish_ends(ends, launched.pty_master, &req.stdio, size) {
         Ok(ends) => ends,
         Err(e) => {
             rollback(&mounted);

@@ -19,6 +19,10 @@ pub enum ServiceError {
     /// container, ...).
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// The sandbox's policy does not allow the request (debug processes without
+    /// `debug_exec`).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The sandbox is being destroyed (ends long polls such as GetOomEvent).
     #[error("cancelled: {0}")]
     Cancelled(String),

@@ -4,12 +4,12 @@
 
 use hull_proto::*;
 
-use super::process::lookup_process;
+use super::process::lookup_any;
 use super::{Service, ServiceError};
 use crate::container::stdio::{capped_len, Reader};
 
 pub async fn do_write_stdin(svc: &Service, req: &WriteStreamRequest) -> Result<WriteStreamResponse, ServiceError> {
-    let (_c, p) = lookup_process(svc, &req.container_id, &req.exec_id)?;
+    let p = lookup_any(svc, &req.container_id, &req.exec_id)?;
     let mut stdin = p.stdin.lock().await;
     let w = stdin
         .as_mut()
@@ -41,11 +41,11 @@ async fn read(stream: &tokio::sync::Mutex<Option<Reader>>, len: u32) -> Result<R
 }
 
 pub async fn do_read_stdout(svc: &Service, req: &ReadStreamRequest) -> Result<ReadStreamResponse, ServiceError> {
-    let (_c, p) = lookup_process(svc, &req.container_id, &req.exec_id)?;
+    let p = lookup_any(svc, &req.container_id, &req.exec_id)?;
     read(&p.stdout, req.len).await
 }
 
 pub async fn do_read_stderr(svc: &Service, req: &ReadStreamRequest) -> Result<ReadStreamResponse, ServiceError> {
-    let (_c, p) = lookup_process(svc, &req.container_id, &req.exec_id)?;
+    let p = lookup_any(svc, &req.container_id, &req.exec_id)?;
     read(&p.stderr, req.len).await
 }

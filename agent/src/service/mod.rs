@@ -5,6 +5,7 @@
 //! the container table in `crate::sandbox`.
 
 pub mod container;
+pub mod debug;
 mod error;
 pub mod health;
 pub mod io;

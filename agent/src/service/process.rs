@@ -2,7 +2,7 @@
 //! with CreateContainer.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use hull_proto::*;
@@ -60,9 +60,12 @@ pub fn prepare_stdio(cfg: &StdioConfig, terminal: bool) -> io::Result<(StdioSetu
 }
 
 /// The agent's ends once the process exists: the pipes, or readers/writers on the pty
-/// master (stdout carries the terminal's output; there is no separate stderr).
-pub fn finish_ends(pending: PendingEnds, pty: Option<OwnedFd>, cfg: &StdioConfig) -> io::Result<HostEnds> {
+/// master (stdout carries the terminal's output; there is no separate stderr). A
+/// terminal gets its window size (`size`, see `stdio::initial_size`) here, before the
+/// host can read or resize it.
+pub fn finish_ends(pending: PendingEnds, pty: Option<OwnedFd>, cfg: &StdioConfig, size: (u16, u16)) -> io::Result<HostEnds> {
     if let Some(master) = pty {
+        stdio::resize(master.as_raw_fd(), size.0, size.1)?;
         let stdin = if cfg.stdin {
             Some(Writer::new(master.try_clone()?)?)
         } else {
@@ -93,6 +96,15 @@ pub fn signal_all(c: &Container, sig: i32) {
     }
 }
 
+/// The process of a request: a container's, or (empty container id) a debug process
+/// of the guest.
+pub fn lookup_any(svc: &Service, container_id: &str, exec_id: &str) -> Result<Arc<Process>, ServiceError> {
+    if container_id.is_empty() {
+        return super::debug::lookup(svc, exec_id);
+    }
+    Ok(lookup_process(svc, container_id, exec_id)?.1)
+}
+
 /// Container and process of a request.
 pub fn lookup_process(svc: &Service, container_id: &str, exec_id: &str) -> Result<(Arc<Container>, Arc<Process>), ServiceError> {
     let c = lookup(svc, container_id)?;
@@ -106,6 +118,9 @@ pub fn lookup_process(svc: &Service, container_id: &str, exec_id: &str) -> Resul
 }
 
 pub fn do_exec(svc: &Service, req: &ExecProcessRequest) -> Result<Empty, ServiceError> {
+    if req.container_id.is_empty() {
+        return super::debug::do_debug_exec(svc, req);
+    }
     let c = lookup(svc, &req.container_id)?;
     spec::validate_id("exec id", &req.exec_id)?;
     if c.has_exec(&req.exec_id) {
@@ -127,7 +142,8 @@ pub fn do_exec(svc: &Service, req: &ExecProcessRequest) -> Result<Empty, Service
         })
         .map_err(|e| ServiceError::internal(format!("exec {} in container {}", req.exec_id, c.id), e))?;
     let pid = launched.pid;
-    let ends = finish_ends(pending, launched.pty_master, &req.stdio).map_err(|e| ServiceError::internal("process stdio", e))?;
+    let size = stdio::initial_size(process.console_size().as_ref());
+    let ends = finish_ends(pending, launched.pty_master, &req.stdio, size).map_err(|e| ServiceError::internal("process stdio", e))?;
     let p = Arc::new(Process::new(req.exec_id.clone(), pid, ends, exited, c.cgroup.clone()));
     c.add_exec(req.exec_id.clone(), p);
     info!(container = %c.id, exec = %req.exec_id, pid, terminal, "exec started");
@@ -135,17 +151,24 @@ pub fn do_exec(svc: &Service, req: &ExecProcessRequest) -> Result<Empty, Service
 }
 
 pub fn do_signal(svc: &Service, req: &SignalProcessRequest) -> Result<Empty, ServiceError> {
-    let (c, p) = lookup_process(svc, &req.container_id, &req.exec_id)?;
+    // A debug process (empty container id) has no container: `all` is the process.
+    let (c, p) = if req.container_id.is_empty() {
+        (None, super::debug::lookup(svc, &req.exec_id)?)
+    } else {
+        let (c, p) = lookup_process(svc, &req.container_id, &req.exec_id)?;
+        (Some(c), p)
+    };
     let sig = i32::try_from(req.signal)
         .ok()
         .and_then(|s| Signal::try_from(s).ok())
         .ok_or_else(|| ServiceError::InvalidArgument(format!("signal {} is not a valid signal", req.signal)))?;
-    if req.all {
-        signal_all(&c, sig as i32);
+    if let (true, Some(c)) = (req.all, &c) {
+        signal_all(c, sig as i32);
         return Ok(Empty::new());
     }
+    let owner = c.as_ref().map_or_else(|| "the guest".to_string(), |c| format!("container {}", c.id));
     if p.has_exited() {
-        return Err(ServiceError::NotFound(format!("process {:?} of container {} has exited", p.exec_id, c.id)));
+        return Err(ServiceError::NotFound(format!("process {:?} of {owner} has exited", p.exec_id)));
     }
     debug!(pid = p.pid, ?sig, "signal");
     kill(Pid::from_raw(p.pid), sig).map_err(|e| ServiceError::internal(format!("kill {}", p.pid), e))?;
@@ -153,7 +176,7 @@ pub fn do_signal(svc: &Service, req: &SignalProcessRequest) -> Result<Empty, Ser
 }
 
 pub async fn do_wait(svc: &Service, req: &ProcessRequest) -> Result<WaitProcessResponse, ServiceError> {
-    let (_c, p) = lookup_process(svc, &req.container_id, &req.exec_id)?;
+    let p = lookup_any(svc, &req.container_id, &req.exec_id)?;
     let exit = p
         .wait()
         .await
@@ -166,7 +189,7 @@ pub async fn do_wait(svc: &Service, req: &ProcessRequest) -> Result<WaitProcessR
 }
 
 pub fn do_resize(svc: &Service, req: &ResizeTtyRequest) -> Result<Empty, ServiceError> {
-    let (_c, p) = lookup_process(svc, &req.container_id, &req.exec_id)?;
+    let p = lookup_any(svc, &req.container_id, &req.exec_id)?;
     let fd = p
         .pty_fd()
         .ok_or_else(|| ServiceError::FailedPrecondition("the process has no terminal".into()))?;
@@ -179,7 +202,7 @@ pub fn do_resize(svc: &Service, req: &ResizeTtyRequest) -> Result<Empty, Service
 /// Closes the process's stdin: the pipe's write end (the process reads EOF); on a
 /// terminal, which stays open for output, an end-of-file character (^D) is sent.
 pub async fn do_close_stdin(svc: &Service, req: &ProcessRequest) -> Result<Empty, ServiceError> {
-    let (_c, p) = lookup_process(svc, &req.container_id, &req.exec_id)?;
+    let p = lookup_any(svc, &req.container_id, &req.exec_id)?;
     let mut stdin = p.stdin.lock().await;
     if p.terminal {
         if let Some(w) = stdin.as_mut() {

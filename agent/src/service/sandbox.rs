@@ -98,6 +98,10 @@ pub fn do_create_sandbox(svc: &Service, req: &CreateSandboxRequest) -> Result<Em
     if !svc.sandbox.mark_created() {
         return Err(ServiceError::AlreadyExists("the sandbox was already created".into()));
     }
+    svc.sandbox.set_debug_exec(req.debug_exec);
+    if req.debug_exec {
+        info!("debug processes are allowed in this sandbox (hull debug exec)");
+    }
     let result = create_sandbox(req);
     if result.is_err() {
         svc.sandbox.unmark_created();

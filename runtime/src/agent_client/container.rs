@@ -69,14 +69,17 @@ macro_rules! call_blocking {
 }
 
 impl AgentClient {
-    /// Prepares the sandbox: hostname and the storages to mount (the share).
+    /// Prepares the sandbox: hostname, the storages to mount (the share), and whether
+    /// debug processes (`hull debug exec`) are allowed for its whole life.
     pub async fn create_sandbox(
         &self,
         sandbox_id: &str,
         hostname: &str,
         storages: &[StorageSpec],
+        debug_exec: bool,
     ) -> Result<(), AgentError> {
         let mut req = hull_proto::CreateSandboxRequest::new();
+        req.debug_exec = debug_exec;
         req.sandbox_id = sandbox_id.to_string();
         req.hostname = hostname.to_string();
         req.storages = storages.iter().map(convert::storage).collect();
@@ -134,7 +137,8 @@ impl AgentClient {
     }
 
     /// Starts an extra process `exec_id` in a running container; `process_json` is an
-    /// OCI `Process`.
+    /// OCI `Process`. An empty `container_id` starts a debug process in the guest itself
+    /// (allowed only in a sandbox created with `debug_exec`).
     pub async fn exec_process(
         &self,
         container_id: &str,

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hull_runtime::config::Config;
 use hull_runtime::sandbox::{Sandbox, SandboxSpec};
+use hull_runtime::run::debug::DebugExecOptions;
 use hull_runtime::run::exec::ExecOptions;
 use hull_runtime::run::{RunError, RunOptions, Signals};
 use hull_runtime::{bench, check, hypervisor, image, inspect};
@@ -39,6 +40,11 @@ enum Command {
     Run(Box<RunArgs>),
     /// Run one more command in the container of a running `hull run --name NAME`.
     Exec(Box<ExecArgs>),
+    /// Debugging aids for running sandboxes.
+    Debug {
+        #[command(subcommand)]
+        command: DebugCommand,
+    },
     /// Local OCI images.
     Image {
         #[command(subcommand)]
@@ -163,6 +169,30 @@ struct ExecArgs {
 }
 
 #[derive(Subcommand)]
+enum DebugCommand {
+    /// Run a command in the guest itself, outside any container (root namespaces, as
+    /// root); needs `[debug] exec = true` in the config the sandbox booted with. The
+    /// guest has no shell of its own: use a guest path such as
+    /// /run/hull/share/containers/<id>/rootfs/bin/busybox.
+    Exec(Box<DebugExecArgs>),
+}
+
+#[derive(clap::Args)]
+struct DebugExecArgs {
+    /// Allocate a terminal.
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Keep stdin open and send it to the process.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// The sandbox: a `hull run --name`, or a sandbox id or id prefix from `hull ps`.
+    sandbox: String,
+    /// The command (a guest path, or a name in the guest's PATH) and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+#[derive(Subcommand)]
 enum ImageCommand {
     /// Print where a named image lives (<cache_dir>/images/NAME).
     Path { name: String },
@@ -212,7 +242,10 @@ fn main() -> ExitCode {
         }
     };
     // `hull run` forwards signals to its container and tears down itself.
-    let own_signals = matches!(cli.command, Command::Run(_) | Command::Exec(_));
+    let own_signals = matches!(
+        cli.command,
+        Command::Run(_) | Command::Exec(_) | Command::Debug { command: DebugCommand::Exec(_) }
+    );
     let code = rt.block_on(async {
         tokio::select! {
             r = run(cli) => match r {
@@ -305,6 +338,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Run(args) => Ok(run_container(&config, args).await),
         Command::Exec(args) => Ok(exec_process(&config, args).await),
+        Command::Debug {
+            command: DebugCommand::Exec(args),
+        } => Ok(debug_exec(&config, args).await),
         Command::Image {
             command: ImageCommand::Path { name },
         } => {
@@ -424,6 +460,29 @@ async fn exec_process(config: &Config, a: &ExecArgs) -> ExitCode {
     };
     let mut signals = Signals::new();
     match hull_runtime::run::exec::exec(config, &opts, &mut signals).await {
+        Ok(exit) => ExitCode::from(u8::try_from(exit.status).unwrap_or(255)),
+        Err(RunError::Interrupted(sig)) => {
+            eprintln!("hull: {}", RunError::Interrupted(sig));
+            ExitCode::from(128u8.saturating_add(u8::try_from(sig).unwrap_or(0)))
+        }
+        Err(e) => {
+            eprintln!("hull: {e}");
+            ExitCode::from(125)
+        }
+    }
+}
+
+/// `hull debug exec`: the process's exit code; 125 when hull itself fails or the
+/// sandbox does not allow debug processes, 128+N when a signal ended it first.
+async fn debug_exec(config: &Config, a: &DebugExecArgs) -> ExitCode {
+    let opts = DebugExecOptions {
+        sandbox: a.sandbox.clone(),
+        tty: a.tty,
+        interactive: a.interactive,
+        command: a.command.clone(),
+    };
+    let mut signals = Signals::new();
+    match hull_runtime::run::debug::debug_exec(config, &opts, &mut signals).await {
         Ok(exit) => ExitCode::from(u8::try_from(exit.status).unwrap_or(255)),
         Err(RunError::Interrupted(sig)) => {
             eprintln!("hull: {}", RunError::Interrupted(sig));

@@ -91,7 +91,7 @@ fn process_for(
     })?;
     process.set_args(Some(opts.command.clone()));
     process.set_terminal(Some(opts.tty));
-    process.set_console_size(None);
+    process.set_console_size(if opts.tty { super::io::console_size() } else { None });
     let env = units::merge_env(&process.env().clone().unwrap_or_default(), &opts.env);
     process.set_env(Some(env));
     if let Some(w) = &opts.workdir {

@@ -129,6 +129,17 @@ pub fn window_size() -> Option<(u16, u16)> {
     None
 }
 
+/// hull's window size as an OCI `consoleSize`, so the process's terminal has it
+/// before the process runs (None when hull has no terminal: the agent's default).
+pub fn console_size() -> Option<oci_spec::runtime::Box> {
+    let (rows, cols) = window_size()?;
+    oci_spec::runtime::BoxBuilder::default()
+        .height(u64::from(rows))
+        .width(u64::from(cols))
+        .build()
+        .ok()
+}
+
 /// SIGINT / SIGTERM / SIGHUP delivered to hull, to forward to the container.
 pub struct Signals {
     int: Option<tokio::signal::unix::Signal>,

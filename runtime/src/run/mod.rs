@@ -12,6 +12,7 @@
 //!    runs, tear everything down instead (processes, mounts, state dir).
 
 pub mod command;
+pub mod debug;
 pub mod exec;
 pub mod io;
 pub mod prepare;
@@ -55,6 +56,9 @@ pub enum RunError {
     CommandNotFound { command: String, searched: String },
     #[error("interrupted by {} before the container ran; everything was torn down", io::signal_name(*.0))]
     Interrupted(i32),
+    /// The sandbox's policy does not allow what was asked (debug processes).
+    #[error("{0}")]
+    Refused(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -267,7 +271,13 @@ async fn prepare_container(
         mounts,
     };
     let rootfs_guest = format!("{guest_dir}/rootfs");
-    let spec = spec::generate(&copts, &source.config(), &rootfs_guest, Some(&rootfs_host))?;
+    let mut spec = spec::generate(&copts, &source.config(), &rootfs_guest, Some(&rootfs_host))?;
+    if opts.tty {
+        if let Some(mut process) = spec.process().clone() {
+            process.set_console_size(io::console_size());
+            spec.set_process(Some(process));
+        }
+    }
     if let Some(process) = spec.process() {
         let args = process.args().clone().unwrap_or_default();
         let env = process.env().clone().unwrap_or_default();

@@ -120,6 +120,8 @@ pub struct Sandbox {
     state: StateDir,
     report: BootReport,
     shutdown_timeout: Duration,
+    /// `[debug] exec` of the config it booted with (told to the agent, recorded).
+    debug_exec: bool,
 }
 
 impl Sandbox {
@@ -182,6 +184,7 @@ impl Sandbox {
             state,
             report: BootReport::default(),
             shutdown_timeout: config.boot.shutdown_timeout(),
+            debug_exec: config.debug.exec,
         })
     }
 
@@ -215,6 +218,7 @@ impl Sandbox {
             vm_pids: self.hypervisor.pids(),
             vsock_uds,
             created: record::now_secs(),
+            debug_exec: self.debug_exec,
         }
         .write(self.state.path())?;
         Ok(())
@@ -241,7 +245,7 @@ impl Sandbox {
             None => Vec::new(),
         };
         self.agent_or_err()?
-            .create_sandbox(&self.id, hostname, &storages)
+            .create_sandbox(&self.id, hostname, &storages, self.debug_exec)
             .instrument(tracing::info_span!("create_sandbox"))
             .await?;
         Ok(())

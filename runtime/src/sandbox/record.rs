@@ -26,6 +26,9 @@ pub struct SandboxRecord {
     pub vsock_uds: PathBuf,
     /// Seconds since the epoch.
     pub created: u64,
+    /// The agent was told to allow debug processes (`[debug] exec` at boot).
+    #[serde(default)]
+    pub debug_exec: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +134,7 @@ mod tests {
             vm_pids: vec![1, 2],
             vsock_uds: "/x/vsock.sock".into(),
             created: 5,
+            debug_exec: false,
         }
     }
 

@@ -17,6 +17,11 @@ pub struct Events {
 }
 
 impl Events {
+    /// containerd's namespace of this shim's tasks.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
     pub fn new(publisher: RemotePublisher, namespace: String) -> Events {
         Events {
             publisher,

@@ -1,5 +1,5 @@
 //! A process's stdio between containerd and the agent. containerd names FIFOs (or
-//! `file://` URIs) in the request; the shim writes the process's output into them with
+//! `file://` or `binary://` URIs, the latter run by `logger`) in the request; the shim writes the process's output into them with
 //! `run::io`'s pumps (pull model, backpressure to the writer in the guest) and feeds
 //! stdin from them. The exit of a process is reported only after its output pumps
 //! finished, so nothing written before the exit is lost.
@@ -11,6 +11,7 @@ use tokio::io::AsyncWrite;
 use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
 
+use super::logger::{self, BinaryLogger};
 use super::ShimError;
 use crate::agent_client::{AgentClient, AgentError, ProcessRef, StdioSpec, Stream};
 use crate::run::io::pump_output;
@@ -53,7 +54,7 @@ fn target(uri: &str) -> Result<PathBuf, ShimError> {
     if let Some((scheme, _)) = uri.split_once("://") {
         if scheme != "fifo" {
             return Err(ShimError::InvalidArgument(format!(
-                "stdio URI {uri:?}: the {scheme}:// scheme is not supported by hull (FIFOs and file:// are)"
+                "stdio URI {uri:?}: the {scheme}:// scheme is not supported by hull (FIFOs, file:// and binary:// are)"
             )));
         }
     }
@@ -130,6 +131,51 @@ pub struct ProcessIo {
     outputs: Vec<JoinHandle<Result<u64, AgentError>>>,
     stdin: Option<JoinHandle<()>>,
     stdin_closed: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// The `binary://` logging process, if the outputs go to one.
+    logger: Option<BinaryLogger>,
+}
+
+/// The sinks of the outputs containerd named: FIFOs or files each, or one logging
+/// binary for both (containerd names the same `binary://` URI for stdout and stderr).
+async fn open_outputs(
+    paths: &StdioPaths,
+    cid: &str,
+    namespace: &str,
+) -> Result<(Vec<(Stream, Sink)>, Option<BinaryLogger>), ShimError> {
+    let spec = paths.spec();
+    let named: Vec<(Stream, &str)> = [(Stream::Stdout, spec.stdout, &paths.stdout), (Stream::Stderr, spec.stderr, &paths.stderr)]
+        .into_iter()
+        .filter(|(_, wanted, _)| *wanted)
+        .map(|(s, _, uri)| (s, uri.as_str()))
+        .collect();
+    let binary: Vec<&str> = named.iter().map(|(_, u)| *u).filter(|u| logger::is_binary(u)).collect();
+    let Some(uri) = binary.first().copied() else {
+        let mut sinks = Vec::new();
+        for (stream, uri) in named {
+            sinks.push((stream, open_sink(uri).await?));
+        }
+        return Ok((sinks, None));
+    };
+    if binary.len() != named.len() || binary.iter().any(|u| *u != uri) {
+        return Err(ShimError::InvalidArgument(format!(
+            "stdio URIs {:?} and {:?}: a binary:// logger must get both outputs",
+            paths.stdout, paths.stderr
+        )));
+    }
+    let (logger, out, err) = BinaryLogger::start(uri, cid, namespace).await?;
+    // An end no stream uses is dropped here: the logger reads EOF on it at once.
+    let (mut out, mut err) = (Some(out), Some(err));
+    let sinks = named
+        .into_iter()
+        .filter_map(|(stream, _)| {
+            let end = match stream {
+                Stream::Stdout => out.take(),
+                Stream::Stderr => err.take(),
+            };
+            end.map(|e| (stream, Sink::Fifo(e)))
+        })
+        .collect();
+    Ok((sinks, Some(logger)))
 }
 
 impl ProcessIo {
@@ -140,15 +186,10 @@ impl ProcessIo {
         cid: &str,
         exec_id: &str,
         paths: &StdioPaths,
+        namespace: &str,
     ) -> Result<ProcessIo, ShimError> {
         let spec = paths.spec();
-        let mut sinks = Vec::new();
-        if spec.stdout {
-            sinks.push((Stream::Stdout, open_sink(&paths.stdout).await?));
-        }
-        if spec.stderr {
-            sinks.push((Stream::Stderr, open_sink(&paths.stderr).await?));
-        }
+        let (sinks, logger) = open_outputs(paths, cid, namespace).await?;
         let outputs = sinks
             .into_iter()
             .map(|(stream, sink)| {
@@ -185,6 +226,7 @@ impl ProcessIo {
             outputs,
             stdin,
             stdin_closed,
+            logger,
         })
     }
 
@@ -210,6 +252,15 @@ impl ProcessIo {
                 tracing::warn!("stdin pump did not finish after CloseIO");
                 task.abort();
             }
+        }
+    }
+
+    /// The process is deleted: every pump stops, and a logging binary is ended (see
+    /// `logger::BinaryLogger::stop`).
+    pub async fn shutdown(&mut self) {
+        self.abort();
+        if let Some(mut l) = self.logger.take() {
+            l.stop().await;
         }
     }
 
@@ -286,8 +337,8 @@ mod tests {
     fn uris_and_streams() {
         assert_eq!(target("/run/x/stdout").expect("fifo"), PathBuf::from("/run/x/stdout"));
         assert_eq!(target("file:///var/log/c.log").expect("file"), PathBuf::from("/var/log/c.log"));
-        let e = target("binary:///usr/bin/logger?x=1").expect_err("binary");
-        assert!(e.to_string().contains("binary://"), "{e}");
+        let e = target("syslog://x").expect_err("unknown scheme");
+        assert!(e.to_string().contains("syslog://"), "{e}");
         let p = StdioPaths {
             stdin: String::new(),
             stdout: "/o".into(),

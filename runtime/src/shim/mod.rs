@@ -22,6 +22,7 @@ pub mod convert;
 pub mod events;
 pub mod host_cgroup;
 pub mod io;
+pub mod logger;
 pub mod lifecycle;
 pub mod options;
 pub mod pod;

@@ -218,7 +218,7 @@ impl Service {
         };
         let init = Proc::new("", req.stdio.clone(), None);
         // Outputs are opened now so nothing the process writes before Start is lost.
-        match ProcessIo::start(pod.agent(), &req.id, "", &req.stdio).await {
+        match ProcessIo::start(pod.agent(), &req.id, "", &req.stdio, self.events.namespace()).await {
             Ok(io) => *init.io.lock().await = Some(io),
             Err(e) => {
                 self.forget_failed(&pod, &req.id).await;
@@ -368,7 +368,7 @@ impl Service {
                 .take()
                 .ok_or_else(|| ShimError::internal("the exec has no process spec"))?;
             // Outputs first: the exec's first byte needs a reader.
-            let io = ProcessIo::start(&agent, id, exec_id, &p.stdio).await?;
+            let io = ProcessIo::start(&agent, id, exec_id, &p.stdio, self.events.namespace()).await?;
             *p.io.lock().await = Some(io);
             agent.exec_process(id, exec_id, json, &p.stdio.spec()).await?;
         }
@@ -475,7 +475,7 @@ impl Service {
         }
         let exit = p.exit().unwrap_or(Exit { status: 0, at: now() });
         if let Some(mut io) = p.io.lock().await.take() {
-            io.abort();
+            io.shutdown().await;
         }
         if !exec_id.is_empty() {
             lock(&c.execs).remove(exec_id);
