@@ -200,6 +200,17 @@ state = "{st}"
             .and_then(|w| w.get(2).cloned())
     }
 
+    /// SIGKILLs task `id`, waits until it is stopped, deletes it and its container.
+    pub fn kill_and_remove(&self, id: &str) {
+        assert!(self.ctr(&["task", "kill", "-s", "SIGKILL", id]).status.success());
+        crate::wait_for("the task to stop", Duration::from_secs(30), || {
+            (self.task_status(id).as_deref() == Some("STOPPED")).then_some(())
+        });
+        let out = self.ctr(&["task", "delete", id]);
+        assert!(out.status.success(), "{}", crate::output_text(&out));
+        assert!(self.ctr(&["containers", "rm", id]).status.success());
+    }
+
     /// Shim processes of this containerd.
     pub fn shims(&self) -> Vec<(i32, String)> {
         processes_mentioning(&format!("-address {}", self.socket().display()))

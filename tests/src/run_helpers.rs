@@ -1,7 +1,7 @@
 //! Helpers for the `hull run` tests: run hull on the demo image, read its output.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
 
 use crate::TestState;
 
@@ -71,3 +71,27 @@ macro_rules! need_run {
     };
 }
 
+
+/// Starts `cmd` (a `hull` command: `run` and `args` are added) as a long-running named
+/// container whose first output line is `ready`, and waits for that line. Panics with
+/// hull's stderr when the container does not start.
+pub fn start_ready(mut cmd: Command, args: &[String]) -> (Child, BufReader<ChildStdout>) {
+    let mut hull = cmd
+        .arg("run")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("hull run");
+    let mut out = BufReader::new(hull.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("ready line");
+    if line != "ready\n" {
+        let _ = hull.kill();
+        let mut err = String::new();
+        let _ = hull.stderr.take().map(|mut e| e.read_to_string(&mut err));
+        panic!("the container did not start: {line:?}\n{err}");
+    }
+    (hull, out)
+}

@@ -352,13 +352,7 @@ fn pod_containers_share_one_vm_and_pods_do_not() {
     assert!(!out.status.success(), "the sandbox container must not see c1's files: {}", output_text(&out));
     // A member goes, the pod stays; the sandbox goes last and takes the VM.
     for id in ["poda-c1", "poda-c2", "poda", "podb"] {
-        assert!(c.ctr(&["task", "kill", "-s", "SIGKILL", id]).status.success());
-        wait_for("the task to stop", Duration::from_secs(30), || {
-            (c.task_status(id).as_deref() == Some("STOPPED")).then_some(())
-        });
-        let out = c.ctr(&["task", "delete", id]);
-        assert!(out.status.success(), "{}", output_text(&out));
-        assert!(c.ctr(&["containers", "rm", id]).status.success());
+        c.kill_and_remove(id);
         if id == "poda-c1" {
             assert_eq!(boot_id(&c, "poda-c2", "b4"), a0, "the pod's VM outlives one member");
         }

@@ -67,15 +67,6 @@ fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn stop_and_remove(c: &Containerd, id: &str) {
-    assert!(c.ctr(&["task", "kill", "-s", "SIGKILL", id]).status.success());
-    wait_for("the task to stop", Duration::from_secs(30), || {
-        (c.task_status(id).as_deref() == Some("STOPPED")).then_some(())
-    });
-    let out = c.ctr(&["task", "delete", id]);
-    assert!(out.status.success(), "{}", output_text(&out));
-    assert!(c.ctr(&["containers", "rm", id]).status.success());
-}
 
 #[test]
 fn vm_processes_and_guest_memory_are_charged_to_the_containers_cgroup() {
@@ -121,7 +112,7 @@ fn vm_processes_and_guest_memory_are_charged_to_the_containers_cgroup() {
     );
     assert!(after <= cgroup::own_limit_bytes(vm_mib, DEFAULT_HOST_OVERHEAD_MIB));
 
-    stop_and_remove(&c, "m1");
+    c.kill_and_remove("m1");
     assert!(!cg.exists(), "{} removed after delete", cg.display());
     c.assert_nothing_left();
 }

@@ -2,8 +2,8 @@
 //! QEMU, kernel, agent and virtiofsd. One sandbox booted with `[debug] exec = true`,
 //! one with the default config (debug off); nothing may be left afterwards.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Output, Stdio};
+use std::io::{BufReader, Read};
+use std::process::{Child, Output};
 
 use hull_tests::run_helpers::*;
 use hull_tests::*;
@@ -23,31 +23,10 @@ fn hull_cfg(state: &TestState, config: Option<&std::path::Path>) -> std::process
 
 /// Starts a long-running named container and waits for its `ready` line.
 fn start_box(state: &TestState, config: Option<&std::path::Path>, name: &str) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut hull = hull_cfg(state, config)
-        .arg("run")
-        .args(refs(&demo(&[
-            "--name",
-            name,
-            "--",
-            "sh",
-            "-c",
-            "trap 'exit 0' TERM; echo ready; while :; do sleep 0.1; done",
-        ])))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("hull run");
-    let mut out = BufReader::new(hull.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("ready line");
-    if line != "ready\n" {
-        let _ = hull.kill();
-        let mut err = String::new();
-        let _ = hull.stderr.take().map(|mut e| e.read_to_string(&mut err));
-        panic!("the container did not start: {line:?}\n{err}");
-    }
-    (hull, out)
+    start_ready(
+        hull_cfg(state, config),
+        &demo(&["--name", name, "--", "sh", "-c", "trap 'exit 0' TERM; echo ready; while :; do sleep 0.1; done"]),
+    )
 }
 
 fn stop_box(mut hull: Child, mut out: BufReader<std::process::ChildStdout>) {

@@ -17,10 +17,9 @@ fn exec(state: &TestState, args: &[&str], stdin: Option<&[u8]>) -> Output {
 
 /// Starts the long-running container and waits for its `ready` line.
 fn start_box(state: &TestState) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut hull = state
-        .hull()
-        .arg("run")
-        .args(refs(&demo(&[
+    start_ready(
+        state.hull(),
+        &demo(&[
             "--name",
             NAME,
             "--hostname",
@@ -29,22 +28,8 @@ fn start_box(state: &TestState) -> (Child, BufReader<std::process::ChildStdout>)
             "sh",
             "-c",
             "trap 'echo init-term; exit 0' TERM; echo ready; while :; do sleep 0.1; done",
-        ])))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("hull run");
-    let mut out = BufReader::new(hull.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("ready line");
-    if line != "ready\n" {
-        let _ = hull.kill();
-        let mut err = String::new();
-        let _ = hull.stderr.take().map(|mut e| e.read_to_string(&mut err));
-        panic!("the container did not start: {line:?}\n{err}");
-    }
-    (hull, out)
+        ]),
+    )
 }
 
 #[test]

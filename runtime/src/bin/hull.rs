@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use hull_runtime::agent_client::ExitInfo;
 use hull_runtime::config::Config;
 use hull_runtime::sandbox::{Sandbox, SandboxSpec};
 use hull_runtime::run::debug::DebugExecOptions;
@@ -459,7 +460,13 @@ async fn exec_process(config: &Config, a: &ExecArgs) -> ExitCode {
         command: a.command.clone(),
     };
     let mut signals = Signals::new();
-    match hull_runtime::run::exec::exec(config, &opts, &mut signals).await {
+    exec_exit_code(hull_runtime::run::exec::exec(config, &opts, &mut signals).await)
+}
+
+/// The exit code of `hull exec` and `hull debug exec`: the process's; 125 when hull
+/// itself failed, 128+N when signal N ended it before the process did.
+fn exec_exit_code(result: Result<ExitInfo, RunError>) -> ExitCode {
+    match result {
         Ok(exit) => ExitCode::from(u8::try_from(exit.status).unwrap_or(255)),
         Err(RunError::Interrupted(sig)) => {
             eprintln!("hull: {}", RunError::Interrupted(sig));
@@ -482,15 +489,5 @@ async fn debug_exec(config: &Config, a: &DebugExecArgs) -> ExitCode {
         command: a.command.clone(),
     };
     let mut signals = Signals::new();
-    match hull_runtime::run::debug::debug_exec(config, &opts, &mut signals).await {
-        Ok(exit) => ExitCode::from(u8::try_from(exit.status).unwrap_or(255)),
-        Err(RunError::Interrupted(sig)) => {
-            eprintln!("hull: {}", RunError::Interrupted(sig));
-            ExitCode::from(128u8.saturating_add(u8::try_from(sig).unwrap_or(0)))
-        }
-        Err(e) => {
-            eprintln!("hull: {e}");
-            ExitCode::from(125)
-        }
-    }
+    exec_exit_code(hull_runtime::run::debug::debug_exec(config, &opts, &mut signals).await)
 }

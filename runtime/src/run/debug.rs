@@ -13,8 +13,8 @@
 
 use oci_spec::runtime::{Process, ProcessBuilder};
 
-use super::{attach, Attach, RunError, Signals};
-use crate::agent_client::{AgentClient, ExitInfo, ProcessRef, StdioSpec};
+use super::{Attach, RunError, Signals};
+use crate::agent_client::{AgentClient, ExitInfo, ProcessRef};
 use crate::config::Config;
 use crate::inspect;
 use crate::sandbox::record::SandboxRecord;
@@ -59,22 +59,11 @@ pub async fn debug_exec(
         .await
         .map_err(RunError::agent("connecting to the sandbox's agent"))?;
     let exec_id = format!("debug-{}", crate::sandbox::state_dir::new_id());
-    let stdio = StdioSpec {
-        terminal: opts.tty,
-        stdin: opts.interactive,
-        stdout: true,
-        stderr: !opts.tty,
-    };
-    agent
-        .exec_process("", &exec_id, json, &stdio)
-        .await
-        .map_err(RunError::agent("starting the debug process"))?;
-    let target = ProcessRef::exec("", &exec_id);
     let how = Attach {
         tty: opts.tty,
         interactive: opts.interactive,
     };
-    attach(&agent, &target, how, signals, config.boot.shutdown_timeout()).await
+    super::exec::start_and_attach(config, &agent, ProcessRef::exec("", &exec_id), json, how, signals).await
 }
 
 /// The OCI process the agent gets: the command, a root environment, cwd `/`, and

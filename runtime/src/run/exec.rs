@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use oci_spec::runtime::{Process, Spec, UserBuilder};
 
 use super::{attach, Attach, RunError, Signals};
-use crate::agent_client::{AgentClient, ExitInfo, ProcessRef, StdioSpec};
+use crate::agent_client::{AgentClient, ExitInfo, ProcessRef};
 use crate::config::Config;
 use crate::sandbox::record::SandboxRecord;
 use crate::sandbox::share::Share;
@@ -55,22 +55,29 @@ pub async fn exec(
         .await
         .map_err(RunError::agent("connecting to the sandbox's agent"))?;
     let exec_id = format!("exec-{}", crate::sandbox::state_dir::new_id());
-    let stdio = StdioSpec {
-        terminal: opts.tty,
-        stdin: opts.interactive,
-        stdout: true,
-        stderr: !opts.tty,
-    };
-    agent
-        .exec_process(container, &exec_id, json, &stdio)
-        .await
-        .map_err(RunError::agent("starting the process"))?;
-    let target = ProcessRef::exec(container, &exec_id);
     let how = Attach {
         tty: opts.tty,
         interactive: opts.interactive,
     };
-    attach(&agent, &target, how, signals, config.boot.shutdown_timeout()).await
+    start_and_attach(config, &agent, ProcessRef::exec(container, &exec_id), json, how, signals).await
+}
+
+/// Starts an exec'd process (`process_json`: an OCI Process) in the agent and attaches
+/// hull's stdio to it until it exits. Shared by `hull exec` and `hull debug exec` (whose
+/// processes have an empty container id).
+pub(super) async fn start_and_attach(
+    config: &Config,
+    agent: &AgentClient,
+    target: ProcessRef,
+    process_json: Vec<u8>,
+    how: Attach,
+    signals: &mut Signals,
+) -> Result<ExitInfo, RunError> {
+    agent
+        .exec_process(&target.container_id, &target.exec_id, process_json, &how.stdio())
+        .await
+        .map_err(RunError::agent("starting the process"))?;
+    attach(agent, &target, how, signals, config.boot.shutdown_timeout()).await
 }
 
 /// The container's process, with this exec's command, terminal, env, cwd and user.

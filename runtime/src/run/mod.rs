@@ -160,12 +160,11 @@ pub async fn run(
         sandbox.start(config, &sandbox_spec).await?;
         sandbox.prepare_guest(&hostname).await?;
         let agent = sandbox.agent_or_err()?.clone();
-        let stdio = StdioSpec {
-            terminal: opts.tty,
-            stdin: opts.interactive,
-            stdout: true,
-            stderr: !opts.tty,
-        };
+        let stdio = Attach {
+            tty: opts.tty,
+            interactive: opts.interactive,
+        }
+        .stdio();
         agent
             .create_container(&cid, spec_json, &stdio)
             .instrument(tracing::info_span!("container_create"))
@@ -306,6 +305,19 @@ pub struct Attach {
     pub tty: bool,
     /// hull's stdin is copied to the process.
     pub interactive: bool,
+}
+
+impl Attach {
+    /// The pipes the agent makes for a process attached this way: stdout always,
+    /// stdin when interactive, stderr unless the terminal carries it.
+    pub fn stdio(self) -> StdioSpec {
+        StdioSpec {
+            terminal: self.tty,
+            stdin: self.interactive,
+            stdout: true,
+            stderr: !self.tty,
+        }
+    }
 }
 
 /// Streams stdio until the process exits and both outputs reached EOF; forwards
