@@ -155,6 +155,42 @@ impl HelperProcess {
     }
 }
 
+/// Stops a VM's processes: the hypervisor first (SIGTERM, SIGKILL after `grace`), then
+/// its backends with a short grace (vhost-device-vsock outlives its VM, and virtiofsd
+/// waits for one that never started). Every process is stopped; the first error is
+/// returned.
+pub async fn stop_vm_processes<'a>(
+    hypervisor: Option<&mut HelperProcess>,
+    grace: Duration,
+    backends: impl Iterator<Item = &'a mut HelperProcess>,
+) -> Result<(), ChildError> {
+    let mut first_err = None;
+    if let Some(h) = hypervisor {
+        if let Err(e) = h.stop(grace).await {
+            first_err.get_or_insert(e);
+        }
+    }
+    for b in backends {
+        if let Err(e) = b.stop(Duration::from_millis(500)).await {
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+/// The last lines of stderr of each process that wrote any, under its name: what a
+/// backend adds to an error about its VM.
+pub fn stderr_tails<'a>(processes: impl Iterator<Item = &'a HelperProcess>) -> String {
+    let mut out = String::new();
+    for p in processes {
+        let tail = p.stderr_tail(10);
+        if !tail.trim().is_empty() {
+            out.push_str(&format!("\n--- {} stderr ---\n{}", p.name(), tail));
+        }
+    }
+    out
+}
+
 impl Drop for HelperProcess {
     /// A helper that is still running when its handle goes (an error path, a cancelled
     /// boot, Ctrl-C) is SIGKILLed and reaped here, synchronously: when the drop returns

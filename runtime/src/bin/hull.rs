@@ -100,21 +100,8 @@ struct RunArgs {
     /// A root filesystem directory to copy instead of an image.
     #[arg(long)]
     rootfs: Option<PathBuf>,
-    /// Allocate a terminal (raw mode on hull's terminal while it runs).
-    #[arg(short = 't', long)]
-    tty: bool,
-    /// Keep stdin open and send it to the container.
-    #[arg(short = 'i', long)]
-    interactive: bool,
-    /// Set an environment variable (KEY=VALUE); repeatable.
-    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
-    env: Vec<String>,
-    /// Working directory inside the container.
-    #[arg(short = 'w', long)]
-    workdir: Option<String>,
-    /// UID[:GID] (or a name from the image's /etc/passwd).
-    #[arg(short = 'u', long)]
-    user: Option<String>,
+    #[command(flatten)]
+    process: ProcessFlags,
     /// Memory limit: bytes, or with a unit k, m, g (512M, 1G). The VM gets this plus
     /// 128 MiB (at least the configured guest memory).
     #[arg(short = 'm', long)]
@@ -145,9 +132,11 @@ struct RunArgs {
     command: Vec<String>,
 }
 
+/// How the process of `hull run` and `hull exec` runs; unset flags keep the image's
+/// (run) or the container's (exec) settings.
 #[derive(clap::Args)]
-struct ExecArgs {
-    /// Allocate a terminal.
+struct ProcessFlags {
+    /// Allocate a terminal (raw mode on hull's terminal while it runs).
     #[arg(short = 't', long)]
     tty: bool,
     /// Keep stdin open and send it to the process.
@@ -156,12 +145,18 @@ struct ExecArgs {
     /// Set an environment variable (KEY=VALUE); repeatable.
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
-    /// Working directory inside the container [default: the container's].
+    /// Working directory inside the container.
     #[arg(short = 'w', long)]
     workdir: Option<String>,
-    /// UID[:GID] (or a name from the image's /etc/passwd) [default: the container's].
+    /// UID[:GID] (or a name from the image's /etc/passwd).
     #[arg(short = 'u', long)]
     user: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ExecArgs {
+    #[command(flatten)]
+    process: ProcessFlags,
     /// The sandbox's name (`hull run --name`).
     name: String,
     /// The command and its arguments.
@@ -406,11 +401,11 @@ async fn run_container(config: &Config, a: &RunArgs) -> ExitCode {
     let opts = RunOptions {
         image: a.image.clone(),
         rootfs: a.rootfs.clone(),
-        tty: a.tty,
-        interactive: a.interactive,
-        env: a.env.clone(),
-        workdir: a.workdir.clone(),
-        user: a.user.clone(),
+        tty: a.process.tty,
+        interactive: a.process.interactive,
+        env: a.process.env.clone(),
+        workdir: a.process.workdir.clone(),
+        user: a.process.user.clone(),
         memory: a.memory.clone(),
         cpus: a.cpus.clone(),
         pids_limit: a.pids_limit,
@@ -452,11 +447,11 @@ async fn run_container(config: &Config, a: &RunArgs) -> ExitCode {
 async fn exec_process(config: &Config, a: &ExecArgs) -> ExitCode {
     let opts = ExecOptions {
         name: a.name.clone(),
-        tty: a.tty,
-        interactive: a.interactive,
-        env: a.env.clone(),
-        workdir: a.workdir.clone(),
-        user: a.user.clone(),
+        tty: a.process.tty,
+        interactive: a.process.interactive,
+        env: a.process.env.clone(),
+        workdir: a.process.workdir.clone(),
+        user: a.process.user.clone(),
         command: a.command.clone(),
     };
     let mut signals = Signals::new();

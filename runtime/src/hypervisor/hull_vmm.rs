@@ -235,23 +235,8 @@ impl Hypervisor for HullVmm {
     }
 
     async fn stop(&mut self, grace: Duration) -> Result<(), HypervisorError> {
-        let mut first_err = None;
         // SIGTERM: hull-vmm stops its vCPUs and exits with status 10.
-        if let Some(v) = self.vmm.as_mut() {
-            if let Err(e) = v.stop(grace).await {
-                first_err.get_or_insert(e);
-            }
-        }
-        // virtiofsd exits with its VM, but a VM that never started leaves it waiting.
-        if let Some(b) = self.fs_backend.as_mut() {
-            if let Err(e) = b.stop(Duration::from_millis(500)).await {
-                first_err.get_or_insert(e);
-            }
-        }
-        match first_err {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
+        Ok(crate::child::stop_vm_processes(self.vmm.as_mut(), grace, self.fs_backend.iter_mut()).await?)
     }
 
     fn pids(&self) -> Vec<u32> {
@@ -259,14 +244,7 @@ impl Hypervisor for HullVmm {
     }
 
     fn diagnostics(&self) -> String {
-        let mut out = String::new();
-        for p in self.processes() {
-            let tail = p.stderr_tail(10);
-            if !tail.trim().is_empty() {
-                out.push_str(&format!("\n--- {} stderr ---\n{}", p.name(), tail));
-            }
-        }
-        out
+        crate::child::stderr_tails(self.processes())
     }
 }
 

@@ -212,27 +212,12 @@ impl Hypervisor for Qemu {
     }
 
     async fn stop(&mut self, grace: Duration) -> Result<(), HypervisorError> {
-        let mut first_err = None;
-        if let Some(q) = self.qemu.as_mut() {
-            if let Err(e) = q.stop(grace).await {
-                first_err.get_or_insert(e);
-            }
-        }
         // vhost-device-vsock outlives its VM (it waits for the next one): always stop it.
-        // virtiofsd exits with its VM, but a VM that never started leaves it waiting.
         let backends = self
             .vsock_backend
             .iter_mut()
             .chain(self.fs_backends.iter_mut().map(|(p, _, _)| p));
-        for b in backends {
-            if let Err(e) = b.stop(Duration::from_millis(500)).await {
-                first_err.get_or_insert(e);
-            }
-        }
-        match first_err {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
+        Ok(crate::child::stop_vm_processes(self.qemu.as_mut(), grace, backends).await?)
     }
 
     fn pids(&self) -> Vec<u32> {
@@ -240,14 +225,7 @@ impl Hypervisor for Qemu {
     }
 
     fn diagnostics(&self) -> String {
-        let mut out = String::new();
-        for p in self.processes() {
-            let tail = p.stderr_tail(10);
-            if !tail.trim().is_empty() {
-                out.push_str(&format!("\n--- {} stderr ---\n{}", p.name(), tail));
-            }
-        }
-        out
+        crate::child::stderr_tails(self.processes())
     }
 }
 
