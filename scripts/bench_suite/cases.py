@@ -42,15 +42,16 @@ def hull_phases(log, t0, total):
         return None
     first = _ts(shim[0])
     ready = next((l for l in shim if "sandbox ready" in l), None)
-    created = next((l for l in shim if "container_create" in l and "close" in l), None)
-    started = next((l for l in shim if "container_start" in l and "close" in l), None)
+    # The close of that span itself, not of one nested in it (`outer{..}:inner{..}: target: close`).
+    closed = lambda span: next((l for l in shim if re.search(span + r"\{[^}]*\}: \S+: close time", l)), None)
+    created, started = closed("container_create"), closed("container_start")
     if not (ready and created and started):
         return None
     rep = dict(re.findall(r"(processes|kernel|init|agent ready|connected) ([\d.]+) s", ready))
     launch_t = _ts(ready) - float(rep["connected"])
     marks = [("shim started", first), ("shim setup", launch_t)]
     prev = launch_t
-    for key, name in (("processes", "VM processes"), ("kernel", "kernel"), ("init", "agent started"),
+    for key, name in (("processes", "VM processes"), ("kernel", "kernel banner"), ("init", "kernel boot -> /init"),
                       ("agent ready", "agent ready"), ("connected", "agent connected")):
         if key in rep:
             prev = launch_t + float(rep[key])

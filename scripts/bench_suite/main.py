@@ -36,7 +36,7 @@ def runtime_args(name, c):
     if name == "youki":
         y = shutil.which("youki") or os.path.expanduser("~/.cargo/bin/youki")
         return (["--runtime", RUNC, "--runc-binary", y], None) if os.access(y, os.X_OK) else (
-            None, "youki not installed (cargo install youki)")
+            None, "youki not installed (cargo install youki --features v1: this host's cgroups are v1)")
     if name == "runsc":
         return (["--runtime", RUNC, "--runc-binary", c.runsc_wrapper], None) if shutil.which("runsc") else (
             None, "runsc not installed (apt-get install runsc)")
