@@ -196,3 +196,21 @@ def floor(hull_bin, runs, out_json, state_dir):
             "hull_vm_connected_s": ph("hull", "agent connected"),
             "hull_vm_total_s": ph("hull", "total (launch -> VM exited)"),
             "ratio_ready": b.get("ratio_ready"), "ratio_exit": b.get("ratio_exit")}
+
+
+def agent_size(initramfs):
+    """Size of the guest's /init (the agent) as shipped in the initramfs (gzip'd newc cpio)."""
+    import gzip
+    data = gzip.open(initramfs).read()
+    off = 0
+    while off + 110 <= len(data) and data[off:off + 6] in (b"070701", b"070702"):
+        h = data[off:off + 110]
+        size, namesize = int(h[54:62], 16), int(h[94:102], 16)
+        name = data[off + 110:off + 110 + namesize - 1].decode(errors="replace")
+        if name == "TRAILER!!!":
+            break
+        if name.lstrip("./") == "init":
+            return {"path": initramfs, "bytes": size, "mib": round(size / 2**20, 2)}
+        off = (off + 110 + namesize + 3) & ~3
+        off = (off + size + 3) & ~3
+    raise RuntimeError(f"no /init in {initramfs}")

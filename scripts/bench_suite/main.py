@@ -103,6 +103,10 @@ def main():
                                    os.path.join(a.out, "boot.json"), state)
         finally:
             shutil.rmtree(state, ignore_errors=True)
+        # The runtime's cache dir rule (scripts/lib.sh, runtime/src/config.rs).
+        cache = os.environ.get("HULL_CACHE_DIR") or (
+            "/var/cache/hull" if os.geteuid() == 0 else os.path.expanduser("~/.cache/hull"))
+        res["agent_binary"] = attempt(cases.agent_size, os.path.join(cache, "initramfs.cpio.gz"))
     res = report.summarise(res)
     with open(os.path.join(a.out, "suite.json"), "w") as f:
         json.dump(res, f, indent=2)

@@ -97,6 +97,11 @@ def table(res):
                      f"{fl['floor_init_s']['median']:.3f} s, VM exited {fl['floor_total_s']['median']:.3f} s; "
                      f"hull VM agent connected {fl['hull_vm_connected_s']['median']:.3f} s "
                      f"({fl['ratio_ready']:.2f}x the floor's /init)")
+    ag = res.get("agent_binary") or {}
+    if "error" in ag:
+        lines.append(f"agent binary: failed: {ag['error']}")
+    elif ag:
+        lines.append(f"agent binary (/init in {ag['path']}): {ag['mib']:.2f} MiB")
     io = res["runtimes"].get("hull", {}).get("pod", {})
     if isinstance(io, dict) and "io_mib" in io:
         lines.append(f"I/O: {io['io_mib']} MiB written with dd conv=fsync and read back (warm cache), "

@@ -90,6 +90,7 @@ fn bench_suite_tiny_mode_runs_every_case_and_writes_json_table_and_chart() {
     assert!(num(hull, &["pod", "host_pss_mib"]) > 0.0);
     assert!(num(hull, &["pod", "guest_in_use_mib"]) > 0.0);
     assert!(num(&r, &["floor", "floor_total_s", "median"]) > 0.0, "{:#}", r["floor"]);
+    assert!(num(&r, &["agent_binary", "bytes"]) > 0.0, "{:#}", r["agent_binary"]);
     // runc is the baseline: it runs here; every other peer ran or says why not.
     assert!(num(&r["runtimes"]["runc"], &["start", "ctr_run_true_s", "median"]) > 0.0);
     for peer in ["youki", "crun", "runsc"] {
