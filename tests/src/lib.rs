@@ -96,7 +96,8 @@ pub fn require_vm(test: &str) -> bool {
     require(test, vm_prerequisites())
 }
 
-pub(crate) fn require(test: &str, prerequisites: Result<(), String>) -> bool {
+/// Like [`require_vm`], for any list of prerequisites.
+pub fn require(test: &str, prerequisites: Result<(), String>) -> bool {
     match prerequisites {
         Ok(()) => true,
         Err(why) => {

@@ -7,6 +7,8 @@ use hull_runtime::shim::{lifecycle, HullShim, RUNTIME_ID};
 
 /// Logs go to containerd's shim log FIFO (`log` in the bundle, where containerd starts
 /// the shim) when it is there, else to stderr. `-debug` or `HULL_LOG` set the level.
+/// `HULL_LOG_SPANS=1` also logs each span's close with its duration (`time.busy`,
+/// `time.idle`): `scripts/bench suite` reads a pod start's phases from those.
 fn init_logging() {
     let debug = std::env::args().any(|a| a == "-debug" || a == "--debug");
     let filter = tracing_subscriber::EnvFilter::try_from_env("HULL_LOG")
@@ -17,7 +19,15 @@ fn init_logging() {
         .open("log")
         .ok()
         .filter(|f| f.metadata().map(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type())).unwrap_or(false));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
+    let spans = if std::env::var_os("HULL_LOG_SPANS").is_some_and(|v| v == "1") {
+        tracing_subscriber::fmt::format::FmtSpan::CLOSE
+    } else {
+        tracing_subscriber::fmt::format::FmtSpan::NONE
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_span_events(spans);
     match fifo {
         Some(f) => {
             let f = std::sync::Mutex::new(f);

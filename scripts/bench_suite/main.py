@@ -1,0 +1,131 @@
+"""scripts/bench suite: hull and its peers side by side through one containerd of its own.
+
+  python3 scripts/bench_suite/main.py --bin-dir DIR --image-layout DIR --out DIR
+        [--runs N] [--pods N] [--io-mib N] [--io-files N] [--tiny] [--runtimes a,b]
+        [--work-parent DIR]
+
+Peers: runc; youki and crun through the runc shim's binary (--runc-binary); gVisor's
+runsc through the runc shim with a wrapper (`runsc --network=none --ignore-cgroups`).
+A runtime that cannot run here is reported with the reason, and the suite goes on.
+Writes OUT/suite.json, OUT/suite.txt (the table) and OUT/suite.svg. Figures only: nothing
+here is a pass/fail test, and the exit status is non-zero only when hull's own cases
+or the suite itself failed."""
+import argparse
+import datetime
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cases  # noqa: E402
+import report  # noqa: E402
+from ctd import HULL, RUNC, Containerd  # noqa: E402
+
+
+def runtime_args(name, c):
+    """ctr's runtime flags for a runtime, or the reason it cannot run here."""
+    if name == "hull":
+        return ["--runtime", HULL], None
+    if name == "runc":
+        return (["--runtime", RUNC], None) if shutil.which("runc") else (None, "runc not installed (apt-get install runc)")
+    if name == "crun":
+        return (["--runtime", RUNC, "--runc-binary", "crun"], None) if shutil.which("crun") else (
+            None, "crun not installed (apt-get install crun)")
+    if name == "youki":
+        y = shutil.which("youki") or os.path.expanduser("~/.cargo/bin/youki")
+        return (["--runtime", RUNC, "--runc-binary", y], None) if os.access(y, os.X_OK) else (
+            None, "youki not installed (cargo install youki --features v1: this host's cgroups are v1)")
+    if name == "runsc":
+        return (["--runtime", RUNC, "--runc-binary", c.runsc_wrapper], None) if shutil.which("runsc") else (
+            None, "runsc not installed (apt-get install runsc)")
+    raise SystemExit(f"unknown runtime {name!r} (hull, runc, youki, crun, runsc)")
+
+
+def attempt(fn, *a):
+    try:
+        return fn(*a)
+    except Exception as e:  # a case that fails is reported, the suite goes on
+        return {"error": str(e)[-400:]}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin-dir", required=True, help="where hull and containerd-shim-hull-v2 are")
+    ap.add_argument("--image-layout", required=True, help="the demo image's OCI layout")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--pods", type=int, default=20)
+    ap.add_argument("--io-mib", type=int, default=256)
+    ap.add_argument("--io-files", type=int, default=10000)
+    ap.add_argument("--tiny", action="store_true", help="1 run, 2 pods, small I/O: proves the suite works")
+    ap.add_argument("--runtimes", default="hull,runc,youki,crun,runsc")
+    ap.add_argument("--work-parent", default="/tmp", help="where the suite's temp dirs go")
+    a = ap.parse_args()
+    if a.tiny:
+        a.runs, a.pods, a.io_mib, a.io_files = 1, 2, 8, 200
+    if a.runs < 1 or a.pods < 1:
+        raise SystemExit("--runs and --pods must be at least 1")
+    settle = 1.0 if a.tiny else 3.0
+    os.makedirs(a.out, exist_ok=True)
+    res = {"when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "host": os.uname().nodename, "cpus": os.cpu_count(), "tiny": a.tiny,
+           "runs": a.runs, "pods": a.pods, "runtimes": {}}
+    c = Containerd(a.bin_dir, a.work_parent)
+    try:
+        c.import_image(a.image_layout)
+        for rt in a.runtimes.split(","):
+            args, why = runtime_args(rt, c)
+            if why:
+                res["runtimes"][rt] = {"unavailable": why}
+                print(f"bench suite: {rt}: cannot run here: {why}", file=sys.stderr)
+                continue
+            print(f"bench suite: {rt}: start", file=sys.stderr)
+            r = {"start": attempt(cases.start, c, rt, args, a.runs)}
+            if "error" in r["start"] and rt != "hull":
+                # The first `ctr run` failed: this runtime does not work on this host.
+                res["runtimes"][rt] = {"unavailable": r["start"]["error"]}
+                print(f"bench suite: {rt}: cannot run here: {r['start']['error']}", file=sys.stderr)
+                continue
+            print(f"bench suite: {rt}: idle pod (memory, exec, I/O)", file=sys.stderr)
+            r["pod"] = attempt(cases.pod, c, rt, args, a.runs, a.io_mib, a.io_files, settle)
+            print(f"bench suite: {rt}: density ({a.pods} pods)", file=sys.stderr)
+            r["density"] = attempt(cases.density, c, rt, args, a.pods, settle)
+            res["runtimes"][rt] = r
+    finally:
+        c.close()
+    if "hull" in a.runtimes.split(","):
+        print("bench suite: floor (hull bench boot)", file=sys.stderr)
+        state = tempfile.mkdtemp(prefix="hull-bench-floor-", dir=a.work_parent)
+        try:
+            res["floor"] = attempt(cases.floor, os.path.join(a.bin_dir, "hull"), a.runs,
+                                   os.path.join(a.out, "boot.json"), state)
+        finally:
+            shutil.rmtree(state, ignore_errors=True)
+        # The runtime's cache dir rule (scripts/lib.sh, runtime/src/config.rs).
+        cache = os.environ.get("HULL_CACHE_DIR") or (
+            "/var/cache/hull" if os.geteuid() == 0 else os.path.expanduser("~/.cache/hull"))
+        res["agent_binary"] = attempt(cases.agent_size, os.path.join(cache, "initramfs.cpio.gz"))
+    res = report.summarise(res)
+    with open(os.path.join(a.out, "suite.json"), "w") as f:
+        json.dump(res, f, indent=2)
+    t = report.table(res)
+    with open(os.path.join(a.out, "suite.txt"), "w") as f:
+        f.write(t + "\n")
+    with open(os.path.join(a.out, "suite.svg"), "w") as f:
+        f.write(report.svg(res))
+    print(t)
+    print(f"written: {a.out}/suite.json, suite.txt, suite.svg")
+    h = res["runtimes"].get("hull", {})
+    failed = [k for k, v in h.items() if isinstance(v, dict) and "error" in v]
+    if "error" in res.get("floor", {}):
+        failed.append("floor")
+    if failed:
+        print(f"bench suite: hull's cases failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
