@@ -16,7 +16,7 @@ use tracing::{debug, info_span, warn, Instrument};
 use ttrpc::r#async::TtrpcContext;
 use ttrpc::Code;
 
-use crate::service::{container, health, io, process, sandbox, Service, ServiceError};
+use crate::service::{container, debug as debug_rpc, health, io, process, sandbox, Service, ServiceError};
 
 /// The `AgentService` implementation handed to the ttrpc server.
 pub struct Rpc {
@@ -70,6 +70,11 @@ fn unimplemented<T>(rpc: &'static str) -> ttrpc::Result<T> {
 
 #[async_trait]
 impl AgentService for Rpc {
+    // ---- fault injection
+    async fn debug_crash_agent(&self, _ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<Empty> {
+        handle("DebugCrashAgent", async { debug_rpc::do_debug_crash_agent(&self.svc) }).await
+    }
+
     // ---- health
     async fn check(
         &self,

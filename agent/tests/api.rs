@@ -294,6 +294,22 @@ async fn debug_processes_are_refused_without_debug_exec() {
     }
 }
 
+/// DebugCrashAgent (fault injection) is a debug request: refused without debug_exec,
+/// and the agent lives on.
+#[tokio::test]
+async fn crashing_the_agent_is_refused_without_debug_exec() {
+    let mut agent = Agent::start(&[]);
+    let c = agent.client().await;
+    match c.debug_crash_agent(ctx(), &Empty::new()).await {
+        Err(ttrpc::Error::RpcStatus(s)) => {
+            assert_eq!(s.code(), Code::PERMISSION_DENIED, "{s:?}");
+            assert!(s.message().contains("debug processes are not allowed"), "{s:?}");
+        }
+        other => panic!("expected PERMISSION_DENIED, got {other:?}"),
+    }
+    c.check(ctx(), &CheckRequest::new()).await.expect("the agent still answers");
+}
+
 #[tokio::test]
 async fn pod_namespaces_need_a_known_sandbox_container() {
     let mut agent = Agent::start(&[]);

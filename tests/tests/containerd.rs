@@ -263,11 +263,22 @@ fn shim_killed_is_cleaned_up_by_delete() {
     assert!(out.status.success(), "{}", output_text(&out));
     let shims = c.shims();
     assert_eq!(shims.len(), 1, "one shim: {shims:?}");
+    let socket = shims[0]
+        .1
+        .split_whitespace()
+        .skip_while(|w| *w != "-socket")
+        .nth(1)
+        .and_then(|a| a.strip_prefix("unix://"))
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| panic!("the shim's -socket: {}", shims[0].1));
+    assert!(socket.exists(), "{} exists while the shim runs", socket.display());
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0].0), nix::sys::signal::Signal::SIGKILL).expect("kill the shim");
     // containerd notices, runs `containerd-shim-hull-v2 delete`, and forgets the task.
     wait_for("containerd to clean up the task", Duration::from_secs(30), || {
         (c.task_status("s1").is_none()).then_some(())
     });
+    // The dead shim's socket went with it (`delete` removes a socket nobody listens on).
+    wait_for("the dead shim's socket to be removed", Duration::from_secs(10), || (!socket.exists()).then_some(()));
     assert!(c.ctr(&["containers", "rm", "s1"]).status.success());
     c.assert_nothing_left();
 }

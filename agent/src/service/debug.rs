@@ -129,6 +129,22 @@ fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok((OwnedFd::from(master), slave))
 }
 
+/// How long the agent lets the reply to DebugCrashAgent reach the host before it aborts.
+const CRASH_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// DebugCrashAgent: fault injection for the host's leak and fault suite (`scripts/soak`).
+/// Allowed only where debug processes are; the reply goes out, then the agent aborts as a
+/// crashing agent would, and the guest kernel panics because its init died.
+pub fn do_debug_crash_agent(svc: &Service) -> Result<Empty, ServiceError> {
+    check_allowed(svc)?;
+    tracing::warn!("DebugCrashAgent: the agent aborts in {CRASH_DELAY:?} (fault injection)");
+    std::thread::spawn(|| {
+        std::thread::sleep(CRASH_DELAY);
+        std::process::abort();
+    });
+    Ok(Empty::new())
+}
+
 /// ExecProcess with an empty container id.
 pub fn do_debug_exec(svc: &Service, req: &ExecProcessRequest) -> Result<Empty, ServiceError> {
     check_exec_id(&req.exec_id)?;

@@ -241,6 +241,13 @@ impl AgentClient {
         call!(self, destroy_sandbox, req)?;
         Ok(())
     }
+
+    /// Fault injection: the agent replies, then aborts (only in a sandbox that allows
+    /// debug processes); the guest kernel panics and the VM stops.
+    pub async fn debug_crash_agent(&self) -> Result<(), AgentError> {
+        call!(self, debug_crash_agent, hull_proto::Empty::new())?;
+        Ok(())
+    }
 }
 
 mod container;

@@ -171,6 +171,12 @@ enum DebugCommand {
     /// guest has no shell of its own: use a guest path such as
     /// /run/hull/share/containers/<id>/rootfs/bin/busybox.
     Exec(Box<DebugExecArgs>),
+    /// Fault injection: make the sandbox's agent abort (the guest kernel panics and the
+    /// VM stops); needs `[debug] exec = true` like `debug exec`. Used by scripts/soak.
+    CrashAgent {
+        /// The sandbox: a `hull run --name`, or a sandbox id or id prefix from `hull ps`.
+        sandbox: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -337,6 +343,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Debug {
             command: DebugCommand::Exec(args),
         } => Ok(debug_exec(&config, args).await),
+        Command::Debug {
+            command: DebugCommand::CrashAgent { sandbox },
+        } => {
+            hull_runtime::run::debug::crash_agent(&config, sandbox).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Image {
             command: ImageCommand::Path { name },
         } => {

@@ -41,8 +41,35 @@ pub async fn debug_exec(
     if opts.command.is_empty() {
         return Err(RunError::Usage("hull debug exec needs a command after `--`".into()));
     }
+    let record = debug_sandbox(config, &opts.sandbox)?;
+    let json = serde_json::to_vec(&debug_process(opts)?).map_err(|e| RunError::Internal(e.to_string()))?;
+    let agent = AgentClient::connect(&record.vsock_uds, config.boot.request_timeout())
+        .await
+        .map_err(RunError::agent("connecting to the sandbox's agent"))?;
+    let exec_id = format!("debug-{}", crate::sandbox::state_dir::new_id());
+    let how = Attach {
+        tty: opts.tty,
+        interactive: opts.interactive,
+    };
+    super::exec::start_and_attach(config, &agent, ProcessRef::exec("", &exec_id), json, how, signals).await
+}
+
+/// `hull debug crash-agent SANDBOX`: fault injection for `scripts/soak`. The agent
+/// aborts after its reply; the guest kernel panics and the VM stops, and whatever runs
+/// the sandbox (`hull run`, the containerd shim) must see its tasks exit and clean up.
+pub async fn crash_agent(config: &Config, sandbox: &str) -> Result<(), RunError> {
+    let record = debug_sandbox(config, sandbox)?;
+    let agent = AgentClient::connect(&record.vsock_uds, config.boot.request_timeout())
+        .await
+        .map_err(RunError::agent("connecting to the sandbox's agent"))?;
+    agent.debug_crash_agent().await.map_err(RunError::agent("DebugCrashAgent"))
+}
+
+/// The record of `sandbox` (a name, id or unique id prefix), which must have been booted
+/// with debug processes allowed.
+fn debug_sandbox(config: &Config, sandbox: &str) -> Result<SandboxRecord, RunError> {
     let state = &config.runtime.state_dir;
-    let dir = inspect::find(state, &opts.sandbox).map_err(|e| RunError::Usage(e.to_string()))?;
+    let dir = inspect::find(state, sandbox).map_err(|e| RunError::Usage(e.to_string()))?;
     let id = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -54,16 +81,7 @@ pub async fn debug_exec(
             crate::config::DEFAULT_CONFIG_PATH
         )));
     }
-    let json = serde_json::to_vec(&debug_process(opts)?).map_err(|e| RunError::Internal(e.to_string()))?;
-    let agent = AgentClient::connect(&record.vsock_uds, config.boot.request_timeout())
-        .await
-        .map_err(RunError::agent("connecting to the sandbox's agent"))?;
-    let exec_id = format!("debug-{}", crate::sandbox::state_dir::new_id());
-    let how = Attach {
-        tty: opts.tty,
-        interactive: opts.interactive,
-    };
-    super::exec::start_and_attach(config, &agent, ProcessRef::exec("", &exec_id), json, how, signals).await
+    Ok(record)
 }
 
 /// The OCI process the agent gets: the command, a root environment, cwd `/`, and

@@ -133,12 +133,38 @@ fn write_address(bundle: &Path, address: &str) -> containerd_shim::Result<()> {
     std::fs::write(bundle.join("address"), address).map_err(|e| shim_error("writing the address file", e))
 }
 
-/// What `delete` does: the VM's leftovers (processes, mounts, state dir) and the
-/// container's rootfs mount in the bundle, if any.
+/// What `delete` does: the VM's leftovers (processes, mounts, state dir), the
+/// container's rootfs mount in the bundle, if any, and the socket of a shim that is gone.
 pub fn cleanup(bundle: &Path) {
     if let Some(record) = Record::read(bundle) {
         tracing::info!(state_dir = %record.state_dir.display(), "cleaning up after a shim that is gone");
         record.clean();
         Record::remove(bundle);
+    }
+    remove_stale_socket(bundle);
+}
+
+/// Removes the shim socket the bundle's `address` file names if nobody listens on it
+/// any more: a killed shim leaves it behind. A pod's shim that still runs answers, and
+/// keeps its socket.
+fn remove_stale_socket(bundle: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let address = address.trim();
+    let path = Path::new(address.strip_prefix("unix://").unwrap_or(address));
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    if !path.is_absolute() || !is_socket {
+        return;
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            tracing::info!(socket = %path.display(), "removing the socket of a shim that is gone");
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::warn!(socket = %path.display(), error = %e, "cannot remove a stale shim socket");
+            }
+        }
+        _ => {}
     }
 }

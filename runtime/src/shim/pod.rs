@@ -2,10 +2,14 @@
 //! pod's sandbox container) and destroyed when the last container is deleted. Watches
 //! the VM process: if it dies (killed, crashed, guest panic), `dead` flips and every
 //! waiter reports its process as exited instead of hanging on a vsock that will never
-//! answer.
+//! answer. Watches the VM's helpers too (virtiofsd, the vsock backend): a VM that lost
+//! one cannot serve its rootfs or reach its agent any more, so it is killed and the
+//! pod dies as a whole rather than hanging.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
@@ -40,35 +44,13 @@ impl Pod {
             .ok_or_else(|| ShimError::internal("the sandbox has no agent connection"))?;
         let pids = sandbox.pids();
         let vm_pid = pids.first().copied().unwrap_or(0);
-        let record = Record::new(sandbox.state_dir(), pids, cgroup.as_ref());
+        let record = Record::new(sandbox.state_dir(), pids.clone(), cgroup.as_ref());
         if let Err(e) = record.write(bundle) {
             tracing::warn!(error = %e, "cannot write the sandbox record into the bundle");
         }
         let (tx, dead) = watch::channel(false);
         let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let expected = stopping.clone();
-        match pidfd(vm_pid) {
-            Ok(fd) => {
-                tokio::spawn(async move {
-                    // SAFETY: the AsyncFd owns the pidfd (an OwnedFd nobody else holds),
-                    // so it stays open while registered and is deregistered before the
-                    // AsyncFd closes it on drop.
-                    let interest = tokio::io::Interest::READABLE;
-                    // SAFETY: see above; `fd` is moved into the AsyncFd here.
-                    let registered = unsafe { AsyncFd::register_with_interest(fd, interest) };
-                    if let Ok(fd) = registered {
-                        let _ = fd.readable().await;
-                    }
-                    if expected.load(std::sync::atomic::Ordering::SeqCst) {
-                        tracing::debug!(pid = vm_pid, "the VM process exited");
-                    } else {
-                        tracing::warn!(pid = vm_pid, "the VM process exited unexpectedly");
-                    }
-                    let _ = tx.send(true);
-                });
-            }
-            Err(e) => tracing::warn!(pid = vm_pid, error = %e, "cannot watch the VM process"),
-        }
+        watch_processes(&pids, tx, stopping.clone());
         Ok(Pod {
             sandbox: tokio::sync::Mutex::new(Some(sandbox)),
             agent,
@@ -142,6 +124,94 @@ impl Pod {
             self.record.clean();
         }
     }
+}
+
+/// Watches the sandbox's processes, `pids[0]` being the VM's: the VM's exit flips `dead`;
+/// a helper's exit while the pod is not `stopping` kills the VM.
+fn watch_processes(pids: &[u32], dead: watch::Sender<bool>, stopping: Arc<AtomicBool>) {
+    let Some((&vm_pid, helpers)) = pids.split_first() else {
+        tracing::warn!("the sandbox has no VM process to watch");
+        return;
+    };
+    let vm = match pidfd(vm_pid) {
+        Ok(fd) => Arc::new(fd),
+        Err(e) => {
+            tracing::warn!(pid = vm_pid, error = %e, "cannot watch the VM process");
+            return;
+        }
+    };
+    let expected = stopping.clone();
+    let vm_fd = vm.clone();
+    tokio::spawn(async move {
+        exited(vm_fd).await;
+        if expected.load(Ordering::SeqCst) {
+            tracing::debug!(pid = vm_pid, "the VM process exited");
+        } else {
+            tracing::warn!(pid = vm_pid, "the VM process exited unexpectedly");
+        }
+        let _ = dead.send(true);
+    });
+    for &pid in helpers {
+        let fd = match pidfd(pid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(pid, error = %e, "cannot watch a VM helper process");
+                continue;
+            }
+        };
+        let (vm, stopping) = (vm.clone(), stopping.clone());
+        tokio::spawn(async move {
+            exited(fd).await;
+            if stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            tracing::warn!(pid, vm = vm_pid, "a VM helper process exited unexpectedly: killing the VM");
+            if let Err(e) = kill_by_pidfd(&vm) {
+                // ESRCH: the VM is gone already (its death is what made the helper exit).
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    tracing::warn!(pid = vm_pid, error = %e, "cannot kill the VM");
+                }
+            }
+        });
+    }
+}
+
+/// Resolves when the process behind `pidfd` has exited.
+async fn exited<F: AsRawFd>(pidfd: F) {
+    // SAFETY: the AsyncFd takes `pidfd` (an owned fd, or an Arc of one) and holds it for
+    // as long as it is registered, so the fd stays open while registered and is
+    // deregistered before the AsyncFd drops (and closes) it.
+    let registered = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) };
+    match registered {
+        Ok(fd) => {
+            let _ = fd.readable().await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot poll a pidfd");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// SIGKILL through a pidfd: it names exactly the process it was opened for, even if
+/// that process has exited and its pid was reused since.
+fn kill_by_pidfd(pidfd: &OwnedFd) -> std::io::Result<()> {
+    // SAFETY: pidfd_send_signal takes an open pidfd (borrowed for the call), a signal
+    // number, a null siginfo (allowed: the kernel fills in one as kill() would) and flags
+    // 0; no memory is written.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A pollable handle on a process that becomes readable when it exits (without

@@ -1,0 +1,95 @@
+//! Faults under a running containerd task beyond QEMU and the shim (containerd.rs has
+//! those): the VM's helpers (virtiofsd, vhost-device-vsock) killed, and the guest agent
+//! crashed through `hull debug crash-agent`. Each must stop the task with a non-zero exit
+//! (a VM that lost its rootfs server or its agent channel is killed, not left hanging)
+//! and leave nothing behind once the task is deleted. `scripts/soak` runs every
+//! component at every lifecycle step; these are the quick ones for every CI run.
+
+use std::time::Duration;
+
+use hull_tests::containerd::{Containerd, IMAGE, RUNTIME};
+use hull_tests::{output_text, processes_mentioning, wait_for};
+
+macro_rules! need_containerd {
+    ($name:expr) => {
+        if !hull_tests::containerd::require_containerd($name) {
+            return;
+        }
+    };
+}
+
+/// Starts task `id` (debug processes allowed, for the agent crash), injects `fault`,
+/// and checks containerd's view and that nothing is left.
+fn fault_stops_the_task(id: &str, fault: impl FnOnce(&Containerd, &str)) {
+    let c = Containerd::start();
+    let cfg = c.state.path().join("debug.toml");
+    std::fs::write(&cfg, "[debug]\nexec = true\n").expect("config");
+    let cfg_s = cfg.to_str().expect("utf8");
+    let out = c.ctr(&["run", "-d", "--runtime", RUNTIME, "--runtime-config-path", cfg_s, IMAGE, id, "sleep", "1000"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    fault(&c, id);
+    wait_for("the task to stop", Duration::from_secs(60), || {
+        (c.task_status(id).as_deref() == Some("STOPPED")).then_some(())
+    });
+    let out = c.ctr(&["task", "delete", id]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("non-zero exit code"), "a non-zero status: {}", output_text(&out));
+    assert!(c.ctr(&["containers", "rm", id]).status.success());
+    c.assert_nothing_left();
+}
+
+/// SIGKILLs the one process of this containerd's VMs whose command starts with `program`.
+fn kill_helper(c: &Containerd, program: &str) {
+    let found: Vec<_> = processes_mentioning(&c.state.path().to_string_lossy())
+        .into_iter()
+        .filter(|(_, cmd)| cmd.split_whitespace().next().is_some_and(|p| p.ends_with(program)))
+        .collect();
+    assert_eq!(found.len(), 1, "one {program}: {found:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(found[0].0), nix::sys::signal::Signal::SIGKILL)
+        .unwrap_or_else(|e| panic!("kill {program}: {e}"));
+}
+
+#[test]
+fn virtiofsd_killed_under_a_running_task_stops_it() {
+    need_containerd!("virtiofsd_killed_under_a_running_task_stops_it");
+    fault_stops_the_task("fs1", |c, _| kill_helper(c, "virtiofsd"));
+}
+
+#[test]
+fn vsock_backend_killed_under_a_running_task_stops_it() {
+    need_containerd!("vsock_backend_killed_under_a_running_task_stops_it");
+    fault_stops_the_task("vs1", |c, _| kill_helper(c, "vhost-device-vsock"));
+}
+
+#[test]
+fn agent_crash_stops_the_task() {
+    need_containerd!("agent_crash_stops_the_task");
+    fault_stops_the_task("ag1", |c, id| {
+        let ps = c.state.hull().arg("ps").output().expect("hull ps");
+        let text = String::from_utf8_lossy(&ps.stdout).into_owned();
+        let row = text.lines().find(|l| l.contains(&format!(" {id}"))).unwrap_or_else(|| panic!("hull ps: {}", output_text(&ps)));
+        let sandbox = row.split_whitespace().next().expect("sandbox id").to_string();
+        let out = c.state.hull().args(["debug", "crash-agent", &sandbox]).output().expect("hull debug crash-agent");
+        assert!(out.status.success(), "{}", output_text(&out));
+    });
+}
+
+/// Without `[debug] exec = true` the agent refuses the crash request, by name.
+#[test]
+fn crash_agent_needs_debug_processes() {
+    need_containerd!("crash_agent_needs_debug_processes");
+    let c = Containerd::start();
+    let out = c.ctr(&["run", "-d", "--runtime", RUNTIME, IMAGE, "nd1", "sleep", "1000"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let ps = c.state.hull().arg("ps").output().expect("hull ps");
+    let text = String::from_utf8_lossy(&ps.stdout).into_owned();
+    let row = text.lines().find(|l| l.contains(" nd1")).unwrap_or_else(|| panic!("hull ps: {}", output_text(&ps)));
+    let sandbox = row.split_whitespace().next().expect("sandbox id").to_string();
+    let out = c.state.hull().args(["debug", "crash-agent", &sandbox]).output().expect("hull debug crash-agent");
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without debug processes"), "{}", output_text(&out));
+    assert_eq!(c.task_status("nd1").as_deref(), Some("RUNNING"));
+    c.kill_and_remove("nd1");
+    c.assert_nothing_left();
+}
