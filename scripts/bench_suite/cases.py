@@ -13,6 +13,13 @@ from ctd import IMAGE, mem_available_kib, pss_kib, proc_name
 IDLE = ["sleep", "100000"]
 
 
+def pod_id(kind, rt, i):
+    """A container ID that is no other's prefix: Debian's runsc (2022-12) looks IDs up by
+    prefix and refuses `kill dens-runsc-1` as ambiguous while dens-runsc-10.. exist, so
+    that task could never be stopped (the 60-72 s runsc teardown outlier)."""
+    return f"{kind}-{rt}-{i:04d}"
+
+
 def _ts(line):
     """The timestamp of a line the shim logged (tracing's fmt: RFC 3339, UTC)."""
     m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z", line)
@@ -70,7 +77,7 @@ def start(c, rt, runtime_args, runs):
     """`ctr run --rm IMAGE true` and time to first output of `echo`; hull's phases."""
     true_s, echo_s, first_s, phases = [], [], [], []
     for i in range(runs):
-        cid = f"start-{rt}-{i}"
+        cid = pod_id("start", rt, i)
         off = c.log_size()
         t0 = time.time()
         p = c.ctr("run", "--rm", *runtime_args, IMAGE, cid, "true", check=False)
@@ -85,7 +92,7 @@ def start(c, rt, runtime_args, runs):
             ph = hull_phases(c.log_since(off), t0, total)
             if ph:
                 phases.append(ph)
-        cid = f"echo-{rt}-{i}"
+        cid = pod_id("echo", rt, i)
         t0 = time.perf_counter()
         pr = subprocess.Popen(["timeout", "-s", "KILL", "300", "ctr", "-a", c.sock, "-n", c.ns, "run", "--rm",
                                *runtime_args, IMAGE, cid, "echo", "hi"],
@@ -159,7 +166,7 @@ def pod(c, rt, runtime_args, runs, io_mib, io_files, settle):
 def density(c, rt, runtime_args, pods, settle):
     """`pods` idle pods started one after another; each start's time, the host memory
     they use together (their PSS, and MemAvailable's drop), then each one's teardown."""
-    ids = [f"dens-{rt}-{i}" for i in range(pods)]
+    ids = [pod_id("dens", rt, i) for i in range(pods)]
     starts, teardowns = [], []
     avail0 = mem_available_kib()
     try:

@@ -95,6 +95,7 @@ def main():
             res["runtimes"][rt] = r
     finally:
         c.close()
+        res["notes"] = c.notes
     if "hull" in a.runtimes.split(","):
         print("bench suite: floor (hull bench boot)", file=sys.stderr)
         state = tempfile.mkdtemp(prefix="hull-bench-floor-", dir=a.work_parent)

@@ -97,6 +97,8 @@ def table(res):
                      f"{fl['floor_init_s']['median']:.3f} s, VM exited {fl['floor_total_s']['median']:.3f} s; "
                      f"hull VM agent connected {fl['hull_vm_connected_s']['median']:.3f} s "
                      f"({fl['ratio_ready']:.2f}x the floor's /init)")
+    for n in res.get("notes") or []:
+        lines.append(f"note: {n}")
     ag = res.get("agent_binary") or {}
     if "error" in ag:
         lines.append(f"agent binary: failed: {ag['error']}")
