@@ -206,9 +206,13 @@ def floor(hull_bin, runs, out_json, state_dir):
 
 
 def agent_size(initramfs):
-    """Size of the guest's /init (the agent) as shipped in the initramfs (gzip'd newc cpio)."""
+    """Size of the guest's /init (the agent) as shipped in the initramfs (newc cpio, raw
+    or gzip'd)."""
     import gzip
-    data = gzip.open(initramfs).read()
+    with open(initramfs, "rb") as f:
+        data = f.read()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
     off = 0
     while off + 110 <= len(data) and data[off:off + 6] in (b"070701", b"070702"):
         h = data[off:off + 110]
@@ -217,7 +221,8 @@ def agent_size(initramfs):
         if name == "TRAILER!!!":
             break
         if name.lstrip("./") == "init":
-            return {"path": initramfs, "bytes": size, "mib": round(size / 2**20, 2)}
+            return {"path": initramfs, "bytes": size, "mib": round(size / 2**20, 2),
+                    "initramfs_bytes": os.path.getsize(initramfs)}
         off = (off + 110 + namesize + 3) & ~3
         off = (off + size + 3) & ~3
     raise RuntimeError(f"no /init in {initramfs}")

@@ -203,11 +203,12 @@ def remove_cgroups(ns, root="/sys/fs/cgroup"):
     """Removes the cgroups named after our namespace: runc and youki put a container in
     `/<namespace>/<id>` (ctr's default cgroupsPath), hull's shim its VM likewise, and
     they remove the leaf but not the parent. Depth first, in every hierarchy (v1
-    controllers, cgroup2). Returns what could not be removed (a process still in it)."""
+    controllers and cgroup2 under `root`, or cgroup2 at `root` itself). Returns what could not be removed (a process still in it)."""
     left = []
-    for h in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-        top = os.path.join(root, h, ns)
-        if not os.path.isdir(top) or os.path.islink(os.path.join(root, h)):
+    hierarchies = [root] + [os.path.join(root, h) for h in (sorted(os.listdir(root)) if os.path.isdir(root) else [])]
+    for h in hierarchies:
+        top = os.path.join(h, ns)
+        if not os.path.isdir(top) or os.path.islink(h):
             continue
         for d, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
             try:

@@ -103,7 +103,8 @@ def table(res):
     if "error" in ag:
         lines.append(f"agent binary: failed: {ag['error']}")
     elif ag:
-        lines.append(f"agent binary (/init in {ag['path']}): {ag['mib']:.2f} MiB")
+        lines.append(f"agent binary (/init in {ag['path']}): {ag['bytes'] / 1e6:.2f} MB ({ag['mib']:.2f} MiB); "
+                     f"the initramfs {ag.get('initramfs_bytes', 0) / 1e6:.2f} MB")
     io = res["runtimes"].get("hull", {}).get("pod", {})
     if isinstance(io, dict) and "io_mib" in io:
         lines.append(f"I/O: {io['io_mib']} MiB written with dd conv=fsync and read back (warm cache), "
