@@ -7,7 +7,7 @@ import re
 import subprocess
 import time
 
-from ctd import IMAGE, mem_available_kib, pss_kib, proc_name
+from ctd import IMAGE, mem_available_kib, pss_kib, proc_name, rss_kib
 
 # A pod that does nothing: the memory and exec cases measure it idle.
 IDLE = ["sleep", "100000"]
@@ -138,6 +138,8 @@ def pod(c, rt, runtime_args, runs, io_mib, io_files, settle):
         time.sleep(settle)
         r = {"memory_mib": pod_memory(c, cid)}
         r["host_pss_mib"] = round(sum(r["memory_mib"].values()), 1)
+        # The shim's RSS too (its binary's pages in full, though pods share them).
+        r["shim_rss_mib"] = round(sum(rss_kib(p) for p in c.shim_pids(cid)) / 1024, 1)
         if rt == "hull":
             _, meminfo = _exec(c, cid, "meminfo", "cat", "/proc/meminfo")
             kv = {l.split(":")[0]: int(l.split()[1]) for l in meminfo.splitlines() if l.count(":") == 1}

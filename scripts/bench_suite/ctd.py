@@ -61,6 +61,17 @@ def pss_kib(pid):
     return 0
 
 
+def rss_kib(pid):
+    """Resident set size of one process (shared pages counted in full)."""
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def proc_name(pid):
     c = cmdline(pid).split(" ")[0]
     return os.path.basename(c) or "?"

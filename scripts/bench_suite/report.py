@@ -34,6 +34,7 @@ ROWS = [
     ("exec latency (true)", "pod", "exec_true_s", "s"),
     ("teardown (idle pod)", "density", "teardown_s", "s"),
     ("memory per pod: host PSS", "pod", "host_pss_mib", "MiB"),
+    ("memory per pod: shim RSS", "pod", "shim_rss_mib", "MiB"),
     ("memory per pod: guest in use", "pod", "guest_in_use_mib", "MiB"),
     ("density: 1st pod start", "density", "first", "s"),
     ("density: last pod start", "density", "last", "s"),
