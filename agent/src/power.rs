@@ -79,6 +79,12 @@ pub fn fatal(err: &anyhow::Error) {
 /// would panic the kernel, so it parks forever.
 pub fn power_off_now() -> ! {
     nix::unistd::sync();
+    reboot_now()
+}
+
+/// Reboots the guest (= stops the VM) without a sync: for callers that synced already.
+/// Never returns (see [`power_off_now`]).
+fn reboot_now() -> ! {
     let err = match reboot(RebootMode::RB_AUTOBOOT) {
         Ok(never) => match never {},
         Err(e) => e,
@@ -121,19 +127,29 @@ impl PowerControl {
         self.mode
     }
 
-    /// Ends the agent. As guest init: SIGTERM every process, SIGKILL what is left after
-    /// `grace` (capped at [`MAX_TERM_GRACE`]), sync and reboot; it does not return. As a
-    /// process: tells the main loop to stop (which shuts the server down and exits).
-    pub async fn power_off(&self, grace: Duration) {
+    /// Ends the agent, not before `not_before` (the reply that asked for it must leave
+    /// first). As guest init: SIGTERM every process, SIGKILL what is left after `grace`
+    /// (capped at [`MAX_TERM_GRACE`]) and sync, all of which may run before
+    /// `not_before`; then reboot; it does not return. As a process: tells the main loop
+    /// to stop (which shuts the server down and exits).
+    pub async fn power_off(&self, grace: Duration, not_before: tokio::time::Instant) {
         match self.mode {
             Mode::GuestInit => {
                 terminate_all(grace.min(MAX_TERM_GRACE))
                     .instrument(info_span!("terminate_all"))
                     .await;
                 info!("powering off");
-                power_off_now();
+                // Off the runtime's thread: the reply is written meanwhile (sync can take
+                // a while: on virtio-fs it is a syncfs of the host's file system).
+                if let Err(e) = tokio::task::spawn_blocking(nix::unistd::sync).await {
+                    warn!(error = %e, "sync failed to run; syncing here");
+                    nix::unistd::sync();
+                }
+                tokio::time::sleep_until(not_before).await;
+                reboot_now();
             }
             Mode::Process => {
+                tokio::time::sleep_until(not_before).await;
                 info!("stopping the agent process");
                 self.stop.send_replace(true);
             }

@@ -141,7 +141,7 @@ impl Default for GuestConfig {
         let cache = default_cache_dir();
         GuestConfig {
             kernel: cache.join("vmlinux"),
-            initrd: cache.join("initramfs.cpio.gz"),
+            initrd: cache.join("initramfs.cpio"),
             kernel_params: String::new(),
             vcpus: 1,
             memory_mib: 256,

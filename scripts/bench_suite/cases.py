@@ -7,10 +7,17 @@ import re
 import subprocess
 import time
 
-from ctd import IMAGE, mem_available_kib, pss_kib, proc_name
+from ctd import IMAGE, mem_available_kib, pss_kib, proc_name, rss_kib
 
 # A pod that does nothing: the memory and exec cases measure it idle.
 IDLE = ["sleep", "100000"]
+
+
+def pod_id(kind, rt, i):
+    """A container ID that is no other's prefix: Debian's runsc (2022-12) looks IDs up by
+    prefix and refuses `kill dens-runsc-1` as ambiguous while dens-runsc-10.. exist, so
+    that task could never be stopped (the 60-72 s runsc teardown outlier)."""
+    return f"{kind}-{rt}-{i:04d}"
 
 
 def _ts(line):
@@ -70,7 +77,7 @@ def start(c, rt, runtime_args, runs):
     """`ctr run --rm IMAGE true` and time to first output of `echo`; hull's phases."""
     true_s, echo_s, first_s, phases = [], [], [], []
     for i in range(runs):
-        cid = f"start-{rt}-{i}"
+        cid = pod_id("start", rt, i)
         off = c.log_size()
         t0 = time.time()
         p = c.ctr("run", "--rm", *runtime_args, IMAGE, cid, "true", check=False)
@@ -85,7 +92,7 @@ def start(c, rt, runtime_args, runs):
             ph = hull_phases(c.log_since(off), t0, total)
             if ph:
                 phases.append(ph)
-        cid = f"echo-{rt}-{i}"
+        cid = pod_id("echo", rt, i)
         t0 = time.perf_counter()
         pr = subprocess.Popen(["timeout", "-s", "KILL", "300", "ctr", "-a", c.sock, "-n", c.ns, "run", "--rm",
                                *runtime_args, IMAGE, cid, "echo", "hi"],
@@ -131,6 +138,8 @@ def pod(c, rt, runtime_args, runs, io_mib, io_files, settle):
         time.sleep(settle)
         r = {"memory_mib": pod_memory(c, cid)}
         r["host_pss_mib"] = round(sum(r["memory_mib"].values()), 1)
+        # The shim's RSS too (its binary's pages in full, though pods share them).
+        r["shim_rss_mib"] = round(sum(rss_kib(p) for p in c.shim_pids(cid)) / 1024, 1)
         if rt == "hull":
             _, meminfo = _exec(c, cid, "meminfo", "cat", "/proc/meminfo")
             kv = {l.split(":")[0]: int(l.split()[1]) for l in meminfo.splitlines() if l.count(":") == 1}
@@ -159,7 +168,7 @@ def pod(c, rt, runtime_args, runs, io_mib, io_files, settle):
 def density(c, rt, runtime_args, pods, settle):
     """`pods` idle pods started one after another; each start's time, the host memory
     they use together (their PSS, and MemAvailable's drop), then each one's teardown."""
-    ids = [f"dens-{rt}-{i}" for i in range(pods)]
+    ids = [pod_id("dens", rt, i) for i in range(pods)]
     starts, teardowns = [], []
     avail0 = mem_available_kib()
     try:
@@ -199,9 +208,13 @@ def floor(hull_bin, runs, out_json, state_dir):
 
 
 def agent_size(initramfs):
-    """Size of the guest's /init (the agent) as shipped in the initramfs (gzip'd newc cpio)."""
+    """Size of the guest's /init (the agent) as shipped in the initramfs (newc cpio, raw
+    or gzip'd)."""
     import gzip
-    data = gzip.open(initramfs).read()
+    with open(initramfs, "rb") as f:
+        data = f.read()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
     off = 0
     while off + 110 <= len(data) and data[off:off + 6] in (b"070701", b"070702"):
         h = data[off:off + 110]
@@ -210,7 +223,8 @@ def agent_size(initramfs):
         if name == "TRAILER!!!":
             break
         if name.lstrip("./") == "init":
-            return {"path": initramfs, "bytes": size, "mib": round(size / 2**20, 2)}
+            return {"path": initramfs, "bytes": size, "mib": round(size / 2**20, 2),
+                    "initramfs_bytes": os.path.getsize(initramfs)}
         off = (off + 110 + namesize + 3) & ~3
         off = (off + size + 3) & ~3
     raise RuntimeError(f"no /init in {initramfs}")

@@ -61,6 +61,17 @@ def pss_kib(pid):
     return 0
 
 
+def rss_kib(pid):
+    """Resident set size of one process (shared pages counted in full)."""
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def proc_name(pid):
     c = cmdline(pid).split(" ")[0]
     return os.path.basename(c) or "?"
@@ -81,6 +92,9 @@ class Containerd:
         # A namespace of our own: the runc shim keeps state in /run/containerd/runc/<ns>.
         self.ns = f"hull-bench-{os.getpid()}"
         self.proc = None
+        # Teardowns that needed more than one SIGKILL or failed (remove()), and what
+        # close() could not clean: printed by the suite and kept in its JSON.
+        self.notes = []
         b = os.path.join(self.dir, "bin")
         os.makedirs(b)
         os.makedirs(self.hull_state)
@@ -142,13 +156,33 @@ class Containerd:
         the shim's descendants (VM, helpers, container processes)."""
         return descendants(self.shim_pids(cid))
 
-    def remove(self, cid):
+    def remove(self, cid, limit=60.0):
+        """SIGKILL the task, delete it (retrying while it is still running, and sending
+        SIGKILL again every second: a kill can be lost while a task is still starting
+        or stopping), then the container. Anything unusual goes to self.notes."""
+        t0 = time.perf_counter()
         self.ctr("task", "kill", "-s", "SIGKILL", cid, check=False)
-        for _ in range(600):
+        tries, kills, last_kill, why = 0, 1, t0, ""
+        while True:
             d = self.ctr("task", "delete", cid, check=False)
+            tries += 1
             if d.returncode == 0 or b"not found" in d.stderr:
+                why = ""
                 break
+            why = err_text(d)
+            now = time.perf_counter()
+            if now - t0 > limit:
+                break
+            if now - last_kill >= 1.0:
+                self.ctr("task", "kill", "-s", "SIGKILL", cid, check=False)
+                kills, last_kill = kills + 1, now
             time.sleep(0.1)
+        dt = time.perf_counter() - t0
+        if why:
+            self.notes.append(f"{cid}: task delete still failing after {dt:.1f} s ({kills} SIGKILLs): {why}")
+        elif kills > 1:
+            self.notes.append(f"{cid}: the task ended only after {kills} SIGKILLs ({dt:.1f} s, "
+                              f"{tries} task deletes)")
         self.ctr("containers", "rm", cid, check=False)
 
     def close(self):
@@ -173,6 +207,26 @@ class Containerd:
         shutil.rmtree(self.dir, ignore_errors=True)
         # The runc shim's state dir of our namespace (empty once its tasks are deleted).
         shutil.rmtree(f"/run/containerd/runc/{self.ns}", ignore_errors=True)
+        self.notes.extend(remove_cgroups(self.ns))
+
+
+def remove_cgroups(ns, root="/sys/fs/cgroup"):
+    """Removes the cgroups named after our namespace: runc and youki put a container in
+    `/<namespace>/<id>` (ctr's default cgroupsPath), hull's shim its VM likewise, and
+    they remove the leaf but not the parent. Depth first, in every hierarchy (v1
+    controllers and cgroup2 under `root`, or cgroup2 at `root` itself). Returns what could not be removed (a process still in it)."""
+    left = []
+    hierarchies = [root] + [os.path.join(root, h) for h in (sorted(os.listdir(root)) if os.path.isdir(root) else [])]
+    for h in hierarchies:
+        top = os.path.join(h, ns)
+        if not os.path.isdir(top) or os.path.islink(h):
+            continue
+        for d, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+            try:
+                os.rmdir(d)
+            except OSError as e:
+                left.append(f"cgroup {d} not removed: {e.strerror}")
+    return left
 
 
 def err_text(p):

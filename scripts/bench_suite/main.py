@@ -73,6 +73,7 @@ def main():
            "host": os.uname().nodename, "cpus": os.cpu_count(), "tiny": a.tiny,
            "runs": a.runs, "pods": a.pods, "runtimes": {}}
     c = Containerd(a.bin_dir, a.work_parent)
+    res["namespace"] = c.ns
     try:
         c.import_image(a.image_layout)
         for rt in a.runtimes.split(","):
@@ -95,6 +96,7 @@ def main():
             res["runtimes"][rt] = r
     finally:
         c.close()
+        res["notes"] = c.notes
     if "hull" in a.runtimes.split(","):
         print("bench suite: floor (hull bench boot)", file=sys.stderr)
         state = tempfile.mkdtemp(prefix="hull-bench-floor-", dir=a.work_parent)
@@ -106,7 +108,7 @@ def main():
         # The runtime's cache dir rule (scripts/lib.sh, runtime/src/config.rs).
         cache = os.environ.get("HULL_CACHE_DIR") or (
             "/var/cache/hull" if os.geteuid() == 0 else os.path.expanduser("~/.cache/hull"))
-        res["agent_binary"] = attempt(cases.agent_size, os.path.join(cache, "initramfs.cpio.gz"))
+        res["agent_binary"] = attempt(cases.agent_size, os.path.join(cache, "initramfs.cpio"))
     res = report.summarise(res)
     with open(os.path.join(a.out, "suite.json"), "w") as f:
         json.dump(res, f, indent=2)

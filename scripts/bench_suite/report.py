@@ -34,6 +34,7 @@ ROWS = [
     ("exec latency (true)", "pod", "exec_true_s", "s"),
     ("teardown (idle pod)", "density", "teardown_s", "s"),
     ("memory per pod: host PSS", "pod", "host_pss_mib", "MiB"),
+    ("memory per pod: shim RSS", "pod", "shim_rss_mib", "MiB"),
     ("memory per pod: guest in use", "pod", "guest_in_use_mib", "MiB"),
     ("density: 1st pod start", "density", "first", "s"),
     ("density: last pod start", "density", "last", "s"),
@@ -97,11 +98,14 @@ def table(res):
                      f"{fl['floor_init_s']['median']:.3f} s, VM exited {fl['floor_total_s']['median']:.3f} s; "
                      f"hull VM agent connected {fl['hull_vm_connected_s']['median']:.3f} s "
                      f"({fl['ratio_ready']:.2f}x the floor's /init)")
+    for n in res.get("notes") or []:
+        lines.append(f"note: {n}")
     ag = res.get("agent_binary") or {}
     if "error" in ag:
         lines.append(f"agent binary: failed: {ag['error']}")
     elif ag:
-        lines.append(f"agent binary (/init in {ag['path']}): {ag['mib']:.2f} MiB")
+        lines.append(f"agent binary (/init in {ag['path']}): {ag['bytes'] / 1e6:.2f} MB ({ag['mib']:.2f} MiB); "
+                     f"the initramfs {ag.get('initramfs_bytes', 0) / 1e6:.2f} MB")
     io = res["runtimes"].get("hull", {}).get("pod", {})
     if isinstance(io, dict) and "io_mib" in io:
         lines.append(f"I/O: {io['io_mib']} MiB written with dd conv=fsync and read back (warm cache), "

@@ -119,7 +119,7 @@ pub fn guest_initrd() -> PathBuf {
 }
 
 pub fn floor_initrd() -> PathBuf {
-    default_cache_dir().join("floor-initramfs.cpio.gz")
+    default_cache_dir().join("floor-initramfs.cpio")
 }
 
 /// A private state dir for one test, so leak checks see only that test's VMs.

@@ -121,4 +121,16 @@ fn bench_suite_tiny_mode_runs_every_case_and_writes_json_table_and_chart() {
         .filter(|n| n != "out")
         .collect();
     assert!(left.is_empty(), "left behind in {w}: {left:?}");
+    // Nor a cgroup named after its containerd namespace (runc's and the shim's pod
+    // cgroups are `/<namespace>/<id>`), in any hierarchy.
+    let ns = r["namespace"].as_str().expect("the suite's namespace in suite.json");
+    assert!(ns.starts_with("hull-bench-"), "{ns}");
+    let root = Path::new("/sys/fs/cgroup");
+    let mut cgroups: Vec<_> = std::fs::read_dir(root)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join(ns)).filter(|p| p.exists()).collect())
+        .unwrap_or_default();
+    if root.join(ns).exists() {
+        cgroups.push(root.join(ns));
+    }
+    assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:?}");
 }

@@ -13,9 +13,10 @@ use super::{Service, ServiceError};
 /// as the handler returns; this leaves room for it to cross vsock.
 pub const REPLY_GRACE: Duration = Duration::from_millis(250);
 
-/// Replies success at once; the power-off runs in a task after [`REPLY_GRACE`]:
-/// SIGTERM to every process, SIGKILL after `timeout_secs`, sync, reboot (as guest init),
-/// or the process exits (outside a guest). Asking again while it runs is harmless.
+/// Replies success at once; the power-off runs in a task: SIGTERM to every process,
+/// SIGKILL after `timeout_secs`, sync (these overlap the reply's way out), then, not
+/// before [`REPLY_GRACE`] has passed, reboot (as guest init), or the process exits
+/// (outside a guest). Asking again while it runs is harmless.
 pub fn do_destroy_sandbox(
     svc: &Service,
     req: &DestroySandboxRequest,
@@ -24,10 +25,10 @@ pub fn do_destroy_sandbox(
     svc.sandbox.close();
     let power = svc.power.clone();
     info!(?grace, mode = ?power.mode(), "destroying the sandbox after the reply");
+    let not_before = tokio::time::Instant::now() + REPLY_GRACE;
     tokio::spawn(
         async move {
-            tokio::time::sleep(REPLY_GRACE).await;
-            power.power_off(grace).await;
+            power.power_off(grace, not_before).await;
         }
         .instrument(info_span!("destroy_sandbox")),
     );

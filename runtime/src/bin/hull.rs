@@ -218,7 +218,7 @@ enum BenchCommand {
         /// Runs of each.
         #[arg(long, default_value_t = 5)]
         runs: usize,
-        /// The floor initramfs [default: floor-initramfs.cpio.gz in the cache dir].
+        /// The floor initramfs [default: floor-initramfs.cpio in the cache dir].
         #[arg(long)]
         floor_initrd: Option<PathBuf>,
         /// Also write the results as JSON here.
@@ -391,7 +391,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let spec = sandbox_spec(&config, vm);
             let floor = floor_initrd
                 .clone()
-                .unwrap_or_else(|| config.runtime.cache_dir.join("floor-initramfs.cpio.gz"));
+                .unwrap_or_else(|| config.runtime.cache_dir.join("floor-initramfs.cpio"));
             let result = bench::boot(&config, &spec, floor, (*runs).max(1)).await?;
             print!("{result}");
             if let Some(path) = json {
