@@ -244,6 +244,7 @@ impl AgentClient {
 }
 
 mod container;
+mod network;
 
 #[cfg(test)]
 mod tests {
