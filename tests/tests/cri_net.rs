@@ -86,7 +86,12 @@ async fn pod_network(cri: &mut Cri, pod: &str) -> (String, String) {
     assert!(!ip.is_empty(), "pod {pod} has no IP: {status:?}");
     let info: serde_json::Value = serde_json::from_str(status.info.get("info").map(String::as_str).unwrap_or("{}"))
         .expect("verbose info is JSON");
-    let netns = info["netNamespacePath"].as_str().unwrap_or_default().to_string();
+    let netns = info["runtimeSpec"]["linux"]["namespaces"]
+        .as_array()
+        .and_then(|nss| nss.iter().find(|ns| ns["type"] == "network"))
+        .and_then(|ns| ns["path"].as_str())
+        .unwrap_or_default()
+        .to_string();
     assert!(!netns.is_empty(), "no netns path in {info}");
     (ip, netns)
 }
