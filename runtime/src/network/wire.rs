@@ -7,7 +7,7 @@
 //! protocol all u32 match u8 0 0 action mirred egress redirect dev Y`.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use futures_util::stream::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
@@ -307,7 +307,7 @@ async fn wire_one(handle: &Handle, netns: &Path, i: usize, veth: &Link) -> Resul
 }
 
 /// Wires every veth of the netns; on error removes what it made.
-pub async fn setup(netns: &PathBuf) -> Result<(Vec<Endpoint>, Vec<GuestRoute>), NetworkError> {
+pub async fn setup(netns: &Path) -> Result<(Vec<Endpoint>, Vec<GuestRoute>), NetworkError> {
     let handle = connect(netns)?;
     let veths = plan(netns, links(&handle, netns).await?)?;
     let routes = routes(&handle, netns, &veths).await?;
@@ -357,7 +357,7 @@ async fn teardown_with(handle: &Handle, netns: &Path, made: &[(u32, String)]) ->
 }
 
 /// Removes the filters (with the veths' ingress qdiscs) and the taps `made`.
-pub async fn teardown(netns: &PathBuf, made: &[(u32, String)]) -> Result<(), NetworkError> {
+pub async fn teardown(netns: &Path, made: &[(u32, String)]) -> Result<(), NetworkError> {
     let handle = connect(netns)?;
     teardown_with(&handle, netns, made).await
 }
