@@ -15,6 +15,7 @@ pub mod config;
 pub mod console;
 pub mod container;
 pub mod init;
+pub mod network;
 pub mod power;
 pub mod procfs;
 pub mod reaper;

@@ -16,7 +16,7 @@ use tracing::{debug, info_span, warn, Instrument};
 use ttrpc::r#async::TtrpcContext;
 use ttrpc::Code;
 
-use crate::service::{container, debug as debug_rpc, health, io, process, sandbox, Service, ServiceError};
+use crate::service::{container, debug as debug_rpc, health, io, network, process, sandbox, Service, ServiceError};
 
 /// The `AgentService` implementation handed to the ttrpc server.
 pub struct Rpc {
@@ -210,21 +210,22 @@ impl AgentService for Rpc {
         handle("GetOomEvent", process::do_get_oom_event(&self.svc, &req)).await
     }
 
-    // ---- not implemented yet (guest network: a later issue)
+    // ---- guest network
     async fn update_interface(
         &self,
         _ctx: &TtrpcContext,
-        _req: UpdateInterfaceRequest,
+        req: UpdateInterfaceRequest,
     ) -> ttrpc::Result<Interface> {
-        unimplemented("UpdateInterface")
+        handle("UpdateInterface", network::do_update_interface(&req)).await
     }
     async fn update_routes(
         &self,
         _ctx: &TtrpcContext,
-        _req: UpdateRoutesRequest,
+        req: UpdateRoutesRequest,
     ) -> ttrpc::Result<Routes> {
-        unimplemented("UpdateRoutes")
+        handle("UpdateRoutes", network::do_update_routes(&req)).await
     }
+    // ---- not implemented yet
     async fn list_interfaces(&self, _ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<Interfaces> {
         unimplemented("ListInterfaces")
     }

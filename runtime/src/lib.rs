@@ -15,6 +15,7 @@ pub mod image;
 pub mod inspect;
 pub mod install;
 pub mod hypervisor;
+pub mod network;
 pub mod run;
 pub mod shim;
 pub mod sandbox;

@@ -43,6 +43,8 @@ pub fn require_containerd(test: &str) -> bool {
 
 pub struct Containerd {
     child: Option<Child>,
+    /// The CRI tests' CNI network (after `child`: containerd goes first).
+    pub cni: Option<crate::cni::CniNet>,
     dir: tempfile::TempDir,
     pub state: TestState,
 }
@@ -59,8 +61,9 @@ impl Containerd {
     /// handler `hull` (`runtime_type = "io.containerd.hull.v2"`, also the default, as
     /// CRI needs its default runtime configured), pods' sandbox image is
     /// `sandbox_image` (to be imported into `k8s.io` before a pod runs: nothing is
-    /// pulled), AppArmor is left alone, and there is no CNI configuration (an empty
-    /// dir): pods use the node's network, which under hull is their VM's.
+    /// pulled), AppArmor is left alone, pods get their network from CNI (a bridge and
+    /// subnet of this test, see [`crate::cni`]), and runc is a second handler `runc`
+    /// (`restrict_oom_score_adj`, without which runc pods fail here).
     pub fn start_cri(sandbox_image: &str) -> Containerd {
         Containerd::launch(Some(sandbox_image))
     }
@@ -76,16 +79,16 @@ impl Containerd {
         std::fs::create_dir(&bin).expect("bin dir");
         std::os::unix::fs::symlink(target_bin("containerd-shim-hull-v2"), bin.join("containerd-shim-hull-v2"))
             .expect("shim symlink");
+        let mut cni = None;
         let plugins = match cri_sandbox_image {
             None => "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".to_string(),
             Some(image) => {
-                for dir in ["cni-conf", "cni-bin"] {
-                    std::fs::create_dir(d.join(dir)).expect("cni dir");
-                }
-                format!(
+                let net = crate::cni::CniNet::create(d);
+                let conf = format!(
                     r#"[plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{image}"
   disable_apparmor = true
+  restrict_oom_score_adj = true
   netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".cni]
     conf_dir = "{conf}"
@@ -95,10 +98,14 @@ impl Containerd {
     default_runtime_name = "hull"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hull]
     runtime_type = "{RUNTIME}"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
 "#,
-                    conf = d.join("cni-conf").display(),
-                    bin = d.join("cni-bin").display(),
-                )
+                    conf = net.conf_dir.display(),
+                    bin = crate::cni::CNI_BIN,
+                );
+                cni = Some(net);
+                conf
             }
         };
         let config = format!(
@@ -130,6 +137,7 @@ state = "{st}"
             .expect("start containerd");
         let c = Containerd {
             child: Some(child),
+            cni,
             dir,
             state,
         };

@@ -32,6 +32,7 @@ const CALL_LIMIT: Duration = Duration::from_secs(180);
 /// What the CRI tests need on top of the containerd tests'.
 pub fn prerequisites() -> Result<(), String> {
     crate::containerd::prerequisites()?;
+    crate::cni::prerequisites()?;
     if hull_runtime::host::find_binary(Path::new("umoci")).is_none() {
         return Err("missing umoci, which makes the pause image (apt-get install umoci)".into());
     }

@@ -5,6 +5,7 @@
 //! Where one is missing a test says so and skips, unless `HULL_REQUIRE_E2E=1` (set by
 //! scripts/test and CI), where a missing part is a failure: CI never passes by skipping.
 
+pub mod cni;
 pub mod containerd;
 pub mod cri;
 pub mod run_helpers;

@@ -3,9 +3,9 @@
 //! containers per pod (CreateContainer, StartContainer), ExecSync, ContainerStats,
 //! StopPodSandbox, RemovePodSandbox, and nothing left afterwards.
 //!
-//! Pods use the node's network (NamespaceOption network=NODE): with no CNI config,
-//! containerd 1.6 cannot give a pod a network namespace of its own, and under hull the
-//! node's network is the pod's VM's anyway. What the test proves in the guest: the
+//! Pods get their network from CNI (NamespaceOption network=POD; a hull VM cannot
+//! share the node's network: that is refused, see cri_net.rs, which tests the network
+//! itself). What the test proves in the guest: the
 //! containers of a pod run in one VM (same boot id) and pods in different VMs; they
 //! share the sandbox (pause) container's IPC and UTS namespaces, and its PID namespace
 //! when the pod shares its process namespace, but not otherwise; each has its own
@@ -26,11 +26,11 @@ use k8s_cri::v1::{
     StopPodSandboxRequest, VersionRequest,
 };
 
-/// A pod's namespaces as the kubelet sets them: the node's network; PID shared in the
+/// A pod's namespaces as the kubelet sets them: the pod's network; PID shared in the
 /// pod (shareProcessNamespace) or per container.
 fn namespaces(share_pid: bool) -> NamespaceOption {
     NamespaceOption {
-        network: NamespaceMode::Node as i32,
+        network: NamespaceMode::Pod as i32,
         pid: if share_pid { NamespaceMode::Pod } else { NamespaceMode::Container } as i32,
         ipc: NamespaceMode::Pod as i32,
         ..Default::default()
@@ -45,8 +45,8 @@ fn pod_config(name: &str, share_pid: bool, logs: &Path) -> PodSandboxConfig {
             namespace: "default".to_string(),
             attempt: 0,
         }),
-        // As the kubelet: no hostname for a pod on the node's network (its UTS namespace
-        // is the node's, here the VM's, which the shim names after the sandbox).
+        // No hostname asked for: the pod's UTS namespace is the VM's, which the shim
+        // names after the sandbox.
         hostname: String::new(),
         log_directory: logs.join(name).display().to_string(),
         linux: Some(LinuxPodSandboxConfig {

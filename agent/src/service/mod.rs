@@ -9,6 +9,7 @@ pub mod debug;
 mod error;
 pub mod health;
 pub mod io;
+pub mod network;
 pub mod process;
 pub mod sandbox;
 

@@ -251,6 +251,7 @@ impl AgentClient {
 }
 
 mod container;
+mod network;
 
 #[cfg(test)]
 mod tests {

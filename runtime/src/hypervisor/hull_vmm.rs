@@ -81,6 +81,7 @@ pub fn vm_config(
             uds_path: vsock_path(&spec.state_dir),
         });
     }
+    cfg.net = super::net::hull_vmm_config(&spec.devices);
     if let Some((tag, socket)) = fs {
         cfg.fs = Some(::hull_vmm::FsConfig {
             socket: socket.to_path_buf(),
@@ -113,15 +114,16 @@ impl HullVmm {
 
     /// The one shared dir of `spec`, if any (hull-vmm has a single virtio-fs device).
     fn shared_dir(spec: &VmSpec) -> Result<Option<(&str, &Path)>, HypervisorError> {
-        let mut dirs = spec.devices.iter().map(|d| match d {
-            VmDevice::SharedDir { tag, host_dir } => (tag.as_str(), host_dir.as_path()),
+        let mut dirs = spec.devices.iter().filter_map(|d| match d {
+            VmDevice::SharedDir { tag, host_dir } => Some((tag.as_str(), host_dir.as_path())),
+            VmDevice::Net(_) => None,
         });
         let first = dirs.next();
         if dirs.next().is_some() {
             return Err(HypervisorError::VmConfig {
                 what: format!(
                     "{} shared dirs asked for; hull-vmm has one virtio-fs device",
-                    spec.devices.len()
+                    spec.devices.iter().filter(|d| matches!(d, VmDevice::SharedDir { .. })).count()
                 ),
             });
         }
@@ -182,7 +184,8 @@ impl Hypervisor for HullVmm {
             source,
         })?;
 
-        let cmd = command(&self.config.binary, &config_file);
+        let mut cmd = command(&self.config.binary, &config_file);
+        super::net::inherit(&mut cmd, &spec.devices);
         tracing::debug!(?cmd, "launching hull-vmm");
         let mut vmm =
             HelperProcess::spawn("hull-vmm", cmd, &spec.state_dir.join("hull-vmm.log"))?;

@@ -9,6 +9,7 @@
 pub mod boot_files;
 pub mod console;
 pub mod hull_vmm;
+pub mod net;
 pub mod qemu;
 mod ready;
 pub mod select;
@@ -54,6 +55,9 @@ pub enum VmDevice {
     /// A host directory shared into the guest with virtio-fs (virtiofsd), mounted by the
     /// guest with `mount -t virtiofs <tag> <dir>`.
     SharedDir { tag: String, host_dir: PathBuf },
+    /// A virtio-net interface on a tap the caller opened (see [`net`]); the fd stays
+    /// the caller's, the hypervisor process inherits it.
+    Net(net::NetDevice),
 }
 
 #[derive(Debug, thiserror::Error)]

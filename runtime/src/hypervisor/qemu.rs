@@ -97,7 +97,9 @@ impl Qemu {
     /// Starts one virtiofsd per shared dir and waits for each socket.
     async fn start_fs_backends(&mut self, spec: &VmSpec) -> Result<(), HypervisorError> {
         for (i, dev) in spec.devices.iter().enumerate() {
-            let VmDevice::SharedDir { tag, host_dir } = dev;
+            let VmDevice::SharedDir { tag, host_dir } = dev else {
+                continue;
+            };
             let bin = self.config.virtiofsd.clone().ok_or(HypervisorError::MissingHelper {
                 what: "virtiofsd",
                 fix: "apt-get install libseccomp-dev libcap-ng-dev && cargo install --locked virtiofsd@1.14.0",
@@ -158,6 +160,7 @@ impl Qemu {
                 .arg("-device")
                 .arg(format!("vhost-user-fs-device,chardev=fs{i},tag={tag}"));
         }
+        super::net::qemu_args(&mut cmd, &spec.devices);
         cmd
     }
 }

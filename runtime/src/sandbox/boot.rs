@@ -91,6 +91,7 @@ pub(super) async fn run(
                 tag: super::share::SHARE_TAG.to_string(),
                 host_dir: s.host_dir().to_path_buf(),
             })
+            .chain(spec.nics.iter().cloned().map(VmDevice::Net))
             .collect(),
     };
     // Listen for the announcement before anything can send it.

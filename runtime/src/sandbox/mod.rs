@@ -77,6 +77,8 @@ pub struct SandboxSpec {
     /// The sandbox's id (its state dir's name, what `hull exec` finds it by); a random
     /// one when unset.
     pub id: Option<String>,
+    /// virtio-net interfaces on the pod's taps (see `crate::network`).
+    pub nics: Vec<crate::hypervisor::net::NetDevice>,
 }
 
 impl SandboxSpec {
@@ -91,6 +93,7 @@ impl SandboxSpec {
             keep_state: false,
             share: false,
             id: None,
+            nics: Vec::new(),
         }
     }
 

@@ -16,7 +16,8 @@
 //! (containerd's OCI spec -> the guest's), [`events`] (publishing to containerd),
 //! [`convert`] (containerd's protocol types), [`options`] (runtime options),
 //! [`record`] (what `delete` needs after a crash of the shim), [`host_cgroup`] (the
-//! pod's cgroup on the host, where the VM's memory is charged).
+//! pod's cgroup on the host, where the VM's memory is charged), [`network`] (the pod's
+//! netns wired into the VM, host network refused).
 
 pub mod convert;
 pub mod events;
@@ -24,6 +25,7 @@ pub mod host_cgroup;
 pub mod io;
 pub mod logger;
 pub mod lifecycle;
+pub mod network;
 pub mod options;
 pub mod pod;
 pub mod record;

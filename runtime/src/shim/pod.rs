@@ -18,6 +18,7 @@ use super::record::Record;
 use super::ShimError;
 use crate::agent_client::AgentClient;
 use crate::cgroup::HostCgroup;
+use crate::network::PodNetwork;
 use crate::sandbox::Sandbox;
 
 pub struct Pod {
@@ -31,13 +32,21 @@ pub struct Pod {
     sandbox_container: String,
     /// The pod's host cgroup (the shim is in it); removed after the VM.
     cgroup: std::sync::Mutex<Option<HostCgroup>>,
+    /// The taps and tc filters in the pod's netns; removed after the VM.
+    network: std::sync::Mutex<Option<PodNetwork>>,
 }
 
 impl Pod {
     /// Takes a booted sandbox; records it next to `bundle` for `delete` after a crash.
     /// `first` is the container that booted it: a pod's sandbox container, whose id is
     /// the `sandbox-id` annotation of the pod's other containers.
-    pub fn new(sandbox: Sandbox, bundle: &Path, first: &str, cgroup: Option<HostCgroup>) -> Result<Pod, ShimError> {
+    pub fn new(
+        sandbox: Sandbox,
+        bundle: &Path,
+        first: &str,
+        cgroup: Option<HostCgroup>,
+        network: Option<PodNetwork>,
+    ) -> Result<Pod, ShimError> {
         let agent = sandbox
             .agent()
             .cloned()
@@ -61,6 +70,7 @@ impl Pod {
             bundle: bundle.to_path_buf(),
             sandbox_container: first.to_string(),
             cgroup: std::sync::Mutex::new(cgroup),
+            network: std::sync::Mutex::new(network),
         })
     }
 
@@ -113,6 +123,16 @@ impl Pod {
             sandbox.teardown().await;
         } else if let Err(e) = sandbox.destroy().await {
             tracing::warn!(error = %e, "destroying the sandbox");
+        }
+        // The VM (which held the taps open) is gone: the taps and filters go now.
+        let network = self.network.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut net) = network {
+            let removed = tokio::task::spawn_blocking(move || net.teardown()).await;
+            match removed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "removing the pod's taps and tc filters"),
+                Err(e) => tracing::warn!(error = %e, "removing the pod's taps and tc filters"),
+            }
         }
         let cgroup = self.cgroup.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(mut cg) = cgroup {

@@ -246,6 +246,10 @@ impl Service {
             .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
         let backend = hypervisor::select(&config).map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
         let mut sandbox_spec = sandbox_spec(&config, spec)?;
+        // The pod's netns wired first: a network hull cannot wire is refused before any
+        // VM process exists (and what was made is removed when `network` drops).
+        let network = super::network::open(spec)?;
+        sandbox_spec.nics = super::network::nics(network.as_ref());
         // Before any VM process starts: they inherit the pod's cgroup from the shim.
         let cgroup = super::host_cgroup::enter(&config, spec, &mut sandbox_spec)?;
         let mut sandbox = Sandbox::create(&config, &sandbox_spec, backend)?;
@@ -273,6 +277,7 @@ impl Service {
                 .agent()
                 .cloned()
                 .ok_or_else(|| ShimError::internal("no agent connection"))?;
+            super::network::configure_guest(&agent, network.as_ref()).await?;
             agent
                 .create_container(&req.id, json, &req.stdio.spec())
                 .instrument(tracing::info_span!("container_create", id = %req.id))
@@ -289,7 +294,7 @@ impl Service {
             Record::remove(&req.bundle);
             return Err(e);
         }
-        Ok(Arc::new(Pod::new(sandbox, &req.bundle, &req.id, cgroup)?))
+        Ok(Arc::new(Pod::new(sandbox, &req.bundle, &req.id, cgroup, network)?))
     }
 
     /// Creates a later container of the pod in its running VM.

@@ -53,6 +53,14 @@ impl HostSpec {
         Ok(())
     }
 
+    /// `linux.namespaces` (empty when absent).
+    pub fn namespaces(&self) -> &[Value] {
+        match self.json.pointer("/linux/namespaces") {
+            Some(Value::Array(nss)) => nss,
+            _ => &[],
+        }
+    }
+
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.json.pointer("/annotations")?.get(key)?.as_str()
     }

@@ -78,6 +78,32 @@ fn shared_dir_becomes_the_virtio_fs_device() {
 }
 
 #[test]
+fn a_pod_tap_becomes_a_virtio_net_device_next_to_the_shared_dir() {
+    let state = Path::new("/run/hull/vms/abc");
+    let mut s = spec(state);
+    s.devices.push(VmDevice::SharedDir {
+        tag: "hullshare".into(),
+        host_dir: state.join("share"),
+    });
+    s.devices.push(VmDevice::Net(crate::hypervisor::net::NetDevice {
+        tap_fd: 9,
+        mac: "0a:58:0a:d5:07:05".into(),
+    }));
+    // The NIC is not a second shared dir.
+    assert!(HullVmm::shared_dir(&s).expect("one dir").is_some());
+    let cfg = vm_config(&s, Some(("hullshare", &state.join("virtiofsd.sock")))).expect("valid");
+    assert_eq!(cfg.net.len(), 1);
+    assert_eq!((cfg.net[0].tap_fd, cfg.net[0].mac.as_deref()), (9, Some("0a:58:0a:d5:07:05")));
+    // hull-vmm's own rules apply: a MAC it cannot parse is refused by name.
+    s.devices.push(VmDevice::Net(crate::hypervisor::net::NetDevice {
+        tap_fd: 10,
+        mac: "not-a-mac".into(),
+    }));
+    let e = vm_config(&s, None).expect_err("bad mac");
+    assert!(e.to_string().contains("not-a-mac"), "{e}");
+}
+
+#[test]
 fn what_hull_vmm_would_refuse_is_refused_naming_the_field() {
     let state = Path::new("/run/hull/vms/abc");
     let mut s = spec(state);

@@ -1,0 +1,165 @@
+//! Pod networking on the host: the pod's network namespace (made by CNI) wired into the
+//! VM, in Kata's "tcfilter" model.
+//!
+//! For each veth CNI put into the netns, a tap is created next to it and two tc ingress
+//! redirects (u32 match-all, mirred egress redirect) pass every frame veth -> tap and
+//! tap -> veth. The tap's fd goes to the hypervisor (virtio-net); the guest interface
+//! gets the veth's MAC, MTU, addresses and routes, so the pod looks to the bridge and to
+//! CNI exactly as a runc pod would. The veth keeps no role but the redirect.
+//!
+//! One job per module: [`netns`] (running netlink work inside the netns), [`tap`]
+//! (opening a tap), [`wire`] (reading the netns, adding and removing taps and filters).
+//! [`PodNetwork`] owns what was made and removes it (on `teardown` or drop).
+
+mod netns;
+mod tap;
+mod wire;
+
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+/// What can go wrong wiring a pod's network; every variant names what is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("the pod's network namespace {path} cannot be opened: {source}")]
+    NetnsMissing { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a network namespace: {source}")]
+    NotANetns { path: PathBuf, source: nix::Error },
+    #[error("the pod's network namespace {netns} holds interface {name:?} of kind {kind}, which hull cannot wire into a VM (only the veth pairs CNI plugins such as bridge make, and lo)")]
+    Unsupported { netns: PathBuf, name: String, kind: String },
+    #[error("interface {name:?} in {netns}: {what}")]
+    BadInterface { netns: PathBuf, name: String, what: String },
+    #[error("cannot create tap {name} in {netns}: {source}")]
+    Tap { netns: PathBuf, name: String, source: std::io::Error },
+    #[error("netlink ({what}) in {netns}: {source}")]
+    Netlink { netns: PathBuf, what: String, source: rtnetlink::Error },
+    #[error("netlink in {netns}: {source}")]
+    Io { netns: PathBuf, source: std::io::Error },
+}
+
+/// An interface as the guest must configure it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestInterface {
+    /// The name CNI gave the veth (eth0): the guest interface is renamed to it.
+    pub name: String,
+    /// `aa:bb:cc:dd:ee:ff`: the veth's, given to the VM's virtio-net device.
+    pub mac: String,
+    pub mtu: u32,
+    pub addresses: Vec<(IpAddr, u8)>,
+}
+
+/// A route of the pod, in guest terms (`device` is a [`GuestInterface::name`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestRoute {
+    /// None: the default route.
+    pub dest: Option<(IpAddr, u8)>,
+    pub gateway: Option<IpAddr>,
+    pub device: String,
+    pub source: Option<IpAddr>,
+    /// 0 universe, 253 link, 254 host.
+    pub scope: u8,
+}
+
+/// One veth wired to one tap.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub guest: GuestInterface,
+    veth_index: u32,
+    tap_name: String,
+    tap: OwnedFd,
+}
+
+impl Endpoint {
+    /// The tap's fd, for the hypervisor (it inherits it; ours stays open until teardown).
+    pub fn tap_fd(&self) -> RawFd {
+        self.tap.as_raw_fd()
+    }
+
+    pub fn tap_name(&self) -> &str {
+        &self.tap_name
+    }
+}
+
+/// The wiring of one pod's netns; removed by [`PodNetwork::teardown`] or on drop.
+#[derive(Debug)]
+pub struct PodNetwork {
+    path: PathBuf,
+    /// Held open so teardown reaches the netns even after its path is unmounted.
+    netns: File,
+    endpoints: Vec<Endpoint>,
+    routes: Vec<GuestRoute>,
+    torn_down: bool,
+}
+
+impl PodNetwork {
+    /// Wires every veth of the netns at `path` to a tap. On error nothing is left in
+    /// the netns (taps and filters made so far are removed).
+    pub fn setup(path: &Path) -> Result<PodNetwork, NetworkError> {
+        let netns = File::open(path).map_err(|source| NetworkError::NetnsMissing {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let owned = path.to_path_buf();
+        let (endpoints, routes) = netns::run_in(&netns, path, move || async move { wire::setup(&owned).await })??;
+        let net = PodNetwork {
+            path: path.to_path_buf(),
+            netns,
+            endpoints,
+            routes,
+            torn_down: false,
+        };
+        for e in &net.endpoints {
+            tracing::info!(netns = %net.path.display(), veth = %e.guest.name, tap = %e.tap_name, mac = %e.guest.mac, mtu = e.guest.mtu, "pod interface wired to a tap");
+        }
+        Ok(net)
+    }
+
+    pub fn netns(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    pub fn routes(&self) -> &[GuestRoute] {
+        &self.routes
+    }
+
+    /// Removes the tc filters (with their ingress qdiscs) and the taps. Call after the
+    /// VM is gone (it holds the taps open). Idempotent.
+    pub fn teardown(&mut self) -> Result<(), NetworkError> {
+        if self.torn_down {
+            return Ok(());
+        }
+        self.torn_down = true;
+        let endpoints = std::mem::take(&mut self.endpoints);
+        let links: Vec<(u32, String)> = endpoints.iter().map(|e| (e.veth_index, e.tap_name.clone())).collect();
+        // Our fds go first: a tap without any open fd disappears by itself.
+        drop(endpoints);
+        let path = self.path.clone();
+        let result = netns::run_in(&self.netns, &self.path, move || async move { wire::teardown(&path, &links).await })?;
+        if result.is_ok() {
+            tracing::info!(netns = %self.path.display(), "pod network unwired");
+        }
+        result
+    }
+}
+
+impl Drop for PodNetwork {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            tracing::warn!(netns = %self.path.display(), error = %e, "removing the pod's taps and tc filters");
+        }
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff` for a link-layer address.
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,320 @@
+//! Pod networking (issue 8) against real parts: containerd 1.6's CRI plugin with
+//! Debian's CNI bridge + host-local plugins on a bridge and subnet of the test's own,
+//! hull pods (VMs under QEMU) next to a runc pod on the same bridge.
+//!
+//! - a hull pod's busybox httpd is reached from the host netns by its pod IP, from a
+//!   second hull pod, and from a runc pod; the hull pod reaches the runc pod's httpd;
+//! - the DNS config of the CRI request is the container's /etc/resolv.conf;
+//! - after StopPodSandbox + RemovePodSandbox the pod's netns (held open by the test)
+//!   has no tap and no tc filter left, and its path is gone;
+//! - bad input (through ctr): a netns path that does not exist, a netns whose
+//!   interface CNI did not make, the host's network: refused naming it, nothing left.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use hull_tests::containerd::{Containerd, IMAGE as CTR_IMAGE, RUNTIME};
+use hull_tests::cri::{self, within, Cri, HANDLER, IMAGE, PAUSE_IMAGE};
+use hull_tests::wait_for;
+use k8s_cri::v1::{
+    ContainerConfig, ContainerMetadata, CreateContainerRequest, DnsConfig, ExecSyncRequest, ImageSpec,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    PodSandboxMetadata, PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopPodSandboxRequest,
+};
+
+fn pod_config(name: &str, logs: &Path, dns: Option<DnsConfig>) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.to_string(),
+            uid: format!("uid-{name}"),
+            namespace: "default".to_string(),
+            attempt: 0,
+        }),
+        hostname: name.to_string(),
+        log_directory: logs.join(name).display().to_string(),
+        dns_config: dns,
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Pod as i32,
+                    pid: NamespaceMode::Container as i32,
+                    ipc: NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn run_pod(cri: &mut Cri, config: &PodSandboxConfig, handler: &str) -> String {
+    std::fs::create_dir_all(&config.log_directory).expect("pod log dir");
+    let req = RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: handler.to_string(),
+    };
+    within("RunPodSandbox", cri.runtime.run_pod_sandbox(req))
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}"))
+        .into_inner()
+        .pod_sandbox_id
+}
+
+/// The pod's IP and its netns path (from CRI's verbose status).
+async fn pod_network(cri: &mut Cri, pod: &str) -> (String, String) {
+    let req = PodSandboxStatusRequest {
+        pod_sandbox_id: pod.to_string(),
+        verbose: true,
+    };
+    let status = within("PodSandboxStatus", cri.runtime.pod_sandbox_status(req))
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner();
+    let ip = status
+        .status
+        .as_ref()
+        .and_then(|s| s.network.as_ref())
+        .map(|n| n.ip.clone())
+        .unwrap_or_default();
+    assert!(!ip.is_empty(), "pod {pod} has no IP: {status:?}");
+    let info: serde_json::Value = serde_json::from_str(status.info.get("info").map(String::as_str).unwrap_or("{}"))
+        .expect("verbose info is JSON");
+    let netns = info["runtimeSpec"]["linux"]["namespaces"]
+        .as_array()
+        .and_then(|nss| nss.iter().find(|ns| ns["type"] == "network"))
+        .and_then(|ns| ns["path"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(!netns.is_empty(), "no netns path in {info}");
+    (ip, netns)
+}
+
+async fn start_container(cri: &mut Cri, pod: &str, config: &PodSandboxConfig, name: &str, script: &str) -> String {
+    let req = CreateContainerRequest {
+        pod_sandbox_id: pod.to_string(),
+        config: Some(ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: name.to_string(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: IMAGE.to_string(),
+                ..Default::default()
+            }),
+            command: vec!["sh".into(), "-c".into(), script.to_string()],
+            log_path: format!("{name}.log"),
+            ..Default::default()
+        }),
+        sandbox_config: Some(config.clone()),
+    };
+    let id = within("CreateContainer", cri.runtime.create_container(req))
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"))
+        .into_inner()
+        .container_id;
+    within("StartContainer", cri.runtime.start_container(StartContainerRequest { container_id: id.clone() }))
+        .await
+        .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
+    id
+}
+
+/// ExecSync of `sh -c script`: its stdout; the exit must be 0.
+async fn exec(cri: &mut Cri, id: &str, script: &str) -> String {
+    let req = ExecSyncRequest {
+        container_id: id.to_string(),
+        cmd: vec!["sh".into(), "-c".into(), script.to_string()],
+        timeout: 120,
+    };
+    let out = within("ExecSync", cri.runtime.exec_sync(req))
+        .await
+        .unwrap_or_else(|e| panic!("ExecSync {script:?} in {id}: {e}"))
+        .into_inner();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.exit_code,
+        0,
+        "ExecSync {script:?} in {id}: stdout {stdout:?}, stderr {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// A busybox httpd on port 80 serving `body` as /index.html.
+fn httpd(body: &str) -> String {
+    format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 80 -h /www")
+}
+
+/// HTTP GET http://ip/ from the host's netns: the body.
+fn http_get(ip: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect_timeout(&format!("{ip}:80").parse().ok()?, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(format!("GET /index.html HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes()).ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then(|| body.trim().to_string())
+}
+
+/// `cmd` run inside the netns held open by `ns` (its path may be gone already).
+fn in_netns(ns: &File, cmd: &[&str]) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{}/fd/{}", std::process::id(), ns.as_raw_fd()))
+        .args(cmd)
+        .output()
+        .expect("nsenter");
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn stop_and_remove(cri: &mut Cri, pod: &str) {
+    within("StopPodSandbox", cri.runtime.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.to_string() }))
+        .await
+        .unwrap_or_else(|e| panic!("StopPodSandbox {pod}: {e}"));
+    within("RemovePodSandbox", cri.runtime.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.to_string() }))
+        .await
+        .unwrap_or_else(|e| panic!("RemovePodSandbox {pod}: {e}"));
+}
+
+#[test]
+fn hull_pods_are_reached_by_ip_from_the_host_other_hull_pods_and_runc_pods() {
+    if !cri::require_cri("hull_pods_are_reached_by_ip_from_the_host_other_hull_pods_and_runc_pods") {
+        return;
+    }
+    let c = Containerd::start_cri(PAUSE_IMAGE);
+    cri::import_images(&c);
+    let logs = tempfile::Builder::new().prefix("hull-net-logs-").tempdir_in("/tmp").expect("log dir");
+    let gateway = c.cni.as_ref().expect("CRI containerd has a CNI network").gateway.clone();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    rt.block_on(async {
+        let mut cri = Cri::connect(&c.socket()).await;
+        cri.wait_for_image(PAUSE_IMAGE).await;
+        cri.wait_for_image(IMAGE).await;
+
+        let dns = DnsConfig {
+            servers: vec!["192.0.2.53".into()],
+            searches: vec!["pods.hull.example".into()],
+            options: vec!["ndots:3".into()],
+        };
+        let config_a = pod_config("net-a", logs.path(), Some(dns));
+        let pod_a = run_pod(&mut cri, &config_a, HANDLER).await;
+        let web_a = start_container(&mut cri, &pod_a, &config_a, "web", &httpd("hello-from-hull-pod-a")).await;
+        let (ip_a, netns_a) = pod_network(&mut cri, &pod_a).await;
+        assert!(ip_a.starts_with(gateway.trim_end_matches(".1")), "pod IP {ip_a} is in the test's subnet ({gateway})");
+
+        // From the host's netns, over the bridge, by pod IP.
+        let body = wait_for("pod a's httpd from the host", Duration::from_secs(90), || http_get(&ip_a));
+        assert_eq!(body, "hello-from-hull-pod-a");
+        // The guest has the pod's address, a default route via the bridge, and CRI's DNS.
+        let addr = exec(&mut cri, &web_a, "ip -o -4 addr show eth0; ip route").await;
+        assert!(addr.contains(&format!("inet {ip_a}/24")), "{addr}");
+        assert!(addr.contains(&format!("default via {gateway} dev eth0")), "{addr}");
+        let resolv = exec(&mut cri, &web_a, "cat /etc/resolv.conf").await;
+        for line in ["nameserver 192.0.2.53", "search pods.hull.example", "options ndots:3"] {
+            assert!(resolv.lines().any(|l| l.trim() == line), "{line:?} missing in resolv.conf:\n{resolv}");
+        }
+
+        // A second hull pod reaches the first by IP.
+        let config_b = pod_config("net-b", logs.path(), None);
+        let pod_b = run_pod(&mut cri, &config_b, HANDLER).await;
+        let b = start_container(&mut cri, &pod_b, &config_b, "client", "exec sleep 100000").await;
+        let got = exec(&mut cri, &b, &format!("wget -q -O - http://{ip_a}/index.html")).await;
+        assert_eq!(got.trim(), "hello-from-hull-pod-a", "hull pod b -> hull pod a");
+
+        // A runc pod on the same bridge: both ways.
+        let config_r = pod_config("net-runc", logs.path(), None);
+        let pod_r = run_pod(&mut cri, &config_r, "runc").await;
+        let web_r = start_container(&mut cri, &pod_r, &config_r, "web", &httpd("hello-from-runc-pod")).await;
+        let (ip_r, _) = pod_network(&mut cri, &pod_r).await;
+        let body = wait_for("the runc pod's httpd from the host", Duration::from_secs(60), || http_get(&ip_r));
+        assert_eq!(body, "hello-from-runc-pod");
+        let got = exec(&mut cri, &web_r, &format!("wget -q -O - http://{ip_a}/index.html")).await;
+        assert_eq!(got.trim(), "hello-from-hull-pod-a", "runc pod -> hull pod");
+        let got = exec(&mut cri, &web_a, &format!("wget -q -O - http://{ip_r}/index.html")).await;
+        assert_eq!(got.trim(), "hello-from-runc-pod", "hull pod -> runc pod");
+
+        // Teardown: hold pod a's netns open, then check what is left in it.
+        let ns = File::open(&netns_a).unwrap_or_else(|e| panic!("open {netns_a}: {e}"));
+        let links = in_netns(&ns, &["ip", "-o", "link"]);
+        assert!(links.contains("hulltap0"), "while the pod runs, its tap is there: {links}");
+        let filters = in_netns(&ns, &["tc", "filter", "show", "dev", "eth0", "ingress"]);
+        assert!(filters.contains("mirred"), "while the pod runs, its redirect is there: {filters}");
+        for pod in [&pod_a, &pod_b, &pod_r] {
+            stop_and_remove(&mut cri, pod).await;
+        }
+        let links = in_netns(&ns, &["ip", "-o", "link"]);
+        assert!(!links.contains("hulltap") && !links.contains("eth0"), "left in pod a's netns: {links}");
+        let qdiscs = in_netns(&ns, &["tc", "qdisc", "show"]);
+        assert!(!qdiscs.contains("ingress"), "tc left in pod a's netns: {qdiscs}");
+        assert!(!Path::new(&netns_a).exists(), "pod a's netns {netns_a} is still mounted");
+    });
+    drop(rt);
+    // No netns of any pod left under containerd's state.
+    let netns_dir = c.dir().join("state/io.containerd.grpc.v1.cri/netns");
+    let left: Vec<_> = std::fs::read_dir(&netns_dir).map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "netns left: {left:?}");
+    c.assert_nothing_left();
+}
+
+/// A named netns of the test, removed on drop.
+struct TestNetns(String);
+
+impl TestNetns {
+    fn new(tag: &str) -> TestNetns {
+        let name = format!("hull-{tag}-{}", std::process::id());
+        let st = Command::new("ip").args(["netns", "add", &name]).status().expect("ip netns add");
+        assert!(st.success());
+        TestNetns(name)
+    }
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.0)
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_network_hull_cannot_wire_is_refused_naming_it_and_nothing_is_left() {
+    if !hull_tests::containerd::require_containerd("a_network_hull_cannot_wire_is_refused_naming_it_and_nothing_is_left") {
+        return;
+    }
+    let c = Containerd::start();
+    let run = |id: &str, extra: &[&str]| {
+        let mut a = vec!["run", "--rm", "--runtime", RUNTIME];
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&[CTR_IMAGE, id, "true"]);
+        let out = c.ctr(&a);
+        let text = hull_tests::output_text(&out);
+        assert!(!out.status.success(), "{id} must be refused: {text}");
+        // Refused at create: no VM, no shim, no mount left.
+        c.assert_nothing_left();
+        text
+    };
+
+    let missing = format!("/var/run/netns/hull-missing-{}", std::process::id());
+    let text = run("net-missing", &["--with-ns", &format!("network:{missing}")]);
+    assert!(text.contains(&missing) && text.contains("cannot be opened"), "{text}");
+
+    // A netns whose eth0 is not a veth CNI made (a tap someone left there).
+    let ns = TestNetns::new("foreign");
+    let st = Command::new("ip").args(["-n", &ns.0, "tuntap", "add", "eth0", "mode", "tap"]).status().expect("ip");
+    assert!(st.success());
+    let text = run("net-foreign", &["--with-ns", &format!("network:{}", ns.path())]);
+    assert!(text.contains("\"eth0\"") && text.contains("kind tun") && text.contains("cannot wire"), "{text}");
+    let links = Command::new("ip").args(["-n", &ns.0, "-o", "link"]).output().expect("ip");
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!links.contains("hulltap"), "a tap was left: {links}");
+
+    let text = run("net-host", &["--net-host"]);
+    assert!(text.contains("host network") && text.contains("cannot share"), "{text}");
+}
