@@ -135,22 +135,26 @@ async fn strict_policy_refuses_privileged_capabilities_mounts_and_a_second_polic
     let agent = sandbox.agent().expect("agent");
     let stdio = StdioSpec::default();
 
-    let refused = |r: Result<(), hull_runtime::agent_client::AgentError>, want: &str| {
+    // `policy` names the policy that refuses: the baked default is checked first.
+    let refused_by = |r: Result<(), hull_runtime::agent_client::AgentError>, want: &str, policy: &str| {
         let e = r.expect_err(want).to_string();
         assert!(e.contains("PERMISSION_DENIED") || e.contains("PermissionDenied"), "{e}");
-        assert!(e.contains(want) && e.contains("(policy \"ci-strict\")"), "wanted {want:?}: {e}");
+        assert!(e.contains(want) && e.contains(&format!("(policy {policy:?})")), "wanted {want:?} by {policy}: {e}");
     };
+    let refused = |r, want: &str| refused_by(r, want, "ci-strict");
     let privileged = spec(|s| {
         s["process"]["capabilities"]["bounding"] = json!(["CAP_SYS_ADMIN"]);
     });
-    refused(
+    refused_by(
         agent.create_container("priv", privileged, &stdio).await,
         "privileged containers are not allowed (CAP_SYS_ADMIN in process.capabilities.bounding)",
+        "default",
     );
     let all_devices = spec(|s| s["linux"]["resources"] = json!({"devices": [{"allow": true, "access": "rwm"}]}));
-    refused(
+    refused_by(
         agent.create_container("devs", all_devices, &stdio).await,
         "privileged containers are not allowed (linux.resources.devices allows every device)",
+        "default",
     );
     let cap = spec(|s| s["process"]["capabilities"]["effective"] = json!(["CAP_CHOWN", "CAP_NET_ADMIN"]));
     refused(
