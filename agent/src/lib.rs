@@ -7,7 +7,8 @@
 //! Containers: `service/{container,process,io}.rs` (the RPCs), `sandbox.rs` (the
 //! container table, owned by `service::Service`), `container/` (spec validation, the
 //! steps through libcontainer, stdio, cgroup files), `storage.rs` (guest mounts),
-//! `switch_root.rs` (PID 1 leaves the initramfs so pivot_root works). Next: `policy.rs`.
+//! `switch_root.rs` (PID 1 leaves the initramfs so pivot_root works), `policy.rs` (which
+//! requests the host may make; checked by `rpc.rs` before the service acts).
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod announce;
@@ -15,7 +16,10 @@ pub mod config;
 pub mod console;
 pub mod container;
 pub mod init;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 pub mod network;
+pub mod policy;
 pub mod power;
 pub mod procfs;
 pub mod reaper;

@@ -7,9 +7,10 @@
 //! 3. `init`: /dev and /proc, the console (`hull-agent: started`), kernel command line
 //!    options, then the other base mounts and cgroup controllers.
 //! 4. `reaper`: SIGCHLD; reaps every child and orphan, hands out exit statuses.
-//! 5. `server`: ttrpc on vsock port 1024 (or `--listen unix:///path`), handlers in
+//! 5. `policy`: the baked agent policy (/etc/hull/policy.toml).
+//! 6. `server`: ttrpc on vsock port 1024 (or `--listen unix:///path`), handlers in
 //!    `rpc`, logic in `service`.
-//! 6. `announce`: tells the host it may connect now.
+//! 7. `announce`: tells the host it may connect now.
 //!
 //! Outside a guest (`--listen unix://...` or not PID 1) steps 3 and the power-off are
 //! skipped, and DestroySandbox ends the process: that is how host-side tests run it.
@@ -23,6 +24,7 @@ use tracing::level_filters::LevelFilter;
 use tracing::{info, info_span, warn, Instrument};
 
 use hull_agent::config::{self, Args, ListenAddr};
+use hull_agent::policy::{self, Policies};
 use hull_agent::power::{self, Mode, PowerControl};
 use hull_agent::reaper::Reaper;
 use hull_agent::rpc::Rpc;
@@ -131,8 +133,18 @@ fn run(args: Args, mode: Mode) -> anyhow::Result<()> {
 
 async fn serve(args: Args, mode: Mode) -> anyhow::Result<()> {
     let reaper = Reaper::start().context("reaper")?;
+    // The guest image's policy; outside a guest the built-in default (a host's /etc/hull
+    // is hull's runtime config, not a guest image). A broken baked policy stops the
+    // agent: it must not run without the rules the image was built with.
+    let policy = if mode == Mode::GuestInit {
+        Policies::load(std::path::Path::new(policy::BAKED_PATH))
+    } else {
+        Policies::builtin()
+    }
+    .context("agent policy")?;
+    info!(policy = %policy.name(), "agent policy loaded");
     let (power, mut stop) = PowerControl::new(mode);
-    let service = Arc::new(Service::new(power, reaper));
+    let service = Arc::new(Service::new(power, reaper, policy));
     let listening = server::start(&args.listen_addr(), Rpc::new(service)).await?;
 
     if let Some(target) = args.announce_target() {

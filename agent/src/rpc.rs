@@ -1,7 +1,8 @@
 //! The ttrpc handlers: one thin method per RPC of `hull_proto::AgentService`.
 //!
 //! Every handler does the same four things, in this order: open a span named after the
-//! RPC, (policy check: next issue), call `service::<area>::do_xxx(req)`, map the error to
+//! RPC, check the request against the agent policy (`Service::admit`, for the RPCs it
+//! has rules for), call `service::<area>::do_xxx(req)`, map the error to
 //! a ttrpc status ([`to_status`]). Logic lives in `service/`, never here.
 //!
 //! RPCs not implemented yet answer `UNIMPLEMENTED` with the RPC's name (the generated
@@ -16,6 +17,7 @@ use tracing::{debug, info_span, warn, Instrument};
 use ttrpc::r#async::TtrpcContext;
 use ttrpc::Code;
 
+use crate::policy::check::Request;
 use crate::service::{container, debug as debug_rpc, health, io, network, process, sandbox, Service, ServiceError};
 
 /// The `AgentService` implementation handed to the ttrpc server.
@@ -108,7 +110,11 @@ impl AgentService for Rpc {
         _ctx: &TtrpcContext,
         req: CreateSandboxRequest,
     ) -> ttrpc::Result<Empty> {
-        handle("CreateSandbox", async { sandbox::do_create_sandbox(&self.svc, &req) }).await
+        handle("CreateSandbox", async {
+            self.svc.admit(Request::CreateSandbox(&req))?;
+            sandbox::do_create_sandbox(&self.svc, &req)
+        })
+        .await
     }
 
     // ---- containers
@@ -117,7 +123,11 @@ impl AgentService for Rpc {
         _ctx: &TtrpcContext,
         req: CreateContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        handle("CreateContainer", async { container::do_create_container(&self.svc, &req) }).await
+        handle("CreateContainer", async {
+            self.svc.admit(Request::CreateContainer(&req))?;
+            container::do_create_container(&self.svc, &req)
+        })
+        .await
     }
     async fn start_container(
         &self,
@@ -144,7 +154,11 @@ impl AgentService for Rpc {
         _ctx: &TtrpcContext,
         req: UpdateContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        handle("UpdateContainer", async { container::do_update(&self.svc, &req) }).await
+        handle("UpdateContainer", async {
+            self.svc.admit(Request::UpdateContainer(&req))?;
+            container::do_update(&self.svc, &req)
+        })
+        .await
     }
     async fn stats_container(
         &self,
@@ -163,7 +177,11 @@ impl AgentService for Rpc {
 
     // ---- processes
     async fn exec_process(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
-        handle("ExecProcess", async { process::do_exec(&self.svc, &req) }).await
+        handle("ExecProcess", async {
+            self.svc.admit(Request::ExecProcess(&req))?;
+            process::do_exec(&self.svc, &req)
+        })
+        .await
     }
     async fn signal_process(&self, _ctx: &TtrpcContext, req: SignalProcessRequest) -> ttrpc::Result<Empty> {
         handle("SignalProcess", async { process::do_signal(&self.svc, &req) }).await

@@ -51,6 +51,17 @@ pub struct Config {
     pub boot: BootConfig,
     pub runtime: RuntimeConfig,
     pub debug: DebugConfig,
+    pub policy: PolicyConfig,
+}
+
+/// The agent policy sent at CreateSandbox (see README, "Agent policy"). Fixed per
+/// sandbox: the agent seals its policy after CreateSandbox.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// A policy document (TOML, e.g. guest-image/policy/strict.toml). It can only
+    /// tighten the policy baked into the guest image. None: only the baked one.
+    pub file: Option<PathBuf>,
 }
 
 /// Debugging aids, off by default. Fixed per sandbox when it boots.
@@ -251,6 +262,11 @@ impl Config {
                 return Err(invalid(format!("{name} = {v} must be between 0 and 3600 seconds")));
             }
         }
+        if let Some(f) = &self.policy.file {
+            if f.as_os_str().is_empty() {
+                return Err(invalid("policy.file is empty (leave it out for the baked policy only)".into()));
+            }
+        }
         Ok(())
     }
 }
@@ -304,6 +320,17 @@ mod tests {
         let c = Config::parse("", Path::new("x.toml")).expect("empty config parses");
         assert_eq!(c.guest.vcpus, 1);
         assert_eq!(c.hypervisor.backend, BackendChoice::Auto);
+    }
+
+    #[test]
+    fn policy_file_is_optional_and_not_empty() {
+        let c = Config::parse("", Path::new("x.toml")).expect("empty");
+        assert!(c.policy.file.is_none());
+        let c = Config::parse("[policy]\nfile = \"/etc/hull/strict.toml\"\n", Path::new("x.toml")).expect("policy");
+        assert_eq!(c.policy.file.as_deref(), Some(Path::new("/etc/hull/strict.toml")));
+        let e = Config::parse("[policy]\nfile = \"\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("policy.file is empty"), "{e}");
+        assert!(Config::parse("[policy]\nfiles = \"x\"\n", Path::new("x.toml")).is_err());
     }
 
     #[test]

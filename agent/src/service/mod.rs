@@ -26,14 +26,26 @@ pub struct Service {
     pub reaper: Reaper,
     /// The container table and OOM events.
     pub sandbox: crate::sandbox::Sandbox,
+    /// The agent policy: baked, plus CreateSandbox's; sealed after CreateSandbox.
+    pub policy: crate::policy::Policies,
 }
 
 impl Service {
-    pub fn new(power: PowerControl, reaper: Reaper) -> Service {
+    /// A service under `policy` (see [`crate::policy::Policies::load`]).
+    pub fn new(power: PowerControl, reaper: Reaper, policy: crate::policy::Policies) -> Service {
         Service {
             power,
             reaper,
             sandbox: crate::sandbox::Sandbox::default(),
+            policy,
         }
+    }
+
+    /// Checks a request against the policy (see `crate::policy::check`).
+    pub fn admit(&self, req: crate::policy::check::Request<'_>) -> Result<(), ServiceError> {
+        let state = crate::policy::check::State {
+            containers: self.sandbox.all().len(),
+        };
+        crate::policy::check::admit(&self.policy, req, state)
     }
 }

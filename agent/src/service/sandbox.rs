@@ -1,4 +1,4 @@
-//! The sandbox as a whole: CreateSandbox (storages, hostname, DNS, hosts, sysctls) and
+//! The sandbox as a whole: CreateSandbox (policy, storages, hostname, DNS, hosts, sysctls) and
 //! DestroySandbox (stop everything, power off).
 
 use std::time::Duration;
@@ -99,6 +99,24 @@ pub fn do_create_sandbox(svc: &Service, req: &CreateSandboxRequest) -> Result<Em
     if !svc.sandbox.mark_created() {
         return Err(ServiceError::AlreadyExists("the sandbox was already created".into()));
     }
+    // `rpc` admitted the request (and its policy) against the policies in force.
+    let sent = match req.policy.as_str() {
+        "" => None,
+        text => match crate::policy::Policy::parse(text) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                svc.sandbox.unmark_created();
+                return Err(e.into());
+            }
+        },
+    };
+    if let Some(p) = &sent {
+        info!(policy = %p.name, "agent policy sent by the host");
+    }
+    if let Err(e) = svc.policy.seal(sent) {
+        svc.sandbox.unmark_created();
+        return Err(e.into());
+    }
     svc.sandbox.set_debug_exec(req.debug_exec);
     if req.debug_exec {
         info!("debug processes are allowed in this sandbox (hull debug exec)");
@@ -106,6 +124,7 @@ pub fn do_create_sandbox(svc: &Service, req: &CreateSandboxRequest) -> Result<Em
     let result = create_sandbox(req);
     if result.is_err() {
         svc.sandbox.unmark_created();
+        svc.policy.unseal();
     }
     result
 }

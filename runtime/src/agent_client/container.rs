@@ -70,16 +70,19 @@ macro_rules! call_blocking {
 
 impl AgentClient {
     /// Prepares the sandbox: hostname, the storages to mount (the share), and whether
-    /// debug processes (`hull debug exec`) are allowed for its whole life.
+    /// debug processes (`hull debug exec`) are allowed for its whole life, and an agent
+    /// policy document (TOML) that tightens the guest image's (the agent seals it).
     pub async fn create_sandbox(
         &self,
         sandbox_id: &str,
         hostname: &str,
         storages: &[StorageSpec],
         debug_exec: bool,
+        policy: Option<&str>,
     ) -> Result<(), AgentError> {
         let mut req = hull_proto::CreateSandboxRequest::new();
         req.debug_exec = debug_exec;
+        req.policy = policy.unwrap_or_default().to_string();
         req.sandbox_id = sandbox_id.to_string();
         req.hostname = hostname.to_string();
         req.storages = storages.iter().map(convert::storage).collect();

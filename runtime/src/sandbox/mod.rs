@@ -46,6 +46,11 @@ pub enum SandboxError {
     Share(#[from] ShareError),
     #[error("{0}")]
     Record(#[from] record::RecordError),
+    #[error("cannot read the agent policy {path} ([policy] file): {source}")]
+    Policy {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("a sandbox named {0:?} already exists (pick another --name)")]
     NameTaken(String),
     #[error("the sandbox has no agent connection (not booted, or torn down)")]
@@ -125,6 +130,8 @@ pub struct Sandbox {
     shutdown_timeout: Duration,
     /// `[debug] exec` of the config it booted with (told to the agent, recorded).
     debug_exec: bool,
+    /// `[policy] file` and its text, sent to the agent at CreateSandbox (recorded).
+    policy: Option<(PathBuf, String)>,
 }
 
 impl Sandbox {
@@ -147,6 +154,17 @@ impl Sandbox {
         hypervisor: Box<dyn Hypervisor>,
     ) -> Result<Sandbox, SandboxError> {
         let base = &config.runtime.state_dir;
+        // Read before anything exists: a missing policy file leaves nothing behind.
+        let policy = match &config.policy.file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| SandboxError::Policy {
+                    path: path.clone(),
+                    source,
+                })?;
+                Some((path.clone(), text))
+            }
+            None => None,
+        };
         let id = match &spec.id {
             Some(id) => {
                 share::check_id(id)?;
@@ -188,6 +206,7 @@ impl Sandbox {
             report: BootReport::default(),
             shutdown_timeout: config.boot.shutdown_timeout(),
             debug_exec: config.debug.exec,
+            policy,
         })
     }
 
@@ -222,6 +241,7 @@ impl Sandbox {
             vsock_uds,
             created: record::now_secs(),
             debug_exec: self.debug_exec,
+            policy: self.policy.as_ref().map(|(path, _)| path.clone()),
         }
         .write(self.state.path())?;
         Ok(())
@@ -241,14 +261,21 @@ impl Sandbox {
         self.agent.as_ref().ok_or(SandboxError::NotConnected)
     }
 
-    /// `CreateSandbox`: hostname, and the share mounted at [`share::GUEST_SHARE`].
+    /// `CreateSandbox`: hostname, the share mounted at [`share::GUEST_SHARE`], debug
+    /// processes allowed or not, the agent policy of `[policy] file`.
     pub async fn prepare_guest(&self, hostname: &str) -> Result<(), SandboxError> {
         let storages: Vec<StorageSpec> = match &self.share {
             Some(_) => vec![StorageSpec::virtiofs_share(share::SHARE_TAG, share::GUEST_SHARE)],
             None => Vec::new(),
         };
         self.agent_or_err()?
-            .create_sandbox(&self.id, hostname, &storages, self.debug_exec)
+            .create_sandbox(
+                &self.id,
+                hostname,
+                &storages,
+                self.debug_exec,
+                self.policy.as_ref().map(|(_, text)| text.as_str()),
+            )
             .instrument(tracing::info_span!("create_sandbox"))
             .await?;
         Ok(())

@@ -29,6 +29,9 @@ pub struct SandboxRecord {
     /// The agent was told to allow debug processes (`[debug] exec` at boot).
     #[serde(default)]
     pub debug_exec: bool,
+    /// The agent policy file sent at CreateSandbox (`[policy] file`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +138,7 @@ mod tests {
             vsock_uds: "/x/vsock.sock".into(),
             created: 5,
             debug_exec: false,
+            policy: None,
         }
     }
 
