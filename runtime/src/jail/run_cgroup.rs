@@ -1,0 +1,35 @@
+//! The cgroup of a `hull run` sandbox: `hull/<sandbox id>` in every hierarchy hull
+//! uses (as the shim's pod cgroup, see `crate::cgroup`), limited like a pod's: with a
+//! memory limit (`--memory`) to guest memory + `hypervisor.host_overhead_mib`. `hull
+//! run` joins it before the VM's processes start, so they and hull itself are charged
+//! to it; dropping the value moves hull back and removes the cgroup (killing anything
+//! left in it).
+
+use std::path::{Path, PathBuf};
+
+use super::JailError;
+use crate::cgroup::{self, HostCgroup, Target};
+use crate::config::Config;
+
+/// The cgroup path (relative to each hierarchy's root) of sandbox `id`.
+pub fn rel_path(id: &str) -> PathBuf {
+    Path::new("hull").join(id)
+}
+
+/// Creates and joins the cgroup of sandbox `id` whose VM has `vm_mib` of memory.
+pub fn enter(config: &Config, id: &str, limited: bool, vm_mib: u32) -> Result<HostCgroup, JailError> {
+    let target = Target::detect(Path::new(cgroup::DEFAULT_ROOT), rel_path(id))?;
+    let limit = limited.then(|| cgroup::own_limit_bytes(vm_mib, config.hypervisor.host_overhead_mib));
+    let mut cg = target.create(limit)?;
+    cg.join_self()?;
+    tracing::info!(cgroups = ?cg.dirs(), vm_mib, limit, "hull run joined the sandbox's cgroup");
+    Ok(cg)
+}
+
+/// [`enter`] when the jail is on (`[jail] enabled`), nothing otherwise.
+pub fn enter_if_jailed(config: &Config, id: &str, limited: bool, vm_mib: u32) -> Result<Option<HostCgroup>, JailError> {
+    if !config.jail.enabled {
+        return Ok(None);
+    }
+    enter(config, id, limited, vm_mib).map(Some)
+}
