@@ -155,7 +155,8 @@ fn hull_run_vm_processes_are_jailed_in_the_sandbox_cgroup() {
     need_run!("hull_run_vm_processes_are_jailed_in_the_sandbox_cgroup");
     let state = TestState::new();
     let args = demo(&["--name", "jail1", "-m", "64M", "--", "sh", "-c", "echo ready; exec sleep 600"]);
-    let (mut hull, _out) = start_ready(state.hull(), &args);
+    let (hull, _out) = start_ready(state.hull(), &args);
+    let mut hull = KillOnDrop(hull);
     let record = SandboxRecord::load(state.path(), "jail1").expect("sandbox record");
     let pids: Vec<i32> = record.vm_pids.iter().map(|p| *p as i32).collect();
     let kernel = state.config().guest.kernel;
@@ -170,14 +171,17 @@ fn hull_run_vm_processes_are_jailed_in_the_sandbox_cgroup() {
     let fs: Vec<i32> = state.processes().into_iter().filter(|(_, c)| c.contains("virtiofsd")).map(|(p, _)| p).collect();
     assert_virtiofsd_confined(&fs);
 
-    // The sandbox's cgroup, limited to guest memory (64 + 128 MiB) + the host overhead.
-    for p in pids.iter().chain([hull.id() as i32].iter()) {
-        assert_eq!(memory_cgroup_of(*p), "/hull/jail1", "pid {p} ({}) is in the sandbox's cgroup", comm(*p));
+    // The sandbox's cgroup, limited to guest memory + the host overhead.
+    let cg = format!("/hull/jail1-{u1}");
+    for p in pids.iter().chain([hull.0.id() as i32].iter()) {
+        assert_eq!(memory_cgroup_of(*p), cg, "pid {p} ({}) is in the sandbox's cgroup", comm(*p));
     }
-    let mem_dir = Path::new("/sys/fs/cgroup/memory/hull/jail1");
+    let mem_dir = PathBuf::from(format!("/sys/fs/cgroup/memory{cg}"));
     if mem_dir.is_dir() {
         let limit = std::fs::read_to_string(mem_dir.join("memory.limit_in_bytes")).expect("limit");
-        assert_eq!(limit.trim(), ((64 + 128 + u64::from(DEFAULT_HOST_OVERHEAD_MIB)) << 20).to_string());
+        // (The guest gets at least guest.memory_mib.)
+        let vm_mib = (64 + 128).max(u64::from(state.config().guest.memory_mib));
+        assert_eq!(limit.trim(), ((vm_mib + u64::from(DEFAULT_HOST_OVERHEAD_MIB)) << 20).to_string());
     }
     // The sockets are the sandbox uid's; hull exec (root) still reaches the agent.
     let sock = std::fs::metadata(&record.vsock_uds).expect("vsock socket");
@@ -187,7 +191,8 @@ fn hull_run_vm_processes_are_jailed_in_the_sandbox_cgroup() {
 
     // A second, concurrent sandbox gets another uid.
     let args2 = demo(&["--name", "jail2", "--", "sh", "-c", "echo ready; exec sleep 600"]);
-    let (mut hull2, _out2) = start_ready(state.hull(), &args2);
+    let (hull2, _out2) = start_ready(state.hull(), &args2);
+    let mut hull2 = KillOnDrop(hull2);
     let record2 = SandboxRecord::load(state.path(), "jail2").expect("second record");
     let qemu2 = record2.vm_pids.iter().map(|p| *p as i32).find(|p| comm(*p).starts_with("qemu-system")).expect("qemu 2");
     let u3 = assert_jailed(qemu2, "qemu (second sandbox)", &kernel);
@@ -196,16 +201,29 @@ fn hull_run_vm_processes_are_jailed_in_the_sandbox_cgroup() {
     // (sleep is the container's PID 1 and ignores SIGTERM: hull tears down after
     // shutdown_timeout_secs.)
     for h in [&hull, &hull2] {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(h.id() as i32), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM hull");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(h.0.id() as i32), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM hull");
     }
     for h in [&mut hull, &mut hull2] {
-        h.wait().expect("hull exits");
+        h.0.wait().expect("hull exits");
     }
     state.assert_nothing_left();
     for cg in ["memory", "pids"] {
-        for id in ["jail1", "jail2"] {
+        for id in [format!("jail1-{u1}"), format!("jail2-{u3}")] {
             let d = PathBuf::from(format!("/sys/fs/cgroup/{cg}/hull/{id}"));
             assert!(!d.exists(), "{} removed", d.display());
+        }
+    }
+}
+
+/// A `hull run` that is SIGKILLed if the test fails before stopping it (its VM
+/// processes die with it: parent-death signal).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
     }
 }
