@@ -155,7 +155,13 @@ impl Jail {
         ro_files: &[&Path],
         devices: Devices,
     ) -> Result<Command, JailError> {
-        let program = crate::host::find_binary(program).unwrap_or_else(|| program.to_path_buf());
+        // A missing binary is named by its host path (inside the jail it would be
+        // /exe/<name>).
+        let program = crate::host::find_binary(program).ok_or_else(|| JailError::Io {
+            what: "run the binary",
+            path: program.to_path_buf(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })?;
         let root = self.dir.join(name);
         mkdir(&root, 0o755)?;
         let mut binds = Vec::new();

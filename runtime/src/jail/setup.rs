@@ -183,9 +183,15 @@ impl RootPlan {
     /// # Safety
     /// See [`Plan::apply`].
     unsafe fn drop_privileges(&self) -> io::Result<()> {
-        // SAFETY (whole block): prctl/set*id/setgroups with integer arguments or a
-        // pointer to a value on our stack.
+        // SAFETY (whole block): prctl/set*id/setgroups/fstat/fchown with integer
+        // arguments or pointers to values on our stack.
         unsafe {
+            // A stdout pipe (hull-vmm reopens it as /proc/self/fd/1 for the console)
+            // must be the sandbox uid's to be reopened after the uid change.
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(1, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFIFO {
+                check(libc::fchown(1, self.uid, self.gid))?;
+            }
             // Empty the bounding set (cap numbers past the kernel's last give EINVAL).
             for cap in 0..64 {
                 if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) == -1 {
