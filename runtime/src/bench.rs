@@ -168,6 +168,9 @@ async fn floor_once(
     let vm = VmSpec {
         id: "floor".into(),
         state_dir: state.path().to_path_buf(),
+        // The floor VM is a baseline: it runs unjailed, without sockets.
+        sock_dir: state.path().to_path_buf(),
+        jail: None,
         kernel: spec.kernel.clone(),
         initrd: initrd.to_path_buf(),
         cmdline: spec.cmdline(),

@@ -52,6 +52,7 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub debug: DebugConfig,
     pub policy: PolicyConfig,
+    pub jail: JailConfig,
 }
 
 /// The agent policy sent at CreateSandbox (see README, "Agent policy"). Fixed per
@@ -63,6 +64,48 @@ pub struct PolicyConfig {
     /// tighten the policy baked into the guest image. None: only the baked one.
     pub file: Option<PathBuf>,
 }
+
+/// The jail of a sandbox's host processes (see `crate::jail` and README, "Threat
+/// model"). Fixed per sandbox when it boots.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JailConfig {
+    /// Jail the VM's processes (needs root).
+    pub enabled: bool,
+    /// First uid (and gid) of the range each sandbox takes one from. Pick a range no
+    /// user, `/etc/subuid` entry or container manager uses.
+    pub uid_start: u32,
+    /// Size of that range: how many sandboxes may run at once.
+    pub uid_count: u32,
+    /// One lock file per leased uid, shared by every hull process on the host.
+    pub lease_dir: PathBuf,
+    /// RLIMIT_NOFILE of a jailed process.
+    pub nofile: u64,
+    /// RLIMIT_MEMLOCK of a jailed process, MiB.
+    pub memlock_mib: u64,
+    /// RLIMIT_NPROC of a jailed process (counts the threads of every process of the
+    /// sandbox's uid).
+    pub nproc: u64,
+}
+
+impl Default for JailConfig {
+    fn default() -> Self {
+        JailConfig {
+            enabled: true,
+            uid_start: DEFAULT_JAIL_UID_START,
+            uid_count: 65536,
+            lease_dir: PathBuf::from("/run/hull-jail/uids"),
+            nofile: 4096,
+            memlock_mib: 64,
+            nproc: 1024,
+        }
+    }
+}
+
+/// Default of `jail.uid_start`: above the 16-bit range, the `/etc/subuid` blocks
+/// `useradd` hands out (100000 + 65536 n) for the first few thousand users, and
+/// systemd-nspawn's dynamic range (524288..1879048191).
+pub const DEFAULT_JAIL_UID_START: u32 = 1_900_000_000;
 
 /// Debugging aids, off by default. Fixed per sandbox when it boots.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -267,6 +310,26 @@ impl Config {
                 return Err(invalid("policy.file is empty (leave it out for the baked policy only)".into()));
             }
         }
+        let j = &self.jail;
+        if j.enabled {
+            if j.uid_count == 0 {
+                return Err(invalid(
+                    "jail.uid_count = 0: the jail has no uid range to give sandboxes (set jail.uid_start and jail.uid_count, or jail.enabled = false)".into(),
+                ));
+            }
+            if j.uid_start == 0 || j.uid_start.checked_add(j.uid_count).is_none() {
+                return Err(invalid(format!(
+                    "jail uid range {} + {} must start above 0 (root) and end below 2^32",
+                    j.uid_start, j.uid_count
+                )));
+            }
+            if j.nofile < 64 || j.nproc < 16 {
+                return Err(invalid(format!(
+                    "jail.nofile = {} (at least 64) and jail.nproc = {} (at least 16) are too small for a VM",
+                    j.nofile, j.nproc
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -331,6 +394,19 @@ mod tests {
         let e = Config::parse("[policy]\nfile = \"\"\n", Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("policy.file is empty"), "{e}");
         assert!(Config::parse("[policy]\nfiles = \"x\"\n", Path::new("x.toml")).is_err());
+    }
+
+    #[test]
+    fn jail_is_on_by_default_and_a_missing_uid_range_is_named() {
+        let c = Config::parse("", Path::new("x.toml")).expect("empty");
+        assert!(c.jail.enabled);
+        assert_eq!(c.jail.uid_start, DEFAULT_JAIL_UID_START);
+        let e = Config::parse("[jail]\nuid_count = 0\n", Path::new("x.toml")).expect_err("no range");
+        assert!(e.to_string().contains("jail.uid_count = 0"), "{e}");
+        let e = Config::parse("[jail]\nuid_start = 0\n", Path::new("x.toml")).expect_err("root");
+        assert!(e.to_string().contains("above 0"), "{e}");
+        let c = Config::parse("[jail]\nenabled = false\nuid_count = 0\n", Path::new("x.toml")).expect("off");
+        assert!(!c.jail.enabled);
     }
 
     #[test]

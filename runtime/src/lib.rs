@@ -14,6 +14,7 @@ pub mod host;
 pub mod image;
 pub mod inspect;
 pub mod install;
+pub mod jail;
 pub mod hypervisor;
 pub mod network;
 pub mod run;

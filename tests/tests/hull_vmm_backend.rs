@@ -188,6 +188,8 @@ async fn freestanding_guest_answers_the_runtime_vsock_client_through_the_backend
     let spec = VmSpec {
         id: "guest".into(),
         state_dir: vm_dir.clone(),
+        sock_dir: vm_dir.clone(),
+        jail: None,
         kernel: guests.elf64.clone(),
         initrd: tiny_initrd(state.path()),
         cmdline: "act=a".into(),

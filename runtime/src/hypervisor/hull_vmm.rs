@@ -12,8 +12,11 @@
 //! - the guest stops the VM by rebooting (`reboot=t`: a triple fault), which hull-vmm
 //!   turns into exit status 0; SIGTERM stops it with status 10.
 //!
-//! Per-VM files in the state dir: `hull-vmm.json` (the VM description), `hull-vmm.log`
-//! (its stderr), `console.log`, `vsock.sock`, and `virtiofsd.sock` / `virtiofsd.log`.
+//! Per-VM files: in the socket dir (the state dir, or the jail's, see `crate::jail`)
+//! `hull-vmm.json` (the VM description), `vsock.sock` and `virtiofsd.sock`; in the state
+//! dir `hull-vmm.log` (its stderr), `console.log` and `virtiofsd.log`. Jailed, hull-vmm
+//! runs as the sandbox uid in its jail root with `/dev/kvm` (its own node, owned by
+//! that uid) and keeps its per-thread seccomp filters.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -26,6 +29,7 @@ use tracing::Instrument;
 use super::ready::wait_for_socket;
 use super::{boot_files, virtiofs, Console, Hypervisor, HypervisorError, VmDevice, VmSpec};
 use crate::child::HelperProcess;
+use crate::jail::{self, Devices};
 
 /// Guest CID of every VM (each VM has its own vsock device, so CIDs never meet).
 pub const GUEST_CID: u64 = 3;
@@ -51,10 +55,10 @@ pub struct HullVmm {
     vsock_uds: Option<PathBuf>,
 }
 
-/// The hybrid-vsock socket of a VM whose state dir is `state_dir` (the sandbox listens
+/// The hybrid-vsock socket of a VM whose socket dir is `sock_dir` (the sandbox listens
 /// on `<this>_1025` before launch, as with QEMU).
-pub fn vsock_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("vsock.sock")
+pub fn vsock_path(sock_dir: &Path) -> PathBuf {
+    sock_dir.join("vsock.sock")
 }
 
 /// The VM description hull-vmm gets for `spec`. `fs` is the (tag, vhost-user socket) of
@@ -78,7 +82,7 @@ pub fn vm_config(
     if spec.vsock {
         cfg.vsock = Some(::hull_vmm::VsockConfig {
             guest_cid: GUEST_CID,
-            uds_path: vsock_path(&spec.state_dir),
+            uds_path: vsock_path(&spec.sock_dir),
         });
     }
     cfg.net = super::net::hull_vmm_config(&spec.devices);
@@ -92,14 +96,21 @@ pub fn vm_config(
     Ok(cfg)
 }
 
-/// The command line that runs hull-vmm on the VM description `config_file`.
-pub fn command(binary: &Path, config_file: &Path) -> Command {
-    let mut cmd = Command::new(binary);
+/// The command line that runs hull-vmm on the VM description `config_file` (jailed
+/// when `spec` has a jail).
+pub fn command(spec: &VmSpec, binary: &Path, config_file: &Path) -> Result<Command, HypervisorError> {
+    let mut cmd = jail::command(
+        spec.jail.as_deref(),
+        "hull-vmm",
+        binary,
+        &[&spec.kernel, &spec.initrd],
+        Devices::Kvm,
+    )?;
     cmd.arg("--config")
         .arg(config_file)
         .env("HULL_VMM_LOG", std::env::var("HULL_VMM_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::piped());
-    cmd
+    Ok(cmd)
 }
 
 impl HullVmm {
@@ -141,11 +152,20 @@ impl HullVmm {
             what: "virtiofsd",
             fix: "apt-get install libseccomp-dev libcap-ng-dev && cargo install --locked virtiofsd@1.14.0",
         })?;
-        let mut backend =
-            virtiofs::spawn(&bin, sock, host_dir, &spec.state_dir.join("virtiofsd.log"))?;
+        let mut backend = virtiofs::spawn(
+            spec.jail.as_deref(),
+            &bin,
+            sock,
+            host_dir,
+            &spec.state_dir.join("virtiofsd.log"),
+        )?;
         let waited = wait_for_socket(sock, &mut backend, Duration::from_secs(10)).await;
         self.fs_backend = Some(backend);
-        waited
+        waited?;
+        if let Some(j) = &spec.jail {
+            j.give(sock)?;
+        }
+        Ok(())
     }
 
     /// Every helper process, hull-vmm first.
@@ -167,7 +187,7 @@ impl Hypervisor for HullVmm {
         boot_files::check_initrd(&spec.initrd)?;
         let shared = Self::shared_dir(spec)?;
         // Refuse a VM hull-vmm would refuse before starting anything.
-        let fs_socket = spec.state_dir.join("virtiofsd.sock");
+        let fs_socket = spec.sock_dir.join("virtiofsd.sock");
         let cfg = vm_config(spec, shared.map(|(tag, _)| (tag, fs_socket.as_path())))?;
         if let Some((_, host_dir)) = shared {
             self.start_fs_backend(spec, host_dir, &fs_socket)
@@ -178,13 +198,13 @@ impl Hypervisor for HullVmm {
             what: "the hull-vmm VM description",
             source: std::io::Error::other(e),
         })?;
-        let config_file = spec.state_dir.join("hull-vmm.json");
+        let config_file = spec.sock_dir.join("hull-vmm.json");
         std::fs::write(&config_file, json).map_err(|source| HypervisorError::Io {
             what: "the hull-vmm VM description",
             source,
         })?;
 
-        let mut cmd = command(&self.config.binary, &config_file);
+        let mut cmd = command(spec, &self.config.binary, &config_file)?;
         super::net::inherit(&mut cmd, &spec.devices);
         tracing::debug!(?cmd, "launching hull-vmm");
         let mut vmm =

@@ -17,6 +17,7 @@ pub mod virtiofs;
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,15 +26,20 @@ pub use console::{Console, ConsoleProgress};
 pub use select::{plan, select, BackendKind, BackendPlan, SelectError};
 
 use crate::child::ChildError;
+use crate::jail::{Jail, JailError};
 
 /// Everything a backend needs to start one VM. Paths are host paths.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
     /// Short id, used in process names and logs.
     pub id: String,
-    /// Per-VM directory the backend may put sockets and logs into; removed by the
-    /// caller when the VM is gone.
+    /// Per-VM directory the backend may put logs into; removed by the caller when the
+    /// VM is gone.
     pub state_dir: PathBuf,
+    /// Where the VM's sockets go: the state dir, or the jail's socket dir.
+    pub sock_dir: PathBuf,
+    /// The sandbox's jail: every process the backend starts runs in it.
+    pub jail: Option<Arc<Jail>>,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     /// Kernel command line (the backend appends its own device announcements).
@@ -86,6 +92,8 @@ pub enum HypervisorError {
     },
     #[error("the VM cannot run on hull-vmm: {what}")]
     VmConfig { what: String },
+    #[error("{0}")]
+    Jail(#[from] JailError),
     #[error("cannot set up {what}: {source}")]
     Io {
         what: &'static str,

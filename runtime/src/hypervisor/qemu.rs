@@ -2,9 +2,13 @@
 //! virtualisation, TCG elsewhere; vsock through rust-vmm's vhost-device-vsock
 //! (vhost-user), which speaks Firecracker's hybrid-vsock protocol on a host Unix socket.
 //!
-//! Per-VM files in the state dir: `vhost-vsock.sock` (QEMU <-> backend), `vsock.sock`
-//! (hybrid vsock, host side), `console.log`, `qemu.log` and `vhost-vsock.log` (stderr).
-//! A shared dir adds `virtiofsd.sock` and `virtiofsd.log` (see [`super::virtiofs`]).
+//! Per-VM files: in the socket dir (the state dir, or the jail's, see `crate::jail`)
+//! `vhost-vsock.sock` (QEMU <-> backend) and `vsock.sock` (hybrid vsock, host side); in
+//! the state dir `console.log`, `qemu.log` and `vhost-vsock.log` (stderr). A shared dir
+//! adds `virtiofsd.sock` and `virtiofsd.log` (see [`super::virtiofs`]).
+//!
+//! Jailed, QEMU and vhost-device-vsock run as the sandbox uid in their jail roots, and
+//! QEMU also gets its own seccomp filter ([`QEMU_SANDBOX`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -18,6 +22,7 @@ use super::ready::wait_for_socket;
 use super::{boot_files, virtiofs, Console, Hypervisor, HypervisorError, VmDevice, VmSpec};
 use crate::child::HelperProcess;
 use crate::host;
+use crate::jail::{self, Devices};
 
 /// Guest CID given to every VM: each VM has its own vsock backend, so CIDs never meet.
 pub const GUEST_CID: u32 = 3;
@@ -26,6 +31,10 @@ pub const GUEST_CID: u32 = 3;
 /// host memory, which no pod cgroup limit (VM + `hypervisor.host_overhead_mib`) could
 /// hold. 64 MiB holds a guest boot and small workloads without flushing.
 const TCG_ACCEL: &str = "tcg,tb-size=64";
+
+/// QEMU's own seccomp filter, on when the VM is jailed: no obsolete system calls, no
+/// set*id, no fork/exec, no scheduler or cpu-affinity changes.
+pub const QEMU_SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /// Which accelerator QEMU uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,9 +85,15 @@ impl Qemu {
 
     /// Starts vhost-device-vsock for this VM and waits for its vhost-user socket.
     async fn start_vsock_backend(&mut self, spec: &VmSpec) -> Result<PathBuf, HypervisorError> {
-        let vhost_sock = spec.state_dir.join("vhost-vsock.sock");
-        let uds = spec.state_dir.join("vsock.sock");
-        let mut cmd = Command::new(&self.config.vhost_vsock);
+        let vhost_sock = spec.sock_dir.join("vhost-vsock.sock");
+        let uds = spec.sock_dir.join("vsock.sock");
+        let mut cmd = jail::command(
+            spec.jail.as_deref(),
+            "vhost-device-vsock",
+            &self.config.vhost_vsock,
+            &[],
+            Devices::Basic,
+        )?;
         cmd.arg("--guest-cid")
             .arg(GUEST_CID.to_string())
             .arg("--socket")
@@ -105,18 +120,34 @@ impl Qemu {
                 fix: "apt-get install libseccomp-dev libcap-ng-dev && cargo install --locked virtiofsd@1.14.0",
             })?;
             let name = if i == 0 { "virtiofsd".to_string() } else { format!("virtiofsd-{i}") };
-            let sock = spec.state_dir.join(format!("{name}.sock"));
+            let sock = spec.sock_dir.join(format!("{name}.sock"));
             let log = spec.state_dir.join(format!("{name}.log"));
-            let mut backend = virtiofs::spawn(&bin, &sock, host_dir, &log)?;
+            let mut backend = virtiofs::spawn(spec.jail.as_deref(), &bin, &sock, host_dir, &log)?;
             let waited = wait_for_socket(&sock, &mut backend, Duration::from_secs(10)).await;
-            self.fs_backends.push((backend, tag.clone(), sock));
+            self.fs_backends.push((backend, tag.clone(), sock.clone()));
             waited?;
+            if let Some(j) = &spec.jail {
+                j.give(&sock)?;
+            }
         }
         Ok(())
     }
 
-    fn qemu_command(&self, spec: &VmSpec, vhost_sock: Option<&Path>) -> Command {
-        let mut cmd = Command::new(&self.config.qemu);
+    fn qemu_command(&self, spec: &VmSpec, vhost_sock: Option<&Path>) -> Result<Command, HypervisorError> {
+        let devices = match self.config.accel {
+            Accel::Kvm => Devices::Kvm,
+            Accel::Tcg => Devices::Basic,
+        };
+        let mut cmd = jail::command(
+            spec.jail.as_deref(),
+            "qemu",
+            &self.config.qemu,
+            &[&spec.kernel, &spec.initrd],
+            devices,
+        )?;
+        if spec.jail.is_some() {
+            cmd.args(["-sandbox", QEMU_SANDBOX]);
+        }
         let mem = format!("{}M", spec.memory_mib);
         let (accel, cpu) = match self.config.accel {
             Accel::Kvm => ("kvm", "host"),
@@ -161,7 +192,7 @@ impl Qemu {
                 .arg(format!("vhost-user-fs-device,chardev=fs{i},tag={tag}"));
         }
         super::net::qemu_args(&mut cmd, &spec.devices);
-        cmd
+        Ok(cmd)
     }
 }
 
@@ -179,14 +210,14 @@ impl Hypervisor for Qemu {
         boot_files::check_initrd(&spec.initrd)?;
         let vhost_sock = if spec.vsock {
             self.vsock_uds = Some(self.start_vsock_backend(spec).await?);
-            Some(spec.state_dir.join("vhost-vsock.sock"))
+            Some(spec.sock_dir.join("vhost-vsock.sock"))
         } else {
             None
         };
         self.start_fs_backends(spec)
             .instrument(tracing::info_span!("virtiofsd_start"))
             .await?;
-        let cmd = self.qemu_command(spec, vhost_sock.as_deref());
+        let cmd = self.qemu_command(spec, vhost_sock.as_deref())?;
         tracing::debug!(?cmd, "launching qemu");
         let mut qemu = HelperProcess::spawn("qemu", cmd, &spec.state_dir.join("qemu.log"))?;
         let stdout = qemu.child_mut().stdout.take();

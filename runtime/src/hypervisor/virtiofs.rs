@@ -5,6 +5,12 @@
 //! reach nothing of the host outside D (mounts under D made before it starts are
 //! included). No `--tag`: it crashes QEMU 7.x; the tag is set on QEMU's device. It exits
 //! by itself when its VM goes; the backend stops it anyway.
+//!
+//! Jailed, it stays root (it must create and serve files of any owner, see README,
+//! "Threat model") with its default capability set (chown, dac_override, fowner,
+//! fsetid, setgid, setuid, mknod, setfcap), its own namespace sandbox and seccomp
+//! filter (`--seccomp kill`), plus no_new_privs and the jail's rlimits; its socket is
+//! handed to the sandbox uid once it exists.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -13,19 +19,24 @@ use tokio::process::Command;
 
 use super::HypervisorError;
 use crate::child::HelperProcess;
+use crate::jail::Jail;
 
 pub fn spawn(
+    jail: Option<&Jail>,
     bin: &Path,
     socket: &Path,
     shared_dir: &Path,
     stderr_log: &Path,
 ) -> Result<HelperProcess, HypervisorError> {
-    let mut cmd = Command::new(bin);
+    let mut cmd = match jail {
+        Some(j) => j.privileged_command(bin),
+        None => Command::new(bin),
+    };
     cmd.arg("--socket-path")
         .arg(socket)
         .arg("--shared-dir")
         .arg(shared_dir)
-        .args(["--cache", "never", "--sandbox", "namespace"])
+        .args(["--cache", "never", "--sandbox", "namespace", "--seccomp", "kill"])
         .stdout(Stdio::null());
     Ok(HelperProcess::spawn("virtiofsd", cmd, stderr_log)?)
 }

@@ -139,6 +139,16 @@ pub async fn run(
     let mut sandbox_spec = prepare::sandbox_spec(config, memory, cpus, opts.keep_state);
     sandbox_spec.id = opts.name.clone();
     let mut sandbox = Sandbox::create(config, &sandbox_spec, backend)?;
+    // Jailed, the sandbox's cgroup: hull and the VM's processes are charged to it; it
+    // goes (this process moved back) before the sandbox value.
+    let _cgroup = crate::jail::run_cgroup::enter_if_jailed(
+        config,
+        sandbox.id(),
+        sandbox.jail_uid(),
+        memory.is_some(),
+        sandbox_spec.memory_mib,
+    )
+        .map_err(SandboxError::from)?;
     let cid = sandbox.id().to_string();
     let hostname = opts
         .hostname

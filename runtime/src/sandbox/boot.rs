@@ -75,9 +75,12 @@ pub(super) async fn run(
     spec: &SandboxSpec,
 ) -> Result<(), SandboxError> {
     let state = sandbox.state.path().to_path_buf();
+    let sock_dir = sandbox.sock_dir();
     let vm = VmSpec {
         id: sandbox.id.clone(),
         state_dir: state.clone(),
+        sock_dir: sock_dir.clone(),
+        jail: sandbox.jail.clone(),
         kernel: spec.kernel.clone(),
         initrd: spec.initrd.clone(),
         cmdline: spec.cmdline(),
@@ -95,8 +98,12 @@ pub(super) async fn run(
             .collect(),
     };
     // Listen for the announcement before anything can send it.
-    let uds = state.join("vsock.sock");
+    let uds = sock_dir.join("vsock.sock");
     let announce = GuestListener::bind(&uds, hull_proto::ANNOUNCE_VSOCK_PORT)?;
+    if let Some(jail) = &sandbox.jail {
+        // The jailed vsock backend connects to it.
+        jail.give(announce.path()).map_err(crate::hypervisor::HypervisorError::from)?;
+    }
 
     let t0 = Instant::now();
     sandbox.report.backend = sandbox.hypervisor.name();

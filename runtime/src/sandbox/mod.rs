@@ -18,6 +18,7 @@ pub mod share;
 pub mod state_dir;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::Instrument;
@@ -25,6 +26,7 @@ use tracing::Instrument;
 use crate::agent_client::{AgentClient, AgentError, AgentVersion, StorageSpec, VsockError};
 use crate::config::Config;
 use crate::hypervisor::{Console, Hypervisor, HypervisorError};
+use crate::jail::{Jail, JailError};
 pub use boot::{BootReport, BootStage};
 use share::{Share, ShareError};
 use state_dir::StateDir;
@@ -44,6 +46,8 @@ pub enum SandboxError {
     Agent(#[from] AgentError),
     #[error("{0}")]
     Share(#[from] ShareError),
+    #[error("{0}")]
+    Jail(#[from] JailError),
     #[error("{0}")]
     Record(#[from] record::RecordError),
     #[error("cannot read the agent policy {path} ([policy] file): {source}")]
@@ -125,6 +129,8 @@ pub struct Sandbox {
     console: Option<Console>,
     // After the VM (virtiofsd gone), before the state dir: volumes are unmounted first.
     share: Option<Share>,
+    /// The jail of the VM's processes (its uid is released when they are gone).
+    jail: Option<Arc<Jail>>,
     state: StateDir,
     report: BootReport,
     shutdown_timeout: Duration,
@@ -196,12 +202,18 @@ impl Sandbox {
         } else {
             None
         };
+        let jail = if config.jail.enabled {
+            Some(Arc::new(Jail::create(&config.jail, state.path(), &id)?))
+        } else {
+            None
+        };
         Ok(Sandbox {
             id,
             hypervisor,
             agent: None,
             console: None,
             share,
+            jail,
             state,
             report: BootReport::default(),
             shutdown_timeout: config.boot.shutdown_timeout(),
@@ -287,6 +299,19 @@ impl Sandbox {
 
     pub fn state_dir(&self) -> &std::path::Path {
         self.state.path()
+    }
+
+    /// Where the VM's sockets are: the jail's socket dir, or the state dir unjailed.
+    pub fn sock_dir(&self) -> PathBuf {
+        match &self.jail {
+            Some(j) => j.sock_dir().to_path_buf(),
+            None => self.state.path().to_path_buf(),
+        }
+    }
+
+    /// The uid the VM's processes run as, when jailed.
+    pub fn jail_uid(&self) -> Option<u32> {
+        self.jail.as_ref().map(|j| j.uid())
     }
 
     pub fn boot_report(&self) -> &BootReport {

@@ -8,6 +8,8 @@ fn spec(state_dir: &Path) -> VmSpec {
     VmSpec {
         id: "t1".into(),
         state_dir: state_dir.to_path_buf(),
+        sock_dir: state_dir.to_path_buf(),
+        jail: None,
         kernel: "/var/cache/hull/vmlinux".into(),
         initrd: "/var/cache/hull/initramfs.cpio.gz".into(),
         cmdline: "console=ttyS0 reboot=t panic=-1 hull.log=info".into(),
@@ -123,7 +125,12 @@ fn what_hull_vmm_would_refuse_is_refused_naming_the_field() {
 
 #[test]
 fn command_line_runs_the_binary_on_the_description() {
-    let cmd = command(Path::new("/opt/hull/hull-vmm"), Path::new("/run/hull/vms/a/hull-vmm.json"));
+    let cmd = command(
+        &spec(Path::new("/run/hull/vms/a")),
+        Path::new("/opt/hull/hull-vmm"),
+        Path::new("/run/hull/vms/a/hull-vmm.json"),
+    )
+    .expect("unjailed command");
     let std = cmd.as_std();
     assert_eq!(std.get_program(), "/opt/hull/hull-vmm");
     let args: Vec<_> = std.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
