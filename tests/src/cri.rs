@@ -133,3 +133,78 @@ impl Cri {
         }
     }
 }
+
+/// RunPodSandbox of `config` with runtime handler `handler`; the pod's id.
+pub async fn run_pod(cri: &mut Cri, config: &k8s_cri::v1::PodSandboxConfig, handler: &str) -> String {
+    std::fs::create_dir_all(&config.log_directory).expect("pod log dir");
+    let req = k8s_cri::v1::RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: handler.to_string(),
+    };
+    within("RunPodSandbox", cri.runtime.run_pod_sandbox(req))
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}"))
+        .into_inner()
+        .pod_sandbox_id
+}
+
+/// Creates and starts container `name` of the demo image in `pod`, running
+/// `sh -c script`, with `linux` (security context, ...) if given; its id.
+pub async fn start_container(
+    cri: &mut Cri,
+    pod: &str,
+    config: &k8s_cri::v1::PodSandboxConfig,
+    name: &str,
+    script: &str,
+    linux: Option<k8s_cri::v1::LinuxContainerConfig>,
+) -> String {
+    use k8s_cri::v1::{ContainerConfig, ContainerMetadata, CreateContainerRequest, StartContainerRequest};
+    let req = CreateContainerRequest {
+        pod_sandbox_id: pod.to_string(),
+        config: Some(ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: name.to_string(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: IMAGE.to_string(),
+                ..Default::default()
+            }),
+            command: vec!["sh".into(), "-c".into(), script.to_string()],
+            log_path: format!("{name}.log"),
+            linux,
+            ..Default::default()
+        }),
+        sandbox_config: Some(config.clone()),
+    };
+    let id = within("CreateContainer", cri.runtime.create_container(req))
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"))
+        .into_inner()
+        .container_id;
+    within("StartContainer", cri.runtime.start_container(StartContainerRequest { container_id: id.clone() }))
+        .await
+        .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
+    id
+}
+
+/// ExecSync of `sh -c script` in container `id`: its stdout; the exit must be 0.
+pub async fn exec(cri: &mut Cri, id: &str, script: &str) -> String {
+    let req = k8s_cri::v1::ExecSyncRequest {
+        container_id: id.to_string(),
+        cmd: vec!["sh".into(), "-c".into(), script.to_string()],
+        timeout: 120,
+    };
+    let out = within("ExecSync", cri.runtime.exec_sync(req))
+        .await
+        .unwrap_or_else(|e| panic!("ExecSync {script:?} in {id}: {e}"))
+        .into_inner();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.exit_code,
+        0,
+        "ExecSync {script:?} in {id}: stdout {stdout:?}, stderr {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

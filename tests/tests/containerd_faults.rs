@@ -96,3 +96,39 @@ fn crash_agent_needs_debug_processes() {
     c.kill_and_remove("nd1");
     c.assert_nothing_left();
 }
+
+/// The agent's fds in the guest (`/proc/1/fd`), through a debug process.
+fn agent_fds(c: &Containerd, sandbox: &str, id: &str) -> usize {
+    let bb = format!("/run/hull/share/containers/{id}/rootfs/bin/busybox");
+    let out = c.state.hull().args(["debug", "exec", sandbox, "--", &bb, "ls", "/proc/1/fd"]).output().expect("hull debug exec");
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    String::from_utf8_lossy(&out.stdout).split_whitespace().count()
+}
+
+/// Execs into a long-lived container leave nothing open in the agent: `scripts/soak`
+/// found every exec's stdin pipe kept until the container went, so after ~380 execs
+/// the agent ran out of fds and every later exec failed.
+#[test]
+fn execs_leave_no_fds_in_the_agent() {
+    need_containerd!("execs_leave_no_fds_in_the_agent");
+    let c = Containerd::start();
+    let cfg = c.state.path().join("debug.toml");
+    std::fs::write(&cfg, "[debug]\nexec = true\n").expect("config");
+    let cfg_s = cfg.to_str().expect("utf8");
+    let out = c.ctr(&["run", "-d", "--runtime", RUNTIME, "--runtime-config-path", cfg_s, IMAGE, "ex1", "sleep", "1000"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let ps = c.state.hull().arg("ps").output().expect("hull ps");
+    let text = String::from_utf8_lossy(&ps.stdout).into_owned();
+    let row = text.lines().find(|l| l.contains(" ex1")).unwrap_or_else(|| panic!("hull ps: {}", output_text(&ps)));
+    let sandbox = row.split_whitespace().next().expect("sandbox id").to_string();
+    let before = agent_fds(&c, &sandbox, "ex1");
+    for i in 0..20 {
+        let exec_id = format!("e{i}");
+        let out = c.ctr(&["task", "exec", "--exec-id", &exec_id, "ex1", "sh", "-c", "echo out; echo err >&2"]);
+        assert!(out.status.success(), "exec {i}: {}", output_text(&out));
+    }
+    let after = agent_fds(&c, &sandbox, "ex1");
+    assert_eq!(after, before, "the agent's fds before and after 20 execs");
+    c.kill_and_remove("ex1");
+    c.assert_nothing_left();
+}

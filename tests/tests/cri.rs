@@ -18,13 +18,7 @@ use std::time::Duration;
 use hull_tests::containerd::Containerd;
 use hull_tests::cri::{self, within, Cri, HANDLER, IMAGE, PAUSE_IMAGE};
 use hull_tests::wait_for;
-use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerStatsRequest, CreateContainerRequest, ExecSyncRequest,
-    ImageSpec, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopPodSandboxRequest, VersionRequest,
-};
+use k8s_cri::v1::{ContainerStatsRequest, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, StopPodSandboxRequest, VersionRequest};
 
 /// A pod's namespaces as the kubelet sets them: the pod's network; PID shared in the
 /// pod (shareProcessNamespace) or per container.
@@ -60,20 +54,6 @@ fn pod_config(name: &str, share_pid: bool, logs: &Path) -> PodSandboxConfig {
     }
 }
 
-/// Runs a pod with the hull handler; its id.
-async fn run_pod(cri: &mut Cri, config: &PodSandboxConfig) -> String {
-    std::fs::create_dir_all(&config.log_directory).expect("pod log dir");
-    let req = RunPodSandboxRequest {
-        config: Some(config.clone()),
-        runtime_handler: HANDLER.to_string(),
-    };
-    within("RunPodSandbox", cri.runtime.run_pod_sandbox(req))
-        .await
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"))
-        .into_inner()
-        .pod_sandbox_id
-}
-
 /// Creates and starts container `name` in `pod` running `sh -c script`; its id.
 async fn start_container(cri: &mut Cri, pod: &str, config: &PodSandboxConfig, name: &str, script: &str) -> String {
     let share_pid = config
@@ -82,63 +62,14 @@ async fn start_container(cri: &mut Cri, pod: &str, config: &PodSandboxConfig, na
         .and_then(|l| l.security_context.as_ref())
         .and_then(|s| s.namespace_options.as_ref())
         .is_some_and(|n| n.pid == NamespaceMode::Pod as i32);
-    let req = CreateContainerRequest {
-        pod_sandbox_id: pod.to_string(),
-        config: Some(ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: name.to_string(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: IMAGE.to_string(),
-                ..Default::default()
-            }),
-            command: vec!["sh".into(), "-c".into(), script.to_string()],
-            log_path: format!("{name}.log"),
-            linux: Some(LinuxContainerConfig {
-                security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: Some(namespaces(share_pid)),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
+    let linux = LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            namespace_options: Some(namespaces(share_pid)),
             ..Default::default()
         }),
-        sandbox_config: Some(config.clone()),
+        ..Default::default()
     };
-    let id = within("CreateContainer", cri.runtime.create_container(req))
-        .await
-        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"))
-        .into_inner()
-        .container_id;
-    let req = StartContainerRequest {
-        container_id: id.clone(),
-    };
-    within("StartContainer", cri.runtime.start_container(req))
-        .await
-        .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
-    id
-}
-
-/// ExecSync of `sh -c script` in container `id`: its stdout; the exit must be 0.
-async fn exec(cri: &mut Cri, id: &str, script: &str) -> String {
-    let req = ExecSyncRequest {
-        container_id: id.to_string(),
-        cmd: vec!["sh".into(), "-c".into(), script.to_string()],
-        timeout: 120,
-    };
-    let out = within("ExecSync", cri.runtime.exec_sync(req))
-        .await
-        .unwrap_or_else(|e| panic!("ExecSync {script:?} in {id}: {e}"))
-        .into_inner();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(
-        out.exit_code,
-        0,
-        "ExecSync {script:?} in {id}: stdout {stdout:?}, stderr {:?}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    cri::start_container(cri, pod, config, name, script, Some(linux)).await
 }
 
 /// What a container sees of its guest: `key value` lines of boot id, hostname, its own
@@ -148,7 +79,7 @@ const PROBE: &str = "echo boot_id $(cat /proc/sys/kernel/random/boot_id); echo h
     echo pid1_cmd $(tr '\\0' ' ' < /proc/1/cmdline)";
 
 async fn probe(cri: &mut Cri, id: &str) -> HashMap<String, String> {
-    let text = exec(cri, id, PROBE).await;
+    let text = cri::exec(cri, id, PROBE).await;
     let seen: HashMap<String, String> = text
         .lines()
         .filter_map(|l| l.split_once(' '))
@@ -185,10 +116,10 @@ fn cri_pods_run_in_their_own_vms_and_share_the_sandbox_namespaces() {
         // Pod a shares its process namespace; pod b does not.
         let config_a = pod_config("hull-pod-a", true, logs.path());
         let config_b = pod_config("hull-pod-b", false, logs.path());
-        let pod_a = run_pod(&mut cri, &config_a).await;
+        let pod_a = cri::run_pod(&mut cri, &config_a, HANDLER).await;
         let a1 = start_container(&mut cri, &pod_a, &config_a, "a1", "echo hello from a1; exec sleep 100001").await;
         let a2 = start_container(&mut cri, &pod_a, &config_a, "a2", "exec sleep 100002").await;
-        let pod_b = run_pod(&mut cri, &config_b).await;
+        let pod_b = cri::run_pod(&mut cri, &config_b, HANDLER).await;
         let b1 = start_container(&mut cri, &pod_b, &config_b, "b1", "exec sleep 200001").await;
         let b2 = start_container(&mut cri, &pod_b, &config_b, "b2", "exec sleep 200002").await;
         assert_eq!(c.shims().len(), 2, "one shim (and VM) per pod: {:?}", c.shims());
@@ -217,13 +148,13 @@ fn cri_pods_run_in_their_own_vms_and_share_the_sandbox_namespaces() {
             assert_eq!(p["pid1_ipc"], p["ipc"], "the sandbox container's IPC namespace: {p:?}");
             assert_eq!(p["pid1_uts"], p["uts"], "the sandbox container's UTS namespace: {p:?}");
         }
-        let ps = exec(&mut cri, &a2, "ps").await;
+        let ps = cri::exec(&mut cri, &a2, "ps").await;
         assert!(ps.contains("sleep 100001"), "a2 sees a1's process in the shared PID namespace: {ps}");
         // Pod b: a PID namespace per container, each container's own init as PID 1.
         assert_ne!(pb1["pid"], pb2["pid"], "pod b does not share its PID namespace: {pb1:?} {pb2:?}");
         assert_eq!(pb1["pid1_cmd"], "sleep 200001", "{pb1:?}");
         assert_eq!(pb2["pid1_cmd"], "sleep 200002", "{pb2:?}");
-        let ps = exec(&mut cri, &b2, "ps").await;
+        let ps = cri::exec(&mut cri, &b2, "ps").await;
         assert!(!ps.contains("sleep 200001"), "b2 must not see b1's process: {ps}");
 
         // Stats come from the container's cgroup in the guest.

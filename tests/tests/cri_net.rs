@@ -20,12 +20,7 @@ use std::time::Duration;
 use hull_tests::containerd::{Containerd, IMAGE as CTR_IMAGE, RUNTIME};
 use hull_tests::cri::{self, within, Cri, HANDLER, IMAGE, PAUSE_IMAGE};
 use hull_tests::wait_for;
-use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, DnsConfig, ExecSyncRequest, ImageSpec,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    PodSandboxMetadata, PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopPodSandboxRequest,
-};
+use k8s_cri::v1::{DnsConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, RemovePodSandboxRequest, StopPodSandboxRequest};
 
 fn pod_config(name: &str, logs: &Path, dns: Option<DnsConfig>) -> PodSandboxConfig {
     PodSandboxConfig {
@@ -52,19 +47,6 @@ fn pod_config(name: &str, logs: &Path, dns: Option<DnsConfig>) -> PodSandboxConf
         }),
         ..Default::default()
     }
-}
-
-async fn run_pod(cri: &mut Cri, config: &PodSandboxConfig, handler: &str) -> String {
-    std::fs::create_dir_all(&config.log_directory).expect("pod log dir");
-    let req = RunPodSandboxRequest {
-        config: Some(config.clone()),
-        runtime_handler: handler.to_string(),
-    };
-    within("RunPodSandbox", cri.runtime.run_pod_sandbox(req))
-        .await
-        .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}"))
-        .into_inner()
-        .pod_sandbox_id
 }
 
 /// The pod's IP and its netns path (from CRI's verbose status).
@@ -94,56 +76,6 @@ async fn pod_network(cri: &mut Cri, pod: &str) -> (String, String) {
         .to_string();
     assert!(!netns.is_empty(), "no netns path in {info}");
     (ip, netns)
-}
-
-async fn start_container(cri: &mut Cri, pod: &str, config: &PodSandboxConfig, name: &str, script: &str) -> String {
-    let req = CreateContainerRequest {
-        pod_sandbox_id: pod.to_string(),
-        config: Some(ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: name.to_string(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: IMAGE.to_string(),
-                ..Default::default()
-            }),
-            command: vec!["sh".into(), "-c".into(), script.to_string()],
-            log_path: format!("{name}.log"),
-            ..Default::default()
-        }),
-        sandbox_config: Some(config.clone()),
-    };
-    let id = within("CreateContainer", cri.runtime.create_container(req))
-        .await
-        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"))
-        .into_inner()
-        .container_id;
-    within("StartContainer", cri.runtime.start_container(StartContainerRequest { container_id: id.clone() }))
-        .await
-        .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
-    id
-}
-
-/// ExecSync of `sh -c script`: its stdout; the exit must be 0.
-async fn exec(cri: &mut Cri, id: &str, script: &str) -> String {
-    let req = ExecSyncRequest {
-        container_id: id.to_string(),
-        cmd: vec!["sh".into(), "-c".into(), script.to_string()],
-        timeout: 120,
-    };
-    let out = within("ExecSync", cri.runtime.exec_sync(req))
-        .await
-        .unwrap_or_else(|e| panic!("ExecSync {script:?} in {id}: {e}"))
-        .into_inner();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(
-        out.exit_code,
-        0,
-        "ExecSync {script:?} in {id}: stdout {stdout:?}, stderr {:?}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 /// A busybox httpd on port 80 serving `body` as /index.html.
@@ -203,8 +135,8 @@ fn hull_pods_are_reached_by_ip_from_the_host_other_hull_pods_and_runc_pods() {
             options: vec!["ndots:3".into()],
         };
         let config_a = pod_config("net-a", logs.path(), Some(dns));
-        let pod_a = run_pod(&mut cri, &config_a, HANDLER).await;
-        let web_a = start_container(&mut cri, &pod_a, &config_a, "web", &httpd("hello-from-hull-pod-a")).await;
+        let pod_a = cri::run_pod(&mut cri, &config_a, HANDLER).await;
+        let web_a = cri::start_container(&mut cri, &pod_a, &config_a, "web", &httpd("hello-from-hull-pod-a"), None).await;
         let (ip_a, netns_a) = pod_network(&mut cri, &pod_a).await;
         assert!(ip_a.starts_with(gateway.trim_end_matches(".1")), "pod IP {ip_a} is in the test's subnet ({gateway})");
 
@@ -212,31 +144,31 @@ fn hull_pods_are_reached_by_ip_from_the_host_other_hull_pods_and_runc_pods() {
         let body = wait_for("pod a's httpd from the host", Duration::from_secs(90), || http_get(&ip_a));
         assert_eq!(body, "hello-from-hull-pod-a");
         // The guest has the pod's address, a default route via the bridge, and CRI's DNS.
-        let addr = exec(&mut cri, &web_a, "ip -o -4 addr show eth0; ip route").await;
+        let addr = cri::exec(&mut cri, &web_a, "ip -o -4 addr show eth0; ip route").await;
         assert!(addr.contains(&format!("inet {ip_a}/24")), "{addr}");
         assert!(addr.contains(&format!("default via {gateway} dev eth0")), "{addr}");
-        let resolv = exec(&mut cri, &web_a, "cat /etc/resolv.conf").await;
+        let resolv = cri::exec(&mut cri, &web_a, "cat /etc/resolv.conf").await;
         for line in ["nameserver 192.0.2.53", "search pods.hull.example", "options ndots:3"] {
             assert!(resolv.lines().any(|l| l.trim() == line), "{line:?} missing in resolv.conf:\n{resolv}");
         }
 
         // A second hull pod reaches the first by IP.
         let config_b = pod_config("net-b", logs.path(), None);
-        let pod_b = run_pod(&mut cri, &config_b, HANDLER).await;
-        let b = start_container(&mut cri, &pod_b, &config_b, "client", "exec sleep 100000").await;
-        let got = exec(&mut cri, &b, &format!("wget -q -O - http://{ip_a}/index.html")).await;
+        let pod_b = cri::run_pod(&mut cri, &config_b, HANDLER).await;
+        let b = cri::start_container(&mut cri, &pod_b, &config_b, "client", "exec sleep 100000", None).await;
+        let got = cri::exec(&mut cri, &b, &format!("wget -q -O - http://{ip_a}/index.html")).await;
         assert_eq!(got.trim(), "hello-from-hull-pod-a", "hull pod b -> hull pod a");
 
         // A runc pod on the same bridge: both ways.
         let config_r = pod_config("net-runc", logs.path(), None);
-        let pod_r = run_pod(&mut cri, &config_r, "runc").await;
-        let web_r = start_container(&mut cri, &pod_r, &config_r, "web", &httpd("hello-from-runc-pod")).await;
+        let pod_r = cri::run_pod(&mut cri, &config_r, "runc").await;
+        let web_r = cri::start_container(&mut cri, &pod_r, &config_r, "web", &httpd("hello-from-runc-pod"), None).await;
         let (ip_r, _) = pod_network(&mut cri, &pod_r).await;
         let body = wait_for("the runc pod's httpd from the host", Duration::from_secs(60), || http_get(&ip_r));
         assert_eq!(body, "hello-from-runc-pod");
-        let got = exec(&mut cri, &web_r, &format!("wget -q -O - http://{ip_a}/index.html")).await;
+        let got = cri::exec(&mut cri, &web_r, &format!("wget -q -O - http://{ip_a}/index.html")).await;
         assert_eq!(got.trim(), "hello-from-hull-pod-a", "runc pod -> hull pod");
-        let got = exec(&mut cri, &web_a, &format!("wget -q -O - http://{ip_r}/index.html")).await;
+        let got = cri::exec(&mut cri, &web_a, &format!("wget -q -O - http://{ip_r}/index.html")).await;
         assert_eq!(got.trim(), "hello-from-runc-pod", "hull pod -> runc pod");
 
         // Teardown: hold pod a's netns open, then check what is left in it.

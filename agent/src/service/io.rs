@@ -37,6 +37,12 @@ async fn read(stream: &tokio::sync::Mutex<Option<Reader>>, len: u32) -> Result<R
             resp.data = data;
         }
     }
+    if resp.eof {
+        // Drained: the pipe's read end is closed now, not when the container goes (a
+        // long-lived container's execs would otherwise use up the agent's fds); later
+        // reads answer eof from the None above.
+        *guard = None;
+    }
     Ok(resp)
 }
 

@@ -181,6 +181,9 @@ pub async fn do_wait(svc: &Service, req: &ProcessRequest) -> Result<WaitProcessR
         .wait()
         .await
         .ok_or_else(|| ServiceError::internal("wait", "the exit status was lost"))?;
+    // The process is gone: its stdin's write end is closed now rather than with the
+    // container (a long-lived container's execs would otherwise use up the agent's fds).
+    *p.stdin.lock().await = None;
     let mut resp = WaitProcessResponse::new();
     resp.status = exit.status;
     resp.exited_at_ns = exit.exited_at_ns;
