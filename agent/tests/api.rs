@@ -45,21 +45,20 @@ fn assert_unimplemented<T: std::fmt::Debug>(rpc: &str, result: ttrpc::Result<T>)
     }
 }
 
+/// The guest network RPCs check their requests; the listing ones are not implemented.
+/// (UpdateRoutes is not called here: these tests run the agent on the host, where it
+/// would replace the host's routes.)
 #[tokio::test]
-async fn network_rpcs_are_unimplemented_by_name() {
+async fn network_requests_are_checked_and_listings_unimplemented() {
     let mut agent = Agent::start(&[]);
     let c = agent.client().await;
-    macro_rules! check {
-        ($($method:ident($req:ty) => $rpc:literal),* $(,)?) => {$(
-            assert_unimplemented($rpc, c.$method(ctx(), &<$req>::new()).await);
-        )*};
-    }
-    check!(
-        update_interface(UpdateInterfaceRequest) => "UpdateInterface",
-        update_routes(UpdateRoutesRequest) => "UpdateRoutes",
-        list_interfaces(Empty) => "ListInterfaces",
-        list_routes(Empty) => "ListRoutes",
+    assert_invalid(
+        "UpdateInterface",
+        "without an interface",
+        c.update_interface(ctx(), &UpdateInterfaceRequest::new()).await,
     );
+    assert_unimplemented("ListInterfaces", c.list_interfaces(ctx(), &Empty::new()).await);
+    assert_unimplemented("ListRoutes", c.list_routes(ctx(), &Empty::new()).await);
     // The agent is still fine afterwards.
     c.check(ctx(), &CheckRequest::new()).await.unwrap();
 }
