@@ -80,7 +80,7 @@ fn assert_jailed(pid: i32, name: &str, kernel: &Path) -> u32 {
     let mut files = Vec::new();
     walk(&root, &root, &mut files);
     for f in &files {
-        let ok = f.starts_with("/exe/") || f == kernel || f.to_string_lossy().ends_with(".cpio.gz") || f.to_string_lossy().contains("/jail/sock/");
+        let ok = f.starts_with("/exe/") || f == kernel || f.to_string_lossy().ends_with(".cpio") || f.to_string_lossy().contains("/jail/sock/");
         assert!(ok, "{name}: unexpected file {} in its jail (all: {files:?})", f.display());
     }
 

@@ -49,7 +49,7 @@ async fn sandbox_processes_and_files_exist_while_up_and_are_gone_after_destroy()
     assert!(pids.iter().all(|p| pid_alive(*p)));
     let dir = sandbox.state_dir().to_path_buf();
     // (vhost-device-vsock removes its vhost-user socket once QEMU has connected.)
-    for f in ["console.log", "vsock.sock", "qemu.log", "vhost-vsock.log"] {
+    for f in ["console.log", "jail/sock/vsock.sock", "qemu.log", "vhost-vsock.log"] {
         assert!(dir.join(f).exists(), "{f} missing in {}", dir.display());
     }
     let console = std::fs::read_to_string(dir.join("console.log")).expect("console log");
