@@ -121,7 +121,7 @@ impl RootPlan {
     /// See [`Plan::apply`].
     unsafe fn enter(&self) -> io::Result<()> {
         let null = std::ptr::null::<libc::c_char>();
-        // SAFETY (whole block): each call passes NUL-terminated strings owned by `self`
+        // SAFETY: (whole block) each call passes NUL-terminated strings owned by `self`
         // or static byte strings, and null pointers where the kernel allows them.
         unsafe {
             check(libc::unshare(libc::CLONE_NEWNS))?;
@@ -183,7 +183,7 @@ impl RootPlan {
     /// # Safety
     /// See [`Plan::apply`].
     unsafe fn drop_privileges(&self) -> io::Result<()> {
-        // SAFETY (whole block): prctl/set*id/setgroups/fstat/fchown with integer
+        // SAFETY: (whole block) prctl/set*id/setgroups/fstat/fchown with integer
         // arguments or pointers to values on our stack.
         unsafe {
             // A stdout pipe (hull-vmm reopens it as /proc/self/fd/1 for the console)
