@@ -21,3 +21,4 @@ pub mod run;
 pub mod shim;
 pub mod sandbox;
 pub mod spec;
+pub mod uds_path;

@@ -125,21 +125,39 @@ pub fn floor_initrd() -> PathBuf {
 
 /// A private state dir for one test, so leak checks see only that test's VMs.
 pub struct TestState {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
+    path: PathBuf,
 }
 
 impl TestState {
     pub fn new() -> TestState {
+        let dir = tempfile::Builder::new()
+            .prefix("hull-test-")
+            .tempdir_in("/tmp")
+            .expect("temp state dir");
         TestState {
-            dir: tempfile::Builder::new()
-                .prefix("hull-test-")
-                .tempdir_in("/tmp")
-                .expect("temp state dir"),
+            path: dir.path().to_path_buf(),
+            _dir: dir,
         }
     }
 
+    /// A state dir so deep that its VMs' socket paths do not fit in a socket address
+    /// (108 bytes): hull must reach them all the same.
+    pub fn deep() -> TestState {
+        let dir = tempfile::Builder::new()
+            .prefix("hull-test-")
+            .tempdir_in("/tmp")
+            .expect("temp state dir");
+        let mut path = dir.path().to_path_buf();
+        while path.as_os_str().len() < 110 {
+            path.push("a-deep-state-dir");
+        }
+        std::fs::create_dir_all(&path).expect("deep state dir");
+        TestState { _dir: dir, path }
+    }
+
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.path
     }
 
     /// A `hull` command that uses this state dir.
@@ -163,10 +181,17 @@ impl TestState {
             .unwrap_or_default()
     }
 
-    /// Processes whose command line mentions this state dir (every VM process does:
-    /// its sockets and logs live there).
+    /// Processes whose command line mentions this state dir or whose working
+    /// directory is in it (every VM process: its sockets and logs live there, and it
+    /// runs in its VM's socket dir).
     pub fn processes(&self) -> Vec<(i32, String)> {
-        processes_mentioning(&self.path().to_string_lossy())
+        let mut found = processes_mentioning(&self.path().to_string_lossy());
+        for (pid, cmd) in processes_in_dir(self.path()) {
+            if !found.iter().any(|(p, _)| *p == pid) {
+                found.push((pid, cmd));
+            }
+        }
+        found
     }
 
     /// Mount points under this state dir (volumes bind-mounted into a share).
@@ -198,6 +223,17 @@ impl Default for TestState {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Live processes whose working directory is `dir` or under it (as the process sees
+/// it: a jailed helper's socket dir keeps its host path inside the jail).
+pub fn processes_in_dir(dir: &Path) -> Vec<(i32, String)> {
+    processes_mentioning("")
+        .into_iter()
+        .filter(|(pid, _)| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
+        })
+        .collect()
 }
 
 /// Live (non-zombie) processes whose command line contains `needle`.

@@ -8,6 +8,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::io::Read;
 use std::process::Command;
 use std::time::Duration;
 
@@ -154,6 +155,19 @@ fn comm(pid: i32) -> String {
 fn hull_run_vm_processes_are_jailed_in_the_sandbox_cgroup() {
     need_run!("hull_run_vm_processes_are_jailed_in_the_sandbox_cgroup");
     let state = TestState::new();
+    // What a SIGKILLed `hull run` leaves: an empty cgroup named for its jail uid. The
+    // next sandbox that leases the uid removes it (these cover the uids this test's
+    // sandboxes can get; the rest are removed at the end).
+    let hierarchies: Vec<PathBuf> = if Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists() {
+        ["memory", "pids"].iter().map(|c| Path::new("/sys/fs/cgroup").join(c).join("hull")).collect()
+    } else {
+        vec![PathBuf::from("/sys/fs/cgroup/hull")]
+    };
+    let stale = |uid: u32| hierarchies.iter().map(move |h| h.join(format!("stale-{uid}")));
+    let uids = DEFAULT_JAIL_UID_START..DEFAULT_JAIL_UID_START + 4;
+    for d in uids.clone().flat_map(stale) {
+        std::fs::create_dir_all(&d).expect("stale cgroup");
+    }
     let args = demo(&["--name", "jail1", "-m", "64M", "--", "sh", "-c", "echo ready; exec sleep 600"]);
     let (hull, _out) = start_ready(state.hull(), &args);
     let mut hull = KillOnDrop(hull);
@@ -203,15 +217,31 @@ fn hull_run_vm_processes_are_jailed_in_the_sandbox_cgroup() {
     for h in [&hull, &hull2] {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(h.0.id() as i32), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM hull");
     }
+    let mut stderr = String::new();
     for h in [&mut hull, &mut hull2] {
+        if let Some(mut e) = h.0.stderr.take() {
+            let _ = e.read_to_string(&mut stderr);
+        }
         h.0.wait().expect("hull exits");
     }
     state.assert_nothing_left();
     for cg in ["memory", "pids"] {
         for id in [format!("jail1-{u1}"), format!("jail2-{u3}")] {
             let d = PathBuf::from(format!("/sys/fs/cgroup/{cg}/hull/{id}"));
-            assert!(!d.exists(), "{} removed", d.display());
+            assert!(!d.exists(), "{} removed; hull's stderr:\n{stderr}", d.display());
         }
+    }
+    for uid in [u1, u3] {
+        for d in stale(uid) {
+            assert!(!d.exists(), "{} (stale) removed by the sandbox that leased {uid}", d.display());
+        }
+    }
+    for d in uids.flat_map(stale) {
+        let _ = std::fs::remove_dir(d);
+    }
+    // (The parent too, unless some other sandbox uses it.)
+    for h in &hierarchies {
+        let _ = std::fs::remove_dir(h);
     }
 }
 
@@ -238,11 +268,12 @@ fn containerd_vm_processes_are_jailed_and_nothing_is_left() {
     let kernel = c.state.config().guest.kernel;
     let out = c.ctr(&["run", "-d", "--runtime", RUNTIME, IMAGE, "j1", "sleep", "1000"]);
     assert!(out.status.success(), "{}", output_text(&out));
-    let procs = processes_mentioning(&c.state.path().to_string_lossy());
+    let procs = c.state.processes();
     let find = |n: &str| procs.iter().filter(|(_, cmd)| cmd.contains(n)).map(|(p, _)| *p).collect::<Vec<_>>();
-    let qemu = find("qemu-system")[0];
+    let first = |n: &str| find(n).first().copied().unwrap_or_else(|| panic!("no {n} among {procs:?}"));
+    let qemu = first("qemu-system");
     let uid = assert_jailed(qemu, "qemu", &kernel);
-    assert_eq!(assert_jailed(find("vhost-device-vsock")[0], "vhost-device-vsock", &kernel), uid);
+    assert_eq!(assert_jailed(first("vhost-device-vsock"), "vhost-device-vsock", &kernel), uid);
     assert_virtiofsd_confined(&find("virtiofsd"));
     let shims = c.shims();
     assert_eq!(shims.len(), 1, "{shims:?}");

@@ -25,6 +25,19 @@ fn echo_prints_and_exits_zero() {
     assert_eq!(stdout(&out), "hello from hull\n", "{}", output_text(&out));
 }
 
+/// A state dir whose VM socket paths are too long for a socket address: the sandbox
+/// still boots, and nothing is left.
+#[test]
+fn a_state_dir_too_deep_for_socket_addresses_still_works() {
+    need_run!("a_state_dir_too_deep_for_socket_addresses_still_works");
+    let state = TestState::deep();
+    assert!(state.path().join("vms/0123456789abcdef/jail/sock/vsock.sock_1025").as_os_str().len() > 108);
+    let out = demo_run(&state, &["--", "echo", "deep"]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert_eq!(stdout(&out), "deep\n", "{}", output_text(&out));
+    state.assert_nothing_left();
+}
+
 #[test]
 fn exit_code_is_the_containers() {
     need_run!("exit_code_is_the_containers");

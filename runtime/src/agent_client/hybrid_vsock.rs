@@ -13,6 +13,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::uds_path::Reachable;
+
 #[derive(Debug, thiserror::Error)]
 pub enum VsockError {
     #[error("cannot connect to the VM's vsock socket {path}: {source}")]
@@ -47,12 +49,13 @@ pub async fn connect(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStr
 }
 
 async fn connect_inner(uds: &Path, port: u32) -> Result<UnixStream, VsockError> {
-    let mut stream = UnixStream::connect(uds)
-        .await
-        .map_err(|source| VsockError::Connect {
-            path: uds.to_path_buf(),
-            source,
-        })?;
+    let connect_err = |source| VsockError::Connect {
+        path: uds.to_path_buf(),
+        source,
+    };
+    let reachable = Reachable::new(uds).map_err(connect_err)?;
+    let mut stream = UnixStream::connect(reachable.path()).await.map_err(connect_err)?;
+    drop(reachable);
     let handshake = |what: String| VsockError::Handshake { port, what };
     stream
         .write_all(format!("CONNECT {port}\n").as_bytes())
@@ -107,10 +110,12 @@ impl GuestListener {
         let mut name = uds.as_os_str().to_owned();
         name.push(format!("_{port}"));
         let path = PathBuf::from(name);
-        let listener = UnixListener::bind(&path).map_err(|source| VsockError::Listen {
+        let listen_err = |source| VsockError::Listen {
             path: path.clone(),
             source,
-        })?;
+        };
+        let reachable = Reachable::new(&path).map_err(listen_err)?;
+        let listener = UnixListener::bind(reachable.path()).map_err(listen_err)?;
         Ok(GuestListener { path, listener })
     }
 

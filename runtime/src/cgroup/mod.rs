@@ -126,6 +126,11 @@ impl Target {
         self.version
     }
 
+    /// The cgroup's directory in every hierarchy.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        self.hierarchies.iter().map(|h| h.root.join(&self.rel)).collect()
+    }
+
     /// The cgroup's directory in the memory hierarchy (the first one).
     pub fn memory_dir(&self) -> PathBuf {
         self.hierarchies[0].root.join(&self.rel)

@@ -27,7 +27,12 @@ use tokio::process::Command;
 use tracing::Instrument;
 
 use super::ready::wait_for_socket;
-use super::{boot_files, virtiofs, Console, Hypervisor, HypervisorError, VmDevice, VmSpec};
+use super::{
+    boot_files, virtiofs, Console, Hypervisor, HypervisorError, VmDevice, VmSpec, VSOCK_SOCK,
+};
+
+/// virtiofsd's socket, in the socket dir.
+const FS_SOCK: &str = "virtiofsd.sock";
 use crate::child::HelperProcess;
 use crate::jail::{self, Devices};
 
@@ -55,11 +60,6 @@ pub struct HullVmm {
     vsock_uds: Option<PathBuf>,
 }
 
-/// The hybrid-vsock socket of a VM whose socket dir is `sock_dir` (the sandbox listens
-/// on `<this>_1025` before launch, as with QEMU).
-pub fn vsock_path(sock_dir: &Path) -> PathBuf {
-    sock_dir.join("vsock.sock")
-}
 
 /// The VM description hull-vmm gets for `spec`. `fs` is the (tag, vhost-user socket) of
 /// a running virtiofsd. Validated with hull-vmm's own rules, so a VM it would refuse is
@@ -79,10 +79,12 @@ pub fn vm_config(
     cfg.shared_memory = true;
     cfg.console = Some(PathBuf::from(CONSOLE_PATH));
     cfg.seccomp = true;
+    // hull-vmm runs in the socket dir: a path too long for a socket address is
+    // given relative to it (`uds_path`).
     if spec.vsock {
         cfg.vsock = Some(::hull_vmm::VsockConfig {
             guest_cid: GUEST_CID,
-            uds_path: vsock_path(&spec.sock_dir),
+            uds_path: crate::uds_path::for_helper(&spec.sock_dir, VSOCK_SOCK),
         });
     }
     cfg.net = super::net::hull_vmm_config(&spec.devices);
@@ -101,6 +103,7 @@ pub fn vm_config(
 pub fn command(spec: &VmSpec, binary: &Path, config_file: &Path) -> Result<Command, HypervisorError> {
     let mut cmd = jail::command(
         spec.jail.as_deref(),
+        &spec.sock_dir,
         "hull-vmm",
         binary,
         &[&spec.kernel, &spec.initrd],
@@ -146,24 +149,25 @@ impl HullVmm {
         &mut self,
         spec: &VmSpec,
         host_dir: &Path,
-        sock: &Path,
     ) -> Result<(), HypervisorError> {
+        let sock = spec.sock_dir.join(FS_SOCK);
         let bin = self.config.virtiofsd.clone().ok_or(HypervisorError::MissingHelper {
             what: "virtiofsd",
             fix: "apt-get install libseccomp-dev libcap-ng-dev && cargo install --locked virtiofsd@1.14.0",
         })?;
         let mut backend = virtiofs::spawn(
             spec.jail.as_deref(),
+            &spec.sock_dir,
             &bin,
-            sock,
+            FS_SOCK,
             host_dir,
             &spec.state_dir.join("virtiofsd.log"),
         )?;
-        let waited = wait_for_socket(sock, &mut backend, Duration::from_secs(10)).await;
+        let waited = wait_for_socket(&sock, &mut backend, Duration::from_secs(10)).await;
         self.fs_backend = Some(backend);
         waited?;
         if let Some(j) = &spec.jail {
-            j.give(sock)?;
+            j.give(&sock)?;
         }
         Ok(())
     }
@@ -187,10 +191,10 @@ impl Hypervisor for HullVmm {
         boot_files::check_initrd(&spec.initrd)?;
         let shared = Self::shared_dir(spec)?;
         // Refuse a VM hull-vmm would refuse before starting anything.
-        let fs_socket = spec.sock_dir.join("virtiofsd.sock");
-        let cfg = vm_config(spec, shared.map(|(tag, _)| (tag, fs_socket.as_path())))?;
+        let fs_sock = crate::uds_path::for_helper(&spec.sock_dir, FS_SOCK);
+        let cfg = vm_config(spec, shared.map(|(tag, _)| (tag, fs_sock.as_path())))?;
         if let Some((_, host_dir)) = shared {
-            self.start_fs_backend(spec, host_dir, &fs_socket)
+            self.start_fs_backend(spec, host_dir)
                 .instrument(tracing::info_span!("virtiofsd_start"))
                 .await?;
         }
@@ -222,7 +226,7 @@ impl Hypervisor for HullVmm {
                 what: "the console log",
                 source,
             })?;
-        if let Some(uds) = cfg.vsock.as_ref().map(|v| v.uds_path.clone()) {
+        if let Some(uds) = cfg.vsock.as_ref().map(|v| spec.sock_dir.join(&v.uds_path)) {
             // hull-vmm creates the socket once the VM is built: a kernel it cannot load,
             // a KVM it cannot use or a virtiofsd it cannot talk to ends it before that,
             // and the error carries its stderr.

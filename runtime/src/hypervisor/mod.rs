@@ -15,6 +15,13 @@ mod ready;
 pub mod select;
 pub mod virtiofs;
 
+/// The hybrid-vsock socket in a VM's socket dir (the sandbox listens on `<it>_1025`
+/// for the agent's announcement). Helper processes run in the socket dir and are
+/// handed these bare names (see `uds_path`).
+pub const VSOCK_SOCK: &str = "vsock.sock";
+/// vhost-device-vsock's vhost-user socket, which QEMU connects to.
+pub const VHOST_VSOCK_SOCK: &str = "vhost-vsock.sock";
+
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::Arc;

@@ -10,7 +10,7 @@
 //! Jailed, QEMU and vhost-device-vsock run as the sandbox uid in their jail roots, and
 //! QEMU also gets its own seccomp filter ([`QEMU_SANDBOX`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -19,9 +19,12 @@ use tokio::process::Command;
 use tracing::Instrument;
 
 use super::ready::wait_for_socket;
-use super::{boot_files, virtiofs, Console, Hypervisor, HypervisorError, VmDevice, VmSpec};
+use super::{
+    boot_files, virtiofs, Console, Hypervisor, HypervisorError, VmDevice, VmSpec, VHOST_VSOCK_SOCK, VSOCK_SOCK,
+};
 use crate::child::HelperProcess;
 use crate::host;
+use crate::uds_path;
 use crate::jail::{self, Devices};
 
 /// Guest CID given to every VM: each VM has its own vsock backend, so CIDs never meet.
@@ -85,10 +88,11 @@ impl Qemu {
 
     /// Starts vhost-device-vsock for this VM and waits for its vhost-user socket.
     async fn start_vsock_backend(&mut self, spec: &VmSpec) -> Result<PathBuf, HypervisorError> {
-        let vhost_sock = spec.sock_dir.join("vhost-vsock.sock");
-        let uds = spec.sock_dir.join("vsock.sock");
+        let vhost_sock = spec.sock_dir.join(VHOST_VSOCK_SOCK);
+        let uds = spec.sock_dir.join(VSOCK_SOCK);
         let mut cmd = jail::command(
             spec.jail.as_deref(),
+            &spec.sock_dir,
             "vhost-device-vsock",
             &self.config.vhost_vsock,
             &[],
@@ -97,9 +101,9 @@ impl Qemu {
         cmd.arg("--guest-cid")
             .arg(GUEST_CID.to_string())
             .arg("--socket")
-            .arg(&vhost_sock)
+            .arg(uds_path::for_helper(&spec.sock_dir, VHOST_VSOCK_SOCK))
             .arg("--uds-path")
-            .arg(&uds)
+            .arg(uds_path::for_helper(&spec.sock_dir, VSOCK_SOCK))
             .stdout(Stdio::null());
         let mut backend =
             HelperProcess::spawn("vhost-device-vsock", cmd, &spec.state_dir.join("vhost-vsock.log"))?;
@@ -120,11 +124,13 @@ impl Qemu {
                 fix: "apt-get install libseccomp-dev libcap-ng-dev && cargo install --locked virtiofsd@1.14.0",
             })?;
             let name = if i == 0 { "virtiofsd".to_string() } else { format!("virtiofsd-{i}") };
-            let sock = spec.sock_dir.join(format!("{name}.sock"));
+            let sock_name = format!("{name}.sock");
+            let sock = spec.sock_dir.join(&sock_name);
             let log = spec.state_dir.join(format!("{name}.log"));
-            let mut backend = virtiofs::spawn(spec.jail.as_deref(), &bin, &sock, host_dir, &log)?;
+            let mut backend =
+                virtiofs::spawn(spec.jail.as_deref(), &spec.sock_dir, &bin, &sock_name, host_dir, &log)?;
             let waited = wait_for_socket(&sock, &mut backend, Duration::from_secs(10)).await;
-            self.fs_backends.push((backend, tag.clone(), sock.clone()));
+            self.fs_backends.push((backend, tag.clone(), uds_path::for_helper(&spec.sock_dir, &sock_name)));
             waited?;
             if let Some(j) = &spec.jail {
                 j.give(&sock)?;
@@ -133,13 +139,15 @@ impl Qemu {
         Ok(())
     }
 
-    fn qemu_command(&self, spec: &VmSpec, vhost_sock: Option<&Path>) -> Result<Command, HypervisorError> {
+    /// QEMU runs in the socket dir and finds its sockets there by name (`uds_path`).
+    fn qemu_command(&self, spec: &VmSpec, vsock: bool) -> Result<Command, HypervisorError> {
         let devices = match self.config.accel {
             Accel::Kvm => Devices::Kvm,
             Accel::Tcg => Devices::Basic,
         };
         let mut cmd = jail::command(
             spec.jail.as_deref(),
+            &spec.sock_dir,
             "qemu",
             &self.config.qemu,
             &[&spec.kernel, &spec.initrd],
@@ -179,9 +187,12 @@ impl Qemu {
             .arg("-append")
             .arg(&spec.cmdline)
             .stdout(Stdio::piped());
-        if let Some(sock) = vhost_sock {
+        if vsock {
             cmd.arg("-chardev")
-                .arg(format!("socket,id=vsock,path={}", sock.display()))
+                .arg(format!(
+                    "socket,id=vsock,path={}",
+                    uds_path::for_helper(&spec.sock_dir, VHOST_VSOCK_SOCK).display()
+                ))
                 .args(["-device", "vhost-user-vsock-device,chardev=vsock"]);
         }
         // The tag goes on the QEMU device only: virtiofsd's --tag crashes QEMU 7.x.
@@ -208,16 +219,13 @@ impl Hypervisor for Qemu {
     async fn launch(&mut self, spec: &VmSpec) -> Result<Console, HypervisorError> {
         boot_files::check_kernel(&spec.kernel)?;
         boot_files::check_initrd(&spec.initrd)?;
-        let vhost_sock = if spec.vsock {
+        if spec.vsock {
             self.vsock_uds = Some(self.start_vsock_backend(spec).await?);
-            Some(spec.sock_dir.join("vhost-vsock.sock"))
-        } else {
-            None
-        };
+        }
         self.start_fs_backends(spec)
             .instrument(tracing::info_span!("virtiofsd_start"))
             .await?;
-        let cmd = self.qemu_command(spec, vhost_sock.as_deref())?;
+        let cmd = self.qemu_command(spec, spec.vsock)?;
         tracing::debug!(?cmd, "launching qemu");
         let mut qemu = HelperProcess::spawn("qemu", cmd, &spec.state_dir.join("qemu.log"))?;
         let stdout = qemu.child_mut().stdout.take();

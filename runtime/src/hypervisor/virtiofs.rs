@@ -21,10 +21,12 @@ use super::HypervisorError;
 use crate::child::HelperProcess;
 use crate::jail::Jail;
 
+/// Starts virtiofsd in `sock_dir`, where it creates its socket `socket_name`.
 pub fn spawn(
     jail: Option<&Jail>,
+    sock_dir: &Path,
     bin: &Path,
-    socket: &Path,
+    socket_name: &str,
     shared_dir: &Path,
     stderr_log: &Path,
 ) -> Result<HelperProcess, HypervisorError> {
@@ -32,8 +34,11 @@ pub fn spawn(
         Some(j) => j.privileged_command(bin),
         None => Command::new(bin),
     };
-    cmd.arg("--socket-path")
-        .arg(socket)
+    // Run in the socket dir and name the socket relative to it: a deep state dir
+    // would make the absolute path too long for a socket address (`uds_path`).
+    cmd.current_dir(sock_dir)
+        .arg("--socket-path")
+        .arg(crate::uds_path::for_helper(sock_dir, socket_name))
         .arg("--shared-dir")
         .arg(shared_dir)
         .args(["--cache", "never", "--sandbox", "namespace", "--seccomp", "kill"])

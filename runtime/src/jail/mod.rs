@@ -220,6 +220,7 @@ impl Jail {
                 proc_opts: c"hidepid=invisible,subset=pid".to_owned(),
                 uid: self.uid(),
                 gid: self.uid(),
+                cwd: cstring(&self.sock_dir)?,
             }),
             rlimits: self.rlimits.clone(),
         };
@@ -243,24 +244,31 @@ impl Jail {
                 .collect(),
         };
         let mut cmd = Command::new(program);
+        cmd.current_dir(&self.sock_dir);
         register(&mut cmd, plan);
         cmd
     }
 }
 
 /// A command for `program`: jailed as [`Jail::command`] when there is a jail, plain
-/// otherwise.
+/// otherwise; either way it runs in the socket dir `sock_dir` (the jail's own when
+/// jailed), where it finds its sockets by bare name (see `uds_path`).
 pub fn command(
     jail: Option<&Jail>,
+    sock_dir: &Path,
     name: &str,
     program: &Path,
     ro_files: &[&Path],
     devices: Devices,
 ) -> Result<Command, JailError> {
-    match jail {
-        Some(j) => j.command(name, program, ro_files, devices),
-        None => Ok(Command::new(program)),
-    }
+    let mut cmd = match jail {
+        Some(j) => j.command(name, program, ro_files, devices)?,
+        None => Command::new(program),
+    };
+    // (Jailed, this chdir happens before the jail's pivot_root; the jail then enters
+    // the same dir inside.)
+    cmd.current_dir(sock_dir);
+    Ok(cmd)
 }
 
 /// Runs `plan` in the child. Registered before the helper's own pre_exec (parent-death

@@ -52,6 +52,9 @@ pub struct RootPlan {
     pub proc_opts: CString,
     pub uid: libc::uid_t,
     pub gid: libc::gid_t,
+    /// The working directory inside the jail: the socket dir, so that socket names
+    /// are short relative paths (see `uds_path`).
+    pub cwd: CString,
 }
 
 const TMPFS: &[u8] = b"tmpfs\0";
@@ -176,6 +179,7 @@ impl RootPlan {
                 libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
                 std::ptr::null(),
             ))?;
+            check(libc::chdir(self.cwd.as_ptr()))?;
         }
         Ok(())
     }

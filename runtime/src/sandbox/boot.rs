@@ -98,7 +98,7 @@ pub(super) async fn run(
             .collect(),
     };
     // Listen for the announcement before anything can send it.
-    let uds = sock_dir.join("vsock.sock");
+    let uds = sock_dir.join(crate::hypervisor::VSOCK_SOCK);
     let announce = GuestListener::bind(&uds, hull_proto::ANNOUNCE_VSOCK_PORT)?;
     if let Some(jail) = &sandbox.jail {
         // The jailed vsock backend connects to it.

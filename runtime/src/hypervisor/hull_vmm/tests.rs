@@ -40,7 +40,11 @@ fn vm_config_carries_the_sandbox_and_the_agent_channel() {
     // The hybrid vsock where the sandbox expects it: it listens on `<this>_1025`.
     let vsock = cfg.vsock.clone().expect("vsock");
     assert_eq!(vsock.uds_path, PathBuf::from("/run/hull/vms/abc/vsock.sock"));
-    assert_eq!(vsock.uds_path, vsock_path(state));
+    // A socket dir too deep for a socket address: the name alone, relative to
+    // hull-vmm's working directory (the socket dir).
+    let deep = Path::new("/tmp").join("d".repeat(100));
+    let cfg = vm_config(&spec(&deep), None).expect("valid");
+    assert_eq!(cfg.vsock.expect("vsock").uds_path, PathBuf::from("vsock.sock"));
     assert_eq!(vsock.guest_cid, 3);
     assert!(cfg.fs.is_none() && cfg.block.is_empty() && cfg.net.is_empty());
 }
@@ -206,7 +210,7 @@ async fn missing_binary_is_named_and_nothing_runs() {
     let msg = e.to_string();
     assert!(msg.contains("/nonexistent/bin/hull-vmm") && msg.contains("hull-vmm"), "{msg}");
     assert!(hv.pids().is_empty());
-    assert!(!vsock_path(&state).exists());
+    assert!(!state.join(VSOCK_SOCK).exists());
 }
 
 #[tokio::test]
