@@ -7,6 +7,9 @@ mod common;
 
 // The runtime's agent client, verbatim: proves the runtime needs no change for hull-vmm.
 #[rustfmt::skip] // the file belongs to runtime/: never reformat it from here
+#[path = "../../runtime/src/uds_path.rs"]
+#[allow(dead_code)]
+mod uds_path;
 #[path = "../../runtime/src/agent_client/hybrid_vsock.rs"]
 #[allow(dead_code)]
 mod hybrid_vsock;
