@@ -197,6 +197,27 @@ state = "{st}"
         self.ctr(&a)
     }
 
+    /// `ctr run -d` of task `id` running `sleep 1000`, booted with a hull config that
+    /// allows debug processes (`[debug] exec = true`).
+    pub fn run_debuggable(&self, id: &str) {
+        let cfg = self.state.path().join("debug.toml");
+        std::fs::write(&cfg, "[debug]\nexec = true\n").expect("config");
+        let cfg_s = cfg.to_str().expect("utf8");
+        let out = self.ctr(&["run", "-d", "--runtime", RUNTIME, "--runtime-config-path", cfg_s, IMAGE, id, "sleep", "1000"]);
+        assert!(out.status.success(), "{}", crate::output_text(&out));
+    }
+
+    /// The id of the sandbox running task `id`, as `hull ps` lists it.
+    pub fn sandbox_of(&self, id: &str) -> String {
+        let ps = self.state.hull().arg("ps").output().expect("hull ps");
+        let text = String::from_utf8_lossy(&ps.stdout).into_owned();
+        let row = text
+            .lines()
+            .find(|l| l.contains(&format!(" {id}")))
+            .unwrap_or_else(|| panic!("hull ps does not list {id}: {}", crate::output_text(&ps)));
+        row.split_whitespace().next().expect("sandbox id").to_string()
+    }
+
     /// The status column of `ctr task ls` for `id`, if listed.
     pub fn task_status(&self, id: &str) -> Option<String> {
         let out = self.ctr(&["task", "ls"]);

@@ -205,15 +205,8 @@ fn ctr_run_log_uris_file_and_binary() {
 fn hull_debug_exec_into_a_containerd_sandbox() {
     need_containerd!("hull_debug_exec_into_a_containerd_sandbox");
     let c = Containerd::start();
-    let cfg = c.state.path().join("debug.toml");
-    std::fs::write(&cfg, "[debug]\nexec = true\n").expect("config");
-    let cfg_s = cfg.to_str().expect("utf8");
-    let out = c.ctr(&["run", "-d", "--runtime", RUNTIME, "--runtime-config-path", cfg_s, IMAGE, "dbg1", "sleep", "1000"]);
-    assert!(out.status.success(), "{}", output_text(&out));
-    let ps = c.state.hull().arg("ps").output().expect("hull ps");
-    let text = stdout(&ps);
-    let row = text.lines().find(|l| l.contains(" dbg1")).unwrap_or_else(|| panic!("hull ps: {}", output_text(&ps)));
-    let sandbox = row.split_whitespace().next().expect("id").to_string();
+    c.run_debuggable("dbg1");
+    let sandbox = c.sandbox_of("dbg1");
     let bb = "/run/hull/share/containers/dbg1/rootfs/bin/busybox";
     let out = c.state.hull().args(["debug", "exec", &sandbox[..8], "--", bb, "cat", "/proc/1/cmdline"]).output().expect("hull debug exec");
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));

@@ -22,11 +22,7 @@ macro_rules! need_containerd {
 /// and checks containerd's view and that nothing is left.
 fn fault_stops_the_task(id: &str, fault: impl FnOnce(&Containerd, &str)) {
     let c = Containerd::start();
-    let cfg = c.state.path().join("debug.toml");
-    std::fs::write(&cfg, "[debug]\nexec = true\n").expect("config");
-    let cfg_s = cfg.to_str().expect("utf8");
-    let out = c.ctr(&["run", "-d", "--runtime", RUNTIME, "--runtime-config-path", cfg_s, IMAGE, id, "sleep", "1000"]);
-    assert!(out.status.success(), "{}", output_text(&out));
+    c.run_debuggable(id);
     fault(&c, id);
     wait_for("the task to stop", Duration::from_secs(60), || {
         (c.task_status(id).as_deref() == Some("STOPPED")).then_some(())
@@ -69,11 +65,7 @@ fn vsock_backend_killed_under_a_running_task_stops_it() {
 fn agent_crash_stops_the_task() {
     need_containerd!("agent_crash_stops_the_task");
     fault_stops_the_task("ag1", |c, id| {
-        let ps = c.state.hull().arg("ps").output().expect("hull ps");
-        let text = String::from_utf8_lossy(&ps.stdout).into_owned();
-        let row = text.lines().find(|l| l.contains(&format!(" {id}"))).unwrap_or_else(|| panic!("hull ps: {}", output_text(&ps)));
-        let sandbox = row.split_whitespace().next().expect("sandbox id").to_string();
-        let out = c.state.hull().args(["debug", "crash-agent", &sandbox]).output().expect("hull debug crash-agent");
+        let out = c.state.hull().args(["debug", "crash-agent", &c.sandbox_of(id)]).output().expect("hull debug crash-agent");
         assert!(out.status.success(), "{}", output_text(&out));
     });
 }
@@ -85,10 +77,7 @@ fn crash_agent_needs_debug_processes() {
     let c = Containerd::start();
     let out = c.ctr(&["run", "-d", "--runtime", RUNTIME, IMAGE, "nd1", "sleep", "1000"]);
     assert!(out.status.success(), "{}", output_text(&out));
-    let ps = c.state.hull().arg("ps").output().expect("hull ps");
-    let text = String::from_utf8_lossy(&ps.stdout).into_owned();
-    let row = text.lines().find(|l| l.contains(" nd1")).unwrap_or_else(|| panic!("hull ps: {}", output_text(&ps)));
-    let sandbox = row.split_whitespace().next().expect("sandbox id").to_string();
+    let sandbox = c.sandbox_of("nd1");
     let out = c.state.hull().args(["debug", "crash-agent", &sandbox]).output().expect("hull debug crash-agent");
     assert!(!out.status.success(), "{}", output_text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("without debug processes"), "{}", output_text(&out));
@@ -112,15 +101,8 @@ fn agent_fds(c: &Containerd, sandbox: &str, id: &str) -> usize {
 fn execs_leave_no_fds_in_the_agent() {
     need_containerd!("execs_leave_no_fds_in_the_agent");
     let c = Containerd::start();
-    let cfg = c.state.path().join("debug.toml");
-    std::fs::write(&cfg, "[debug]\nexec = true\n").expect("config");
-    let cfg_s = cfg.to_str().expect("utf8");
-    let out = c.ctr(&["run", "-d", "--runtime", RUNTIME, "--runtime-config-path", cfg_s, IMAGE, "ex1", "sleep", "1000"]);
-    assert!(out.status.success(), "{}", output_text(&out));
-    let ps = c.state.hull().arg("ps").output().expect("hull ps");
-    let text = String::from_utf8_lossy(&ps.stdout).into_owned();
-    let row = text.lines().find(|l| l.contains(" ex1")).unwrap_or_else(|| panic!("hull ps: {}", output_text(&ps)));
-    let sandbox = row.split_whitespace().next().expect("sandbox id").to_string();
+    c.run_debuggable("ex1");
+    let sandbox = c.sandbox_of("ex1");
     let before = agent_fds(&c, &sandbox, "ex1");
     for i in 0..20 {
         let exec_id = format!("e{i}");

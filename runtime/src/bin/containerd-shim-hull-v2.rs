@@ -64,6 +64,13 @@ fn main() {
         RUNTIME_ID,
         Some(lifecycle::shim_config()),
     ));
+    if serving {
+        // The server is down: its socket goes too (see remove_socket_if_stale).
+        let args: Vec<String> = std::env::args().collect();
+        if let Some(socket) = args.iter().position(|a| a == "-socket").and_then(|i| args.get(i + 1)) {
+            lifecycle::remove_socket_if_stale(socket);
+        }
+    }
     // Never hang on exit for a blocking task (a mount helper, a FIFO open).
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
 }

@@ -148,11 +148,17 @@ pub fn cleanup(bundle: &Path) {
 /// any more: a killed shim leaves it behind. A pod's shim that still runs answers, and
 /// keeps its socket.
 fn remove_stale_socket(bundle: &Path) {
+    if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+        remove_socket_if_stale(address.trim());
+    }
+}
+
+/// Removes the shim socket at `address` (`unix:///...` or a path) if it is a socket
+/// nobody listens on. The serving shim calls it as it exits: the shim crate removes the
+/// socket through the bundle's `address` file, which containerd may already have
+/// deleted with the bundle by then.
+pub fn remove_socket_if_stale(address: &str) {
     use std::os::unix::fs::FileTypeExt;
-    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
-        return;
-    };
-    let address = address.trim();
     let path = Path::new(address.strip_prefix("unix://").unwrap_or(address));
     let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
     if !path.is_absolute() || !is_socket {
