@@ -174,6 +174,16 @@ state = "{st}"
         self.dir.path().join("c.sock")
     }
 
+    /// The socket the shim of task `id` (namespace "default") serves on, as the shim
+    /// crate names it: the sha256 of containerd's address, the namespace and the id,
+    /// under /run/containerd/s.
+    pub fn shim_socket(&self, id: &str) -> PathBuf {
+        use sha2::{Digest, Sha256};
+        let key = format!("{}/default/{id}", self.socket().display());
+        let hex: String = Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        PathBuf::from("/run/containerd/s").join(hex)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
     }

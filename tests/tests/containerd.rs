@@ -47,6 +47,14 @@ fn ctr_run_prints_output_and_propagates_exit_codes() {
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert_eq!(stdout(&out), data, "stdin round trip");
     c.assert_nothing_left();
+    // A shim that exits in order removes its socket (containerd may have deleted the
+    // bundle, and with it the address file the shim crate goes by).
+    for id in ["echo1", "exit7", "cat1"] {
+        let socket = c.shim_socket(id);
+        wait_for("the shim's socket to be removed", Duration::from_secs(10), || {
+            (!socket.exists()).then_some(())
+        });
+    }
 }
 
 #[test]
@@ -256,14 +264,8 @@ fn shim_killed_is_cleaned_up_by_delete() {
     assert!(out.status.success(), "{}", output_text(&out));
     let shims = c.shims();
     assert_eq!(shims.len(), 1, "one shim: {shims:?}");
-    let socket = shims[0]
-        .1
-        .split_whitespace()
-        .skip_while(|w| *w != "-socket")
-        .nth(1)
-        .and_then(|a| a.strip_prefix("unix://"))
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| panic!("the shim's -socket: {}", shims[0].1));
+    let socket = c.shim_socket("s1");
+    assert!(shims[0].1.contains(&format!("-socket unix://{}", socket.display())), "{shims:?}");
     assert!(socket.exists(), "{} exists while the shim runs", socket.display());
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0].0), nix::sys::signal::Signal::SIGKILL).expect("kill the shim");
     // containerd notices, runs `containerd-shim-hull-v2 delete`, and forgets the task.
