@@ -17,6 +17,16 @@ use std::time::{Duration, Instant};
 use hull_runtime::config::{default_cache_dir, Config};
 use hull_runtime::host;
 
+/// The checkout's root (the workspace). From the manifest dir `cargo test` gives at
+/// run time: a test binary reused from a shared target dir was maybe built in another
+/// checkout, whose compile-time path may be gone.
+pub fn repo_root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("..")
+}
+
 /// Where the workspace's binaries were built: next to this test executable's `deps/`.
 pub fn target_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

@@ -10,7 +10,7 @@ use hull_tests::{output_text, processes_mentioning, target_bin};
 use serde_json::Value;
 
 fn suite_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_suite/main.py")
+    hull_tests::repo_root().join("scripts/bench_suite/main.py")
 }
 
 fn prerequisites() -> Result<(), String> {

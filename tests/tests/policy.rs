@@ -15,7 +15,7 @@ use hull_tests::*;
 use serde_json::{json, Value};
 
 fn strict_policy() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest-image/policy/strict.toml")
+    hull_tests::repo_root().join("guest-image/policy/strict.toml")
 }
 
 /// A config file sending the strict policy.

@@ -27,8 +27,15 @@ pub const INITRD_TEXT: &[u8] = b"INITRD-OK 0123456789\n";
 /// The guest sources. Found from the including crate's manifest dir through the
 /// workspace root, so other crates of the workspace (the runtime's backend tests) can
 /// `#[path]`-include this file too.
+///
+/// The manifest dir is the one `cargo test` gives at run time: a test binary reused
+/// from a shared target dir was maybe built in another checkout, whose compile-time
+/// path may be gone.
 fn src_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../vmm/tests/guests")
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.join("../vmm/tests/guests")
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {

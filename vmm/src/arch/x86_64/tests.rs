@@ -354,13 +354,14 @@ fn real_image(var: &str, default: &str) -> Option<PathBuf> {
 
 const LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
 
-fn fake_initrd() -> (PathBuf, Vec<u8>) {
-    let dir = std::env::temp_dir().join(format!("hull-unit-initrd-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// A 1 MiB + 123 byte initrd in a temp dir of its own (removed with the returned
+/// guard; tests run in parallel, and a shared file could be read half rewritten).
+fn fake_initrd() -> (tempfile::TempDir, PathBuf, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
     let content: Vec<u8> = (0..(1u32 << 20) + 123).map(|i| (i % 251) as u8).collect();
-    let path = dir.join("initrd.img");
+    let path = dir.path().join("initrd.img");
     std::fs::write(&path, &content).unwrap();
-    (path, content)
+    (dir, path, content)
 }
 
 #[test]
@@ -368,7 +369,7 @@ fn real_vmlinux_boots_through_pvh() {
     let Some(vmlinux) = real_image("HULL_TEST_KERNEL", "/var/cache/hull/vmlinux") else {
         return;
     };
-    let (initrd, content) = fake_initrd();
+    let (_dir, initrd, content) = fake_initrd();
     let b = boot(
         &vmlinux,
         KernelFormat::Auto,
@@ -398,7 +399,7 @@ fn real_bzimage_boots_through_the_64bit_protocol() {
     let Some(bzimage) = real_image("HULL_TEST_BZIMAGE", "/var/cache/hull/bzImage") else {
         return;
     };
-    let (initrd, content) = fake_initrd();
+    let (_dir, initrd, content) = fake_initrd();
     let b = boot(
         &bzimage,
         KernelFormat::Auto,
