@@ -213,3 +213,37 @@ fn a_killed_shims_cgroup_is_removed_by_delete() {
     assert!(c.ctr(&["containers", "rm", "k1"]).status.success());
     c.assert_nothing_left();
 }
+
+/// The shim killed the moment the pod's cgroup appears (what the soak's "shim at boot"
+/// fault hit): the dirs were recorded in the bundle before they were made, so
+/// `delete` removes them all the same.
+#[test]
+fn a_shim_killed_as_it_makes_the_pod_cgroup_leaves_no_cgroup() {
+    need_containerd!("a_shim_killed_as_it_makes_the_pod_cgroup_leaves_no_cgroup");
+    let c = Containerd::start();
+    let cg = memory_dir("default/e1");
+    assert!(!cg.exists(), "{} is left from an earlier run: remove it", cg.display());
+    let limit_arg = (256 * MIB).to_string();
+    let mut run = std::process::Command::new("timeout")
+        .args(["-s", "KILL", "120", "ctr", "-a"])
+        .arg(c.socket())
+        .args(["run", "-d", "--runtime", RUNTIME, "--memory-limit", &limit_arg, IMAGE, "e1", "sleep", "1000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ctr run");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !cg.exists() {
+        assert!(std::time::Instant::now() < deadline, "the pod's cgroup never appeared");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let shims = c.shims();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0].0), nix::sys::signal::Signal::SIGKILL).expect("kill the shim");
+    let status = run.wait().expect("ctr run ends");
+    assert!(!status.success(), "the start the kill broke fails");
+    wait_for("`delete` to remove the pod's cgroup", Duration::from_secs(30), || (!cg.exists()).then_some(()));
+    let _ = c.ctr(&["task", "delete", "e1"]);
+    assert!(c.ctr(&["containers", "rm", "e1"]).status.success());
+    c.assert_nothing_left();
+}

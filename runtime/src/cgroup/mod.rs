@@ -126,6 +126,23 @@ impl Target {
         self.version
     }
 
+    /// The dirs [`Target::create`] would create now (the cgroup and its missing
+    /// parents in every hierarchy), deepest first.
+    pub fn missing_dirs(&self) -> Vec<PathBuf> {
+        let mut missing = Vec::new();
+        for h in &self.hierarchies {
+            let mut dir = h.root.clone();
+            for c in self.rel.components() {
+                dir.push(c);
+                if !dir.exists() {
+                    missing.push(dir.clone());
+                }
+            }
+        }
+        missing.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        missing
+    }
+
     /// The cgroup's directory in every hierarchy.
     pub fn dirs(&self) -> Vec<PathBuf> {
         self.hierarchies.iter().map(|h| h.root.join(&self.rel)).collect()
@@ -387,11 +404,16 @@ mod tests {
             }
         };
         let parent_dir = parent.memory_dir();
+        // What the shim records before creating: exactly what create makes.
+        let planned = parent.missing_dirs();
         let mut p = parent.create(Some(512 * MIB)).expect("parent");
+        assert_eq!(planned, p.created());
         let leaf = Target::detect(root, name.join("pod")).expect("leaf");
         assert_eq!(leaf.inherited_memory_limit(), Some(512 * MIB));
         let limit_file = leaf.limit_file();
+        let planned = leaf.missing_dirs();
         let mut l = leaf.create(Some(256 * MIB)).expect("leaf");
+        assert_eq!(planned, l.created());
         let dirs = l.dirs();
         assert_eq!(l.created(), dirs.as_slice(), "only the leaf is new under the parent");
         let set = std::fs::read_to_string(dirs[0].join(limit_file)).expect("limit");

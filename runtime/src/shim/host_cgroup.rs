@@ -13,6 +13,7 @@
 use std::path::Path;
 
 use super::service::{ANNOTATION_SANDBOX_MEMORY, MIN_GUEST_MIB};
+use super::record::Record;
 use super::spec::HostSpec;
 use super::ShimError;
 use crate::cgroup::{self, HostCgroup, Target};
@@ -21,7 +22,16 @@ use crate::sandbox::SandboxSpec;
 
 /// Sizes `vm` to fit the pod's cgroup, creates the cgroup (limited when the workload has
 /// a limit) and moves the shim into it. Call before the VM's processes are started.
-pub fn enter(config: &Config, spec: &HostSpec, vm: &mut SandboxSpec) -> Result<Option<HostCgroup>, ShimError> {
+///
+/// The dirs it is about to create are first recorded next to `bundle` (the sandbox's
+/// own record replaces that one once the sandbox exists): a shim killed in between
+/// still leaves `delete` the cgroups to remove.
+pub fn enter(
+    config: &Config,
+    spec: &HostSpec,
+    vm: &mut SandboxSpec,
+    bundle: &Path,
+) -> Result<Option<HostCgroup>, ShimError> {
     let Some(raw) = spec.cgroups_path() else {
         return Ok(None);
     };
@@ -37,6 +47,13 @@ pub fn enter(config: &Config, spec: &HostSpec, vm: &mut SandboxSpec) -> Result<O
     }
     let limited = spec.memory_limit().is_some() || spec.annotation(ANNOTATION_SANDBOX_MEMORY).is_some();
     let limit = limited.then(|| cgroup::own_limit_bytes(vm.memory_mib, overhead));
+    let planned = Record {
+        cgroups: target.missing_dirs(),
+        ..Record::default()
+    };
+    if let Err(e) = planned.write(bundle) {
+        tracing::warn!(error = %e, "cannot record the pod's cgroups in the bundle");
+    }
     let mut cg = target.create(limit)?;
     cg.join_self()?;
     tracing::info!(cgroups = ?cg.dirs(), vm_mib = vm.memory_mib, limit, "shim joined the pod's cgroup");

@@ -52,14 +52,22 @@ impl Record {
         crate::cgroup::remove_dirs(&self.cgroups, true);
     }
 
+    /// Whether live process `pid` is still one of this VM's: its command line names
+    /// the state dir, or it runs in it (a helper of a state dir too deep for socket
+    /// addresses is handed bare socket names, see `uds_path`).
+    fn names_state_dir(&self, pid: u32) -> bool {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        String::from_utf8_lossy(&cmdline).contains(&*self.state_dir.to_string_lossy())
+            || std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(&self.state_dir))
+    }
+
     fn clean_state(&self) {
         let marker = self.state_dir.to_string_lossy().into_owned();
         if marker.is_empty() || !self.state_dir.is_absolute() {
             return;
         }
         for pid in &self.pids {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(&marker) {
+            if self.names_state_dir(*pid) {
                 if let Ok(p) = i32::try_from(*pid) {
                     tracing::info!(pid, "killing a process left by the shim");
                     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
@@ -68,9 +76,7 @@ impl Record {
         }
         // Give killed processes a moment to release their sockets and mounts.
         for _ in 0..50 {
-            if self.pids.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists()
-                || !String::from_utf8_lossy(&std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default()).contains(&marker))
-            {
+            if self.pids.iter().all(|p| !self.names_state_dir(*p)) {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));

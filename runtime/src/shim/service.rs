@@ -251,8 +251,16 @@ impl Service {
         let network = super::network::open(spec)?;
         sandbox_spec.nics = super::network::nics(network.as_ref());
         // Before any VM process starts: they inherit the pod's cgroup from the shim.
-        let cgroup = super::host_cgroup::enter(&config, spec, &mut sandbox_spec)?;
-        let mut sandbox = Sandbox::create(&config, &sandbox_spec, backend)?;
+        let created = super::host_cgroup::enter(&config, spec, &mut sandbox_spec, &req.bundle)
+            .and_then(|cgroup| Ok((Sandbox::create(&config, &sandbox_spec, backend)?, cgroup)));
+        let (mut sandbox, cgroup) = match created {
+            Ok(made) => made,
+            Err(e) => {
+                // (A cgroup made on the way went with its value.)
+                Record::remove(&req.bundle);
+                return Err(e);
+            }
+        };
         // Until the pod is up, a crashed shim leaves `delete` the state dir and cgroup.
         let early = Record::new(sandbox.state_dir(), Vec::new(), cgroup.as_ref());
         if let Err(e) = early.write(&req.bundle) {
