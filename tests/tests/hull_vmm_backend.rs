@@ -174,7 +174,18 @@ fn hull_check_and_ping_with_backend_hull_vmm_follow_the_host() {
 /// through the backend's socket. Then stop: no process, no socket.
 #[tokio::test]
 async fn freestanding_guest_answers_the_runtime_vsock_client_through_the_backend() {
-    let test = "freestanding_guest_answers_the_runtime_vsock_client_through_the_backend";
+    echo_through_the_backend("freestanding_guest_answers_the_runtime_vsock_client_through_the_backend", false).await;
+}
+
+/// The same with hull-vmm jailed as a sandbox jails it: the guest still answers, and
+/// /proc shows hull-vmm under the sandbox uid, in a mount namespace of its own, with
+/// no capabilities and no_new_privs.
+#[tokio::test]
+async fn jailed_hull_vmm_runs_the_guest_as_the_sandbox_uid() {
+    echo_through_the_backend("jailed_hull_vmm_runs_the_guest_as_the_sandbox_uid", true).await;
+}
+
+async fn echo_through_the_backend(test: &str, jailed: bool) {
     let Some(bin) = hull_vmm_bin(test) else { return };
     let h = hull_vmm::host_support();
     if !h.can_run_vms() {
@@ -185,11 +196,17 @@ async fn freestanding_guest_answers_the_runtime_vsock_client_through_the_backend
     let guests = guests::build_guests(&state.path().join("guests")).expect("guests");
     let vm_dir = state.path().join("vms").join("guest");
     std::fs::create_dir_all(&vm_dir).expect("vm dir");
+    let jail = jailed.then(|| {
+        std::sync::Arc::new(
+            hull_runtime::jail::Jail::create(&Config::default().jail, &vm_dir, "guest").expect("jail"),
+        )
+    });
+    let sock_dir = jail.as_ref().map_or_else(|| vm_dir.clone(), |j| j.sock_dir().to_path_buf());
     let spec = VmSpec {
         id: "guest".into(),
         state_dir: vm_dir.clone(),
-        sock_dir: vm_dir.clone(),
-        jail: None,
+        sock_dir: sock_dir.clone(),
+        jail: jail.clone(),
         kernel: guests.elf64.clone(),
         initrd: tiny_initrd(state.path()),
         cmdline: "act=a".into(),
@@ -199,16 +216,35 @@ async fn freestanding_guest_answers_the_runtime_vsock_client_through_the_backend
         devices: Vec::new(),
     };
     // As the sandbox does: listen for the announcement before anything can send it.
-    let uds_expected = vm_dir.join("vsock.sock");
+    let uds_expected = sock_dir.join("vsock.sock");
     let announce = GuestListener::bind(&uds_expected, hull_proto::ANNOUNCE_VSOCK_PORT)
         .expect("announce listener");
+    if let Some(j) = &jail {
+        j.give(announce.path()).expect("give the announce socket to the jail");
+    }
     let mut hv = backend(&bin);
     let console = hv.launch(&spec).await.expect("launch");
     let uds = hv.vsock_uds().expect("vsock socket");
-    assert_eq!(uds, vm_dir.join("vsock.sock"));
+    assert_eq!(uds, uds_expected);
     assert!(uds.exists());
     let pids = hv.pids();
     assert_eq!(pids.len(), 1, "hull-vmm only (no virtiofsd without a share)");
+    if let Some(j) = &jail {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", pids[0])).expect("status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(field("Uid"), j.uid().to_string(), "hull-vmm runs as the sandbox uid");
+        assert_eq!(field("CapEff"), "0000000000000000");
+        assert_eq!(field("CapBnd"), "0000000000000000");
+        assert_eq!(field("NoNewPrivs"), "1");
+        let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).expect("mnt ns");
+        assert_ne!(ns(&pids[0].to_string()), ns("self"), "hull-vmm has a mount namespace of its own");
+    }
 
     let limit = Duration::from_secs(120);
     let msg = b"ping from the runtime\n";
@@ -283,6 +319,8 @@ async fn freestanding_guest_answers_the_runtime_vsock_client_through_the_backend
     }
     assert!(!uds.exists(), "hull-vmm removes its socket when the VM ends");
     drop(announce);
+    drop(spec);
+    drop(jail);
     let _ = std::fs::remove_dir_all(&vm_dir);
     state.assert_nothing_left();
 }
