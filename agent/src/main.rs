@@ -172,15 +172,39 @@ async fn serve(args: Args, mode: Mode) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logs go to stderr: the serial console in the guest.
+/// Logs go to the agent's stderr (the serial console in the guest), through a
+/// close-on-exec duplicate of it: a process libcontainer forks from the agent keeps
+/// logging there after it points fd 2 at the container's stderr, so nothing of the
+/// agent's (libcontainer's warnings included) reaches a container's output, and the
+/// duplicate is gone once the container's program runs.
 fn init_logging(level: LevelFilter) {
+    let writer = match log_destination() {
+        Ok(file) => std::sync::Arc::new(file),
+        Err(e) => {
+            eprintln!("hull-agent: logging not set up: cannot duplicate stderr: {e}");
+            return;
+        }
+    };
     let result = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_timer(tracing_subscriber::fmt::time::uptime())
         .with_target(false)
         .try_init();
     if let Err(e) = result {
         eprintln!("hull-agent: logging not set up: {e}");
     }
+}
+
+/// A close-on-exec duplicate of fd 2, above the stdio range.
+fn log_destination() -> std::io::Result<std::fs::File> {
+    use std::os::fd::OwnedFd;
+    let fd: OwnedFd = nix::fcntl::fcntl(libc::STDERR_FILENO, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+        .map_err(std::io::Error::from)
+        .map(|raw| {
+            // SAFETY: F_DUPFD_CLOEXEC just returned `raw`, a new descriptor that
+            // nothing else in this process owns.
+            unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+        })?;
+    Ok(std::fs::File::from(fd))
 }

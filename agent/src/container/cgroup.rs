@@ -163,6 +163,18 @@ pub fn procs(dir: &Path) -> Result<Vec<i32>, CgroupFileError> {
         .collect())
 }
 
+/// Kills every process in the cgroup at `dir`: `cgroup.kill` (Linux 5.14+), else
+/// SIGKILL to each pid in `cgroup.procs`. Best effort: a cgroup already empty or gone
+/// has nothing to kill.
+pub fn kill_all(dir: &Path) {
+    if std::fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+        return;
+    }
+    for pid in procs(dir).unwrap_or_default() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

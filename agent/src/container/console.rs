@@ -33,7 +33,8 @@ impl ConsoleSocket {
         &self.path
     }
 
-    /// The pty master sent on the (already made) connection.
+    /// The pty master sent on the (already made) connection. The socket file goes
+    /// with `self`, whatever the outcome.
     pub fn receive_master(self) -> io::Result<OwnedFd> {
         // The connection was made by this process during creation; it is queued.
         self.listener.set_nonblocking(true)?;
@@ -65,7 +66,14 @@ impl ConsoleSocket {
                 }
             }
         }
-        let _ = std::fs::remove_file(&self.path);
         master.ok_or_else(|| io::Error::other("console socket message carried no fd"))
+    }
+}
+
+impl Drop for ConsoleSocket {
+    /// The socket file is removed with the socket, also when creation failed before
+    /// libcontainer connected.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }

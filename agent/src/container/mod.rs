@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod console;
+pub mod exec_seccomp;
 pub mod process;
 pub mod runner;
 pub mod spec;

@@ -17,12 +17,18 @@ use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container as LcContainer;
 use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::Executor;
 use oci_spec::runtime::{Process, Spec};
 
 use super::console::ConsoleSocket;
+use super::exec_seccomp::ExecSeccomp;
 
 pub const STATE_ROOT: &str = "/run/hull/libcontainer";
 pub const BUNDLES: &str = "/run/hull/bundles";
+/// Console sockets live here under short numbered names: a socket address holds at most
+/// 107 bytes, and a path built from containerd's 64-character container and exec ids
+/// (`BUNDLES/<id>/console-<exec id>.sock`) does not fit.
+pub const CONSOLE_SOCKETS: &str = "/run/hull/tty";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -81,12 +87,17 @@ pub fn state_dir(id: &str) -> PathBuf {
     Path::new(STATE_ROOT).join(id)
 }
 
-fn builder(id: &str, stdio: StdioSetup, console: Option<&ConsoleSocket>) -> Result<ContainerBuilder, RunError> {
+fn builder(
+    id: &str,
+    stdio: StdioSetup,
+    console: Option<&ConsoleSocket>,
+    executor: impl Executor + 'static,
+) -> Result<ContainerBuilder, RunError> {
     std::fs::create_dir_all(STATE_ROOT).map_err(io(format!("create {STATE_ROOT}")))?;
     let mut b = ContainerBuilder::new(id.to_owned(), SyscallType::default())
         .with_root_path(STATE_ROOT)
         .map_err(lc)?
-        .with_executor(DefaultExecutor {})
+        .with_executor(executor)
         .with_console_socket(console.map(|c| c.path().to_path_buf()));
     if let StdioSetup::Pipes(p) = stdio {
         b = b.with_stdin(p.stdin).with_stdout(p.stdout).with_stderr(p.stderr);
@@ -94,10 +105,15 @@ fn builder(id: &str, stdio: StdioSetup, console: Option<&ConsoleSocket>) -> Resu
     Ok(b)
 }
 
-fn console_for(dir: &Path, name: &str, stdio: &StdioSetup) -> Result<Option<ConsoleSocket>, RunError> {
+/// A console socket for a process that wants a terminal, at a fresh short path
+/// (`CONSOLE_SOCKETS/<n>.sock`, whatever the ids' lengths).
+fn console_for(stdio: &StdioSetup) -> Result<Option<ConsoleSocket>, RunError> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     match stdio {
         StdioSetup::Terminal => {
-            let path = dir.join(name);
+            std::fs::create_dir_all(CONSOLE_SOCKETS).map_err(io(format!("create {CONSOLE_SOCKETS}")))?;
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = Path::new(CONSOLE_SOCKETS).join(format!("{n}.sock"));
             Ok(Some(ConsoleSocket::bind(&path).map_err(io(format!("bind {}", path.display())))?))
         }
         StdioSetup::Pipes(_) => Ok(None),
@@ -117,8 +133,8 @@ pub fn create(id: &str, spec: &Spec, stdio: StdioSetup) -> Result<Launched, RunE
     std::fs::create_dir_all(&bundle).map_err(io(format!("create {}", bundle.display())))?;
     let config = serde_json::to_vec(spec).map_err(|e| RunError::Libcontainer(format!("serialize spec: {e}")))?;
     std::fs::write(bundle.join("config.json"), config).map_err(io("write config.json"))?;
-    let console = console_for(&bundle, "console.sock", &stdio)?;
-    let container = builder(id, stdio, console.as_ref())?
+    let console = console_for(&stdio)?;
+    let container = builder(id, stdio, console.as_ref(), DefaultExecutor {})?
         .as_init(&bundle)
         .with_systemd(false)
         .with_detach(true)
@@ -142,14 +158,27 @@ pub fn start(id: &str) -> Result<(), RunError> {
     load(id)?.start().map_err(lc)
 }
 
-/// Starts `process` in the namespaces and cgroup of container `id`.
+/// Starts `process` in the namespaces and cgroup of container `id`, with the
+/// container's seccomp filter (see `exec_seccomp`).
 pub fn exec(id: &str, exec_id: &str, process: &Process, stdio: StdioSetup) -> Result<Launched, RunError> {
     let bundle = bundle_dir(id);
+    let container_spec = Spec::load(bundle.join("config.json"))
+        .map_err(|e| RunError::Libcontainer(format!("read the spec of container {id}: {e}")))?;
+    let (seccomp, process) = match ExecSeccomp::for_process(&container_spec, process)
+        .map_err(|e| RunError::Libcontainer(e.to_string()))?
+    {
+        Some((executor, created)) => (Some(executor), created),
+        None => (None, process.clone()),
+    };
     let path = bundle.join(format!("exec-{exec_id}.json"));
-    let json = serde_json::to_vec(process).map_err(|e| RunError::Libcontainer(format!("serialize process: {e}")))?;
+    let json = serde_json::to_vec(&process).map_err(|e| RunError::Libcontainer(format!("serialize process: {e}")))?;
     std::fs::write(&path, json).map_err(io(format!("write {}", path.display())))?;
-    let console = console_for(&bundle, &format!("console-{exec_id}.sock"), &stdio)?;
-    let result = builder(id, stdio, console.as_ref()).and_then(|b| {
+    let console = console_for(&stdio)?;
+    let result = match seccomp {
+        Some(executor) => builder(id, stdio, console.as_ref(), executor),
+        None => builder(id, stdio, console.as_ref(), DefaultExecutor {}),
+    }
+    .and_then(|b| {
         b.as_tenant()
             .with_process(Some(&path))
             .with_detach(true)

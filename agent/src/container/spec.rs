@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Process, Spec};
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, PosixRlimitBuilder, PosixRlimitType, Process, Spec};
 
 /// Where container cgroups live, under the guest's cgroup2 root.
 pub const CGROUP_PARENT: &str = "/hull";
@@ -77,7 +77,32 @@ pub fn parse_process(json: &[u8]) -> Result<Process, SpecError> {
     let process: Process =
         serde_json::from_slice(json).map_err(|e| SpecError::Json(format!("process: {e}")))?;
     validate_process(&process, "process")?;
+    let mut process = process;
+    pin_memlock(&mut process);
     Ok(process)
+}
+
+/// Gives a process without an RLIMIT_MEMLOCK of its own the agent's (the guest
+/// kernel's default). Left unset, an init would inherit what libcgroups sets in the
+/// process that forks it (it raises RLIMIT_MEMLOCK there to load the BPF device
+/// filter), and the container's init and its exec'd processes would differ.
+pub fn pin_memlock(process: &mut Process) {
+    let mut rlimits = process.rlimits().clone().unwrap_or_default();
+    if rlimits.iter().any(|r| r.typ() == PosixRlimitType::RlimitMemlock) {
+        return;
+    }
+    let Ok((soft, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK) else {
+        return;
+    };
+    if let Ok(limit) = PosixRlimitBuilder::default()
+        .typ(PosixRlimitType::RlimitMemlock)
+        .soft(soft)
+        .hard(hard)
+        .build()
+    {
+        rlimits.push(limit);
+        process.set_rlimits(Some(rlimits));
+    }
 }
 
 /// Parses and checks a runtime spec, and rewrites it for the guest (see [`adapt`]).
@@ -94,6 +119,9 @@ pub fn parse_spec(json: &[u8], container_id: &str) -> Result<Spec, SpecError> {
         .as_ref()
         .ok_or_else(|| SpecError::Invalid("no process".into()))?;
     validate_process(process, "process")?;
+    if let Some(p) = spec.process_mut().as_mut() {
+        pin_memlock(p);
+    }
     let root = spec
         .root()
         .as_ref()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hull_proto::*;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::process::{finish_ends, prepare_stdio, signal_all};
 use super::{Service, ServiceError};
@@ -96,10 +96,23 @@ pub fn do_create_container(svc: &Service, req: &CreateContainerRequest) -> Resul
         }
     };
     let init = Arc::new(Process::new(String::new(), pid, ends, exited, cgroup::dir_of(id)));
+    tokio::spawn(kill_leftovers_after_init(init.clone(), cgroup::dir_of(id)));
     let container = Arc::new(Container::new(id.to_owned(), init, mounted));
     svc.sandbox.insert(container);
     info!(container = id, pid, terminal, "container created");
     Ok(Empty::new())
+}
+
+/// Once a container's init has exited, whatever is left in the container's cgroup is
+/// killed, as runc's shim does. With its own PID namespace the kernel has already done
+/// it; in the pod's or the VM's PID namespace the init's children (an nginx master's
+/// workers) would live on, keep the container's stdout and stderr open, and so keep its
+/// output, and the pod's stop, from ever ending. Exec'd processes go too, as with runc.
+async fn kill_leftovers_after_init(init: Arc<Process>, cgroup_dir: PathBuf) {
+    if init.wait().await.is_some() {
+        cgroup::kill_all(&cgroup_dir);
+        debug!(cgroup = %cgroup_dir.display(), "the container's init exited; its cgroup's other processes are killed");
+    }
 }
 
 /// Points the namespaces the request shares with the pod's sandbox container at that

@@ -31,6 +31,11 @@ use crate::sandbox::{Sandbox, SandboxSpec};
 /// Exit status reported for processes whose VM died under them.
 pub const VM_DIED_STATUS: u32 = 255;
 
+/// How long the output of an exited process may take to reach its end before the exit
+/// is reported anyway (what is still buffered in the guest is small: the agent's
+/// pipes are pulled, so a writer cannot run far ahead of the shim).
+const OUTPUT_DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Created,
@@ -400,22 +405,32 @@ impl Service {
         let svc = self.clone();
         tokio::spawn(async move {
             let agent = pod.agent().clone();
-            let status = tokio::select! {
+            let (status, oom_killed) = tokio::select! {
                 r = agent.wait_process(&c.id, &p.exec_id) => match r {
-                    Ok(e) => u32::try_from(e.status).unwrap_or(VM_DIED_STATUS),
+                    Ok(e) => (u32::try_from(e.status).unwrap_or(VM_DIED_STATUS), e.oom_killed),
                     Err(e) => {
                         tracing::warn!(container = %c.id, exec = %p.exec_id, error = %e, "waiting for the process failed");
-                        VM_DIED_STATUS
+                        (VM_DIED_STATUS, false)
                     }
                 },
-                _ = pod.died() => VM_DIED_STATUS,
+                _ = pod.died() => (VM_DIED_STATUS, false),
             };
-            // The exit counts once the output is drained (or the VM is gone).
+            // The exit counts once the output is drained (or the VM is gone), within a
+            // deadline: a process the exit left behind may hold the output open.
             if let Some(io) = p.io.lock().await.as_mut() {
                 tokio::select! {
                     _ = io.drain() => {}
                     _ = pod.died() => io.abort(),
+                    _ = tokio::time::sleep(OUTPUT_DRAIN_DEADLINE) => {
+                        tracing::warn!(container = %c.id, exec = %p.exec_id, deadline = ?OUTPUT_DRAIN_DEADLINE,
+                            "the process exited but its output did not end: something it left holds it open; reporting the exit");
+                        io.abort();
+                    }
                 }
+            }
+            // containerd's CRI says OOMKilled for a container that had a TaskOOM.
+            if oom_killed {
+                svc.events.oom(&c.id).await;
             }
             let exit = Exit { status, at: now() };
             p.exit_tx.send_replace(Some(exit.clone()));

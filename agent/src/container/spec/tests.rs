@@ -114,3 +114,19 @@ fn only_ipc_uts_pid_are_shared_with_the_sandbox() {
     let err = join_namespaces(&mut spec, 0, &[LinuxNamespaceType::Ipc]).unwrap_err();
     assert!(err.to_string().contains("not a process"), "{err}");
 }
+
+#[test]
+fn a_process_without_memlock_gets_the_agents_and_one_with_it_keeps_its_own() {
+    use oci_spec::runtime::{PosixRlimitBuilder, PosixRlimitType, ProcessBuilder};
+    let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK).expect("getrlimit");
+    let mut p = ProcessBuilder::default().build().expect("process");
+    pin_memlock(&mut p);
+    let memlock = |p: &oci_spec::runtime::Process| -> Vec<(u64, u64)> {
+        p.rlimits().clone().unwrap_or_default().iter().filter(|r| r.typ() == PosixRlimitType::RlimitMemlock).map(|r| (r.soft(), r.hard())).collect()
+    };
+    assert_eq!(memlock(&p), vec![(soft, hard)]);
+    let own = PosixRlimitBuilder::default().typ(PosixRlimitType::RlimitMemlock).soft(1u64).hard(2u64).build().expect("rlimit");
+    let mut p = ProcessBuilder::default().rlimits(vec![own]).build().expect("process");
+    pin_memlock(&mut p);
+    assert_eq!(memlock(&p), vec![(1, 2)]);
+}
