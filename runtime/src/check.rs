@@ -159,13 +159,13 @@ pub fn run_on(config: &Config, support: &hull_vmm::HostSupport) -> Report {
     lines.push(binary_line(
         "vhost-device-vsock",
         &config.hypervisor.vhost_vsock,
-        "cargo install --locked vhost-device-vsock@0.3.0",
+        "scripts/setup (cargo install --locked --root /usr/local/libexec/hull vhost-device-vsock@0.3.0)",
     ));
     lines.push(binary_line("hull-vmm", &config.hypervisor.hull_vmm, select::HULL_VMM_FIX));
     lines.push(binary_line(
         "virtiofsd",
         &config.hypervisor.virtiofsd,
-        "apt-get install libseccomp-dev libcap-ng-dev && cargo install --locked virtiofsd@1.14.0",
+        "apt-get install libseccomp-dev libcap-ng-dev && scripts/setup (cargo install --locked --root /usr/local/libexec/hull virtiofsd@1.14.0)",
     ));
     lines.push(guest_file_line("guest kernel", &config.guest.kernel, |p| {
         boot_files::check_kernel(p).map(|_| ())

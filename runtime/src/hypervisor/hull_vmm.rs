@@ -153,7 +153,7 @@ impl HullVmm {
         let sock = spec.sock_dir.join(FS_SOCK);
         let bin = self.config.virtiofsd.clone().ok_or(HypervisorError::MissingHelper {
             what: "virtiofsd",
-            fix: "apt-get install libseccomp-dev libcap-ng-dev && cargo install --locked virtiofsd@1.14.0",
+            fix: "apt-get install libseccomp-dev libcap-ng-dev && scripts/setup (cargo install --locked --root /usr/local/libexec/hull virtiofsd@1.14.0)",
         })?;
         let mut backend = virtiofs::spawn(
             spec.jail.as_deref(),

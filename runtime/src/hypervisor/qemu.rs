@@ -121,7 +121,7 @@ impl Qemu {
             };
             let bin = self.config.virtiofsd.clone().ok_or(HypervisorError::MissingHelper {
                 what: "virtiofsd",
-                fix: "apt-get install libseccomp-dev libcap-ng-dev && cargo install --locked virtiofsd@1.14.0",
+                fix: "apt-get install libseccomp-dev libcap-ng-dev && scripts/setup (cargo install --locked --root /usr/local/libexec/hull virtiofsd@1.14.0)",
             })?;
             let name = if i == 0 { "virtiofsd".to_string() } else { format!("virtiofsd-{i}") };
             let sock_name = format!("{name}.sock");

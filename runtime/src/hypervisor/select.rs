@@ -154,7 +154,7 @@ pub fn select_on(config: &Config, host: &HostSupport) -> Result<Box<dyn Hypervis
             let vhost_vsock = host::find_binary(&hv.vhost_vsock).ok_or(SelectError::Missing {
                 what: "vhost-device-vsock",
                 name: hv.vhost_vsock.clone(),
-                fix: "cargo install --locked vhost-device-vsock@0.3.0",
+                fix: "scripts/setup (cargo install --locked --root /usr/local/libexec/hull vhost-device-vsock@0.3.0)",
             })?;
             Ok(Box::new(qemu::Qemu::new(qemu::QemuConfig {
                 qemu,
