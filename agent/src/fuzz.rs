@@ -47,6 +47,7 @@ pub fn agent_requests(data: &[u8]) {
             }
             if let Ok(mut s) = spec::parse_spec(&r.oci_spec_json, "fuzz") {
                 let _ = spec::join_namespaces(&mut s, 42, &[oci_spec::runtime::LinuxNamespaceType::Pid]);
+                let _ = crate::container::sysctl::take_vm_net_sysctls(&mut s);
             }
             admit_all(Request::CreateContainer(&r), state);
         }
@@ -73,7 +74,7 @@ fn admit_all(req: Request<'_>, state: State) {
 
 /// Target `oci_spec`: bytes as a runtime spec JSON through what the agent does with
 /// it before libcontainer sees it: parse, validate, adapt to the guest, join a pod's
-/// namespaces, and the policy's spec checks; then the process JSON path of ExecProcess.
+/// namespaces, take out the pod's network sysctls, and the policy's spec checks; then the process JSON path of ExecProcess.
 pub fn oci_spec(data: &[u8]) {
     if let Ok(mut s) = spec::parse_spec(data, "fuzz-ctr") {
         let _ = spec::wants_terminal(&s);
@@ -86,6 +87,10 @@ pub fn oci_spec(data: &[u8]) {
             oci_spec::runtime::LinuxNamespaceType::Pid,
         ];
         let _ = spec::join_namespaces(&mut s, 7, &types);
+        // The network sysctls the agent would set itself: checked, never written.
+        if let Ok(taken) = crate::container::sysctl::take_vm_net_sysctls(&mut s) {
+            assert!(taken.iter().all(|t| t.path.starts_with("/proc/sys/net")), "a taken sysctl stays under /proc/sys/net");
+        }
     }
     let _ = spec::parse_process(data);
     let mut req = CreateContainerRequest::new();

@@ -14,7 +14,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{ImageSpec, ImageStatusRequest};
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::containerd::Containerd;
+use crate::containerd::{Containerd, Release};
 
 /// The runtime handler (RuntimeClass handler) hull is registered as.
 pub const HANDLER: &str = "hull";
@@ -37,6 +37,22 @@ pub fn prerequisites() -> Result<(), String> {
         return Err("missing umoci, which makes the pause image (apt-get install umoci)".into());
     }
     Ok(())
+}
+
+/// What a CRI test on containerd `major`.x (a [`Release`] unpacked by
+/// scripts/containerd-versions, not the host's containerd) needs: the VM parts, the
+/// shim, CNI, umoci and the release; the release, or why the test cannot run.
+pub fn prerequisites_on(major: u32) -> Result<Release, String> {
+    crate::run_prerequisites()?;
+    crate::cni::prerequisites()?;
+    if hull_runtime::host::find_binary(Path::new("umoci")).is_none() {
+        return Err("missing umoci, which makes the pause image (apt-get install umoci)".into());
+    }
+    let shim = crate::target_bin("containerd-shim-hull-v2");
+    if !shim.exists() {
+        return Err(format!("missing {} (cargo build --workspace --bins)", shim.display()));
+    }
+    Release::find(major)
 }
 
 /// Like `require_run`, for the CRI tests.

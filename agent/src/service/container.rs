@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 
 use super::process::{finish_ends, prepare_stdio, signal_all};
 use super::{Service, ServiceError};
-use crate::container::{cgroup, runner, spec, Container, Process};
+use crate::container::{cgroup, runner, spec, sysctl, Container, Process};
 use crate::storage;
 
 /// How long RemoveContainer waits for the processes to die after SIGKILL.
@@ -43,6 +43,10 @@ pub fn do_create_container(svc: &Service, req: &CreateContainerRequest) -> Resul
     }
     let mut oci = spec::parse_spec(&req.oci_spec_json, id)?;
     join_sandbox(svc, req, &mut oci)?;
+    // The pod's network sysctls: the VM's netns is the pod's, libcontainer would refuse
+    // them there. Set before anything of the container exists (nothing to roll back).
+    let net_sysctls = sysctl::take_vm_net_sysctls(&mut oci)?;
+    sysctl::apply(id, &net_sysctls)?;
     let terminal = req.stdio.terminal || spec::wants_terminal(&oci);
     if let Some(p) = oci.process_mut().as_mut() {
         p.set_terminal(Some(terminal));

@@ -84,10 +84,7 @@ fn check_hostname(h: &str) -> Result<(), ServiceError> {
 }
 
 fn check_sysctl(key: &str) -> Result<std::path::PathBuf, ServiceError> {
-    if key.is_empty() || key.contains("..") || key.contains('/') && key.contains('.') || key.starts_with('/') {
-        return Err(ServiceError::InvalidArgument(format!("sysctl {key:?} is not a valid key")));
-    }
-    Ok(std::path::Path::new("/proc/sys").join(key.replace('.', "/")))
+    Ok(crate::container::sysctl::path(key)?)
 }
 
 /// Mounts the storages (the virtio-fs share first, as the host sends it), sets the
