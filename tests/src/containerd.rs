@@ -41,6 +41,13 @@ pub fn require_containerd(test: &str) -> bool {
     crate::require(test, prerequisites())
 }
 
+/// The paths of one test containerd: its root, state and socket.
+pub struct Instance {
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub address: PathBuf,
+}
+
 pub struct Containerd {
     child: Option<Child>,
     /// The CRI tests' CNI network (after `child`: containerd goes first).
@@ -68,23 +75,20 @@ impl Containerd {
         Containerd::launch(Some(sandbox_image))
     }
 
+    /// Starts containerd (its CRI plugin on) from the config text `config` makes of
+    /// this instance's own paths and CNI network, instead of the harness's: for tests
+    /// of a config made elsewhere (`hull install-containerd`'s). The text must use
+    /// those paths for containerd's root, state, socket and CNI dirs.
+    pub fn start_from_config(config: impl FnOnce(&Instance, &crate::cni::CniNet) -> String) -> Containerd {
+        Containerd::launch_with(true, |inst, cni| {
+            config(inst, cni.expect("the CRI plugin's network"))
+        })
+    }
+
     fn launch(cri_sandbox_image: Option<&str>) -> Containerd {
-        let state = TestState::new();
-        let dir = tempfile::Builder::new()
-            .prefix("hull-ctd-")
-            .tempdir_in("/tmp")
-            .expect("containerd temp dir");
-        let d = dir.path();
-        let bin = d.join("bin");
-        std::fs::create_dir(&bin).expect("bin dir");
-        std::os::unix::fs::symlink(target_bin("containerd-shim-hull-v2"), bin.join("containerd-shim-hull-v2"))
-            .expect("shim symlink");
-        let mut cni = None;
-        let plugins = match cri_sandbox_image {
-            None => "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".to_string(),
-            Some(image) => {
-                let net = crate::cni::CniNet::create(d);
-                let conf = format!(
+        Containerd::launch_with(cri_sandbox_image.is_some(), |inst, cni| {
+            let plugins = match (cri_sandbox_image, cni) {
+                (Some(image), Some(net)) => format!(
                     r#"[plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{image}"
   disable_apparmor = true
@@ -103,13 +107,11 @@ impl Containerd {
 "#,
                     conf = net.conf_dir.display(),
                     bin = crate::cni::CNI_BIN,
-                );
-                cni = Some(net);
-                conf
-            }
-        };
-        let config = format!(
-            r#"version = 2
+                ),
+                _ => "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".to_string(),
+            };
+            format!(
+                r#"version = 2
 root = "{root}"
 state = "{st}"
 [grpc]
@@ -117,11 +119,31 @@ state = "{st}"
 [debug]
   level = "debug"
 {plugins}"#,
-            root = d.join("root").display(),
-            st = d.join("state").display(),
-            sock = d.join("c.sock").display(),
-        );
-        std::fs::write(d.join("config.toml"), config).expect("config");
+                root = inst.root.display(),
+                st = inst.state.display(),
+                sock = inst.address.display(),
+            )
+        })
+    }
+
+    fn launch_with(cri: bool, config: impl FnOnce(&Instance, Option<&crate::cni::CniNet>) -> String) -> Containerd {
+        let state = TestState::new();
+        let dir = tempfile::Builder::new()
+            .prefix("hull-ctd-")
+            .tempdir_in("/tmp")
+            .expect("containerd temp dir");
+        let d = dir.path();
+        let bin = d.join("bin");
+        std::fs::create_dir(&bin).expect("bin dir");
+        std::os::unix::fs::symlink(target_bin("containerd-shim-hull-v2"), bin.join("containerd-shim-hull-v2"))
+            .expect("shim symlink");
+        let cni = cri.then(|| crate::cni::CniNet::create(d));
+        let inst = Instance {
+            root: d.join("root"),
+            state: d.join("state"),
+            address: d.join("c.sock"),
+        };
+        std::fs::write(d.join("config.toml"), config(&inst, cni.as_ref())).expect("config");
         let log = std::fs::File::create(d.join("containerd.log")).expect("log");
         let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
         let child = Command::new("containerd")

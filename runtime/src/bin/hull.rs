@@ -61,6 +61,10 @@ enum Command {
         /// containerd's config file.
         #[arg(long, default_value = hull_runtime::install::DEFAULT_CONTAINERD_CONFIG)]
         containerd_config: PathBuf,
+        /// hull's config file, named as the runtime's ConfigPath [default: --config, else
+        /// /etc/hull/config.toml].
+        #[arg(long)]
+        hull_config: Option<PathBuf>,
     },
     /// Measure hull.
     Bench {
@@ -368,10 +372,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             std::io::stdout().write_all(&log)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::InstallContainerd { containerd_config } => {
-            let hull_config = cli
-                .config
+        Command::InstallContainerd {
+            containerd_config,
+            hull_config,
+        } => {
+            let hull_config = hull_config
                 .clone()
+                .or_else(|| cli.config.clone())
                 .unwrap_or_else(|| PathBuf::from(hull_runtime::config::DEFAULT_CONFIG_PATH));
             match hull_runtime::install::install(containerd_config, &hull_config)? {
                 hull_runtime::install::Outcome::Added => println!(
