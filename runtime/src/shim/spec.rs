@@ -111,6 +111,21 @@ impl HostSpec {
         (quota > 0 && period > 0).then(|| quota as f64 / period as f64)
     }
 
+    /// Refuses what asks for a namespace of the node that a VM cannot give: the node's
+    /// IPC namespace (CRI's `NamespaceMode NODE` for ipc, `hostIPC`: the spec then
+    /// has no ipc entry). The container would otherwise get the guest's, which shares
+    /// nothing with the node's processes. (The node's network is refused in
+    /// `network::open`; the node's PID and UTS namespaces are the VM's, see
+    /// `pod_namespaces`.)
+    pub fn check_node_namespaces(&self) -> Result<(), ShimError> {
+        if !self.namespaces().iter().any(|ns| ns["type"] == "ipc") {
+            return Err(ShimError::InvalidArgument(
+                "the spec has no ipc namespace (the node's IPC namespace: hostIPC); a hull pod runs in a VM, which cannot share the node's System V IPC and POSIX message queues: give the pod its own IPC namespace (drop hostIPC)".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The namespaces a container of a pod shares with the pod's sandbox container:
     /// the ipc, uts and pid entries containerd's CRI gave a path (the sandbox
     /// container's, seen from the host). CRI leaves the path out where the pod does not
@@ -314,6 +329,15 @@ mod tests {
             .expect("json"),
         )
         .expect("spec")
+    }
+
+    #[test]
+    fn the_node_ipc_namespace_is_refused() {
+        let e = cri_member(json!([{"type": "pid"}, {"type": "network"}])).check_node_namespaces().expect_err("host ipc");
+        assert!(matches!(e, ShimError::InvalidArgument(_)) && e.to_string().contains("hostIPC"), "{e}");
+        assert!(cri_member(json!([])).check_node_namespaces().is_err());
+        cri_member(json!([{"type": "ipc"}])).check_node_namespaces().expect("own ipc");
+        cri_member(json!([{"type": "ipc", "path": "/proc/1/ns/ipc"}])).check_node_namespaces().expect("pod's ipc");
     }
 
     #[test]
