@@ -391,8 +391,12 @@ fn volumes_bring_their_submounts_and_keep_what_propagation_can_cross() {
         let (_, out) = exec_any(&mut cri, &rw, "ls -A /v/later").await;
         assert_eq!(out, "", "a private volume must not receive the host's later mounts");
 
-        // Bidirectional (rshared): refused, naming the volume and why.
-        let e = create_container(&mut cri, &pod, &config, "shared", sleep, volume(&vol, false, MountPropagation::PropagationBidirectional))
+        // Bidirectional (rshared): refused, naming the volume and why, when the
+        // runtime first sees the container (CRI's StartContainer creates the task).
+        let shared = create_container(&mut cri, &pod, &config, "shared", sleep, volume(&vol, false, MountPropagation::PropagationBidirectional))
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer (CRI metadata only): {e}"));
+        let e = within("StartContainer", cri.runtime.start_container(StartContainerRequest { container_id: shared.clone() }))
             .await
             .expect_err("a Bidirectional volume must be refused");
         let msg = e.message();
@@ -400,6 +404,8 @@ fn volumes_bring_their_submounts_and_keep_what_propagation_can_cross() {
             msg.contains(&vol.display().to_string()) && msg.contains("Bidirectional") && msg.contains("can never reach the host"),
             "{msg}"
         );
+        let left: Vec<PathBuf> = c.state.mounts().into_iter().filter(|m| m.to_string_lossy().contains(&shared)).collect();
+        assert!(left.is_empty(), "the refused container left mounts: {left:?}");
         // The pod still works.
         let (code, _) = exec_any(&mut cri, &rw, "true").await;
         assert_eq!(code, 0);
