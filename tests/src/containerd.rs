@@ -191,8 +191,20 @@ state = "{st}"
     )
 }
 
+/// The paths of one test containerd: its root, state and socket.
+pub struct Instance {
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub address: PathBuf,
+}
+
+/// A config text made of an instance's paths and CNI network.
+type ConfigFn<'a> = Box<dyn FnOnce(&Instance, &crate::cni::CniNet) -> String + 'a>;
+
 /// How [`Containerd::launch`] configures containerd.
 enum Flavor<'a> {
+    /// The host's containerd with CRI, from a config made elsewhere.
+    FromConfig(ConfigFn<'a>),
     /// The host's containerd without CRI.
     Plain,
     /// The host's containerd with CRI, config written here.
@@ -240,6 +252,14 @@ impl Containerd {
         Containerd::launch(Flavor::DefaultConfig { release, sandbox_image })
     }
 
+    /// Starts the host's containerd (its CRI plugin on) from the config text `config`
+    /// makes of this instance's own paths and CNI network, instead of the harness's: for
+    /// tests of a config made elsewhere (`hull install-containerd`'s). The text must use
+    /// those paths for containerd's root, state, socket and CNI dirs.
+    pub fn start_from_config(config: impl FnOnce(&Instance, &crate::cni::CniNet) -> String) -> Containerd {
+        Containerd::launch(Flavor::FromConfig(Box::new(config)))
+    }
+
     fn launch(flavor: Flavor<'_>) -> Containerd {
         let state = TestState::new();
         let dir = tempfile::Builder::new()
@@ -258,6 +278,17 @@ impl Containerd {
                 let config = test_instance_config(release.default_config(), d, &net, sandbox_image);
                 cni = Some(net);
                 (Some(release), config)
+            }
+            Flavor::FromConfig(make) => {
+                let net = crate::cni::CniNet::create(d);
+                let inst = Instance {
+                    root: d.join("root"),
+                    state: d.join("state"),
+                    address: d.join("c.sock"),
+                };
+                let config = make(&inst, &net);
+                cni = Some(net);
+                (None, config)
             }
             Flavor::Plain => (None, host_config(d, "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n")),
             Flavor::Cri { sandbox_image: image } => {

@@ -39,7 +39,30 @@ fn init_logging() {
     }
 }
 
+/// `-v` / `-version` (Go flag syntax, one or two dashes), as containerd's own shims
+/// take it: the shim crate parses the flag but ignores it.
+fn wants_version() -> bool {
+    std::env::args()
+        .skip(1)
+        .any(|a| matches!(a.as_str(), "-v" | "--v" | "-version" | "--version"))
+}
+
+/// What `-v` prints: the binary's name, hull's version and the git revision it was
+/// built from (when built from a git checkout).
+fn version_text() -> String {
+    let revision = env!("HULL_GIT_REVISION");
+    format!(
+        "containerd-shim-hull-v2:\n  Version: {}\n  Revision: {}\n  Runtime: {RUNTIME_ID}\n",
+        env!("CARGO_PKG_VERSION"),
+        if revision.is_empty() { "unknown" } else { revision },
+    )
+}
+
 fn main() {
+    if wants_version() {
+        print!("{}", version_text());
+        return;
+    }
     // Only the serving shim logs into the FIFO; `start` and `delete` print protocol
     // data on stdout, their logs go to stderr (containerd logs it).
     let serving = !std::env::args().any(|a| a == "start" || a == "delete");

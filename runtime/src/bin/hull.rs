@@ -56,11 +56,16 @@ enum Command {
     /// Print the guest console log (kernel and agent) of a sandbox (id or id prefix).
     Logs { sandbox: String },
     /// Register hull as the containerd runtime `io.containerd.hull.v2` (RuntimeClass
-    /// handler `hull`) in containerd's config; idempotent. Restart containerd after.
+    /// handler `hull`) in containerd's config, and write hull's config file (the
+    /// defaults, commented) unless it exists; idempotent. Restart containerd after.
     InstallContainerd {
         /// containerd's config file.
         #[arg(long, default_value = hull_runtime::install::DEFAULT_CONTAINERD_CONFIG)]
         containerd_config: PathBuf,
+        /// hull's config file, named as the runtime's ConfigPath [default: --config, else
+        /// /etc/hull/config.toml].
+        #[arg(long)]
+        hull_config: Option<PathBuf>,
     },
     /// Measure hull.
     Bench {
@@ -305,6 +310,14 @@ fn sandbox_spec(config: &Config, vm: &VmArgs) -> SandboxSpec {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    // Writes hull's config file: it must not need one.
+    if let Command::InstallContainerd {
+        containerd_config,
+        hull_config,
+    } = &cli.command
+    {
+        return install_containerd(containerd_config, hull_config.as_ref().or(cli.config.as_ref()));
+    }
     let config = load_config(&cli)?;
     match &cli.command {
         Command::Check => {
@@ -368,23 +381,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             std::io::stdout().write_all(&log)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::InstallContainerd { containerd_config } => {
-            let hull_config = cli
-                .config
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(hull_runtime::config::DEFAULT_CONFIG_PATH));
-            match hull_runtime::install::install(containerd_config, &hull_config)? {
-                hull_runtime::install::Outcome::Added => println!(
-                    "added runtime io.containerd.hull.v2 (handler \"hull\") to {}; restart containerd",
-                    containerd_config.display()
-                ),
-                hull_runtime::install::Outcome::AlreadyThere => println!(
-                    "{} already has the hull runtime; nothing changed",
-                    containerd_config.display()
-                ),
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        // (Handled before the config is loaded.)
+        Command::InstallContainerd {
+            containerd_config,
+            hull_config,
+        } => install_containerd(containerd_config, hull_config.as_ref().or(cli.config.as_ref())),
         Command::Bench {
             command: BenchCommand::Boot { vm, runs, floor_initrd, json },
         } => {
@@ -404,6 +405,34 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `hull install-containerd`: hull's config file, then containerd's.
+fn install_containerd(containerd_config: &std::path::Path, hull_config: Option<&PathBuf>) -> Result<ExitCode> {
+    use hull_runtime::install::{self, ConfigOutcome, Outcome};
+    let hull_config = hull_config
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from(hull_runtime::config::DEFAULT_CONFIG_PATH));
+    let report = install::setup(containerd_config, &hull_config)?;
+    match report.config {
+        ConfigOutcome::Written => println!(
+            "wrote hull's config {} (the defaults, commented)",
+            report.hull_config.display()
+        ),
+        ConfigOutcome::Kept => println!("kept hull's config {} (it exists)", report.hull_config.display()),
+    }
+    match report.runtime {
+        Outcome::Added => println!(
+            "added runtime io.containerd.hull.v2 (handler \"hull\", ConfigPath {}) to {}; restart containerd",
+            report.hull_config.display(),
+            containerd_config.display()
+        ),
+        Outcome::AlreadyThere => println!(
+            "{} already has the hull runtime; nothing changed there",
+            containerd_config.display()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `hull run`: the container's exit code; 127 when the command is not in the rootfs,

@@ -195,6 +195,7 @@ impl Service {
             return Err(ShimError::AlreadyExists(format!("container {} already exists", req.id)));
         }
         let spec = HostSpec::load(&req.bundle)?;
+        spec.check_node_namespaces()?;
         let mut pod_slot = self.pod.lock().await;
         let pod = match pod_slot.clone() {
             Some(pod) => {
