@@ -18,9 +18,12 @@ fn main() {
     println!("cargo:rustc-env=HULL_GIT_REVISION={revision}");
     // Rebuilt when HEAD moves (a commit, a checkout); a worktree has its own HEAD and
     // shares the refs.
-    for dir in [git(&["rev-parse", "--git-dir"]), git(&["rev-parse", "--git-common-dir"])]
-        .into_iter()
-        .flatten()
+    for dir in [
+        git(&["rev-parse", "--git-dir"]),
+        git(&["rev-parse", "--git-common-dir"]),
+    ]
+    .into_iter()
+    .flatten()
     {
         let dir = PathBuf::from(dir);
         for f in ["HEAD", "packed-refs"] {

@@ -15,9 +15,9 @@ pub mod announce;
 pub mod config;
 pub mod console;
 pub mod container;
-pub mod init;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
+pub mod init;
 pub mod network;
 pub mod policy;
 pub mod power;

@@ -19,7 +19,10 @@ pub enum NetError {
     #[error("no guest interface is named {0:?}")]
     NoSuchDevice(String),
     #[error("netlink: {what}: {source}")]
-    Netlink { what: String, source: rtnetlink::Error },
+    Netlink {
+        what: String,
+        source: rtnetlink::Error,
+    },
     #[error("route {what} is not valid: {detail}")]
     BadRoute { what: String, detail: String },
     #[error("netlink socket: {0}")]
@@ -58,7 +61,13 @@ fn connect() -> Result<Handle, NetError> {
 }
 
 async fn links(handle: &Handle) -> Result<Vec<LinkMessage>, NetError> {
-    handle.link().get().execute().try_collect().await.map_err(nl("listing links"))
+    handle
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl("listing links"))
 }
 
 fn attr_name(l: &LinkMessage) -> Option<&str> {
@@ -139,7 +148,12 @@ pub async fn configure_interface(cfg: &IfaceConfig) -> Result<(), NetError> {
             _ => false,
         });
         if a.header.index == index && global {
-            handle.address().del(a).execute().await.map_err(nl(format!("old address of {}", cfg.name)))?;
+            handle
+                .address()
+                .del(a)
+                .execute()
+                .await
+                .map_err(nl(format!("old address of {}", cfg.name)))?;
         }
     }
     for (ip, prefix) in &cfg.addresses {
@@ -186,7 +200,10 @@ fn build_route(r: &RouteConfig, index: u32) -> Result<RouteMessage, NetError> {
         if let Some(IpAddr::V6(s)) = r.source {
             b = b.pref_source(s);
         }
-        b.output_interface(index).scope(scope(r.scope)).protocol(RouteProtocol::Boot).build()
+        b.output_interface(index)
+            .scope(scope(r.scope))
+            .protocol(RouteProtocol::Boot)
+            .build()
     } else {
         let mut b = RouteMessageBuilder::<Ipv4Addr>::new();
         if let Some((IpAddr::V4(d), len)) = r.dest {
@@ -198,7 +215,10 @@ fn build_route(r: &RouteConfig, index: u32) -> Result<RouteMessage, NetError> {
         if let Some(IpAddr::V4(s)) = r.source {
             b = b.pref_source(s);
         }
-        b.output_interface(index).scope(scope(r.scope)).protocol(RouteProtocol::Boot).build()
+        b.output_interface(index)
+            .scope(scope(r.scope))
+            .protocol(RouteProtocol::Boot)
+            .build()
     };
     // The builders take mixed families silently: refuse them here.
     let family_ok = [r.dest.map(|d| d.0), r.gateway, r.source]
@@ -217,9 +237,16 @@ async fn main_routes(handle: &Handle) -> Result<Vec<RouteMessage>, NetError> {
         RouteMessageBuilder::<Ipv4Addr>::new().build(),
         RouteMessageBuilder::<Ipv6Addr>::new().build(),
     ] {
-        let msgs: Vec<RouteMessage> = handle.route().get(req).execute().try_collect().await.map_err(nl("listing routes"))?;
+        let msgs: Vec<RouteMessage> = handle
+            .route()
+            .get(req)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("listing routes"))?;
         out.extend(msgs.into_iter().filter(|m| {
-            m.header.table == RouteHeader::RT_TABLE_MAIN && m.header.protocol != RouteProtocol::Kernel
+            m.header.table == RouteHeader::RT_TABLE_MAIN
+                && m.header.protocol != RouteProtocol::Kernel
         }));
     }
     Ok(out)
@@ -230,7 +257,12 @@ async fn main_routes(handle: &Handle) -> Result<Vec<RouteMessage>, NetError> {
 pub async fn replace_routes(routes: &[RouteConfig]) -> Result<(), NetError> {
     let handle = connect()?;
     for old in main_routes(&handle).await? {
-        handle.route().del(old).execute().await.map_err(nl("deleting an old route"))?;
+        handle
+            .route()
+            .del(old)
+            .execute()
+            .await
+            .map_err(nl("deleting an old route"))?;
     }
     let mut ordered: Vec<&RouteConfig> = routes.iter().collect();
     ordered.sort_by_key(|r| if r.scope == 253 { 0 } else { 1 });
@@ -243,11 +275,17 @@ pub async fn replace_routes(routes: &[RouteConfig]) -> Result<(), NetError> {
             .replace()
             .execute()
             .await
-            .map_err(nl(format!("adding route {:?} via {:?} dev {}", r.dest, r.gateway, r.device)))?;
+            .map_err(nl(format!(
+                "adding route {:?} via {:?} dev {}",
+                r.dest, r.gateway, r.device
+            )))?;
     }
     Ok(())
 }
 
 pub fn format_mac(mac: &[u8]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }

@@ -170,11 +170,21 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hull-oom-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let events = |n: u64| {
-            std::fs::write(dir.join("memory.events"), format!("low 0\nhigh 0\nmax 3\noom 1\noom_kill {n}\n")).unwrap()
+            std::fs::write(
+                dir.join("memory.events"),
+                format!("low 0\nhigh 0\nmax 3\noom 1\noom_kill {n}\n"),
+            )
+            .unwrap()
         };
         events(0);
         let (_tx, rx) = tokio::sync::oneshot::channel();
-        let init = Arc::new(Process::new(String::new(), 1, HostEnds::default(), rx, dir.clone()));
+        let init = Arc::new(Process::new(
+            String::new(),
+            1,
+            HostEnds::default(),
+            rx,
+            dir.clone(),
+        ));
         let mut c = Container::new("c1".into(), init, Vec::new());
         c.cgroup = dir.clone();
         let sandbox = Sandbox::default();
@@ -182,9 +192,15 @@ mod tests {
         events(2);
         sandbox.check_oom(&c);
         sandbox.check_oom(&c);
-        let got = tokio::time::timeout(Duration::from_secs(1), sandbox.next_oom()).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(1), sandbox.next_oom())
+            .await
+            .unwrap();
         assert_eq!(got.as_deref(), Some("c1"));
-        assert!(tokio::time::timeout(Duration::from_millis(50), sandbox.next_oom()).await.is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), sandbox.next_oom())
+                .await
+                .is_err()
+        );
         sandbox.close();
         assert_eq!(sandbox.next_oom().await, None);
         std::fs::remove_dir_all(&dir).unwrap();

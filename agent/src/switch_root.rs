@@ -36,7 +36,10 @@ pub enum SwitchRootError {
     },
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SwitchRootError + 'a {
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> SwitchRootError + 'a {
     move |source| SwitchRootError::Io {
         what,
         path: path.to_path_buf(),
@@ -92,14 +95,8 @@ fn switch() -> Result<(), SwitchRootError> {
     // Free the initramfs copy: best effort, as busybox switch_root.
     remove_tree(Path::new("/"), root_dev);
     std::env::set_current_dir(new_root).map_err(io_err("chdir", new_root))?;
-    nix::mount::mount(
-        Some("."),
-        "/",
-        None::<&str>,
-        MsFlags::MS_MOVE,
-        None::<&str>,
-    )
-    .map_err(sys("move the new root over /"))?;
+    nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(sys("move the new root over /"))?;
     nix::unistd::chroot(".").map_err(sys("chroot"))?;
     std::env::set_current_dir("/").map_err(io_err("chdir", Path::new("/")))?;
     Ok(())

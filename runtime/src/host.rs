@@ -75,7 +75,10 @@ pub fn find_binary(name: &Path) -> Option<PathBuf> {
         return is_executable(name).then(|| name.to_path_buf());
     }
     let mut dirs: Vec<PathBuf> = SYSTEM_DIRS.iter().map(PathBuf::from).collect();
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         dirs.push(dir);
     }
     dirs.into_iter()
@@ -136,7 +139,12 @@ mod tests {
     #[test]
     fn kvm_kinds_from_the_vmm_probe() {
         use hull_vmm::{HostSupport, KvmKind as V};
-        let k = |kind, kvm_accessible| from_support(&HostSupport { kind, kvm_accessible });
+        let k = |kind, kvm_accessible| {
+            from_support(&HostSupport {
+                kind,
+                kvm_accessible,
+            })
+        };
         assert_eq!(k(V::Vmx, true), KvmKind::Hardware);
         assert_eq!(k(V::Svm, false), KvmKind::Unusable);
         assert_eq!(k(V::Pvm, true), KvmKind::Pvm);
@@ -159,7 +167,10 @@ mod tests {
 
     #[test]
     fn find_binary_takes_paths_as_is() {
-        assert_eq!(find_binary(Path::new("/bin/sh")), Some(PathBuf::from("/bin/sh")));
+        assert_eq!(
+            find_binary(Path::new("/bin/sh")),
+            Some(PathBuf::from("/bin/sh"))
+        );
         assert_eq!(find_binary(Path::new("/nonexistent/qemu")), None);
         assert!(find_binary(Path::new("sh")).is_some());
     }
@@ -168,12 +179,20 @@ mod tests {
     /// `~/.cargo/bin`): a name that is nowhere but in the user's cargo bin is not found.
     #[test]
     fn find_binary_looks_only_in_system_dirs() {
-        assert!(SYSTEM_DIRS.iter().all(|d| d.starts_with("/usr/") || d.starts_with("/sbin") || d.starts_with("/bin")));
+        assert!(SYSTEM_DIRS
+            .iter()
+            .all(|d| d.starts_with("/usr/") || d.starts_with("/sbin") || d.starts_with("/bin")));
         if let Some(home) = std::env::var_os("HOME") {
             let cargo_bin = PathBuf::from(home).join(".cargo/bin");
             for tool in ["cargo", "rustc"] {
-                if cargo_bin.join(tool).exists() && !SYSTEM_DIRS.iter().any(|d| Path::new(d).join(tool).exists()) {
-                    assert_eq!(find_binary(Path::new(tool)), None, "{tool} of ~/.cargo/bin must not be found");
+                if cargo_bin.join(tool).exists()
+                    && !SYSTEM_DIRS.iter().any(|d| Path::new(d).join(tool).exists())
+                {
+                    assert_eq!(
+                        find_binary(Path::new(tool)),
+                        None,
+                        "{tool} of ~/.cargo/bin must not be found"
+                    );
                 }
             }
         }

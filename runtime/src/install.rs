@@ -156,7 +156,9 @@ pub fn setup(containerd_config: &Path, hull_config: &Path) -> Result<SetupReport
         }
     };
     if is_version1(&existing) && add_runtime(&existing, hull_config).is_some() {
-        return Err(InstallError::Version1(containerd_config.display().to_string()));
+        return Err(InstallError::Version1(
+            containerd_config.display().to_string(),
+        ));
     }
     let target = registered_config_path(&existing).unwrap_or_else(|| hull_config.to_path_buf());
     let config = write_hull_config(&target)?;
@@ -238,12 +240,16 @@ mod tests {
         let v: toml::Value = toml::from_str(&text).expect("valid TOML");
         let hull = &v["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["hull"];
         assert_eq!(hull["runtime_type"].as_str(), Some("io.containerd.hull.v2"));
-        assert_eq!(hull["options"]["ConfigPath"].as_str(), Some("/etc/hull/config.toml"));
+        assert_eq!(
+            hull["options"]["ConfigPath"].as_str(),
+            Some("/etc/hull/config.toml")
+        );
         // An existing v2 config keeps its content.
         let p2 = t.path().join("c2.toml");
         std::fs::write(&p2, "version = 2\n[grpc]\n  address = \"/x.sock\"").expect("write");
         assert_eq!(install(&p2, hc).expect("add"), Outcome::Added);
-        let v: toml::Value = toml::from_str(&std::fs::read_to_string(&p2).expect("read")).expect("toml");
+        let v: toml::Value =
+            toml::from_str(&std::fs::read_to_string(&p2).expect("read")).expect("toml");
         assert_eq!(v["grpc"]["address"].as_str(), Some("/x.sock"));
         // A version 1 config is refused by name.
         let p3 = t.path().join("c3.toml");
@@ -257,7 +263,10 @@ mod tests {
         use crate::config::Config;
         let t = tempfile::tempdir().expect("tmp");
         let p = t.path().join("etc/hull/config.toml");
-        assert_eq!(write_hull_config(&p).expect("write"), ConfigOutcome::Written);
+        assert_eq!(
+            write_hull_config(&p).expect("write"),
+            ConfigOutcome::Written
+        );
         let text = std::fs::read_to_string(&p).expect("read");
         assert_eq!(text, HULL_CONFIG_TEMPLATE);
         // As written it changes nothing.
@@ -276,14 +285,33 @@ mod tests {
         assert_eq!(format!("{:?}", u.jail), format!("{:?}", d.jail));
         assert_eq!(format!("{:?}", u.debug), format!("{:?}", d.debug));
         assert_eq!(
-            (u.guest.vcpus, u.guest.memory_mib, &u.guest.agent_log, &u.guest.kernel_params),
-            (d.guest.vcpus, d.guest.memory_mib, &d.guest.agent_log, &d.guest.kernel_params)
+            (
+                u.guest.vcpus,
+                u.guest.memory_mib,
+                &u.guest.agent_log,
+                &u.guest.kernel_params
+            ),
+            (
+                d.guest.vcpus,
+                d.guest.memory_mib,
+                &d.guest.agent_log,
+                &d.guest.kernel_params
+            )
         );
         // An existing file stays as it is.
         std::fs::write(&p, "[guest]\nmemory_mib = 512\n").expect("edit");
         assert_eq!(write_hull_config(&p).expect("again"), ConfigOutcome::Kept);
-        assert_eq!(std::fs::read_to_string(&p).expect("read"), "[guest]\nmemory_mib = 512\n");
-        assert_eq!(std::fs::read_dir(p.parent().expect("dir")).expect("ls").count(), 1, "no temp file left");
+        assert_eq!(
+            std::fs::read_to_string(&p).expect("read"),
+            "[guest]\nmemory_mib = 512\n"
+        );
+        assert_eq!(
+            std::fs::read_dir(p.parent().expect("dir"))
+                .expect("ls")
+                .count(),
+            1,
+            "no temp file left"
+        );
     }
 
     #[test]
@@ -292,13 +320,19 @@ mod tests {
         let ctd = t.path().join("containerd.toml");
         let hc = t.path().join("hull/config.toml");
         let r = setup(&ctd, &hc).expect("setup");
-        assert_eq!((r.runtime, r.config, r.hull_config.as_path()), (Outcome::Added, ConfigOutcome::Written, hc.as_path()));
+        assert_eq!(
+            (r.runtime, r.config, r.hull_config.as_path()),
+            (Outcome::Added, ConfigOutcome::Written, hc.as_path())
+        );
         let text = std::fs::read_to_string(&ctd).expect("read");
         assert_eq!(registered_config_path(&text).as_deref(), Some(hc.as_path()));
         // Registered already (the config file lost): the file it names is written again.
         std::fs::remove_file(&hc).expect("rm");
         let r = setup(&ctd, Path::new("/nonexistent/elsewhere.toml")).expect("again");
-        assert_eq!((r.runtime, r.config, r.hull_config.as_path()), (Outcome::AlreadyThere, ConfigOutcome::Written, hc.as_path()));
+        assert_eq!(
+            (r.runtime, r.config, r.hull_config.as_path()),
+            (Outcome::AlreadyThere, ConfigOutcome::Written, hc.as_path())
+        );
         assert!(hc.exists());
         // A version 1 containerd config: refused before anything is written.
         let v1 = t.path().join("v1.toml");

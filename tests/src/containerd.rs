@@ -37,7 +37,10 @@ pub fn prerequisites() -> Result<(), String> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!("missing {} (apt-get install containerd)", missing.join(", ")))
+        Err(format!(
+            "missing {} (apt-get install containerd)",
+            missing.join(", ")
+        ))
     }
 }
 
@@ -61,7 +64,8 @@ impl Release {
     pub fn find(major: u32) -> Result<Release, String> {
         let dir = hull_runtime::config::default_cache_dir().join("containerd");
         let how = "run scripts/containerd-versions (scripts/setup does)";
-        let rd = std::fs::read_dir(&dir).map_err(|e| format!("no containerd releases in {}: {e} ({how})", dir.display()))?;
+        let rd = std::fs::read_dir(&dir)
+            .map_err(|e| format!("no containerd releases in {}: {e} ({how})", dir.display()))?;
         let prefix = format!("{major}.");
         let mut found: Vec<(Vec<u64>, Release)> = rd
             .filter_map(|e| e.ok())
@@ -73,7 +77,10 @@ impl Release {
                 version: v,
             })
             // A release is complete once its sha256 stamp is written.
-            .filter(|r| r.bin_dir.join("containerd").exists() && dir.join(&r.version).join("deb.sha256").exists())
+            .filter(|r| {
+                r.bin_dir.join("containerd").exists()
+                    && dir.join(&r.version).join("deb.sha256").exists()
+            })
             .map(|r| (upstream_version(&r.version), r))
             .collect();
         found.sort_by(|a, b| a.0.cmp(&b.0));
@@ -96,7 +103,9 @@ impl Release {
         let out = run_cmd(
             {
                 let mut c = Command::new("timeout");
-                c.args(["-s", "KILL", "30"]).arg(self.containerd()).args(["config", "default"]);
+                c.args(["-s", "KILL", "30"])
+                    .arg(self.containerd())
+                    .args(["config", "default"]);
                 c
             },
             None,
@@ -108,9 +117,13 @@ impl Release {
             crate::output_text(&out)
         );
         let text = String::from_utf8_lossy(&out.stdout);
-        text.parse::<toml::Table>()
-            .unwrap_or_else(|e| panic!("containerd {}'s default config is not TOML: {e}
-{text}", self.version))
+        text.parse::<toml::Table>().unwrap_or_else(|e| {
+            panic!(
+                "containerd {}'s default config is not TOML: {e}
+{text}",
+                self.version
+            )
+        })
     }
 }
 
@@ -130,7 +143,12 @@ fn table_at<'t>(t: &'t mut toml::Table, path: &[&str]) -> &'t mut toml::Table {
     path.iter().enumerate().fold(t, |t, (n, key)| {
         t.get_mut(*key)
             .and_then(toml::Value::as_table_mut)
-            .unwrap_or_else(|| panic!("containerd's default config has no table {}", path[..=n].join(".")))
+            .unwrap_or_else(|| {
+                panic!(
+                    "containerd's default config has no table {}",
+                    path[..=n].join(".")
+                )
+            })
     })
 }
 
@@ -151,23 +169,60 @@ fn replace(t: &mut toml::Table, path: &[&str], key: &str, value: impl Into<toml:
 /// in `dir`; CRI's CNI config and plugin dirs (the test's network), its pinned sandbox
 /// image; and hull as runtime `hull` (runtime_type only, as a user adds it), made CRI's
 /// default runtime. Everything else stays as the release ships it.
-fn test_instance_config(mut config: toml::Table, dir: &Path, net: &crate::cni::CniNet, sandbox_image: &str) -> String {
+fn test_instance_config(
+    mut config: toml::Table,
+    dir: &Path,
+    net: &crate::cni::CniNet,
+    sandbox_image: &str,
+) -> String {
     let path = |p: &str| dir.join(p).display().to_string();
     let version = config.get("version").and_then(toml::Value::as_integer);
-    assert_eq!(version, Some(3), "a containerd 2.x default config is version 3");
+    assert_eq!(
+        version,
+        Some(3),
+        "a containerd 2.x default config is version 3"
+    );
     replace(&mut config, &[], "root", path("root"));
     replace(&mut config, &[], "state", path("state"));
     replace(&mut config, &["grpc"], "address", path("c.sock"));
-    replace(&mut config, &["plugins", "io.containerd.nri.v1.nri"], "socket_path", path("nri.sock"));
-    replace(&mut config, &["plugins", "io.containerd.internal.v1.opt"], "path", path("opt"));
+    replace(
+        &mut config,
+        &["plugins", "io.containerd.nri.v1.nri"],
+        "socket_path",
+        path("nri.sock"),
+    );
+    replace(
+        &mut config,
+        &["plugins", "io.containerd.internal.v1.opt"],
+        "path",
+        path("opt"),
+    );
     let images = ["plugins", "io.containerd.cri.v1.images", "pinned_images"];
     replace(&mut config, &images, "sandbox", sandbox_image);
     let cni = ["plugins", "io.containerd.cri.v1.runtime", "cni"];
-    replace(&mut config, &cni, "conf_dir", net.conf_dir.display().to_string());
-    replace(&mut config, &cni, "bin_dirs", vec![toml::Value::from(crate::cni::CNI_BIN)]);
+    replace(
+        &mut config,
+        &cni,
+        "conf_dir",
+        net.conf_dir.display().to_string(),
+    );
+    replace(
+        &mut config,
+        &cni,
+        "bin_dirs",
+        vec![toml::Value::from(crate::cni::CNI_BIN)],
+    );
     let cri = ["plugins", "io.containerd.cri.v1.runtime", "containerd"];
     replace(&mut config, &cri, "default_runtime_name", "hull");
-    let runtimes = table_at(&mut config, &["plugins", "io.containerd.cri.v1.runtime", "containerd", "runtimes"]);
+    let runtimes = table_at(
+        &mut config,
+        &[
+            "plugins",
+            "io.containerd.cri.v1.runtime",
+            "containerd",
+            "runtimes",
+        ],
+    );
     let mut hull = toml::Table::new();
     hull.insert("runtime_type".into(), RUNTIME.into());
     runtimes.insert("hull".into(), hull.into());
@@ -210,7 +265,10 @@ enum Flavor<'a> {
     /// The host's containerd with CRI, config written here.
     Cri { sandbox_image: &'a str },
     /// `release` with its own default config (see [`test_instance_config`]).
-    DefaultConfig { release: &'a Release, sandbox_image: &'a str },
+    DefaultConfig {
+        release: &'a Release,
+        sandbox_image: &'a str,
+    },
 }
 
 pub struct Containerd {
@@ -249,14 +307,19 @@ impl Containerd {
     /// default. Everything else, such as unprivileged ports and ICMP, CDI and NRI, is
     /// as the release ships it. Its ctr is used for [`Containerd::ctr`].
     pub fn start_cri_default_config(release: &Release, sandbox_image: &str) -> Containerd {
-        Containerd::launch(Flavor::DefaultConfig { release, sandbox_image })
+        Containerd::launch(Flavor::DefaultConfig {
+            release,
+            sandbox_image,
+        })
     }
 
     /// Starts the host's containerd (its CRI plugin on) from the config text `config`
     /// makes of this instance's own paths and CNI network, instead of the harness's: for
     /// tests of a config made elsewhere (`hull install-containerd`'s). The text must use
     /// those paths for containerd's root, state, socket and CNI dirs.
-    pub fn start_from_config(config: impl FnOnce(&Instance, &crate::cni::CniNet) -> String) -> Containerd {
+    pub fn start_from_config(
+        config: impl FnOnce(&Instance, &crate::cni::CniNet) -> String,
+    ) -> Containerd {
         Containerd::launch(Flavor::FromConfig(Box::new(config)))
     }
 
@@ -269,11 +332,17 @@ impl Containerd {
         let d = dir.path();
         let bin = d.join("bin");
         std::fs::create_dir(&bin).expect("bin dir");
-        std::os::unix::fs::symlink(target_bin("containerd-shim-hull-v2"), bin.join("containerd-shim-hull-v2"))
-            .expect("shim symlink");
+        std::os::unix::fs::symlink(
+            target_bin("containerd-shim-hull-v2"),
+            bin.join("containerd-shim-hull-v2"),
+        )
+        .expect("shim symlink");
         let mut cni = None;
         let (release, config) = match flavor {
-            Flavor::DefaultConfig { release, sandbox_image } => {
+            Flavor::DefaultConfig {
+                release,
+                sandbox_image,
+            } => {
                 let net = crate::cni::CniNet::create(d);
                 let config = test_instance_config(release.default_config(), d, &net, sandbox_image);
                 cni = Some(net);
@@ -290,8 +359,13 @@ impl Containerd {
                 cni = Some(net);
                 (None, config)
             }
-            Flavor::Plain => (None, host_config(d, "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n")),
-            Flavor::Cri { sandbox_image: image } => {
+            Flavor::Plain => (
+                None,
+                host_config(d, "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"),
+            ),
+            Flavor::Cri {
+                sandbox_image: image,
+            } => {
                 let net = crate::cni::CniNet::create(d);
                 let conf = format!(
                     r#"[plugins."io.containerd.grpc.v1.cri"]
@@ -354,7 +428,10 @@ impl Containerd {
     /// Imports the OCI image layout `layout` into containerd namespace `namespace` as
     /// `<base_name>:<tag>` for each tag of the layout.
     pub fn import(&self, namespace: &str, layout: &Path, base_name: &str) {
-        let tar = self.dir.path().join(format!("{}.tar", base_name.replace('/', "_")));
+        let tar = self
+            .dir
+            .path()
+            .join(format!("{}.tar", base_name.replace('/', "_")));
         let st = Command::new("tar")
             .arg("-cf")
             .arg(&tar)
@@ -364,8 +441,20 @@ impl Containerd {
             .status()
             .expect("tar");
         assert!(st.success(), "tar of {} failed", layout.display());
-        let out = self.ctr(&["-n", namespace, "images", "import", "--base-name", base_name, tar.to_str().expect("utf8")]);
-        assert!(out.status.success(), "image import: {}", crate::output_text(&out));
+        let out = self.ctr(&[
+            "-n",
+            namespace,
+            "images",
+            "import",
+            "--base-name",
+            base_name,
+            tar.to_str().expect("utf8"),
+        ]);
+        assert!(
+            out.status.success(),
+            "image import: {}",
+            crate::output_text(&out)
+        );
         let _ = std::fs::remove_file(&tar);
     }
 
@@ -384,7 +473,10 @@ impl Containerd {
     pub fn shim_socket(&self, id: &str) -> PathBuf {
         use sha2::{Digest, Sha256};
         let key = format!("{}/default/{id}", self.socket().display());
-        let hex: String = Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = Sha256::digest(key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         PathBuf::from("/run/containerd/s").join(hex)
     }
 
@@ -400,7 +492,11 @@ impl Containerd {
     pub fn ctr_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         // A hung ctr must fail the test, not hang it.
         let mut cmd = Command::new("timeout");
-        cmd.args(["-s", "KILL", "120"]).arg(&self.ctr).arg("-a").arg(self.socket()).args(args);
+        cmd.args(["-s", "KILL", "120"])
+            .arg(&self.ctr)
+            .arg("-a")
+            .arg(self.socket())
+            .args(args);
         run_cmd(cmd, stdin)
     }
 
@@ -417,7 +513,18 @@ impl Containerd {
         let cfg = self.state.path().join("debug.toml");
         std::fs::write(&cfg, "[debug]\nexec = true\n").expect("config");
         let cfg_s = cfg.to_str().expect("utf8");
-        let out = self.ctr(&["run", "-d", "--runtime", RUNTIME, "--runtime-config-path", cfg_s, IMAGE, id, "sleep", "1000"]);
+        let out = self.ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            "--runtime-config-path",
+            cfg_s,
+            IMAGE,
+            id,
+            "sleep",
+            "1000",
+        ]);
         assert!(out.status.success(), "{}", crate::output_text(&out));
     }
 
@@ -429,7 +536,10 @@ impl Containerd {
             .lines()
             .find(|l| l.contains(&format!(" {id}")))
             .unwrap_or_else(|| panic!("hull ps does not list {id}: {}", crate::output_text(&ps)));
-        row.split_whitespace().next().expect("sandbox id").to_string()
+        row.split_whitespace()
+            .next()
+            .expect("sandbox id")
+            .to_string()
     }
 
     /// The status column of `ctr task ls` for `id`, if listed.
@@ -445,7 +555,10 @@ impl Containerd {
 
     /// SIGKILLs task `id`, waits until it is stopped, deletes it and its container.
     pub fn kill_and_remove(&self, id: &str) {
-        assert!(self.ctr(&["task", "kill", "-s", "SIGKILL", id]).status.success());
+        assert!(self
+            .ctr(&["task", "kill", "-s", "SIGKILL", id])
+            .status
+            .success());
         crate::wait_for("the task to stop", Duration::from_secs(30), || {
             (self.task_status(id).as_deref() == Some("STOPPED")).then_some(())
         });
@@ -474,7 +587,10 @@ impl Containerd {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("left behind: shims {shims:?}, mounts {mounts:?}\n--- containerd log ---\n{}", tail(&self.log(), 60));
+                panic!(
+                    "left behind: shims {shims:?}, mounts {mounts:?}\n--- containerd log ---\n{}",
+                    tail(&self.log(), 60)
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -485,7 +601,11 @@ impl Containerd {
 pub fn run_cmd(mut cmd: Command, stdin: Option<&[u8]>) -> Output {
     use std::io::Write;
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     let mut child = cmd.spawn().expect("start command");
     let writer = stdin.map(|data| {
         let mut pipe = child.stdin.take().expect("stdin pipe");
@@ -525,7 +645,10 @@ impl Drop for Containerd {
         }
         // Shims outlive containerd by design; a failed test's must not outlive us.
         for (pid, _) in self.shims() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
         for m in hull_runtime::sandbox::share::mounts_under(self.dir.path()) {

@@ -20,10 +20,11 @@ use hull_tests::containerd::Containerd;
 use hull_tests::cri::{self, within, Cri, HANDLER, IMAGE, NAMESPACE, PAUSE_IMAGE};
 use hull_tests::wait_for;
 use k8s_cri::v1::{
-    ContainerState, ContainerStatusRequest, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, PodSandboxState, PodSandboxStatusRequest, RemovePodSandboxRequest,
-    StopContainerRequest, StopPodSandboxRequest, VersionRequest,
+    ContainerState, ContainerStatusRequest, LinuxContainerConfig, LinuxContainerSecurityContext,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainersRequest,
+    ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
+    PodSandboxState, PodSandboxStatusRequest, RemovePodSandboxRequest, StopContainerRequest,
+    StopPodSandboxRequest, VersionRequest,
 };
 use serde_json::Value;
 
@@ -68,7 +69,8 @@ fn bundle_spec(c: &Containerd, id: &str) -> Value {
         .join(NAMESPACE)
         .join(id)
         .join("config.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("the bundle spec {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("the bundle spec {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -116,10 +118,18 @@ fn cri_pod_lifecycle_on_containerd2_with_its_default_config() {
             return;
         }
     };
-    eprintln!("containerd {} from {}", release.version, release.bin_dir.display());
+    eprintln!(
+        "containerd {} from {}",
+        release.version,
+        release.bin_dir.display()
+    );
     let c = Containerd::start_cri_default_config(&release, PAUSE_IMAGE);
     cri::import_images(&c);
-    let bridge = c.cni.as_ref().map(|n| n.bridge.clone()).expect("the test's CNI network");
+    let bridge = c
+        .cni
+        .as_ref()
+        .map(|n| n.bridge.clone())
+        .expect("the test's CNI network");
     let logs = tempfile::Builder::new()
         .prefix("hull-cri2-logs-")
         .tempdir_in("/tmp")
@@ -256,8 +266,14 @@ fn cri_pod_lifecycle_on_containerd2_with_its_default_config() {
     });
     drop(rt);
     c.assert_nothing_left();
-    wait_for(&format!("the pod's netns {} to be gone", netns.display()), Duration::from_secs(10), || (!netns.exists()).then_some(()));
-    wait_for("no veth left on the test's bridge", Duration::from_secs(10), || {
-        bridge_ports(&bridge).is_empty().then_some(())
-    });
+    wait_for(
+        &format!("the pod's netns {} to be gone", netns.display()),
+        Duration::from_secs(10),
+        || (!netns.exists()).then_some(()),
+    );
+    wait_for(
+        "no veth left on the test's bridge",
+        Duration::from_secs(10),
+        || bridge_ports(&bridge).is_empty().then_some(()),
+    );
 }

@@ -21,9 +21,10 @@ use hull_tests::containerd::{Containerd, IMAGE as CTR_IMAGE, RUNTIME};
 use hull_tests::cri::{self, within, Cri, HANDLER, IMAGE, PAUSE_IMAGE};
 use hull_tests::{output_text, wait_for};
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxContainerConfig, LinuxContainerSecurityContext,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListPodSandboxRequest, Mount, MountPropagation, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
+    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxContainerConfig,
+    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    ListPodSandboxRequest, Mount, MountPropagation, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
     StartContainerRequest, StopPodSandboxRequest,
 };
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -108,9 +109,14 @@ async fn start_container(
     let id = create_container(cri, pod, config, name, script, mounts)
         .await
         .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"));
-    within("StartContainer", cri.runtime.start_container(StartContainerRequest { container_id: id.clone() }))
-        .await
-        .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
+    within(
+        "StartContainer",
+        cri.runtime.start_container(StartContainerRequest {
+            container_id: id.clone(),
+        }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
     id
 }
 
@@ -127,28 +133,43 @@ async fn exec_any(cri: &mut Cri, id: &str, script: &str) -> (i32, String) {
         .into_inner();
     (
         out.exit_code,
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
     )
 }
 
 async fn remove_pod(cri: &mut Cri, pod: &str) {
-    within("StopPodSandbox", cri.runtime.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.to_string() }))
-        .await
-        .unwrap_or_else(|e| panic!("StopPodSandbox {pod}: {e}"));
+    within(
+        "StopPodSandbox",
+        cri.runtime.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.to_string(),
+        }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("StopPodSandbox {pod}: {e}"));
     within(
         "RemovePodSandbox",
-        cri.runtime.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.to_string() }),
+        cri.runtime.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod.to_string(),
+        }),
     )
     .await
     .unwrap_or_else(|e| panic!("RemovePodSandbox {pod}: {e}"));
 }
 
 async fn assert_no_pods(cri: &mut Cri) {
-    let pods = within("ListPodSandbox", cri.runtime.list_pod_sandbox(ListPodSandboxRequest::default()))
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items;
+    let pods = within(
+        "ListPodSandbox",
+        cri.runtime
+            .list_pod_sandbox(ListPodSandboxRequest::default()),
+    )
+    .await
+    .expect("ListPodSandbox")
+    .into_inner()
+    .items;
     assert!(pods.is_empty(), "pods left: {pods:?}");
 }
 
@@ -168,9 +189,10 @@ fn set(doc: &mut toml::Value, path: &[&str], value: &str) {
             .entry(key.to_string())
             .or_insert_with(|| toml::Value::Table(Default::default()));
     }
-    t.as_table_mut()
-        .expect("a TOML table")
-        .insert(path[path.len() - 1].to_string(), toml::Value::String(value.to_string()));
+    t.as_table_mut().expect("a TOML table").insert(
+        path[path.len() - 1].to_string(),
+        toml::Value::String(value.to_string()),
+    );
 }
 
 fn get<'a>(doc: &'a toml::Value, path: &[&str]) -> Option<&'a toml::Value> {
@@ -185,11 +207,17 @@ fn the_readme_set_up_runs_hull_pods() {
         return;
     }
     // containerd's own default config, as a node has it, and no hull config yet.
-    let etc = tempfile::Builder::new().prefix("hull-etc-").tempdir_in("/tmp").expect("etc");
+    let etc = tempfile::Builder::new()
+        .prefix("hull-etc-")
+        .tempdir_in("/tmp")
+        .expect("etc");
     let ctd_config = etc.path().join("containerd/config.toml");
     let hull_config = etc.path().join("hull/config.toml");
     std::fs::create_dir_all(ctd_config.parent().expect("dir")).expect("mkdir");
-    let default = Command::new("containerd").args(["config", "default"]).output().expect("containerd config default");
+    let default = Command::new("containerd")
+        .args(["config", "default"])
+        .output()
+        .expect("containerd config default");
     assert!(default.status.success(), "{}", output_text(&default));
     std::fs::write(&ctd_config, &default.stdout).expect("write");
 
@@ -209,9 +237,18 @@ fn the_readme_set_up_runs_hull_pods() {
     hull(&[]);
     let generated = std::fs::read_to_string(&ctd_config).expect("generated config");
     let doc: toml::Value = toml::from_str(&generated).expect("valid TOML");
-    let runtime = get(&doc, &["plugins", CRI, "containerd", "runtimes", "hull"]).expect("hull runtime");
-    assert_eq!(runtime["runtime_type"].as_str(), Some(RUNTIME), "{generated}");
-    assert_eq!(runtime["options"]["ConfigPath"].as_str(), hull_config.to_str(), "{generated}");
+    let runtime =
+        get(&doc, &["plugins", CRI, "containerd", "runtimes", "hull"]).expect("hull runtime");
+    assert_eq!(
+        runtime["runtime_type"].as_str(),
+        Some(RUNTIME),
+        "{generated}"
+    );
+    assert_eq!(
+        runtime["options"]["ConfigPath"].as_str(),
+        hull_config.to_str(),
+        "{generated}"
+    );
     let sandbox_image = get(&doc, &["plugins", CRI, "sandbox_image"])
         .and_then(toml::Value::as_str)
         .expect("sandbox_image")
@@ -220,21 +257,60 @@ fn the_readme_set_up_runs_hull_pods() {
         let mut doc = doc.clone();
         set(&mut doc, &["root"], &inst.root.display().to_string());
         set(&mut doc, &["state"], &inst.state.display().to_string());
-        set(&mut doc, &["grpc", "address"], &inst.address.display().to_string());
-        set(&mut doc, &["plugins", CRI, "cni", "conf_dir"], &cni.conf_dir.display().to_string());
-        set(&mut doc, &["plugins", CRI, "cni", "bin_dir"], hull_tests::cni::CNI_BIN);
+        set(
+            &mut doc,
+            &["grpc", "address"],
+            &inst.address.display().to_string(),
+        );
+        set(
+            &mut doc,
+            &["plugins", CRI, "cni", "conf_dir"],
+            &cni.conf_dir.display().to_string(),
+        );
+        set(
+            &mut doc,
+            &["plugins", CRI, "cni", "bin_dir"],
+            hull_tests::cni::CNI_BIN,
+        );
         toml::to_string(&doc).expect("TOML")
     });
     // The images: nothing is pulled; the config's sandbox image is the test's pause.
     cri::import_images(&c);
-    let out = c.ctr(&["-n", cri::NAMESPACE, "images", "tag", PAUSE_IMAGE, &sandbox_image]);
+    let out = c.ctr(&[
+        "-n",
+        cri::NAMESPACE,
+        "images",
+        "tag",
+        PAUSE_IMAGE,
+        &sandbox_image,
+    ]);
     assert!(out.status.success(), "{}", output_text(&out));
     c.import("default", &hull_tests::demo_image(), "demo");
 
     // `ctr run`, as the README shows it.
-    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, CTR_IMAGE, "readme1", "echo", "hi from ctr"]);
-    assert_eq!(out.status.code(), Some(0), "{}\n--- containerd log ---\n{}", output_text(&out), c.log());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi from ctr\n", "{}", output_text(&out));
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        CTR_IMAGE,
+        "readme1",
+        "echo",
+        "hi from ctr",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n--- containerd log ---\n{}",
+        output_text(&out),
+        c.log()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hi from ctr\n",
+        "{}",
+        output_text(&out)
+    );
 
     // A pod with the RuntimeClass handler `hull`: the runtime's ConfigPath is used.
     let logs = logs_dir();
@@ -251,16 +327,33 @@ fn the_readme_set_up_runs_hull_pods() {
         };
         let pod = within("RunPodSandbox", cri.runtime.run_pod_sandbox(req))
             .await
-            .unwrap_or_else(|e| panic!("RunPodSandbox with the installed config: {e}\n--- containerd log ---\n{}", c.log()))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "RunPodSandbox with the installed config: {e}\n--- containerd log ---\n{}",
+                    c.log()
+                )
+            })
             .into_inner()
             .pod_sandbox_id;
-        start_container(&mut cri, &pod, &config, "hello", "echo hello from the installed config; exec sleep 100000", vec![]).await;
+        start_container(
+            &mut cri,
+            &pod,
+            &config,
+            "hello",
+            "echo hello from the installed config; exec sleep 100000",
+            vec![],
+        )
+        .await;
         let log = Path::new(&config.log_directory).join("hello.log");
-        wait_for("the container's output in its CRI log", Duration::from_secs(60), || {
-            std::fs::read_to_string(&log)
-                .ok()
-                .filter(|t| t.contains("stdout F hello from the installed config"))
-        });
+        wait_for(
+            "the container's output in its CRI log",
+            Duration::from_secs(60),
+            || {
+                std::fs::read_to_string(&log)
+                    .ok()
+                    .filter(|t| t.contains("stdout F hello from the installed config"))
+            },
+        );
         remove_pod(&mut cri, &pod).await;
         assert_no_pods(&mut cri).await;
     });
@@ -271,8 +364,15 @@ fn the_readme_set_up_runs_hull_pods() {
     let text = std::fs::read_to_string(&hull_config).expect("hull's config file was written");
     std::fs::write(&hull_config, format!("{text}\n# edited\n")).expect("edit");
     let again = hull(&[]);
-    assert_eq!(std::fs::read_to_string(&ctd_config).expect("config"), generated, "{}", output_text(&again));
-    assert!(std::fs::read_to_string(&hull_config).expect("hull config").ends_with("# edited\n"));
+    assert_eq!(
+        std::fs::read_to_string(&ctd_config).expect("config"),
+        generated,
+        "{}",
+        output_text(&again)
+    );
+    assert!(std::fs::read_to_string(&hull_config)
+        .expect("hull config")
+        .ends_with("# edited\n"));
 }
 
 /// A dir bind-mounted on itself with shared propagation (as `/` is under systemd, and
@@ -286,12 +386,36 @@ struct HostDir {
 
 impl HostDir {
     fn new() -> HostDir {
-        let dir = tempfile::Builder::new().prefix("hull-vol-").tempdir_in("/tmp").expect("tmp");
+        let dir = tempfile::Builder::new()
+            .prefix("hull-vol-")
+            .tempdir_in("/tmp")
+            .expect("tmp");
         let root = dir.path().to_path_buf();
         let hd = HostDir { _dir: dir, root };
-        mount(Some(&hd.root), &hd.root, None::<&str>, MsFlags::MS_BIND, None::<&str>).expect("bind");
-        mount(None::<&str>, &hd.root, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>).expect("private");
-        mount(None::<&str>, &hd.root, None::<&str>, MsFlags::MS_SHARED, None::<&str>).expect("shared");
+        mount(
+            Some(&hd.root),
+            &hd.root,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind");
+        mount(
+            None::<&str>,
+            &hd.root,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .expect("private");
+        mount(
+            None::<&str>,
+            &hd.root,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .expect("shared");
         std::fs::create_dir_all(hd.vol().join("sub")).expect("sub");
         std::fs::create_dir_all(hd.vol().join("later")).expect("later");
         tmpfs(&hd.vol().join("sub"));
@@ -319,7 +443,14 @@ impl Drop for HostDir {
 }
 
 fn tmpfs(at: &Path) {
-    mount(Some("tmpfs"), at, Some("tmpfs"), MsFlags::empty(), Some("size=1m")).expect("tmpfs");
+    mount(
+        Some("tmpfs"),
+        at,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .expect("tmpfs");
 }
 
 fn volume(host: &Path, readonly: bool, propagation: MountPropagation) -> Vec<Mount> {
@@ -353,24 +484,63 @@ fn volumes_bring_their_submounts_and_keep_what_propagation_can_cross() {
         let sleep = "exec sleep 100000";
 
         // Private, writable: the tmpfs below the host dir is the volume's, writable.
-        let rw = start_container(&mut cri, &pod, &config, "rw", sleep, volume(&vol, false, MountPropagation::PropagationPrivate)).await;
-        let (code, out) = exec_any(&mut cri, &rw, "cat /v/sub/f && echo from-rw > /v/sub/x && echo written").await;
-        assert_eq!((code, out.as_str()), (0, "on the tmpfs\nwritten\n"), "the tmpfs under the volume, writable");
-        assert_eq!(std::fs::read_to_string(vol.join("sub/x")).expect("on the host's tmpfs"), "from-rw\n");
+        let rw = start_container(
+            &mut cri,
+            &pod,
+            &config,
+            "rw",
+            sleep,
+            volume(&vol, false, MountPropagation::PropagationPrivate),
+        )
+        .await;
+        let (code, out) = exec_any(
+            &mut cri,
+            &rw,
+            "cat /v/sub/f && echo from-rw > /v/sub/x && echo written",
+        )
+        .await;
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "on the tmpfs\nwritten\n"),
+            "the tmpfs under the volume, writable"
+        );
+        assert_eq!(
+            std::fs::read_to_string(vol.join("sub/x")).expect("on the host's tmpfs"),
+            "from-rw\n"
+        );
 
         // Read-only: read-only below too.
-        let ro = start_container(&mut cri, &pod, &config, "ro", sleep, volume(&vol, true, MountPropagation::PropagationPrivate)).await;
+        let ro = start_container(
+            &mut cri,
+            &pod,
+            &config,
+            "ro",
+            sleep,
+            volume(&vol, true, MountPropagation::PropagationPrivate),
+        )
+        .await;
         let (code, out) = exec_any(&mut cri, &ro, "cat /v/sub/f").await;
         assert_eq!((code, out.as_str()), (0, "on the tmpfs\n"));
         for path in ["/v/sub/y", "/v/y"] {
             let (code, out) = exec_any(&mut cri, &ro, &format!("touch {path}")).await;
-            assert!(code != 0 && out.contains("Read-only file system"), "touch {path} in a read-only volume: {code} {out}");
+            assert!(
+                code != 0 && out.contains("Read-only file system"),
+                "touch {path} in a read-only volume: {code} {out}"
+            );
         }
         assert!(!vol.join("sub/y").exists() && !vol.join("y").exists());
 
         // HostToContainer (rslave): runs, sees the tmpfs, and what the host mounts
         // afterwards; the private volume does not.
-        let slave = start_container(&mut cri, &pod, &config, "slave", sleep, volume(&vol, false, MountPropagation::PropagationHostToContainer)).await;
+        let slave = start_container(
+            &mut cri,
+            &pod,
+            &config,
+            "slave",
+            sleep,
+            volume(&vol, false, MountPropagation::PropagationHostToContainer),
+        )
+        .await;
         let (code, out) = exec_any(&mut cri, &slave, "cat /v/sub/f").await;
         assert_eq!((code, out.as_str()), (0, "on the tmpfs\n"));
         tmpfs(&vol.join("later"));
@@ -382,30 +552,62 @@ fn volumes_bring_their_submounts_and_keep_what_propagation_can_cross() {
                 assert_eq!(out, "mounted later\n");
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "the host's later mount never reached the rslave volume: {out}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the host's later mount never reached the rslave volume: {out}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let (code, out) = exec_any(&mut cri, &slave, "echo from-slave > /v/later/w && echo ok").await;
+        let (code, out) =
+            exec_any(&mut cri, &slave, "echo from-slave > /v/later/w && echo ok").await;
         assert_eq!((code, out.as_str()), (0, "ok\n"));
-        assert_eq!(std::fs::read_to_string(vol.join("later/w")).expect("on the later tmpfs"), "from-slave\n");
+        assert_eq!(
+            std::fs::read_to_string(vol.join("later/w")).expect("on the later tmpfs"),
+            "from-slave\n"
+        );
         let (_, out) = exec_any(&mut cri, &rw, "ls -A /v/later").await;
-        assert_eq!(out, "", "a private volume must not receive the host's later mounts");
+        assert_eq!(
+            out, "",
+            "a private volume must not receive the host's later mounts"
+        );
 
         // Bidirectional (rshared): refused, naming the volume and why, when the
         // runtime first sees the container (CRI's StartContainer creates the task).
-        let shared = create_container(&mut cri, &pod, &config, "shared", sleep, volume(&vol, false, MountPropagation::PropagationBidirectional))
-            .await
-            .unwrap_or_else(|e| panic!("CreateContainer (CRI metadata only): {e}"));
-        let e = within("StartContainer", cri.runtime.start_container(StartContainerRequest { container_id: shared.clone() }))
-            .await
-            .expect_err("a Bidirectional volume must be refused");
+        let shared = create_container(
+            &mut cri,
+            &pod,
+            &config,
+            "shared",
+            sleep,
+            volume(&vol, false, MountPropagation::PropagationBidirectional),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer (CRI metadata only): {e}"));
+        let e = within(
+            "StartContainer",
+            cri.runtime.start_container(StartContainerRequest {
+                container_id: shared.clone(),
+            }),
+        )
+        .await
+        .expect_err("a Bidirectional volume must be refused");
         let msg = e.message();
         assert!(
-            msg.contains(&vol.display().to_string()) && msg.contains("Bidirectional") && msg.contains("can never reach the host"),
+            msg.contains(&vol.display().to_string())
+                && msg.contains("Bidirectional")
+                && msg.contains("can never reach the host"),
             "{msg}"
         );
-        let left: Vec<PathBuf> = c.state.mounts().into_iter().filter(|m| m.to_string_lossy().contains(&shared)).collect();
-        assert!(left.is_empty(), "the refused container left mounts: {left:?}");
+        let left: Vec<PathBuf> = c
+            .state
+            .mounts()
+            .into_iter()
+            .filter(|m| m.to_string_lossy().contains(&shared))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "the refused container left mounts: {left:?}"
+        );
         // The pod still works.
         let (code, _) = exec_any(&mut cri, &rw, "true").await;
         assert_eq!(code, 0);
@@ -420,7 +622,10 @@ fn volumes_bring_their_submounts_and_keep_what_propagation_can_cross() {
     expected.push(vol.join("later"));
     expected.sort();
     assert_eq!(host.mounts(), expected);
-    assert_eq!(std::fs::read_to_string(vol.join("sub/f")).expect("f"), "on the tmpfs\n");
+    assert_eq!(
+        std::fs::read_to_string(vol.join("sub/f")).expect("f"),
+        "on the tmpfs\n"
+    );
 }
 
 #[test]
@@ -445,7 +650,10 @@ fn the_node_ipc_namespace_is_refused_before_any_vm_process_starts() {
             .await
             .expect_err("a pod in the node's IPC namespace must be refused");
         let msg = e.message();
-        assert!(msg.contains("hostIPC") && msg.contains("ipc namespace"), "{msg}");
+        assert!(
+            msg.contains("hostIPC") && msg.contains("ipc namespace"),
+            "{msg}"
+        );
         assert_no_pods(&mut cri).await;
     });
     drop(rt);

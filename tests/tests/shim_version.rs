@@ -9,7 +9,11 @@ use hull_tests::{output_text, target_bin};
 #[test]
 fn the_shim_prints_its_version() {
     let shim = target_bin("containerd-shim-hull-v2");
-    assert!(shim.exists(), "{} is missing: cargo build --workspace --bins", shim.display());
+    assert!(
+        shim.exists(),
+        "{} is missing: cargo build --workspace --bins",
+        shim.display()
+    );
     for flag in ["-v", "-version", "--version"] {
         let out = Command::new(&shim)
             .arg(flag)
@@ -20,15 +24,25 @@ fn the_shim_prints_its_version() {
         assert!(out.status.success(), "{flag}: {}", output_text(&out));
         let text = String::from_utf8_lossy(&out.stdout);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.first(), Some(&"containerd-shim-hull-v2:"), "{flag}: {}", output_text(&out));
+        assert_eq!(
+            lines.first(),
+            Some(&"containerd-shim-hull-v2:"),
+            "{flag}: {}",
+            output_text(&out)
+        );
         let version = format!("  Version: {}", env!("CARGO_PKG_VERSION"));
-        assert!(lines.contains(&version.as_str()), "{flag}: {}", output_text(&out));
+        assert!(
+            lines.contains(&version.as_str()),
+            "{flag}: {}",
+            output_text(&out)
+        );
         let revision = lines
             .iter()
             .find_map(|l| l.strip_prefix("  Revision: "))
             .unwrap_or_else(|| panic!("{flag}: no revision line: {}", output_text(&out)));
         assert!(
-            revision == "unknown" || (revision.len() >= 40 && revision[..40].bytes().all(|b| b.is_ascii_hexdigit())),
+            revision == "unknown"
+                || (revision.len() >= 40 && revision[..40].bytes().all(|b| b.is_ascii_hexdigit())),
             "{flag}: revision {revision:?}"
         );
         assert!(out.stderr.is_empty(), "{flag}: {}", output_text(&out));

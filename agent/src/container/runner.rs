@@ -100,7 +100,10 @@ fn builder(
         .with_executor(executor)
         .with_console_socket(console.map(|c| c.path().to_path_buf()));
     if let StdioSetup::Pipes(p) = stdio {
-        b = b.with_stdin(p.stdin).with_stdout(p.stdout).with_stderr(p.stderr);
+        b = b
+            .with_stdin(p.stdin)
+            .with_stdout(p.stdout)
+            .with_stderr(p.stderr);
     }
     Ok(b)
 }
@@ -111,10 +114,13 @@ fn console_for(stdio: &StdioSetup) -> Result<Option<ConsoleSocket>, RunError> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     match stdio {
         StdioSetup::Terminal => {
-            std::fs::create_dir_all(CONSOLE_SOCKETS).map_err(io(format!("create {CONSOLE_SOCKETS}")))?;
+            std::fs::create_dir_all(CONSOLE_SOCKETS)
+                .map_err(io(format!("create {CONSOLE_SOCKETS}")))?;
             let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let path = Path::new(CONSOLE_SOCKETS).join(format!("{n}.sock"));
-            Ok(Some(ConsoleSocket::bind(&path).map_err(io(format!("bind {}", path.display())))?))
+            Ok(Some(
+                ConsoleSocket::bind(&path).map_err(io(format!("bind {}", path.display())))?,
+            ))
         }
         StdioSetup::Pipes(_) => Ok(None),
     }
@@ -131,7 +137,8 @@ fn receive_pty(console: Option<ConsoleSocket>) -> Result<Option<OwnedFd>, RunErr
 pub fn create(id: &str, spec: &Spec, stdio: StdioSetup) -> Result<Launched, RunError> {
     let bundle = bundle_dir(id);
     std::fs::create_dir_all(&bundle).map_err(io(format!("create {}", bundle.display())))?;
-    let config = serde_json::to_vec(spec).map_err(|e| RunError::Libcontainer(format!("serialize spec: {e}")))?;
+    let config = serde_json::to_vec(spec)
+        .map_err(|e| RunError::Libcontainer(format!("serialize spec: {e}")))?;
     std::fs::write(bundle.join("config.json"), config).map_err(io("write config.json"))?;
     let console = console_for(&stdio)?;
     let container = builder(id, stdio, console.as_ref(), DefaultExecutor {})?
@@ -160,7 +167,12 @@ pub fn start(id: &str) -> Result<(), RunError> {
 
 /// Starts `process` in the namespaces and cgroup of container `id`, with the
 /// container's seccomp filter (see `exec_seccomp`).
-pub fn exec(id: &str, exec_id: &str, process: &Process, stdio: StdioSetup) -> Result<Launched, RunError> {
+pub fn exec(
+    id: &str,
+    exec_id: &str,
+    process: &Process,
+    stdio: StdioSetup,
+) -> Result<Launched, RunError> {
     let bundle = bundle_dir(id);
     let container_spec = Spec::load(bundle.join("config.json"))
         .map_err(|e| RunError::Libcontainer(format!("read the spec of container {id}: {e}")))?;
@@ -171,7 +183,8 @@ pub fn exec(id: &str, exec_id: &str, process: &Process, stdio: StdioSetup) -> Re
         None => (None, process.clone()),
     };
     let path = bundle.join(format!("exec-{exec_id}.json"));
-    let json = serde_json::to_vec(&process).map_err(|e| RunError::Libcontainer(format!("serialize process: {e}")))?;
+    let json = serde_json::to_vec(&process)
+        .map_err(|e| RunError::Libcontainer(format!("serialize process: {e}")))?;
     std::fs::write(&path, json).map_err(io(format!("write {}", path.display())))?;
     let console = console_for(&stdio)?;
     let result = match seccomp {

@@ -104,7 +104,11 @@ pub fn take_vm_net_sysctls(spec: &mut Spec) -> Result<Vec<Sysctl>, SysctlError> 
     if !shares_vm_netns(spec) {
         return Ok(Vec::new());
     }
-    let Some(sysctls) = spec.linux_mut().as_mut().and_then(|l| l.sysctl_mut().as_mut()) else {
+    let Some(sysctls) = spec
+        .linux_mut()
+        .as_mut()
+        .and_then(|l| l.sysctl_mut().as_mut())
+    else {
         return Ok(Vec::new());
     };
     let mut taken = sysctls
@@ -153,7 +157,12 @@ mod tests {
     }
 
     fn left(s: &Spec) -> HashMap<String, String> {
-        s.linux().as_ref().unwrap().sysctl().clone().unwrap_or_default()
+        s.linux()
+            .as_ref()
+            .unwrap()
+            .sysctl()
+            .clone()
+            .unwrap_or_default()
     }
 
     const CRI: &str = r#"{"net.ipv4.ping_group_range":"0 2147483647","net.ipv4.ip_unprivileged_port_start":"0",
@@ -204,10 +213,16 @@ mod tests {
 
     #[test]
     fn slashed_keys_with_dotted_names() {
-        let mut s = spec("[]", r#"{"net/ipv4/conf/eth0.100/forwarding":"1","kernel/msgmax":"9"}"#);
+        let mut s = spec(
+            "[]",
+            r#"{"net/ipv4/conf/eth0.100/forwarding":"1","kernel/msgmax":"9"}"#,
+        );
         let taken = take_vm_net_sysctls(&mut s).unwrap();
         assert_eq!(taken.len(), 1);
-        assert_eq!(taken[0].path, Path::new("/proc/sys/net/ipv4/conf/eth0.100/forwarding"));
+        assert_eq!(
+            taken[0].path,
+            Path::new("/proc/sys/net/ipv4/conf/eth0.100/forwarding")
+        );
         assert_eq!(left(&s).keys().collect::<Vec<_>>(), vec!["kernel/msgmax"]);
     }
 
@@ -229,7 +244,10 @@ mod tests {
             m.insert("net.core.somaxconn".to_string(), "1".into());
             let mut s = spec("[]", &serde_json::Value::Object(m).to_string());
             let e = take_vm_net_sysctls(&mut s).unwrap_err().to_string();
-            assert!(e.contains(&format!("{:?}", bad.chars().take(80).collect::<String>())), "{bad:?}: {e}");
+            assert!(
+                e.contains(&format!("{:?}", bad.chars().take(80).collect::<String>())),
+                "{bad:?}: {e}"
+            );
             assert_eq!(left(&s).len(), 2, "{bad:?}: nothing taken on error");
         }
         assert!(path(&"net.x".repeat(60)).is_err());
@@ -239,7 +257,10 @@ mod tests {
 
     #[test]
     fn keys_and_paths() {
-        assert_eq!(path("net.ipv4.ip_forward").unwrap(), Path::new("/proc/sys/net/ipv4/ip_forward"));
+        assert_eq!(
+            path("net.ipv4.ip_forward").unwrap(),
+            Path::new("/proc/sys/net/ipv4/ip_forward")
+        );
         assert!(is_net("net.ipv4.ip_forward") && is_net("net/core/somaxconn"));
         assert!(!is_net("network.x") && !is_net("kernel.net") && !is_net("netx/y"));
         assert!(!is_net("kernel.shmmax"));

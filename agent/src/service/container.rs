@@ -32,7 +32,10 @@ fn unmount_all(points: &[PathBuf]) {
     }
 }
 
-pub fn do_create_container(svc: &Service, req: &CreateContainerRequest) -> Result<Empty, ServiceError> {
+pub fn do_create_container(
+    svc: &Service,
+    req: &CreateContainerRequest,
+) -> Result<Empty, ServiceError> {
     let id = req.container_id.as_str();
     spec::validate_id("container id", id)?;
     if svc.sandbox.contains(id) || runner::state_dir(id).exists() {
@@ -99,7 +102,13 @@ pub fn do_create_container(svc: &Service, req: &CreateContainerRequest) -> Resul
             return Err(ServiceError::internal("process stdio", e));
         }
     };
-    let init = Arc::new(Process::new(String::new(), pid, ends, exited, cgroup::dir_of(id)));
+    let init = Arc::new(Process::new(
+        String::new(),
+        pid,
+        ends,
+        exited,
+        cgroup::dir_of(id),
+    ));
     tokio::spawn(kill_leftovers_after_init(init.clone(), cgroup::dir_of(id)));
     let container = Arc::new(Container::new(id.to_owned(), init, mounted));
     svc.sandbox.insert(container);
@@ -121,7 +130,11 @@ async fn kill_leftovers_after_init(init: Arc<Process>, cgroup_dir: PathBuf) {
 
 /// Points the namespaces the request shares with the pod's sandbox container at that
 /// container's init process, which must be running (its namespaces die with it).
-fn join_sandbox(svc: &Service, req: &CreateContainerRequest, oci: &mut oci_spec::runtime::Spec) -> Result<(), ServiceError> {
+fn join_sandbox(
+    svc: &Service,
+    req: &CreateContainerRequest,
+    oci: &mut oci_spec::runtime::Spec,
+) -> Result<(), ServiceError> {
     if req.sandbox_namespaces.is_empty() {
         return Ok(());
     }
@@ -166,7 +179,10 @@ fn create_error(id: &str, e: runner::RunError) -> ServiceError {
     }
 }
 
-pub fn do_start_container(svc: &Service, req: &StartContainerRequest) -> Result<Empty, ServiceError> {
+pub fn do_start_container(
+    svc: &Service,
+    req: &StartContainerRequest,
+) -> Result<Empty, ServiceError> {
     let c = lookup(svc, &req.container_id)?;
     if c.init.has_exited() {
         return Err(ServiceError::FailedPrecondition(format!(
@@ -180,12 +196,16 @@ pub fn do_start_container(svc: &Service, req: &StartContainerRequest) -> Result<
             c.id
         )));
     }
-    runner::start(&c.id).map_err(|e| ServiceError::internal(format!("start container {}", c.id), e))?;
+    runner::start(&c.id)
+        .map_err(|e| ServiceError::internal(format!("start container {}", c.id), e))?;
     info!(container = %c.id, "container started");
     Ok(Empty::new())
 }
 
-pub async fn do_remove_container(svc: &Service, req: &RemoveContainerRequest) -> Result<Empty, ServiceError> {
+pub async fn do_remove_container(
+    svc: &Service,
+    req: &RemoveContainerRequest,
+) -> Result<Empty, ServiceError> {
     let c = lookup(svc, &req.container_id)?;
     if !c.init.has_exited() {
         if req.timeout_secs == 0 && c.is_started() {
@@ -206,7 +226,10 @@ pub async fn do_remove_container(svc: &Service, req: &RemoveContainerRequest) ->
                 nix::unistd::Pid::from_raw(c.init.pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
-            if tokio::time::timeout(KILL_WAIT, c.init.wait()).await.is_err() {
+            if tokio::time::timeout(KILL_WAIT, c.init.wait())
+                .await
+                .is_err()
+            {
                 return Err(ServiceError::internal(
                     format!("remove container {}", c.id),
                     "init process did not die after SIGKILL",
@@ -239,11 +262,15 @@ pub fn do_update(svc: &Service, req: &UpdateContainerRequest) -> Result<Empty, S
     let c = lookup(svc, &req.container_id)?;
     let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&req.resources_json)
         .map_err(|e| ServiceError::InvalidArgument(format!("resources_json: {e}")))?;
-    runner::update(&c.id, &resources).map_err(|e| ServiceError::internal(format!("update {}", c.id), e))?;
+    runner::update(&c.id, &resources)
+        .map_err(|e| ServiceError::internal(format!("update {}", c.id), e))?;
     Ok(Empty::new())
 }
 
-pub fn do_stats(svc: &Service, req: &ContainerRequest) -> Result<StatsContainerResponse, ServiceError> {
+pub fn do_stats(
+    svc: &Service,
+    req: &ContainerRequest,
+) -> Result<StatsContainerResponse, ServiceError> {
     let c = lookup(svc, &req.container_id)?;
     cgroup::stats(&c.cgroup).map_err(|e| ServiceError::internal(format!("stats {}", c.id), e))
 }
@@ -266,9 +293,13 @@ fn cmdline(pid: i32) -> Vec<String> {
         .unwrap_or_default()
 }
 
-pub fn do_list_processes(svc: &Service, req: &ContainerRequest) -> Result<ListProcessesResponse, ServiceError> {
+pub fn do_list_processes(
+    svc: &Service,
+    req: &ContainerRequest,
+) -> Result<ListProcessesResponse, ServiceError> {
     let c = lookup(svc, &req.container_id)?;
-    let pids = cgroup::procs(&c.cgroup).map_err(|e| ServiceError::internal(format!("list {}", c.id), e))?;
+    let pids = cgroup::procs(&c.cgroup)
+        .map_err(|e| ServiceError::internal(format!("list {}", c.id), e))?;
     let execs = c.exec_processes();
     let mut resp = ListProcessesResponse::new();
     for pid in pids {

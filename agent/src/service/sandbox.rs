@@ -72,13 +72,21 @@ pub fn hosts_file(hostname: &str, extra: &[String]) -> String {
 
 fn write_file(name: &str, text: &str) -> Result<(), ServiceError> {
     let dir = std::path::Path::new(SANDBOX_FILES);
-    std::fs::create_dir_all(dir).map_err(|e| ServiceError::internal(format!("create {SANDBOX_FILES}"), e))?;
-    std::fs::write(dir.join(name), text).map_err(|e| ServiceError::internal(format!("write {SANDBOX_FILES}/{name}"), e))
+    std::fs::create_dir_all(dir)
+        .map_err(|e| ServiceError::internal(format!("create {SANDBOX_FILES}"), e))?;
+    std::fs::write(dir.join(name), text)
+        .map_err(|e| ServiceError::internal(format!("write {SANDBOX_FILES}/{name}"), e))
 }
 
 fn check_hostname(h: &str) -> Result<(), ServiceError> {
-    if h.len() > 64 || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
-        return Err(ServiceError::InvalidArgument(format!("hostname {h:?} is not a valid host name")));
+    if h.len() > 64
+        || !h
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err(ServiceError::InvalidArgument(format!(
+            "hostname {h:?} is not a valid host name"
+        )));
     }
     Ok(())
 }
@@ -94,7 +102,9 @@ fn check_sysctl(key: &str) -> Result<std::path::PathBuf, ServiceError> {
 pub fn do_create_sandbox(svc: &Service, req: &CreateSandboxRequest) -> Result<Empty, ServiceError> {
     let _span = info_span!("create_sandbox", id = %req.sandbox_id).entered();
     if !svc.sandbox.mark_created() {
-        return Err(ServiceError::AlreadyExists("the sandbox was already created".into()));
+        return Err(ServiceError::AlreadyExists(
+            "the sandbox was already created".into(),
+        ));
     }
     // `rpc` admitted the request (and its policy) against the policies in force.
     let sent = match req.policy.as_str() {
@@ -145,7 +155,8 @@ fn create_sandbox(req: &CreateSandboxRequest) -> Result<Empty, ServiceError> {
         info!(target = %plan.target.display(), source = %plan.source, "storage mounted");
     }
     if !req.hostname.is_empty() {
-        nix::unistd::sethostname(&req.hostname).map_err(|e| ServiceError::internal("sethostname", e))?;
+        nix::unistd::sethostname(&req.hostname)
+            .map_err(|e| ServiceError::internal("sethostname", e))?;
         write_file("hostname", &format!("{}\n", req.hostname))?;
     }
     write_file("hosts", &hosts_file(&req.hostname, &req.hosts))?;
@@ -153,7 +164,8 @@ fn create_sandbox(req: &CreateSandboxRequest) -> Result<Empty, ServiceError> {
         write_file("resolv.conf", &dns)?;
     }
     for (path, value) in sysctls {
-        std::fs::write(&path, value).map_err(|e| ServiceError::internal(format!("sysctl {}", path.display()), e))?;
+        std::fs::write(&path, value)
+            .map_err(|e| ServiceError::internal(format!("sysctl {}", path.display()), e))?;
     }
     Ok(Empty::new())
 }

@@ -41,7 +41,14 @@ pub fn spawn(
         .arg(crate::uds_path::for_helper(sock_dir, socket_name))
         .arg("--shared-dir")
         .arg(shared_dir)
-        .args(["--cache", "never", "--sandbox", "namespace", "--seccomp", "kill"])
+        .args([
+            "--cache",
+            "never",
+            "--sandbox",
+            "namespace",
+            "--seccomp",
+            "kill",
+        ])
         .stdout(Stdio::null());
     Ok(HelperProcess::spawn("virtiofsd", cmd, stderr_log)?)
 }

@@ -54,7 +54,11 @@ pub enum JailError {
         "no free uid for the sandbox's jail: all {count} uids from {start} ([jail] uid_start, uid_count) \
          are leased (leases in {dir}) or still have processes"
     )]
-    NoFreeUid { start: u32, count: u32, dir: PathBuf },
+    NoFreeUid {
+        start: u32,
+        count: u32,
+        dir: PathBuf,
+    },
     #[error("cannot {what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -105,13 +109,18 @@ impl Jail {
         let sock_dir = dir.join(SOCK_DIR);
         mkdir(&sock_dir, 0o700)?;
         let uid = lease.uid();
-        std::os::unix::fs::chown(&sock_dir, Some(uid), Some(uid))
-            .map_err(JailError::io("give the jail's socket dir to its uid:", &sock_dir))?;
+        std::os::unix::fs::chown(&sock_dir, Some(uid), Some(uid)).map_err(JailError::io(
+            "give the jail's socket dir to its uid:",
+            &sock_dir,
+        ))?;
         // Never above this process's own hard limit (raising it needs CAP_SYS_RESOURCE,
         // which a containerised "root" may lack).
         let rlimits = [
             (libc::RLIMIT_NOFILE, config.nofile),
-            (libc::RLIMIT_MEMLOCK, config.memlock_mib.saturating_mul(1 << 20)),
+            (
+                libc::RLIMIT_MEMLOCK,
+                config.memlock_mib.saturating_mul(1 << 20),
+            ),
             (libc::RLIMIT_NPROC, config.nproc),
             // No core dump: it would hold guest memory.
             (libc::RLIMIT_CORE, 0),
@@ -169,9 +178,11 @@ impl Jail {
             let host = Path::new(sys);
             match std::fs::symlink_metadata(host) {
                 Ok(m) if m.file_type().is_symlink() => {
-                    let target = std::fs::read_link(host).map_err(JailError::io("read the symlink", host))?;
+                    let target = std::fs::read_link(host)
+                        .map_err(JailError::io("read the symlink", host))?;
                     let link = inside(&root, host)?;
-                    std::os::unix::fs::symlink(&target, &link).map_err(JailError::io("create the symlink", &link))?;
+                    std::os::unix::fs::symlink(&target, &link)
+                        .map_err(JailError::io("create the symlink", &link))?;
                 }
                 Ok(m) if m.is_dir() => binds.push(bind(&root, host, host, true, false)?),
                 _ => {}
@@ -181,7 +192,9 @@ impl Jail {
         let exe_in_jail = if program.starts_with("/usr") {
             program.clone()
         } else {
-            let file_name = program.file_name().ok_or_else(|| JailError::BadPath(program.clone()))?;
+            let file_name = program
+                .file_name()
+                .ok_or_else(|| JailError::BadPath(program.clone()))?;
             let at = Path::new(EXE_DIR).join(file_name);
             binds.push(bind(&root, &program, &at, false, false)?);
             at
@@ -194,7 +207,12 @@ impl Jail {
         mkdir(&dev_dir, 0o755)?;
         let proc_dir = inside(&root, Path::new("/proc"))?;
         mkdir(&proc_dir, 0o555)?;
-        let mut nodes = vec![("null", 1, 3, false), ("zero", 1, 5, false), ("random", 1, 8, false), ("urandom", 1, 9, false)];
+        let mut nodes = vec![
+            ("null", 1, 3, false),
+            ("zero", 1, 5, false),
+            ("random", 1, 8, false),
+            ("urandom", 1, 9, false),
+        ];
         if devices == Devices::Kvm {
             nodes.push(("kvm", 10, 232, true));
         }
@@ -295,7 +313,13 @@ fn hard_limit(resource: libc::__rlimit_resource_t) -> libc::rlim_t {
 }
 
 /// A bind of host `src` at `at` inside `root`, with its mount point created.
-fn bind(root: &Path, src: &Path, at: &Path, dir: bool, writable: bool) -> Result<BindPlan, JailError> {
+fn bind(
+    root: &Path,
+    src: &Path,
+    at: &Path,
+    dir: bool,
+    writable: bool,
+) -> Result<BindPlan, JailError> {
     let dst = inside(root, at)?;
     if let Some(parent) = dst.parent() {
         mkdir_all(parent)?;

@@ -12,7 +12,9 @@ use std::path::Path;
 use futures_util::stream::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteProtocol, RouteScope, RouteType};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteProtocol, RouteScope, RouteType,
+};
 use rtnetlink::{Handle, LinkUnspec};
 
 use super::{format_mac, tap, Endpoint, GuestInterface, GuestRoute, NetworkError};
@@ -119,7 +121,11 @@ fn plan(netns: &Path, links: Vec<Link>) -> Result<Vec<Link>, NetworkError> {
     Ok(veths)
 }
 
-async fn addresses(handle: &Handle, netns: &Path, l: &Link) -> Result<Vec<(IpAddr, u8)>, NetworkError> {
+async fn addresses(
+    handle: &Handle,
+    netns: &Path,
+    l: &Link,
+) -> Result<Vec<(IpAddr, u8)>, NetworkError> {
     let msgs: Vec<_> = handle
         .address()
         .get()
@@ -158,7 +164,11 @@ fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
 
 /// The main table's unicast routes out of the wired veths, except those the kernel
 /// adds by itself for an address (the guest kernel adds them again).
-async fn routes(handle: &Handle, netns: &Path, veths: &[Link]) -> Result<Vec<GuestRoute>, NetworkError> {
+async fn routes(
+    handle: &Handle,
+    netns: &Path,
+    veths: &[Link],
+) -> Result<Vec<GuestRoute>, NetworkError> {
     let mut out = Vec::new();
     for ipv6 in [false, true] {
         let req = if ipv6 {
@@ -175,7 +185,10 @@ async fn routes(handle: &Handle, netns: &Path, veths: &[Link]) -> Result<Vec<Gue
             .map_err(nl(netns, "listing routes"))?;
         for m in msgs {
             let h = &m.header;
-            if h.table != RouteHeader::RT_TABLE_MAIN || h.kind != RouteType::Unicast || h.protocol == RouteProtocol::Kernel {
+            if h.table != RouteHeader::RT_TABLE_MAIN
+                || h.kind != RouteType::Unicast
+                || h.protocol == RouteProtocol::Kernel
+            {
                 continue;
             }
             let mut r = GuestRoute {
@@ -193,7 +206,9 @@ async fn routes(handle: &Handle, netns: &Path, veths: &[Link]) -> Result<Vec<Gue
             let mut oif = None;
             for a in &m.attributes {
                 match a {
-                    RouteAttribute::Destination(d) => r.dest = route_ip(d).map(|ip| (ip, h.destination_prefix_length)),
+                    RouteAttribute::Destination(d) => {
+                        r.dest = route_ip(d).map(|ip| (ip, h.destination_prefix_length))
+                    }
                     RouteAttribute::Gateway(g) => r.gateway = route_ip(g),
                     RouteAttribute::PrefSource(s) => r.source = route_ip(s),
                     RouteAttribute::Oif(i) => oif = Some(*i),
@@ -216,7 +231,12 @@ async fn routes(handle: &Handle, netns: &Path, veths: &[Link]) -> Result<Vec<Gue
 }
 
 /// Adds an ingress qdisc on `from` and a filter redirecting all its frames to `to`.
-async fn redirect(handle: &Handle, netns: &Path, from: &Link, to: &Link) -> Result<(), NetworkError> {
+async fn redirect(
+    handle: &Handle,
+    netns: &Path,
+    from: &Link,
+    to: &Link,
+) -> Result<(), NetworkError> {
     let from_index = i32::try_from(from.index).map_err(|_| NetworkError::BadInterface {
         netns: netns.to_path_buf(),
         name: from.name.clone(),
@@ -236,10 +256,16 @@ async fn redirect(handle: &Handle, netns: &Path, from: &Link, to: &Link) -> Resu
         .priority(FILTER_PRIORITY)
         .protocol(PROTOCOL_ALL)
         .redirect(to.index)
-        .map_err(nl(netns, format!("redirect filter {} -> {}", from.name, to.name)))?
+        .map_err(nl(
+            netns,
+            format!("redirect filter {} -> {}", from.name, to.name),
+        ))?
         .execute()
         .await
-        .map_err(nl(netns, format!("redirect filter {} -> {}", from.name, to.name)))
+        .map_err(nl(
+            netns,
+            format!("redirect filter {} -> {}", from.name, to.name),
+        ))
 }
 
 async fn remove_ingress(handle: &Handle, index: u32) -> Result<(), rtnetlink::Error> {
@@ -249,7 +275,10 @@ async fn remove_ingress(handle: &Handle, index: u32) -> Result<(), rtnetlink::Er
     let mut req = handle.qdisc().del(index);
     // The ingress qdisc: parent ffff:fff1, handle ffff:0.
     req.message_mut().header.parent = rtnetlink::packet_route::tc::TcHandle::INGRESS;
-    req.message_mut().header.handle = rtnetlink::packet_route::tc::TcHandle { major: 0xffff, minor: 0 };
+    req.message_mut().header.handle = rtnetlink::packet_route::tc::TcHandle {
+        major: 0xffff,
+        minor: 0,
+    };
     req.execute().await
 }
 
@@ -260,7 +289,12 @@ fn gone(e: &rtnetlink::Error) -> bool {
         || m.raw_code() == -libc::EINVAL)
 }
 
-async fn wire_one(handle: &Handle, netns: &Path, i: usize, veth: &Link) -> Result<Endpoint, NetworkError> {
+async fn wire_one(
+    handle: &Handle,
+    netns: &Path,
+    i: usize,
+    veth: &Link,
+) -> Result<Endpoint, NetworkError> {
     let tap_name = format!("hulltap{i}");
     let fd = tap::open(&tap_name).map_err(|source| NetworkError::Tap {
         netns: netns.to_path_buf(),
@@ -279,7 +313,12 @@ async fn wire_one(handle: &Handle, netns: &Path, i: usize, veth: &Link) -> Resul
         })?;
     handle
         .link()
-        .change(LinkUnspec::new_with_index(tap_link.index).mtu(veth.mtu).up().build())
+        .change(
+            LinkUnspec::new_with_index(tap_link.index)
+                .mtu(veth.mtu)
+                .up()
+                .build(),
+        )
         .execute()
         .await
         .map_err(nl(netns, format!("mtu {} and up on {tap_name}", veth.mtu)))?;
@@ -316,7 +355,10 @@ pub async fn setup(netns: &Path) -> Result<(Vec<Endpoint>, Vec<GuestRoute>), Net
         match wire_one(&handle, netns, i, veth).await {
             Ok(e) => endpoints.push(e),
             Err(e) => {
-                let made: Vec<_> = endpoints.iter().map(|e| (e.veth_index, e.tap_name.clone())).collect();
+                let made: Vec<_> = endpoints
+                    .iter()
+                    .map(|e| (e.veth_index, e.tap_name.clone()))
+                    .collect();
                 drop(endpoints);
                 if let Err(t) = teardown_with(&handle, netns, &made).await {
                     tracing::warn!(error = %t, "removing a half-wired pod network");
@@ -328,12 +370,19 @@ pub async fn setup(netns: &Path) -> Result<(Vec<Endpoint>, Vec<GuestRoute>), Net
     Ok((endpoints, routes))
 }
 
-async fn teardown_with(handle: &Handle, netns: &Path, made: &[(u32, String)]) -> Result<(), NetworkError> {
+async fn teardown_with(
+    handle: &Handle,
+    netns: &Path,
+    made: &[(u32, String)],
+) -> Result<(), NetworkError> {
     let mut first = None;
     for (veth, tap) in made {
         if let Err(e) = remove_ingress(handle, *veth).await {
             if !gone(&e) {
-                first.get_or_insert(nl(netns, format!("removing the ingress qdisc of interface {veth}"))(e));
+                first.get_or_insert(nl(
+                    netns,
+                    format!("removing the ingress qdisc of interface {veth}"),
+                )(e));
             }
         }
         // Closed fds removed the tap already unless something else still holds it.

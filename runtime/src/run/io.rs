@@ -23,7 +23,9 @@ pub async fn pump_output<W: AsyncWrite + Unpin>(
     let mut idle = Duration::from_millis(1);
     let mut discard = false;
     loop {
-        let (data, eof) = agent.read_stream(&process.container_id, &process.exec_id, stream, MAX_READ).await?;
+        let (data, eof) = agent
+            .read_stream(&process.container_id, &process.exec_id, stream, MAX_READ)
+            .await?;
         if !data.is_empty() {
             total += data.len() as u64;
             idle = Duration::from_millis(1);
@@ -67,12 +69,16 @@ pub async fn pump_stdin<R: AsyncRead + Unpin>(
             }
         };
         if n == 0 {
-            agent.close_stdin(&process.container_id, &process.exec_id).await?;
+            agent
+                .close_stdin(&process.container_id, &process.exec_id)
+                .await?;
             return Ok(total);
         }
         let mut off = 0;
         while off < n {
-            let took = agent.write_stdin(&process.container_id, &process.exec_id, &buf[off..n]).await?;
+            let took = agent
+                .write_stdin(&process.container_id, &process.exec_id, &buf[off..n])
+                .await?;
             if took == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }

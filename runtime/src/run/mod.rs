@@ -148,7 +148,7 @@ pub async fn run(
         memory.is_some(),
         sandbox_spec.memory_mib,
     )
-        .map_err(SandboxError::from)?;
+    .map_err(SandboxError::from)?;
     let cid = sandbox.id().to_string();
     let hostname = opts
         .hostname
@@ -204,9 +204,15 @@ pub async fn run(
         tty: opts.tty,
         interactive: opts.interactive,
     };
-    let attached = attach(&agent, &ProcessRef::init(&cid), stdio, signals, config.boot.shutdown_timeout())
-        .instrument(tracing::info_span!("container_attach"))
-        .await;
+    let attached = attach(
+        &agent,
+        &ProcessRef::init(&cid),
+        stdio,
+        signals,
+        config.boot.shutdown_timeout(),
+    )
+    .instrument(tracing::info_span!("container_attach"))
+    .await;
 
     // 5. teardown
     let removed = match &attached {

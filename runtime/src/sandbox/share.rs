@@ -156,7 +156,14 @@ impl Share {
             target: self.dir.clone(),
             errno,
         };
-        mount(Some(&self.dir), &self.dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(err)?;
+        mount(
+            Some(&self.dir),
+            &self.dir,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(err)?;
         // Owned first, so unmounted last (mounts are undone in reverse order).
         self.mounts.insert(
             0,
@@ -165,8 +172,22 @@ impl Share {
                 tree: false,
             },
         );
-        mount(None::<&str>, &self.dir, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>).map_err(err)?;
-        mount(None::<&str>, &self.dir, None::<&str>, MsFlags::MS_SHARED, None::<&str>).map_err(err)?;
+        mount(
+            None::<&str>,
+            &self.dir,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(err)?;
+        mount(
+            None::<&str>,
+            &self.dir,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .map_err(err)?;
         self.shared = true;
         Ok(())
     }
@@ -270,7 +291,14 @@ impl Share {
             target: target.to_path_buf(),
             errno,
         };
-        mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(bind_err)?;
+        mount(
+            Some(source),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(bind_err)?;
         // Dropped (unmounted) if a later step fails.
         let guard = BindGuard {
             target: target.to_path_buf(),
@@ -279,7 +307,14 @@ impl Share {
         // Our mount must not propagate to (or receive) other mounts, unless the share
         // is shared on purpose (then it reaches virtiofsd's namespace, and only that).
         if !self.shared {
-            mount(None::<&str>, target, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>).map_err(bind_err)?;
+            mount(
+                None::<&str>,
+                target,
+                None::<&str>,
+                MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(bind_err)?;
         }
         if readonly {
             mount(
@@ -371,7 +406,9 @@ fn mount_tree(source: &Path, target: &Path, how: VolumeMount) -> Result<(), Shar
             ""
         },
     };
-    let cpath = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| nix::errno::Errno::EINVAL);
+    let cpath = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| nix::errno::Errno::EINVAL)
+    };
     let src = cpath(source).map_err(|e| err("path", e))?;
     let dst = cpath(target).map_err(|e| err("path", e))?;
     let mut flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC;
@@ -555,7 +592,14 @@ mod tests {
     }
 
     fn tmpfs(at: &Path) {
-        mount(Some("tmpfs"), at, Some("tmpfs"), MsFlags::empty(), Some("size=1m")).expect("tmpfs");
+        mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .expect("tmpfs");
     }
 
     fn is_mount_point(p: &Path) -> bool {
@@ -574,9 +618,30 @@ mod tests {
         // mounted below it.
         let host = t.path().join("host");
         std::fs::create_dir(&host).expect("host");
-        mount(Some(&host), &host, None::<&str>, MsFlags::MS_BIND, None::<&str>).expect("bind");
-        mount(None::<&str>, &host, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>).expect("private");
-        mount(None::<&str>, &host, None::<&str>, MsFlags::MS_SHARED, None::<&str>).expect("shared");
+        mount(
+            Some(&host),
+            &host,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind");
+        mount(
+            None::<&str>,
+            &host,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .expect("private");
+        mount(
+            None::<&str>,
+            &host,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .expect("shared");
         let src = host.join("vol");
         std::fs::create_dir_all(src.join("sub")).expect("sub");
         std::fs::create_dir_all(src.join("later")).expect("later");
@@ -590,7 +655,10 @@ mod tests {
 
         // 0: rbind, rw: the submount is there and writable.
         share.add_volume("c1", 0, &src, false).expect("rw");
-        assert_eq!(std::fs::read(vol(0).join("sub/f")).expect("through"), b"on tmpfs");
+        assert_eq!(
+            std::fs::read(vol(0).join("sub/f")).expect("through"),
+            b"on tmpfs"
+        );
         std::fs::write(vol(0).join("sub/g"), b"x").expect("the submount is writable");
         // 1: rbind, ro: read-only on the submount too.
         share.add_volume("c1", 1, &src, true).expect("ro");
@@ -614,11 +682,21 @@ mod tests {
         share.add_volume_with("c1", 3, &src, slave).expect("rslave");
         tmpfs(&src.join("later"));
         std::fs::write(src.join("later/new"), b"late").expect("new");
-        assert_eq!(std::fs::read(vol(3).join("later/new")).expect("propagated"), b"late");
-        assert!(!vol(0).join("later/new").exists(), "rprivate must not receive host mounts");
+        assert_eq!(
+            std::fs::read(vol(3).join("later/new")).expect("propagated"),
+            b"late"
+        );
+        assert!(
+            !vol(0).join("later/new").exists(),
+            "rprivate must not receive host mounts"
+        );
         // Unmounting the volumes leaves the host's own mounts alone.
         drop(share);
-        assert!(mounts_under(&state).is_empty(), "mounts left: {:?}", mounts_under(&state));
+        assert!(
+            mounts_under(&state).is_empty(),
+            "mounts left: {:?}",
+            mounts_under(&state)
+        );
         assert!(is_mount_point(&src.join("sub")) && is_mount_point(&src.join("later")));
         assert_eq!(std::fs::read(src.join("sub/g")).expect("g"), b"x");
     }

@@ -28,13 +28,15 @@ impl HostSpec {
     /// Reads and checks `<bundle>/config.json`.
     pub fn load(bundle: &Path) -> Result<HostSpec, ShimError> {
         let path = bundle.join("config.json");
-        let text = std::fs::read(&path)
-            .map_err(|e| ShimError::InvalidArgument(format!("cannot read {}: {e}", path.display())))?;
+        let text = std::fs::read(&path).map_err(|e| {
+            ShimError::InvalidArgument(format!("cannot read {}: {e}", path.display()))
+        })?;
         HostSpec::parse(&text)
     }
 
     pub fn parse(text: &[u8]) -> Result<HostSpec, ShimError> {
-        let json: Value = serde_json::from_slice(text).map_err(|e| invalid(format!("not JSON: {e}")))?;
+        let json: Value =
+            serde_json::from_slice(text).map_err(|e| invalid(format!("not JSON: {e}")))?;
         let spec = HostSpec { json };
         spec.validate()?;
         Ok(spec)
@@ -47,7 +49,12 @@ impl HostSpec {
             .get("process")
             .ok_or_else(|| invalid("no process".into()))?;
         validate_process(process, "process")?;
-        if self.json.pointer("/root/path").and_then(Value::as_str).is_none() {
+        if self
+            .json
+            .pointer("/root/path")
+            .and_then(Value::as_str)
+            .is_none()
+        {
             return Err(invalid("no root.path".into()));
         }
         Ok(())
@@ -137,7 +144,10 @@ impl HostSpec {
         };
         let mut shared = Vec::new();
         for ns in nss {
-            let has_path = ns.get("path").and_then(Value::as_str).is_some_and(|p| !p.is_empty());
+            let has_path = ns
+                .get("path")
+                .and_then(Value::as_str)
+                .is_some_and(|p| !p.is_empty());
             let typ = match ns.get("type").and_then(Value::as_str) {
                 Some("ipc") => "ipc",
                 Some("uts") => "uts",
@@ -153,7 +163,12 @@ impl HostSpec {
 
     /// The guest's spec as JSON: rootfs at `rootfs_guest`; host bind mounts added to
     /// `share` (container `cid`) and pointed at their guest paths.
-    pub fn to_guest(&self, cid: &str, rootfs_guest: &str, share: &mut Share) -> Result<Vec<u8>, ShimError> {
+    pub fn to_guest(
+        &self,
+        cid: &str,
+        rootfs_guest: &str,
+        share: &mut Share,
+    ) -> Result<Vec<u8>, ShimError> {
         let mut spec = self.json.clone();
         spec["root"]["path"] = json!(rootfs_guest);
         if let Some(p) = spec.get_mut("process").and_then(Value::as_object_mut) {
@@ -185,7 +200,10 @@ impl HostSpec {
             // runtime (youki) takes "slave", "shared", "private", "unbindable" and
             // always applies them recursively.
             if let Some(p) = linux.get("rootfsPropagation").and_then(Value::as_str) {
-                if let Some(plain) = p.strip_prefix('r').filter(|p| ["slave", "shared", "private", "unbindable"].contains(p)) {
+                if let Some(plain) = p
+                    .strip_prefix('r')
+                    .filter(|p| ["slave", "shared", "private", "unbindable"].contains(p))
+                {
                     linux.insert("rootfsPropagation".into(), json!(plain));
                 }
             }
@@ -266,7 +284,9 @@ fn rewrite_mount(m: &mut Value, n: usize, cid: &str, share: &mut Share) -> Resul
     let how = volume_mount(m, &source, &dest)?;
     let src = Path::new(&source);
     if !src.is_absolute() {
-        return Err(invalid(format!("bind mount source {source:?} (for {dest}) is not absolute")));
+        return Err(invalid(format!(
+            "bind mount source {source:?} (for {dest}) is not absolute"
+        )));
     }
     let meta = std::fs::metadata(src)
         .map_err(|e| invalid(format!("bind mount source {source} (for {dest}): {e}")))?;
@@ -283,16 +303,31 @@ fn rewrite_mount(m: &mut Value, n: usize, cid: &str, share: &mut Share) -> Resul
 
 /// The checks the agent makes on a process, made here first.
 pub fn validate_process(process: &Value, what: &str) -> Result<(), ShimError> {
-    let args = process["args"].as_array().map(Vec::as_slice).unwrap_or_default();
-    if args.first().and_then(Value::as_str).unwrap_or_default().is_empty() {
-        return Err(invalid(format!("{what}.args is empty: there is no command to run")));
+    let args = process["args"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if args
+        .first()
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .is_empty()
+    {
+        return Err(invalid(format!(
+            "{what}.args is empty: there is no command to run"
+        )));
     }
     let cwd = process["cwd"].as_str().unwrap_or_default();
     if !cwd.starts_with('/') {
-        return Err(invalid(format!("{what}.cwd {cwd:?} is not an absolute path")));
+        return Err(invalid(format!(
+            "{what}.cwd {cwd:?} is not an absolute path"
+        )));
     }
     if let Some(env) = process["env"].as_array() {
-        if let Some(bad) = env.iter().find(|e| !e.as_str().is_some_and(|s| s.contains('='))) {
+        if let Some(bad) = env
+            .iter()
+            .find(|e| !e.as_str().is_some_and(|s| s.contains('=')))
+        {
             return Err(invalid(format!("{what}.env entry {bad} is not KEY=VALUE")));
         }
     }
@@ -301,7 +336,8 @@ pub fn validate_process(process: &Value, what: &str) -> Result<(), ShimError> {
 
 /// An exec's process JSON (from containerd) made into the guest's.
 pub fn guest_process(json: &[u8]) -> Result<Vec<u8>, ShimError> {
-    let mut p: Value = serde_json::from_slice(json).map_err(|e| invalid(format!("exec process: {e}")))?;
+    let mut p: Value =
+        serde_json::from_slice(json).map_err(|e| invalid(format!("exec process: {e}")))?;
     validate_process(&p, "exec process")?;
     if let Some(o) = p.as_object_mut() {
         o.remove("apparmorProfile");
@@ -347,16 +383,21 @@ mod tests {
 
     #[test]
     fn guest_spec_rewrites_host_parts() {
-        let s = HostSpec::parse(&spec(json!({"args": ["sh"], "cwd": "/", "apparmorProfile": "p", "terminal": true})))
-            .expect("valid");
+        let s = HostSpec::parse(&spec(
+            json!({"args": ["sh"], "cwd": "/", "apparmorProfile": "p", "terminal": true}),
+        ))
+        .expect("valid");
         assert_eq!(s.memory_limit(), Some(256 << 20));
         assert_eq!(s.cpus(), Some(1.5));
         assert!(s.terminal());
         assert_eq!(s.hostname(), Some("h"));
         let t = tempfile::tempdir().expect("tmp");
         let mut share = Share::create(t.path()).expect("share");
-        let out: Value = serde_json::from_slice(&s.to_guest("c1", "/run/hull/share/containers/c1/rootfs", &mut share).expect("guest"))
-            .expect("json");
+        let out: Value = serde_json::from_slice(
+            &s.to_guest("c1", "/run/hull/share/containers/c1/rootfs", &mut share)
+                .expect("guest"),
+        )
+        .expect("json");
         assert_eq!(out["root"]["path"], "/run/hull/share/containers/c1/rootfs");
         assert!(out["process"].get("apparmorProfile").is_none());
         assert!(out.get("hooks").is_none());
@@ -383,11 +424,20 @@ mod tests {
 
     #[test]
     fn the_node_ipc_namespace_is_refused() {
-        let e = cri_member(json!([{"type": "pid"}, {"type": "network"}])).check_node_namespaces().expect_err("host ipc");
-        assert!(matches!(e, ShimError::InvalidArgument(_)) && e.to_string().contains("hostIPC"), "{e}");
+        let e = cri_member(json!([{"type": "pid"}, {"type": "network"}]))
+            .check_node_namespaces()
+            .expect_err("host ipc");
+        assert!(
+            matches!(e, ShimError::InvalidArgument(_)) && e.to_string().contains("hostIPC"),
+            "{e}"
+        );
         assert!(cri_member(json!([])).check_node_namespaces().is_err());
-        cri_member(json!([{"type": "ipc"}])).check_node_namespaces().expect("own ipc");
-        cri_member(json!([{"type": "ipc", "path": "/proc/1/ns/ipc"}])).check_node_namespaces().expect("pod's ipc");
+        cri_member(json!([{"type": "ipc"}]))
+            .check_node_namespaces()
+            .expect("own ipc");
+        cri_member(json!([{"type": "ipc", "path": "/proc/1/ns/ipc"}]))
+            .check_node_namespaces()
+            .expect("pod's ipc");
     }
 
     fn with_mounts(mounts: Value, linux: Value) -> HostSpec {
@@ -406,21 +456,29 @@ mod tests {
     #[test]
     fn mount_options_decide_how_a_volume_is_bound() {
         let m = |opts: Value| json!({"destination": "/v", "type": "bind", "source": "/src", "options": opts});
-        let how = volume_mount(&m(json!(["rbind", "rprivate", "ro"])), "/src", "/v").expect("private");
+        let how =
+            volume_mount(&m(json!(["rbind", "rprivate", "ro"])), "/src", "/v").expect("private");
         assert_eq!(how, VolumeMount::rbind(true));
         let how = volume_mount(&m(json!(["rbind", "rslave", "rw"])), "/src", "/v").expect("slave");
-        assert_eq!((how.propagation, how.recursive, how.readonly), (Propagation::Slave, true, false));
+        assert_eq!(
+            (how.propagation, how.recursive, how.readonly),
+            (Propagation::Slave, true, false)
+        );
         let how = volume_mount(&m(json!(["bind", "rro"])), "/src", "/v").expect("bind");
         assert!(!how.recursive && how.readonly);
         for shared in ["rshared", "shared"] {
             let e = volume_mount(&m(json!(["rbind", shared])), "/src", "/v").expect_err(shared);
             let msg = e.to_string();
-            assert!(msg.contains("/src") && msg.contains("/v") && msg.contains("Bidirectional"), "{msg}");
+            assert!(
+                msg.contains("/src") && msg.contains("/v") && msg.contains("Bidirectional"),
+                "{msg}"
+            );
         }
     }
 
     #[test]
-    fn bidirectional_volumes_are_refused_before_anything_is_mounted_and_rootfs_propagation_is_youkis() {
+    fn bidirectional_volumes_are_refused_before_anything_is_mounted_and_rootfs_propagation_is_youkis(
+    ) {
         let t = tempfile::tempdir().expect("tmp");
         let mut share = Share::create(t.path()).expect("share");
         let src = t.path().display().to_string();
@@ -436,7 +494,9 @@ mod tests {
         assert!(mounts_under(t.path()).is_empty());
         // rootfsPropagation in the guest's spelling; no mount here.
         let s = with_mounts(json!([]), json!({"rootfsPropagation": "rslave"}));
-        let out: Value = serde_json::from_slice(&s.to_guest("c1", "/r", &mut share).expect("guest")).expect("json");
+        let out: Value =
+            serde_json::from_slice(&s.to_guest("c1", "/r", &mut share).expect("guest"))
+                .expect("json");
         assert_eq!(out["linux"]["rootfsPropagation"], "slave");
     }
 
@@ -453,14 +513,18 @@ mod tests {
             {"type": "network", "path": "/proc/4242/ns/net"}
         ]));
         assert_eq!(s.pod_namespaces(), ["pid", "ipc", "uts"]);
-        let out: Value = serde_json::from_slice(&s.to_guest("c1", "/r", &mut share).expect("guest")).expect("json");
+        let out: Value =
+            serde_json::from_slice(&s.to_guest("c1", "/r", &mut share).expect("guest"))
+                .expect("json");
         assert_eq!(
             out["linux"]["namespaces"],
             json!([{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}])
         );
         // A pod without a shared PID namespace, with hostNetwork (no uts entry): the
         // container's own pid namespace, nothing of the node's to share.
-        let s = cri_member(json!([{"type": "pid"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}, {"type": "mount"}]));
+        let s = cri_member(
+            json!([{"type": "pid"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}, {"type": "mount"}]),
+        );
         assert_eq!(s.pod_namespaces(), ["ipc"]);
         // Paths of other types (or empty ones) are never joined, and never sent.
         let s = cri_member(json!([
@@ -470,7 +534,11 @@ mod tests {
         ]));
         assert!(s.pod_namespaces().is_empty());
         let out = s.to_guest("c2", "/r", &mut share).expect("guest");
-        assert!(!String::from_utf8_lossy(&out).contains("/proc/1/ns"), "{}", String::from_utf8_lossy(&out));
+        assert!(
+            !String::from_utf8_lossy(&out).contains("/proc/1/ns"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
         // No namespaces at all.
         assert!(cri_member(json!([])).pod_namespaces().is_empty());
     }
