@@ -27,8 +27,8 @@ pub enum ConfigError {
     Invalid { path: PathBuf, what: String },
 }
 
-/// Default of `hypervisor.host_overhead_mib`, measured (see README, "Memory
-/// accounting"): QEMU under TCG with a 256 MiB guest, virtiofsd, vhost-device-vsock
+/// Default of `hypervisor.host_overhead_mib`, measured (see
+/// docs/containerd-and-kubernetes.md, "Memory accounting on the host"): QEMU under TCG with a 256 MiB guest, virtiofsd, vhost-device-vsock
 /// and the shim, with margin.
 pub const DEFAULT_HOST_OVERHEAD_MIB: u32 = 192;
 
@@ -55,7 +55,7 @@ pub struct Config {
     pub jail: JailConfig,
 }
 
-/// The agent policy sent at CreateSandbox (see README, "Agent policy"). Fixed per
+/// The agent policy sent at CreateSandbox (see docs/policy.md). Fixed per
 /// sandbox: the agent seals its policy after CreateSandbox.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -65,8 +65,8 @@ pub struct PolicyConfig {
     pub file: Option<PathBuf>,
 }
 
-/// The jail of a sandbox's host processes (see `crate::jail` and README, "Threat
-/// model"). Fixed per sandbox when it boots.
+/// The jail of a sandbox's host processes (see `crate::jail` and
+/// docs/threat-model.md). Fixed per sandbox when it boots.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JailConfig {

@@ -42,7 +42,7 @@ pub enum ConfigOutcome {
 
 /// hull's config file as `hull install-containerd` writes it: every key with its
 /// default, commented out, so the file changes nothing until a line is uncommented
-/// (the README's "Configuration" lists the same).
+/// (docs/configuration.md lists the same).
 pub const HULL_CONFIG_TEMPLATE: &str = r#"# hull's configuration, written by `hull install-containerd` (containerd's hull
 # runtime names this file as its ConfigPath). Every key is optional: what is left out,
 # or commented as below, takes the default shown. Unknown keys are refused.

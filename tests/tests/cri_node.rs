@@ -1,6 +1,6 @@
 //! hull as a node sees it through containerd 1.6's CRI plugin (issue 15):
 //!
-//! - set-up as the README gives it: `hull install-containerd` run against a containerd
+//! - set-up as docs/containerd-and-kubernetes.md gives it: `hull install-containerd` run against a containerd
 //!   config (containerd's own `containerd config default`) and a hull config path that
 //!   does not exist yet; containerd started from exactly the config it wrote (only the
 //!   test instance's root, state, socket and CNI dirs changed) runs a hull pod, through
@@ -287,7 +287,7 @@ fn the_readme_set_up_runs_hull_pods() {
     assert!(out.status.success(), "{}", output_text(&out));
     c.import("default", &hull_tests::demo_image(), "demo");
 
-    // `ctr run`, as the README shows it.
+    // `ctr run`, as docs/containerd-and-kubernetes.md shows it.
     let out = c.ctr(&[
         "run",
         "--rm",

@@ -1,7 +1,7 @@
 //! The jail of a sandbox's host processes, modelled on Firecracker's jailer: what a
 //! guest that takes over its kernel and then its hypervisor can reach on the host.
 //!
-//! Per sandbox (see README, "Threat model"):
+//! Per sandbox (see docs/threat-model.md):
 //! - a uid and gid of its own from `[jail] uid_start/uid_count` ([`ids`]), released
 //!   when the sandbox's owner ends;
 //! - `<state>/jail/`: `sock/` (owned by the sandbox uid, mode 0700) holds every socket
