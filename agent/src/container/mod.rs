@@ -28,7 +28,7 @@ pub struct Container {
     pub cgroup: PathBuf,
     /// Guest mounts made for this container (its `storages`), unmounted on removal.
     pub mounts: Vec<PathBuf>,
-    /// The cgroup's `oom_kill` count when last looked at (see `Sandbox::check_oom`).
+    /// The cgroup's `oom_kill` count when last looked at (see `ContainerTable::check_oom`).
     pub oom_kills_seen: AtomicU64,
     started: AtomicBool,
     execs: Mutex<HashMap<String, Arc<Process>>>,

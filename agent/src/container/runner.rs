@@ -41,12 +41,12 @@ pub enum RunError {
     Libcontainer(String),
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+fn io_failed(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
     let what = what.into();
     move |source| RunError::Io { what, source }
 }
 
-fn lc(e: libcontainer::error::LibcontainerError) -> RunError {
+fn libcontainer_failed(e: libcontainer::error::LibcontainerError) -> RunError {
     // libcontainer's errors nest their causes in Display only partly; Debug has all.
     let text = e.to_string();
     let debug = format!("{e:?}");
@@ -93,10 +93,10 @@ fn builder(
     console: Option<&ConsoleSocket>,
     executor: impl Executor + 'static,
 ) -> Result<ContainerBuilder, RunError> {
-    std::fs::create_dir_all(STATE_ROOT).map_err(io(format!("create {STATE_ROOT}")))?;
+    std::fs::create_dir_all(STATE_ROOT).map_err(io_failed(format!("create {STATE_ROOT}")))?;
     let mut b = ContainerBuilder::new(id.to_owned(), SyscallType::default())
         .with_root_path(STATE_ROOT)
-        .map_err(lc)?
+        .map_err(libcontainer_failed)?
         .with_executor(executor)
         .with_console_socket(console.map(|c| c.path().to_path_buf()));
     if let StdioSetup::Pipes(p) = stdio {
@@ -115,11 +115,12 @@ fn console_for(stdio: &StdioSetup) -> Result<Option<ConsoleSocket>, RunError> {
     match stdio {
         StdioSetup::Terminal => {
             std::fs::create_dir_all(CONSOLE_SOCKETS)
-                .map_err(io(format!("create {CONSOLE_SOCKETS}")))?;
+                .map_err(io_failed(format!("create {CONSOLE_SOCKETS}")))?;
             let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let path = Path::new(CONSOLE_SOCKETS).join(format!("{n}.sock"));
             Ok(Some(
-                ConsoleSocket::bind(&path).map_err(io(format!("bind {}", path.display())))?,
+                ConsoleSocket::bind(&path)
+                    .map_err(io_failed(format!("bind {}", path.display())))?,
             ))
         }
         StdioSetup::Pipes(_) => Ok(None),
@@ -128,7 +129,10 @@ fn console_for(stdio: &StdioSetup) -> Result<Option<ConsoleSocket>, RunError> {
 
 fn receive_pty(console: Option<ConsoleSocket>) -> Result<Option<OwnedFd>, RunError> {
     console
-        .map(|c| c.receive_master().map_err(io("receive the pty master")))
+        .map(|c| {
+            c.receive_master()
+                .map_err(io_failed("receive the pty master"))
+        })
         .transpose()
 }
 
@@ -136,17 +140,17 @@ fn receive_pty(console: Option<ConsoleSocket>) -> Result<Option<OwnedFd>, RunErr
 /// [`start`]. On failure nothing of it is left (see [`destroy`]).
 pub fn create(id: &str, spec: &Spec, stdio: StdioSetup) -> Result<Launched, RunError> {
     let bundle = bundle_dir(id);
-    std::fs::create_dir_all(&bundle).map_err(io(format!("create {}", bundle.display())))?;
+    std::fs::create_dir_all(&bundle).map_err(io_failed(format!("create {}", bundle.display())))?;
     let config = serde_json::to_vec(spec)
         .map_err(|e| RunError::Libcontainer(format!("serialize spec: {e}")))?;
-    std::fs::write(bundle.join("config.json"), config).map_err(io("write config.json"))?;
+    std::fs::write(bundle.join("config.json"), config).map_err(io_failed("write config.json"))?;
     let console = console_for(&stdio)?;
     let container = builder(id, stdio, console.as_ref(), DefaultExecutor {})?
         .as_init(&bundle)
         .with_systemd(false)
         .with_detach(true)
         .build()
-        .map_err(lc)?;
+        .map_err(libcontainer_failed)?;
     let pid = container
         .pid()
         .ok_or_else(|| RunError::Libcontainer("created container has no pid".into()))?;
@@ -157,12 +161,12 @@ pub fn create(id: &str, spec: &Spec, stdio: StdioSetup) -> Result<Launched, RunE
 }
 
 fn load(id: &str) -> Result<LcContainer, RunError> {
-    LcContainer::load(state_dir(id)).map_err(lc)
+    LcContainer::load(state_dir(id)).map_err(libcontainer_failed)
 }
 
 /// Lets the init process run its command.
 pub fn start(id: &str) -> Result<(), RunError> {
-    load(id)?.start().map_err(lc)
+    load(id)?.start().map_err(libcontainer_failed)
 }
 
 /// Starts `process` in the namespaces and cgroup of container `id`, with the
@@ -185,7 +189,7 @@ pub fn exec(
     let path = bundle.join(format!("exec-{exec_id}.json"));
     let json = serde_json::to_vec(&process)
         .map_err(|e| RunError::Libcontainer(format!("serialize process: {e}")))?;
-    std::fs::write(&path, json).map_err(io(format!("write {}", path.display())))?;
+    std::fs::write(&path, json).map_err(io_failed(format!("write {}", path.display())))?;
     let console = console_for(&stdio)?;
     let result = match seccomp {
         Some(executor) => builder(id, stdio, console.as_ref(), executor),
@@ -196,7 +200,7 @@ pub fn exec(
             .with_process(Some(&path))
             .with_detach(true)
             .build()
-            .map_err(lc)
+            .map_err(libcontainer_failed)
     });
     let _ = std::fs::remove_file(&path);
     let pid = result?;
@@ -207,11 +211,11 @@ pub fn exec(
 }
 
 pub fn pause(id: &str) -> Result<(), RunError> {
-    load(id)?.pause().map_err(lc)
+    load(id)?.pause().map_err(libcontainer_failed)
 }
 
 pub fn resume(id: &str) -> Result<(), RunError> {
-    load(id)?.resume().map_err(lc)
+    load(id)?.resume().map_err(libcontainer_failed)
 }
 
 /// Removes everything of container `id`: libcontainer's state and cgroup (killing what
@@ -221,7 +225,7 @@ pub fn destroy(id: &str) -> Result<(), RunError> {
     match load(id) {
         Ok(mut c) => {
             if let Err(e) = c.delete(true) {
-                first_err = Some(lc(e));
+                first_err = Some(libcontainer_failed(e));
             }
         }
         Err(_) => {

@@ -19,7 +19,7 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 /// The container `id`, or NotFound.
 pub fn lookup(svc: &Service, id: &str) -> Result<Arc<Container>, ServiceError> {
     spec::validate_id("container id", id)?;
-    svc.sandbox
+    svc.containers
         .get(id)
         .ok_or_else(|| ServiceError::NotFound(format!("container {id}")))
 }
@@ -38,7 +38,7 @@ pub fn do_create_container(
 ) -> Result<Empty, ServiceError> {
     let id = req.container_id.as_str();
     spec::validate_id("container id", id)?;
-    if svc.sandbox.contains(id) || runner::state_dir(id).exists() {
+    if svc.containers.contains(id) || runner::state_dir(id).exists() {
         return Err(ServiceError::AlreadyExists(format!("container {id}")));
     }
     if !req.sandbox_container_id.is_empty() {
@@ -111,7 +111,7 @@ pub fn do_create_container(
     ));
     tokio::spawn(kill_leftovers_after_init(init.clone(), cgroup::dir_of(id)));
     let container = Arc::new(Container::new(id.to_owned(), init, mounted));
-    svc.sandbox.insert(container);
+    svc.containers.insert(container);
     info!(container = id, pid, terminal, "container created");
     Ok(Empty::new())
 }
@@ -151,7 +151,7 @@ fn join_sandbox(
             "container {id}: sandbox_namespaces ({names}) given without sandbox_container_id"
         )));
     }
-    let sandbox = svc.sandbox.get(sandbox_id).ok_or_else(|| {
+    let sandbox = svc.containers.get(sandbox_id).ok_or_else(|| {
         ServiceError::NotFound(format!(
             "sandbox container {sandbox_id} (whose {names} namespaces container {id} joins)"
         ))
@@ -237,10 +237,10 @@ pub async fn do_remove_container(
             }
         }
     }
-    svc.sandbox.check_oom(&c);
+    svc.containers.check_oom(&c);
     let result = runner::destroy(&c.id);
     unmount_all(&c.mounts);
-    svc.sandbox.remove(&c.id);
+    svc.containers.remove(&c.id);
     result.map_err(|e| ServiceError::internal(format!("remove container {}", c.id), e))?;
     info!(container = %c.id, "container removed");
     Ok(Empty::new())

@@ -37,14 +37,14 @@ fn check_exec_id(exec_id: &str) -> Result<(), ServiceError> {
 /// The debug process `exec_id`, or NotFound.
 pub fn lookup(svc: &Service, exec_id: &str) -> Result<Arc<Process>, ServiceError> {
     check_exec_id(exec_id)?;
-    svc.sandbox
+    svc.containers
         .debug_process(exec_id)
         .ok_or_else(|| ServiceError::NotFound(format!("debug process {exec_id}")))
 }
 
 /// Refuses unless the sandbox was created with `debug_exec`.
 pub fn check_allowed(svc: &Service) -> Result<(), ServiceError> {
-    if svc.sandbox.debug_exec_allowed() {
+    if svc.containers.debug_exec_allowed() {
         Ok(())
     } else {
         Err(ServiceError::PermissionDenied(
@@ -178,7 +178,7 @@ pub fn do_debug_crash_agent(svc: &Service) -> Result<Empty, ServiceError> {
 pub fn do_debug_exec(svc: &Service, req: &ExecProcessRequest) -> Result<Empty, ServiceError> {
     check_exec_id(&req.exec_id)?;
     check_allowed(svc)?;
-    if svc.sandbox.has_debug_process(&req.exec_id) {
+    if svc.containers.has_debug_process(&req.exec_id) {
         return Err(ServiceError::AlreadyExists(format!(
             "debug process {}",
             req.exec_id
@@ -277,7 +277,7 @@ pub fn do_debug_exec(svc: &Service, req: &ExecProcessRequest) -> Result<Empty, S
         exited,
         PathBuf::new(),
     ));
-    svc.sandbox.add_debug_process(p);
+    svc.containers.add_debug_process(p);
     info!(exec = %req.exec_id, pid, terminal, program = %cmd.program.display(), "debug process started");
     Ok(Empty::new())
 }

@@ -1,5 +1,5 @@
 //! UpdateInterface and UpdateRoutes: every field checked (the host may be buggy or
-//! hostile), then set through `crate::network`. The replies echo what was set.
+//! hostile), then set through `crate::netlink`. The replies echo what was set.
 
 use std::net::IpAddr;
 
@@ -7,7 +7,7 @@ use hull_proto::{Interface, Routes, UpdateInterfaceRequest, UpdateRoutesRequest}
 use tracing::info;
 
 use super::ServiceError;
-use crate::network::{self, IfaceConfig, NetError, RouteConfig};
+use crate::netlink::{self, IfaceConfig, NetError, RouteConfig};
 
 fn invalid(what: impl Into<String>) -> ServiceError {
     ServiceError::InvalidArgument(what.into())
@@ -172,15 +172,15 @@ pub fn route_configs(req: &UpdateRoutesRequest) -> Result<Vec<RouteConfig>, Serv
 
 pub async fn do_update_interface(req: &UpdateInterfaceRequest) -> Result<Interface, ServiceError> {
     let cfg = interface_config(req)?;
-    network::loopback_up().await?;
-    network::configure_interface(&cfg).await?;
-    info!(name = %cfg.name, mac = %network::format_mac(&cfg.mac), mtu = cfg.mtu, addresses = ?cfg.addresses, "interface configured");
+    netlink::loopback_up().await?;
+    netlink::configure_interface(&cfg).await?;
+    info!(name = %cfg.name, mac = %netlink::format_mac(&cfg.mac), mtu = cfg.mtu, addresses = ?cfg.addresses, "interface configured");
     Ok(req.interface.clone().unwrap_or_default())
 }
 
 pub async fn do_update_routes(req: &UpdateRoutesRequest) -> Result<Routes, ServiceError> {
     let routes = route_configs(req)?;
-    network::replace_routes(&routes).await?;
+    netlink::replace_routes(&routes).await?;
     info!(count = routes.len(), "routes set");
     Ok(req.routes.clone().unwrap_or_default())
 }

@@ -264,7 +264,7 @@ pub async fn do_get_oom_event(
     _req: &GetOomEventRequest,
 ) -> Result<OomEvent, ServiceError> {
     let id = svc
-        .sandbox
+        .containers
         .next_oom()
         .await
         .ok_or_else(|| ServiceError::Cancelled("the sandbox is being destroyed".into()))?;

@@ -22,7 +22,7 @@ pub fn do_destroy_sandbox(
     req: &DestroySandboxRequest,
 ) -> Result<Empty, ServiceError> {
     let grace = Duration::from_secs(u64::from(req.timeout_secs));
-    svc.sandbox.close();
+    svc.containers.close();
     let power = svc.power.clone();
     info!(?grace, mode = ?power.mode(), "destroying the sandbox after the reply");
     let not_before = tokio::time::Instant::now() + REPLY_GRACE;
@@ -101,7 +101,7 @@ fn check_sysctl(key: &str) -> Result<std::path::PathBuf, ServiceError> {
 /// A second call fails with AlreadyExists (a failed one may be retried).
 pub fn do_create_sandbox(svc: &Service, req: &CreateSandboxRequest) -> Result<Empty, ServiceError> {
     let _span = info_span!("create_sandbox", id = %req.sandbox_id).entered();
-    if !svc.sandbox.mark_created() {
+    if !svc.containers.mark_created() {
         return Err(ServiceError::AlreadyExists(
             "the sandbox was already created".into(),
         ));
@@ -112,7 +112,7 @@ pub fn do_create_sandbox(svc: &Service, req: &CreateSandboxRequest) -> Result<Em
         text => match crate::policy::Policy::parse(text) {
             Ok(p) => Some(p),
             Err(e) => {
-                svc.sandbox.unmark_created();
+                svc.containers.unmark_created();
                 return Err(e.into());
             }
         },
@@ -121,16 +121,16 @@ pub fn do_create_sandbox(svc: &Service, req: &CreateSandboxRequest) -> Result<Em
         info!(policy = %p.name, "agent policy sent by the host");
     }
     if let Err(e) = svc.policy.seal(sent) {
-        svc.sandbox.unmark_created();
+        svc.containers.unmark_created();
         return Err(e.into());
     }
-    svc.sandbox.set_debug_exec(req.debug_exec);
+    svc.containers.set_debug_exec(req.debug_exec);
     if req.debug_exec {
         info!("debug processes are allowed in this sandbox (hull debug exec)");
     }
     let result = create_sandbox(req);
     if result.is_err() {
-        svc.sandbox.unmark_created();
+        svc.containers.unmark_created();
         svc.policy.unseal();
     }
     result

@@ -54,7 +54,7 @@ pub enum CgroupError {
     },
 }
 
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError {
+fn io_failed(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError {
     let path = path.to_path_buf();
     move |source| CgroupError::Io { what, path, source }
 }
@@ -208,13 +208,13 @@ impl Target {
                         true
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
-                    Err(e) => return Err(io("create the cgroup", &dir)(e)),
+                    Err(e) => return Err(io_failed("create the cgroup", &dir)(e)),
                 };
             }
             if let (Some(bytes), true, "memory" | "") = (limit, leaf_created, h.controller) {
                 let file = dir.join(self.limit_file());
                 std::fs::write(&file, bytes.to_string())
-                    .map_err(io("set the memory limit in", &file))?;
+                    .map_err(io_failed("set the memory limit in", &file))?;
                 tracing::info!(cgroup = %dir.display(), bytes, "pod cgroup limited");
             }
             cg.leaves.push((h.controller, h.root.clone(), dir));
@@ -240,7 +240,7 @@ fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
         let file = dir.join("cgroup.subtree_control");
         if let Err(e) = std::fs::write(&file, format!("+{c}")) {
             if c == "memory" {
-                return Err(io("enable the memory controller in", &file)(e));
+                return Err(io_failed("enable the memory controller in", &file)(e));
             }
             tracing::debug!(file = %file.display(), controller = c, error = %e, "controller not enabled");
         }
@@ -285,7 +285,7 @@ impl HostCgroup {
             let from =
                 current_cgroup(&own, controller).map(|rel| root.join(rel.trim_start_matches('/')));
             let procs = dir.join("cgroup.procs");
-            std::fs::write(&procs, &pid).map_err(io("join", &procs))?;
+            std::fs::write(&procs, &pid).map_err(io_failed("join", &procs))?;
             self.joined_from.push(from.unwrap_or_else(|| root.clone()));
         }
         Ok(())

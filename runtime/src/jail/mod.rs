@@ -72,7 +72,7 @@ pub enum JailError {
 }
 
 impl JailError {
-    fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> JailError {
+    fn io_failed(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> JailError {
         let path = path.to_path_buf();
         move |source| JailError::Io { what, path, source }
     }
@@ -109,7 +109,7 @@ impl Jail {
         let sock_dir = dir.join(SOCK_DIR);
         mkdir(&sock_dir, 0o700)?;
         let uid = lease.uid();
-        std::os::unix::fs::chown(&sock_dir, Some(uid), Some(uid)).map_err(JailError::io(
+        std::os::unix::fs::chown(&sock_dir, Some(uid), Some(uid)).map_err(JailError::io_failed(
             "give the jail's socket dir to its uid:",
             &sock_dir,
         ))?;
@@ -150,8 +150,9 @@ impl Jail {
     /// Hands a socket hull created (or a root helper created) to the sandbox uid, so the
     /// jailed processes can connect to it.
     pub fn give(&self, path: &Path) -> Result<(), JailError> {
-        std::os::unix::fs::chown(path, Some(self.uid()), Some(self.uid()))
-            .map_err(JailError::io("give to the sandbox uid the socket", path))
+        std::os::unix::fs::chown(path, Some(self.uid()), Some(self.uid())).map_err(
+            JailError::io_failed("give to the sandbox uid the socket", path),
+        )
     }
 
     /// A command that runs `program` jailed, as the sandbox uid: `ro_files` (kernel,
@@ -179,10 +180,10 @@ impl Jail {
             match std::fs::symlink_metadata(host) {
                 Ok(m) if m.file_type().is_symlink() => {
                     let target = std::fs::read_link(host)
-                        .map_err(JailError::io("read the symlink", host))?;
+                        .map_err(JailError::io_failed("read the symlink", host))?;
                     let link = inside(&root, host)?;
                     std::os::unix::fs::symlink(&target, &link)
-                        .map_err(JailError::io("create the symlink", &link))?;
+                        .map_err(JailError::io_failed("create the symlink", &link))?;
                 }
                 Ok(m) if m.is_dir() => binds.push(bind(&root, host, host, true, false)?),
                 _ => {}
@@ -332,7 +333,7 @@ fn bind(
             .create(true)
             .truncate(false)
             .open(&dst)
-            .map_err(JailError::io("create the mount point", &dst))?;
+            .map_err(JailError::io_failed("create the mount point", &dst))?;
     }
     Ok(BindPlan {
         src: cstring(src)?,
@@ -366,7 +367,7 @@ fn mkdir(p: &Path, mode: u32) -> Result<(), JailError> {
     match std::fs::DirBuilder::new().mode(mode).create(p) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => Ok(()),
-        Err(e) => Err(JailError::io("create the jail dir", p)(e)),
+        Err(e) => Err(JailError::io_failed("create the jail dir", p)(e)),
     }
 }
 
@@ -375,7 +376,7 @@ fn mkdir_all(p: &Path) -> Result<(), JailError> {
         .recursive(true)
         .mode(0o755)
         .create(p)
-        .map_err(JailError::io("create the jail dir", p))
+        .map_err(JailError::io_failed("create the jail dir", p))
 }
 
 #[cfg(test)]

@@ -33,7 +33,10 @@ struct Link {
     mtu: u32,
 }
 
-fn nl(netns: &Path, what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetworkError + '_ {
+fn netlink_failed(
+    netns: &Path,
+    what: impl Into<String>,
+) -> impl FnOnce(rtnetlink::Error) -> NetworkError + '_ {
     let what = what.into();
     move |source| NetworkError::Netlink {
         netns: netns.to_path_buf(),
@@ -84,7 +87,7 @@ async fn links(handle: &Handle, netns: &Path) -> Result<Vec<Link>, NetworkError>
         .execute()
         .try_collect()
         .await
-        .map_err(nl(netns, "listing links"))?;
+        .map_err(netlink_failed(netns, "listing links"))?;
     Ok(msgs.iter().map(link_of).collect())
 }
 
@@ -133,7 +136,7 @@ async fn addresses(
         .execute()
         .try_collect()
         .await
-        .map_err(nl(netns, format!("addresses of {}", l.name)))?;
+        .map_err(netlink_failed(netns, format!("addresses of {}", l.name)))?;
     let mut out = Vec::new();
     for m in msgs {
         if m.header.index != l.index {
@@ -182,7 +185,7 @@ async fn routes(
             .execute()
             .try_collect()
             .await
-            .map_err(nl(netns, "listing routes"))?;
+            .map_err(netlink_failed(netns, "listing routes"))?;
         for m in msgs {
             let h = &m.header;
             if h.table != RouteHeader::RT_TABLE_MAIN
@@ -248,7 +251,10 @@ async fn redirect(
         .ingress()
         .execute()
         .await
-        .map_err(nl(netns, format!("ingress qdisc on {}", from.name)))?;
+        .map_err(netlink_failed(
+            netns,
+            format!("ingress qdisc on {}", from.name),
+        ))?;
     handle
         .traffic_filter(from_index)
         .add()
@@ -256,13 +262,13 @@ async fn redirect(
         .priority(FILTER_PRIORITY)
         .protocol(PROTOCOL_ALL)
         .redirect(to.index)
-        .map_err(nl(
+        .map_err(netlink_failed(
             netns,
             format!("redirect filter {} -> {}", from.name, to.name),
         ))?
         .execute()
         .await
-        .map_err(nl(
+        .map_err(netlink_failed(
             netns,
             format!("redirect filter {} -> {}", from.name, to.name),
         ))
@@ -321,7 +327,10 @@ async fn wire_one(
         )
         .execute()
         .await
-        .map_err(nl(netns, format!("mtu {} and up on {tap_name}", veth.mtu)))?;
+        .map_err(netlink_failed(
+            netns,
+            format!("mtu {} and up on {tap_name}", veth.mtu),
+        ))?;
     let endpoint = Endpoint {
         guest: GuestInterface {
             name: veth.name.clone(),
@@ -379,7 +388,7 @@ async fn teardown_with(
     for (veth, tap) in made {
         if let Err(e) = remove_ingress(handle, *veth).await {
             if !gone(&e) {
-                first.get_or_insert(nl(
+                first.get_or_insert(netlink_failed(
                     netns,
                     format!("removing the ingress qdisc of interface {veth}"),
                 )(e));
@@ -397,7 +406,7 @@ async fn teardown_with(
         for l in still {
             if let Err(e) = handle.link().del(l.header.index).execute().await {
                 if !gone(&e) {
-                    first.get_or_insert(nl(netns, format!("deleting {tap}"))(e));
+                    first.get_or_insert(netlink_failed(netns, format!("deleting {tap}"))(e));
                 }
             }
         }

@@ -40,7 +40,7 @@ pub fn is_binary(uri: &str) -> bool {
     uri.starts_with(SCHEME)
 }
 
-fn bad(uri: &str, why: &str) -> ShimError {
+fn bad_uri(uri: &str, why: &str) -> ShimError {
     ShimError::InvalidArgument(format!("log URI {uri:?}: {why}"))
 }
 
@@ -73,11 +73,11 @@ fn decode(s: &str, plus_is_space: bool) -> Option<String> {
 pub fn parse(uri: &str) -> Result<LoggerCommand, ShimError> {
     let rest = uri
         .strip_prefix(SCHEME)
-        .ok_or_else(|| bad(uri, "not a binary:// URI"))?;
+        .ok_or_else(|| bad_uri(uri, "not a binary:// URI"))?;
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let path = decode(path, false).ok_or_else(|| bad(uri, "bad %-escape in the path"))?;
+    let path = decode(path, false).ok_or_else(|| bad_uri(uri, "bad %-escape in the path"))?;
     if !path.starts_with('/') {
-        return Err(bad(
+        return Err(bad_uri(
             uri,
             "the binary must be an absolute path (binary:///path/to/bin)",
         ));
@@ -86,8 +86,8 @@ pub fn parse(uri: &str) -> Result<LoggerCommand, ShimError> {
     let mut seen = std::collections::HashSet::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = decode(k, true).ok_or_else(|| bad(uri, "bad %-escape in the query"))?;
-        let v = decode(v, true).ok_or_else(|| bad(uri, "bad %-escape in the query"))?;
+        let k = decode(k, true).ok_or_else(|| bad_uri(uri, "bad %-escape in the query"))?;
+        let v = decode(v, true).ok_or_else(|| bad_uri(uri, "bad %-escape in the query"))?;
         // containerd passes each key once, with its first value.
         if seen.insert(k.clone()) {
             args.push(k);

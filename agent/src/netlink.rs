@@ -29,7 +29,7 @@ pub enum NetError {
     Io(#[from] std::io::Error),
 }
 
-fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
+fn netlink_failed(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
     let what = what.into();
     move |source| NetError::Netlink { what, source }
 }
@@ -67,7 +67,7 @@ async fn links(handle: &Handle) -> Result<Vec<LinkMessage>, NetError> {
         .execute()
         .try_collect()
         .await
-        .map_err(nl("listing links"))
+        .map_err(netlink_failed("listing links"))
 }
 
 fn attr_name(l: &LinkMessage) -> Option<&str> {
@@ -102,7 +102,7 @@ pub async fn loopback_up() -> Result<(), NetError> {
         .change(LinkUnspec::new_with_index(index).up().build())
         .execute()
         .await
-        .map_err(nl("lo up"))
+        .map_err(netlink_failed("lo up"))
 }
 
 /// Configures the interface with `cfg.mac` as `cfg` says.
@@ -121,7 +121,7 @@ pub async fn configure_interface(cfg: &IfaceConfig) -> Result<(), NetError> {
         .change(LinkUnspec::new_with_index(index).down().build())
         .execute()
         .await
-        .map_err(nl(format!("{current} down")))?;
+        .map_err(netlink_failed(format!("{current} down")))?;
     let mut change = LinkUnspec::new_with_index(index).mtu(cfg.mtu);
     if current != cfg.name {
         change = change.name(cfg.name.clone());
@@ -131,7 +131,10 @@ pub async fn configure_interface(cfg: &IfaceConfig) -> Result<(), NetError> {
         .change(change.build())
         .execute()
         .await
-        .map_err(nl(format!("{current}: name {} mtu {}", cfg.name, cfg.mtu)))?;
+        .map_err(netlink_failed(format!(
+            "{current}: name {} mtu {}",
+            cfg.name, cfg.mtu
+        )))?;
     // Replace, not add: the addresses are exactly the pod's.
     let old: Vec<_> = handle
         .address()
@@ -140,7 +143,7 @@ pub async fn configure_interface(cfg: &IfaceConfig) -> Result<(), NetError> {
         .execute()
         .try_collect()
         .await
-        .map_err(nl(format!("addresses of {}", cfg.name)))?;
+        .map_err(netlink_failed(format!("addresses of {}", cfg.name)))?;
     for a in old {
         let global = a.attributes.iter().any(|x| match x {
             AddressAttribute::Address(IpAddr::V6(v6)) => v6.segments()[0] & 0xffc0 != 0xfe80,
@@ -153,7 +156,7 @@ pub async fn configure_interface(cfg: &IfaceConfig) -> Result<(), NetError> {
                 .del(a)
                 .execute()
                 .await
-                .map_err(nl(format!("old address of {}", cfg.name)))?;
+                .map_err(netlink_failed(format!("old address of {}", cfg.name)))?;
         }
     }
     for (ip, prefix) in &cfg.addresses {
@@ -163,14 +166,14 @@ pub async fn configure_interface(cfg: &IfaceConfig) -> Result<(), NetError> {
             .replace()
             .execute()
             .await
-            .map_err(nl(format!("{ip}/{prefix} on {}", cfg.name)))?;
+            .map_err(netlink_failed(format!("{ip}/{prefix} on {}", cfg.name)))?;
     }
     handle
         .link()
         .change(LinkUnspec::new_with_index(index).up().build())
         .execute()
         .await
-        .map_err(nl(format!("{} up", cfg.name)))
+        .map_err(netlink_failed(format!("{} up", cfg.name)))
 }
 
 fn scope(s: u8) -> RouteScope {
@@ -181,7 +184,7 @@ fn scope(s: u8) -> RouteScope {
     }
 }
 
-fn bad(r: &RouteConfig, detail: impl std::fmt::Display) -> NetError {
+fn invalid_route(r: &RouteConfig, detail: impl std::fmt::Display) -> NetError {
     NetError::BadRoute {
         what: format!("{:?} via {:?} dev {}", r.dest, r.gateway, r.device),
         detail: detail.to_string(),
@@ -226,7 +229,7 @@ fn build_route(r: &RouteConfig, index: u32) -> Result<RouteMessage, NetError> {
         .flatten()
         .all(|ip| ip.is_ipv6() == r.ipv6);
     if !family_ok {
-        return Err(bad(r, "mixes IPv4 and IPv6 addresses"));
+        return Err(invalid_route(r, "mixes IPv4 and IPv6 addresses"));
     }
     Ok(msg)
 }
@@ -243,7 +246,7 @@ async fn main_routes(handle: &Handle) -> Result<Vec<RouteMessage>, NetError> {
             .execute()
             .try_collect()
             .await
-            .map_err(nl("listing routes"))?;
+            .map_err(netlink_failed("listing routes"))?;
         out.extend(msgs.into_iter().filter(|m| {
             m.header.table == RouteHeader::RT_TABLE_MAIN
                 && m.header.protocol != RouteProtocol::Kernel
@@ -262,7 +265,7 @@ pub async fn replace_routes(routes: &[RouteConfig]) -> Result<(), NetError> {
             .del(old)
             .execute()
             .await
-            .map_err(nl("deleting an old route"))?;
+            .map_err(netlink_failed("deleting an old route"))?;
     }
     let mut ordered: Vec<&RouteConfig> = routes.iter().collect();
     ordered.sort_by_key(|r| if r.scope == 253 { 0 } else { 1 });
@@ -275,7 +278,7 @@ pub async fn replace_routes(routes: &[RouteConfig]) -> Result<(), NetError> {
             .replace()
             .execute()
             .await
-            .map_err(nl(format!(
+            .map_err(netlink_failed(format!(
                 "adding route {:?} via {:?} dev {}",
                 r.dest, r.gateway, r.device
             )))?;
