@@ -6,6 +6,7 @@
 
 pub mod convert;
 pub mod hybrid_vsock;
+pub mod pump;
 
 use std::path::Path;
 use std::time::Duration;

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use hull_proto::*;
 use ttrpc::r#async::TtrpcContext;
 
-use super::io::{pump_output, pump_stdin};
+use crate::agent_client::pump::{pump_output, pump_stdin};
 use crate::agent_client::{AgentClient, AgentError, ProcessRef, Stream};
 
 #[derive(Default)]

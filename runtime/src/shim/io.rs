@@ -1,6 +1,6 @@
 //! A process's stdio between containerd and the agent. containerd names FIFOs (or
 //! `file://` or `binary://` URIs, the latter run by `logger`) in the request; the shim writes the process's output into them with
-//! `run::io`'s pumps (pull model, backpressure to the writer in the guest) and feeds
+//! `agent_client::pump`'s pumps (pull model, backpressure to the writer in the guest) and feeds
 //! stdin from them. The exit of a process is reported only after its output pumps
 //! finished, so nothing written before the exit is lost.
 
@@ -13,8 +13,8 @@ use tokio::task::JoinHandle;
 
 use super::logger::{self, BinaryLogger};
 use super::ShimError;
+use crate::agent_client::pump::pump_output;
 use crate::agent_client::{AgentClient, AgentError, ProcessRef, StdioSpec, Stream};
-use crate::run::io::pump_output;
 
 /// How long to wait for containerd (or ctr) to open the reading end of an output FIFO.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
