@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use oci_spec::runtime::{LinuxResources, Process, Spec};
+
 use super::{convert, AgentClient, AgentError, ExitInfo, StdioSpec, StorageSpec};
 
 /// A container's cgroup v2 statistics, as the agent reports them (the shape of
@@ -93,10 +95,10 @@ impl AgentClient {
     pub async fn create_container(
         &self,
         container_id: &str,
-        oci_spec_json: Vec<u8>,
+        spec: &Spec,
         stdio: &StdioSpec,
     ) -> Result<(), AgentError> {
-        self.create_pod_container(container_id, oci_spec_json, stdio, "", &[])
+        self.create_pod_container(container_id, spec, stdio, "", &[])
             .await
     }
 
@@ -106,7 +108,7 @@ impl AgentClient {
     pub async fn create_pod_container(
         &self,
         container_id: &str,
-        oci_spec_json: Vec<u8>,
+        spec: &Spec,
         stdio: &StdioSpec,
         sandbox_container_id: &str,
         sandbox_namespaces: &[&str],
@@ -115,7 +117,7 @@ impl AgentClient {
         req.container_id = container_id.to_string();
         req.sandbox_container_id = sandbox_container_id.to_string();
         req.sandbox_namespaces = sandbox_namespaces.iter().map(|n| n.to_string()).collect();
-        req.oci_spec_json = oci_spec_json;
+        req.oci_spec_json = to_json(spec, "create_container", "OCI spec")?;
         req.stdio = protobuf::MessageField::some(convert::stdio(stdio));
         call!(self, create_container, req)?;
         Ok(())
@@ -140,20 +142,19 @@ impl AgentClient {
         Ok(())
     }
 
-    /// Starts an extra process `exec_id` in a running container; `process_json` is an
-    /// OCI `Process`. An empty `container_id` starts a debug process in the guest itself
+    /// Starts an extra process `exec_id` in a running container. An empty `container_id` starts a debug process in the guest itself
     /// (allowed only in a sandbox created with `debug_exec`).
     pub async fn exec_process(
         &self,
         container_id: &str,
         exec_id: &str,
-        process_json: Vec<u8>,
+        process: &Process,
         stdio: &StdioSpec,
     ) -> Result<(), AgentError> {
         let mut req = hull_proto::ExecProcessRequest::new();
         req.container_id = container_id.to_string();
         req.exec_id = exec_id.to_string();
-        req.process_json = process_json;
+        req.process_json = to_json(process, "exec_process", "OCI process")?;
         req.stdio = protobuf::MessageField::some(convert::stdio(stdio));
         call!(self, exec_process, req)?;
         Ok(())
@@ -280,15 +281,15 @@ impl AgentClient {
         Ok(())
     }
 
-    /// New cgroup limits (OCI `LinuxResources` as JSON).
+    /// New cgroup limits.
     pub async fn update_container(
         &self,
         container_id: &str,
-        resources_json: Vec<u8>,
+        resources: &LinuxResources,
     ) -> Result<(), AgentError> {
         let mut req = hull_proto::UpdateContainerRequest::new();
         req.container_id = container_id.to_string();
-        req.resources_json = resources_json;
+        req.resources_json = to_json(resources, "update_container", "OCI resources")?;
         call!(self, update_container, req)?;
         Ok(())
     }
@@ -326,4 +327,13 @@ impl AgentClient {
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
+}
+
+/// The wire form of an OCI value: JSON, as the agent reads it.
+fn to_json(
+    value: &impl serde::Serialize,
+    rpc: &'static str,
+    what: &'static str,
+) -> Result<Vec<u8>, AgentError> {
+    serde_json::to_vec(value).map_err(|source| AgentError::Encode { rpc, what, source })
 }

@@ -37,6 +37,12 @@ pub enum AgentError {
     },
     #[error("agent reply to {rpc} is invalid: {what}")]
     BadReply { rpc: &'static str, what: String },
+    #[error("agent request {rpc}: cannot encode the {what} as JSON: {source}")]
+    Encode {
+        rpc: &'static str,
+        what: &'static str,
+        source: serde_json::Error,
+    },
 }
 
 /// A ttrpc error in one line: `CODE: message` for a status from the agent.

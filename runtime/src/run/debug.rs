@@ -44,8 +44,7 @@ pub async fn debug_exec(
         ));
     }
     let record = debug_sandbox(config, &opts.sandbox)?;
-    let json =
-        serde_json::to_vec(&debug_process(opts)?).map_err(|e| RunError::Internal(e.to_string()))?;
+    let process = debug_process(opts)?;
     let agent = AgentClient::connect(&record.vsock_uds, config.boot.request_timeout())
         .await
         .map_err(RunError::agent("connecting to the sandbox's agent"))?;
@@ -58,7 +57,7 @@ pub async fn debug_exec(
         config,
         &agent,
         ProcessRef::exec("", &exec_id),
-        json,
+        &process,
         how,
         signals,
     )

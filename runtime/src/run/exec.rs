@@ -51,7 +51,6 @@ pub async fn exec(
     let state_dir = config.runtime.state_dir.join(VMS_DIR).join(&record.id);
     let container = opts.name.as_str();
     let process = process_for(&state_dir, container, opts)?;
-    let json = serde_json::to_vec(&process).map_err(|e| RunError::Internal(e.to_string()))?;
 
     let agent = AgentClient::connect(&record.vsock_uds, config.boot.request_timeout())
         .await
@@ -65,31 +64,26 @@ pub async fn exec(
         config,
         &agent,
         ProcessRef::exec(container, &exec_id),
-        json,
+        &process,
         how,
         signals,
     )
     .await
 }
 
-/// Starts an exec'd process (`process_json`: an OCI Process) in the agent and attaches
+/// Starts an exec'd process in the agent and attaches
 /// hull's stdio to it until it exits. Shared by `hull exec` and `hull debug exec` (whose
 /// processes have an empty container id).
 pub(super) async fn start_and_attach(
     config: &Config,
     agent: &AgentClient,
     target: ProcessRef,
-    process_json: Vec<u8>,
+    process: &Process,
     how: Attach,
     signals: &mut Signals,
 ) -> Result<ExitInfo, RunError> {
     agent
-        .exec_process(
-            &target.container_id,
-            &target.exec_id,
-            process_json,
-            &how.stdio(),
-        )
+        .exec_process(&target.container_id, &target.exec_id, process, &how.stdio())
         .await
         .map_err(RunError::agent("starting the process"))?;
     attach(agent, &target, how, signals, config.boot.shutdown_timeout()).await

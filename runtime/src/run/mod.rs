@@ -155,7 +155,7 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| cid.chars().take(12).collect());
     let setup = async {
-        let spec_json = prepare_container(
+        let spec = prepare_container(
             &mut sandbox,
             &cid,
             &source,
@@ -176,7 +176,7 @@ pub async fn run(
         }
         .stdio();
         agent
-            .create_container(&cid, spec_json, &stdio)
+            .create_container(&cid, &spec, &stdio)
             .instrument(tracing::info_span!("container_create"))
             .await
             .map_err(RunError::agent("creating the container"))?;
@@ -240,8 +240,8 @@ pub async fn run(
     }
 }
 
-/// Fills the share (rootfs, volumes) and returns the spec as JSON (also written
-/// next to the rootfs as `config.json`, for debugging with --keep-state).
+/// Fills the share (rootfs, volumes) and returns the spec (also written next to the
+/// rootfs as `config.json`, for debugging with --keep-state).
 #[allow(clippy::too_many_arguments)]
 async fn prepare_container(
     sandbox: &mut Sandbox,
@@ -252,7 +252,7 @@ async fn prepare_container(
     memory: Option<u64>,
     cpus: Option<f64>,
     hostname: &str,
-) -> Result<Vec<u8>, RunError> {
+) -> Result<oci_spec::runtime::Spec, RunError> {
     let share = sandbox
         .share_mut()
         .ok_or_else(|| RunError::Internal("the sandbox has no share".into()))?;
@@ -311,7 +311,7 @@ async fn prepare_container(
         path: host_dir.join("config.json"),
         why: e.to_string(),
     })?;
-    Ok(json)
+    Ok(spec)
 }
 
 /// How a process's stdio is attached to hull's.

@@ -7,7 +7,7 @@ use containerd_shim_protos::cgroups_v2::metrics::{
 };
 use containerd_shim_protos::protobuf::MessageField;
 
-use super::service::Status;
+use super::process::Status;
 use crate::agent_client::ContainerStats;
 
 pub fn status(s: Status) -> TaskStatus {

@@ -13,8 +13,8 @@
 use std::path::Path;
 
 use super::record::Record;
-use super::service::{ANNOTATION_SANDBOX_MEMORY, MIN_GUEST_MIB};
-use super::spec::HostSpec;
+use super::spec::ContainerSpec;
+use super::vm_size::{ANNOTATION_SANDBOX_MEMORY, MIN_GUEST_MIB};
 use super::ShimError;
 use crate::cgroup::{self, HostCgroup, Target};
 use crate::config::Config;
@@ -28,7 +28,7 @@ use crate::sandbox::SandboxSpec;
 /// still leaves `delete` the cgroups to remove.
 pub fn enter(
     config: &Config,
-    spec: &HostSpec,
+    spec: &ContainerSpec,
     vm: &mut SandboxSpec,
     bundle: &Path,
 ) -> Result<Option<HostCgroup>, ShimError> {

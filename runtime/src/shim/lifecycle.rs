@@ -18,9 +18,9 @@ use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::protobuf::MessageField;
 
 use super::events::Events;
+use super::process::now;
 use super::record::Record;
-use super::service::{now, Service};
-use super::spec::HostSpec;
+use super::service::Service;
 use super::task::TaskService;
 use super::{ANNOTATION_CONTAINER_TYPE, ANNOTATION_SANDBOX_ID};
 
@@ -44,12 +44,12 @@ pub fn shim_config() -> ShimConfig {
 /// Which shim serves the task in `bundle`: a pod's containers go to the shim of their
 /// sandbox; anything else (plain `ctr run`, a pod's sandbox container) to its own.
 pub fn grouping(id: &str, bundle: &Path) -> String {
-    let Ok(spec) = HostSpec::load(bundle) else {
+    let Ok(spec) = super::spec::read(bundle) else {
         return id.to_string();
     };
     match (
-        spec.annotation(ANNOTATION_CONTAINER_TYPE),
-        spec.annotation(ANNOTATION_SANDBOX_ID),
+        super::spec::annotation(&spec, ANNOTATION_CONTAINER_TYPE),
+        super::spec::annotation(&spec, ANNOTATION_SANDBOX_ID),
     ) {
         (Some("container"), Some(sandbox)) if !sandbox.is_empty() => sandbox.to_string(),
         _ => id.to_string(),

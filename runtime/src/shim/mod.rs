@@ -2,37 +2,42 @@
 //!
 //! containerd starts one shim per task (or, with CRI annotations, per pod) and talks to
 //! it over ttrpc (task API v2). The shim owns one sandbox VM and runs every container
-//! of the task or pod in it. Requests flow one way:
+//! of the task or pod in it. Requests flow one way, each verb a short script:
 //!
 //! ```text
-//! containerd -> task.rs (ttrpc Task, thin) -> service.rs (containers, processes)
-//!            -> pod.rs (the sandbox VM) -> sandbox/ + agent_client/
+//! containerd -> task.rs (ttrpc Task: protocol types in and out)
+//!            -> service.rs (one verb: the steps, in order)
+//!            -> spec.rs (the container's spec, read once) | pod.rs (the VM) |
+//!               process.rs (a container's processes and their watchers)
+//!            -> sandbox/ + agent_client/ (-> vsock -> the agent)
 //! ```
 //!
-//! One job per module: [`lifecycle`] (the `start`/`delete` sub-commands), [`task`]
-//! (the Task service), [`service`] (state and operations), [`pod`] (one VM, booted by
-//! the first container), [`io`] (containerd's FIFOs <-> the agent's streams),
-//! [`rootfs`] (containerd's rootfs mounts and bind mounts in the share), [`spec`]
-//! (containerd's OCI spec -> the guest's), [`events`] (publishing to containerd),
-//! [`convert`] (containerd's protocol types), [`options`] (runtime options),
-//! [`record`] (what `delete` needs after a crash of the shim), [`host_cgroup`] (the
-//! pod's cgroup on the host, where the VM's memory is charged), [`network`] (the pod's
-//! netns wired into the VM, host network refused).
+//! [`pod`] holds a pod's whole boot as a list of steps ([`pod::Pod::boot`]), each in
+//! the module that owns its data: [`vm_size`] (the VM's memory and vCPUs),
+//! [`pod_network`] (the pod's netns wired into the VM, host network refused),
+//! [`host_cgroup`] (the pod's cgroup on the host, where the VM's memory is charged),
+//! [`container_files`] (rootfs, volumes and guest spec in the share); a failed boot is
+//! undone in one place. The rest: [`lifecycle`] (the `start`/`delete` sub-commands),
+//! [`io`] (containerd's FIFOs <-> the agent's streams), [`events`] (publishing to
+//! containerd), [`convert`] (containerd's protocol types), [`options`] (runtime
+//! options), [`record`] (what `delete` needs after a crash of the shim).
 
+pub mod container_files;
 pub mod convert;
 pub mod events;
 pub mod host_cgroup;
 pub mod io;
 pub mod lifecycle;
 pub mod logger;
-pub mod network;
 pub mod options;
 pub mod pod;
+pub mod pod_network;
+pub mod process;
 pub mod record;
-pub mod rootfs;
 pub mod service;
 pub mod spec;
 pub mod task;
+pub mod vm_size;
 
 pub use lifecycle::HullShim;
 

@@ -1,52 +1,108 @@
 //! The shim's VM: one sandbox, booted for the first container (a task of its own, or a
-//! pod's sandbox container) and destroyed when the last container is deleted. Watches
+//! pod's sandbox container), joined by the pod's later containers, and destroyed when
+//! the last container is deleted.
+//!
+//! [`Pod::boot`] is the whole of a pod's start, as a list of steps; what a failed step
+//! leaves is undone in one place ([`BootParts::undo`]). Once booted, the pod watches
 //! the VM process: if it dies (killed, crashed, guest panic), `dead` flips and every
 //! waiter reports its process as exited instead of hanging on a vsock that will never
-//! answer. Watches the VM's helpers too (virtiofsd, the vsock backend): a VM that lost
-//! one cannot serve its rootfs or reach its agent any more, so it is killed and the
-//! pod dies as a whole rather than hanging.
+//! answer. It watches the VM's helpers too (virtiofsd, the vsock backend): a VM that
+//! lost one cannot serve its rootfs or reach its agent any more, so it is killed and
+//! the pod dies as a whole rather than hanging.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use containerd_shim_protos::api::Mount;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
+use tracing::Instrument;
 
+use super::io::StdioPaths;
+use super::options::RuntimeOptions;
 use super::record::Record;
-use super::ShimError;
+use super::spec::ContainerSpec;
+use super::{container_files, host_cgroup, pod_network, vm_size, ShimError};
 use crate::agent_client::AgentClient;
 use crate::cgroup::HostCgroup;
+use crate::config::Config;
+use crate::hypervisor;
 use crate::network::PodNetwork;
 use crate::sandbox::Sandbox;
+
+/// What containerd's Create carries.
+pub struct CreateRequest {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub rootfs: Vec<Mount>,
+    pub stdio: StdioPaths,
+    pub options: RuntimeOptions,
+}
 
 pub struct Pod {
     sandbox: tokio::sync::Mutex<Option<Sandbox>>,
     agent: AgentClient,
     vm_pid: u32,
     dead: watch::Receiver<bool>,
-    stopping: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stopping: Arc<AtomicBool>,
     record: Record,
     bundle: PathBuf,
     sandbox_container: String,
-    /// The pod's host cgroup (the shim is in it); removed after the VM.
     cgroup: std::sync::Mutex<Option<HostCgroup>>,
-    /// The taps and tc filters in the pod's netns; removed after the VM.
     network: std::sync::Mutex<Option<PodNetwork>>,
 }
 
+/// What a pod's boot has made so far; [`BootParts::undo`] removes it.
+#[derive(Default)]
+struct BootParts {
+    network: Option<PodNetwork>,
+    cgroup: Option<HostCgroup>,
+    sandbox: Option<Sandbox>,
+}
+
+impl BootParts {
+    /// Removes what a failed boot made: the VM and its state (processes first), the
+    /// pod's taps, the cgroup the shim made and joined, the record in the bundle.
+    async fn undo(mut self, bundle: &Path) {
+        if let Some(mut sandbox) = self.sandbox.take() {
+            sandbox.teardown().await;
+        }
+        if let Some(mut network) = self.network.take() {
+            if let Err(e) = network.teardown() {
+                tracing::warn!(error = %e, "removing the pod's taps and tc filters");
+            }
+        }
+        if let Some(mut cgroup) = self.cgroup.take() {
+            cgroup.remove();
+        }
+        Record::remove(bundle);
+    }
+}
+
 impl Pod {
-    /// Takes a booted sandbox; records it next to `bundle` for `delete` after a crash.
-    /// `first` is the container that booted it: a pod's sandbox container, whose id is
-    /// the `sandbox-id` annotation of the pod's other containers.
-    pub fn new(
-        sandbox: Sandbox,
-        bundle: &Path,
-        first: &str,
-        cgroup: Option<HostCgroup>,
-        network: Option<PodNetwork>,
-    ) -> Result<Pod, ShimError> {
+    /// Boots the VM for the pod's first container `req`, with that container created in
+    /// it (its rootfs and volumes already in the share). On error nothing is left.
+    pub async fn boot(req: &CreateRequest, spec: &ContainerSpec) -> Result<Arc<Pod>, ShimError> {
+        let mut parts = BootParts::default();
+        match boot_steps(&mut parts, req, spec).await {
+            Ok(()) => Pod::running(parts, req),
+            Err(e) => {
+                parts.undo(&req.bundle).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The pod once booted: its record written to the bundle, its VM watched.
+    fn running(parts: BootParts, req: &CreateRequest) -> Result<Arc<Pod>, ShimError> {
+        let BootParts {
+            network,
+            cgroup,
+            sandbox,
+        } = parts;
+        let sandbox = sandbox.ok_or_else(|| ShimError::internal("the pod booted no sandbox"))?;
         let agent = sandbox
             .agent()
             .cloned()
@@ -54,31 +110,94 @@ impl Pod {
         let pids = sandbox.pids();
         let vm_pid = pids.first().copied().unwrap_or(0);
         let record = Record::new(sandbox.state_dir(), pids.clone(), cgroup.as_ref());
-        if let Err(e) = record.write(bundle) {
+        if let Err(e) = record.write(&req.bundle) {
             tracing::warn!(error = %e, "cannot write the sandbox record into the bundle");
         }
         let (tx, dead) = watch::channel(false);
-        let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = Arc::new(AtomicBool::new(false));
         watch_processes(&pids, tx, stopping.clone());
-        Ok(Pod {
+        Ok(Arc::new(Pod {
             sandbox: tokio::sync::Mutex::new(Some(sandbox)),
             agent,
             vm_pid,
             dead,
             stopping,
             record,
-            bundle: bundle.to_path_buf(),
-            sandbox_container: first.to_string(),
+            bundle: req.bundle.clone(),
+            sandbox_container: req.id.clone(),
             cgroup: std::sync::Mutex::new(cgroup),
             network: std::sync::Mutex::new(network),
-        })
+        }))
+    }
+
+    /// Creates a later container of the pod in its running VM, sharing the pod's
+    /// namespaces. On error nothing of it is left in the share or the guest.
+    pub async fn add_container(
+        &self,
+        req: &CreateRequest,
+        spec: &ContainerSpec,
+    ) -> Result<(), ShimError> {
+        self.check_member(req, spec)?;
+        let guest_spec = {
+            let mut sandbox = self.sandbox.lock().await;
+            let share = sandbox
+                .as_mut()
+                .and_then(|s| s.share_mut())
+                .ok_or_else(|| ShimError::FailedPrecondition("the pod's VM is gone".into()))?;
+            container_files::place(share, &req.id, &req.rootfs, &req.bundle, spec).await?
+        };
+        let created = self
+            .agent
+            .create_pod_container(
+                &req.id,
+                &guest_spec,
+                &req.stdio.spec(),
+                &self.sandbox_container,
+                &spec.pod_namespaces(),
+            )
+            .instrument(tracing::info_span!("container_create", id = %req.id))
+            .await;
+        if let Err(e) = created {
+            self.remove_container(&req.id).await;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// A later container belongs to this pod when CRI's annotations name its sandbox.
+    fn check_member(&self, req: &CreateRequest, spec: &ContainerSpec) -> Result<(), ShimError> {
+        let joins = spec.annotation(super::ANNOTATION_CONTAINER_TYPE) == Some("container")
+            && spec.annotation(super::ANNOTATION_SANDBOX_ID) == Some(&self.sandbox_container);
+        if !joins {
+            return Err(ShimError::FailedPrecondition(format!(
+                "this shim runs the sandbox of {}; container {} is not part of that pod (CRI annotations {} and {})",
+                self.sandbox_container,
+                req.id,
+                super::ANNOTATION_CONTAINER_TYPE,
+                super::ANNOTATION_SANDBOX_ID
+            )));
+        }
+        Ok(())
+    }
+
+    /// Removes container `id` from the guest (stopping it if it runs) and its files
+    /// from the share. The VM stays.
+    pub async fn remove_container(&self, id: &str) {
+        if !self.is_dead() {
+            if let Err(e) = self.agent.remove_container(id, 1).await {
+                tracing::warn!(container = id, error = %e, "the agent could not remove the container");
+            }
+        }
+        let mut sandbox = self.sandbox.lock().await;
+        if let Some(share) = sandbox.as_mut().and_then(|s| s.share_mut()) {
+            container_files::remove(share, id);
+        }
     }
 
     pub fn agent(&self) -> &AgentClient {
         &self.agent
     }
 
-    /// The PID containerd sees for every process of the pod: the VM's.
     pub fn pid(&self) -> u32 {
         self.vm_pid
     }
@@ -87,45 +206,24 @@ impl Pod {
         *self.dead.borrow()
     }
 
-    /// Resolves once the VM process has exited.
     pub async fn died(&self) {
         let mut rx = self.dead.clone();
         let _ = rx.wait_for(|d| *d).await;
     }
 
-    pub fn sandbox_container(&self) -> &str {
-        &self.sandbox_container
-    }
-
-    /// The sandbox (None once destroyed), locked.
-    pub async fn lock_sandbox(&self) -> tokio::sync::MutexGuard<'_, Option<Sandbox>> {
-        self.sandbox.lock().await
-    }
-
-    /// Runs `f` on the sandbox (its share), if it is still there.
-    pub async fn with_sandbox<R>(&self, f: impl FnOnce(&mut Sandbox) -> R) -> Option<R> {
-        let mut guard = self.sandbox.lock().await;
-        guard.as_mut().map(f)
-    }
-
-    pub async fn state_dir(&self) -> Option<PathBuf> {
-        self.with_sandbox(|s| s.state_dir().to_path_buf()).await
-    }
-
-    /// Stops the VM (orderly if it still runs) and removes everything of it.
+    /// Stops the VM and removes everything the pod made on the host: its helpers,
+    /// state dir, share mounts, taps, cgroup and the record in the bundle.
     pub async fn destroy(&self) {
         let Some(sandbox) = self.sandbox.lock().await.take() else {
             return;
         };
-        self.stopping
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stopping.store(true, Ordering::SeqCst);
         if self.is_dead() {
             let mut sandbox = sandbox;
             sandbox.teardown().await;
         } else if let Err(e) = sandbox.destroy().await {
             tracing::warn!(error = %e, "destroying the sandbox");
         }
-        // The VM (which held the taps open) is gone: the taps and filters go now.
         let network = self
             .network
             .lock()
@@ -144,15 +242,64 @@ impl Pod {
             cg.remove();
         }
         Record::remove(&self.bundle);
-        // Nothing should be left; if something is, the record's cleaner gets it.
         if self.record.state_dir.exists() {
             self.record.clean();
         }
     }
 }
 
-/// Watches the sandbox's processes, `pids[0]` being the VM's: the VM's exit flips `dead`;
-/// a helper's exit while the pod is not `stopping` kills the VM.
+/// A pod's boot, step by step; what each step makes goes into `parts` at once.
+async fn boot_steps(
+    parts: &mut BootParts,
+    req: &CreateRequest,
+    spec: &ContainerSpec,
+) -> Result<(), ShimError> {
+    let config = Config::load(req.options.config_path.as_deref())
+        .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
+    let backend =
+        hypervisor::select(&config).map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
+    let mut vm = vm_size::sandbox_spec(&config, spec)?;
+    // The pod's netns wired first: a network hull cannot wire is refused before any VM
+    // process exists.
+    parts.network = pod_network::open(spec)?;
+    vm.nics = pod_network::nics(parts.network.as_ref());
+    // Before any VM process starts: they inherit the pod's cgroup from the shim.
+    parts.cgroup = host_cgroup::enter(&config, spec, &mut vm, &req.bundle)?;
+    let sandbox = parts
+        .sandbox
+        .insert(Sandbox::create(&config, &vm, backend)?);
+    // Until the pod is up, a crashed shim leaves `delete` the state dir and cgroup.
+    let early = Record::new(sandbox.state_dir(), Vec::new(), parts.cgroup.as_ref());
+    if let Err(e) = early.write(&req.bundle) {
+        tracing::warn!(error = %e, "cannot write the sandbox record into the bundle");
+    }
+    let share = sandbox
+        .share_mut()
+        .ok_or_else(|| ShimError::internal("the sandbox has no share"))?;
+    // A pod's later containers are mounted while virtiofsd runs.
+    share
+        .make_shared()
+        .map_err(|e| ShimError::Internal(e.to_string()))?;
+    let guest_spec = container_files::place(share, &req.id, &req.rootfs, &req.bundle, spec).await?;
+    sandbox.start(&config, &vm).await?;
+    let hostname: String = spec
+        .hostname()
+        .unwrap_or(&req.id)
+        .chars()
+        .take(64)
+        .collect();
+    sandbox.prepare_guest(&hostname).await?;
+    let agent = sandbox
+        .agent()
+        .ok_or_else(|| ShimError::internal("no agent connection"))?;
+    pod_network::configure_guest(agent, parts.network.as_ref()).await?;
+    agent
+        .create_container(&req.id, &guest_spec, &req.stdio.spec())
+        .instrument(tracing::info_span!("container_create", id = %req.id))
+        .await?;
+    Ok(())
+}
+
 fn watch_processes(pids: &[u32], dead: watch::Sender<bool>, stopping: Arc<AtomicBool>) {
     let Some((&vm_pid, helpers)) = pids.split_first() else {
         tracing::warn!("the sandbox has no VM process to watch");

@@ -1,120 +1,178 @@
-//! containerd's OCI runtime spec (the bundle's `config.json`) made into the guest's:
-//! the rootfs and every host-path bind mount are rewritten to guest paths in the
-//! sandbox share, and what only means something on the host (AppArmor/SELinux labels,
-//! hooks, the pod's netns path) is dropped. The spec stays JSON throughout, so no field
-//! that hull does not know is lost on the way to the agent.
+//! containerd's OCI runtime spec (the bundle's `config.json`), read once per container:
+//! what the host needs from it (annotations, namespaces, resources, the rootfs path)
+//! and the guest's spec made from it, in oci-spec's types. What only means something
+//! on the host is dropped from the guest's (AppArmor/SELinux labels, hooks, namespace
+//! paths); CRI's `/dev/shm` bind becomes a tmpfs; every other bind mount is a
+//! [`Volume`], checked here and placed in the share by `container_files`, which also
+//! points the rootfs and those mounts at their guest paths.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, LinuxResources, Mount, Process, Spec};
 
 use super::ShimError;
-use crate::sandbox::share::{Propagation, Share, VolumeMount};
+use crate::sandbox::share::{Propagation, VolumeMount};
 
 /// Size of the guest tmpfs that replaces CRI's host `/dev/shm` bind mount.
 const SHM_SIZE: &str = "size=65536k";
 
-/// A runtime spec as containerd wrote it.
+/// A host file or directory bound into the container: the `mounts` entry `index` of
+/// the guest's spec, whose source becomes the volume's guest path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Volume {
+    pub index: usize,
+    pub source: PathBuf,
+    pub destination: PathBuf,
+    pub how: VolumeMount,
+    pub is_dir: bool,
+}
+
+/// A container's spec: containerd's as written, the guest's made from it, and the
+/// volumes the guest's needs in the share.
 #[derive(Debug, Clone)]
-pub struct HostSpec {
-    json: Value,
+pub struct ContainerSpec {
+    host: Spec,
+    /// The guest's spec; its rootfs path and volume sources are still the host's
+    /// until `container_files::place` sets them.
+    pub guest: Spec,
+    pub volumes: Vec<Volume>,
 }
 
 fn invalid(what: String) -> ShimError {
     ShimError::InvalidArgument(format!("invalid OCI spec: {what}"))
 }
 
-impl HostSpec {
-    /// Reads and checks `<bundle>/config.json`.
-    pub fn load(bundle: &Path) -> Result<HostSpec, ShimError> {
-        let path = bundle.join("config.json");
-        let text = std::fs::read(&path).map_err(|e| {
-            ShimError::InvalidArgument(format!("cannot read {}: {e}", path.display()))
-        })?;
-        HostSpec::parse(&text)
+/// Reads `<bundle>/config.json` as an OCI spec, unchecked.
+pub fn read(bundle: &Path) -> Result<Spec, ShimError> {
+    let path = bundle.join("config.json");
+    let text = std::fs::read(&path)
+        .map_err(|e| ShimError::InvalidArgument(format!("cannot read {}: {e}", path.display())))?;
+    parse(&text)
+}
+
+fn parse(text: &[u8]) -> Result<Spec, ShimError> {
+    serde_json::from_slice(text).map_err(|e| match e.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            invalid(format!("not JSON: {e}"))
+        }
+        _ => invalid(e.to_string()),
+    })
+}
+
+/// An annotation of `spec`.
+pub fn annotation<'a>(spec: &'a Spec, key: &str) -> Option<&'a str> {
+    spec.annotations().as_ref()?.get(key).map(String::as_str)
+}
+
+impl ContainerSpec {
+    /// Reads and checks `<bundle>/config.json` and makes the guest's spec: everything
+    /// the guest would refuse, and every volume hull cannot bind, is named here, before
+    /// a VM is booted or anything mounted.
+    pub fn load(bundle: &Path) -> Result<ContainerSpec, ShimError> {
+        ContainerSpec::from_spec(read(bundle)?)
     }
 
-    pub fn parse(text: &[u8]) -> Result<HostSpec, ShimError> {
-        let json: Value =
-            serde_json::from_slice(text).map_err(|e| invalid(format!("not JSON: {e}")))?;
-        let spec = HostSpec { json };
-        spec.validate()?;
-        Ok(spec)
+    #[cfg(test)]
+    pub fn parse(text: &[u8]) -> Result<ContainerSpec, ShimError> {
+        ContainerSpec::from_spec(parse(text)?)
     }
 
-    /// What the guest would refuse, named before a VM is booted for nothing.
-    fn validate(&self) -> Result<(), ShimError> {
-        let process = self
-            .json
-            .get("process")
+    fn from_spec(host: Spec) -> Result<ContainerSpec, ShimError> {
+        let process = host
+            .process()
+            .as_ref()
             .ok_or_else(|| invalid("no process".into()))?;
         validate_process(process, "process")?;
-        if self
-            .json
-            .pointer("/root/path")
-            .and_then(Value::as_str)
-            .is_none()
-        {
+        if host.root().is_none() {
             return Err(invalid("no root.path".into()));
         }
-        Ok(())
+        let (guest, volumes) = guest_spec(&host)?;
+        Ok(ContainerSpec {
+            host,
+            guest,
+            volumes,
+        })
     }
 
     /// `linux.namespaces` (empty when absent).
-    pub fn namespaces(&self) -> &[Value] {
-        match self.json.pointer("/linux/namespaces") {
-            Some(Value::Array(nss)) => nss,
-            _ => &[],
-        }
+    pub fn namespaces(&self) -> &[LinuxNamespace] {
+        self.host
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_deref())
+            .unwrap_or_default()
+    }
+
+    /// The `network` entry of `linux.namespaces`: `None` when there is none (the host's
+    /// network), `Some(None)` for a new one, `Some(Some(path))` for an existing one.
+    pub fn network_namespace(&self) -> Option<Option<&Path>> {
+        self.namespaces()
+            .iter()
+            .find(|ns| ns.typ() == LinuxNamespaceType::Network)
+            .map(|ns| ns.path().as_deref().filter(|p| !p.as_os_str().is_empty()))
     }
 
     pub fn annotation(&self, key: &str) -> Option<&str> {
-        self.json.pointer("/annotations")?.get(key)?.as_str()
+        annotation(&self.host, key)
     }
 
     /// The bundle-relative or absolute rootfs path containerd prepared.
-    pub fn root_path(&self) -> &str {
-        self.json
-            .pointer("/root/path")
-            .and_then(Value::as_str)
-            .unwrap_or("rootfs")
+    pub fn root_path(&self) -> &Path {
+        self.host
+            .root()
+            .as_ref()
+            .map(|r| r.path().as_path())
+            .unwrap_or(Path::new("rootfs"))
     }
 
     pub fn terminal(&self) -> bool {
-        self.json
-            .pointer("/process/terminal")
-            .and_then(Value::as_bool)
+        self.host
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
             .unwrap_or(false)
     }
 
     pub fn hostname(&self) -> Option<&str> {
-        self.json
-            .get("hostname")
-            .and_then(Value::as_str)
-            .filter(|h| !h.is_empty())
+        self.host.hostname().as_deref().filter(|h| !h.is_empty())
     }
 
     /// Memory limit (bytes), if the spec sets one.
     pub fn memory_limit(&self) -> Option<u64> {
-        self.json
-            .pointer("/linux/resources/memory/limit")
-            .and_then(Value::as_i64)
-            .filter(|l| *l > 0)
-            .map(|l| l as u64)
+        let limit = self
+            .host
+            .linux()
+            .as_ref()?
+            .resources()
+            .as_ref()?
+            .memory()
+            .as_ref()?
+            .limit()?;
+        u64::try_from(limit).ok().filter(|l| *l > 0)
     }
 
     /// `linux.cgroupsPath`, if set and not empty.
     pub fn cgroups_path(&self) -> Option<&str> {
-        self.json
-            .pointer("/linux/cgroupsPath")
-            .and_then(Value::as_str)
+        self.host
+            .linux()
+            .as_ref()?
+            .cgroups_path()
+            .as_deref()?
+            .to_str()
             .filter(|p| !p.is_empty())
     }
 
     /// CPUs from the CFS quota and period, if set.
     pub fn cpus(&self) -> Option<f64> {
-        let quota = self.json.pointer("/linux/resources/cpu/quota")?.as_i64()?;
-        let period = self.json.pointer("/linux/resources/cpu/period")?.as_u64()?;
+        let cpu = self
+            .host
+            .linux()
+            .as_ref()?
+            .resources()
+            .as_ref()?
+            .cpu()
+            .as_ref()?;
+        let (quota, period) = (cpu.quota()?, cpu.period()?);
         (quota > 0 && period > 0).then(|| quota as f64 / period as f64)
     }
 
@@ -122,10 +180,14 @@ impl HostSpec {
     /// IPC namespace (CRI's `NamespaceMode NODE` for ipc, `hostIPC`: the spec then
     /// has no ipc entry). The container would otherwise get the guest's, which shares
     /// nothing with the node's processes. (The node's network is refused in
-    /// `network::open`; the node's PID and UTS namespaces are the VM's, see
+    /// `pod_network::open`; the node's PID and UTS namespaces are the VM's, see
     /// `pod_namespaces`.)
     pub fn check_node_namespaces(&self) -> Result<(), ShimError> {
-        if !self.namespaces().iter().any(|ns| ns["type"] == "ipc") {
+        if !self
+            .namespaces()
+            .iter()
+            .any(|ns| ns.typ() == LinuxNamespaceType::Ipc)
+        {
             return Err(ShimError::InvalidArgument(
                 "the spec has no ipc namespace (the node's IPC namespace: hostIPC); a hull pod runs in a VM, which cannot share the node's System V IPC and POSIX message queues: give the pod its own IPC namespace (drop hostIPC)".into(),
             ));
@@ -139,19 +201,16 @@ impl HostSpec {
     /// share (pid without shareProcessNamespace) and the entry out for the node's
     /// namespaces (hostIPC, hostPID; uts with hostNetwork), which in hull are the VM's.
     pub fn pod_namespaces(&self) -> Vec<&'static str> {
-        let Some(Value::Array(nss)) = self.json.pointer("/linux/namespaces") else {
-            return Vec::new();
-        };
         let mut shared = Vec::new();
-        for ns in nss {
+        for ns in self.namespaces() {
             let has_path = ns
-                .get("path")
-                .and_then(Value::as_str)
-                .is_some_and(|p| !p.is_empty());
-            let typ = match ns.get("type").and_then(Value::as_str) {
-                Some("ipc") => "ipc",
-                Some("uts") => "uts",
-                Some("pid") => "pid",
+                .path()
+                .as_deref()
+                .is_some_and(|p| !p.as_os_str().is_empty());
+            let typ = match ns.typ() {
+                LinuxNamespaceType::Ipc => "ipc",
+                LinuxNamespaceType::Uts => "uts",
+                LinuxNamespaceType::Pid => "pid",
                 _ => continue,
             };
             if has_path && !shared.contains(&typ) {
@@ -160,76 +219,107 @@ impl HostSpec {
         }
         shared
     }
-
-    /// The guest's spec as JSON: rootfs at `rootfs_guest`; host bind mounts added to
-    /// `share` (container `cid`) and pointed at their guest paths.
-    pub fn to_guest(
-        &self,
-        cid: &str,
-        rootfs_guest: &str,
-        share: &mut Share,
-    ) -> Result<Vec<u8>, ShimError> {
-        let mut spec = self.json.clone();
-        spec["root"]["path"] = json!(rootfs_guest);
-        if let Some(p) = spec.get_mut("process").and_then(Value::as_object_mut) {
-            p.remove("apparmorProfile");
-            p.remove("selinuxLabel");
-        }
-        if let Some(o) = spec.as_object_mut() {
-            o.remove("hooks");
-        }
-        if let Some(linux) = spec.get_mut("linux").and_then(Value::as_object_mut) {
-            linux.remove("mountLabel");
-            if let Some(Value::Array(nss)) = linux.get_mut("namespaces") {
-                // The pod's network is the VM's: a netns path of the host means nothing.
-                nss.retain(|ns| !(ns["type"] == "network" && ns.get("path").is_some()));
-                // Other paths name the host's view of the pod's sandbox container
-                // (/proc/<pid>/ns/..): meaningless in the guest and never sent there.
-                // A pod's container shares the ipc/uts/pid ones with the sandbox
-                // container through the agent instead (`pod_namespaces`); the rest are
-                // the container's own.
-                for ns in nss.iter_mut() {
-                    if let Some(o) = ns.as_object_mut() {
-                        o.remove("path");
-                    }
-                }
-            }
-        }
-        if let Some(linux) = spec.get_mut("linux").and_then(Value::as_object_mut) {
-            // runc's recursive spellings (CRI's "rslave", "rshared"); the guest's
-            // runtime (youki) takes "slave", "shared", "private", "unbindable" and
-            // always applies them recursively.
-            if let Some(p) = linux.get("rootfsPropagation").and_then(Value::as_str) {
-                if let Some(plain) = p
-                    .strip_prefix('r')
-                    .filter(|p| ["slave", "shared", "private", "unbindable"].contains(p))
-                {
-                    linux.insert("rootfsPropagation".into(), json!(plain));
-                }
-            }
-        }
-        if let Some(Value::Array(mounts)) = spec.get_mut("mounts") {
-            // Every mount checked before the first is made.
-            for m in mounts.iter().filter(|m| is_bind(m)) {
-                volume_mount(
-                    m,
-                    m["source"].as_str().unwrap_or_default(),
-                    m["destination"].as_str().unwrap_or_default(),
-                )?;
-            }
-            for (n, m) in mounts.iter_mut().enumerate() {
-                rewrite_mount(m, n, cid, share)?;
-            }
-        }
-        serde_json::to_vec(&spec).map_err(|e| ShimError::internal(format!("spec to JSON: {e}")))
-    }
 }
 
-fn is_bind(m: &Value) -> bool {
-    m["type"] == "bind"
-        || m["options"]
-            .as_array()
+/// The guest's spec made from containerd's, and the volumes it binds.
+fn guest_spec(host: &Spec) -> Result<(Spec, Vec<Volume>), ShimError> {
+    let mut spec = host.clone();
+    spec.set_hooks(None);
+    if let Some(p) = spec.process_mut() {
+        p.set_apparmor_profile(None);
+        p.set_selinux_label(None);
+    }
+    if let Some(linux) = spec.linux_mut() {
+        linux.set_mount_label(None);
+        if let Some(nss) = linux.namespaces_mut() {
+            // The pod's network is the VM's: a netns path of the host means nothing.
+            nss.retain(|ns| !(ns.typ() == LinuxNamespaceType::Network && ns.path().is_some()));
+            // Other paths name the host's view of the pod's sandbox container
+            // (/proc/<pid>/ns/..): meaningless in the guest and never sent there.
+            // A pod's container shares the ipc/uts/pid ones with the sandbox
+            // container through the agent instead (`pod_namespaces`); the rest are
+            // the container's own.
+            for ns in nss.iter_mut() {
+                ns.set_path(None);
+            }
+        }
+        // runc's recursive spellings (CRI's "rslave", "rshared"); the guest's runtime
+        // (youki) takes "slave", "shared", "private", "unbindable" and always applies
+        // them recursively.
+        let plain = linux
+            .rootfs_propagation()
+            .as_deref()
+            .and_then(|p| p.strip_prefix('r'))
+            .filter(|p| ["slave", "shared", "private", "unbindable"].contains(p))
+            .map(str::to_string);
+        if let Some(plain) = plain {
+            linux.set_rootfs_propagation(Some(plain));
+        }
+    }
+    let mut volumes = Vec::new();
+    if let Some(mounts) = spec.mounts_mut() {
+        for (index, m) in mounts.iter_mut().enumerate() {
+            if !is_bind(m) {
+                continue;
+            }
+            if m.destination() == Path::new("/dev/shm") {
+                // CRI binds the pod's shm from the host; in the VM the pod's shm is a
+                // tmpfs.
+                *m = shm_tmpfs(m.destination());
+                continue;
+            }
+            volumes.push(volume(index, m)?);
+        }
+    }
+    Ok((spec, volumes))
+}
+
+fn shm_tmpfs(destination: &Path) -> Mount {
+    let mut m = Mount::default();
+    m.set_destination(destination.to_path_buf());
+    m.set_typ(Some("tmpfs".into()));
+    m.set_source(Some("shm".into()));
+    m.set_options(Some(
+        ["nosuid", "noexec", "nodev", "mode=1777", SHM_SIZE]
+            .map(String::from)
+            .to_vec(),
+    ));
+    m
+}
+
+fn is_bind(m: &Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options()
+            .as_ref()
             .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
+}
+
+/// A bind mount of the spec as a volume: its source must be an absolute path that
+/// exists.
+fn volume(index: usize, m: &Mount) -> Result<Volume, ShimError> {
+    let destination = m.destination().clone();
+    let source = m.source().clone().unwrap_or_default();
+    let how = volume_mount(m, &source, &destination)?;
+    if !source.is_absolute() {
+        return Err(invalid(format!(
+            "bind mount source {source:?} (for {}) is not absolute",
+            destination.display()
+        )));
+    }
+    let meta = std::fs::metadata(&source).map_err(|e| {
+        invalid(format!(
+            "bind mount source {} (for {}): {e}",
+            source.display(),
+            destination.display()
+        ))
+    })?;
+    Ok(Volume {
+        index,
+        source,
+        destination,
+        how,
+        is_dir: meta.is_dir(),
+    })
 }
 
 /// How a bind mount of the spec is made on the host: its `ro`/`rro`, `bind`/`rbind`
@@ -240,10 +330,11 @@ fn is_bind(m: &Value) -> bool {
 /// side: the volume receives the host's later mounts, and virtiofsd serves what is
 /// below them; in the guest, where those are plain directories of the share, the
 /// option keeps its meaning for mounts made in the guest.
-fn volume_mount(m: &Value, source: &str, dest: &str) -> Result<VolumeMount, ShimError> {
-    let opts: Vec<&str> = m["options"]
-        .as_array()
-        .map(|o| o.iter().filter_map(Value::as_str).collect())
+fn volume_mount(m: &Mount, source: &Path, dest: &Path) -> Result<VolumeMount, ShimError> {
+    let opts: Vec<&str> = m
+        .options()
+        .as_ref()
+        .map(|o| o.iter().map(String::as_str).collect())
         .unwrap_or_default();
     let mut how = VolumeMount {
         readonly: opts.iter().any(|o| *o == "ro" || *o == "rro"),
@@ -254,7 +345,9 @@ fn volume_mount(m: &Value, source: &str, dest: &str) -> Result<VolumeMount, Shim
         match *o {
             "shared" | "rshared" => {
                 return Err(invalid(format!(
-                    "bind mount {source} (for {dest}) asks for {o} mount propagation (Bidirectional): mounts made in the container are made in the VM's kernel and can never reach the host; hull supports rslave (HostToContainer) and rprivate (None)"
+                    "bind mount {} (for {}) asks for {o} mount propagation (Bidirectional): mounts made in the container are made in the VM's kernel and can never reach the host; hull supports rslave (HostToContainer) and rprivate (None)",
+                    source.display(),
+                    dest.display()
                 )))
             }
             "slave" | "rslave" => how.propagation = Propagation::Slave,
@@ -265,91 +358,55 @@ fn volume_mount(m: &Value, source: &str, dest: &str) -> Result<VolumeMount, Shim
     Ok(how)
 }
 
-fn rewrite_mount(m: &mut Value, n: usize, cid: &str, share: &mut Share) -> Result<(), ShimError> {
-    if !is_bind(m) {
-        return Ok(());
-    }
-    let dest = m["destination"].as_str().unwrap_or_default().to_string();
-    let source = m["source"].as_str().unwrap_or_default().to_string();
-    if dest == "/dev/shm" {
-        // CRI binds the pod's shm from the host; in the VM the pod's shm is a tmpfs.
-        *m = json!({
-            "destination": "/dev/shm",
-            "type": "tmpfs",
-            "source": "shm",
-            "options": ["nosuid", "noexec", "nodev", "mode=1777", SHM_SIZE],
-        });
-        return Ok(());
-    }
-    let how = volume_mount(m, &source, &dest)?;
-    let src = Path::new(&source);
-    if !src.is_absolute() {
-        return Err(invalid(format!(
-            "bind mount source {source:?} (for {dest}) is not absolute"
-        )));
-    }
-    let meta = std::fs::metadata(src)
-        .map_err(|e| invalid(format!("bind mount source {source} (for {dest}): {e}")))?;
-    let guest = if meta.is_dir() {
-        share.add_volume_with(cid, n, src, how)
-    } else {
-        share.add_file(cid, n, src, how.readonly)
-    }
-    .map_err(|e| ShimError::Internal(format!("sharing {source} for {dest}: {e}")))?;
-    m["source"] = json!(guest);
-    m["type"] = json!("bind");
-    Ok(())
-}
-
 /// The checks the agent makes on a process, made here first.
-pub fn validate_process(process: &Value, what: &str) -> Result<(), ShimError> {
-    let args = process["args"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    if args
-        .first()
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .is_empty()
-    {
+pub fn validate_process(process: &Process, what: &str) -> Result<(), ShimError> {
+    let args = process.args().as_deref().unwrap_or_default();
+    if args.first().is_none_or(|a| a.is_empty()) {
         return Err(invalid(format!(
             "{what}.args is empty: there is no command to run"
         )));
     }
-    let cwd = process["cwd"].as_str().unwrap_or_default();
-    if !cwd.starts_with('/') {
+    let cwd = process.cwd();
+    if !cwd.is_absolute() {
         return Err(invalid(format!(
-            "{what}.cwd {cwd:?} is not an absolute path"
+            "{what}.cwd {:?} is not an absolute path",
+            cwd.display().to_string()
         )));
     }
-    if let Some(env) = process["env"].as_array() {
-        if let Some(bad) = env
-            .iter()
-            .find(|e| !e.as_str().is_some_and(|s| s.contains('=')))
-        {
-            return Err(invalid(format!("{what}.env entry {bad} is not KEY=VALUE")));
-        }
+    if let Some(bad) = process
+        .env()
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|e| !e.contains('='))
+    {
+        return Err(invalid(format!(
+            "{what}.env entry {bad:?} is not KEY=VALUE"
+        )));
     }
     Ok(())
 }
 
-/// An exec's process JSON (from containerd) made into the guest's.
-pub fn guest_process(json: &[u8]) -> Result<Vec<u8>, ShimError> {
-    let mut p: Value =
+/// New resources for a container (containerd's OCI `LinuxResources` JSON).
+pub fn resources(json: &[u8]) -> Result<LinuxResources, ShimError> {
+    serde_json::from_slice(json)
+        .map_err(|e| ShimError::InvalidArgument(format!("invalid OCI resources: {e}")))
+}
+
+/// An exec's process (containerd's JSON) made into the guest's.
+pub fn guest_process(json: &[u8]) -> Result<Process, ShimError> {
+    let mut p: Process =
         serde_json::from_slice(json).map_err(|e| invalid(format!("exec process: {e}")))?;
     validate_process(&p, "exec process")?;
-    if let Some(o) = p.as_object_mut() {
-        o.remove("apparmorProfile");
-        o.remove("selinuxLabel");
-    }
-    serde_json::to_vec(&p).map_err(|e| ShimError::internal(format!("process to JSON: {e}")))
+    p.set_apparmor_profile(None);
+    p.set_selinux_label(None);
+    Ok(p)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::share::mounts_under;
+    use serde_json::{json, Value};
 
     fn spec(process: Value) -> Vec<u8> {
         serde_json::to_vec(&json!({
@@ -371,34 +428,45 @@ mod tests {
         .expect("json")
     }
 
+    fn guest_json(s: &ContainerSpec) -> Value {
+        serde_json::to_value(&s.guest).expect("json")
+    }
+
     #[test]
     fn checks_name_the_field() {
-        let e = HostSpec::parse(&spec(json!({"args": ["sh"], "cwd": "rel"}))).expect_err("cwd");
+        let user = json!({"uid": 0, "gid": 0});
+        let e = ContainerSpec::parse(&spec(json!({"user": user, "args": ["sh"], "cwd": "rel"})))
+            .expect_err("cwd");
         assert!(e.to_string().contains("process.cwd \"rel\""), "{e}");
-        let e = HostSpec::parse(&spec(json!({"args": [], "cwd": "/"}))).expect_err("args");
+        let e = ContainerSpec::parse(&spec(json!({"user": user, "args": [], "cwd": "/"})))
+            .expect_err("args");
         assert!(e.to_string().contains("args is empty"), "{e}");
-        let e = HostSpec::parse(b"{").expect_err("json");
+        let e = ContainerSpec::parse(&spec(
+            json!({"user": user, "args": ["sh"], "cwd": "/", "env": ["A=1", "B"]}),
+        ))
+        .expect_err("env");
+        assert!(e.to_string().contains("process.env entry \"B\""), "{e}");
+        let e = ContainerSpec::parse(b"{").expect_err("json");
         assert!(e.to_string().contains("not JSON"), "{e}");
+        let e = ContainerSpec::parse(&spec(json!({"args": ["sh"], "cwd": "/"}))).expect_err("user");
+        assert!(e.to_string().contains("user"), "{e}");
     }
 
     #[test]
     fn guest_spec_rewrites_host_parts() {
-        let s = HostSpec::parse(&spec(
-            json!({"args": ["sh"], "cwd": "/", "apparmorProfile": "p", "terminal": true}),
-        ))
+        let s = ContainerSpec::parse(&spec(json!({"user": {"uid": 0, "gid": 0},
+            "args": ["sh"], "cwd": "/", "apparmorProfile": "p", "terminal": true})))
         .expect("valid");
         assert_eq!(s.memory_limit(), Some(256 << 20));
         assert_eq!(s.cpus(), Some(1.5));
         assert!(s.terminal());
         assert_eq!(s.hostname(), Some("h"));
-        let t = tempfile::tempdir().expect("tmp");
-        let mut share = Share::create(t.path()).expect("share");
-        let out: Value = serde_json::from_slice(
-            &s.to_guest("c1", "/run/hull/share/containers/c1/rootfs", &mut share)
-                .expect("guest"),
-        )
-        .expect("json");
-        assert_eq!(out["root"]["path"], "/run/hull/share/containers/c1/rootfs");
+        assert_eq!(
+            s.network_namespace(),
+            Some(Some(Path::new("/var/run/netns/x")))
+        );
+        assert!(s.volumes.is_empty(), "{:?}", s.volumes);
+        let out = guest_json(&s);
         assert!(out["process"].get("apparmorProfile").is_none());
         assert!(out.get("hooks").is_none());
         assert!(out["linux"].get("mountLabel").is_none());
@@ -409,11 +477,11 @@ mod tests {
 
     /// containerd's CRI spec of a pod's container (ipc/uts/pid/net paths name the
     /// sandbox container's host pid).
-    fn cri_member(namespaces: Value) -> HostSpec {
-        HostSpec::parse(
+    fn cri_member(namespaces: Value) -> ContainerSpec {
+        ContainerSpec::parse(
             &serde_json::to_vec(&json!({
                 "ociVersion": "1.0.2",
-                "process": {"args": ["sh"], "cwd": "/"},
+                "process": {"user": {"uid": 0, "gid": 0}, "args": ["sh"], "cwd": "/"},
                 "root": {"path": "rootfs"},
                 "linux": {"namespaces": namespaces}
             }))
@@ -440,34 +508,54 @@ mod tests {
             .expect("pod's ipc");
     }
 
-    fn with_mounts(mounts: Value, linux: Value) -> HostSpec {
-        HostSpec::parse(
+    #[test]
+    fn the_network_entry_is_read() {
+        assert_eq!(
+            cri_member(json!([{"type": "ipc"}])).network_namespace(),
+            None
+        );
+        assert_eq!(
+            cri_member(json!([{"type": "network"}])).network_namespace(),
+            Some(None)
+        );
+        assert_eq!(
+            cri_member(json!([{"type": "network", "path": ""}])).network_namespace(),
+            Some(None)
+        );
+    }
+
+    fn with_mounts(mounts: Value, linux: Value) -> Result<ContainerSpec, ShimError> {
+        ContainerSpec::parse(
             &serde_json::to_vec(&json!({
-                "process": {"args": ["sh"], "cwd": "/"},
+                "process": {"user": {"uid": 0, "gid": 0}, "args": ["sh"], "cwd": "/"},
                 "root": {"path": "rootfs"},
                 "linux": linux,
                 "mounts": mounts
             }))
             .expect("json"),
         )
-        .expect("spec")
     }
 
     #[test]
     fn mount_options_decide_how_a_volume_is_bound() {
-        let m = |opts: Value| json!({"destination": "/v", "type": "bind", "source": "/src", "options": opts});
-        let how =
-            volume_mount(&m(json!(["rbind", "rprivate", "ro"])), "/src", "/v").expect("private");
+        let m = |opts: Value| -> Mount {
+            serde_json::from_value(
+                json!({"destination": "/v", "type": "bind", "source": "/src", "options": opts}),
+            )
+            .expect("mount")
+        };
+        let (src, dst) = (Path::new("/src"), Path::new("/v"));
+        let how = volume_mount(&m(json!(["rbind", "rprivate", "ro"])), src, dst).expect("private");
         assert_eq!(how, VolumeMount::rbind(true));
-        let how = volume_mount(&m(json!(["rbind", "rslave", "rw"])), "/src", "/v").expect("slave");
+        let how = volume_mount(&m(json!(["rbind", "rslave", "rw"])), src, dst).expect("slave");
         assert_eq!(
             (how.propagation, how.recursive, how.readonly),
             (Propagation::Slave, true, false)
         );
-        let how = volume_mount(&m(json!(["bind", "rro"])), "/src", "/v").expect("bind");
+        let how = volume_mount(&m(json!(["bind", "rro"])), src, dst).expect("bind");
         assert!(!how.recursive && how.readonly);
         for shared in ["rshared", "shared"] {
-            let e = volume_mount(&m(json!(["rbind", shared])), "/src", "/v").expect_err(shared);
+            let e = volume_mount(&m(json!(["rbind", shared])), src, dst).expect_err(shared);
             let msg = e.to_string();
             assert!(
                 msg.contains("/src") && msg.contains("/v") && msg.contains("Bidirectional"),
@@ -477,33 +565,74 @@ mod tests {
     }
 
     #[test]
-    fn bidirectional_volumes_are_refused_before_anything_is_mounted_and_rootfs_propagation_is_youkis(
-    ) {
+    fn volumes_are_checked_at_load_and_rootfs_propagation_is_youkis() {
         let t = tempfile::tempdir().expect("tmp");
-        let mut share = Share::create(t.path()).expect("share");
         let src = t.path().display().to_string();
+        let file = t.path().join("f");
+        std::fs::write(&file, b"x").expect("file");
         let s = with_mounts(
+            json!([
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/a", "type": "bind", "source": src, "options": ["rbind", "rprivate", "ro"]},
+                {"destination": "/etc/hosts", "source": file, "options": ["bind"]}
+            ]),
+            json!({}),
+        )
+        .expect("volumes");
+        assert_eq!(
+            s.volumes,
+            [
+                Volume {
+                    index: 1,
+                    source: t.path().to_path_buf(),
+                    destination: "/a".into(),
+                    how: VolumeMount::rbind(true),
+                    is_dir: true
+                },
+                Volume {
+                    index: 2,
+                    source: file.clone(),
+                    destination: "/etc/hosts".into(),
+                    how: VolumeMount {
+                        readonly: false,
+                        recursive: false,
+                        propagation: Propagation::Private
+                    },
+                    is_dir: false
+                }
+            ]
+        );
+        let e = with_mounts(
             json!([
                 {"destination": "/a", "type": "bind", "source": src, "options": ["rbind", "rprivate"]},
                 {"destination": "/b", "type": "bind", "source": src, "options": ["rbind", "rshared"]}
             ]),
-            json!({"rootfsPropagation": "rshared"}),
-        );
-        let e = s.to_guest("c1", "/r", &mut share).expect_err("rshared");
+            json!({}),
+        )
+        .expect_err("rshared");
         assert!(e.to_string().contains("(for /b)"), "{e}");
-        assert!(mounts_under(t.path()).is_empty());
-        // rootfsPropagation in the guest's spelling; no mount here.
-        let s = with_mounts(json!([]), json!({"rootfsPropagation": "rslave"}));
-        let out: Value =
-            serde_json::from_slice(&s.to_guest("c1", "/r", &mut share).expect("guest"))
-                .expect("json");
-        assert_eq!(out["linux"]["rootfsPropagation"], "slave");
+        let e = with_mounts(
+            json!([{"destination": "/c", "type": "bind", "source": "rel/dir"}]),
+            json!({}),
+        )
+        .expect_err("relative");
+        assert!(e.to_string().contains("not absolute"), "{e}");
+        let e = with_mounts(
+            json!([{"destination": "/d", "type": "bind", "source": "/nonexistent/hull-volume"}]),
+            json!({}),
+        )
+        .expect_err("missing");
+        assert!(
+            e.to_string().contains("/nonexistent/hull-volume (for /d)"),
+            "{e}"
+        );
+        // rootfsPropagation in the guest's spelling.
+        let s = with_mounts(json!([]), json!({"rootfsPropagation": "rslave"})).expect("rslave");
+        assert_eq!(guest_json(&s)["linux"]["rootfsPropagation"], "slave");
     }
 
     #[test]
     fn pod_namespaces_are_the_shared_ones_and_no_host_path_reaches_the_guest() {
-        let t = tempfile::tempdir().expect("tmp");
-        let mut share = Share::create(t.path()).expect("share");
         // shareProcessNamespace: pid has a path too.
         let s = cri_member(json!([
             {"type": "pid", "path": "/proc/4242/ns/pid"},
@@ -513,11 +642,8 @@ mod tests {
             {"type": "network", "path": "/proc/4242/ns/net"}
         ]));
         assert_eq!(s.pod_namespaces(), ["pid", "ipc", "uts"]);
-        let out: Value =
-            serde_json::from_slice(&s.to_guest("c1", "/r", &mut share).expect("guest"))
-                .expect("json");
         assert_eq!(
-            out["linux"]["namespaces"],
+            guest_json(&s)["linux"]["namespaces"],
             json!([{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}])
         );
         // A pod without a shared PID namespace, with hostNetwork (no uts entry): the
@@ -533,13 +659,21 @@ mod tests {
             {"type": "ipc", "path": ""}
         ]));
         assert!(s.pod_namespaces().is_empty());
-        let out = s.to_guest("c2", "/r", &mut share).expect("guest");
-        assert!(
-            !String::from_utf8_lossy(&out).contains("/proc/1/ns"),
-            "{}",
-            String::from_utf8_lossy(&out)
-        );
+        let out = guest_json(&s).to_string();
+        assert!(!out.contains("/proc/1/ns"), "{out}");
         // No namespaces at all.
         assert!(cri_member(json!([])).pod_namespaces().is_empty());
+    }
+
+    #[test]
+    fn an_exec_process_loses_its_host_labels() {
+        let p = guest_process(
+            br#"{"user": {"uid": 0, "gid": 0}, "args": ["ls"], "cwd": "/", "apparmorProfile": "a", "selinuxLabel": "s"}"#,
+        )
+        .expect("process");
+        assert!(p.apparmor_profile().is_none() && p.selinux_label().is_none());
+        let e = guest_process(br#"{"user": {"uid": 0, "gid": 0}, "args": [], "cwd": "/"}"#)
+            .expect_err("no args");
+        assert!(e.to_string().contains("exec process.args is empty"), "{e}");
     }
 }

@@ -64,7 +64,7 @@ impl Task for TaskService {
             None => Ok(Default::default()),
         }
         .map_err(status)?;
-        let create = super::service::CreateRequest {
+        let create = super::pod::CreateRequest {
             id: req.id.clone(),
             bundle: req.bundle.clone().into(),
             rootfs: req.rootfs.clone(),
@@ -218,7 +218,7 @@ impl Task for TaskService {
         })?;
         // containerd sends the OCI LinuxResources as JSON in the Any.
         self.svc
-            .update(&req.id, resources.value.clone())
+            .update(&req.id, &resources.value)
             .await
             .map_err(status)?;
         Ok(Empty::new())

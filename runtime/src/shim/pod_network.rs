@@ -10,10 +10,9 @@
 
 use std::path::PathBuf;
 
-use serde_json::Value;
 use tracing::Instrument;
 
-use super::spec::HostSpec;
+use super::spec::ContainerSpec;
 use super::ShimError;
 use crate::agent_client::AgentClient;
 use crate::hypervisor::net::NetDevice;
@@ -30,18 +29,17 @@ pub enum NetworkMode {
 }
 
 /// The network mode of `spec`.
-pub fn mode(spec: &HostSpec) -> NetworkMode {
-    let entry = spec.namespaces().iter().find(|ns| ns["type"] == "network");
-    match entry.map(|ns| ns.get("path").and_then(Value::as_str).unwrap_or_default()) {
+pub fn mode(spec: &ContainerSpec) -> NetworkMode {
+    match spec.network_namespace() {
         None => NetworkMode::Host,
-        Some("") => NetworkMode::Empty,
-        Some(p) => NetworkMode::Netns(PathBuf::from(p)),
+        Some(None) => NetworkMode::Empty,
+        Some(Some(p)) => NetworkMode::Netns(p.to_path_buf()),
     }
 }
 
 /// The host network refused, an empty one accepted, a netns wired; nothing is left
 /// in the netns on error.
-pub fn open(spec: &HostSpec) -> Result<Option<PodNetwork>, ShimError> {
+pub fn open(spec: &ContainerSpec) -> Result<Option<PodNetwork>, ShimError> {
     match mode(spec) {
         NetworkMode::Host => Err(ShimError::InvalidArgument(
             "the spec has no network namespace (host network: hostNetwork or --net-host); a hull pod runs in a VM, which cannot share the host's network: give the pod a network namespace (CNI)".into(),
@@ -94,14 +92,14 @@ pub async fn configure_guest(
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
 
-    fn spec(namespaces: Value) -> HostSpec {
-        HostSpec::parse(
+    fn spec(namespaces: Value) -> ContainerSpec {
+        ContainerSpec::parse(
             &serde_json::to_vec(&json!({
-                "process": {"args": ["sh"], "cwd": "/"},
+                "process": {"user": {"uid": 0, "gid": 0}, "args": ["sh"], "cwd": "/"},
                 "root": {"path": "rootfs"},
                 "linux": {"namespaces": namespaces}
             }))
