@@ -82,8 +82,8 @@ impl BootParts {
 }
 
 impl Pod {
-    /// Boots the VM for the pod's first container `req`, with that container created in
-    /// it (its rootfs and volumes already in the share). On error nothing is left.
+    /// Boots the VM for the pod whose first container is `req` (sized, networked and
+    /// charged as its spec says), ready for containers. On error nothing is left.
     pub async fn boot(req: &CreateRequest, spec: &ContainerSpec) -> Result<Arc<Pod>, ShimError> {
         let mut parts = BootParts::default();
         match boot_steps(&mut parts, req, spec).await {
@@ -130,14 +130,19 @@ impl Pod {
         }))
     }
 
-    /// Creates a later container of the pod in its running VM, sharing the pod's
-    /// namespaces. On error nothing of it is left in the share or the guest.
+    /// Creates container `req` in the running VM: its files placed in the share, then
+    /// the container in the guest (a later container of a pod sharing the pod's
+    /// namespaces with its sandbox container). What this leaves on failure is removed
+    /// by [`Pod::remove_container`].
     pub async fn add_container(
         &self,
         req: &CreateRequest,
         spec: &ContainerSpec,
     ) -> Result<(), ShimError> {
-        self.check_member(req, spec)?;
+        let first = req.id == self.sandbox_container;
+        if !first {
+            self.check_member(req, spec)?;
+        }
         let guest_spec = {
             let mut sandbox = self.sandbox.lock().await;
             let share = sandbox
@@ -146,21 +151,20 @@ impl Pod {
                 .ok_or_else(|| ShimError::FailedPrecondition("the pod's VM is gone".into()))?;
             container_files::place(share, &req.id, &req.rootfs, &req.bundle, spec).await?
         };
-        let created = self
-            .agent
+        let (sandbox_container, shared) = match first {
+            true => ("", Vec::new()),
+            false => (self.sandbox_container.as_str(), spec.pod_namespaces()),
+        };
+        self.agent
             .create_pod_container(
                 &req.id,
                 &guest_spec,
                 &req.stdio.spec(),
-                &self.sandbox_container,
-                &spec.pod_namespaces(),
+                sandbox_container,
+                &shared,
             )
             .instrument(tracing::info_span!("container_create", id = %req.id))
-            .await;
-        if let Err(e) = created {
-            self.remove_container(&req.id).await;
-            return Err(e.into());
-        }
+            .await?;
         Ok(())
     }
 
@@ -273,14 +277,12 @@ async fn boot_steps(
     if let Err(e) = early.write(&req.bundle) {
         tracing::warn!(error = %e, "cannot write the sandbox record into the bundle");
     }
-    let share = sandbox
+    // A pod's containers are mounted into the share while virtiofsd runs.
+    sandbox
         .share_mut()
-        .ok_or_else(|| ShimError::internal("the sandbox has no share"))?;
-    // A pod's later containers are mounted while virtiofsd runs.
-    share
+        .ok_or_else(|| ShimError::internal("the sandbox has no share"))?
         .make_shared()
         .map_err(|e| ShimError::Internal(e.to_string()))?;
-    let guest_spec = container_files::place(share, &req.id, &req.rootfs, &req.bundle, spec).await?;
     sandbox.start(&config, &vm).await?;
     let hostname: String = spec
         .hostname()
@@ -293,10 +295,6 @@ async fn boot_steps(
         .agent()
         .ok_or_else(|| ShimError::internal("no agent connection"))?;
     pod_network::configure_guest(agent, parts.network.as_ref()).await?;
-    agent
-        .create_container(&req.id, &guest_spec, &req.stdio.spec())
-        .instrument(tracing::info_span!("container_create", id = %req.id))
-        .await?;
     Ok(())
 }
 

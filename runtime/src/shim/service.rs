@@ -48,16 +48,21 @@ impl Service {
         self.pod.lock().await.as_ref().map(|p| p.pid()).unwrap_or(0)
     }
 
-    /// Create: the first container boots the pod's VM, a later one joins it; either
-    /// way the container is created in the guest, its outputs opened, and TaskCreate
-    /// published.
+    /// Create: the first container boots the pod's VM; each container is then created
+    /// in it and its outputs opened, or, failing that, removed again (the VM with it
+    /// when it is the only one); TaskCreate is published.
     pub async fn create(&self, req: CreateRequest) -> Result<u32, ShimError> {
         self.containers.check_new(&req.id)?;
         let spec = ContainerSpec::load(&req.bundle)?;
         spec.check_node_namespaces()?;
-        let pod = self.create_in_pod(&req, &spec).await?;
+        let pod = self.running_pod(&req, &spec).await?;
         let init = Proc::new("", req.stdio.clone(), None);
-        if let Err(e) = init.open_io(&pod, &req.id, self.events.namespace()).await {
+        let created = async {
+            pod.add_container(&req, &spec).await?;
+            init.open_io(&pod, &req.id, self.events.namespace()).await
+        }
+        .await;
+        if let Err(e) = created {
             self.forget(&pod, &req.id).await;
             return Err(e);
         }
@@ -74,18 +79,16 @@ impl Service {
         Ok(pod.pid())
     }
 
-    /// The pod's VM with container `req` created in it: booted for the first
-    /// container (its OOM notices then watched), joined by the others.
-    async fn create_in_pod(
+    /// The pod's VM: the running one, or booted for `req` (its OOM notices then
+    /// watched).
+    async fn running_pod(
         &self,
         req: &CreateRequest,
         spec: &ContainerSpec,
     ) -> Result<Arc<Pod>, ShimError> {
         let mut slot = self.pod.lock().await;
-        if let Some(pod) = slot.clone() {
-            drop(slot);
-            pod.add_container(req, spec).await?;
-            return Ok(pod);
+        if let Some(pod) = slot.as_ref() {
+            return Ok(pod.clone());
         }
         let pod = Pod::boot(req, spec).await?;
         *slot = Some(pod.clone());
@@ -97,7 +100,8 @@ impl Service {
         Ok(pod)
     }
 
-    /// Removes container `id` from the pod; the last one takes the VM with it.
+    /// Removes container `id` from the pod (the guest, the share, the table); the last
+    /// one takes the VM with it.
     async fn forget(&self, pod: &Pod, id: &str) {
         pod.remove_container(id).await;
         if self.containers.remove(id) {
