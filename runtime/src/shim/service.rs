@@ -54,7 +54,6 @@ impl Service {
     pub async fn create(&self, req: CreateRequest) -> Result<u32, ShimError> {
         self.containers.check_new(&req.id)?;
         let spec = ContainerSpec::load(&req.bundle)?;
-        spec.check_node_namespaces()?;
         let pod = self.running_pod(&req, &spec).await?;
         let init = Proc::new("", req.stdio.clone(), None);
         let created = async {

@@ -66,10 +66,12 @@ pub fn annotation<'a>(spec: &'a Spec, key: &str) -> Option<&'a str> {
 
 impl ContainerSpec {
     /// Reads and checks `<bundle>/config.json` and makes the guest's spec: everything
-    /// the guest would refuse, and every volume hull cannot bind, is named here, before
-    /// a VM is booted or anything mounted.
+    /// the guest would refuse, every volume hull cannot bind and every namespace of the
+    /// node a VM cannot give is named here, before a VM is booted or anything mounted.
     pub fn load(bundle: &Path) -> Result<ContainerSpec, ShimError> {
-        ContainerSpec::from_spec(read(bundle)?)
+        let spec = ContainerSpec::from_spec(read(bundle)?)?;
+        spec.check_node_namespaces()?;
+        Ok(spec)
     }
 
     #[cfg(test)]
@@ -182,7 +184,7 @@ impl ContainerSpec {
     /// nothing with the node's processes. (The node's network is refused in
     /// `pod_network::open`; the node's PID and UTS namespaces are the VM's, see
     /// `pod_namespaces`.)
-    pub fn check_node_namespaces(&self) -> Result<(), ShimError> {
+    fn check_node_namespaces(&self) -> Result<(), ShimError> {
         if !self
             .namespaces()
             .iter()
@@ -506,6 +508,27 @@ mod tests {
         cri_member(json!([{"type": "ipc", "path": "/proc/1/ns/ipc"}]))
             .check_node_namespaces()
             .expect("pod's ipc");
+    }
+
+    #[test]
+    fn load_refuses_the_node_ipc_namespace() {
+        let bundle = tempfile::tempdir().expect("tmp");
+        let write = |namespaces: Value| {
+            let spec = json!({
+                "process": {"user": {"uid": 0, "gid": 0}, "args": ["sh"], "cwd": "/"},
+                "root": {"path": "rootfs"},
+                "linux": {"namespaces": namespaces}
+            });
+            std::fs::write(bundle.path().join("config.json"), spec.to_string()).expect("write");
+        };
+        write(json!([{"type": "pid"}, {"type": "network"}]));
+        let e = ContainerSpec::load(bundle.path()).expect_err("hostIPC");
+        assert!(e.to_string().contains("hostIPC"), "{e}");
+        write(json!([{"type": "pid"}, {"type": "ipc"}, {"type": "network"}]));
+        ContainerSpec::load(bundle.path()).expect("own ipc");
+        std::fs::remove_file(bundle.path().join("config.json")).expect("rm");
+        let e = ContainerSpec::load(bundle.path()).expect_err("no config");
+        assert!(e.to_string().contains("config.json"), "{e}");
     }
 
     #[test]
