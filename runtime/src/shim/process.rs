@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use oci_spec::runtime::Process;
@@ -55,7 +55,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn new(exec_id: &str, stdio: StdioPaths, exec_spec: Option<Process>) -> Arc<Proc> {
+    fn new(exec_id: &str, stdio: StdioPaths, exec_spec: Option<Process>) -> Arc<Proc> {
         Arc::new(Proc {
             exec_id: exec_id.to_string(),
             stdio,
@@ -92,7 +92,7 @@ impl Proc {
 
     /// Opens the process's outputs (containerd's FIFOs <- the agent's streams) before
     /// it runs, so nothing it writes is lost.
-    pub async fn open_io(&self, pod: &Pod, cid: &str, namespace: &str) -> Result<(), ShimError> {
+    async fn open_io(&self, pod: &Pod, cid: &str, namespace: &str) -> Result<(), ShimError> {
         let io = ProcessIo::start(pod.agent(), cid, &self.exec_id, &self.stdio, namespace).await?;
         *self.io.lock().await = Some(io);
         Ok(())
@@ -100,7 +100,7 @@ impl Proc {
 
     /// Starts the process in the guest: the container's init, or the exec with its
     /// outputs opened first (the exec's first byte needs a reader).
-    pub async fn start(&self, pod: &Pod, cid: &str, namespace: &str) -> Result<(), ShimError> {
+    async fn start(&self, pod: &Pod, cid: &str, namespace: &str) -> Result<(), ShimError> {
         if self.is_started() {
             return Err(ShimError::FailedPrecondition(format!(
                 "process {cid}/{} was already started",
@@ -126,7 +126,7 @@ impl Proc {
     }
 
     /// The exit, or (never started, or its VM gone) status 0 now; the outputs closed.
-    pub async fn finish(&self) -> Exit {
+    async fn finish(&self) -> Exit {
         if let Some(mut io) = self.io.lock().await.take() {
             io.shutdown().await;
         }
@@ -136,7 +136,7 @@ impl Proc {
         })
     }
 
-    pub async fn close_stdin(&self) {
+    async fn close_stdin(&self) {
         if let Some(io) = self.io.lock().await.as_mut() {
             io.close_stdin().await;
         }
@@ -152,14 +152,24 @@ pub struct Container {
 }
 
 impl Container {
-    pub fn new(id: &str, bundle: PathBuf, init: Arc<Proc>) -> Arc<Container> {
-        Arc::new(Container {
+    /// Container `id`, created in `pod`'s guest: its init process, with its outputs
+    /// opened now so nothing it writes before Start is lost.
+    pub async fn open(
+        id: &str,
+        bundle: PathBuf,
+        stdio: StdioPaths,
+        pod: &Pod,
+        namespace: &str,
+    ) -> Result<Arc<Container>, ShimError> {
+        let init = Proc::new("", stdio, None);
+        init.open_io(pod, id, namespace).await?;
+        Ok(Arc::new(Container {
             id: id.to_string(),
             bundle,
             init,
             execs: Mutex::new(HashMap::new()),
             paused: Mutex::new(false),
-        })
+        }))
     }
 
     pub fn process(&self, exec_id: &str) -> Result<Arc<Proc>, ShimError> {
@@ -201,12 +211,72 @@ impl Container {
         Ok(())
     }
 
-    pub fn remove_exec(&self, exec_id: &str) {
-        lock(&self.execs).remove(exec_id);
+    /// Starts process `exec_id` (empty: the init) in the guest and watches it to its
+    /// exit.
+    pub async fn start(
+        self: &Arc<Self>,
+        exec_id: &str,
+        pod: &Arc<Pod>,
+        events: &Arc<Events>,
+    ) -> Result<(), ShimError> {
+        let p = self.process(exec_id)?;
+        p.start(pod, &self.id, events.namespace()).await?;
+        watch_exit(pod.clone(), events.clone(), self.clone(), p);
+        Ok(())
     }
 
-    pub fn remove_execs(&self) {
-        lock(&self.execs).clear();
+    /// Sends `signal` to process `exec_id` (with `all`, to every process of the
+    /// container).
+    pub async fn signal(
+        &self,
+        exec_id: &str,
+        pod: &Pod,
+        signal: u32,
+        all: bool,
+    ) -> Result<(), ShimError> {
+        let p = self.process(exec_id)?;
+        if p.exit().is_some() {
+            return Err(ShimError::NotFound(format!(
+                "process {}/{exec_id} has already exited",
+                self.id
+            )));
+        }
+        if pod.is_dead() {
+            return Err(ShimError::NotFound(format!(
+                "the VM of container {} is gone",
+                self.id
+            )));
+        }
+        let signal = i32::try_from(signal)
+            .map_err(|_| ShimError::InvalidArgument(format!("invalid signal {signal}")))?;
+        pod.agent()
+            .signal_process(&self.id, exec_id, signal, all)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets process `exec_id` once it has exited (or never started, or lost its
+    /// VM): its outputs closed; the init takes the execs with it. Returns its exit.
+    pub async fn remove_process(&self, exec_id: &str, pod: &Pod) -> Result<Exit, ShimError> {
+        let p = self.process(exec_id)?;
+        if p.is_started() && p.exit().is_none() && !pod.is_dead() {
+            return Err(ShimError::FailedPrecondition(format!(
+                "process {}/{exec_id} is still running",
+                self.id
+            )));
+        }
+        let exit = p.finish().await;
+        if exec_id.is_empty() {
+            lock(&self.execs).clear();
+        } else {
+            lock(&self.execs).remove(exec_id);
+        }
+        Ok(exit)
+    }
+
+    pub async fn close_stdin(&self, exec_id: &str) -> Result<(), ShimError> {
+        self.process(exec_id)?.close_stdin().await;
+        Ok(())
     }
 
     pub fn set_paused(&self, paused: bool) {
@@ -226,48 +296,11 @@ impl Container {
     }
 }
 
-/// The shim's containers by id.
-#[derive(Default)]
-pub struct ContainerTable(Mutex<HashMap<String, Arc<Container>>>);
-
-impl ContainerTable {
-    pub fn get(&self, id: &str) -> Result<Arc<Container>, ShimError> {
-        lock(&self.0)
-            .get(id)
-            .cloned()
-            .ok_or_else(|| ShimError::NotFound(format!("container {id} not found")))
-    }
-
-    pub fn check_new(&self, id: &str) -> Result<(), ShimError> {
-        if lock(&self.0).contains_key(id) {
-            return Err(ShimError::AlreadyExists(format!(
-                "container {id} already exists"
-            )));
-        }
-        Ok(())
-    }
-
-    pub fn insert(&self, c: Arc<Container>) {
-        lock(&self.0).insert(c.id.clone(), c);
-    }
-
-    /// Removes `id`; true when no container is left.
-    pub fn remove(&self, id: &str) -> bool {
-        let mut cs = lock(&self.0);
-        cs.remove(id);
-        cs.is_empty()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        lock(&self.0).is_empty()
-    }
-}
-
 /// Watches process `p` of container `c` to its exit: waits for the agent's
 /// WaitProcess or the VM's death, drains the output (within a deadline: a process the
 /// exit left behind may hold it open), publishes TaskOOM if the agent says the process
 /// was OOM-killed, records the exit and publishes TaskExit.
-pub fn watch_exit(pod: Arc<Pod>, events: Arc<Events>, c: Arc<Container>, p: Arc<Proc>) {
+fn watch_exit(pod: Arc<Pod>, events: Arc<Events>, c: Arc<Container>, p: Arc<Proc>) {
     tokio::spawn(async move {
         let agent = pod.agent().clone();
         let (status, oom_killed) = tokio::select! {
@@ -304,19 +337,27 @@ pub fn watch_exit(pod: Arc<Pod>, events: Arc<Events>, c: Arc<Container>, p: Arc<
     });
 }
 
-/// Publishes TaskOOM for the agent's OOM notices about containers in `table`, until
-/// the VM dies or the table is gone.
-pub fn watch_oom(pod: Arc<Pod>, events: Arc<Events>, table: Weak<ContainerTable>) {
+/// Publishes TaskOOM for the agent's OOM notices about the containers `is_known`
+/// knows, until the VM dies or `is_known` says the shim is gone (`None`).
+pub fn watch_oom(
+    pod: Arc<Pod>,
+    events: Arc<Events>,
+    is_known: impl Fn(&str) -> Option<bool> + Send + 'static,
+) {
     tokio::spawn(async move {
         loop {
             let next = tokio::select! {
                 r = pod.agent().next_oom_event() => r,
                 _ = pod.died() => return,
             };
-            let Some(table) = table.upgrade() else { return };
             match next {
-                Ok(cid) if table.get(&cid).is_ok() => events.oom(&cid).await,
-                Ok(cid) => tracing::debug!(container = %cid, "OOM event for an unknown container"),
+                Ok(cid) => match is_known(&cid) {
+                    Some(true) => events.oom(&cid).await,
+                    Some(false) => {
+                        tracing::debug!(container = %cid, "OOM event for an unknown container")
+                    }
+                    None => return,
+                },
                 Err(e) => {
                     tracing::debug!(error = %e, "OOM watch ended");
                     return;

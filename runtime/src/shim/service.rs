@@ -1,22 +1,26 @@
-//! The shim's verbs, one per Task request, each a short script over the pod
-//! ([`Pod`]: the VM and what it runs) and the containers' processes ([`process`]).
-//! `task.rs` translates containerd's requests into these calls; nothing here names a
-//! ttrpc type, and nothing below calls back up.
+//! The shim's verbs, one per Task request, each a short script: the container table
+//! (here), the container's spec ([`spec`]), the pod's VM ([`Pod`]), the container and
+//! its processes ([`process`]), the events to containerd ([`Events`]). `task.rs`
+//! translates containerd's requests into these calls; nothing here names a ttrpc type,
+//! and nothing below calls back up.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use containerd_shim::asynchronous::ExitSignal;
 
 use super::events::Events;
 use super::io::StdioPaths;
 use super::pod::{CreateRequest, Pod};
-use super::process::{self, Container, ContainerTable, Exit, Proc};
+use super::process::{self, Container, Exit};
 use super::spec::{self, ContainerSpec};
 use super::ShimError;
 use crate::agent_client::ContainerStats;
 
+type ContainerTable = Mutex<HashMap<String, Arc<Container>>>;
+
 pub struct Service {
-    pub events: Arc<Events>,
+    events: Arc<Events>,
     exit: Arc<ExitSignal>,
     pod: tokio::sync::Mutex<Option<Arc<Pod>>>,
     containers: Arc<ContainerTable>,
@@ -28,45 +32,43 @@ impl Service {
             events: Arc::new(events),
             exit,
             pod: tokio::sync::Mutex::new(None),
-            containers: Arc::new(ContainerTable::default()),
+            containers: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
-    pub fn container(&self, id: &str) -> Result<Arc<Container>, ShimError> {
-        self.containers.get(id)
-    }
-
-    async fn pod(&self) -> Result<Arc<Pod>, ShimError> {
-        self.pod
-            .lock()
-            .await
-            .clone()
-            .ok_or_else(|| ShimError::FailedPrecondition("the sandbox VM is not running".into()))
-    }
-
-    pub async fn vm_pid(&self) -> u32 {
-        self.pod.lock().await.as_ref().map(|p| p.pid()).unwrap_or(0)
-    }
-
-    /// Create: the first container boots the pod's VM; each container is then created
-    /// in it and its outputs opened, or, failing that, removed again (the VM with it
+    /// Create: the first container boots the pod's VM; each container is then added
+    /// to it and its outputs opened, or, failing that, removed again (the VM with it
     /// when it is the only one); TaskCreate is published.
     pub async fn create(&self, req: CreateRequest) -> Result<u32, ShimError> {
-        self.containers.check_new(&req.id)?;
+        if self.table().contains_key(&req.id) {
+            return Err(ShimError::AlreadyExists(format!(
+                "container {} already exists",
+                req.id
+            )));
+        }
         let spec = ContainerSpec::load(&req.bundle)?;
         let pod = self.running_pod(&req, &spec).await?;
-        let init = Proc::new("", req.stdio.clone(), None);
         let created = async {
             pod.add_container(&req, &spec).await?;
-            init.open_io(&pod, &req.id, self.events.namespace()).await
+            let namespace = self.events.namespace();
+            Container::open(
+                &req.id,
+                req.bundle.clone(),
+                req.stdio.clone(),
+                &pod,
+                namespace,
+            )
+            .await
         }
         .await;
-        if let Err(e) = created {
-            self.forget(&pod, &req.id).await;
-            return Err(e);
-        }
-        self.containers
-            .insert(Container::new(&req.id, req.bundle.clone(), init));
+        let container = match created {
+            Ok(c) => c,
+            Err(e) => {
+                self.forget(&pod, &req.id).await;
+                return Err(e);
+            }
+        };
+        self.table().insert(req.id.clone(), container);
         self.events
             .create(
                 &req.id,
@@ -78,44 +80,11 @@ impl Service {
         Ok(pod.pid())
     }
 
-    /// The pod's VM: the running one, or booted for `req` (its OOM notices then
-    /// watched).
-    async fn running_pod(
-        &self,
-        req: &CreateRequest,
-        spec: &ContainerSpec,
-    ) -> Result<Arc<Pod>, ShimError> {
-        let mut slot = self.pod.lock().await;
-        if let Some(pod) = slot.as_ref() {
-            return Ok(pod.clone());
-        }
-        let pod = Pod::boot(req, spec).await?;
-        *slot = Some(pod.clone());
-        process::watch_oom(
-            pod.clone(),
-            self.events.clone(),
-            Arc::downgrade(&self.containers),
-        );
-        Ok(pod)
-    }
-
-    /// Removes container `id` from the pod (the guest, the share, the table); the last
-    /// one takes the VM with it.
-    async fn forget(&self, pod: &Pod, id: &str) {
-        pod.remove_container(id).await;
-        if self.containers.remove(id) {
-            *self.pod.lock().await = None;
-            pod.destroy().await;
-        }
-    }
-
     /// Start of the init process or of an exec; its exit is watched from then on.
     pub async fn start(&self, id: &str, exec_id: &str) -> Result<u32, ShimError> {
         let c = self.container(id)?;
-        let p = c.process(exec_id)?;
         let pod = self.pod().await?;
-        p.start(&pod, id, self.events.namespace()).await?;
-        process::watch_exit(pod.clone(), self.events.clone(), c, p);
+        c.start(exec_id, &pod, &self.events).await?;
         if exec_id.is_empty() {
             self.events.start(id, pod.pid()).await;
         } else {
@@ -146,45 +115,23 @@ impl Service {
         signal: u32,
         all: bool,
     ) -> Result<(), ShimError> {
-        let p = self.container(id)?.process(exec_id)?;
-        if p.exit().is_some() {
-            return Err(ShimError::NotFound(format!(
-                "process {id}/{exec_id} has already exited"
-            )));
-        }
+        let c = self.container(id)?;
         let pod = self.pod().await?;
-        if pod.is_dead() {
-            return Err(ShimError::NotFound(format!(
-                "the VM of container {id} is gone"
-            )));
-        }
-        let signal = i32::try_from(signal)
-            .map_err(|_| ShimError::InvalidArgument(format!("invalid signal {signal}")))?;
-        pod.agent().signal_process(id, exec_id, signal, all).await?;
-        Ok(())
+        c.signal(exec_id, &pod, signal, all).await
     }
 
     /// Delete of an exec (forgotten) or of the container (removed from the guest and
     /// the share; the last one takes the VM with it).
     pub async fn delete(&self, id: &str, exec_id: &str) -> Result<(u32, Exit), ShimError> {
         let c = self.container(id)?;
-        let p = c.process(exec_id)?;
         let pod = self.pod().await?;
-        if p.is_started() && p.exit().is_none() && !pod.is_dead() {
-            return Err(ShimError::FailedPrecondition(format!(
-                "process {id}/{exec_id} is still running"
-            )));
+        let exit = c.remove_process(exec_id, &pod).await?;
+        if exec_id.is_empty() {
+            self.forget(&pod, id).await;
+            self.events
+                .delete(id, pod.pid(), exit.status, exit.at.clone())
+                .await;
         }
-        let exit = p.finish().await;
-        if !exec_id.is_empty() {
-            c.remove_exec(exec_id);
-            return Ok((pod.pid(), exit));
-        }
-        c.remove_execs();
-        self.forget(&pod, id).await;
-        self.events
-            .delete(id, pod.pid(), exit.status, exit.at.clone())
-            .await;
         Ok((pod.pid(), exit))
     }
 
@@ -245,13 +192,12 @@ impl Service {
     }
 
     pub async fn close_io(&self, id: &str, exec_id: &str) -> Result<(), ShimError> {
-        self.container(id)?.process(exec_id)?.close_stdin().await;
-        Ok(())
+        self.container(id)?.close_stdin(exec_id).await
     }
 
     /// containerd's Shutdown: the shim exits once no container is left (or `now`).
     pub async fn shutdown(&self, now: bool) -> bool {
-        if !now && !self.containers.is_empty() {
+        if !now && !self.table().is_empty() {
             return false;
         }
         if let Some(pod) = self.pod.lock().await.take() {
@@ -259,5 +205,69 @@ impl Service {
         }
         self.exit.signal();
         true
+    }
+
+    pub fn container(&self, id: &str) -> Result<Arc<Container>, ShimError> {
+        self.table()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ShimError::NotFound(format!("container {id} not found")))
+    }
+
+    pub async fn vm_pid(&self) -> u32 {
+        self.pod.lock().await.as_ref().map(|p| p.pid()).unwrap_or(0)
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Container>>> {
+        self.containers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn pod(&self) -> Result<Arc<Pod>, ShimError> {
+        self.pod
+            .lock()
+            .await
+            .clone()
+            .ok_or_else(|| ShimError::FailedPrecondition("the sandbox VM is not running".into()))
+    }
+
+    /// The pod's VM: the running one, or booted for `req` (its OOM notices then
+    /// watched for the containers in the table).
+    async fn running_pod(
+        &self,
+        req: &CreateRequest,
+        spec: &ContainerSpec,
+    ) -> Result<Arc<Pod>, ShimError> {
+        let mut slot = self.pod.lock().await;
+        if let Some(pod) = slot.as_ref() {
+            return Ok(pod.clone());
+        }
+        let pod = Pod::boot(req, spec).await?;
+        *slot = Some(pod.clone());
+        let table = Arc::downgrade(&self.containers);
+        process::watch_oom(pod.clone(), self.events.clone(), move |cid| {
+            let table = table.upgrade()?;
+            let known = table
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(cid);
+            Some(known)
+        });
+        Ok(pod)
+    }
+
+    /// Removes container `id` from the table and the pod (the guest, the share); the
+    /// last one takes the VM with it instead.
+    async fn forget(&self, pod: &Pod, id: &str) {
+        let last = {
+            let mut table = self.table();
+            table.remove(id);
+            table.is_empty()
+        };
+        if last {
+            *self.pod.lock().await = None;
+            pod.destroy().await;
+        } else {
+            pod.remove_container(id).await;
+        }
     }
 }
