@@ -141,7 +141,7 @@ fn strict_policy_refuses_exec_with_the_rule_and_the_default_allows_it() {
 
 /// A spec the strict policy allows apart from what `change` does. Its rootfs does
 /// not exist: the policy refuses before the agent looks.
-fn spec(change: impl FnOnce(&mut Value)) -> Vec<u8> {
+fn spec(change: impl FnOnce(&mut Value)) -> oci_spec::runtime::Spec {
     let caps = ["CAP_CHOWN", "CAP_KILL", "CAP_SETUID", "CAP_SETGID"];
     let mut s = json!({
         "ociVersion": "1.0.2",
@@ -157,7 +157,7 @@ fn spec(change: impl FnOnce(&mut Value)) -> Vec<u8> {
         }
     });
     change(&mut s);
-    serde_json::to_vec(&s).expect("json")
+    serde_json::from_value(s).expect("an OCI spec")
 }
 
 #[tokio::test]
@@ -202,48 +202,48 @@ async fn strict_policy_refuses_privileged_capabilities_mounts_and_a_second_polic
         s["process"]["capabilities"]["bounding"] = json!(["CAP_SYS_ADMIN"]);
     });
     refused_by(
-        agent.create_container("priv", privileged, &stdio).await,
+        agent.create_container("priv", &privileged, &stdio).await,
         "privileged containers are not allowed (CAP_SYS_ADMIN in process.capabilities.bounding)",
         "default",
     );
     let all_devices =
         spec(|s| s["linux"]["resources"] = json!({"devices": [{"allow": true, "access": "rwm"}]}));
     refused_by(
-        agent.create_container("devs", all_devices, &stdio).await,
+        agent.create_container("devs", &all_devices, &stdio).await,
         "privileged containers are not allowed (linux.resources.devices allows every device)",
         "default",
     );
     let cap =
         spec(|s| s["process"]["capabilities"]["effective"] = json!(["CAP_CHOWN", "CAP_NET_ADMIN"]));
     refused(
-        agent.create_container("cap", cap, &stdio).await,
+        agent.create_container("cap", &cap, &stdio).await,
         "capability CAP_NET_ADMIN is not allowed (process.capabilities.effective)",
     );
     let bind = spec(
         |s| s["mounts"] = json!([{"destination": "/host-etc", "type": "bind", "source": "/etc", "options": ["rbind", "ro"]}]),
     );
     refused(
-        agent.create_container("bind", bind, &stdio).await,
+        agent.create_container("bind", &bind, &stdio).await,
         "bind mount source \"/etc\" is not allowed",
     );
     let ramfs =
         spec(|s| s["mounts"] = json!([{"destination": "/r", "type": "ramfs", "source": "none"}]));
     refused(
-        agent.create_container("ramfs", ramfs, &stdio).await,
+        agent.create_container("ramfs", &ramfs, &stdio).await,
         "mount type \"ramfs\" is not allowed (mount on /r)",
     );
     let no_seccomp = spec(|s| {
         s["linux"].as_object_mut().expect("linux").remove("seccomp");
     });
     refused(
-        agent.create_container("nosec", no_seccomp, &stdio).await,
+        agent.create_container("nosec", &no_seccomp, &stdio).await,
         "a seccomp profile is required (linux.seccomp is missing)",
     );
-    let process =
-        serde_json::to_vec(&json!({"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}}))
-            .expect("json");
+    let process: oci_spec::runtime::Process =
+        serde_json::from_value(json!({"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}}))
+            .expect("an OCI process");
     refused(
-        agent.exec_process("any", "e1", process, &stdio).await,
+        agent.exec_process("any", "e1", &process, &stdio).await,
         "exec is not allowed",
     );
 
@@ -264,7 +264,7 @@ async fn strict_policy_refuses_privileged_capabilities_mounts_and_a_second_polic
     // ...and the strict one still holds.
     let cap = spec(|s| s["process"]["capabilities"]["bounding"] = json!(["CAP_SYS_MODULE"]));
     refused(
-        agent.create_container("cap2", cap, &stdio).await,
+        agent.create_container("cap2", &cap, &stdio).await,
         "capability CAP_SYS_MODULE is not allowed",
     );
 
