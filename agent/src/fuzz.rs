@@ -2,7 +2,9 @@
 //! takes raw bytes, must never panic, and creates nothing: the checks and conversions
 //! run, the service never acts.
 
-use hull_proto::{CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest, UpdateContainerRequest};
+use hull_proto::{
+    CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest, UpdateContainerRequest,
+};
 use protobuf::Message;
 
 use crate::container::spec;
@@ -13,7 +15,10 @@ const STRICT: &str = include_str!("../../guest-image/policy/strict.toml");
 
 fn policies() -> [Policies; 2] {
     let strict = Policy::parse(STRICT).expect("strict policy parses");
-    [Policies::builtin().expect("default policy parses"), Policies::new(strict)]
+    [
+        Policies::builtin().expect("default policy parses"),
+        Policies::new(strict),
+    ]
 }
 
 /// Target `agent_requests`: the first byte picks the request type, the rest is its
@@ -29,7 +34,9 @@ pub fn agent_requests(data: &[u8]) {
     };
     match kind & 0x3 {
         0 => {
-            let Ok(r) = CreateSandboxRequest::parse_from_bytes(bytes) else { return };
+            let Ok(r) = CreateSandboxRequest::parse_from_bytes(bytes) else {
+                return;
+            };
             for s in &r.storages {
                 let _ = crate::storage::plan(s);
             }
@@ -37,7 +44,9 @@ pub fn agent_requests(data: &[u8]) {
             admit_all(Request::CreateSandbox(&r), state);
         }
         1 => {
-            let Ok(r) = CreateContainerRequest::parse_from_bytes(bytes) else { return };
+            let Ok(r) = CreateContainerRequest::parse_from_bytes(bytes) else {
+                return;
+            };
             let _ = spec::validate_id("container id", &r.container_id);
             for n in &r.sandbox_namespaces {
                 let _ = spec::sandbox_namespace(n);
@@ -46,18 +55,27 @@ pub fn agent_requests(data: &[u8]) {
                 let _ = crate::storage::plan(s);
             }
             if let Ok(mut s) = spec::parse_spec(&r.oci_spec_json, "fuzz") {
-                let _ = spec::join_namespaces(&mut s, 42, &[oci_spec::runtime::LinuxNamespaceType::Pid]);
+                let _ = spec::join_namespaces(
+                    &mut s,
+                    42,
+                    &[oci_spec::runtime::LinuxNamespaceType::Pid],
+                );
+                let _ = crate::container::sysctl::take_vm_net_sysctls(&mut s);
             }
             admit_all(Request::CreateContainer(&r), state);
         }
         2 => {
-            let Ok(r) = ExecProcessRequest::parse_from_bytes(bytes) else { return };
+            let Ok(r) = ExecProcessRequest::parse_from_bytes(bytes) else {
+                return;
+            };
             let _ = spec::validate_id("exec id", &r.exec_id);
             let _ = spec::parse_process(&r.process_json);
             admit_all(Request::ExecProcess(&r), state);
         }
         _ => {
-            let Ok(r) = UpdateContainerRequest::parse_from_bytes(bytes) else { return };
+            let Ok(r) = UpdateContainerRequest::parse_from_bytes(bytes) else {
+                return;
+            };
             admit_all(Request::UpdateContainer(&r), state);
         }
     }
@@ -73,7 +91,7 @@ fn admit_all(req: Request<'_>, state: State) {
 
 /// Target `oci_spec`: bytes as a runtime spec JSON through what the agent does with
 /// it before libcontainer sees it: parse, validate, adapt to the guest, join a pod's
-/// namespaces, and the policy's spec checks; then the process JSON path of ExecProcess.
+/// namespaces, take out the pod's network sysctls, and the policy's spec checks; then the process JSON path of ExecProcess.
 pub fn oci_spec(data: &[u8]) {
     if let Ok(mut s) = spec::parse_spec(data, "fuzz-ctr") {
         let _ = spec::wants_terminal(&s);
@@ -86,6 +104,13 @@ pub fn oci_spec(data: &[u8]) {
             oci_spec::runtime::LinuxNamespaceType::Pid,
         ];
         let _ = spec::join_namespaces(&mut s, 7, &types);
+        // The network sysctls the agent would set itself: checked, never written.
+        if let Ok(taken) = crate::container::sysctl::take_vm_net_sysctls(&mut s) {
+            assert!(
+                taken.iter().all(|t| t.path.starts_with("/proc/sys/net")),
+                "a taken sysctl stays under /proc/sys/net"
+            );
+        }
     }
     let _ = spec::parse_process(data);
     let mut req = CreateContainerRequest::new();

@@ -199,12 +199,15 @@ fn init_logging(level: LevelFilter) {
 /// A close-on-exec duplicate of fd 2, above the stdio range.
 fn log_destination() -> std::io::Result<std::fs::File> {
     use std::os::fd::OwnedFd;
-    let fd: OwnedFd = nix::fcntl::fcntl(libc::STDERR_FILENO, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
-        .map_err(std::io::Error::from)
-        .map(|raw| {
-            // SAFETY: F_DUPFD_CLOEXEC just returned `raw`, a new descriptor that
-            // nothing else in this process owns.
-            unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
-        })?;
+    let fd: OwnedFd = nix::fcntl::fcntl(
+        libc::STDERR_FILENO,
+        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3),
+    )
+    .map_err(std::io::Error::from)
+    .map(|raw| {
+        // SAFETY: F_DUPFD_CLOEXEC just returned `raw`, a new descriptor that
+        // nothing else in this process owns.
+        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+    })?;
     Ok(std::fs::File::from(fd))
 }

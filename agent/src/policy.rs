@@ -122,7 +122,10 @@ impl Policy {
     /// Parses and checks a document.
     pub fn parse(text: &str) -> Result<Policy, PolicyError> {
         if text.len() > MAX_DOCUMENT {
-            return Err(PolicyError::Parse(format!("{} bytes, more than {MAX_DOCUMENT}", text.len())));
+            return Err(PolicyError::Parse(format!(
+                "{} bytes, more than {MAX_DOCUMENT}",
+                text.len()
+            )));
         }
         let p: Policy = toml::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))?;
         let invalid = |what: String| {
@@ -139,12 +142,16 @@ impl Policy {
         }
         for src in p.mounts.bind_sources.iter().flatten() {
             if !src.starts_with('/') || src.split('/').any(|c| c == "..") {
-                return invalid(format!("mounts.bind_sources entry {src:?} is not an absolute path without .."));
+                return invalid(format!(
+                    "mounts.bind_sources entry {src:?} is not an absolute path without .."
+                ));
             }
         }
         for key in p.sysctls.allow.iter().flatten() {
             if key.is_empty() || key.trim_end_matches('*').contains('*') {
-                return invalid(format!("sysctls.allow entry {key:?}: a key, or a prefix ending in *"));
+                return invalid(format!(
+                    "sysctls.allow entry {key:?}: a key, or a prefix ending in *"
+                ));
             }
         }
         Ok(p)
@@ -207,7 +214,11 @@ impl Policies {
 
     /// The name of the newest policy (for messages).
     pub fn name(&self) -> String {
-        self.sent_slot().as_ref().unwrap_or(&self.baked).name.clone()
+        self.sent_slot()
+            .as_ref()
+            .unwrap_or(&self.baked)
+            .name
+            .clone()
     }
 
     /// Installs CreateSandbox's policy (None: none sent) and seals; refused once sealed.

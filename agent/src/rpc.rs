@@ -18,7 +18,9 @@ use ttrpc::r#async::TtrpcContext;
 use ttrpc::Code;
 
 use crate::policy::check::Request;
-use crate::service::{container, debug as debug_rpc, health, io, network, process, sandbox, Service, ServiceError};
+use crate::service::{
+    container, debug as debug_rpc, health, io, network, process, sandbox, Service, ServiceError,
+};
 
 /// The `AgentService` implementation handed to the ttrpc server.
 pub struct Rpc {
@@ -74,7 +76,10 @@ fn unimplemented<T>(rpc: &'static str) -> ttrpc::Result<T> {
 impl AgentService for Rpc {
     // ---- fault injection
     async fn debug_crash_agent(&self, _ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<Empty> {
-        handle("DebugCrashAgent", async { debug_rpc::do_debug_crash_agent(&self.svc) }).await
+        handle("DebugCrashAgent", async {
+            debug_rpc::do_debug_crash_agent(&self.svc)
+        })
+        .await
     }
 
     // ---- health
@@ -134,20 +139,41 @@ impl AgentService for Rpc {
         _ctx: &TtrpcContext,
         req: StartContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        handle("StartContainer", async { container::do_start_container(&self.svc, &req) }).await
+        handle("StartContainer", async {
+            container::do_start_container(&self.svc, &req)
+        })
+        .await
     }
     async fn remove_container(
         &self,
         _ctx: &TtrpcContext,
         req: RemoveContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        handle("RemoveContainer", container::do_remove_container(&self.svc, &req)).await
+        handle(
+            "RemoveContainer",
+            container::do_remove_container(&self.svc, &req),
+        )
+        .await
     }
-    async fn pause_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
-        handle("PauseContainer", async { container::do_pause(&self.svc, &req) }).await
+    async fn pause_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle("PauseContainer", async {
+            container::do_pause(&self.svc, &req)
+        })
+        .await
     }
-    async fn resume_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
-        handle("ResumeContainer", async { container::do_resume(&self.svc, &req) }).await
+    async fn resume_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle("ResumeContainer", async {
+            container::do_resume(&self.svc, &req)
+        })
+        .await
     }
     async fn update_container(
         &self,
@@ -165,26 +191,43 @@ impl AgentService for Rpc {
         _ctx: &TtrpcContext,
         req: ContainerRequest,
     ) -> ttrpc::Result<StatsContainerResponse> {
-        handle("StatsContainer", async { container::do_stats(&self.svc, &req) }).await
+        handle("StatsContainer", async {
+            container::do_stats(&self.svc, &req)
+        })
+        .await
     }
     async fn list_processes(
         &self,
         _ctx: &TtrpcContext,
         req: ContainerRequest,
     ) -> ttrpc::Result<ListProcessesResponse> {
-        handle("ListProcesses", async { container::do_list_processes(&self.svc, &req) }).await
+        handle("ListProcesses", async {
+            container::do_list_processes(&self.svc, &req)
+        })
+        .await
     }
 
     // ---- processes
-    async fn exec_process(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
+    async fn exec_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ExecProcessRequest,
+    ) -> ttrpc::Result<Empty> {
         handle("ExecProcess", async {
             self.svc.admit(Request::ExecProcess(&req))?;
             process::do_exec(&self.svc, &req)
         })
         .await
     }
-    async fn signal_process(&self, _ctx: &TtrpcContext, req: SignalProcessRequest) -> ttrpc::Result<Empty> {
-        handle("SignalProcess", async { process::do_signal(&self.svc, &req) }).await
+    async fn signal_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        handle("SignalProcess", async {
+            process::do_signal(&self.svc, &req)
+        })
+        .await
     }
     async fn wait_process(
         &self,
@@ -224,7 +267,11 @@ impl AgentService for Rpc {
     }
 
     // ---- events
-    async fn get_oom_event(&self, _ctx: &TtrpcContext, req: GetOomEventRequest) -> ttrpc::Result<OomEvent> {
+    async fn get_oom_event(
+        &self,
+        _ctx: &TtrpcContext,
+        req: GetOomEventRequest,
+    ) -> ttrpc::Result<OomEvent> {
         handle("GetOomEvent", process::do_get_oom_event(&self.svc, &req)).await
     }
 

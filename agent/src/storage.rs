@@ -68,7 +68,11 @@ pub fn plan(s: &hull_proto::Storage) -> Result<MountPlan, StorageError> {
     };
     let target = PathBuf::from(&s.mount_point);
     if !target.is_absolute() || s.mount_point.split('/').any(|c| c == "..") {
-        return Err(field("mount_point", &s.mount_point, "must be an absolute path without .."));
+        return Err(field(
+            "mount_point",
+            &s.mount_point,
+            "must be an absolute path without ..",
+        ));
     }
     let (mut flags, data) = split_options(&s.options);
     if s.readonly {
@@ -85,7 +89,11 @@ pub fn plan(s: &hull_proto::Storage) -> Result<MountPlan, StorageError> {
         "tmpfs" => ("tmpfs".to_owned(), Some("tmpfs".to_owned()), false),
         "bind" => {
             if !Path::new(&s.source).is_absolute() {
-                return Err(field("source", &s.source, "a bind source must be an absolute guest path"));
+                return Err(field(
+                    "source",
+                    &s.source,
+                    "a bind source must be an absolute guest path",
+                ));
             }
             flags |= MsFlags::MS_BIND;
             let ro = flags.contains(MsFlags::MS_RDONLY);
@@ -155,7 +163,13 @@ mod tests {
 
     #[test]
     fn virtiofs_share() {
-        let p = plan(&storage("virtiofs", "hullshare", "virtiofs", "/run/hull/share")).unwrap();
+        let p = plan(&storage(
+            "virtiofs",
+            "hullshare",
+            "virtiofs",
+            "/run/hull/share",
+        ))
+        .unwrap();
         assert_eq!(p.source, "hullshare");
         assert_eq!(p.fstype.as_deref(), Some("virtiofs"));
         assert_eq!(p.target, PathBuf::from("/run/hull/share"));

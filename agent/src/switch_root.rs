@@ -36,7 +36,10 @@ pub enum SwitchRootError {
     },
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SwitchRootError + 'a {
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> SwitchRootError + 'a {
     move |source| SwitchRootError::Io {
         what,
         path: path.to_path_buf(),
@@ -44,7 +47,7 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> S
     }
 }
 
-fn sys(what: &'static str) -> impl FnOnce(nix::Error) -> SwitchRootError {
+fn syscall_failed(what: &'static str) -> impl FnOnce(nix::Error) -> SwitchRootError {
     move |source| SwitchRootError::Sys { what, source }
 }
 
@@ -84,7 +87,7 @@ fn switch() -> Result<(), SwitchRootError> {
         MsFlags::empty(),
         Some("mode=0755"),
     )
-    .map_err(sys("mount tmpfs for the new root"))?;
+    .map_err(syscall_failed("mount tmpfs for the new root"))?;
     let root_dev = std::fs::metadata("/")
         .map_err(io_err("stat", Path::new("/")))?
         .dev();
@@ -92,15 +95,9 @@ fn switch() -> Result<(), SwitchRootError> {
     // Free the initramfs copy: best effort, as busybox switch_root.
     remove_tree(Path::new("/"), root_dev);
     std::env::set_current_dir(new_root).map_err(io_err("chdir", new_root))?;
-    nix::mount::mount(
-        Some("."),
-        "/",
-        None::<&str>,
-        MsFlags::MS_MOVE,
-        None::<&str>,
-    )
-    .map_err(sys("move the new root over /"))?;
-    nix::unistd::chroot(".").map_err(sys("chroot"))?;
+    nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(syscall_failed("move the new root over /"))?;
+    nix::unistd::chroot(".").map_err(syscall_failed("chroot"))?;
     std::env::set_current_dir("/").map_err(io_err("chdir", Path::new("/")))?;
     Ok(())
 }
@@ -142,7 +139,7 @@ fn copy_tree(src: &Path, dst: &Path, dev: u64) -> Result<(), SwitchRootError> {
                 Mode::from_bits_truncate(meta.mode()),
                 meta.rdev(),
             )
-            .map_err(sys("mknod"))?;
+            .map_err(syscall_failed("mknod"))?;
         }
     }
     Ok(())

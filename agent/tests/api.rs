@@ -55,9 +55,13 @@ async fn network_requests_are_checked_and_listings_unimplemented() {
     assert_invalid(
         "UpdateInterface",
         "without an interface",
-        c.update_interface(ctx(), &UpdateInterfaceRequest::new()).await,
+        c.update_interface(ctx(), &UpdateInterfaceRequest::new())
+            .await,
     );
-    assert_unimplemented("ListInterfaces", c.list_interfaces(ctx(), &Empty::new()).await);
+    assert_unimplemented(
+        "ListInterfaces",
+        c.list_interfaces(ctx(), &Empty::new()).await,
+    );
     assert_unimplemented("ListRoutes", c.list_routes(ctx(), &Empty::new()).await);
     // The agent is still fine afterwards.
     c.check(ctx(), &CheckRequest::new()).await.unwrap();
@@ -224,7 +228,11 @@ fn assert_invalid<T: std::fmt::Debug>(rpc: &str, what: &str, result: ttrpc::Resu
     match result {
         Err(ttrpc::Error::RpcStatus(status)) => {
             assert_eq!(status.code(), Code::INVALID_ARGUMENT, "{rpc}: {status:?}");
-            assert!(status.message().contains(what), "{rpc}: {:?}", status.message());
+            assert!(
+                status.message().contains(what),
+                "{rpc}: {:?}",
+                status.message()
+            );
         }
         other => panic!("{rpc}: expected INVALID_ARGUMENT, got {other:?}"),
     }
@@ -260,7 +268,11 @@ async fn container_rpcs_check_the_container_id() {
     let mut req = CreateContainerRequest::new();
     req.container_id = "c1".into();
     req.oci_spec_json = br#"{"ociVersion":"1.0.2","process":{"args":[],"cwd":"/","user":{"uid":0,"gid":0}},"root":{"path":"/x"},"linux":{}}"#.to_vec();
-    assert_invalid("CreateContainer", "args is empty", c.create_container(ctx(), &req).await);
+    assert_invalid(
+        "CreateContainer",
+        "args is empty",
+        c.create_container(ctx(), &req).await,
+    );
     let mut req = ProcessRequest::new();
     req.container_id = "nope".into();
     match c.wait_process(ctx(), &req).await {
@@ -281,7 +293,10 @@ async fn debug_processes_are_refused_without_debug_exec() {
     match c.exec_process(ctx(), &req).await {
         Err(ttrpc::Error::RpcStatus(s)) => {
             assert_eq!(s.code(), Code::PERMISSION_DENIED, "{s:?}");
-            assert!(s.message().contains("debug processes are not allowed"), "{s:?}");
+            assert!(
+                s.message().contains("debug processes are not allowed"),
+                "{s:?}"
+            );
         }
         other => panic!("expected PERMISSION_DENIED, got {other:?}"),
     }
@@ -302,11 +317,16 @@ async fn crashing_the_agent_is_refused_without_debug_exec() {
     match c.debug_crash_agent(ctx(), &Empty::new()).await {
         Err(ttrpc::Error::RpcStatus(s)) => {
             assert_eq!(s.code(), Code::PERMISSION_DENIED, "{s:?}");
-            assert!(s.message().contains("debug processes are not allowed"), "{s:?}");
+            assert!(
+                s.message().contains("debug processes are not allowed"),
+                "{s:?}"
+            );
         }
         other => panic!("expected PERMISSION_DENIED, got {other:?}"),
     }
-    c.check(ctx(), &CheckRequest::new()).await.expect("the agent still answers");
+    c.check(ctx(), &CheckRequest::new())
+        .await
+        .expect("the agent still answers");
 }
 
 #[tokio::test]
@@ -324,9 +344,14 @@ async fn pod_namespaces_need_a_known_sandbox_container() {
     };
     let r = c.create_container(ctx(), &req("", &["ipc"])).await;
     assert_invalid("CreateContainer", "without sandbox_container_id", r);
-    let r = c.create_container(ctx(), &req("pause1", &["ipc", "mnt"])).await;
+    let r = c
+        .create_container(ctx(), &req("pause1", &["ipc", "mnt"]))
+        .await;
     assert_invalid("CreateContainer", "only ipc, uts and pid", r);
-    match c.create_container(ctx(), &req("pause1", &["ipc", "uts"])).await {
+    match c
+        .create_container(ctx(), &req("pause1", &["ipc", "uts"]))
+        .await
+    {
         Err(ttrpc::Error::RpcStatus(s)) => {
             assert_eq!(s.code(), Code::NOT_FOUND, "{s:?}");
             assert!(s.message().contains("sandbox container pause1"), "{s:?}");
@@ -344,7 +369,9 @@ async fn oom_long_poll_is_cancelled_by_destroy_sandbox() {
         tokio::spawn(async move { c.get_oom_event(ctx(), &GetOomEventRequest::new()).await })
     };
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    c.destroy_sandbox(ctx(), &DestroySandboxRequest::new()).await.unwrap();
+    c.destroy_sandbox(ctx(), &DestroySandboxRequest::new())
+        .await
+        .unwrap();
     match poll.await.unwrap() {
         Err(ttrpc::Error::RpcStatus(s)) => assert_eq!(s.code(), Code::CANCELLED, "{s:?}"),
         other => panic!("expected CANCELLED, got {other:?}"),

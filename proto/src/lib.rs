@@ -3,12 +3,36 @@
 //! The messages and services are generated from `protos/agent.proto` at build time.
 //! This crate also holds the few constants both sides must agree on.
 
-#[allow(clippy::all, missing_docs, unused_imports, non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, unused_results, unused_mut, trivial_casts, unknown_lints)]
+#[allow(
+    clippy::all,
+    missing_docs,
+    unused_imports,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    dead_code,
+    unused_results,
+    unused_mut,
+    trivial_casts,
+    unknown_lints
+)]
 pub mod agent {
     include!(concat!(env!("OUT_DIR"), "/agent.rs"));
 }
 
-#[allow(clippy::all, missing_docs, unused_imports, non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, unused_results, unused_mut, trivial_casts, unknown_lints)]
+#[allow(
+    clippy::all,
+    missing_docs,
+    unused_imports,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    dead_code,
+    unused_results,
+    unused_mut,
+    trivial_casts,
+    unknown_lints
+)]
 pub mod agent_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
 }

@@ -79,7 +79,12 @@ fn secs(d: Duration) -> f64 {
 }
 
 /// Boots `runs` hull sandboxes and `runs` floor VMs, alternating, and collects phases.
-pub async fn boot(config: &Config, spec: &SandboxSpec, floor_initrd: PathBuf, runs: usize) -> Result<BootBench, BenchError> {
+pub async fn boot(
+    config: &Config,
+    spec: &SandboxSpec,
+    floor_initrd: PathBuf,
+    runs: usize,
+) -> Result<BootBench, BenchError> {
     let mut series: Vec<(&'static str, Vec<f64>)> = [
         "processes started",
         "kernel banner",
@@ -138,7 +143,8 @@ pub async fn boot(config: &Config, spec: &SandboxSpec, floor_initrd: PathBuf, ru
     };
     let hull = phases(series);
     let floor = phases(floor);
-    let median = |p: &[Phase], name: &str| p.iter().find(|x| x.name == name).map(|x| x.stats.median);
+    let median =
+        |p: &[Phase], name: &str| p.iter().find(|x| x.name == name).map(|x| x.stats.median);
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
@@ -146,7 +152,10 @@ pub async fn boot(config: &Config, spec: &SandboxSpec, floor_initrd: PathBuf, ru
     Ok(BootBench {
         backend,
         runs,
-        ratio_ready: ratio(median(&hull, "agent connected"), median(&floor, "trivial /init reached")),
+        ratio_ready: ratio(
+            median(&hull, "agent connected"),
+            median(&floor, "trivial /init reached"),
+        ),
         ratio_exit: ratio(
             median(&hull, "total (launch -> VM exited)"),
             median(&floor, "total (launch -> VM exited)"),
@@ -163,7 +172,8 @@ async fn floor_once(
     spec: &SandboxSpec,
     initrd: &std::path::Path,
 ) -> Result<[Option<f64>; 4], BenchError> {
-    let state = StateDir::create(&config.runtime.state_dir, &new_id()).map_err(BenchError::StateDir)?;
+    let state =
+        StateDir::create(&config.runtime.state_dir, &new_id()).map_err(BenchError::StateDir)?;
     let mut hv = hypervisor::select(config)?;
     let vm = VmSpec {
         id: "floor".into(),
@@ -198,7 +208,12 @@ async fn floor_once(
             )))
         }
         Ok(Err(e)) => return Err(e.into()),
-        Err(_) => return Err(BenchError::Floor(format!("floor VM did not stop: {}", console.tail()))),
+        Err(_) => {
+            return Err(BenchError::Floor(format!(
+                "floor VM did not stop: {}",
+                console.tail()
+            )))
+        }
     }
     if p.floor.is_none() {
         return Err(BenchError::Floor(format!(
@@ -217,23 +232,36 @@ async fn floor_once(
 
 impl std::fmt::Display for BootBench {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "boot benchmark: {} runs each on {} (seconds from launch; min / median / max)", self.runs, self.backend)?;
-        let table = |f: &mut std::fmt::Formatter<'_>, title: &str, p: &[Phase]| -> std::fmt::Result {
-            writeln!(f, "{title}")?;
-            for ph in p {
-                writeln!(
-                    f,
-                    "  {:<30} {:>7.3} {:>7.3} {:>7.3}",
-                    ph.name, ph.stats.min, ph.stats.median, ph.stats.max
-                )?;
-            }
-            Ok(())
-        };
+        writeln!(
+            f,
+            "boot benchmark: {} runs each on {} (seconds from launch; min / median / max)",
+            self.runs, self.backend
+        )?;
+        let table =
+            |f: &mut std::fmt::Formatter<'_>, title: &str, p: &[Phase]| -> std::fmt::Result {
+                writeln!(f, "{title}")?;
+                for ph in p {
+                    writeln!(
+                        f,
+                        "  {:<30} {:>7.3} {:>7.3} {:>7.3}",
+                        ph.name, ph.stats.min, ph.stats.median, ph.stats.max
+                    )?;
+                }
+                Ok(())
+            };
         table(f, "hull (VM + agent):", &self.hull)?;
         table(f, "floor (same kernel, trivial /init):", &self.floor)?;
         let r = |x: Option<f64>| x.map(|v| format!("{v:.2}x")).unwrap_or_else(|| "-".into());
-        writeln!(f, "ratio hull agent connected / floor init reached (medians): {}", r(self.ratio_ready))?;
-        writeln!(f, "ratio hull launch->exit incl. destroy / floor launch->exit (medians): {}", r(self.ratio_exit))
+        writeln!(
+            f,
+            "ratio hull agent connected / floor init reached (medians): {}",
+            r(self.ratio_ready)
+        )?;
+        writeln!(
+            f,
+            "ratio hull launch->exit incl. destroy / floor launch->exit (medians): {}",
+            r(self.ratio_exit)
+        )
     }
 }
 

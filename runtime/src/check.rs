@@ -6,8 +6,8 @@ use std::path::Path;
 
 use crate::config::Config;
 use crate::host::{self, CgroupMode, KvmKind};
-use crate::hypervisor::select::{self, BackendKind};
 use crate::hypervisor::boot_files;
+use crate::hypervisor::select::{self, BackendKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -82,7 +82,11 @@ fn binary_line(name: &'static str, configured: &Path, fix: &str) -> Line {
             Line {
                 name,
                 status: Status::Ok,
-                detail: format!("{}{}", p.display(), version.map(|v| format!(" ({v})")).unwrap_or_default()),
+                detail: format!(
+                    "{}{}",
+                    p.display(),
+                    version.map(|v| format!(" ({v})")).unwrap_or_default()
+                ),
                 fix: None,
             }
         }
@@ -97,7 +101,10 @@ fn binary_line(name: &'static str, configured: &Path, fix: &str) -> Line {
 
 /// First line of `<binary> --version`, trimmed to something short.
 fn command_version(p: &Path) -> Option<String> {
-    let out = std::process::Command::new(p).arg("--version").output().ok()?;
+    let out = std::process::Command::new(p)
+        .arg("--version")
+        .output()
+        .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().next()?.trim();
     // "QEMU emulator version 7.2.22 (Debian ...)" -> "QEMU emulator version 7.2.22"
@@ -155,22 +162,34 @@ pub fn run_on(config: &Config, support: &hull_vmm::HostSupport) -> Report {
             KvmKind::Pvm | KvmKind::Absent => Some("run on a host with VMX/SVM (bare metal or nested virtualisation) for KVM speed; until then QEMU uses TCG (software emulation)".into()),
         },
     });
-    lines.push(binary_line("QEMU", &config.hypervisor.qemu, "apt-get install qemu-system-x86"));
+    lines.push(binary_line(
+        "QEMU",
+        &config.hypervisor.qemu,
+        "apt-get install qemu-system-x86",
+    ));
     lines.push(binary_line(
         "vhost-device-vsock",
         &config.hypervisor.vhost_vsock,
-        "cargo install --locked vhost-device-vsock@0.3.0",
+        "scripts/setup (cargo install --locked --root /usr/local/libexec/hull vhost-device-vsock@0.3.0)",
     ));
-    lines.push(binary_line("hull-vmm", &config.hypervisor.hull_vmm, select::HULL_VMM_FIX));
+    lines.push(binary_line(
+        "hull-vmm",
+        &config.hypervisor.hull_vmm,
+        select::HULL_VMM_FIX,
+    ));
     lines.push(binary_line(
         "virtiofsd",
         &config.hypervisor.virtiofsd,
-        "apt-get install libseccomp-dev libcap-ng-dev && cargo install --locked virtiofsd@1.14.0",
+        "apt-get install libseccomp-dev libcap-ng-dev && scripts/setup (cargo install --locked --root /usr/local/libexec/hull virtiofsd@1.14.0)",
     ));
     lines.push(guest_file_line("guest kernel", &config.guest.kernel, |p| {
         boot_files::check_kernel(p).map(|_| ())
     }));
-    lines.push(guest_file_line("guest initrd", &config.guest.initrd, boot_files::check_initrd));
+    lines.push(guest_file_line(
+        "guest initrd",
+        &config.guest.initrd,
+        boot_files::check_initrd,
+    ));
     let cg = host::cgroup_mode();
     lines.push(Line {
         name: "cgroup v2",
@@ -271,7 +290,10 @@ mod tests {
     }
 
     fn host(kind: hull_vmm::KvmKind) -> hull_vmm::HostSupport {
-        hull_vmm::HostSupport { kind, kvm_accessible: true }
+        hull_vmm::HostSupport {
+            kind,
+            kvm_accessible: true,
+        }
     }
 
     #[test]
@@ -282,13 +304,22 @@ mod tests {
         let r = run_on(&config, &host(hull_vmm::KvmKind::Vmx));
         let text = r.to_string();
         assert!(r.can_run(), "{text}");
-        assert!(text.contains("backend: hull-vmm (kvm) (auto: hardware KVM)"), "{text}");
-        assert!(text.contains("hull-vmm: /dev/kvm with hardware virtualization"), "{text}");
+        assert!(
+            text.contains("backend: hull-vmm (kvm) (auto: hardware KVM)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hull-vmm: /dev/kvm with hardware virtualization"),
+            "{text}"
+        );
 
         let r = run_on(&config, &host(hull_vmm::KvmKind::Pvm));
         let text = r.to_string();
         assert!(r.can_run(), "{text}");
-        assert!(text.contains("backend: qemu (tcg) (auto: no hardware KVM"), "{text}");
+        assert!(
+            text.contains("backend: qemu (tcg) (auto: no hardware KVM"),
+            "{text}"
+        );
         assert!(text.contains("PVM"), "{text}");
 
         // hull-vmm missing on a hardware host: QEMU with KVM, and check says why.
@@ -296,7 +327,10 @@ mod tests {
         let r = run_on(&config, &host(hull_vmm::KvmKind::Vmx));
         let text = r.to_string();
         assert!(r.can_run(), "{text}");
-        assert!(text.contains("backend: qemu (kvm) (auto: hull-vmm not found"), "{text}");
+        assert!(
+            text.contains("backend: qemu (kvm) (auto: hull-vmm not found"),
+            "{text}"
+        );
 
         config.hypervisor.backend = BackendChoice::Qemu;
         let r = run_on(&config, &host(hull_vmm::KvmKind::Vmx));
@@ -313,7 +347,10 @@ mod tests {
         let text = r.to_string();
         assert!(!r.can_run(), "{text}");
         assert!(text.contains("backend: none can run here"), "{text}");
-        assert!(text.contains("cannot run here") && text.contains("PVM"), "{text}");
+        assert!(
+            text.contains("cannot run here") && text.contains("PVM"),
+            "{text}"
+        );
 
         let r = run_on(&config, &host(hull_vmm::KvmKind::Svm));
         assert_eq!(r.backend.as_deref(), Some("hull-vmm (kvm)"), "{r}");

@@ -77,11 +77,9 @@ impl HelperProcess {
             });
         }
         let path = PathBuf::from(cmd.as_std().get_program());
-        let child = cmd.spawn().map_err(|source| ChildError::Spawn {
-            name,
-            path,
-            source,
-        })?;
+        let child = cmd
+            .spawn()
+            .map_err(|source| ChildError::Spawn { name, path, source })?;
         tracing::debug!(name, pid = child.id(), "helper started");
         Ok(HelperProcess {
             name,
@@ -212,7 +210,11 @@ impl Drop for HelperProcess {
                 Err(_) => return,
             }
         }
-        tracing::warn!(name = self.name, pid = self.child.id(), "helper did not exit after SIGKILL");
+        tracing::warn!(
+            name = self.name,
+            pid = self.child.id(),
+            "helper did not exit after SIGKILL"
+        );
     }
 }
 
@@ -270,7 +272,10 @@ mod tests {
         let pid = nix::unistd::Pid::from_raw(p.pid().expect("pid") as i32);
         drop(p);
         // Reaped, not a zombie: the pid no longer exists at all.
-        assert_eq!(nix::sys::signal::kill(pid, None), Err(nix::errno::Errno::ESRCH));
+        assert_eq!(
+            nix::sys::signal::kill(pid, None),
+            Err(nix::errno::Errno::ESRCH)
+        );
     }
 
     #[tokio::test]

@@ -27,8 +27,8 @@ pub enum ConfigError {
     Invalid { path: PathBuf, what: String },
 }
 
-/// Default of `hypervisor.host_overhead_mib`, measured (see README, "Memory
-/// accounting"): QEMU under TCG with a 256 MiB guest, virtiofsd, vhost-device-vsock
+/// Default of `hypervisor.host_overhead_mib`, measured (see
+/// docs/containerd-and-kubernetes.md, "Memory accounting on the host"): QEMU under TCG with a 256 MiB guest, virtiofsd, vhost-device-vsock
 /// and the shim, with margin.
 pub const DEFAULT_HOST_OVERHEAD_MIB: u32 = 192;
 
@@ -55,7 +55,7 @@ pub struct Config {
     pub jail: JailConfig,
 }
 
-/// The agent policy sent at CreateSandbox (see README, "Agent policy"). Fixed per
+/// The agent policy sent at CreateSandbox (see docs/policy.md). Fixed per
 /// sandbox: the agent seals its policy after CreateSandbox.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -65,8 +65,8 @@ pub struct PolicyConfig {
     pub file: Option<PathBuf>,
 }
 
-/// The jail of a sandbox's host processes (see `crate::jail` and README, "Threat
-/// model"). Fixed per sandbox when it boots.
+/// The jail of a sandbox's host processes (see `crate::jail` and
+/// docs/threat-model.md). Fixed per sandbox when it boots.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JailConfig {
@@ -302,12 +302,16 @@ impl Config {
             ("boot.shutdown_timeout_secs", b.shutdown_timeout_secs),
         ] {
             if !(v.is_finite() && v > 0.0 && v < 3600.0) {
-                return Err(invalid(format!("{name} = {v} must be between 0 and 3600 seconds")));
+                return Err(invalid(format!(
+                    "{name} = {v} must be between 0 and 3600 seconds"
+                )));
             }
         }
         if let Some(f) = &self.policy.file {
             if f.as_os_str().is_empty() {
-                return Err(invalid("policy.file is empty (leave it out for the baked policy only)".into()));
+                return Err(invalid(
+                    "policy.file is empty (leave it out for the baked policy only)".into(),
+                ));
             }
         }
         let j = &self.jail;
@@ -389,8 +393,15 @@ mod tests {
     fn policy_file_is_optional_and_not_empty() {
         let c = Config::parse("", Path::new("x.toml")).expect("empty");
         assert!(c.policy.file.is_none());
-        let c = Config::parse("[policy]\nfile = \"/etc/hull/strict.toml\"\n", Path::new("x.toml")).expect("policy");
-        assert_eq!(c.policy.file.as_deref(), Some(Path::new("/etc/hull/strict.toml")));
+        let c = Config::parse(
+            "[policy]\nfile = \"/etc/hull/strict.toml\"\n",
+            Path::new("x.toml"),
+        )
+        .expect("policy");
+        assert_eq!(
+            c.policy.file.as_deref(),
+            Some(Path::new("/etc/hull/strict.toml"))
+        );
         let e = Config::parse("[policy]\nfile = \"\"\n", Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("policy.file is empty"), "{e}");
         assert!(Config::parse("[policy]\nfiles = \"x\"\n", Path::new("x.toml")).is_err());
@@ -401,11 +412,16 @@ mod tests {
         let c = Config::parse("", Path::new("x.toml")).expect("empty");
         assert!(c.jail.enabled);
         assert_eq!(c.jail.uid_start, DEFAULT_JAIL_UID_START);
-        let e = Config::parse("[jail]\nuid_count = 0\n", Path::new("x.toml")).expect_err("no range");
+        let e =
+            Config::parse("[jail]\nuid_count = 0\n", Path::new("x.toml")).expect_err("no range");
         assert!(e.to_string().contains("jail.uid_count = 0"), "{e}");
         let e = Config::parse("[jail]\nuid_start = 0\n", Path::new("x.toml")).expect_err("root");
         assert!(e.to_string().contains("above 0"), "{e}");
-        let c = Config::parse("[jail]\nenabled = false\nuid_count = 0\n", Path::new("x.toml")).expect("off");
+        let c = Config::parse(
+            "[jail]\nenabled = false\nuid_count = 0\n",
+            Path::new("x.toml"),
+        )
+        .expect("off");
         assert!(!c.jail.enabled);
     }
 
@@ -415,7 +431,8 @@ mod tests {
         assert!(!c.debug.exec);
         let c = Config::parse("[debug]\nexec = true\n", Path::new("x.toml")).expect("debug");
         assert!(c.debug.exec);
-        let e = Config::parse("[debug]\nshell = true\n", Path::new("x.toml")).expect_err("unknown key");
+        let e =
+            Config::parse("[debug]\nshell = true\n", Path::new("x.toml")).expect_err("unknown key");
         assert!(e.to_string().contains("shell"), "{e}");
     }
 
@@ -446,8 +463,11 @@ mod tests {
             assert_eq!(c.hypervisor.backend, want);
             assert_eq!(c.hypervisor.hull_vmm, PathBuf::from("/opt/hull-vmm"));
         }
-        let e = Config::parse("[hypervisor]\nbackend = \"firecracker\"\n", Path::new("x.toml"))
-            .expect_err("unknown backend");
+        let e = Config::parse(
+            "[hypervisor]\nbackend = \"firecracker\"\n",
+            Path::new("x.toml"),
+        )
+        .expect_err("unknown backend");
         assert!(e.to_string().contains("firecracker"), "{e}");
     }
 

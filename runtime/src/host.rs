@@ -49,25 +49,36 @@ pub fn from_support(s: &hull_vmm::HostSupport) -> KvmKind {
     }
 }
 
+/// Where `scripts/setup` installs the helper binaries it builds (virtiofsd,
+/// vhost-device-vsock: `cargo install --root /usr/local/libexec/hull`).
+pub const HELPER_DIR: &str = "/usr/local/libexec/hull/bin";
+
+/// The fixed directories a bare binary name is looked up in, in order: hull's helper
+/// dir, then the system's. Never PATH or a user's `~/.cargo/bin`: the shim and `hull`
+/// run as root, and a binary a user's environment names is not one they should run.
+pub const SYSTEM_DIRS: [&str; 8] = [
+    HELPER_DIR,
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+    "/usr/libexec",
+];
+
 /// Resolves a configured binary: a path with a slash is taken as is; a bare name is
-/// looked up in PATH, then in cargo's bin directory (where `cargo install` puts
-/// vhost-device-vsock and virtiofsd), then beside the running executable (hull-vmm
-/// next to a `hull` run from the build dir).
+/// looked up in [`SYSTEM_DIRS`], then beside the running executable (hull-vmm next to
+/// a `hull` run from the build dir).
 pub fn find_binary(name: &Path) -> Option<PathBuf> {
     if name.components().count() > 1 || name.is_absolute() {
         return is_executable(name).then(|| name.to_path_buf());
     }
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    if let Some(cargo_home) = std::env::var_os("CARGO_HOME") {
-        dirs.push(PathBuf::from(cargo_home).join("bin"));
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(PathBuf::from(home).join(".cargo/bin"));
-    }
-    dirs.push(PathBuf::from("/root/.cargo/bin"));
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    let mut dirs: Vec<PathBuf> = SYSTEM_DIRS.iter().map(PathBuf::from).collect();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         dirs.push(dir);
     }
     dirs.into_iter()
@@ -128,7 +139,12 @@ mod tests {
     #[test]
     fn kvm_kinds_from_the_vmm_probe() {
         use hull_vmm::{HostSupport, KvmKind as V};
-        let k = |kind, kvm_accessible| from_support(&HostSupport { kind, kvm_accessible });
+        let k = |kind, kvm_accessible| {
+            from_support(&HostSupport {
+                kind,
+                kvm_accessible,
+            })
+        };
         assert_eq!(k(V::Vmx, true), KvmKind::Hardware);
         assert_eq!(k(V::Svm, false), KvmKind::Unusable);
         assert_eq!(k(V::Pvm, true), KvmKind::Pvm);
@@ -151,8 +167,35 @@ mod tests {
 
     #[test]
     fn find_binary_takes_paths_as_is() {
-        assert_eq!(find_binary(Path::new("/bin/sh")), Some(PathBuf::from("/bin/sh")));
+        assert_eq!(
+            find_binary(Path::new("/bin/sh")),
+            Some(PathBuf::from("/bin/sh"))
+        );
         assert_eq!(find_binary(Path::new("/nonexistent/qemu")), None);
         assert!(find_binary(Path::new("sh")).is_some());
+    }
+
+    /// Helpers come from fixed system dirs, never from a user's environment (PATH,
+    /// `~/.cargo/bin`): a name that is nowhere but in the user's cargo bin is not found.
+    #[test]
+    fn find_binary_looks_only_in_system_dirs() {
+        assert!(SYSTEM_DIRS
+            .iter()
+            .all(|d| d.starts_with("/usr/") || d.starts_with("/sbin") || d.starts_with("/bin")));
+        if let Some(home) = std::env::var_os("HOME") {
+            let cargo_bin = PathBuf::from(home).join(".cargo/bin");
+            for tool in ["cargo", "rustc"] {
+                if cargo_bin.join(tool).exists()
+                    && !SYSTEM_DIRS.iter().any(|d| Path::new(d).join(tool).exists())
+                {
+                    assert_eq!(
+                        find_binary(Path::new(tool)),
+                        None,
+                        "{tool} of ~/.cargo/bin must not be found"
+                    );
+                }
+            }
+        }
+        assert!(SYSTEM_DIRS.iter().all(|d| !d.contains(".cargo")));
     }
 }

@@ -36,26 +36,41 @@ pub struct SandboxInfo {
 pub fn list(state_dir: &Path) -> Vec<SandboxInfo> {
     let vms = state_dir.join("vms");
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&vms)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
         .unwrap_or_default();
     dirs.sort();
     let procs = processes();
     dirs.into_iter()
         .map(|dir| {
-            let id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let id = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let marker = dir.to_string_lossy().into_owned();
-            let vm = procs
-                .iter()
-                .find(|(_, cmd)| {
-                    cmd.iter().any(|a| a.contains(&marker)) && cmd.first().is_some_and(|a| a.contains("qemu-system"))
-                });
+            let vm = procs.iter().find(|(_, cmd)| {
+                cmd.iter().any(|a| a.contains(&marker))
+                    && cmd.first().is_some_and(|a| a.contains("qemu-system"))
+            });
             let mut containers: Vec<String> = std::fs::read_dir(dir.join("share/containers"))
-                .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
                 .unwrap_or_default();
             containers.sort();
             SandboxInfo {
                 id,
-                backend: if vm.is_some() { "qemu".into() } else { "-".into() },
+                backend: if vm.is_some() {
+                    "qemu".into()
+                } else {
+                    "-".into()
+                },
                 pid: vm.map(|(p, _)| *p),
                 rss_kib: vm.and_then(|(p, _)| rss_kib(*p)),
                 guest_mib: vm.and_then(|(_, cmd)| guest_mib(cmd)),
@@ -68,7 +83,10 @@ pub fn list(state_dir: &Path) -> Vec<SandboxInfo> {
 
 /// The table `hull ps` prints.
 pub fn table(list: &[SandboxInfo]) -> String {
-    let mut out = format!("{:<18} {:<7} {:>8} {:>10} {:>9}  {}\n", "SANDBOX", "BACKEND", "PID", "RSS(MiB)", "GUEST(MiB)", "CONTAINERS");
+    let mut out = format!(
+        "{:<18} {:<7} {:>8} {:>10} {:>9}  {}\n",
+        "SANDBOX", "BACKEND", "PID", "RSS(MiB)", "GUEST(MiB)", "CONTAINERS"
+    );
     for s in list {
         let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
         out.push_str(&format!(
@@ -78,7 +96,11 @@ pub fn table(list: &[SandboxInfo]) -> String {
             opt(s.pid.map(u64::from)),
             opt(s.rss_kib.map(|k| k / 1024)),
             opt(s.guest_mib),
-            if s.containers.is_empty() { "-".to_string() } else { s.containers.join(",") }
+            if s.containers.is_empty() {
+                "-".to_string()
+            } else {
+                s.containers.join(",")
+            }
         ));
     }
     out
@@ -90,13 +112,19 @@ pub fn find(state_dir: &Path, id: &str) -> Result<PathBuf, InspectError> {
     if let Some(s) = all.iter().find(|s| s.id == id) {
         return Ok(s.dir.clone());
     }
-    let found: Vec<&SandboxInfo> = all.iter().filter(|s| !id.is_empty() && s.id.starts_with(id)).collect();
+    let found: Vec<&SandboxInfo> = all
+        .iter()
+        .filter(|s| !id.is_empty() && s.id.starts_with(id))
+        .collect();
     match found.as_slice() {
         [one] => Ok(one.dir.clone()),
         [] => Err(InspectError::NotFound(id.into(), state_dir.join("vms"))),
         many => Err(InspectError::Ambiguous(
             id.into(),
-            many.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", "),
+            many.iter()
+                .map(|s| s.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
         )),
     }
 }
@@ -146,18 +174,38 @@ mod tests {
     fn lists_finds_and_reads_logs() {
         let t = tempfile::tempdir().expect("tmp");
         for id in ["aa11", "aa22", "bb33"] {
-            std::fs::create_dir_all(t.path().join("vms").join(id).join("share/containers/c1")).expect("dir");
+            std::fs::create_dir_all(t.path().join("vms").join(id).join("share/containers/c1"))
+                .expect("dir");
         }
-        std::fs::write(t.path().join("vms/bb33/console.log"), b"Linux version 6.1\n").expect("log");
+        std::fs::write(
+            t.path().join("vms/bb33/console.log"),
+            b"Linux version 6.1\n",
+        )
+        .expect("log");
         let l = list(t.path());
         assert_eq!(l.len(), 3);
         assert_eq!(l[0].containers, vec!["c1".to_string()]);
         assert_eq!(l[0].backend, "-");
         assert!(table(&l).contains("aa11"));
-        assert_eq!(console_log(t.path(), "bb").expect("log"), b"Linux version 6.1\n");
-        assert!(matches!(find(t.path(), "aa"), Err(InspectError::Ambiguous(..))));
-        assert!(matches!(find(t.path(), "zz"), Err(InspectError::NotFound(..))));
-        assert!(matches!(console_log(t.path(), "aa11"), Err(InspectError::Read { .. })));
-        assert_eq!(guest_mib(&["q".into(), "-m".into(), "256M".into()]), Some(256));
+        assert_eq!(
+            console_log(t.path(), "bb").expect("log"),
+            b"Linux version 6.1\n"
+        );
+        assert!(matches!(
+            find(t.path(), "aa"),
+            Err(InspectError::Ambiguous(..))
+        ));
+        assert!(matches!(
+            find(t.path(), "zz"),
+            Err(InspectError::NotFound(..))
+        ));
+        assert!(matches!(
+            console_log(t.path(), "aa11"),
+            Err(InspectError::Read { .. })
+        ));
+        assert_eq!(
+            guest_mib(&["q".into(), "-m".into(), "256M".into()]),
+            Some(256)
+        );
     }
 }

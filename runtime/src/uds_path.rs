@@ -37,10 +37,17 @@ impl Reachable {
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                format!("socket path {} has no parent dir or file name", path.display()),
+                format!(
+                    "socket path {} has no parent dir or file name",
+                    path.display()
+                ),
             ));
         };
-        let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
         let dir: OwnedFd = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
@@ -94,7 +101,10 @@ mod tests {
         }
         std::fs::create_dir_all(&dir).expect("mkdir");
         let sock = dir.join("vsock.sock_1025");
-        assert!(std::os::unix::net::UnixListener::bind(&sock).is_err(), "too long to bind directly");
+        assert!(
+            std::os::unix::net::UnixListener::bind(&sock).is_err(),
+            "too long to bind directly"
+        );
         let r = Reachable::new(&sock).expect("reachable");
         let listener = std::os::unix::net::UnixListener::bind(r.path()).expect("bind");
         drop(r);

@@ -74,6 +74,8 @@ impl CniNet {
 
 impl Drop for CniNet {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
     }
 }

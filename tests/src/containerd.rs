@@ -4,6 +4,11 @@
 //! [`TestState`], and the demo image imported; or, for the CRI tests, its CRI plugin
 //! with hull as runtime handler `hull`. Dropping it stops containerd and any shim it
 //! left, so a failing test does not leak into the next.
+//!
+//! The host's containerd (Debian 12's 1.6) runs with a config written here; another
+//! [`Release`] (Debian's 2.x, unpacked by scripts/containerd-versions) runs with its
+//! own default config, changed only where a test instance must differ
+//! ([`Containerd::start_cri_default_config`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -32,7 +37,10 @@ pub fn prerequisites() -> Result<(), String> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!("missing {} (apt-get install containerd)", missing.join(", ")))
+        Err(format!(
+            "missing {} (apt-get install containerd)",
+            missing.join(", ")
+        ))
     }
 }
 
@@ -41,18 +49,242 @@ pub fn require_containerd(test: &str) -> bool {
     crate::require(test, prerequisites())
 }
 
+/// A containerd release unpacked by scripts/containerd-versions under
+/// `$HULL_CACHE_DIR/containerd/<debian version>/root`.
+#[derive(Debug, Clone)]
+pub struct Release {
+    /// Debian's version, e.g. `2.1.9+ds1-5`.
+    pub version: String,
+    /// Its `usr/bin` (containerd, ctr, containerd-shim-runc-v2).
+    pub bin_dir: PathBuf,
+}
+
+impl Release {
+    /// The newest containerd `major`.x unpacked in the cache, or why there is none.
+    pub fn find(major: u32) -> Result<Release, String> {
+        let dir = hull_runtime::config::default_cache_dir().join("containerd");
+        let how = "run scripts/containerd-versions (scripts/setup does)";
+        let rd = std::fs::read_dir(&dir)
+            .map_err(|e| format!("no containerd releases in {}: {e} ({how})", dir.display()))?;
+        let prefix = format!("{major}.");
+        let mut found: Vec<(Vec<u64>, Release)> = rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|v| v.starts_with(&prefix))
+            .map(|v| Release {
+                bin_dir: dir.join(&v).join("root/usr/bin"),
+                version: v,
+            })
+            // A release is complete once its sha256 stamp is written.
+            .filter(|r| {
+                r.bin_dir.join("containerd").exists()
+                    && dir.join(&r.version).join("deb.sha256").exists()
+            })
+            .map(|r| (upstream_version(&r.version), r))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
+            .pop()
+            .map(|(_, r)| r)
+            .ok_or_else(|| format!("no containerd {major}.x in {} ({how})", dir.display()))
+    }
+
+    pub fn containerd(&self) -> PathBuf {
+        self.bin_dir.join("containerd")
+    }
+
+    pub fn ctr(&self) -> PathBuf {
+        self.bin_dir.join("ctr")
+    }
+
+    /// `containerd config default` of this release, parsed.
+    pub fn default_config(&self) -> toml::Table {
+        let out = run_cmd(
+            {
+                let mut c = Command::new("timeout");
+                c.args(["-s", "KILL", "30"])
+                    .arg(self.containerd())
+                    .args(["config", "default"]);
+                c
+            },
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{} config default: {}",
+            self.containerd().display(),
+            crate::output_text(&out)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.parse::<toml::Table>().unwrap_or_else(|e| {
+            panic!(
+                "containerd {}'s default config is not TOML: {e}
+{text}",
+                self.version
+            )
+        })
+    }
+}
+
+/// The numbers of a Debian version's upstream part (`2.1.9+ds1-5` -> [2, 1, 9]).
+fn upstream_version(v: &str) -> Vec<u64> {
+    v.split(|c: char| !c.is_ascii_digit() && c != '.')
+        .next()
+        .unwrap_or_default()
+        .split('.')
+        .map(|n| n.parse().unwrap_or(0))
+        .collect()
+}
+
+/// The table at `path` in `t`, which must exist: a default config without it is not
+/// the layout these edits were made for.
+fn table_at<'t>(t: &'t mut toml::Table, path: &[&str]) -> &'t mut toml::Table {
+    path.iter().enumerate().fold(t, |t, (n, key)| {
+        t.get_mut(*key)
+            .and_then(toml::Value::as_table_mut)
+            .unwrap_or_else(|| {
+                panic!(
+                    "containerd's default config has no table {}",
+                    path[..=n].join(".")
+                )
+            })
+    })
+}
+
+/// Sets `key` in the existing table `path`, which must already have it (the default
+/// config lists every setting with its default).
+fn replace(t: &mut toml::Table, path: &[&str], key: &str, value: impl Into<toml::Value>) {
+    let table = table_at(t, path);
+    assert!(
+        table.contains_key(key),
+        "containerd's default config has no {}.{key}",
+        path.join(".")
+    );
+    table.insert(key.to_string(), value.into());
+}
+
+/// `config` (a containerd 2.x default config) with what a test instance must change:
+/// its root, state, socket and NRI socket and its `/opt` dir (which containerd creates)
+/// in `dir`; CRI's CNI config and plugin dirs (the test's network), its pinned sandbox
+/// image; and hull as runtime `hull` (runtime_type only, as a user adds it), made CRI's
+/// default runtime. Everything else stays as the release ships it.
+fn test_instance_config(
+    mut config: toml::Table,
+    dir: &Path,
+    net: &crate::cni::CniNet,
+    sandbox_image: &str,
+) -> String {
+    let path = |p: &str| dir.join(p).display().to_string();
+    let version = config.get("version").and_then(toml::Value::as_integer);
+    assert_eq!(
+        version,
+        Some(3),
+        "a containerd 2.x default config is version 3"
+    );
+    replace(&mut config, &[], "root", path("root"));
+    replace(&mut config, &[], "state", path("state"));
+    replace(&mut config, &["grpc"], "address", path("c.sock"));
+    replace(
+        &mut config,
+        &["plugins", "io.containerd.nri.v1.nri"],
+        "socket_path",
+        path("nri.sock"),
+    );
+    replace(
+        &mut config,
+        &["plugins", "io.containerd.internal.v1.opt"],
+        "path",
+        path("opt"),
+    );
+    let images = ["plugins", "io.containerd.cri.v1.images", "pinned_images"];
+    replace(&mut config, &images, "sandbox", sandbox_image);
+    let cni = ["plugins", "io.containerd.cri.v1.runtime", "cni"];
+    replace(
+        &mut config,
+        &cni,
+        "conf_dir",
+        net.conf_dir.display().to_string(),
+    );
+    replace(
+        &mut config,
+        &cni,
+        "bin_dirs",
+        vec![toml::Value::from(crate::cni::CNI_BIN)],
+    );
+    let cri = ["plugins", "io.containerd.cri.v1.runtime", "containerd"];
+    replace(&mut config, &cri, "default_runtime_name", "hull");
+    let runtimes = table_at(
+        &mut config,
+        &[
+            "plugins",
+            "io.containerd.cri.v1.runtime",
+            "containerd",
+            "runtimes",
+        ],
+    );
+    let mut hull = toml::Table::new();
+    hull.insert("runtime_type".into(), RUNTIME.into());
+    runtimes.insert("hull".into(), hull.into());
+    toml::to_string(&config).expect("containerd config to TOML")
+}
+
+/// The host containerd's config (version 2) for a test instance in `dir`, with `plugins`.
+fn host_config(dir: &Path, plugins: &str) -> String {
+    format!(
+        r#"version = 2
+root = "{root}"
+state = "{st}"
+[grpc]
+  address = "{sock}"
+[debug]
+  level = "debug"
+{plugins}"#,
+        root = dir.join("root").display(),
+        st = dir.join("state").display(),
+        sock = dir.join("c.sock").display(),
+    )
+}
+
+/// The paths of one test containerd: its root, state and socket.
+pub struct Instance {
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub address: PathBuf,
+}
+
+/// A config text made of an instance's paths and CNI network.
+type ConfigFn<'a> = Box<dyn FnOnce(&Instance, &crate::cni::CniNet) -> String + 'a>;
+
+/// How [`Containerd::launch`] configures containerd.
+enum Flavor<'a> {
+    /// The host's containerd with CRI, from a config made elsewhere.
+    FromConfig(ConfigFn<'a>),
+    /// The host's containerd without CRI.
+    Plain,
+    /// The host's containerd with CRI, config written here.
+    Cri { sandbox_image: &'a str },
+    /// `release` with its own default config (see [`test_instance_config`]).
+    DefaultConfig {
+        release: &'a Release,
+        sandbox_image: &'a str,
+    },
+}
+
 pub struct Containerd {
     child: Option<Child>,
     /// The CRI tests' CNI network (after `child`: containerd goes first).
     pub cni: Option<crate::cni::CniNet>,
     dir: tempfile::TempDir,
     pub state: TestState,
+    /// The ctr of this containerd's release (the host's: `ctr` in PATH).
+    ctr: PathBuf,
 }
 
 impl Containerd {
     /// Starts containerd (without its CRI plugin) and imports the demo image.
     pub fn start() -> Containerd {
-        let c = Containerd::launch(None);
+        let c = Containerd::launch(Flavor::Plain);
         c.import("default", &crate::demo_image(), "demo");
         c
     }
@@ -65,10 +297,33 @@ impl Containerd {
     /// subnet of this test, see [`crate::cni`]), and runc is a second handler `runc`
     /// (`restrict_oom_score_adj`, without which runc pods fail here).
     pub fn start_cri(sandbox_image: &str) -> Containerd {
-        Containerd::launch(Some(sandbox_image))
+        Containerd::launch(Flavor::Cri { sandbox_image })
     }
 
-    fn launch(cri_sandbox_image: Option<&str>) -> Containerd {
+    /// Starts containerd `release` (2.x) with its own default config (`containerd
+    /// config default`), changed only where a test instance must differ: root, state,
+    /// sockets and `/opt` dir in the test's dir, CRI's CNI dirs (the test's network),
+    /// the pinned sandbox image `sandbox_image`, and runtime `hull` added and made CRI's
+    /// default. Everything else, such as unprivileged ports and ICMP, CDI and NRI, is
+    /// as the release ships it. Its ctr is used for [`Containerd::ctr`].
+    pub fn start_cri_default_config(release: &Release, sandbox_image: &str) -> Containerd {
+        Containerd::launch(Flavor::DefaultConfig {
+            release,
+            sandbox_image,
+        })
+    }
+
+    /// Starts the host's containerd (its CRI plugin on) from the config text `config`
+    /// makes of this instance's own paths and CNI network, instead of the harness's: for
+    /// tests of a config made elsewhere (`hull install-containerd`'s). The text must use
+    /// those paths for containerd's root, state, socket and CNI dirs.
+    pub fn start_from_config(
+        config: impl FnOnce(&Instance, &crate::cni::CniNet) -> String,
+    ) -> Containerd {
+        Containerd::launch(Flavor::FromConfig(Box::new(config)))
+    }
+
+    fn launch(flavor: Flavor<'_>) -> Containerd {
         let state = TestState::new();
         let dir = tempfile::Builder::new()
             .prefix("hull-ctd-")
@@ -77,12 +332,40 @@ impl Containerd {
         let d = dir.path();
         let bin = d.join("bin");
         std::fs::create_dir(&bin).expect("bin dir");
-        std::os::unix::fs::symlink(target_bin("containerd-shim-hull-v2"), bin.join("containerd-shim-hull-v2"))
-            .expect("shim symlink");
+        std::os::unix::fs::symlink(
+            target_bin("containerd-shim-hull-v2"),
+            bin.join("containerd-shim-hull-v2"),
+        )
+        .expect("shim symlink");
         let mut cni = None;
-        let plugins = match cri_sandbox_image {
-            None => "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".to_string(),
-            Some(image) => {
+        let (release, config) = match flavor {
+            Flavor::DefaultConfig {
+                release,
+                sandbox_image,
+            } => {
+                let net = crate::cni::CniNet::create(d);
+                let config = test_instance_config(release.default_config(), d, &net, sandbox_image);
+                cni = Some(net);
+                (Some(release), config)
+            }
+            Flavor::FromConfig(make) => {
+                let net = crate::cni::CniNet::create(d);
+                let inst = Instance {
+                    root: d.join("root"),
+                    state: d.join("state"),
+                    address: d.join("c.sock"),
+                };
+                let config = make(&inst, &net);
+                cni = Some(net);
+                (None, config)
+            }
+            Flavor::Plain => (
+                None,
+                host_config(d, "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"),
+            ),
+            Flavor::Cri {
+                sandbox_image: image,
+            } => {
                 let net = crate::cni::CniNet::create(d);
                 let conf = format!(
                     r#"[plugins."io.containerd.grpc.v1.cri"]
@@ -105,26 +388,20 @@ impl Containerd {
                     bin = crate::cni::CNI_BIN,
                 );
                 cni = Some(net);
-                conf
+                (None, host_config(d, &conf))
             }
         };
-        let config = format!(
-            r#"version = 2
-root = "{root}"
-state = "{st}"
-[grpc]
-  address = "{sock}"
-[debug]
-  level = "debug"
-{plugins}"#,
-            root = d.join("root").display(),
-            st = d.join("state").display(),
-            sock = d.join("c.sock").display(),
-        );
         std::fs::write(d.join("config.toml"), config).expect("config");
         let log = std::fs::File::create(d.join("containerd.log")).expect("log");
-        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
-        let child = Command::new("containerd")
+        // The shim first; then the release's own binaries (its runc shim), if any.
+        let mut path = bin.display().to_string();
+        if let Some(r) = release {
+            path = format!("{path}:{}", r.bin_dir.display());
+        }
+        let path = format!("{path}:{}", std::env::var("PATH").unwrap_or_default());
+        let containerd = release.map_or_else(|| PathBuf::from("containerd"), Release::containerd);
+        let ctr = release.map_or_else(|| PathBuf::from("ctr"), Release::ctr);
+        let child = Command::new(&containerd)
             .arg("--config")
             .arg(d.join("config.toml"))
             .env("PATH", path)
@@ -134,12 +411,13 @@ state = "{st}"
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
-            .expect("start containerd");
+            .unwrap_or_else(|e| panic!("start {}: {e}", containerd.display()));
         let c = Containerd {
             child: Some(child),
             cni,
             dir,
             state,
+            ctr,
         };
         crate::wait_for("containerd's socket", Duration::from_secs(20), || {
             c.ctr(&["version"]).status.success().then_some(())
@@ -150,7 +428,10 @@ state = "{st}"
     /// Imports the OCI image layout `layout` into containerd namespace `namespace` as
     /// `<base_name>:<tag>` for each tag of the layout.
     pub fn import(&self, namespace: &str, layout: &Path, base_name: &str) {
-        let tar = self.dir.path().join(format!("{}.tar", base_name.replace('/', "_")));
+        let tar = self
+            .dir
+            .path()
+            .join(format!("{}.tar", base_name.replace('/', "_")));
         let st = Command::new("tar")
             .arg("-cf")
             .arg(&tar)
@@ -160,8 +441,20 @@ state = "{st}"
             .status()
             .expect("tar");
         assert!(st.success(), "tar of {} failed", layout.display());
-        let out = self.ctr(&["-n", namespace, "images", "import", "--base-name", base_name, tar.to_str().expect("utf8")]);
-        assert!(out.status.success(), "image import: {}", crate::output_text(&out));
+        let out = self.ctr(&[
+            "-n",
+            namespace,
+            "images",
+            "import",
+            "--base-name",
+            base_name,
+            tar.to_str().expect("utf8"),
+        ]);
+        assert!(
+            out.status.success(),
+            "image import: {}",
+            crate::output_text(&out)
+        );
         let _ = std::fs::remove_file(&tar);
     }
 
@@ -180,7 +473,10 @@ state = "{st}"
     pub fn shim_socket(&self, id: &str) -> PathBuf {
         use sha2::{Digest, Sha256};
         let key = format!("{}/default/{id}", self.socket().display());
-        let hex: String = Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = Sha256::digest(key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         PathBuf::from("/run/containerd/s").join(hex)
     }
 
@@ -196,7 +492,11 @@ state = "{st}"
     pub fn ctr_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         // A hung ctr must fail the test, not hang it.
         let mut cmd = Command::new("timeout");
-        cmd.args(["-s", "KILL", "120", "ctr", "-a"]).arg(self.socket()).args(args);
+        cmd.args(["-s", "KILL", "120"])
+            .arg(&self.ctr)
+            .arg("-a")
+            .arg(self.socket())
+            .args(args);
         run_cmd(cmd, stdin)
     }
 
@@ -213,7 +513,18 @@ state = "{st}"
         let cfg = self.state.path().join("debug.toml");
         std::fs::write(&cfg, "[debug]\nexec = true\n").expect("config");
         let cfg_s = cfg.to_str().expect("utf8");
-        let out = self.ctr(&["run", "-d", "--runtime", RUNTIME, "--runtime-config-path", cfg_s, IMAGE, id, "sleep", "1000"]);
+        let out = self.ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            "--runtime-config-path",
+            cfg_s,
+            IMAGE,
+            id,
+            "sleep",
+            "1000",
+        ]);
         assert!(out.status.success(), "{}", crate::output_text(&out));
     }
 
@@ -225,7 +536,10 @@ state = "{st}"
             .lines()
             .find(|l| l.contains(&format!(" {id}")))
             .unwrap_or_else(|| panic!("hull ps does not list {id}: {}", crate::output_text(&ps)));
-        row.split_whitespace().next().expect("sandbox id").to_string()
+        row.split_whitespace()
+            .next()
+            .expect("sandbox id")
+            .to_string()
     }
 
     /// The status column of `ctr task ls` for `id`, if listed.
@@ -241,7 +555,10 @@ state = "{st}"
 
     /// SIGKILLs task `id`, waits until it is stopped, deletes it and its container.
     pub fn kill_and_remove(&self, id: &str) {
-        assert!(self.ctr(&["task", "kill", "-s", "SIGKILL", id]).status.success());
+        assert!(self
+            .ctr(&["task", "kill", "-s", "SIGKILL", id])
+            .status
+            .success());
         crate::wait_for("the task to stop", Duration::from_secs(30), || {
             (self.task_status(id).as_deref() == Some("STOPPED")).then_some(())
         });
@@ -270,7 +587,10 @@ state = "{st}"
                 return;
             }
             if Instant::now() > deadline {
-                panic!("left behind: shims {shims:?}, mounts {mounts:?}\n--- containerd log ---\n{}", tail(&self.log(), 60));
+                panic!(
+                    "left behind: shims {shims:?}, mounts {mounts:?}\n--- containerd log ---\n{}",
+                    tail(&self.log(), 60)
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -281,7 +601,11 @@ state = "{st}"
 pub fn run_cmd(mut cmd: Command, stdin: Option<&[u8]>) -> Output {
     use std::io::Write;
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     let mut child = cmd.spawn().expect("start command");
     let writer = stdin.map(|data| {
         let mut pipe = child.stdin.take().expect("stdin pipe");
@@ -321,7 +645,10 @@ impl Drop for Containerd {
         }
         // Shims outlive containerd by design; a failed test's must not outlive us.
         for (pid, _) in self.shims() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
         for m in hull_runtime::sandbox::share::mounts_under(self.dir.path()) {

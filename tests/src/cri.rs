@@ -14,7 +14,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{ImageSpec, ImageStatusRequest};
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::containerd::Containerd;
+use crate::containerd::{Containerd, Release};
 
 /// The runtime handler (RuntimeClass handler) hull is registered as.
 pub const HANDLER: &str = "hull";
@@ -39,6 +39,25 @@ pub fn prerequisites() -> Result<(), String> {
     Ok(())
 }
 
+/// What a CRI test on containerd `major`.x (a [`Release`] unpacked by
+/// scripts/containerd-versions, not the host's containerd) needs: the VM parts, the
+/// shim, CNI, umoci and the release; the release, or why the test cannot run.
+pub fn prerequisites_on(major: u32) -> Result<Release, String> {
+    crate::run_prerequisites()?;
+    crate::cni::prerequisites()?;
+    if hull_runtime::host::find_binary(Path::new("umoci")).is_none() {
+        return Err("missing umoci, which makes the pause image (apt-get install umoci)".into());
+    }
+    let shim = crate::target_bin("containerd-shim-hull-v2");
+    if !shim.exists() {
+        return Err(format!(
+            "missing {} (cargo build --workspace --bins)",
+            shim.display()
+        ));
+    }
+    Release::find(major)
+}
+
 /// Like `require_run`, for the CRI tests.
 pub fn require_cri(test: &str) -> bool {
     crate::require(test, prerequisites())
@@ -58,10 +77,22 @@ pub fn pause_layout(dir: &Path) -> PathBuf {
     assert!(st.success(), "copying the demo image failed");
     let image = format!("{}:latest", layout.display());
     let out = Command::new("umoci")
-        .args(["config", "--image", &image, "--config.entrypoint", "/bin/sleep", "--config.cmd", "2147483647"])
+        .args([
+            "config",
+            "--image",
+            &image,
+            "--config.entrypoint",
+            "/bin/sleep",
+            "--config.cmd",
+            "2147483647",
+        ])
         .output()
         .expect("umoci");
-    assert!(out.status.success(), "umoci config: {}", crate::output_text(&out));
+    assert!(
+        out.status.success(),
+        "umoci config: {}",
+        crate::output_text(&out)
+    );
     layout
 }
 
@@ -72,7 +103,11 @@ pub fn import_images(c: &Containerd) {
         .tempdir_in("/tmp")
         .expect("temp dir");
     let pause = pause_layout(tmp.path());
-    let base = |r: &str| r.rsplit_once(':').map(|(b, _)| b.to_string()).expect("tagged reference");
+    let base = |r: &str| {
+        r.rsplit_once(':')
+            .map(|(b, _)| b.to_string())
+            .expect("tagged reference")
+    };
     c.import(NAMESPACE, &pause, &base(PAUSE_IMAGE));
     c.import(NAMESPACE, &crate::demo_image(), &base(IMAGE));
 }
@@ -99,7 +134,11 @@ impl Cri {
             .expect("endpoint")
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let socket = socket.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(socket).await?,
+                    ))
+                }
             }))
             .await
             .expect("connect to containerd's CRI socket");
@@ -128,14 +167,21 @@ impl Cri {
             if status.into_inner().image.is_some() {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "CRI never listed the imported image {image}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "CRI never listed the imported image {image}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
 
 /// RunPodSandbox of `config` with runtime handler `handler`; the pod's id.
-pub async fn run_pod(cri: &mut Cri, config: &k8s_cri::v1::PodSandboxConfig, handler: &str) -> String {
+pub async fn run_pod(
+    cri: &mut Cri,
+    config: &k8s_cri::v1::PodSandboxConfig,
+    handler: &str,
+) -> String {
     std::fs::create_dir_all(&config.log_directory).expect("pod log dir");
     let req = k8s_cri::v1::RunPodSandboxRequest {
         config: Some(config.clone()),
@@ -158,7 +204,9 @@ pub async fn start_container(
     script: &str,
     linux: Option<k8s_cri::v1::LinuxContainerConfig>,
 ) -> String {
-    use k8s_cri::v1::{ContainerConfig, ContainerMetadata, CreateContainerRequest, StartContainerRequest};
+    use k8s_cri::v1::{
+        ContainerConfig, ContainerMetadata, CreateContainerRequest, StartContainerRequest,
+    };
     let req = CreateContainerRequest {
         pod_sandbox_id: pod.to_string(),
         config: Some(ContainerConfig {
@@ -182,9 +230,14 @@ pub async fn start_container(
         .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"))
         .into_inner()
         .container_id;
-    within("StartContainer", cri.runtime.start_container(StartContainerRequest { container_id: id.clone() }))
-        .await
-        .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
+    within(
+        "StartContainer",
+        cri.runtime.start_container(StartContainerRequest {
+            container_id: id.clone(),
+        }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
     id
 }
 

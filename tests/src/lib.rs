@@ -87,7 +87,10 @@ pub fn run_prerequisites() -> Result<(), String> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!("missing {} (run scripts/setup)", missing.join(", ")))
+        Err(format!(
+            "missing {} (run scripts/setup)",
+            missing.join(", ")
+        ))
     }
 }
 
@@ -309,7 +312,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -323,7 +329,15 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 pub fn in_terminal(cmdline: &str, timeout_secs: u32) -> Output {
     use std::process::Stdio;
     let mut child = Command::new("timeout")
-        .args(["-s", "KILL", &timeout_secs.to_string(), "script", "-qec", cmdline, "/dev/null"])
+        .args([
+            "-s",
+            "KILL",
+            &timeout_secs.to_string(),
+            "script",
+            "-qec",
+            cmdline,
+            "/dev/null",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -71,7 +71,6 @@ macro_rules! need_run {
     };
 }
 
-
 /// Starts `cmd` (a `hull` command: `run` and `args` are added) as a long-running named
 /// container whose first output line is `ready`, and waits for that line. Panics with
 /// hull's stderr when the container does not start.

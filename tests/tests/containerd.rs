@@ -51,9 +51,11 @@ fn ctr_run_prints_output_and_propagates_exit_codes() {
     // bundle, and with it the address file the shim crate goes by).
     for id in ["echo1", "exit7", "cat1"] {
         let socket = c.shim_socket(id);
-        wait_for("the shim's socket to be removed", Duration::from_secs(10), || {
-            (!socket.exists()).then_some(())
-        });
+        wait_for(
+            "the shim's socket to be removed",
+            Duration::from_secs(10),
+            || (!socket.exists()).then_some(()),
+        );
     }
 }
 
@@ -61,23 +63,55 @@ fn ctr_run_prints_output_and_propagates_exit_codes() {
 fn task_api_exec_ps_metrics_pause_resume_kill_delete() {
     need_containerd!("task_api_exec_ps_metrics_pause_resume_kill_delete");
     let c = Containerd::start();
-    let out = c.ctr(&["run", "-d", "--runtime", RUNTIME, IMAGE, "d1", "sleep", "1000"]);
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "d1",
+        "sleep",
+        "1000",
+    ]);
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(c.task_status("d1").as_deref(), Some("RUNNING"));
 
-    let out = c.ctr(&["task", "exec", "--exec-id", "e1", "d1", "sh", "-c", "echo from exec; exit 4"]);
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "d1",
+        "sh",
+        "-c",
+        "echo from exec; exit 4",
+    ]);
     assert_eq!(out.status.code(), Some(4), "{}", output_text(&out));
     assert_eq!(stdout(&out), "from exec\n", "{}", output_text(&out));
 
     let out = c.ctr(&["task", "ps", "d1"]);
     assert!(out.status.success(), "{}", output_text(&out));
-    let pids: Vec<String> = stdout(&out).lines().skip(1).filter_map(|l| l.split_whitespace().next().map(str::to_string)).collect();
-    assert_eq!(pids, vec!["1".to_string()], "the container's init is PID 1: {}", output_text(&out));
+    let pids: Vec<String> = stdout(&out)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    assert_eq!(
+        pids,
+        vec!["1".to_string()],
+        "the container's init is PID 1: {}",
+        output_text(&out)
+    );
 
     let out = c.ctr(&["task", "metrics", "d1"]);
     assert!(out.status.success(), "{}", output_text(&out));
     let text = stdout(&out);
-    assert!(text.contains("memory.usage") && text.contains("cpu.usage_usec") && text.contains("pids.current"), "{text}");
+    assert!(
+        text.contains("memory.usage")
+            && text.contains("cpu.usage_usec")
+            && text.contains("pids.current"),
+        "{text}"
+    );
 
     let out = c.ctr(&["task", "pause", "d1"]);
     assert!(out.status.success(), "{}", output_text(&out));
@@ -89,15 +123,31 @@ fn task_api_exec_ps_metrics_pause_resume_kill_delete() {
     // `hull ps` lists the VM with its container; `hull logs` prints its console.
     let ps = c.state.hull().arg("ps").output().expect("hull ps");
     let text = stdout(&ps);
-    let row = text.lines().find(|l| l.contains(" d1")).unwrap_or_else(|| panic!("hull ps: {}", output_text(&ps)));
+    let row = text
+        .lines()
+        .find(|l| l.contains(" d1"))
+        .unwrap_or_else(|| panic!("hull ps: {}", output_text(&ps)));
     assert!(row.contains("qemu"), "{row}");
     let sandbox = row.split_whitespace().next().expect("id").to_string();
-    let logs = c.state.hull().args(["logs", &sandbox[..6]]).output().expect("hull logs");
-    assert!(logs.status.success() && stdout(&logs).contains("Linux version"), "{}", output_text(&logs));
+    let logs = c
+        .state
+        .hull()
+        .args(["logs", &sandbox[..6]])
+        .output()
+        .expect("hull logs");
+    assert!(
+        logs.status.success() && stdout(&logs).contains("Linux version"),
+        "{}",
+        output_text(&logs)
+    );
 
     // Running tasks cannot be deleted; killed ones can, with the signal's status.
     let out = c.ctr(&["task", "delete", "d1"]);
-    assert!(!out.status.success(), "delete of a running task must fail: {}", output_text(&out));
+    assert!(
+        !out.status.success(),
+        "delete of a running task must fail: {}",
+        output_text(&out)
+    );
     let out = c.ctr(&["task", "kill", "-s", "SIGKILL", "d1"]);
     assert!(out.status.success(), "{}", output_text(&out));
     wait_for("the task to stop", Duration::from_secs(30), || {
@@ -105,7 +155,11 @@ fn task_api_exec_ps_metrics_pause_resume_kill_delete() {
     });
     let out = c.ctr(&["task", "delete", "d1"]);
     assert!(out.status.success(), "{}", output_text(&out));
-    assert!(stderr(&out).contains("137"), "exit status 137 after SIGKILL: {}", output_text(&out));
+    assert!(
+        stderr(&out).contains("137"),
+        "exit status 137 after SIGKILL: {}",
+        output_text(&out)
+    );
     let out = c.ctr(&["containers", "rm", "d1"]);
     assert!(out.status.success(), "{}", output_text(&out));
     c.assert_nothing_left();
@@ -128,7 +182,11 @@ fn ctr_run_with_a_tty() {
     let out = run_cmd(cmd, None);
     assert_eq!(out.status.code(), Some(6), "{}", output_text(&out));
     let text = stdout(&out);
-    assert!(text.contains("/dev/pts/") && text.contains("tty-ok"), "{}", output_text(&out));
+    assert!(
+        text.contains("/dev/pts/") && text.contains("tty-ok"),
+        "{}",
+        output_text(&out)
+    );
     c.assert_nothing_left();
 }
 
@@ -149,12 +207,24 @@ fn ctr_run_tty_has_a_size_and_no_stray_bytes() {
     );
     let out = hull_tests::in_terminal(&cmdline, 120);
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
-    assert!(!out.stdout.contains(&0), "a NUL byte in the tty output: {:?}", out.stdout);
+    assert!(
+        !out.stdout.contains(&0),
+        "a NUL byte in the tty output: {:?}",
+        out.stdout
+    );
     let text = stdout(&out);
-    assert!(text.starts_with("first"), "the first output bytes are the command's: {:?}", out.stdout);
+    assert!(
+        text.starts_with("first"),
+        "the first output bytes are the command's: {:?}",
+        out.stdout
+    );
     // ctr resizes once the task started: its 33x111, or the agent's 24x80 before that.
     let size = text.lines().nth(1).unwrap_or_default().trim();
-    assert!(size == "33 111" || size == "24 80", "stty size: {:?}", out.stdout);
+    assert!(
+        size == "33 111" || size == "24 80",
+        "stty size: {:?}",
+        out.stdout
+    );
     assert!(text.contains("tty-done"), "{}", output_text(&out));
     c.assert_nothing_left();
 }
@@ -171,10 +241,25 @@ fn ctr_run_log_uris_file_and_binary() {
 
     let file = dir.path().join("logs/f1.log");
     let uri = format!("file://{}", file.display());
-    let out = c.ctr(&["run", "--rm", "--log-uri", &uri, "--runtime", RUNTIME, IMAGE, "f1", "sh", "-c", "echo to-out; echo to-err >&2"]);
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--log-uri",
+        &uri,
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "f1",
+        "sh",
+        "-c",
+        "echo to-out; echo to-err >&2",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     let text = std::fs::read_to_string(&file).expect("file:// log");
-    assert!(text.contains("to-out\n") && text.contains("to-err\n"), "{text:?}");
+    assert!(
+        text.contains("to-out\n") && text.contains("to-err\n"),
+        "{text:?}"
+    );
 
     let log = dir.path().join("b1.log");
     let logger = dir.path().join("logger.sh");
@@ -186,9 +271,22 @@ fn ctr_run_log_uris_file_and_binary() {
         ),
     )
     .expect("logger script");
-    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
     let uri = format!("binary://{}?mode=test", logger.display());
-    let out = c.ctr(&["run", "--rm", "--log-uri", &uri, "--runtime", RUNTIME, IMAGE, "b1", "sh", "-c", "echo line1; echo line2; echo oops >&2; exit 3"]);
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--log-uri",
+        &uri,
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "b1",
+        "sh",
+        "-c",
+        "echo line1; echo line2; echo oops >&2; exit 3",
+    ]);
     assert_eq!(out.status.code(), Some(3), "{}", output_text(&out));
     let text = std::fs::read_to_string(&log).expect("binary:// log");
     assert_eq!(
@@ -197,12 +295,29 @@ fn ctr_run_log_uris_file_and_binary() {
         "{}",
         output_text(&out)
     );
-    assert!(processes_mentioning(&logger.to_string_lossy()).is_empty(), "the logger outlived its task");
+    assert!(
+        processes_mentioning(&logger.to_string_lossy()).is_empty(),
+        "the logger outlived its task"
+    );
 
     // A logger that cannot start fails the task's creation by name.
-    let out = c.ctr(&["run", "--rm", "--log-uri", "binary:///nonexistent/hull-logger", "--runtime", RUNTIME, IMAGE, "b2", "true"]);
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--log-uri",
+        "binary:///nonexistent/hull-logger",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "b2",
+        "true",
+    ]);
     assert!(!out.status.success(), "{}", output_text(&out));
-    assert!(output_text(&out).contains("/nonexistent/hull-logger"), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("/nonexistent/hull-logger"),
+        "{}",
+        output_text(&out)
+    );
     let _ = c.ctr(&["containers", "rm", "b2"]);
     c.assert_nothing_left();
 }
@@ -216,11 +331,32 @@ fn hull_debug_exec_into_a_containerd_sandbox() {
     c.run_debuggable("dbg1");
     let sandbox = c.sandbox_of("dbg1");
     let bb = "/run/hull/share/containers/dbg1/rootfs/bin/busybox";
-    let out = c.state.hull().args(["debug", "exec", &sandbox[..8], "--", bb, "cat", "/proc/1/cmdline"]).output().expect("hull debug exec");
+    let out = c
+        .state
+        .hull()
+        .args([
+            "debug",
+            "exec",
+            &sandbox[..8],
+            "--",
+            bb,
+            "cat",
+            "/proc/1/cmdline",
+        ])
+        .output()
+        .expect("hull debug exec");
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     let pid1 = String::from_utf8_lossy(&out.stdout).replace('\0', " ");
-    assert!(!pid1.trim().is_empty() && !pid1.starts_with("sleep"), "the guest's PID 1 is the agent: {pid1:?}");
-    let out = c.state.hull().args(["debug", "exec", &sandbox, "--", bb, "sh", "-c", "exit 9"]).output().expect("hull debug exec");
+    assert!(
+        !pid1.trim().is_empty() && !pid1.starts_with("sleep"),
+        "the guest's PID 1 is the agent: {pid1:?}"
+    );
+    let out = c
+        .state
+        .hull()
+        .args(["debug", "exec", &sandbox, "--", bb, "sh", "-c", "exit 9"])
+        .output()
+        .expect("hull debug exec");
     assert_eq!(out.status.code(), Some(9), "{}", output_text(&out));
 
     let out = c.ctr(&["task", "kill", "-s", "SIGKILL", "dbg1"]);
@@ -239,19 +375,36 @@ fn hull_debug_exec_into_a_containerd_sandbox() {
 fn qemu_killed_under_a_running_task_stops_it() {
     need_containerd!("qemu_killed_under_a_running_task_stops_it");
     let c = Containerd::start();
-    let out = c.ctr(&["run", "-d", "--runtime", RUNTIME, IMAGE, "q1", "sleep", "1000"]);
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "q1",
+        "sleep",
+        "1000",
+    ]);
     assert!(out.status.success(), "{}", output_text(&out));
     let qemu = processes_mentioning(&c.state.path().to_string_lossy())
         .into_iter()
         .find(|(_, cmd)| cmd.contains("qemu-system"))
         .expect("the task's QEMU");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(qemu.0), nix::sys::signal::Signal::SIGKILL).expect("kill QEMU");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qemu.0),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill QEMU");
     wait_for("the task to stop", Duration::from_secs(30), || {
         (c.task_status("q1").as_deref() == Some("STOPPED")).then_some(())
     });
     let out = c.ctr(&["task", "delete", "q1"]);
     assert!(out.status.success(), "{}", output_text(&out));
-    assert!(stderr(&out).contains("non-zero exit code"), "a non-zero status: {}", output_text(&out));
+    assert!(
+        stderr(&out).contains("non-zero exit code"),
+        "a non-zero status: {}",
+        output_text(&out)
+    );
     assert!(c.ctr(&["containers", "rm", "q1"]).status.success());
     c.assert_nothing_left();
 }
@@ -260,20 +413,48 @@ fn qemu_killed_under_a_running_task_stops_it() {
 fn shim_killed_is_cleaned_up_by_delete() {
     need_containerd!("shim_killed_is_cleaned_up_by_delete");
     let c = Containerd::start();
-    let out = c.ctr(&["run", "-d", "--runtime", RUNTIME, IMAGE, "s1", "sleep", "1000"]);
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "s1",
+        "sleep",
+        "1000",
+    ]);
     assert!(out.status.success(), "{}", output_text(&out));
     let shims = c.shims();
     assert_eq!(shims.len(), 1, "one shim: {shims:?}");
     let socket = c.shim_socket("s1");
-    assert!(shims[0].1.contains(&format!("-socket unix://{}", socket.display())), "{shims:?}");
-    assert!(socket.exists(), "{} exists while the shim runs", socket.display());
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0].0), nix::sys::signal::Signal::SIGKILL).expect("kill the shim");
+    assert!(
+        shims[0]
+            .1
+            .contains(&format!("-socket unix://{}", socket.display())),
+        "{shims:?}"
+    );
+    assert!(
+        socket.exists(),
+        "{} exists while the shim runs",
+        socket.display()
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0].0),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the shim");
     // containerd notices, runs `containerd-shim-hull-v2 delete`, and forgets the task.
-    wait_for("containerd to clean up the task", Duration::from_secs(30), || {
-        (c.task_status("s1").is_none()).then_some(())
-    });
+    wait_for(
+        "containerd to clean up the task",
+        Duration::from_secs(30),
+        || (c.task_status("s1").is_none()).then_some(()),
+    );
     // The dead shim's socket went with it (`delete` removes a socket nobody listens on).
-    wait_for("the dead shim's socket to be removed", Duration::from_secs(10), || (!socket.exists()).then_some(()));
+    wait_for(
+        "the dead shim's socket to be removed",
+        Duration::from_secs(10),
+        || (!socket.exists()).then_some(()),
+    );
     assert!(c.ctr(&["containers", "rm", "s1"]).status.success());
     c.assert_nothing_left();
 }
@@ -287,21 +468,61 @@ fn bad_input_is_refused_by_name() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[guest]\nmemroy_mib = 512\n").expect("bad config");
     let bad_s = bad.to_str().expect("utf8");
-    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, "--runtime-config-path", bad_s, IMAGE, "b1", "true"]);
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        bad_s,
+        IMAGE,
+        "b1",
+        "true",
+    ]);
     assert!(!out.status.success(), "{}", output_text(&out));
-    assert!(stderr(&out).contains("memroy_mib") && stderr(&out).contains(bad_s), "{}", output_text(&out));
+    assert!(
+        stderr(&out).contains("memroy_mib") && stderr(&out).contains(bad_s),
+        "{}",
+        output_text(&out)
+    );
     // A missing kernel.
     let nokernel = dir.path().join("nokernel.toml");
     std::fs::write(&nokernel, "[guest]\nkernel = \"/nonexistent/vmlinux\"\n").expect("config");
     let out = c.ctr(&[
-        "run", "--rm", "--runtime", RUNTIME, "--runtime-config-path", nokernel.to_str().expect("utf8"), IMAGE, "b2", "true",
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        nokernel.to_str().expect("utf8"),
+        IMAGE,
+        "b2",
+        "true",
     ]);
     assert!(!out.status.success(), "{}", output_text(&out));
-    assert!(stderr(&out).contains("/nonexistent/vmlinux"), "{}", output_text(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/vmlinux"),
+        "{}",
+        output_text(&out)
+    );
     // An invalid spec: a relative working directory.
-    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, "--cwd", "rel", IMAGE, "b3", "true"]);
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--cwd",
+        "rel",
+        IMAGE,
+        "b3",
+        "true",
+    ]);
     assert!(!out.status.success(), "{}", output_text(&out));
-    assert!(stderr(&out).contains("process.cwd \"rel\""), "{}", output_text(&out));
+    assert!(
+        stderr(&out).contains("process.cwd \"rel\""),
+        "{}",
+        output_text(&out)
+    );
     for id in ["b1", "b2", "b3"] {
         let _ = c.ctr(&["containers", "rm", id]);
     }
@@ -310,7 +531,15 @@ fn bad_input_is_refused_by_name() {
 
 /// Runs `cat /proc/sys/kernel/random/boot_id` in task `id`: which guest kernel it is in.
 fn boot_id(c: &Containerd, id: &str, exec: &str) -> String {
-    let out = c.ctr(&["task", "exec", "--exec-id", exec, id, "cat", "/proc/sys/kernel/random/boot_id"]);
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        exec,
+        id,
+        "cat",
+        "/proc/sys/kernel/random/boot_id",
+    ]);
     assert!(out.status.success(), "{}", output_text(&out));
     stdout(&out).trim().to_string()
 }
@@ -321,19 +550,36 @@ fn pod_containers_share_one_vm_and_pods_do_not() {
     let c = Containerd::start();
     let sandbox = |pod: &str| {
         let out = c.ctr(&[
-            "run", "-d", "--runtime", RUNTIME,
-            "--annotation", "io.kubernetes.cri.container-type=sandbox",
-            "--annotation", &format!("io.kubernetes.cri.sandbox-id={pod}"),
-            IMAGE, pod, "sleep", "1000",
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            "io.kubernetes.cri.container-type=sandbox",
+            "--annotation",
+            &format!("io.kubernetes.cri.sandbox-id={pod}"),
+            IMAGE,
+            pod,
+            "sleep",
+            "1000",
         ]);
         assert!(out.status.success(), "{}", output_text(&out));
     };
     let member = |pod: &str, id: &str| {
         let out = c.ctr(&[
-            "run", "-d", "--runtime", RUNTIME,
-            "--annotation", "io.kubernetes.cri.container-type=container",
-            "--annotation", &format!("io.kubernetes.cri.sandbox-id={pod}"),
-            IMAGE, id, "sh", "-c", "echo member > /tmp/x; sleep 1000",
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            "io.kubernetes.cri.container-type=container",
+            "--annotation",
+            &format!("io.kubernetes.cri.sandbox-id={pod}"),
+            IMAGE,
+            id,
+            "sh",
+            "-c",
+            "echo member > /tmp/x; sleep 1000",
         ]);
         assert!(out.status.success(), "{}", output_text(&out));
     };
@@ -355,12 +601,20 @@ fn pod_containers_share_one_vm_and_pods_do_not() {
     assert_ne!(a0, b0, "two pods, two VMs");
     // Each container has its own rootfs in the VM.
     let out = c.ctr(&["task", "exec", "--exec-id", "r1", "poda", "cat", "/tmp/x"]);
-    assert!(!out.status.success(), "the sandbox container must not see c1's files: {}", output_text(&out));
+    assert!(
+        !out.status.success(),
+        "the sandbox container must not see c1's files: {}",
+        output_text(&out)
+    );
     // A member goes, the pod stays; the sandbox goes last and takes the VM.
     for id in ["poda-c1", "poda-c2", "poda", "podb"] {
         c.kill_and_remove(id);
         if id == "poda-c1" {
-            assert_eq!(boot_id(&c, "poda-c2", "b4"), a0, "the pod's VM outlives one member");
+            assert_eq!(
+                boot_id(&c, "poda-c2", "b4"),
+                a0,
+                "the pod's VM outlives one member"
+            );
         }
     }
     c.assert_nothing_left();
@@ -371,24 +625,44 @@ fn pod_member_of_a_stopped_sandbox_is_refused_by_name() {
     need_containerd!("pod_member_of_a_stopped_sandbox_is_refused_by_name");
     let c = Containerd::start();
     let out = c.ctr(&[
-        "run", "-d", "--runtime", RUNTIME,
-        "--annotation", "io.kubernetes.cri.container-type=sandbox",
-        "--annotation", "io.kubernetes.cri.sandbox-id=podx",
-        IMAGE, "podx", "sleep", "1000",
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        "io.kubernetes.cri.container-type=sandbox",
+        "--annotation",
+        "io.kubernetes.cri.sandbox-id=podx",
+        IMAGE,
+        "podx",
+        "sleep",
+        "1000",
     ]);
     assert!(out.status.success(), "{}", output_text(&out));
-    assert!(c.ctr(&["task", "kill", "-s", "SIGKILL", "podx"]).status.success());
+    assert!(c
+        .ctr(&["task", "kill", "-s", "SIGKILL", "podx"])
+        .status
+        .success());
     wait_for("the sandbox to stop", Duration::from_secs(30), || {
         (c.task_status("podx").as_deref() == Some("STOPPED")).then_some(())
     });
     // A member that shares the pod's IPC namespace (as CRI's do, by a host path that
     // never reaches the guest) needs the sandbox container running.
     let out = c.ctr(&[
-        "run", "-d", "--runtime", RUNTIME,
-        "--annotation", "io.kubernetes.cri.container-type=container",
-        "--annotation", "io.kubernetes.cri.sandbox-id=podx",
-        "--with-ns", "ipc:/proc/1/ns/ipc",
-        IMAGE, "podx-c1", "sleep", "1000",
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        "io.kubernetes.cri.container-type=container",
+        "--annotation",
+        "io.kubernetes.cri.sandbox-id=podx",
+        "--with-ns",
+        "ipc:/proc/1/ns/ipc",
+        IMAGE,
+        "podx-c1",
+        "sleep",
+        "1000",
     ]);
     assert!(!out.status.success(), "{}", output_text(&out));
     assert!(

@@ -30,7 +30,11 @@ fn fault_stops_the_task(id: &str, fault: impl FnOnce(&Containerd, &str)) {
     let out = c.ctr(&["task", "delete", id]);
     assert!(out.status.success(), "{}", output_text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("non-zero exit code"), "a non-zero status: {}", output_text(&out));
+    assert!(
+        err.contains("non-zero exit code"),
+        "a non-zero status: {}",
+        output_text(&out)
+    );
     assert!(c.ctr(&["containers", "rm", id]).status.success());
     c.assert_nothing_left();
 }
@@ -40,12 +44,19 @@ fn fault_stops_the_task(id: &str, fault: impl FnOnce(&Containerd, &str)) {
 fn kill_helper(c: &Containerd, program: &str) {
     let found: Vec<_> = processes_mentioning(&c.state.path().to_string_lossy())
         .into_iter()
-        .filter(|(_, cmd)| cmd.split_whitespace().next().is_some_and(|p| p.ends_with(program)))
+        .filter(|(_, cmd)| {
+            cmd.split_whitespace()
+                .next()
+                .is_some_and(|p| p.ends_with(program))
+        })
         .collect();
     assert!(!found.is_empty(), "no {program} among the VM's processes");
     for (pid, _) in found {
         // It may be gone already: its parent's death takes a sandboxed child with it.
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
@@ -65,7 +76,12 @@ fn vsock_backend_killed_under_a_running_task_stops_it() {
 fn agent_crash_stops_the_task() {
     need_containerd!("agent_crash_stops_the_task");
     fault_stops_the_task("ag1", |c, id| {
-        let out = c.state.hull().args(["debug", "crash-agent", &c.sandbox_of(id)]).output().expect("hull debug crash-agent");
+        let out = c
+            .state
+            .hull()
+            .args(["debug", "crash-agent", &c.sandbox_of(id)])
+            .output()
+            .expect("hull debug crash-agent");
         assert!(out.status.success(), "{}", output_text(&out));
     });
 }
@@ -75,12 +91,30 @@ fn agent_crash_stops_the_task() {
 fn crash_agent_needs_debug_processes() {
     need_containerd!("crash_agent_needs_debug_processes");
     let c = Containerd::start();
-    let out = c.ctr(&["run", "-d", "--runtime", RUNTIME, IMAGE, "nd1", "sleep", "1000"]);
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "nd1",
+        "sleep",
+        "1000",
+    ]);
     assert!(out.status.success(), "{}", output_text(&out));
     let sandbox = c.sandbox_of("nd1");
-    let out = c.state.hull().args(["debug", "crash-agent", &sandbox]).output().expect("hull debug crash-agent");
+    let out = c
+        .state
+        .hull()
+        .args(["debug", "crash-agent", &sandbox])
+        .output()
+        .expect("hull debug crash-agent");
     assert!(!out.status.success(), "{}", output_text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("without debug processes"), "{}", output_text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("without debug processes"),
+        "{}",
+        output_text(&out)
+    );
     assert_eq!(c.task_status("nd1").as_deref(), Some("RUNNING"));
     c.kill_and_remove("nd1");
     c.assert_nothing_left();
@@ -89,9 +123,16 @@ fn crash_agent_needs_debug_processes() {
 /// The agent's fds in the guest (`/proc/1/fd`), through a debug process.
 fn agent_fds(c: &Containerd, sandbox: &str, id: &str) -> usize {
     let bb = format!("/run/hull/share/containers/{id}/rootfs/bin/busybox");
-    let out = c.state.hull().args(["debug", "exec", sandbox, "--", &bb, "ls", "/proc/1/fd"]).output().expect("hull debug exec");
+    let out = c
+        .state
+        .hull()
+        .args(["debug", "exec", sandbox, "--", &bb, "ls", "/proc/1/fd"])
+        .output()
+        .expect("hull debug exec");
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
-    String::from_utf8_lossy(&out.stdout).split_whitespace().count()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .count()
 }
 
 /// Execs into a long-lived container leave nothing open in the agent: `scripts/soak`
@@ -106,7 +147,16 @@ fn execs_leave_no_fds_in_the_agent() {
     let before = agent_fds(&c, &sandbox, "ex1");
     for i in 0..20 {
         let exec_id = format!("e{i}");
-        let out = c.ctr(&["task", "exec", "--exec-id", &exec_id, "ex1", "sh", "-c", "echo out; echo err >&2"]);
+        let out = c.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            &exec_id,
+            "ex1",
+            "sh",
+            "-c",
+            "echo out; echo err >&2",
+        ]);
         assert!(out.status.success(), "exec {i}: {}", output_text(&out));
     }
     let after = agent_fds(&c, &sandbox, "ex1");

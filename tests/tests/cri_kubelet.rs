@@ -19,10 +19,11 @@ use hull_tests::cri::{self, within, Cri, HANDLER, PAUSE_IMAGE};
 use hull_tests::{output_text, wait_for};
 use k8s_cri::v1::security_profile::ProfileType;
 use k8s_cri::v1::{
-    ContainerState, ContainerStatusRequest, Int64Value, LinuxContainerConfig, LinuxContainerResources,
-    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainersRequest,
-    ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
-    RemovePodSandboxRequest, SecurityProfile, StopContainerRequest, StopPodSandboxRequest,
+    ContainerState, ContainerStatusRequest, Int64Value, LinuxContainerConfig,
+    LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode,
+    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
+    SecurityProfile, StopContainerRequest, StopPodSandboxRequest,
 };
 
 fn pod_config(name: &str, pid: NamespaceMode, logs: &Path) -> PodSandboxConfig {
@@ -81,7 +82,11 @@ impl Node {
             .tempdir_in("/tmp")
             .expect("log dir");
         let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-        Node { containerd, logs, rt }
+        Node {
+            containerd,
+            logs,
+            rt,
+        }
     }
 
     async fn connect(&self) -> Cri {
@@ -94,28 +99,50 @@ impl Node {
     /// Stops and removes `pods`, checks CRI lists nothing, and that nothing of hull is
     /// left on the host.
     fn finish(self, pods: &[String]) {
-        let Node { containerd, logs, rt } = self;
+        let Node {
+            containerd,
+            logs,
+            rt,
+        } = self;
         rt.block_on(async {
             let mut cri = Cri::connect(&containerd.socket()).await;
             for pod in pods {
-                within("StopPodSandbox", cri.runtime.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }))
-                    .await
-                    .unwrap_or_else(|e| panic!("StopPodSandbox {pod}: {e}"));
-                within("RemovePodSandbox", cri.runtime.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }))
-                    .await
-                    .unwrap_or_else(|e| panic!("RemovePodSandbox {pod}: {e}"));
+                within(
+                    "StopPodSandbox",
+                    cri.runtime.stop_pod_sandbox(StopPodSandboxRequest {
+                        pod_sandbox_id: pod.clone(),
+                    }),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("StopPodSandbox {pod}: {e}"));
+                within(
+                    "RemovePodSandbox",
+                    cri.runtime.remove_pod_sandbox(RemovePodSandboxRequest {
+                        pod_sandbox_id: pod.clone(),
+                    }),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("RemovePodSandbox {pod}: {e}"));
             }
-            let pods = within("ListPodSandbox", cri.runtime.list_pod_sandbox(ListPodSandboxRequest::default()))
-                .await
-                .expect("ListPodSandbox")
-                .into_inner()
-                .items;
+            let pods = within(
+                "ListPodSandbox",
+                cri.runtime
+                    .list_pod_sandbox(ListPodSandboxRequest::default()),
+            )
+            .await
+            .expect("ListPodSandbox")
+            .into_inner()
+            .items;
             assert!(pods.is_empty(), "pods left: {pods:?}");
-            let containers = within("ListContainers", cri.runtime.list_containers(ListContainersRequest::default()))
-                .await
-                .expect("ListContainers")
-                .into_inner()
-                .containers;
+            let containers = within(
+                "ListContainers",
+                cri.runtime
+                    .list_containers(ListContainersRequest::default()),
+            )
+            .await
+            .expect("ListContainers")
+            .into_inner()
+            .containers;
             assert!(containers.is_empty(), "containers left: {containers:?}");
         });
         drop(rt);
@@ -128,16 +155,25 @@ impl Node {
 async fn exited_status(cri: &mut Cri, id: &str) -> k8s_cri::v1::ContainerStatus {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let status = within("ContainerStatus", cri.runtime.container_status(ContainerStatusRequest { container_id: id.to_string(), verbose: false }))
-            .await
-            .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"))
-            .into_inner()
-            .status
-            .expect("status");
+        let status = within(
+            "ContainerStatus",
+            cri.runtime.container_status(ContainerStatusRequest {
+                container_id: id.to_string(),
+                verbose: false,
+            }),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"))
+        .into_inner()
+        .status
+        .expect("status");
         if status.state == ContainerState::ContainerExited as i32 {
             return status;
         }
-        assert!(tokio::time::Instant::now() < deadline, "container {id} did not exit: {status:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "container {id} did not exit: {status:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -219,7 +255,9 @@ fn a_pod_whose_init_left_a_child_holding_stdout_stops_and_leaves_nothing() {
 /// `Seccomp: 0`.
 #[test]
 fn an_exec_gets_the_containers_seccomp_capabilities_rlimits_cgroup_and_namespaces() {
-    if !cri::require_cri("an_exec_gets_the_containers_seccomp_capabilities_rlimits_cgroup_and_namespaces") {
+    if !cri::require_cri(
+        "an_exec_gets_the_containers_seccomp_capabilities_rlimits_cgroup_and_namespaces",
+    ) {
         return;
     }
     let node = Node::start();
@@ -319,7 +357,15 @@ fn an_oom_killed_container_is_reported_oomkilled() {
             ..Default::default()
         });
         // busybox tail keeps a line that never ends: it grows until the limit.
-        let id = cri::start_container(&mut cri, &pod, &config, "hog", "exec tail /dev/zero", Some(settings)).await;
+        let id = cri::start_container(
+            &mut cri,
+            &pod,
+            &config,
+            "hog",
+            "exec tail /dev/zero",
+            Some(settings),
+        )
+        .await;
         let status = exited_status(&mut cri, &id).await;
         assert_eq!(status.exit_code, 137, "{status:?}");
         assert_eq!(status.reason, "OOMKilled", "{status:?}");
@@ -346,13 +392,30 @@ fn unknown_syscalls_in_a_profile_leave_the_containers_stderr_clean() {
         let profile = localhost_profile(
             profiles.path(),
             "unknown.json",
-            &["getxattrat", "setxattrat", "listxattrat", "removexattrat", "hull_no_such_syscall"],
+            &[
+                "getxattrat",
+                "setxattrat",
+                "listxattrat",
+                "removexattrat",
+                "hull_no_such_syscall",
+            ],
         );
         let settings = linux(
             NamespaceMode::Container,
-            LinuxContainerSecurityContext { seccomp: Some(profile), ..Default::default() },
+            LinuxContainerSecurityContext {
+                seccomp: Some(profile),
+                ..Default::default()
+            },
         );
-        let id = cri::start_container(&mut cri, &pod, &config, "quiet", "echo out-line; echo err-line >&2", Some(settings)).await;
+        let id = cri::start_container(
+            &mut cri,
+            &pod,
+            &config,
+            "quiet",
+            "echo out-line; echo err-line >&2",
+            Some(settings),
+        )
+        .await;
         let status = exited_status(&mut cri, &id).await;
         assert_eq!(status.exit_code, 0, "{status:?}");
         let log = Path::new(&config.log_directory).join("quiet.log");
@@ -360,12 +423,18 @@ fn unknown_syscalls_in_a_profile_leave_the_containers_stderr_clean() {
             let l = log_lines(&log);
             (l.len() >= 2).then_some(l)
         });
-        let want = vec![("stdout".to_string(), "out-line".to_string()), ("stderr".to_string(), "err-line".to_string())];
+        let want = vec![
+            ("stdout".to_string(), "out-line".to_string()),
+            ("stderr".to_string(), "err-line".to_string()),
+        ];
         let mut got = lines.clone();
         got.sort();
         let mut sorted_want = want.clone();
         sorted_want.sort();
-        assert_eq!(got, sorted_want, "the container's log holds only its own lines: {lines:?}");
+        assert_eq!(
+            got, sorted_want,
+            "the container's log holds only its own lines: {lines:?}"
+        );
         pod
     });
     node.finish(&[pod]);
@@ -376,7 +445,9 @@ fn unknown_syscalls_in_a_profile_leave_the_containers_stderr_clean() {
 /// console socket path was too long for a socket address.
 #[test]
 fn a_tty_exec_with_64_character_ids_gets_a_terminal() {
-    if !hull_tests::containerd::require_containerd("a_tty_exec_with_64_character_ids_gets_a_terminal") {
+    if !hull_tests::containerd::require_containerd(
+        "a_tty_exec_with_64_character_ids_gets_a_terminal",
+    ) {
         return;
     }
     if hull_runtime::host::find_binary(Path::new("script")).is_none() {
@@ -385,7 +456,16 @@ fn a_tty_exec_with_64_character_ids_gets_a_terminal() {
     let c = Containerd::start();
     let id = "c".repeat(64);
     let exec_id = "e".repeat(64);
-    let out = c.ctr(&["run", "-d", "--runtime", RUNTIME, CTR_IMAGE, &id, "sleep", "1000"]);
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        CTR_IMAGE,
+        &id,
+        "sleep",
+        "1000",
+    ]);
     assert!(out.status.success(), "{}", output_text(&out));
     let cmdline = format!(
         "ctr -a {} task exec -t --exec-id {exec_id} {id} sh -c 'tty; echo exec-done'",
@@ -393,8 +473,17 @@ fn a_tty_exec_with_64_character_ids_gets_a_terminal() {
     );
     let out = hull_tests::in_terminal(&cmdline, 120);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(out.status.code(), Some(0), "{}\n--- containerd log ---\n{}", output_text(&out), c.log());
-    assert!(text.contains("/dev/pts/") && text.contains("exec-done"), "{text:?}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n--- containerd log ---\n{}",
+        output_text(&out),
+        c.log()
+    );
+    assert!(
+        text.contains("/dev/pts/") && text.contains("exec-done"),
+        "{text:?}"
+    );
     c.kill_and_remove(&id);
     c.assert_nothing_left();
 }

@@ -20,7 +20,11 @@ use std::time::Duration;
 use hull_tests::containerd::{Containerd, IMAGE as CTR_IMAGE, RUNTIME};
 use hull_tests::cri::{self, within, Cri, HANDLER, IMAGE, PAUSE_IMAGE};
 use hull_tests::wait_for;
-use k8s_cri::v1::{DnsConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, RemovePodSandboxRequest, StopPodSandboxRequest};
+use k8s_cri::v1::{
+    DnsConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, RemovePodSandboxRequest,
+    StopPodSandboxRequest,
+};
 
 fn pod_config(name: &str, logs: &Path, dns: Option<DnsConfig>) -> PodSandboxConfig {
     PodSandboxConfig {
@@ -66,8 +70,9 @@ async fn pod_network(cri: &mut Cri, pod: &str) -> (String, String) {
         .map(|n| n.ip.clone())
         .unwrap_or_default();
     assert!(!ip.is_empty(), "pod {pod} has no IP: {status:?}");
-    let info: serde_json::Value = serde_json::from_str(status.info.get("info").map(String::as_str).unwrap_or("{}"))
-        .expect("verbose info is JSON");
+    let info: serde_json::Value =
+        serde_json::from_str(status.info.get("info").map(String::as_str).unwrap_or("{}"))
+            .expect("verbose info is JSON");
     let netns = info["runtimeSpec"]["linux"]["namespaces"]
         .as_array()
         .and_then(|nss| nss.iter().find(|ns| ns["type"] == "network"))
@@ -85,9 +90,14 @@ fn httpd(body: &str) -> String {
 
 /// HTTP GET http://ip/ from the host's netns: the body.
 fn http_get(ip: &str) -> Option<String> {
-    let mut s = std::net::TcpStream::connect_timeout(&format!("{ip}:80").parse().ok()?, Duration::from_secs(5)).ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(
+        &format!("{ip}:80").parse().ok()?,
+        Duration::from_secs(5),
+    )
+    .ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.write_all(format!("GET /index.html HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes()).ok()?;
+    s.write_all(format!("GET /index.html HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())
+        .ok()?;
     let mut reply = String::new();
     s.read_to_string(&mut reply).ok()?;
     let (head, body) = reply.split_once("\r\n\r\n")?;
@@ -97,32 +107,59 @@ fn http_get(ip: &str) -> Option<String> {
 /// `cmd` run inside the netns held open by `ns` (its path may be gone already).
 fn in_netns(ns: &File, cmd: &[&str]) -> String {
     let out = Command::new("nsenter")
-        .arg(format!("--net=/proc/{}/fd/{}", std::process::id(), ns.as_raw_fd()))
+        .arg(format!(
+            "--net=/proc/{}/fd/{}",
+            std::process::id(),
+            ns.as_raw_fd()
+        ))
         .args(cmd)
         .output()
         .expect("nsenter");
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 async fn stop_and_remove(cri: &mut Cri, pod: &str) {
-    within("StopPodSandbox", cri.runtime.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.to_string() }))
-        .await
-        .unwrap_or_else(|e| panic!("StopPodSandbox {pod}: {e}"));
-    within("RemovePodSandbox", cri.runtime.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.to_string() }))
-        .await
-        .unwrap_or_else(|e| panic!("RemovePodSandbox {pod}: {e}"));
+    within(
+        "StopPodSandbox",
+        cri.runtime.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.to_string(),
+        }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("StopPodSandbox {pod}: {e}"));
+    within(
+        "RemovePodSandbox",
+        cri.runtime.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod.to_string(),
+        }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("RemovePodSandbox {pod}: {e}"));
 }
 
 #[test]
 fn hull_pods_are_reached_by_ip_from_the_host_other_hull_pods_and_runc_pods() {
-    if !cri::require_cri("hull_pods_are_reached_by_ip_from_the_host_other_hull_pods_and_runc_pods") {
+    if !cri::require_cri("hull_pods_are_reached_by_ip_from_the_host_other_hull_pods_and_runc_pods")
+    {
         return;
     }
     let c = Containerd::start_cri(PAUSE_IMAGE);
     cri::import_images(&c);
-    let logs = tempfile::Builder::new().prefix("hull-net-logs-").tempdir_in("/tmp").expect("log dir");
-    let gateway = c.cni.as_ref().expect("CRI containerd has a CNI network").gateway.clone();
+    let logs = tempfile::Builder::new()
+        .prefix("hull-net-logs-")
+        .tempdir_in("/tmp")
+        .expect("log dir");
+    let gateway = c
+        .cni
+        .as_ref()
+        .expect("CRI containerd has a CNI network")
+        .gateway
+        .clone();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     rt.block_on(async {
         let mut cri = Cri::connect(&c.socket()).await;
@@ -136,60 +173,141 @@ fn hull_pods_are_reached_by_ip_from_the_host_other_hull_pods_and_runc_pods() {
         };
         let config_a = pod_config("net-a", logs.path(), Some(dns));
         let pod_a = cri::run_pod(&mut cri, &config_a, HANDLER).await;
-        let web_a = cri::start_container(&mut cri, &pod_a, &config_a, "web", &httpd("hello-from-hull-pod-a"), None).await;
+        let web_a = cri::start_container(
+            &mut cri,
+            &pod_a,
+            &config_a,
+            "web",
+            &httpd("hello-from-hull-pod-a"),
+            None,
+        )
+        .await;
         let (ip_a, netns_a) = pod_network(&mut cri, &pod_a).await;
-        assert!(ip_a.starts_with(gateway.trim_end_matches(".1")), "pod IP {ip_a} is in the test's subnet ({gateway})");
+        assert!(
+            ip_a.starts_with(gateway.trim_end_matches(".1")),
+            "pod IP {ip_a} is in the test's subnet ({gateway})"
+        );
 
         // From the host's netns, over the bridge, by pod IP.
-        let body = wait_for("pod a's httpd from the host", Duration::from_secs(90), || http_get(&ip_a));
+        let body = wait_for(
+            "pod a's httpd from the host",
+            Duration::from_secs(90),
+            || http_get(&ip_a),
+        );
         assert_eq!(body, "hello-from-hull-pod-a");
         // The guest has the pod's address, a default route via the bridge, and CRI's DNS.
         let addr = cri::exec(&mut cri, &web_a, "ip -o -4 addr show eth0; ip route").await;
         assert!(addr.contains(&format!("inet {ip_a}/24")), "{addr}");
-        assert!(addr.contains(&format!("default via {gateway} dev eth0")), "{addr}");
+        assert!(
+            addr.contains(&format!("default via {gateway} dev eth0")),
+            "{addr}"
+        );
         let resolv = cri::exec(&mut cri, &web_a, "cat /etc/resolv.conf").await;
-        for line in ["nameserver 192.0.2.53", "search pods.hull.example", "options ndots:3"] {
-            assert!(resolv.lines().any(|l| l.trim() == line), "{line:?} missing in resolv.conf:\n{resolv}");
+        for line in [
+            "nameserver 192.0.2.53",
+            "search pods.hull.example",
+            "options ndots:3",
+        ] {
+            assert!(
+                resolv.lines().any(|l| l.trim() == line),
+                "{line:?} missing in resolv.conf:\n{resolv}"
+            );
         }
 
         // A second hull pod reaches the first by IP.
         let config_b = pod_config("net-b", logs.path(), None);
         let pod_b = cri::run_pod(&mut cri, &config_b, HANDLER).await;
-        let b = cri::start_container(&mut cri, &pod_b, &config_b, "client", "exec sleep 100000", None).await;
-        let got = cri::exec(&mut cri, &b, &format!("wget -q -O - http://{ip_a}/index.html")).await;
-        assert_eq!(got.trim(), "hello-from-hull-pod-a", "hull pod b -> hull pod a");
+        let b = cri::start_container(
+            &mut cri,
+            &pod_b,
+            &config_b,
+            "client",
+            "exec sleep 100000",
+            None,
+        )
+        .await;
+        let got = cri::exec(
+            &mut cri,
+            &b,
+            &format!("wget -q -O - http://{ip_a}/index.html"),
+        )
+        .await;
+        assert_eq!(
+            got.trim(),
+            "hello-from-hull-pod-a",
+            "hull pod b -> hull pod a"
+        );
 
         // A runc pod on the same bridge: both ways.
         let config_r = pod_config("net-runc", logs.path(), None);
         let pod_r = cri::run_pod(&mut cri, &config_r, "runc").await;
-        let web_r = cri::start_container(&mut cri, &pod_r, &config_r, "web", &httpd("hello-from-runc-pod"), None).await;
+        let web_r = cri::start_container(
+            &mut cri,
+            &pod_r,
+            &config_r,
+            "web",
+            &httpd("hello-from-runc-pod"),
+            None,
+        )
+        .await;
         let (ip_r, _) = pod_network(&mut cri, &pod_r).await;
-        let body = wait_for("the runc pod's httpd from the host", Duration::from_secs(60), || http_get(&ip_r));
+        let body = wait_for(
+            "the runc pod's httpd from the host",
+            Duration::from_secs(60),
+            || http_get(&ip_r),
+        );
         assert_eq!(body, "hello-from-runc-pod");
-        let got = cri::exec(&mut cri, &web_r, &format!("wget -q -O - http://{ip_a}/index.html")).await;
+        let got = cri::exec(
+            &mut cri,
+            &web_r,
+            &format!("wget -q -O - http://{ip_a}/index.html"),
+        )
+        .await;
         assert_eq!(got.trim(), "hello-from-hull-pod-a", "runc pod -> hull pod");
-        let got = cri::exec(&mut cri, &web_a, &format!("wget -q -O - http://{ip_r}/index.html")).await;
+        let got = cri::exec(
+            &mut cri,
+            &web_a,
+            &format!("wget -q -O - http://{ip_r}/index.html"),
+        )
+        .await;
         assert_eq!(got.trim(), "hello-from-runc-pod", "hull pod -> runc pod");
 
         // Teardown: hold pod a's netns open, then check what is left in it.
         let ns = File::open(&netns_a).unwrap_or_else(|e| panic!("open {netns_a}: {e}"));
         let links = in_netns(&ns, &["ip", "-o", "link"]);
-        assert!(links.contains("hulltap0"), "while the pod runs, its tap is there: {links}");
+        assert!(
+            links.contains("hulltap0"),
+            "while the pod runs, its tap is there: {links}"
+        );
         let filters = in_netns(&ns, &["tc", "filter", "show", "dev", "eth0", "ingress"]);
-        assert!(filters.contains("mirred"), "while the pod runs, its redirect is there: {filters}");
+        assert!(
+            filters.contains("mirred"),
+            "while the pod runs, its redirect is there: {filters}"
+        );
         for pod in [&pod_a, &pod_b, &pod_r] {
             stop_and_remove(&mut cri, pod).await;
         }
         let links = in_netns(&ns, &["ip", "-o", "link"]);
-        assert!(!links.contains("hulltap") && !links.contains("eth0"), "left in pod a's netns: {links}");
+        assert!(
+            !links.contains("hulltap") && !links.contains("eth0"),
+            "left in pod a's netns: {links}"
+        );
         let qdiscs = in_netns(&ns, &["tc", "qdisc", "show"]);
-        assert!(!qdiscs.contains("ingress"), "tc left in pod a's netns: {qdiscs}");
-        assert!(!Path::new(&netns_a).exists(), "pod a's netns {netns_a} is still mounted");
+        assert!(
+            !qdiscs.contains("ingress"),
+            "tc left in pod a's netns: {qdiscs}"
+        );
+        assert!(
+            !Path::new(&netns_a).exists(),
+            "pod a's netns {netns_a} is still mounted"
+        );
     });
     drop(rt);
     // No netns of any pod left under containerd's state.
     let netns_dir = c.dir().join("state/io.containerd.grpc.v1.cri/netns");
-    let left: Vec<_> = std::fs::read_dir(&netns_dir).map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
+    let left: Vec<_> = std::fs::read_dir(&netns_dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
     assert!(left.is_empty(), "netns left: {left:?}");
     c.assert_nothing_left();
 }
@@ -200,7 +318,10 @@ struct TestNetns(String);
 impl TestNetns {
     fn new(tag: &str) -> TestNetns {
         let name = format!("hull-{tag}-{}", std::process::id());
-        let st = Command::new("ip").args(["netns", "add", &name]).status().expect("ip netns add");
+        let st = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip netns add");
         assert!(st.success());
         TestNetns(name)
     }
@@ -217,7 +338,9 @@ impl Drop for TestNetns {
 
 #[test]
 fn a_network_hull_cannot_wire_is_refused_naming_it_and_nothing_is_left() {
-    if !hull_tests::containerd::require_containerd("a_network_hull_cannot_wire_is_refused_naming_it_and_nothing_is_left") {
+    if !hull_tests::containerd::require_containerd(
+        "a_network_hull_cannot_wire_is_refused_naming_it_and_nothing_is_left",
+    ) {
         return;
     }
     let c = Containerd::start();
@@ -235,18 +358,36 @@ fn a_network_hull_cannot_wire_is_refused_naming_it_and_nothing_is_left() {
 
     let missing = format!("/var/run/netns/hull-missing-{}", std::process::id());
     let text = run("net-missing", &["--with-ns", &format!("network:{missing}")]);
-    assert!(text.contains(&missing) && text.contains("cannot be opened"), "{text}");
+    assert!(
+        text.contains(&missing) && text.contains("cannot be opened"),
+        "{text}"
+    );
 
     // A netns whose eth0 is not a veth CNI made (a tap someone left there).
     let ns = TestNetns::new("foreign");
-    let st = Command::new("ip").args(["-n", &ns.0, "tuntap", "add", "eth0", "mode", "tap"]).status().expect("ip");
+    let st = Command::new("ip")
+        .args(["-n", &ns.0, "tuntap", "add", "eth0", "mode", "tap"])
+        .status()
+        .expect("ip");
     assert!(st.success());
-    let text = run("net-foreign", &["--with-ns", &format!("network:{}", ns.path())]);
-    assert!(text.contains("\"eth0\"") && text.contains("kind tun") && text.contains("cannot wire"), "{text}");
-    let links = Command::new("ip").args(["-n", &ns.0, "-o", "link"]).output().expect("ip");
+    let text = run(
+        "net-foreign",
+        &["--with-ns", &format!("network:{}", ns.path())],
+    );
+    assert!(
+        text.contains("\"eth0\"") && text.contains("kind tun") && text.contains("cannot wire"),
+        "{text}"
+    );
+    let links = Command::new("ip")
+        .args(["-n", &ns.0, "-o", "link"])
+        .output()
+        .expect("ip");
     let links = String::from_utf8_lossy(&links.stdout);
     assert!(!links.contains("hulltap"), "a tap was left: {links}");
 
     let text = run("net-host", &["--net-host"]);
-    assert!(text.contains("host network") && text.contains("cannot share"), "{text}");
+    assert!(
+        text.contains("host network") && text.contains("cannot share"),
+        "{text}"
+    );
 }

@@ -22,16 +22,30 @@ fn hull_cfg(state: &TestState, config: Option<&std::path::Path>) -> std::process
 }
 
 /// Starts a long-running named container and waits for its `ready` line.
-fn start_box(state: &TestState, config: Option<&std::path::Path>, name: &str) -> (Child, BufReader<std::process::ChildStdout>) {
+fn start_box(
+    state: &TestState,
+    config: Option<&std::path::Path>,
+    name: &str,
+) -> (Child, BufReader<std::process::ChildStdout>) {
     start_ready(
         hull_cfg(state, config),
-        &demo(&["--name", name, "--", "sh", "-c", "trap 'exit 0' TERM; echo ready; while :; do sleep 0.1; done"]),
+        &demo(&[
+            "--name",
+            name,
+            "--",
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; echo ready; while :; do sleep 0.1; done",
+        ]),
     )
 }
 
 fn stop_box(mut hull: Child, mut out: BufReader<std::process::ChildStdout>) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(hull.id() as i32), nix::sys::signal::Signal::SIGTERM)
-        .expect("signal hull run");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(hull.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("signal hull run");
     let mut rest = String::new();
     let _ = out.read_to_string(&mut rest);
     assert_eq!(hull.wait().expect("wait").code(), Some(0), "{rest}");
@@ -57,34 +71,75 @@ fn debug_exec_runs_in_the_guest_outside_the_container() {
     let dbg = debug_exec(&state, &[NAME, "--", &bb, "cat", "/proc/1/cmdline"]);
     assert_eq!(dbg.status.code(), Some(0), "{}", output_text(&dbg));
     let pid1 = String::from_utf8_lossy(&dbg.stdout).replace('\0', " ");
-    let ctr = hull_in(state.hull(), "exec", &[NAME, "--", "cat", "/proc/1/cmdline"], None);
+    let ctr = hull_in(
+        state.hull(),
+        "exec",
+        &[NAME, "--", "cat", "/proc/1/cmdline"],
+        None,
+    );
     assert_eq!(ctr.status.code(), Some(0), "{}", output_text(&ctr));
     let ctr_pid1 = String::from_utf8_lossy(&ctr.stdout).replace('\0', " ");
-    assert!(ctr_pid1.starts_with("sh -c trap"), "the container's PID 1: {ctr_pid1:?}");
-    assert!(!pid1.trim().is_empty() && !pid1.starts_with("sh "), "the guest's PID 1: {pid1:?}");
+    assert!(
+        ctr_pid1.starts_with("sh -c trap"),
+        "the container's PID 1: {ctr_pid1:?}"
+    );
+    assert!(
+        !pid1.trim().is_empty() && !pid1.starts_with("sh "),
+        "the guest's PID 1: {pid1:?}"
+    );
 
     // Another mount namespace than the container's.
     let dbg = debug_exec(&state, &[NAME, "--", &bb, "readlink", "/proc/self/ns/mnt"]);
-    let ctr = hull_in(state.hull(), "exec", &[NAME, "--", "readlink", "/proc/self/ns/mnt"], None);
-    assert!(stdout(&dbg).starts_with("mnt:[") && stdout(&ctr).starts_with("mnt:["), "{} / {}", output_text(&dbg), output_text(&ctr));
-    assert_ne!(stdout(&dbg), stdout(&ctr), "debug exec ran in the container's mount namespace");
+    let ctr = hull_in(
+        state.hull(),
+        "exec",
+        &[NAME, "--", "readlink", "/proc/self/ns/mnt"],
+        None,
+    );
+    assert!(
+        stdout(&dbg).starts_with("mnt:[") && stdout(&ctr).starts_with("mnt:["),
+        "{} / {}",
+        output_text(&dbg),
+        output_text(&ctr)
+    );
+    assert_ne!(
+        stdout(&dbg),
+        stdout(&ctr),
+        "debug exec ran in the container's mount namespace"
+    );
 
     // Exit codes and stderr come back; a tty works and has a size.
-    let dbg = debug_exec(&state, &[NAME, "--", &bb, "sh", "-c", "echo err >&2; exit 7"]);
+    let dbg = debug_exec(
+        &state,
+        &[NAME, "--", &bb, "sh", "-c", "echo err >&2; exit 7"],
+    );
     assert_eq!(dbg.status.code(), Some(7), "{}", output_text(&dbg));
     assert_eq!(stderr(&dbg), "err\n");
     let script = format!("{bb} tty; {bb} stty size");
     let dbg = debug_exec(&state, &["-t", NAME, "--", &bb, "sh", "-c", &script]);
     assert_eq!(dbg.status.code(), Some(0), "{}", output_text(&dbg));
-    assert!(stdout(&dbg).contains("/dev/pts/") && stdout(&dbg).contains("24 80"), "{}", output_text(&dbg));
+    assert!(
+        stdout(&dbg).contains("/dev/pts/") && stdout(&dbg).contains("24 80"),
+        "{}",
+        output_text(&dbg)
+    );
     // stdin with -i.
-    let dbg = hull_in(state.hull(), "debug", &["exec", "-i", NAME, "--", &bb, "cat"], Some(b"piped in\n"));
+    let dbg = hull_in(
+        state.hull(),
+        "debug",
+        &["exec", "-i", NAME, "--", &bb, "cat"],
+        Some(b"piped in\n"),
+    );
     assert_eq!(stdout(&dbg), "piped in\n", "{}", output_text(&dbg));
 
     // A command the guest does not have is named.
     let dbg = debug_exec(&state, &[NAME, "--", "no-such-tool"]);
     assert_eq!(dbg.status.code(), Some(125), "{}", output_text(&dbg));
-    assert!(stderr(&dbg).contains("no-such-tool"), "{}", output_text(&dbg));
+    assert!(
+        stderr(&dbg).contains("no-such-tool"),
+        "{}",
+        output_text(&dbg)
+    );
 
     stop_box(hull, out);
     state.assert_nothing_left();
@@ -101,7 +156,12 @@ fn debug_exec_is_refused_unless_enabled_and_names_unknown_sandboxes() {
     // The host refuses from the sandbox's record...
     let dbg = debug_exec(&state, &[NAME, "--", &bb, "true"]);
     assert_eq!(dbg.status.code(), Some(125), "{}", output_text(&dbg));
-    assert!(stderr(&dbg).contains("booted without debug processes") && stderr(&dbg).contains("[debug] exec = true"), "{}", output_text(&dbg));
+    assert!(
+        stderr(&dbg).contains("booted without debug processes")
+            && stderr(&dbg).contains("[debug] exec = true"),
+        "{}",
+        output_text(&dbg)
+    );
 
     // ...and the agent, the policy point, refuses on its own: a record claiming debug
     // does not help.
@@ -112,12 +172,21 @@ fn debug_exec_is_refused_unless_enabled_and_names_unknown_sandboxes() {
     std::fs::write(&record, serde_json::to_vec(&json).expect("json")).expect("write record");
     let dbg = debug_exec(&state, &[NAME, "--", &bb, "true"]);
     assert_eq!(dbg.status.code(), Some(125), "{}", output_text(&dbg));
-    assert!(stderr(&dbg).contains("permission denied") && stderr(&dbg).contains("debug processes are not allowed"), "{}", output_text(&dbg));
+    assert!(
+        stderr(&dbg).contains("permission denied")
+            && stderr(&dbg).contains("debug processes are not allowed"),
+        "{}",
+        output_text(&dbg)
+    );
 
     // An unknown sandbox is named.
     let dbg = debug_exec(&state, &["no-such-box", "--", "true"]);
     assert_eq!(dbg.status.code(), Some(125), "{}", output_text(&dbg));
-    assert!(stderr(&dbg).contains("no sandbox \"no-such-box\""), "{}", output_text(&dbg));
+    assert!(
+        stderr(&dbg).contains("no sandbox \"no-such-box\""),
+        "{}",
+        output_text(&dbg)
+    );
 
     stop_box(hull, out);
     state.assert_nothing_left();

@@ -69,7 +69,9 @@ fn config_for(state: &TestState) -> Config {
 #[tokio::test]
 async fn a_kernel_hull_vmm_cannot_load_is_named_and_nothing_is_left() {
     let test = "a_kernel_hull_vmm_cannot_load_is_named_and_nothing_is_left";
-    let Some(bin) = hull_vmm_bin(test) else { return };
+    let Some(bin) = hull_vmm_bin(test) else {
+        return;
+    };
     let h = hull_vmm::host_support();
     if !h.can_run_vms() {
         println!("SKIP {test}: {}", h.summary());
@@ -90,11 +92,17 @@ async fn a_kernel_hull_vmm_cannot_load_is_named_and_nothing_is_left() {
     let msg = err.to_string();
     println!("error: {msg}");
     assert!(
-        matches!(err, SandboxError::Hypervisor(HypervisorError::VmmExited { .. })),
+        matches!(
+            err,
+            SandboxError::Hypervisor(HypervisorError::VmmExited { .. })
+        ),
         "{msg}"
     );
     assert!(msg.contains(&*kernel.to_string_lossy()), "{msg}");
-    assert!(msg.contains("exit code 2") && msg.contains("cannot load the kernel"), "{msg}");
+    assert!(
+        msg.contains("exit code 2") && msg.contains("cannot load the kernel"),
+        "{msg}"
+    );
     state.assert_nothing_left();
 }
 
@@ -110,7 +118,10 @@ async fn missing_kernel_or_hull_vmm_binary_is_named_and_nothing_is_left() {
         .err()
         .expect("missing kernel");
     let msg = err.to_string();
-    assert!(msg.contains(&*missing_kernel.to_string_lossy()) && msg.contains("does not exist"), "{msg}");
+    assert!(
+        msg.contains(&*missing_kernel.to_string_lossy()) && msg.contains("does not exist"),
+        "{msg}"
+    );
     state.assert_nothing_left();
 
     let kernel = state.path().join("vmlinux");
@@ -162,7 +173,10 @@ fn hull_check_and_ping_with_backend_hull_vmm_follow_the_host() {
     let text = output_text(&ping);
     assert!(!ping.status.success(), "{text}");
     let stderr = String::from_utf8_lossy(&ping.stderr);
-    assert!(stderr.contains("hull-vmm") && stderr.contains("cannot run here"), "{text}");
+    assert!(
+        stderr.contains("hull-vmm") && stderr.contains("cannot run here"),
+        "{text}"
+    );
     state.assert_nothing_left();
 }
 
@@ -174,7 +188,11 @@ fn hull_check_and_ping_with_backend_hull_vmm_follow_the_host() {
 /// through the backend's socket. Then stop: no process, no socket.
 #[tokio::test]
 async fn freestanding_guest_answers_the_runtime_vsock_client_through_the_backend() {
-    echo_through_the_backend("freestanding_guest_answers_the_runtime_vsock_client_through_the_backend", false).await;
+    echo_through_the_backend(
+        "freestanding_guest_answers_the_runtime_vsock_client_through_the_backend",
+        false,
+    )
+    .await;
 }
 
 /// The same with hull-vmm jailed as a sandbox jails it: the guest still answers, and
@@ -186,7 +204,9 @@ async fn jailed_hull_vmm_runs_the_guest_as_the_sandbox_uid() {
 }
 
 async fn echo_through_the_backend(test: &str, jailed: bool) {
-    let Some(bin) = hull_vmm_bin(test) else { return };
+    let Some(bin) = hull_vmm_bin(test) else {
+        return;
+    };
     let h = hull_vmm::host_support();
     if !h.can_run_vms() {
         println!("SKIP {test}: {}", h.summary());
@@ -198,10 +218,13 @@ async fn echo_through_the_backend(test: &str, jailed: bool) {
     std::fs::create_dir_all(&vm_dir).expect("vm dir");
     let jail = jailed.then(|| {
         std::sync::Arc::new(
-            hull_runtime::jail::Jail::create(&Config::default().jail, &vm_dir, "guest").expect("jail"),
+            hull_runtime::jail::Jail::create(&Config::default().jail, &vm_dir, "guest")
+                .expect("jail"),
         )
     });
-    let sock_dir = jail.as_ref().map_or_else(|| vm_dir.clone(), |j| j.sock_dir().to_path_buf());
+    let sock_dir = jail
+        .as_ref()
+        .map_or_else(|| vm_dir.clone(), |j| j.sock_dir().to_path_buf());
     let spec = VmSpec {
         id: "guest".into(),
         state_dir: vm_dir.clone(),
@@ -220,7 +243,8 @@ async fn echo_through_the_backend(test: &str, jailed: bool) {
     let announce = GuestListener::bind(&uds_expected, hull_proto::ANNOUNCE_VSOCK_PORT)
         .expect("announce listener");
     if let Some(j) = &jail {
-        j.give(announce.path()).expect("give the announce socket to the jail");
+        j.give(announce.path())
+            .expect("give the announce socket to the jail");
     }
     let mut hv = backend(&bin);
     let console = hv.launch(&spec).await.expect("launch");
@@ -228,7 +252,11 @@ async fn echo_through_the_backend(test: &str, jailed: bool) {
     assert_eq!(uds, uds_expected);
     assert!(uds.exists());
     let pids = hv.pids();
-    assert_eq!(pids.len(), 1, "hull-vmm only (no virtiofsd without a share)");
+    assert_eq!(
+        pids.len(),
+        1,
+        "hull-vmm only (no virtiofsd without a share)"
+    );
     if let Some(j) = &jail {
         let status = std::fs::read_to_string(format!("/proc/{}/status", pids[0])).expect("status");
         let field = |name: &str| {
@@ -238,12 +266,20 @@ async fn echo_through_the_backend(test: &str, jailed: bool) {
                 .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
                 .unwrap_or_default()
         };
-        assert_eq!(field("Uid"), j.uid().to_string(), "hull-vmm runs as the sandbox uid");
+        assert_eq!(
+            field("Uid"),
+            j.uid().to_string(),
+            "hull-vmm runs as the sandbox uid"
+        );
         assert_eq!(field("CapEff"), "0000000000000000");
         assert_eq!(field("CapBnd"), "0000000000000000");
         assert_eq!(field("NoNewPrivs"), "1");
         let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).expect("mnt ns");
-        assert_ne!(ns(&pids[0].to_string()), ns("self"), "hull-vmm has a mount namespace of its own");
+        assert_ne!(
+            ns(&pids[0].to_string()),
+            ns("self"),
+            "hull-vmm has a mount namespace of its own"
+        );
     }
 
     let limit = Duration::from_secs(120);
@@ -257,7 +293,10 @@ async fn echo_through_the_backend(test: &str, jailed: bool) {
             .await
             .map_err(|e| e.to_string())?;
         assert_eq!(api, hull_proto::API_VERSION);
-        println!("guest announced itself on {} (API {api})", announce.path().display());
+        println!(
+            "guest announced itself on {} (API {api})",
+            announce.path().display()
+        );
         let mut s = hybrid_vsock::connect(&uds, hull_proto::AGENT_VSOCK_PORT, limit)
             .await
             .map_err(|e| e.to_string())?;
@@ -274,8 +313,9 @@ async fn echo_through_the_backend(test: &str, jailed: bool) {
         status = hv.wait() => Err(status),
     };
     // Lossy: the guest prints the first bytes of its initrd.
-    let console_text =
-        || String::from_utf8_lossy(&std::fs::read(console.log_path()).unwrap_or_default()).into_owned();
+    let console_text = || {
+        String::from_utf8_lossy(&std::fs::read(console.log_path()).unwrap_or_default()).into_owned()
+    };
     match outcome {
         Ok(Ok(back)) => {
             assert_eq!(back, msg);
@@ -296,10 +336,20 @@ async fn echo_through_the_backend(test: &str, jailed: bool) {
             ] {
                 assert!(text.contains(line), "{line:?} missing: {text}");
             }
-            assert!(text.contains("virtio_mmio.device=4K@0xd0000000:5"), "announced: {text}");
-            println!("guest echoed {:?} through the backend's hybrid vsock", String::from_utf8_lossy(&back));
+            assert!(
+                text.contains("virtio_mmio.device=4K@0xd0000000:5"),
+                "announced: {text}"
+            );
+            println!(
+                "guest echoed {:?} through the backend's hybrid vsock",
+                String::from_utf8_lossy(&back)
+            );
         }
-        Ok(Err(e)) => panic!("client: {e}\nconsole: {}\n{}", console_text(), hv.diagnostics()),
+        Ok(Err(e)) => panic!(
+            "client: {e}\nconsole: {}\n{}",
+            console_text(),
+            hv.diagnostics()
+        ),
         Err(status) => {
             let diag = hv.diagnostics();
             // Exit 6: the guest could not run on this KVM (PVM's emulator lacks an
@@ -309,7 +359,10 @@ async fn echo_through_the_backend(test: &str, jailed: bool) {
                 hv.stop(Duration::from_secs(2)).await.expect("stop");
                 return;
             }
-            panic!("hull-vmm exited before the echo: {status:?}\nconsole: {}\n{diag}", console_text());
+            panic!(
+                "hull-vmm exited before the echo: {status:?}\nconsole: {}\n{diag}",
+                console_text()
+            );
         }
     }
     hv.stop(Duration::from_secs(5)).await.expect("stop");
@@ -317,7 +370,10 @@ async fn echo_through_the_backend(test: &str, jailed: bool) {
     for p in pids {
         assert!(!pid_alive(p), "pid {p} alive after stop");
     }
-    assert!(!uds.exists(), "hull-vmm removes its socket when the VM ends");
+    assert!(
+        !uds.exists(),
+        "hull-vmm removes its socket when the VM ends"
+    );
     drop(announce);
     drop(spec);
     drop(jail);

@@ -21,7 +21,14 @@ fn strict_policy() -> PathBuf {
 /// A config file sending the strict policy.
 fn strict_config(state: &TestState) -> PathBuf {
     let cfg = state.path().join("strict.toml");
-    std::fs::write(&cfg, format!("[policy]\nfile = {:?}\n", strict_policy().display().to_string())).expect("config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[policy]\nfile = {:?}\n",
+            strict_policy().display().to_string()
+        ),
+    )
+    .expect("config");
     cfg
 }
 
@@ -34,14 +41,22 @@ fn hull_with(state: &TestState, config: Option<&std::path::Path>) -> std::proces
 }
 
 fn stop_box(mut hull: Child, mut out: std::io::BufReader<std::process::ChildStdout>) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(hull.id() as i32), nix::sys::signal::Signal::SIGTERM)
-        .expect("signal hull run");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(hull.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("signal hull run");
     let mut rest = String::new();
     let _ = out.read_to_string(&mut rest);
     assert_eq!(hull.wait().expect("wait").code(), Some(0), "{rest}");
 }
 
-const BOX_CMD: &[&str] = &["--", "sh", "-c", "trap 'exit 0' TERM; echo ready; while :; do sleep 0.1; done"];
+const BOX_CMD: &[&str] = &[
+    "--",
+    "sh",
+    "-c",
+    "trap 'exit 0' TERM; echo ready; while :; do sleep 0.1; done",
+];
 
 #[test]
 fn strict_policy_refuses_exec_with_the_rule_and_the_default_allows_it() {
@@ -55,9 +70,14 @@ fn strict_policy_refuses_exec_with_the_rule_and_the_default_allows_it() {
     let mut args = demo(&["--read-only", "--name", NAME]);
     args.extend(BOX_CMD.iter().map(|s| s.to_string()));
     let (hull, out) = start_ready(hull_with(&state, Some(&cfg)), &args);
-    let record = std::fs::read_to_string(state.path().join("vms").join(NAME).join("sandbox.json")).expect("record");
+    let record = std::fs::read_to_string(state.path().join("vms").join(NAME).join("sandbox.json"))
+        .expect("record");
     let record: Value = serde_json::from_str(&record).expect("json");
-    assert_eq!(record["policy"], json!(strict_policy().display().to_string()), "{record}");
+    assert_eq!(
+        record["policy"],
+        json!(strict_policy().display().to_string()),
+        "{record}"
+    );
 
     // ...but no exec into it: the agent names the rule and the policy.
     let exec = hull_in(state.hull(), "exec", &[NAME, "--", "true"], None);
@@ -67,14 +87,28 @@ fn strict_policy_refuses_exec_with_the_rule_and_the_default_allows_it() {
         "{}",
         output_text(&exec)
     );
-    assert!(stderr(&exec).contains("policy: exec is not allowed (policy \"ci-strict\")"), "{}", output_text(&exec));
+    assert!(
+        stderr(&exec).contains("policy: exec is not allowed (policy \"ci-strict\")"),
+        "{}",
+        output_text(&exec)
+    );
     stop_box(hull, out);
     state.assert_nothing_left();
 
     // A writable rootfs breaks the strict policy: refused, named, nothing left.
-    let run = run_in(hull_with(&state, Some(&cfg)), &refs(&demo(&["--", "true"])), None);
+    let run = run_in(
+        hull_with(&state, Some(&cfg)),
+        &refs(&demo(&["--", "true"])),
+        None,
+    );
     assert_eq!(run.status.code(), Some(125), "{}", output_text(&run));
-    assert!(stderr(&run).contains("a read-only rootfs is required (root.readonly is not true) (policy \"ci-strict\")"), "{}", output_text(&run));
+    assert!(
+        stderr(&run).contains(
+            "a read-only rootfs is required (root.readonly is not true) (policy \"ci-strict\")"
+        ),
+        "{}",
+        output_text(&run)
+    );
     state.assert_nothing_left();
 
     // The baked default policy: the same container takes execs.
@@ -91,9 +125,17 @@ fn strict_policy_refuses_exec_with_the_rule_and_the_default_allows_it() {
     // A policy file that is not there is named before anything boots.
     let missing = state.path().join("missing.toml");
     std::fs::write(&missing, "[policy]\nfile = \"/nonexistent/policy.toml\"\n").expect("config");
-    let run = run_in(hull_with(&state, Some(&missing)), &refs(&demo(&["--", "true"])), None);
+    let run = run_in(
+        hull_with(&state, Some(&missing)),
+        &refs(&demo(&["--", "true"])),
+        None,
+    );
     assert_eq!(run.status.code(), Some(125), "{}", output_text(&run));
-    assert!(stderr(&run).contains("cannot read the agent policy /nonexistent/policy.toml"), "{}", output_text(&run));
+    assert!(
+        stderr(&run).contains("cannot read the agent policy /nonexistent/policy.toml"),
+        "{}",
+        output_text(&run)
+    );
     state.assert_nothing_left();
 }
 
@@ -128,19 +170,33 @@ async fn strict_policy_refuses_privileged_capabilities_mounts_and_a_second_polic
     config.policy.file = Some(strict_policy());
     let mut spec_ = SandboxSpec::from_config(&config);
     spec_.share = true;
-    let sandbox = Sandbox::boot(&config, &spec_, hypervisor::select(&config).expect("backend"))
+    let sandbox = Sandbox::boot(
+        &config,
+        &spec_,
+        hypervisor::select(&config).expect("backend"),
+    )
+    .await
+    .expect("boot");
+    sandbox
+        .prepare_guest("policy-pod")
         .await
-        .expect("boot");
-    sandbox.prepare_guest("policy-pod").await.expect("CreateSandbox with the strict policy");
+        .expect("CreateSandbox with the strict policy");
     let agent = sandbox.agent().expect("agent");
     let stdio = StdioSpec::default();
 
     // `policy` names the policy that refuses: the baked default is checked first.
-    let refused_by = |r: Result<(), hull_runtime::agent_client::AgentError>, want: &str, policy: &str| {
-        let e = r.expect_err(want).to_string();
-        assert!(e.contains("PERMISSION_DENIED") || e.contains("PermissionDenied"), "{e}");
-        assert!(e.contains(want) && e.contains(&format!("(policy {policy:?})")), "wanted {want:?} by {policy}: {e}");
-    };
+    let refused_by =
+        |r: Result<(), hull_runtime::agent_client::AgentError>, want: &str, policy: &str| {
+            let e = r.expect_err(want).to_string();
+            assert!(
+                e.contains("PERMISSION_DENIED") || e.contains("PermissionDenied"),
+                "{e}"
+            );
+            assert!(
+                e.contains(want) && e.contains(&format!("(policy {policy:?})")),
+                "wanted {want:?} by {policy}: {e}"
+            );
+        };
     let refused = |r, want: &str| refused_by(r, want, "ci-strict");
     let privileged = spec(|s| {
         s["process"]["capabilities"]["bounding"] = json!(["CAP_SYS_ADMIN"]);
@@ -150,23 +206,32 @@ async fn strict_policy_refuses_privileged_capabilities_mounts_and_a_second_polic
         "privileged containers are not allowed (CAP_SYS_ADMIN in process.capabilities.bounding)",
         "default",
     );
-    let all_devices = spec(|s| s["linux"]["resources"] = json!({"devices": [{"allow": true, "access": "rwm"}]}));
+    let all_devices =
+        spec(|s| s["linux"]["resources"] = json!({"devices": [{"allow": true, "access": "rwm"}]}));
     refused_by(
         agent.create_container("devs", all_devices, &stdio).await,
         "privileged containers are not allowed (linux.resources.devices allows every device)",
         "default",
     );
-    let cap = spec(|s| s["process"]["capabilities"]["effective"] = json!(["CAP_CHOWN", "CAP_NET_ADMIN"]));
+    let cap =
+        spec(|s| s["process"]["capabilities"]["effective"] = json!(["CAP_CHOWN", "CAP_NET_ADMIN"]));
     refused(
         agent.create_container("cap", cap, &stdio).await,
         "capability CAP_NET_ADMIN is not allowed (process.capabilities.effective)",
     );
-    let bind = spec(|s| {
-        s["mounts"] = json!([{"destination": "/host-etc", "type": "bind", "source": "/etc", "options": ["rbind", "ro"]}])
-    });
-    refused(agent.create_container("bind", bind, &stdio).await, "bind mount source \"/etc\" is not allowed");
-    let ramfs = spec(|s| s["mounts"] = json!([{"destination": "/r", "type": "ramfs", "source": "none"}]));
-    refused(agent.create_container("ramfs", ramfs, &stdio).await, "mount type \"ramfs\" is not allowed (mount on /r)");
+    let bind = spec(
+        |s| s["mounts"] = json!([{"destination": "/host-etc", "type": "bind", "source": "/etc", "options": ["rbind", "ro"]}]),
+    );
+    refused(
+        agent.create_container("bind", bind, &stdio).await,
+        "bind mount source \"/etc\" is not allowed",
+    );
+    let ramfs =
+        spec(|s| s["mounts"] = json!([{"destination": "/r", "type": "ramfs", "source": "none"}]));
+    refused(
+        agent.create_container("ramfs", ramfs, &stdio).await,
+        "mount type \"ramfs\" is not allowed (mount on /r)",
+    );
     let no_seccomp = spec(|s| {
         s["linux"].as_object_mut().expect("linux").remove("seccomp");
     });
@@ -174,8 +239,13 @@ async fn strict_policy_refuses_privileged_capabilities_mounts_and_a_second_polic
         agent.create_container("nosec", no_seccomp, &stdio).await,
         "a seccomp profile is required (linux.seccomp is missing)",
     );
-    let process = serde_json::to_vec(&json!({"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}})).expect("json");
-    refused(agent.exec_process("any", "e1", process, &stdio).await, "exec is not allowed");
+    let process =
+        serde_json::to_vec(&json!({"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}}))
+            .expect("json");
+    refused(
+        agent.exec_process("any", "e1", process, &stdio).await,
+        "exec is not allowed",
+    );
 
     // The policy is sealed: a second one, however loose, is refused...
     let e = agent
@@ -183,11 +253,20 @@ async fn strict_policy_refuses_privileged_capabilities_mounts_and_a_second_polic
         .await
         .expect_err("a second policy")
         .to_string();
-    assert!(e.contains("PERMISSION_DENIED") || e.contains("PermissionDenied"), "{e}");
-    assert!(e.contains("the policy is sealed (policy \"ci-strict\")"), "{e}");
+    assert!(
+        e.contains("PERMISSION_DENIED") || e.contains("PermissionDenied"),
+        "{e}"
+    );
+    assert!(
+        e.contains("the policy is sealed (policy \"ci-strict\")"),
+        "{e}"
+    );
     // ...and the strict one still holds.
     let cap = spec(|s| s["process"]["capabilities"]["bounding"] = json!(["CAP_SYS_MODULE"]));
-    refused(agent.create_container("cap2", cap, &stdio).await, "capability CAP_SYS_MODULE is not allowed");
+    refused(
+        agent.create_container("cap2", cap, &stdio).await,
+        "capability CAP_SYS_MODULE is not allowed",
+    );
 
     sandbox.destroy().await.expect("destroy");
     state.assert_nothing_left();

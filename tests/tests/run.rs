@@ -31,7 +31,14 @@ fn echo_prints_and_exits_zero() {
 fn a_state_dir_too_deep_for_socket_addresses_still_works() {
     need_run!("a_state_dir_too_deep_for_socket_addresses_still_works");
     let state = TestState::deep();
-    assert!(state.path().join("vms/0123456789abcdef/jail/sock/vsock.sock_1025").as_os_str().len() > 108);
+    assert!(
+        state
+            .path()
+            .join("vms/0123456789abcdef/jail/sock/vsock.sock_1025")
+            .as_os_str()
+            .len()
+            > 108
+    );
     let out = demo_run(&state, &["--", "echo", "deep"]);
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert_eq!(stdout(&out), "deep\n", "{}", output_text(&out));
@@ -53,7 +60,10 @@ fn killed_by_sigkill_exits_137() {
     // The command is PID 1 of the container's PID namespace, which no process inside
     // the namespace can SIGKILL (`kill -9 $$` is ignored, with runc too). The kernel
     // can: at the hard CPU-time limit it sends SIGKILL, whatever the PID.
-    let out = demo_run(&state, &["--", "sh", "-c", "ulimit -t 1; while :; do :; done"]);
+    let out = demo_run(
+        &state,
+        &["--", "sh", "-c", "ulimit -t 1; while :; do :; done"],
+    );
     assert_eq!(out.status.code(), Some(137), "{}", output_text(&out));
 }
 

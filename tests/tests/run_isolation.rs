@@ -185,4 +185,3 @@ fn cpu_quota_is_in_the_containers_cgroup() {
         output_text(&out)
     );
 }
-

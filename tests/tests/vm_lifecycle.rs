@@ -7,7 +7,7 @@ use std::time::Duration;
 use hull_runtime::config::Config;
 use hull_runtime::host;
 use hull_runtime::hypervisor;
-use hull_runtime::sandbox::{Sandbox, SandboxError, SandboxSpec, BootStage};
+use hull_runtime::sandbox::{BootStage, Sandbox, SandboxError, SandboxSpec};
 use hull_tests::*;
 
 #[test]
@@ -16,7 +16,11 @@ fn hull_vm_ping_prints_agent_version_and_guest_kernel() {
         return;
     }
     let state = TestState::new();
-    let out = state.hull().args(["vm", "ping"]).output().expect("run hull");
+    let out = state
+        .hull()
+        .args(["vm", "ping"])
+        .output()
+        .expect("run hull");
     let text = output_text(&out);
     assert!(out.status.success(), "{text}");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -41,15 +45,24 @@ async fn sandbox_processes_and_files_exist_while_up_and_are_gone_after_destroy()
     let state = TestState::new();
     let config = state.config();
     let spec = SandboxSpec::from_config(&config);
-    let sandbox = Sandbox::boot(&config, &spec, hypervisor::select(&config).expect("backend"))
-        .await
-        .expect("boot");
+    let sandbox = Sandbox::boot(
+        &config,
+        &spec,
+        hypervisor::select(&config).expect("backend"),
+    )
+    .await
+    .expect("boot");
     let pids = sandbox.pids();
     assert_eq!(pids.len(), 2, "qemu and vhost-device-vsock: {pids:?}");
     assert!(pids.iter().all(|p| pid_alive(*p)));
     let dir = sandbox.state_dir().to_path_buf();
     // (vhost-device-vsock removes its vhost-user socket once QEMU has connected.)
-    for f in ["console.log", "jail/sock/vsock.sock", "qemu.log", "vhost-vsock.log"] {
+    for f in [
+        "console.log",
+        "jail/sock/vsock.sock",
+        "qemu.log",
+        "vhost-vsock.log",
+    ] {
         assert!(dir.join(f).exists(), "{f} missing in {}", dir.display());
     }
     let console = std::fs::read_to_string(dir.join("console.log")).expect("console log");
@@ -82,7 +95,10 @@ fn missing_kernel_is_named_and_nothing_is_left() {
         .expect("run hull");
     let text = output_text(&out);
     assert!(!out.status.success(), "{text}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/vmlinux-hull"), "{text}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/nonexistent/vmlinux-hull"),
+        "{text}"
+    );
     state.assert_nothing_left();
 }
 
@@ -145,12 +161,22 @@ async fn an_init_that_is_not_the_agent_is_reported_as_the_init_stage() {
         return;
     }
     let floor = floor_initrd();
-    assert!(floor.exists(), "{} missing (guest-image/build makes it)", floor.display());
+    assert!(
+        floor.exists(),
+        "{} missing (guest-image/build makes it)",
+        floor.display()
+    );
     let state = TestState::new();
     let config = state.config();
     let mut spec = SandboxSpec::from_config(&config);
     spec.initrd = floor;
-    let err = match Sandbox::boot(&config, &spec, hypervisor::select(&config).expect("backend")).await {
+    let err = match Sandbox::boot(
+        &config,
+        &spec,
+        hypervisor::select(&config).expect("backend"),
+    )
+    .await
+    {
         Ok(_) => panic!("a VM without the agent cannot become ready"),
         Err(e) => e,
     };
@@ -217,8 +243,11 @@ fn killing_qemu_mid_boot_reports_it_with_the_console_tail() {
     let (hull, qemu) = start_ping_and_wait_for_qemu(&state);
     // Let the kernel print something first, so there is a console tail to show.
     std::thread::sleep(Duration::from_millis(300));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(qemu), nix::sys::signal::Signal::SIGKILL)
-        .expect("kill qemu");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qemu),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill qemu");
     let out = hull.wait_with_output().expect("hull exits");
     let text = output_text(&out);
     assert!(!out.status.success(), "{text}");
@@ -239,23 +268,47 @@ fn sigterm_and_sigint_of_hull_tear_the_vm_down() {
     ] {
         let state = TestState::new();
         let (hull, _qemu) = start_ping_and_wait_for_qemu(&state);
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(hull.id() as i32), sig).expect("signal hull");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(hull.id() as i32), sig)
+            .expect("signal hull");
         let out = hull.wait_with_output().expect("hull exits");
-        assert_eq!(out.status.code(), Some(code), "{sig}: {}", output_text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{sig}: {}",
+            output_text(&out)
+        );
         state.assert_nothing_left();
     }
 }
 
 #[test]
 fn hull_check_names_the_backend() {
-    let out = Command::new(hull_bin()).arg("check").output().expect("run hull check");
+    let out = Command::new(hull_bin())
+        .arg("check")
+        .output()
+        .expect("run hull check");
     let text = output_text(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    for name in ["KVM", "QEMU", "vhost-device-vsock", "virtiofsd", "guest kernel", "guest initrd", "cgroup v2", "containerd", "hull-vmm:", "backend:"] {
+    for name in [
+        "KVM",
+        "QEMU",
+        "vhost-device-vsock",
+        "virtiofsd",
+        "guest kernel",
+        "guest initrd",
+        "cgroup v2",
+        "containerd",
+        "hull-vmm:",
+        "backend:",
+    ] {
         assert!(stdout.contains(name), "{name} missing: {text}");
     }
     // Exit status and the backend line agree.
-    assert_eq!(out.status.success(), !stdout.contains("backend: none"), "{text}");
+    assert_eq!(
+        out.status.success(),
+        !stdout.contains("backend: none"),
+        "{text}"
+    );
     if vm_prerequisites().is_ok() {
         assert!(out.status.success(), "{text}");
         // auto: hull-vmm where hardware KVM boots Linux and hull-vmm is installed,
@@ -263,7 +316,11 @@ fn hull_check_names_the_backend() {
         let config = Config::default();
         let hull_vmm_here = host::kvm_kind().boots_linux()
             && host::find_binary(&config.hypervisor.hull_vmm).is_some();
-        let want = if hull_vmm_here { "backend: hull-vmm (kvm)" } else { "backend: qemu" };
+        let want = if hull_vmm_here {
+            "backend: hull-vmm (kvm)"
+        } else {
+            "backend: qemu"
+        };
         assert!(stdout.contains(want), "{want}: {text}");
     }
 }
@@ -279,17 +336,31 @@ async fn a_fatal_agent_error_stops_the_vm_instead_of_hanging_it() {
     // Everything after `--` reaches /init's argv: the agent refuses the argument, says
     // FATAL on the console and powers the VM off (PID 1 must never just exit or hang).
     spec.kernel_params = "-- --no-such-agent-flag".into();
-    let err = match Sandbox::boot(&config, &spec, hypervisor::select(&config).expect("backend")).await {
+    let err = match Sandbox::boot(
+        &config,
+        &spec,
+        hypervisor::select(&config).expect("backend"),
+    )
+    .await
+    {
         Ok(_) => panic!("an agent that refuses its arguments cannot become ready"),
         Err(e) => e,
     };
     match &err {
-        SandboxError::Boot { message, console, .. } => {
+        SandboxError::Boot {
+            message, console, ..
+        } => {
             assert!(message.contains("the VM stopped"), "{err}");
-            assert!(message.contains("exit code 0"), "the guest rebooted cleanly: {err}");
+            assert!(
+                message.contains("exit code 0"),
+                "the guest rebooted cleanly: {err}"
+            );
             assert!(console.contains("FATAL"), "{err}");
             assert!(console.contains("--no-such-agent-flag"), "{err}");
-            assert!(!console.contains("Attempted to kill init"), "the agent must not exit: {err}");
+            assert!(
+                !console.contains("Attempted to kill init"),
+                "the agent must not exit: {err}"
+            );
         }
         other => panic!("unexpected error: {other}"),
     }
@@ -310,11 +381,18 @@ fn vm_ping_with_the_share_attached_runs_virtiofsd_and_leaves_nothing() {
         .spawn()
         .expect("start hull");
     wait_for("virtiofsd to start", Duration::from_secs(20), || {
-        state.processes().into_iter().find(|(_, c)| c.contains("virtiofsd")).map(|_| ())
+        state
+            .processes()
+            .into_iter()
+            .find(|(_, c)| c.contains("virtiofsd"))
+            .map(|_| ())
     });
     let out = hull.wait_with_output().expect("hull");
     let text = output_text(&out);
     assert!(out.status.success(), "{text}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("healthy"), "{text}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("healthy"),
+        "{text}"
+    );
     state.assert_nothing_left();
 }

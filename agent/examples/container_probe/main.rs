@@ -17,7 +17,9 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Res<()> {
-    let vm_sock = std::env::args().nth(1).ok_or("usage: container_probe VM_SOCK")?;
+    let vm_sock = std::env::args()
+        .nth(1)
+        .ok_or("usage: container_probe VM_SOCK")?;
     let only = std::env::args().nth(2);
     let agent = client::connect(&vm_sock, Duration::from_secs(180)).await?;
     let failures = checks::run_all(&agent, only.as_deref()).await;

@@ -99,7 +99,12 @@ pub fn cpu_stats(cpu_stat: &str) -> CpuStats {
     s
 }
 
-pub fn memory_stats(stat: &str, events: &str, usage: Option<u64>, limit: Option<u64>) -> MemoryStats {
+pub fn memory_stats(
+    stat: &str,
+    events: &str,
+    usage: Option<u64>,
+    limit: Option<u64>,
+) -> MemoryStats {
     let m = parse_flat_keyed(stat);
     let e = parse_flat_keyed(events);
     let g = |k: &str| m.get(k).copied().unwrap_or(0);
@@ -146,8 +151,12 @@ pub fn stats(dir: &Path) -> Result<hull_proto::StatsContainerResponse, CgroupFil
         opt("memory.max").and_then(|t| parse_single(&t)),
     ));
     let mut pids = PidsStats::new();
-    pids.current = opt("pids.current").and_then(|t| parse_single(&t)).unwrap_or(0);
-    pids.limit = opt("pids.max").and_then(|t| parse_single(&t)).unwrap_or(u64::MAX);
+    pids.current = opt("pids.current")
+        .and_then(|t| parse_single(&t))
+        .unwrap_or(0);
+    pids.limit = opt("pids.max")
+        .and_then(|t| parse_single(&t))
+        .unwrap_or(u64::MAX);
     r.pids = protobuf::MessageField::some(pids);
     let mut io = IoStats::new();
     io.usage = parse_io_stat(&opt("io.stat").unwrap_or_default());
@@ -171,7 +180,10 @@ pub fn kill_all(dir: &Path) {
         return;
     }
     for pid in procs(dir).unwrap_or_default() {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
@@ -195,7 +207,12 @@ mod tests {
         let c = cpu_stats("usage_usec 10\nuser_usec 6\nsystem_usec 4\nnr_periods 2\nnr_throttled 1\nthrottled_usec 9\n");
         assert_eq!((c.usage_usec, c.user_usec, c.system_usec), (10, 6, 4));
         assert_eq!((c.nr_periods, c.nr_throttled, c.throttled_usec), (2, 1, 9));
-        let m = memory_stats("anon 100\nfile 200\npgfault 5\n", "oom 1\noom_kill 1\n", Some(300), None);
+        let m = memory_stats(
+            "anon 100\nfile 200\npgfault 5\n",
+            "oom 1\noom_kill 1\n",
+            Some(300),
+            None,
+        );
         assert_eq!((m.anon, m.file, m.pgfault, m.usage), (100, 200, 5, 300));
         assert_eq!(m.usage_limit, u64::MAX);
         assert_eq!((m.oom_events, m.oom_kill_events), (1, 1));
@@ -203,9 +220,21 @@ mod tests {
 
     #[test]
     fn io_stat() {
-        let v = parse_io_stat("254:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\nbad line\n");
+        let v = parse_io_stat(
+            "254:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\nbad line\n",
+        );
         assert_eq!(v.len(), 1);
-        assert_eq!((v[0].major, v[0].minor, v[0].rbytes, v[0].wbytes, v[0].rios, v[0].wios), (254, 0, 4096, 8192, 1, 2));
+        assert_eq!(
+            (
+                v[0].major,
+                v[0].minor,
+                v[0].rbytes,
+                v[0].wbytes,
+                v[0].rios,
+                v[0].wios
+            ),
+            (254, 0, 4096, 8192, 1, 2)
+        );
     }
 
     #[test]

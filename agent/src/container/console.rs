@@ -39,7 +39,10 @@ impl ConsoleSocket {
         // The connection was made by this process during creation; it is queued.
         self.listener.set_nonblocking(true)?;
         let (conn, _) = self.listener.accept().map_err(|e| {
-            io::Error::new(e.kind(), format!("no console connection from libcontainer: {e}"))
+            io::Error::new(
+                e.kind(),
+                format!("no console connection from libcontainer: {e}"),
+            )
         })?;
         conn.set_nonblocking(false)?;
         conn.set_read_timeout(Some(Duration::from_secs(10)))?;

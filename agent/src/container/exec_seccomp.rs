@@ -17,8 +17,12 @@
 use std::collections::HashMap;
 
 use libcontainer::workload::default::DefaultExecutor;
-use libcontainer::workload::{Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError};
-use oci_spec::runtime::{Capabilities, Capability, LinuxCapabilities, LinuxSeccomp, LinuxSeccompAction, Process, Spec};
+use libcontainer::workload::{
+    Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError,
+};
+use oci_spec::runtime::{
+    Capabilities, Capability, LinuxCapabilities, LinuxSeccomp, LinuxSeccompAction, Process, Spec,
+};
 
 /// What may go wrong before the process is created.
 #[derive(Debug, thiserror::Error)]
@@ -43,11 +47,16 @@ const LOAD_CAPS: [Capability; 2] = [Capability::SysAdmin, Capability::Setpcap];
 impl ExecSeccomp {
     /// The executor for `process` in a container whose spec is `container`, and the
     /// process as libcontainer must create it; `None` when the container has no filter.
-    pub fn for_process(container: &Spec, process: &Process) -> Result<Option<(ExecSeccomp, Process)>, ExecSeccompError> {
+    pub fn for_process(
+        container: &Spec,
+        process: &Process,
+    ) -> Result<Option<(ExecSeccomp, Process)>, ExecSeccompError> {
         let Some(filter) = container.linux().as_ref().and_then(|l| l.seccomp().clone()) else {
             return Ok(None);
         };
-        if filter.default_action() == LinuxSeccompAction::ScmpActNotify || libcontainer::seccomp::is_notify(&filter) {
+        if filter.default_action() == LinuxSeccompAction::ScmpActNotify
+            || libcontainer::seccomp::is_notify(&filter)
+        {
             return Err(ExecSeccompError::NotifyProfile);
         }
         let mut created = process.clone();
@@ -89,12 +98,19 @@ impl Executor for ExecSeccomp {
                 let _ = nix::unistd::close(fd);
                 return Err(ExecutorError::Other("seccomp returned a notify fd".into()));
             }
-            Err(e) => return Err(ExecutorError::Other(format!("loading the container's seccomp filter: {e}"))),
+            Err(e) => {
+                return Err(ExecutorError::Other(format!(
+                    "loading the container's seccomp filter: {e}"
+                )))
+            }
         }
         if let Some(own) = &self.drop_to {
             let syscall = libcontainer::syscall::syscall::create_syscall();
-            libcontainer::capabilities::drop_privileges(own, syscall.as_ref())
-                .map_err(|e| ExecutorError::Other(format!("dropping the capabilities added to load seccomp: {e}")))?;
+            libcontainer::capabilities::drop_privileges(own, syscall.as_ref()).map_err(|e| {
+                ExecutorError::Other(format!(
+                    "dropping the capabilities added to load seccomp: {e}"
+                ))
+            })?;
         }
         DefaultExecutor {}.exec(spec)
     }
@@ -119,7 +135,12 @@ mod tests {
             .build()
             .expect("seccomp");
         SpecBuilder::default()
-            .linux(LinuxBuilder::default().seccomp(seccomp).build().expect("linux"))
+            .linux(
+                LinuxBuilder::default()
+                    .seccomp(seccomp)
+                    .build()
+                    .expect("linux"),
+            )
             .build()
             .expect("spec")
     }
@@ -142,19 +163,30 @@ mod tests {
 
     #[test]
     fn no_filter_no_executor() {
-        let spec = SpecBuilder::default().linux(LinuxBuilder::default().build().expect("linux")).build().expect("spec");
-        assert!(ExecSeccomp::for_process(&spec, &process(None)).expect("ok").is_none());
+        let spec = SpecBuilder::default()
+            .linux(LinuxBuilder::default().build().expect("linux"))
+            .build()
+            .expect("spec");
+        assert!(ExecSeccomp::for_process(&spec, &process(None))
+            .expect("ok")
+            .is_none());
     }
 
     #[test]
     fn without_no_new_privs_load_caps_are_added_then_dropped_to_the_own_set() {
         let spec = spec_with_filter(LinuxSeccompAction::ScmpActErrno);
         let own = process(Some(false));
-        let (exec, created) = ExecSeccomp::for_process(&spec, &own).expect("ok").expect("filter");
+        let (exec, created) = ExecSeccomp::for_process(&spec, &own)
+            .expect("ok")
+            .expect("filter");
         let caps = created.capabilities().clone().expect("caps");
         for set in [caps.bounding(), caps.permitted(), caps.effective()] {
             let set = set.clone().expect("set");
-            assert!(set.contains(&Capability::SysAdmin) && set.contains(&Capability::Setpcap) && set.contains(&Capability::Chown));
+            assert!(
+                set.contains(&Capability::SysAdmin)
+                    && set.contains(&Capability::Setpcap)
+                    && set.contains(&Capability::Chown)
+            );
         }
         assert_eq!(exec.drop_to.as_ref(), own.capabilities().as_ref());
     }
@@ -163,7 +195,9 @@ mod tests {
     fn with_no_new_privs_the_process_is_unchanged() {
         let spec = spec_with_filter(LinuxSeccompAction::ScmpActErrno);
         let own = process(Some(true));
-        let (exec, created) = ExecSeccomp::for_process(&spec, &own).expect("ok").expect("filter");
+        let (exec, created) = ExecSeccomp::for_process(&spec, &own)
+            .expect("ok")
+            .expect("filter");
         assert!(exec.drop_to.is_none());
         assert_eq!(created.capabilities(), own.capabilities());
     }

@@ -1,6 +1,6 @@
 //! Containers in the guest: what the agent keeps per container and per process, the
 //! spec checks (`spec`), the steps (done by libcontainer, `runner`), stdio (`stdio`,
-//! `console`) and the cgroup files (`cgroup`).
+//! `console`), the cgroup files (`cgroup`) and the pod's network sysctls (`sysctl`).
 
 pub mod cgroup;
 pub mod console;
@@ -9,6 +9,7 @@ pub mod process;
 pub mod runner;
 pub mod spec;
 pub mod stdio;
+pub mod sysctl;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,7 +28,7 @@ pub struct Container {
     pub cgroup: PathBuf,
     /// Guest mounts made for this container (its `storages`), unmounted on removal.
     pub mounts: Vec<PathBuf>,
-    /// The cgroup's `oom_kill` count when last looked at (see `Sandbox::check_oom`).
+    /// The cgroup's `oom_kill` count when last looked at (see `ContainerTable::check_oom`).
     pub oom_kills_seen: AtomicU64,
     started: AtomicBool,
     execs: Mutex<HashMap<String, Arc<Process>>>,

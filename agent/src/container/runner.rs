@@ -41,12 +41,12 @@ pub enum RunError {
     Libcontainer(String),
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+fn io_failed(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
     let what = what.into();
     move |source| RunError::Io { what, source }
 }
 
-fn lc(e: libcontainer::error::LibcontainerError) -> RunError {
+fn libcontainer_failed(e: libcontainer::error::LibcontainerError) -> RunError {
     // libcontainer's errors nest their causes in Display only partly; Debug has all.
     let text = e.to_string();
     let debug = format!("{e:?}");
@@ -93,14 +93,17 @@ fn builder(
     console: Option<&ConsoleSocket>,
     executor: impl Executor + 'static,
 ) -> Result<ContainerBuilder, RunError> {
-    std::fs::create_dir_all(STATE_ROOT).map_err(io(format!("create {STATE_ROOT}")))?;
+    std::fs::create_dir_all(STATE_ROOT).map_err(io_failed(format!("create {STATE_ROOT}")))?;
     let mut b = ContainerBuilder::new(id.to_owned(), SyscallType::default())
         .with_root_path(STATE_ROOT)
-        .map_err(lc)?
+        .map_err(libcontainer_failed)?
         .with_executor(executor)
         .with_console_socket(console.map(|c| c.path().to_path_buf()));
     if let StdioSetup::Pipes(p) = stdio {
-        b = b.with_stdin(p.stdin).with_stdout(p.stdout).with_stderr(p.stderr);
+        b = b
+            .with_stdin(p.stdin)
+            .with_stdout(p.stdout)
+            .with_stderr(p.stderr);
     }
     Ok(b)
 }
@@ -111,10 +114,14 @@ fn console_for(stdio: &StdioSetup) -> Result<Option<ConsoleSocket>, RunError> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     match stdio {
         StdioSetup::Terminal => {
-            std::fs::create_dir_all(CONSOLE_SOCKETS).map_err(io(format!("create {CONSOLE_SOCKETS}")))?;
+            std::fs::create_dir_all(CONSOLE_SOCKETS)
+                .map_err(io_failed(format!("create {CONSOLE_SOCKETS}")))?;
             let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let path = Path::new(CONSOLE_SOCKETS).join(format!("{n}.sock"));
-            Ok(Some(ConsoleSocket::bind(&path).map_err(io(format!("bind {}", path.display())))?))
+            Ok(Some(
+                ConsoleSocket::bind(&path)
+                    .map_err(io_failed(format!("bind {}", path.display())))?,
+            ))
         }
         StdioSetup::Pipes(_) => Ok(None),
     }
@@ -122,7 +129,10 @@ fn console_for(stdio: &StdioSetup) -> Result<Option<ConsoleSocket>, RunError> {
 
 fn receive_pty(console: Option<ConsoleSocket>) -> Result<Option<OwnedFd>, RunError> {
     console
-        .map(|c| c.receive_master().map_err(io("receive the pty master")))
+        .map(|c| {
+            c.receive_master()
+                .map_err(io_failed("receive the pty master"))
+        })
         .transpose()
 }
 
@@ -130,16 +140,17 @@ fn receive_pty(console: Option<ConsoleSocket>) -> Result<Option<OwnedFd>, RunErr
 /// [`start`]. On failure nothing of it is left (see [`destroy`]).
 pub fn create(id: &str, spec: &Spec, stdio: StdioSetup) -> Result<Launched, RunError> {
     let bundle = bundle_dir(id);
-    std::fs::create_dir_all(&bundle).map_err(io(format!("create {}", bundle.display())))?;
-    let config = serde_json::to_vec(spec).map_err(|e| RunError::Libcontainer(format!("serialize spec: {e}")))?;
-    std::fs::write(bundle.join("config.json"), config).map_err(io("write config.json"))?;
+    std::fs::create_dir_all(&bundle).map_err(io_failed(format!("create {}", bundle.display())))?;
+    let config = serde_json::to_vec(spec)
+        .map_err(|e| RunError::Libcontainer(format!("serialize spec: {e}")))?;
+    std::fs::write(bundle.join("config.json"), config).map_err(io_failed("write config.json"))?;
     let console = console_for(&stdio)?;
     let container = builder(id, stdio, console.as_ref(), DefaultExecutor {})?
         .as_init(&bundle)
         .with_systemd(false)
         .with_detach(true)
         .build()
-        .map_err(lc)?;
+        .map_err(libcontainer_failed)?;
     let pid = container
         .pid()
         .ok_or_else(|| RunError::Libcontainer("created container has no pid".into()))?;
@@ -150,17 +161,22 @@ pub fn create(id: &str, spec: &Spec, stdio: StdioSetup) -> Result<Launched, RunE
 }
 
 fn load(id: &str) -> Result<LcContainer, RunError> {
-    LcContainer::load(state_dir(id)).map_err(lc)
+    LcContainer::load(state_dir(id)).map_err(libcontainer_failed)
 }
 
 /// Lets the init process run its command.
 pub fn start(id: &str) -> Result<(), RunError> {
-    load(id)?.start().map_err(lc)
+    load(id)?.start().map_err(libcontainer_failed)
 }
 
 /// Starts `process` in the namespaces and cgroup of container `id`, with the
 /// container's seccomp filter (see `exec_seccomp`).
-pub fn exec(id: &str, exec_id: &str, process: &Process, stdio: StdioSetup) -> Result<Launched, RunError> {
+pub fn exec(
+    id: &str,
+    exec_id: &str,
+    process: &Process,
+    stdio: StdioSetup,
+) -> Result<Launched, RunError> {
     let bundle = bundle_dir(id);
     let container_spec = Spec::load(bundle.join("config.json"))
         .map_err(|e| RunError::Libcontainer(format!("read the spec of container {id}: {e}")))?;
@@ -171,8 +187,9 @@ pub fn exec(id: &str, exec_id: &str, process: &Process, stdio: StdioSetup) -> Re
         None => (None, process.clone()),
     };
     let path = bundle.join(format!("exec-{exec_id}.json"));
-    let json = serde_json::to_vec(&process).map_err(|e| RunError::Libcontainer(format!("serialize process: {e}")))?;
-    std::fs::write(&path, json).map_err(io(format!("write {}", path.display())))?;
+    let json = serde_json::to_vec(&process)
+        .map_err(|e| RunError::Libcontainer(format!("serialize process: {e}")))?;
+    std::fs::write(&path, json).map_err(io_failed(format!("write {}", path.display())))?;
     let console = console_for(&stdio)?;
     let result = match seccomp {
         Some(executor) => builder(id, stdio, console.as_ref(), executor),
@@ -183,7 +200,7 @@ pub fn exec(id: &str, exec_id: &str, process: &Process, stdio: StdioSetup) -> Re
             .with_process(Some(&path))
             .with_detach(true)
             .build()
-            .map_err(lc)
+            .map_err(libcontainer_failed)
     });
     let _ = std::fs::remove_file(&path);
     let pid = result?;
@@ -194,11 +211,11 @@ pub fn exec(id: &str, exec_id: &str, process: &Process, stdio: StdioSetup) -> Re
 }
 
 pub fn pause(id: &str) -> Result<(), RunError> {
-    load(id)?.pause().map_err(lc)
+    load(id)?.pause().map_err(libcontainer_failed)
 }
 
 pub fn resume(id: &str) -> Result<(), RunError> {
-    load(id)?.resume().map_err(lc)
+    load(id)?.resume().map_err(libcontainer_failed)
 }
 
 /// Removes everything of container `id`: libcontainer's state and cgroup (killing what
@@ -208,7 +225,7 @@ pub fn destroy(id: &str) -> Result<(), RunError> {
     match load(id) {
         Ok(mut c) => {
             if let Err(e) = c.delete(true) {
-                first_err = Some(lc(e));
+                first_err = Some(libcontainer_failed(e));
             }
         }
         Err(_) => {

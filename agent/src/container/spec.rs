@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, PosixRlimitBuilder, PosixRlimitType, Process, Spec};
+use oci_spec::runtime::{
+    LinuxNamespace, LinuxNamespaceType, PosixRlimitBuilder, PosixRlimitType, Process, Spec,
+};
 
 /// Where container cgroups live, under the guest's cgroup2 root.
 pub const CGROUP_PARENT: &str = "/hull";
@@ -88,10 +90,15 @@ pub fn parse_process(json: &[u8]) -> Result<Process, SpecError> {
 /// filter), and the container's init and its exec'd processes would differ.
 pub fn pin_memlock(process: &mut Process) {
     let mut rlimits = process.rlimits().clone().unwrap_or_default();
-    if rlimits.iter().any(|r| r.typ() == PosixRlimitType::RlimitMemlock) {
+    if rlimits
+        .iter()
+        .any(|r| r.typ() == PosixRlimitType::RlimitMemlock)
+    {
         return;
     }
-    let Ok((soft, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK) else {
+    let Ok((soft, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
+    else {
         return;
     };
     if let Ok(limit) = PosixRlimitBuilder::default()
@@ -107,7 +114,8 @@ pub fn pin_memlock(process: &mut Process) {
 
 /// Parses and checks a runtime spec, and rewrites it for the guest (see [`adapt`]).
 pub fn parse_spec(json: &[u8], container_id: &str) -> Result<Spec, SpecError> {
-    let mut spec: Spec = serde_json::from_slice(json).map_err(|e| SpecError::Json(e.to_string()))?;
+    let mut spec: Spec =
+        serde_json::from_slice(json).map_err(|e| SpecError::Json(e.to_string()))?;
     if !spec.version().starts_with("1.") {
         return Err(SpecError::Invalid(format!(
             "ociVersion {:?} is not 1.x",
@@ -201,9 +209,15 @@ pub fn sandbox_namespace(name: &str) -> Result<LinuxNamespaceType, SpecError> {
 /// sandbox container's init): `/proc/<pid>/ns/<type>`, adding the namespace where the
 /// spec has none. Runs after [`adapt`], which refused any path the host wrote, so the
 /// only paths a guest `setns` sees are these.
-pub fn join_namespaces(spec: &mut Spec, pid: i32, types: &[LinuxNamespaceType]) -> Result<(), SpecError> {
+pub fn join_namespaces(
+    spec: &mut Spec,
+    pid: i32,
+    types: &[LinuxNamespaceType],
+) -> Result<(), SpecError> {
     if pid <= 0 {
-        return Err(SpecError::Invalid(format!("sandbox process id {pid} is not a process")));
+        return Err(SpecError::Invalid(format!(
+            "sandbox process id {pid} is not a process"
+        )));
     }
     let linux = spec
         .linux_mut()

@@ -146,7 +146,9 @@ pub fn dev_null() -> io::Result<OwnedFd> {
 /// stale errno); the host's ResizeTty comes only once the process already runs.
 pub fn initial_size(console_size: Option<&oci_spec::runtime::Box>) -> (u16, u16) {
     const DEFAULT: (u16, u16) = (24, 80);
-    let Some(b) = console_size else { return DEFAULT };
+    let Some(b) = console_size else {
+        return DEFAULT;
+    };
     match (u16::try_from(b.height()), u16::try_from(b.width())) {
         (Ok(rows), Ok(cols)) if rows > 0 && cols > 0 => (rows, cols),
         _ => DEFAULT,
@@ -177,11 +179,23 @@ mod tests {
     fn a_terminal_never_starts_at_0x0() {
         use oci_spec::runtime::BoxBuilder;
         assert_eq!(initial_size(None), (24, 80));
-        let b = BoxBuilder::default().height(33u64).width(111u64).build().unwrap();
+        let b = BoxBuilder::default()
+            .height(33u64)
+            .width(111u64)
+            .build()
+            .unwrap();
         assert_eq!(initial_size(Some(&b)), (33, 111));
-        let zero = BoxBuilder::default().height(0u64).width(0u64).build().unwrap();
+        let zero = BoxBuilder::default()
+            .height(0u64)
+            .width(0u64)
+            .build()
+            .unwrap();
         assert_eq!(initial_size(Some(&zero)), (24, 80));
-        let huge = BoxBuilder::default().height(1u64 << 40).width(80u64).build().unwrap();
+        let huge = BoxBuilder::default()
+            .height(1u64 << 40)
+            .width(80u64)
+            .build()
+            .unwrap();
         assert_eq!(initial_size(Some(&huge)), (24, 80));
     }
 
@@ -189,9 +203,20 @@ mod tests {
     fn resize_sets_the_window_of_a_pty() {
         let pty = nix::pty::openpty(None, None).unwrap();
         resize(pty.master.as_raw_fd(), 33, 111).unwrap();
-        let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+        let mut ws = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
         // SAFETY: TIOCGWINSZ writes one winsize into the live local.
-        let rc = unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::TIOCGWINSZ, &mut ws as *mut libc::winsize) };
+        let rc = unsafe {
+            libc::ioctl(
+                pty.slave.as_raw_fd(),
+                libc::TIOCGWINSZ,
+                &mut ws as *mut libc::winsize,
+            )
+        };
         assert_eq!(rc, 0);
         assert_eq!((ws.ws_row, ws.ws_col), (33, 111));
     }

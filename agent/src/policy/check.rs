@@ -4,8 +4,13 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use hull_proto::{CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest, Storage, UpdateContainerRequest};
-use oci_spec::runtime::{Capability, LinuxDeviceCgroup, LinuxDeviceType, LinuxSeccompAction, Process, Spec};
+use hull_proto::{
+    CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest, Storage,
+    UpdateContainerRequest,
+};
+use oci_spec::runtime::{
+    Capability, LinuxDeviceCgroup, LinuxDeviceType, LinuxSeccompAction, Process, Spec,
+};
 
 use super::{Policies, Policy, PolicyError};
 use crate::container::spec;
@@ -30,8 +35,12 @@ pub struct State {
 impl From<PolicyError> for ServiceError {
     fn from(e: PolicyError) -> Self {
         match e {
-            PolicyError::Parse(_) | PolicyError::Invalid { .. } => ServiceError::InvalidArgument(e.to_string()),
-            PolicyError::Denied { .. } | PolicyError::Sealed { .. } => ServiceError::PermissionDenied(e.to_string()),
+            PolicyError::Parse(_) | PolicyError::Invalid { .. } => {
+                ServiceError::InvalidArgument(e.to_string())
+            }
+            PolicyError::Denied { .. } | PolicyError::Sealed { .. } => {
+                ServiceError::PermissionDenied(e.to_string())
+            }
         }
     }
 }
@@ -44,7 +53,10 @@ pub fn admit(policies: &Policies, req: Request<'_>, state: State) -> Result<(), 
     if let Request::CreateSandbox(r) = req {
         if !r.policy.is_empty() {
             if policies.is_sealed() {
-                return Err(PolicyError::Sealed { name: policies.name() }.into());
+                return Err(PolicyError::Sealed {
+                    name: policies.name(),
+                }
+                .into());
             }
             active.push(std::sync::Arc::new(Policy::parse(&r.policy)?));
         }
@@ -62,7 +74,11 @@ pub fn check(p: &Policy, req: Request<'_>, state: State) -> Result<(), PolicyErr
             if r.debug_exec && !p.exec.allow_debug {
                 return Err(p.deny("debug processes (CreateSandbox debug_exec) are not allowed"));
             }
-            sysctls(p, r.sysctls.keys().map(String::as_str), "CreateSandbox sysctls")?;
+            sysctls(
+                p,
+                r.sysctls.keys().map(String::as_str),
+                "CreateSandbox sysctls",
+            )?;
             storages(p, &r.storages)
         }
         Request::CreateContainer(r) => {
@@ -92,7 +108,11 @@ pub fn check(p: &Policy, req: Request<'_>, state: State) -> Result<(), PolicyErr
         }
         Request::UpdateContainer(r) => {
             match serde_json::from_slice::<oci_spec::runtime::LinuxResources>(&r.resources_json) {
-                Ok(res) => device_rules(p, res.devices().as_deref().unwrap_or_default(), "UpdateContainer resources"),
+                Ok(res) => device_rules(
+                    p,
+                    res.devices().as_deref().unwrap_or_default(),
+                    "UpdateContainer resources",
+                ),
                 Err(_) => Ok(()),
             }
         }
@@ -105,9 +125,16 @@ fn container_spec(p: &Policy, s: &Spec) -> Result<(), PolicyError> {
     }
     let linux = s.linux().as_ref();
     if let Some(l) = linux {
-        let rules = l.resources().as_ref().and_then(|r| r.devices().as_deref()).unwrap_or_default();
+        let rules = l
+            .resources()
+            .as_ref()
+            .and_then(|r| r.devices().as_deref())
+            .unwrap_or_default();
         device_rules(p, rules, "linux.resources.devices")?;
-        if let (false, Some(dev)) = (p.containers.allow_privileged, l.devices().as_ref().and_then(|d| d.first())) {
+        if let (false, Some(dev)) = (
+            p.containers.allow_privileged,
+            l.devices().as_ref().and_then(|d| d.first()),
+        ) {
             return Err(p.deny(format!(
                 "privileged containers are not allowed (linux.devices gives the container {})",
                 dev.path().display()
@@ -121,22 +148,33 @@ fn container_spec(p: &Policy, s: &Spec) -> Result<(), PolicyError> {
         match linux.and_then(|l| l.seccomp().as_ref()) {
             None => return Err(p.deny("a seccomp profile is required (linux.seccomp is missing)")),
             Some(sc) if sc.default_action() == LinuxSeccompAction::ScmpActAllow => {
-                return Err(p.deny("a seccomp profile is required (linux.seccomp allows every syscall by default)"))
+                return Err(p.deny(
+                    "a seccomp profile is required (linux.seccomp allows every syscall by default)",
+                ))
             }
             Some(_) => {}
         }
     }
-    if p.containers.require_readonly_rootfs && s.root().as_ref().and_then(|r| r.readonly()) != Some(true) {
+    if p.containers.require_readonly_rootfs
+        && s.root().as_ref().and_then(|r| r.readonly()) != Some(true)
+    {
         return Err(p.deny("a read-only rootfs is required (root.readonly is not true)"));
     }
     for m in s.mounts().iter().flatten() {
         let options = m.options().as_deref().unwrap_or_default();
-        let bind = m.typ().as_deref() == Some("bind") || options.iter().any(|o| o == "bind" || o == "rbind");
-        let typ = if bind { "bind" } else { m.typ().as_deref().unwrap_or("") };
+        let bind = m.typ().as_deref() == Some("bind")
+            || options.iter().any(|o| o == "bind" || o == "rbind");
+        let typ = if bind {
+            "bind"
+        } else {
+            m.typ().as_deref().unwrap_or("")
+        };
         let dest = m.destination().display();
         if let Some(types) = &p.mounts.types {
             if !types.iter().any(|t| t == typ) {
-                return Err(p.deny(format!("mount type {typ:?} is not allowed (mount on {dest})")));
+                return Err(p.deny(format!(
+                    "mount type {typ:?} is not allowed (mount on {dest})"
+                )));
             }
         }
         if bind {
@@ -169,7 +207,9 @@ fn process(p: &Policy, proc: &Process, what: &str) -> Result<(), PolicyError> {
             }
             if let Some(allowed) = &p.containers.capabilities {
                 if !allowed.contains(cap) {
-                    return Err(p.deny(format!("capability CAP_{cap} is not allowed ({what}.capabilities.{set})")));
+                    return Err(p.deny(format!(
+                        "capability CAP_{cap} is not allowed ({what}.capabilities.{set})"
+                    )));
                 }
             }
         }
@@ -183,15 +223,24 @@ fn device_rules(p: &Policy, rules: &[LinuxDeviceCgroup], what: &str) -> Result<(
         return Ok(());
     }
     let all = |r: &&LinuxDeviceCgroup| {
-        r.allow() && matches!(r.typ(), None | Some(LinuxDeviceType::A)) && r.major().is_none() && r.minor().is_none()
+        r.allow()
+            && matches!(r.typ(), None | Some(LinuxDeviceType::A))
+            && r.major().is_none()
+            && r.minor().is_none()
     };
     match rules.iter().find(all) {
-        Some(_) => Err(p.deny(format!("privileged containers are not allowed ({what} allows every device)"))),
+        Some(_) => Err(p.deny(format!(
+            "privileged containers are not allowed ({what} allows every device)"
+        ))),
         None => Ok(()),
     }
 }
 
-fn sysctls<'k>(p: &Policy, keys: impl Iterator<Item = &'k str>, what: &str) -> Result<(), PolicyError> {
+fn sysctls<'k>(
+    p: &Policy,
+    keys: impl Iterator<Item = &'k str>,
+    what: &str,
+) -> Result<(), PolicyError> {
     let Some(allowed) = &p.sysctls.allow else {
         return Ok(());
     };
@@ -203,7 +252,10 @@ fn sysctls<'k>(p: &Policy, keys: impl Iterator<Item = &'k str>, what: &str) -> R
             None => a == key,
         });
         if !ok {
-            return Err(p.deny(format!("sysctl {:?} is not allowed ({what})", key.chars().take(80).collect::<String>())));
+            return Err(p.deny(format!(
+                "sysctl {:?} is not allowed ({what})",
+                key.chars().take(80).collect::<String>()
+            )));
         }
     }
     Ok(())
@@ -211,7 +263,11 @@ fn sysctls<'k>(p: &Policy, keys: impl Iterator<Item = &'k str>, what: &str) -> R
 
 fn storages(p: &Policy, storages: &[Storage]) -> Result<(), PolicyError> {
     for s in storages.iter().filter(|s| s.driver == "bind") {
-        bind_source(p, Path::new(&s.source), &format!("bind storage on {}", s.mount_point))?;
+        bind_source(
+            p,
+            Path::new(&s.source),
+            &format!("bind storage on {}", s.mount_point),
+        )?;
     }
     Ok(())
 }
@@ -229,7 +285,12 @@ fn bind_source(p: &Policy, source: &Path, what: &str) -> Result<(), PolicyError>
         (Some(l), Some(r)) if under(l) && under(r) => Ok(()),
         _ => Err(p.deny(format!(
             "bind mount source {:?} is not allowed ({what}; allowed: {})",
-            source.display().to_string().chars().take(200).collect::<String>(),
+            source
+                .display()
+                .to_string()
+                .chars()
+                .take(200)
+                .collect::<String>(),
             allowed.join(", ")
         ))),
     }

@@ -3,7 +3,10 @@ use serde_json::{json, Value};
 use super::check::{admit, Request, State};
 use super::*;
 use crate::service::ServiceError;
-use hull_proto::{CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest, Storage, UpdateContainerRequest};
+use hull_proto::{
+    CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest, Storage,
+    UpdateContainerRequest,
+};
 
 const STRICT: &str = include_str!("../../../guest-image/policy/strict.toml");
 
@@ -19,8 +22,19 @@ fn strict_policies() -> Policies {
 /// rootfs, mounts of the allowed types, binds from the share.
 fn spec() -> Value {
     let caps = [
-        "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
-        "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
         "CAP_AUDIT_WRITE",
     ];
     json!({
@@ -76,7 +90,11 @@ fn shipped_policies_parse_and_the_builtin_is_the_default() {
     assert!(d.exec.allow && d.exec.allow_debug && !d.containers.allow_privileged);
     let s = Policy::parse(STRICT).expect("strict");
     assert_eq!(s.name, "ci-strict");
-    assert!(!s.exec.allow && s.containers.require_seccomp && s.containers.capabilities.as_ref().unwrap().len() == 14);
+    assert!(
+        !s.exec.allow
+            && s.containers.require_seccomp
+            && s.containers.capabilities.as_ref().unwrap().len() == 14
+    );
 }
 
 #[test]
@@ -85,10 +103,14 @@ fn bad_documents_are_named() {
     assert!(e.to_string().contains("alow"), "{e}");
     let e = Policy::parse("[exec]\nallow = true\n").unwrap_err();
     assert!(e.to_string().contains("name"), "{e}");
-    let e = Policy::parse("name = \"x\"\n[containers]\ncapabilities = [\"CAP_FLY\"]\n").unwrap_err();
+    let e =
+        Policy::parse("name = \"x\"\n[containers]\ncapabilities = [\"CAP_FLY\"]\n").unwrap_err();
     assert!(e.to_string().contains("CAP_FLY"), "{e}");
     let e = Policy::parse("name = \"x\"\n[mounts]\nbind_sources = [\"run/x\"]\n").unwrap_err();
-    assert!(e.to_string().contains("bind_sources entry \"run/x\""), "{e}");
+    assert!(
+        e.to_string().contains("bind_sources entry \"run/x\""),
+        "{e}"
+    );
     let e = Policy::parse("name = \"x\"\n[sysctls]\nallow = [\"net.*.x\"]\n").unwrap_err();
     assert!(e.to_string().contains("sysctls.allow"), "{e}");
     assert!(Policy::parse("name = \"\"\n").is_err());
@@ -106,8 +128,18 @@ fn an_empty_document_allows_everything_but_is_named() {
 #[test]
 fn the_strict_policy_allows_a_well_behaved_container_and_the_default_too() {
     let req = create(&spec());
-    assert!(admit(&strict_policies(), Request::CreateContainer(&req), State::default()).is_ok());
-    assert!(admit(&default_policies(), Request::CreateContainer(&req), State::default()).is_ok());
+    assert!(admit(
+        &strict_policies(),
+        Request::CreateContainer(&req),
+        State::default()
+    )
+    .is_ok());
+    assert!(admit(
+        &default_policies(),
+        Request::CreateContainer(&req),
+        State::default()
+    )
+    .is_ok());
 }
 
 #[test]
@@ -115,7 +147,12 @@ fn exec_rule() {
     let p = json!({"args": ["ls"], "cwd": "/"});
     let m = denied(&strict_policies(), Request::ExecProcess(&exec("c1", &p)));
     assert_eq!(m, "policy: exec is not allowed (policy \"ci-strict\")");
-    assert!(admit(&default_policies(), Request::ExecProcess(&exec("c1", &p)), State::default()).is_ok());
+    assert!(admit(
+        &default_policies(),
+        Request::ExecProcess(&exec("c1", &p)),
+        State::default()
+    )
+    .is_ok());
 }
 
 #[test]
@@ -127,7 +164,12 @@ fn debug_exec_rule() {
     sb.debug_exec = true;
     let m = denied(&strict_policies(), Request::CreateSandbox(&sb));
     assert!(m.contains("debug_exec") && m.contains("ci-strict"), "{m}");
-    assert!(admit(&default_policies(), Request::CreateSandbox(&sb), State::default()).is_ok());
+    assert!(admit(
+        &default_policies(),
+        Request::CreateSandbox(&sb),
+        State::default()
+    )
+    .is_ok());
 }
 
 #[test]
@@ -146,17 +188,26 @@ fn privileged_rule() {
     let mut s = spec();
     s["linux"]["devices"] = json!([{"path": "/dev/vda", "type": "b", "major": 254, "minor": 0}]);
     let m = denied(&default_policies(), Request::CreateContainer(&create(&s)));
-    assert!(m.contains("linux.devices gives the container /dev/vda"), "{m}");
+    assert!(
+        m.contains("linux.devices gives the container /dev/vda"),
+        "{m}"
+    );
 
     // UpdateContainer cannot open the devices later, nor an exec gain CAP_SYS_ADMIN.
     let mut u = UpdateContainerRequest::new();
     u.container_id = "c1".into();
     u.resources_json = br#"{"devices": [{"allow": true, "type": "a", "access": "rwm"}]}"#.to_vec();
     let m = denied(&default_policies(), Request::UpdateContainer(&u));
-    assert!(m.contains("UpdateContainer resources allows every device"), "{m}");
+    assert!(
+        m.contains("UpdateContainer resources allows every device"),
+        "{m}"
+    );
     let p = json!({"args": ["ls"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "capabilities": {"ambient": ["CAP_SYS_ADMIN"]}});
     let m = denied(&default_policies(), Request::ExecProcess(&exec("c1", &p)));
-    assert!(m.contains("CAP_SYS_ADMIN in exec process.capabilities.ambient"), "{m}");
+    assert!(
+        m.contains("CAP_SYS_ADMIN in exec process.capabilities.ambient"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -166,7 +217,12 @@ fn capability_rule() {
     let req = create(&s);
     let m = denied(&strict_policies(), Request::CreateContainer(&req));
     assert_eq!(m, "policy: capability CAP_SYS_MODULE is not allowed (process.capabilities.bounding) (policy \"ci-strict\")");
-    assert!(admit(&default_policies(), Request::CreateContainer(&req), State::default()).is_ok());
+    assert!(admit(
+        &default_policies(),
+        Request::CreateContainer(&req),
+        State::default()
+    )
+    .is_ok());
 }
 
 #[test]
@@ -174,8 +230,16 @@ fn seccomp_and_readonly_rootfs_rules() {
     let mut s = spec();
     s["linux"].as_object_mut().unwrap().remove("seccomp");
     let m = denied(&strict_policies(), Request::CreateContainer(&create(&s)));
-    assert!(m.contains("a seccomp profile is required (linux.seccomp is missing)"), "{m}");
-    assert!(admit(&default_policies(), Request::CreateContainer(&create(&s)), State::default()).is_ok());
+    assert!(
+        m.contains("a seccomp profile is required (linux.seccomp is missing)"),
+        "{m}"
+    );
+    assert!(admit(
+        &default_policies(),
+        Request::CreateContainer(&create(&s)),
+        State::default()
+    )
+    .is_ok());
     s["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW"});
     let m = denied(&strict_policies(), Request::CreateContainer(&create(&s)));
     assert!(m.contains("allows every syscall"), "{m}");
@@ -189,16 +253,37 @@ fn seccomp_and_readonly_rootfs_rules() {
 #[test]
 fn mount_rules() {
     let mut s = spec();
-    s["mounts"].as_array_mut().unwrap().push(json!({"destination": "/x", "type": "ramfs", "source": "none"}));
+    s["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/x", "type": "ramfs", "source": "none"}));
     let m = denied(&strict_policies(), Request::CreateContainer(&create(&s)));
-    assert!(m.contains("mount type \"ramfs\" is not allowed (mount on /x)"), "{m}");
-    assert!(admit(&default_policies(), Request::CreateContainer(&create(&s)), State::default()).is_ok());
+    assert!(
+        m.contains("mount type \"ramfs\" is not allowed (mount on /x)"),
+        "{m}"
+    );
+    assert!(admit(
+        &default_policies(),
+        Request::CreateContainer(&create(&s)),
+        State::default()
+    )
+    .is_ok());
 
-    for bad in ["/etc", "/run/hull/share/../../etc", "/run/hull/sharex", "relative/path"] {
+    for bad in [
+        "/etc",
+        "/run/hull/share/../../etc",
+        "/run/hull/sharex",
+        "relative/path",
+    ] {
         let mut s = spec();
-        s["mounts"].as_array_mut().unwrap().push(json!({"destination": "/h", "type": "bind", "source": bad, "options": ["rbind"]}));
+        s["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/h", "type": "bind", "source": bad, "options": ["rbind"]}),
+        );
         let m = denied(&strict_policies(), Request::CreateContainer(&create(&s)));
-        assert!(m.contains("bind mount source") && m.contains("bind mount on /h"), "{bad}: {m}");
+        assert!(
+            m.contains("bind mount source") && m.contains("bind mount on /h"),
+            "{bad}: {m}"
+        );
     }
     // A bind storage from outside the allowed dirs, at sandbox or container creation.
     let mut st = Storage::new();
@@ -222,10 +307,14 @@ fn a_symlink_cannot_carry_a_bind_source_out_of_an_allowed_dir() {
     let link = dir.join("escape");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink("/etc", &link).unwrap();
-    let doc = format!("name = \"t\"\n[mounts]\nbind_sources = [{:?}]\n", dir.display().to_string());
+    let doc = format!(
+        "name = \"t\"\n[mounts]\nbind_sources = [{:?}]\n",
+        dir.display().to_string()
+    );
     let p = Policies::new(Policy::parse(&doc).unwrap());
     let mut s = spec();
-    s["mounts"] = json!([{"destination": "/h", "type": "bind", "source": link, "options": ["rbind"]}]);
+    s["mounts"] =
+        json!([{"destination": "/h", "type": "bind", "source": link, "options": ["rbind"]}]);
     let m = denied(&p, Request::CreateContainer(&create(&s)));
     assert!(m.contains("escape"), "{m}");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -236,12 +325,23 @@ fn sysctl_rule() {
     let mut s = spec();
     s["linux"]["sysctl"] = json!({"kernel.domainname": "x"});
     let m = denied(&strict_policies(), Request::CreateContainer(&create(&s)));
-    assert!(m.contains("sysctl \"kernel.domainname\" is not allowed (linux.sysctl)"), "{m}");
+    assert!(
+        m.contains("sysctl \"kernel.domainname\" is not allowed (linux.sysctl)"),
+        "{m}"
+    );
     let mut sb = CreateSandboxRequest::new();
     sb.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
     let m = denied(&strict_policies(), Request::CreateSandbox(&sb));
-    assert!(m.contains("net.ipv4.ip_forward") && m.contains("CreateSandbox sysctls"), "{m}");
-    assert!(admit(&default_policies(), Request::CreateSandbox(&sb), State::default()).is_ok());
+    assert!(
+        m.contains("net.ipv4.ip_forward") && m.contains("CreateSandbox sysctls"),
+        "{m}"
+    );
+    assert!(admit(
+        &default_policies(),
+        Request::CreateSandbox(&sb),
+        State::default()
+    )
+    .is_ok());
     let p = Policies::new(Policy::parse("name = \"n\"\n[sysctls]\nallow = [\"net.*\"]\n").unwrap());
     assert!(admit(&p, Request::CreateSandbox(&sb), State::default()).is_ok());
 }
@@ -252,7 +352,9 @@ fn max_containers_rule() {
     let p = strict_policies();
     assert!(admit(&p, Request::CreateContainer(&req), State { containers: 15 }).is_ok());
     match admit(&p, Request::CreateContainer(&req), State { containers: 16 }) {
-        Err(ServiceError::PermissionDenied(m)) => assert!(m.contains("at most 16 containers are allowed"), "{m}"),
+        Err(ServiceError::PermissionDenied(m)) => {
+            assert!(m.contains("at most 16 containers are allowed"), "{m}")
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -266,7 +368,10 @@ fn a_sent_policy_tightens_the_baked_one_and_is_sealed() {
     baked.seal(Some(Policy::parse(STRICT).unwrap())).unwrap();
     assert_eq!(baked.name(), "ci-strict");
     // Both apply: strict refuses exec, default still refuses CAP_SYS_ADMIN.
-    let m = denied(&baked, Request::ExecProcess(&exec("c1", &json!({"args": ["ls"], "cwd": "/"}))));
+    let m = denied(
+        &baked,
+        Request::ExecProcess(&exec("c1", &json!({"args": ["ls"], "cwd": "/"}))),
+    );
     assert!(m.contains("ci-strict"), "{m}");
     let mut s = spec();
     s["process"]["capabilities"]["bounding"] = json!(["CAP_SYS_ADMIN"]);
@@ -294,8 +399,14 @@ fn a_sent_policy_tightens_the_baked_one_and_is_sealed() {
 fn a_bad_sent_policy_is_an_invalid_argument() {
     let mut sb = CreateSandboxRequest::new();
     sb.policy = "name = 3".into();
-    match admit(&default_policies(), Request::CreateSandbox(&sb), State::default()) {
-        Err(ServiceError::InvalidArgument(m)) => assert!(m.contains("policy document is not valid"), "{m}"),
+    match admit(
+        &default_policies(),
+        Request::CreateSandbox(&sb),
+        State::default(),
+    ) {
+        Err(ServiceError::InvalidArgument(m)) => {
+            assert!(m.contains("policy document is not valid"), "{m}")
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -304,7 +415,12 @@ fn a_bad_sent_policy_is_an_invalid_argument() {
 fn malformed_specs_are_left_to_the_service() {
     let mut req = CreateContainerRequest::new();
     req.oci_spec_json = b"{not json".to_vec();
-    assert!(admit(&strict_policies(), Request::CreateContainer(&req), State::default()).is_ok());
+    assert!(admit(
+        &strict_policies(),
+        Request::CreateContainer(&req),
+        State::default()
+    )
+    .is_ok());
 }
 
 #[test]

@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 
 use super::process::{finish_ends, prepare_stdio, signal_all};
 use super::{Service, ServiceError};
-use crate::container::{cgroup, runner, spec, Container, Process};
+use crate::container::{cgroup, runner, spec, sysctl, Container, Process};
 use crate::storage;
 
 /// How long RemoveContainer waits for the processes to die after SIGKILL.
@@ -19,7 +19,7 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 /// The container `id`, or NotFound.
 pub fn lookup(svc: &Service, id: &str) -> Result<Arc<Container>, ServiceError> {
     spec::validate_id("container id", id)?;
-    svc.sandbox
+    svc.containers
         .get(id)
         .ok_or_else(|| ServiceError::NotFound(format!("container {id}")))
 }
@@ -32,10 +32,13 @@ fn unmount_all(points: &[PathBuf]) {
     }
 }
 
-pub fn do_create_container(svc: &Service, req: &CreateContainerRequest) -> Result<Empty, ServiceError> {
+pub fn do_create_container(
+    svc: &Service,
+    req: &CreateContainerRequest,
+) -> Result<Empty, ServiceError> {
     let id = req.container_id.as_str();
     spec::validate_id("container id", id)?;
-    if svc.sandbox.contains(id) || runner::state_dir(id).exists() {
+    if svc.containers.contains(id) || runner::state_dir(id).exists() {
         return Err(ServiceError::AlreadyExists(format!("container {id}")));
     }
     if !req.sandbox_container_id.is_empty() {
@@ -43,6 +46,10 @@ pub fn do_create_container(svc: &Service, req: &CreateContainerRequest) -> Resul
     }
     let mut oci = spec::parse_spec(&req.oci_spec_json, id)?;
     join_sandbox(svc, req, &mut oci)?;
+    // The pod's network sysctls: the VM's netns is the pod's, libcontainer would refuse
+    // them there. Set before anything of the container exists (nothing to roll back).
+    let net_sysctls = sysctl::take_vm_net_sysctls(&mut oci)?;
+    sysctl::apply(id, &net_sysctls)?;
     let terminal = req.stdio.terminal || spec::wants_terminal(&oci);
     if let Some(p) = oci.process_mut().as_mut() {
         p.set_terminal(Some(terminal));
@@ -95,10 +102,16 @@ pub fn do_create_container(svc: &Service, req: &CreateContainerRequest) -> Resul
             return Err(ServiceError::internal("process stdio", e));
         }
     };
-    let init = Arc::new(Process::new(String::new(), pid, ends, exited, cgroup::dir_of(id)));
+    let init = Arc::new(Process::new(
+        String::new(),
+        pid,
+        ends,
+        exited,
+        cgroup::dir_of(id),
+    ));
     tokio::spawn(kill_leftovers_after_init(init.clone(), cgroup::dir_of(id)));
     let container = Arc::new(Container::new(id.to_owned(), init, mounted));
-    svc.sandbox.insert(container);
+    svc.containers.insert(container);
     info!(container = id, pid, terminal, "container created");
     Ok(Empty::new())
 }
@@ -117,7 +130,11 @@ async fn kill_leftovers_after_init(init: Arc<Process>, cgroup_dir: PathBuf) {
 
 /// Points the namespaces the request shares with the pod's sandbox container at that
 /// container's init process, which must be running (its namespaces die with it).
-fn join_sandbox(svc: &Service, req: &CreateContainerRequest, oci: &mut oci_spec::runtime::Spec) -> Result<(), ServiceError> {
+fn join_sandbox(
+    svc: &Service,
+    req: &CreateContainerRequest,
+    oci: &mut oci_spec::runtime::Spec,
+) -> Result<(), ServiceError> {
     if req.sandbox_namespaces.is_empty() {
         return Ok(());
     }
@@ -134,7 +151,7 @@ fn join_sandbox(svc: &Service, req: &CreateContainerRequest, oci: &mut oci_spec:
             "container {id}: sandbox_namespaces ({names}) given without sandbox_container_id"
         )));
     }
-    let sandbox = svc.sandbox.get(sandbox_id).ok_or_else(|| {
+    let sandbox = svc.containers.get(sandbox_id).ok_or_else(|| {
         ServiceError::NotFound(format!(
             "sandbox container {sandbox_id} (whose {names} namespaces container {id} joins)"
         ))
@@ -162,7 +179,10 @@ fn create_error(id: &str, e: runner::RunError) -> ServiceError {
     }
 }
 
-pub fn do_start_container(svc: &Service, req: &StartContainerRequest) -> Result<Empty, ServiceError> {
+pub fn do_start_container(
+    svc: &Service,
+    req: &StartContainerRequest,
+) -> Result<Empty, ServiceError> {
     let c = lookup(svc, &req.container_id)?;
     if c.init.has_exited() {
         return Err(ServiceError::FailedPrecondition(format!(
@@ -176,12 +196,16 @@ pub fn do_start_container(svc: &Service, req: &StartContainerRequest) -> Result<
             c.id
         )));
     }
-    runner::start(&c.id).map_err(|e| ServiceError::internal(format!("start container {}", c.id), e))?;
+    runner::start(&c.id)
+        .map_err(|e| ServiceError::internal(format!("start container {}", c.id), e))?;
     info!(container = %c.id, "container started");
     Ok(Empty::new())
 }
 
-pub async fn do_remove_container(svc: &Service, req: &RemoveContainerRequest) -> Result<Empty, ServiceError> {
+pub async fn do_remove_container(
+    svc: &Service,
+    req: &RemoveContainerRequest,
+) -> Result<Empty, ServiceError> {
     let c = lookup(svc, &req.container_id)?;
     if !c.init.has_exited() {
         if req.timeout_secs == 0 && c.is_started() {
@@ -202,7 +226,10 @@ pub async fn do_remove_container(svc: &Service, req: &RemoveContainerRequest) ->
                 nix::unistd::Pid::from_raw(c.init.pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
-            if tokio::time::timeout(KILL_WAIT, c.init.wait()).await.is_err() {
+            if tokio::time::timeout(KILL_WAIT, c.init.wait())
+                .await
+                .is_err()
+            {
                 return Err(ServiceError::internal(
                     format!("remove container {}", c.id),
                     "init process did not die after SIGKILL",
@@ -210,10 +237,10 @@ pub async fn do_remove_container(svc: &Service, req: &RemoveContainerRequest) ->
             }
         }
     }
-    svc.sandbox.check_oom(&c);
+    svc.containers.check_oom(&c);
     let result = runner::destroy(&c.id);
     unmount_all(&c.mounts);
-    svc.sandbox.remove(&c.id);
+    svc.containers.remove(&c.id);
     result.map_err(|e| ServiceError::internal(format!("remove container {}", c.id), e))?;
     info!(container = %c.id, "container removed");
     Ok(Empty::new())
@@ -235,11 +262,15 @@ pub fn do_update(svc: &Service, req: &UpdateContainerRequest) -> Result<Empty, S
     let c = lookup(svc, &req.container_id)?;
     let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&req.resources_json)
         .map_err(|e| ServiceError::InvalidArgument(format!("resources_json: {e}")))?;
-    runner::update(&c.id, &resources).map_err(|e| ServiceError::internal(format!("update {}", c.id), e))?;
+    runner::update(&c.id, &resources)
+        .map_err(|e| ServiceError::internal(format!("update {}", c.id), e))?;
     Ok(Empty::new())
 }
 
-pub fn do_stats(svc: &Service, req: &ContainerRequest) -> Result<StatsContainerResponse, ServiceError> {
+pub fn do_stats(
+    svc: &Service,
+    req: &ContainerRequest,
+) -> Result<StatsContainerResponse, ServiceError> {
     let c = lookup(svc, &req.container_id)?;
     cgroup::stats(&c.cgroup).map_err(|e| ServiceError::internal(format!("stats {}", c.id), e))
 }
@@ -262,9 +293,13 @@ fn cmdline(pid: i32) -> Vec<String> {
         .unwrap_or_default()
 }
 
-pub fn do_list_processes(svc: &Service, req: &ContainerRequest) -> Result<ListProcessesResponse, ServiceError> {
+pub fn do_list_processes(
+    svc: &Service,
+    req: &ContainerRequest,
+) -> Result<ListProcessesResponse, ServiceError> {
     let c = lookup(svc, &req.container_id)?;
-    let pids = cgroup::procs(&c.cgroup).map_err(|e| ServiceError::internal(format!("list {}", c.id), e))?;
+    let pids = cgroup::procs(&c.cgroup)
+        .map_err(|e| ServiceError::internal(format!("list {}", c.id), e))?;
     let execs = c.exec_processes();
     let mut resp = ListProcessesResponse::new();
     for pid in pids {

@@ -37,14 +37,14 @@ fn check_exec_id(exec_id: &str) -> Result<(), ServiceError> {
 /// The debug process `exec_id`, or NotFound.
 pub fn lookup(svc: &Service, exec_id: &str) -> Result<Arc<Process>, ServiceError> {
     check_exec_id(exec_id)?;
-    svc.sandbox
+    svc.containers
         .debug_process(exec_id)
         .ok_or_else(|| ServiceError::NotFound(format!("debug process {exec_id}")))
 }
 
 /// Refuses unless the sandbox was created with `debug_exec`.
 pub fn check_allowed(svc: &Service) -> Result<(), ServiceError> {
-    if svc.sandbox.debug_exec_allowed() {
+    if svc.containers.debug_exec_allowed() {
         Ok(())
     } else {
         Err(ServiceError::PermissionDenied(
@@ -66,13 +66,15 @@ pub struct DebugCommand {
 pub fn command_of(process: &oci_spec::runtime::Process) -> Result<DebugCommand, ServiceError> {
     let args = process.args().clone().unwrap_or_default();
     let Some(first) = args.first() else {
-        return Err(ServiceError::InvalidArgument("the debug process has no args".into()));
+        return Err(ServiceError::InvalidArgument(
+            "the debug process has no args".into(),
+        ));
     };
     let mut env = Vec::new();
     for e in process.env().clone().unwrap_or_default() {
-        let (k, v) = e
-            .split_once('=')
-            .ok_or_else(|| ServiceError::InvalidArgument(format!("env entry {e:?} is not KEY=VALUE")))?;
+        let (k, v) = e.split_once('=').ok_or_else(|| {
+            ServiceError::InvalidArgument(format!("env entry {e:?} is not KEY=VALUE"))
+        })?;
         env.push((k.to_string(), v.to_string()));
     }
     if !env.iter().any(|(k, _)| k == "PATH") {
@@ -80,13 +82,27 @@ pub fn command_of(process: &oci_spec::runtime::Process) -> Result<DebugCommand, 
     }
     let cwd = process.cwd().clone();
     if !cwd.is_absolute() {
-        return Err(ServiceError::InvalidArgument(format!("cwd {} is not absolute", cwd.display())));
+        return Err(ServiceError::InvalidArgument(format!(
+            "cwd {} is not absolute",
+            cwd.display()
+        )));
     }
-    let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(DEFAULT_PATH);
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or(DEFAULT_PATH);
     let program = resolve(first, path).ok_or_else(|| {
-        ServiceError::InvalidArgument(format!("debug process: command not found in the guest: {first:?} (PATH {path})"))
+        ServiceError::InvalidArgument(format!(
+            "debug process: command not found in the guest: {first:?} (PATH {path})"
+        ))
     })?;
-    Ok(DebugCommand { program, args, env, cwd })
+    Ok(DebugCommand {
+        program,
+        args,
+        env,
+        cwd,
+    })
 }
 
 fn resolve(cmd: &str, path: &str) -> Option<PathBuf> {
@@ -116,11 +132,24 @@ fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
         .open("/dev/pts/ptmx")?;
     let unlock: libc::c_int = 0;
     // SAFETY: TIOCSPTLCK reads one int through the pointer, which lives for the call.
-    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock as *const libc::c_int) } < 0 {
+    if unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCSPTLCK,
+            &unlock as *const libc::c_int,
+        )
+    } < 0
+    {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: TIOCGPTPEER takes open flags by value and returns a new fd (or -1).
-    let fd = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    let fd = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -149,18 +178,27 @@ pub fn do_debug_crash_agent(svc: &Service) -> Result<Empty, ServiceError> {
 pub fn do_debug_exec(svc: &Service, req: &ExecProcessRequest) -> Result<Empty, ServiceError> {
     check_exec_id(&req.exec_id)?;
     check_allowed(svc)?;
-    if svc.sandbox.has_debug_process(&req.exec_id) {
-        return Err(ServiceError::AlreadyExists(format!("debug process {}", req.exec_id)));
+    if svc.containers.has_debug_process(&req.exec_id) {
+        return Err(ServiceError::AlreadyExists(format!(
+            "debug process {}",
+            req.exec_id
+        )));
     }
     let process = spec::parse_process(&req.process_json)?;
     let cmd = command_of(&process)?;
     let terminal = req.stdio.terminal || process.terminal().unwrap_or(false);
     let size = stdio::initial_size(process.console_size().as_ref());
     let (child_stdio, pending, pty) = if terminal {
-        let (master, slave) = open_pty().map_err(|e| ServiceError::internal("open a pty in /dev/pts", e))?;
+        let (master, slave) =
+            open_pty().map_err(|e| ServiceError::internal("open a pty in /dev/pts", e))?;
         // The window size is there before the process runs.
-        stdio::resize(master.as_raw_fd(), size.0, size.1).map_err(|e| ServiceError::internal("TIOCSWINSZ", e))?;
-        let dup = |what| slave.try_clone().map_err(|e| ServiceError::internal(what, e));
+        stdio::resize(master.as_raw_fd(), size.0, size.1)
+            .map_err(|e| ServiceError::internal("TIOCSWINSZ", e))?;
+        let dup = |what| {
+            slave
+                .try_clone()
+                .map_err(|e| ServiceError::internal(what, e))
+        };
         let child = ChildStdio {
             stdin: dup("pty slave")?,
             stdout: dup("pty slave")?,
@@ -168,9 +206,13 @@ pub fn do_debug_exec(svc: &Service, req: &ExecProcessRequest) -> Result<Empty, S
         };
         (child, Default::default(), Some(master))
     } else {
-        match prepare_stdio(&req.stdio, false).map_err(|e| ServiceError::internal("stdio pipes", e))? {
+        match prepare_stdio(&req.stdio, false)
+            .map_err(|e| ServiceError::internal("stdio pipes", e))?
+        {
             (StdioSetup::Pipes(child), pending) => (child, pending, None),
-            (StdioSetup::Terminal, _) => return Err(ServiceError::internal("stdio pipes", "unexpected terminal")),
+            (StdioSetup::Terminal, _) => {
+                return Err(ServiceError::internal("stdio pipes", "unexpected terminal"))
+            }
         }
     };
     let mut command = Command::new(&cmd.program);
@@ -203,7 +245,16 @@ pub fn do_debug_exec(svc: &Service, req: &ExecProcessRequest) -> Result<Empty, S
             let pid = i32::try_from(child.id()).map_err(std::io::Error::other)?;
             Ok::<_, std::io::Error>((child, pid))
         })
-        .map_err(|e| ServiceError::internal(format!("debug process {}: start {}", req.exec_id, cmd.program.display()), e))?;
+        .map_err(|e| {
+            ServiceError::internal(
+                format!(
+                    "debug process {}: start {}",
+                    req.exec_id,
+                    cmd.program.display()
+                ),
+                e,
+            )
+        })?;
     // The child's ends of the stdio were moved into `command`: drop them here.
     drop(command);
     let pid = i32::try_from(child.id()).unwrap_or(-1);
@@ -211,13 +262,22 @@ pub fn do_debug_exec(svc: &Service, req: &ExecProcessRequest) -> Result<Empty, S
         Ok(ends) => ends,
         Err(e) => {
             // Nobody could talk to it: it must not run on. The reaper reaps it.
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
             return Err(ServiceError::internal("process stdio", e));
         }
     };
     // Not a container: no cgroup of its own for OOM accounting.
-    let p = Arc::new(Process::new(req.exec_id.clone(), pid, ends, exited, PathBuf::new()));
-    svc.sandbox.add_debug_process(p);
+    let p = Arc::new(Process::new(
+        req.exec_id.clone(),
+        pid,
+        ends,
+        exited,
+        PathBuf::new(),
+    ));
+    svc.containers.add_debug_process(p);
     info!(exec = %req.exec_id, pid, terminal, program = %cmd.program.display(), "debug process started");
     Ok(Empty::new())
 }
@@ -236,16 +296,38 @@ mod tests {
             .build()
             .unwrap();
         let c = command_of(&p).unwrap();
-        assert!(c.program.ends_with("true") && c.program.is_absolute(), "{c:?}");
+        assert!(
+            c.program.ends_with("true") && c.program.is_absolute(),
+            "{c:?}"
+        );
         assert!(c.env.contains(&("PATH".into(), DEFAULT_PATH.into())));
         assert!(c.env.contains(&("A".into(), "1".into())));
 
-        let missing = ProcessBuilder::default().args(vec!["no-such-cmd-xyz".to_string()]).cwd("/").build().unwrap();
+        let missing = ProcessBuilder::default()
+            .args(vec!["no-such-cmd-xyz".to_string()])
+            .cwd("/")
+            .build()
+            .unwrap();
         let e = command_of(&missing).unwrap_err();
-        assert!(e.to_string().contains("command not found in the guest"), "{e}");
-        let empty = ProcessBuilder::default().args(Vec::<String>::new()).cwd("/").build().unwrap();
+        assert!(
+            e.to_string().contains("command not found in the guest"),
+            "{e}"
+        );
+        let empty = ProcessBuilder::default()
+            .args(Vec::<String>::new())
+            .cwd("/")
+            .build()
+            .unwrap();
         assert!(command_of(&empty).is_err());
-        let bad_env = ProcessBuilder::default().args(vec!["true".to_string()]).env(vec!["NOEQUALS".to_string()]).cwd("/").build().unwrap();
-        assert!(command_of(&bad_env).unwrap_err().to_string().contains("KEY=VALUE"));
+        let bad_env = ProcessBuilder::default()
+            .args(vec!["true".to_string()])
+            .env(vec!["NOEQUALS".to_string()])
+            .cwd("/")
+            .build()
+            .unwrap();
+        assert!(command_of(&bad_env)
+            .unwrap_err()
+            .to_string()
+            .contains("KEY=VALUE"));
     }
 }

@@ -52,10 +52,22 @@ impl From<crate::container::spec::SpecError> for ServiceError {
     }
 }
 
+impl From<crate::container::sysctl::SysctlError> for ServiceError {
+    fn from(e: crate::container::sysctl::SysctlError) -> Self {
+        match e {
+            crate::container::sysctl::SysctlError::BadKey { .. } => {
+                ServiceError::InvalidArgument(e.to_string())
+            }
+            other => ServiceError::internal("network sysctl", other),
+        }
+    }
+}
+
 impl From<crate::storage::StorageError> for ServiceError {
     fn from(e: crate::storage::StorageError) -> Self {
         match e {
-            crate::storage::StorageError::Driver(_) | crate::storage::StorageError::Field { .. } => {
+            crate::storage::StorageError::Driver(_)
+            | crate::storage::StorageError::Field { .. } => {
                 ServiceError::InvalidArgument(e.to_string())
             }
             other => ServiceError::internal("storage", other),

@@ -2,7 +2,7 @@
 //!
 //! [`Service`] owns the agent's state (no globals); each submodule holds the `do_xxx`
 //! functions of one area. Next: `container.rs`, `process.rs`, `io.rs`, `network.rs`, and
-//! the container table in `crate::sandbox`.
+//! the container table in `crate::container_table`.
 
 pub mod container;
 pub mod debug;
@@ -25,7 +25,7 @@ pub struct Service {
     /// Exit statuses of the processes the agent starts (used from the next issue on).
     pub reaper: Reaper,
     /// The container table and OOM events.
-    pub sandbox: crate::sandbox::Sandbox,
+    pub containers: crate::container_table::ContainerTable,
     /// The agent policy: baked, plus CreateSandbox's; sealed after CreateSandbox.
     pub policy: crate::policy::Policies,
 }
@@ -36,7 +36,7 @@ impl Service {
         Service {
             power,
             reaper,
-            sandbox: crate::sandbox::Sandbox::default(),
+            containers: crate::container_table::ContainerTable::default(),
             policy,
         }
     }
@@ -44,7 +44,7 @@ impl Service {
     /// Checks a request against the policy (see `crate::policy::check`).
     pub fn admit(&self, req: crate::policy::check::Request<'_>) -> Result<(), ServiceError> {
         let state = crate::policy::check::State {
-            containers: self.sandbox.all().len(),
+            containers: self.containers.all().len(),
         };
         crate::policy::check::admit(&self.policy, req, state)
     }

@@ -1,5 +1,5 @@
 //! UpdateInterface and UpdateRoutes: every field checked (the host may be buggy or
-//! hostile), then set through `crate::network`. The replies echo what was set.
+//! hostile), then set through `crate::netlink`. The replies echo what was set.
 
 use std::net::IpAddr;
 
@@ -7,7 +7,7 @@ use hull_proto::{Interface, Routes, UpdateInterfaceRequest, UpdateRoutesRequest}
 use tracing::info;
 
 use super::ServiceError;
-use crate::network::{self, IfaceConfig, NetError, RouteConfig};
+use crate::netlink::{self, IfaceConfig, NetError, RouteConfig};
 
 fn invalid(what: impl Into<String>) -> ServiceError {
     ServiceError::InvalidArgument(what.into())
@@ -16,7 +16,9 @@ fn invalid(what: impl Into<String>) -> ServiceError {
 impl From<NetError> for ServiceError {
     fn from(e: NetError) -> Self {
         match e {
-            NetError::NoSuchMac(_) | NetError::NoSuchDevice(_) => ServiceError::NotFound(e.to_string()),
+            NetError::NoSuchMac(_) | NetError::NoSuchDevice(_) => {
+                ServiceError::NotFound(e.to_string())
+            }
             NetError::BadRoute { .. } => ServiceError::InvalidArgument(e.to_string()),
             other => ServiceError::internal("guest network", other),
         }
@@ -29,16 +31,24 @@ fn check_name(name: &str) -> Result<(), ServiceError> {
         && name != "lo"
         && name != "."
         && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
     if ok {
         Ok(())
     } else {
-        Err(invalid(format!("interface name {name:?} is not a valid name (1-15 of [A-Za-z0-9._-], not lo)")))
+        Err(invalid(format!(
+            "interface name {name:?} is not a valid name (1-15 of [A-Za-z0-9._-], not lo)"
+        )))
     }
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], ServiceError> {
-    let bad = || invalid(format!("hw_addr {s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"));
+    let bad = || {
+        invalid(format!(
+            "hw_addr {s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"
+        ))
+    };
     let parts: Vec<&str> = s.split(':').collect();
     if parts.len() != 6 {
         return Err(bad());
@@ -71,22 +81,34 @@ fn check_prefix(field: &str, ip: &IpAddr, len: u32) -> Result<u8, ServiceError> 
 
 /// The interface request, checked.
 pub fn interface_config(req: &UpdateInterfaceRequest) -> Result<IfaceConfig, ServiceError> {
-    let i = req.interface.as_ref().ok_or_else(|| invalid("UpdateInterface without an interface"))?;
+    let i = req
+        .interface
+        .as_ref()
+        .ok_or_else(|| invalid("UpdateInterface without an interface"))?;
     check_name(&i.name)?;
     let mac = parse_mac(&i.hw_addr)?;
     if !(68..=65535).contains(&i.mtu) {
-        return Err(invalid(format!("mtu {} of {} is outside 68..=65535", i.mtu, i.name)));
+        return Err(invalid(format!(
+            "mtu {} of {} is outside 68..=65535",
+            i.mtu, i.name
+        )));
     }
     let mut addresses = Vec::new();
     for a in &i.addresses {
         let ip = parse_ip("address", &a.address)?;
         if ip.is_ipv6() != a.ipv6 {
-            return Err(invalid(format!("address {ip}: the ipv6 flag says {}", a.ipv6)));
+            return Err(invalid(format!(
+                "address {ip}: the ipv6 flag says {}",
+                a.ipv6
+            )));
         }
         addresses.push((ip, check_prefix("address", &ip, a.prefix_len)?));
     }
     if !i.up {
-        return Err(invalid(format!("interface {} asked down: hull only configures interfaces up", i.name)));
+        return Err(invalid(format!(
+            "interface {} asked down: hull only configures interfaces up",
+            i.name
+        )));
     }
     Ok(IfaceConfig {
         name: i.name.clone(),
@@ -98,7 +120,11 @@ pub fn interface_config(req: &UpdateInterfaceRequest) -> Result<IfaceConfig, Ser
 
 /// The routes request, checked.
 pub fn route_configs(req: &UpdateRoutesRequest) -> Result<Vec<RouteConfig>, ServiceError> {
-    let routes = req.routes.as_ref().map(|r| r.routes.as_slice()).unwrap_or_default();
+    let routes = req
+        .routes
+        .as_ref()
+        .map(|r| r.routes.as_slice())
+        .unwrap_or_default();
     let mut out = Vec::new();
     for r in routes {
         check_name(&r.device)?;
@@ -110,7 +136,9 @@ pub fn route_configs(req: &UpdateRoutesRequest) -> Result<Vec<RouteConfig>, Serv
                 .split_once('/')
                 .ok_or_else(|| invalid(format!("route dest {:?} is not a CIDR", r.dest)))?;
             let ip = parse_ip("route dest", ip)?;
-            let len: u32 = len.parse().map_err(|_| invalid(format!("route dest {:?} is not a CIDR", r.dest)))?;
+            let len: u32 = len
+                .parse()
+                .map_err(|_| invalid(format!("route dest {:?} is not a CIDR", r.dest)))?;
             Some((ip, check_prefix("route dest", &ip, len)?))
         };
         let opt_ip = |field: &str, s: &str| (!s.is_empty()).then(|| parse_ip(field, s)).transpose();
@@ -118,10 +146,17 @@ pub fn route_configs(req: &UpdateRoutesRequest) -> Result<Vec<RouteConfig>, Serv
         let source = opt_ip("route source", &r.source)?;
         let scope = match r.scope {
             0 | 253 | 254 => r.scope as u8,
-            s => return Err(invalid(format!("route scope {s} (0 universe, 253 link, 254 host)"))),
+            s => {
+                return Err(invalid(format!(
+                    "route scope {s} (0 universe, 253 link, 254 host)"
+                )))
+            }
         };
         if dest.is_none() && gateway.is_none() {
-            return Err(invalid(format!("a default route on {} needs a gateway", r.device)));
+            return Err(invalid(format!(
+                "a default route on {} needs a gateway",
+                r.device
+            )));
         }
         out.push(RouteConfig {
             dest,
@@ -137,15 +172,15 @@ pub fn route_configs(req: &UpdateRoutesRequest) -> Result<Vec<RouteConfig>, Serv
 
 pub async fn do_update_interface(req: &UpdateInterfaceRequest) -> Result<Interface, ServiceError> {
     let cfg = interface_config(req)?;
-    network::loopback_up().await?;
-    network::configure_interface(&cfg).await?;
-    info!(name = %cfg.name, mac = %network::format_mac(&cfg.mac), mtu = cfg.mtu, addresses = ?cfg.addresses, "interface configured");
+    netlink::loopback_up().await?;
+    netlink::configure_interface(&cfg).await?;
+    info!(name = %cfg.name, mac = %netlink::format_mac(&cfg.mac), mtu = cfg.mtu, addresses = ?cfg.addresses, "interface configured");
     Ok(req.interface.clone().unwrap_or_default())
 }
 
 pub async fn do_update_routes(req: &UpdateRoutesRequest) -> Result<Routes, ServiceError> {
     let routes = route_configs(req)?;
-    network::replace_routes(&routes).await?;
+    netlink::replace_routes(&routes).await?;
     info!(count = routes.len(), "routes set");
     Ok(req.routes.clone().unwrap_or_default())
 }
@@ -174,17 +209,39 @@ mod tests {
 
     #[test]
     fn interfaces_are_checked_field_by_field() {
-        let ok = interface_config(&iface("eth0", "0a:58:0a:f4:00:05", 1500, "10.244.0.5", 24)).expect("valid");
+        let ok = interface_config(&iface("eth0", "0a:58:0a:f4:00:05", 1500, "10.244.0.5", 24))
+            .expect("valid");
         assert_eq!(ok.mac, [0x0a, 0x58, 0x0a, 0xf4, 0, 5]);
         assert_eq!(ok.addresses, vec![("10.244.0.5".parse().expect("ip"), 24)]);
         for (req, needle) in [
-            (iface("eth0/x", "0a:58:0a:f4:00:05", 1500, "10.0.0.1", 24), "interface name"),
-            (iface("lo", "0a:58:0a:f4:00:05", 1500, "10.0.0.1", 24), "interface name"),
-            (iface("eth0", "0a:58:0a:f4:00", 1500, "10.0.0.1", 24), "hw_addr"),
-            (iface("eth0", "01:58:0a:f4:00:05", 1500, "10.0.0.1", 24), "hw_addr"),
-            (iface("eth0", "0a:58:0a:f4:00:05", 10, "10.0.0.1", 24), "mtu 10"),
-            (iface("eth0", "0a:58:0a:f4:00:05", 1500, "10.0.0.300", 24), "not an IP address"),
-            (iface("eth0", "0a:58:0a:f4:00:05", 1500, "10.0.0.1", 33), "prefix length"),
+            (
+                iface("eth0/x", "0a:58:0a:f4:00:05", 1500, "10.0.0.1", 24),
+                "interface name",
+            ),
+            (
+                iface("lo", "0a:58:0a:f4:00:05", 1500, "10.0.0.1", 24),
+                "interface name",
+            ),
+            (
+                iface("eth0", "0a:58:0a:f4:00", 1500, "10.0.0.1", 24),
+                "hw_addr",
+            ),
+            (
+                iface("eth0", "01:58:0a:f4:00:05", 1500, "10.0.0.1", 24),
+                "hw_addr",
+            ),
+            (
+                iface("eth0", "0a:58:0a:f4:00:05", 10, "10.0.0.1", 24),
+                "mtu 10",
+            ),
+            (
+                iface("eth0", "0a:58:0a:f4:00:05", 1500, "10.0.0.300", 24),
+                "not an IP address",
+            ),
+            (
+                iface("eth0", "0a:58:0a:f4:00:05", 1500, "10.0.0.1", 33),
+                "prefix length",
+            ),
         ] {
             let e = interface_config(&req).expect_err(needle);
             assert!(e.to_string().contains(needle), "{e} should name {needle}");
@@ -209,7 +266,11 @@ mod tests {
 
     #[test]
     fn routes_are_checked() {
-        let ok = route_configs(&routes(&[("", "10.244.0.1", "eth0", 0), ("10.96.0.0/12", "", "eth0", 253)])).expect("valid");
+        let ok = route_configs(&routes(&[
+            ("", "10.244.0.1", "eth0", 0),
+            ("10.96.0.0/12", "", "eth0", 253),
+        ]))
+        .expect("valid");
         assert_eq!(ok.len(), 2);
         assert_eq!(ok[0].dest, None);
         for (req, needle) in [

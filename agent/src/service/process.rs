@@ -63,7 +63,12 @@ pub fn prepare_stdio(cfg: &StdioConfig, terminal: bool) -> io::Result<(StdioSetu
 /// master (stdout carries the terminal's output; there is no separate stderr). A
 /// terminal gets its window size (`size`, see `stdio::initial_size`) here, before the
 /// host can read or resize it.
-pub fn finish_ends(pending: PendingEnds, pty: Option<OwnedFd>, cfg: &StdioConfig, size: (u16, u16)) -> io::Result<HostEnds> {
+pub fn finish_ends(
+    pending: PendingEnds,
+    pty: Option<OwnedFd>,
+    cfg: &StdioConfig,
+    size: (u16, u16),
+) -> io::Result<HostEnds> {
     if let Some(master) = pty {
         stdio::resize(master.as_raw_fd(), size.0, size.1)?;
         let stdin = if cfg.stdin {
@@ -98,7 +103,11 @@ pub fn signal_all(c: &Container, sig: i32) {
 
 /// The process of a request: a container's, or (empty container id) a debug process
 /// of the guest.
-pub fn lookup_any(svc: &Service, container_id: &str, exec_id: &str) -> Result<Arc<Process>, ServiceError> {
+pub fn lookup_any(
+    svc: &Service,
+    container_id: &str,
+    exec_id: &str,
+) -> Result<Arc<Process>, ServiceError> {
     if container_id.is_empty() {
         return super::debug::lookup(svc, exec_id);
     }
@@ -106,14 +115,18 @@ pub fn lookup_any(svc: &Service, container_id: &str, exec_id: &str) -> Result<Ar
 }
 
 /// Container and process of a request.
-pub fn lookup_process(svc: &Service, container_id: &str, exec_id: &str) -> Result<(Arc<Container>, Arc<Process>), ServiceError> {
+pub fn lookup_process(
+    svc: &Service,
+    container_id: &str,
+    exec_id: &str,
+) -> Result<(Arc<Container>, Arc<Process>), ServiceError> {
     let c = lookup(svc, container_id)?;
     if !exec_id.is_empty() {
         spec::validate_id("exec id", exec_id)?;
     }
-    let p = c
-        .process(exec_id)
-        .ok_or_else(|| ServiceError::NotFound(format!("process {exec_id} in container {container_id}")))?;
+    let p = c.process(exec_id).ok_or_else(|| {
+        ServiceError::NotFound(format!("process {exec_id} in container {container_id}"))
+    })?;
     Ok((c, p))
 }
 
@@ -124,15 +137,22 @@ pub fn do_exec(svc: &Service, req: &ExecProcessRequest) -> Result<Empty, Service
     let c = lookup(svc, &req.container_id)?;
     spec::validate_id("exec id", &req.exec_id)?;
     if c.has_exec(&req.exec_id) {
-        return Err(ServiceError::AlreadyExists(format!("exec {} in container {}", req.exec_id, c.id)));
+        return Err(ServiceError::AlreadyExists(format!(
+            "exec {} in container {}",
+            req.exec_id, c.id
+        )));
     }
     if !c.is_started() || c.init.has_exited() {
-        return Err(ServiceError::FailedPrecondition(format!("container {} is not running", c.id)));
+        return Err(ServiceError::FailedPrecondition(format!(
+            "container {} is not running",
+            c.id
+        )));
     }
     let mut process = spec::parse_process(&req.process_json)?;
     let terminal = req.stdio.terminal || process.terminal().unwrap_or(false);
     process.set_terminal(Some(terminal));
-    let (setup, pending) = prepare_stdio(&req.stdio, terminal).map_err(|e| ServiceError::internal("stdio pipes", e))?;
+    let (setup, pending) = prepare_stdio(&req.stdio, terminal)
+        .map_err(|e| ServiceError::internal("stdio pipes", e))?;
     let (launched, exited) = svc
         .reaper
         .spawn_watched(|| {
@@ -140,11 +160,20 @@ pub fn do_exec(svc: &Service, req: &ExecProcessRequest) -> Result<Empty, Service
             let pid = l.pid;
             Ok::<_, runner::RunError>((l, pid))
         })
-        .map_err(|e| ServiceError::internal(format!("exec {} in container {}", req.exec_id, c.id), e))?;
+        .map_err(|e| {
+            ServiceError::internal(format!("exec {} in container {}", req.exec_id, c.id), e)
+        })?;
     let pid = launched.pid;
     let size = stdio::initial_size(process.console_size().as_ref());
-    let ends = finish_ends(pending, launched.pty_master, &req.stdio, size).map_err(|e| ServiceError::internal("process stdio", e))?;
-    let p = Arc::new(Process::new(req.exec_id.clone(), pid, ends, exited, c.cgroup.clone()));
+    let ends = finish_ends(pending, launched.pty_master, &req.stdio, size)
+        .map_err(|e| ServiceError::internal("process stdio", e))?;
+    let p = Arc::new(Process::new(
+        req.exec_id.clone(),
+        pid,
+        ends,
+        exited,
+        c.cgroup.clone(),
+    ));
     c.add_exec(req.exec_id.clone(), p);
     info!(container = %c.id, exec = %req.exec_id, pid, terminal, "exec started");
     Ok(Empty::new())
@@ -161,21 +190,33 @@ pub fn do_signal(svc: &Service, req: &SignalProcessRequest) -> Result<Empty, Ser
     let sig = i32::try_from(req.signal)
         .ok()
         .and_then(|s| Signal::try_from(s).ok())
-        .ok_or_else(|| ServiceError::InvalidArgument(format!("signal {} is not a valid signal", req.signal)))?;
+        .ok_or_else(|| {
+            ServiceError::InvalidArgument(format!("signal {} is not a valid signal", req.signal))
+        })?;
     if let (true, Some(c)) = (req.all, &c) {
         signal_all(c, sig as i32);
         return Ok(Empty::new());
     }
-    let owner = c.as_ref().map_or_else(|| "the guest".to_string(), |c| format!("container {}", c.id));
+    let owner = c.as_ref().map_or_else(
+        || "the guest".to_string(),
+        |c| format!("container {}", c.id),
+    );
     if p.has_exited() {
-        return Err(ServiceError::NotFound(format!("process {:?} of {owner} has exited", p.exec_id)));
+        return Err(ServiceError::NotFound(format!(
+            "process {:?} of {owner} has exited",
+            p.exec_id
+        )));
     }
     debug!(pid = p.pid, ?sig, "signal");
-    kill(Pid::from_raw(p.pid), sig).map_err(|e| ServiceError::internal(format!("kill {}", p.pid), e))?;
+    kill(Pid::from_raw(p.pid), sig)
+        .map_err(|e| ServiceError::internal(format!("kill {}", p.pid), e))?;
     Ok(Empty::new())
 }
 
-pub async fn do_wait(svc: &Service, req: &ProcessRequest) -> Result<WaitProcessResponse, ServiceError> {
+pub async fn do_wait(
+    svc: &Service,
+    req: &ProcessRequest,
+) -> Result<WaitProcessResponse, ServiceError> {
     let p = lookup_any(svc, &req.container_id, &req.exec_id)?;
     let exit = p
         .wait()
@@ -196,8 +237,10 @@ pub fn do_resize(svc: &Service, req: &ResizeTtyRequest) -> Result<Empty, Service
     let fd = p
         .pty_fd()
         .ok_or_else(|| ServiceError::FailedPrecondition("the process has no terminal".into()))?;
-    let rows = u16::try_from(req.rows).map_err(|_| ServiceError::InvalidArgument(format!("rows {}", req.rows)))?;
-    let cols = u16::try_from(req.columns).map_err(|_| ServiceError::InvalidArgument(format!("columns {}", req.columns)))?;
+    let rows = u16::try_from(req.rows)
+        .map_err(|_| ServiceError::InvalidArgument(format!("rows {}", req.rows)))?;
+    let cols = u16::try_from(req.columns)
+        .map_err(|_| ServiceError::InvalidArgument(format!("columns {}", req.columns)))?;
     stdio::resize(fd, rows, cols).map_err(|e| ServiceError::internal("TIOCSWINSZ", e))?;
     Ok(Empty::new())
 }
@@ -216,9 +259,12 @@ pub async fn do_close_stdin(svc: &Service, req: &ProcessRequest) -> Result<Empty
     Ok(Empty::new())
 }
 
-pub async fn do_get_oom_event(svc: &Service, _req: &GetOomEventRequest) -> Result<OomEvent, ServiceError> {
+pub async fn do_get_oom_event(
+    svc: &Service,
+    _req: &GetOomEventRequest,
+) -> Result<OomEvent, ServiceError> {
     let id = svc
-        .sandbox
+        .containers
         .next_oom()
         .await
         .ok_or_else(|| ServiceError::Cancelled("the sandbox is being destroyed".into()))?;

@@ -22,7 +22,7 @@ pub fn do_destroy_sandbox(
     req: &DestroySandboxRequest,
 ) -> Result<Empty, ServiceError> {
     let grace = Duration::from_secs(u64::from(req.timeout_secs));
-    svc.sandbox.close();
+    svc.containers.close();
     let power = svc.power.clone();
     info!(?grace, mode = ?power.mode(), "destroying the sandbox after the reply");
     let not_before = tokio::time::Instant::now() + REPLY_GRACE;
@@ -72,22 +72,27 @@ pub fn hosts_file(hostname: &str, extra: &[String]) -> String {
 
 fn write_file(name: &str, text: &str) -> Result<(), ServiceError> {
     let dir = std::path::Path::new(SANDBOX_FILES);
-    std::fs::create_dir_all(dir).map_err(|e| ServiceError::internal(format!("create {SANDBOX_FILES}"), e))?;
-    std::fs::write(dir.join(name), text).map_err(|e| ServiceError::internal(format!("write {SANDBOX_FILES}/{name}"), e))
+    std::fs::create_dir_all(dir)
+        .map_err(|e| ServiceError::internal(format!("create {SANDBOX_FILES}"), e))?;
+    std::fs::write(dir.join(name), text)
+        .map_err(|e| ServiceError::internal(format!("write {SANDBOX_FILES}/{name}"), e))
 }
 
 fn check_hostname(h: &str) -> Result<(), ServiceError> {
-    if h.len() > 64 || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
-        return Err(ServiceError::InvalidArgument(format!("hostname {h:?} is not a valid host name")));
+    if h.len() > 64
+        || !h
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err(ServiceError::InvalidArgument(format!(
+            "hostname {h:?} is not a valid host name"
+        )));
     }
     Ok(())
 }
 
 fn check_sysctl(key: &str) -> Result<std::path::PathBuf, ServiceError> {
-    if key.is_empty() || key.contains("..") || key.contains('/') && key.contains('.') || key.starts_with('/') {
-        return Err(ServiceError::InvalidArgument(format!("sysctl {key:?} is not a valid key")));
-    }
-    Ok(std::path::Path::new("/proc/sys").join(key.replace('.', "/")))
+    Ok(crate::container::sysctl::path(key)?)
 }
 
 /// Mounts the storages (the virtio-fs share first, as the host sends it), sets the
@@ -96,8 +101,10 @@ fn check_sysctl(key: &str) -> Result<std::path::PathBuf, ServiceError> {
 /// A second call fails with AlreadyExists (a failed one may be retried).
 pub fn do_create_sandbox(svc: &Service, req: &CreateSandboxRequest) -> Result<Empty, ServiceError> {
     let _span = info_span!("create_sandbox", id = %req.sandbox_id).entered();
-    if !svc.sandbox.mark_created() {
-        return Err(ServiceError::AlreadyExists("the sandbox was already created".into()));
+    if !svc.containers.mark_created() {
+        return Err(ServiceError::AlreadyExists(
+            "the sandbox was already created".into(),
+        ));
     }
     // `rpc` admitted the request (and its policy) against the policies in force.
     let sent = match req.policy.as_str() {
@@ -105,7 +112,7 @@ pub fn do_create_sandbox(svc: &Service, req: &CreateSandboxRequest) -> Result<Em
         text => match crate::policy::Policy::parse(text) {
             Ok(p) => Some(p),
             Err(e) => {
-                svc.sandbox.unmark_created();
+                svc.containers.unmark_created();
                 return Err(e.into());
             }
         },
@@ -114,16 +121,16 @@ pub fn do_create_sandbox(svc: &Service, req: &CreateSandboxRequest) -> Result<Em
         info!(policy = %p.name, "agent policy sent by the host");
     }
     if let Err(e) = svc.policy.seal(sent) {
-        svc.sandbox.unmark_created();
+        svc.containers.unmark_created();
         return Err(e.into());
     }
-    svc.sandbox.set_debug_exec(req.debug_exec);
+    svc.containers.set_debug_exec(req.debug_exec);
     if req.debug_exec {
         info!("debug processes are allowed in this sandbox (hull debug exec)");
     }
     let result = create_sandbox(req);
     if result.is_err() {
-        svc.sandbox.unmark_created();
+        svc.containers.unmark_created();
         svc.policy.unseal();
     }
     result
@@ -148,7 +155,8 @@ fn create_sandbox(req: &CreateSandboxRequest) -> Result<Empty, ServiceError> {
         info!(target = %plan.target.display(), source = %plan.source, "storage mounted");
     }
     if !req.hostname.is_empty() {
-        nix::unistd::sethostname(&req.hostname).map_err(|e| ServiceError::internal("sethostname", e))?;
+        nix::unistd::sethostname(&req.hostname)
+            .map_err(|e| ServiceError::internal("sethostname", e))?;
         write_file("hostname", &format!("{}\n", req.hostname))?;
     }
     write_file("hosts", &hosts_file(&req.hostname, &req.hosts))?;
@@ -156,7 +164,8 @@ fn create_sandbox(req: &CreateSandboxRequest) -> Result<Empty, ServiceError> {
         write_file("resolv.conf", &dns)?;
     }
     for (path, value) in sysctls {
-        std::fs::write(&path, value).map_err(|e| ServiceError::internal(format!("sysctl {}", path.display()), e))?;
+        std::fs::write(&path, value)
+            .map_err(|e| ServiceError::internal(format!("sysctl {}", path.display()), e))?;
     }
     Ok(Empty::new())
 }

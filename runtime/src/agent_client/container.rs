@@ -96,7 +96,8 @@ impl AgentClient {
         oci_spec_json: Vec<u8>,
         stdio: &StdioSpec,
     ) -> Result<(), AgentError> {
-        self.create_pod_container(container_id, oci_spec_json, stdio, "", &[]).await
+        self.create_pod_container(container_id, oci_spec_json, stdio, "", &[])
+            .await
     }
 
     /// CreateContainer for a container of a pod whose sandbox (pause) container is
@@ -300,7 +301,10 @@ impl AgentClient {
     }
 
     /// The container's processes: `(pid in the container, exec id)`.
-    pub async fn list_processes(&self, container_id: &str) -> Result<Vec<(i32, String)>, AgentError> {
+    pub async fn list_processes(
+        &self,
+        container_id: &str,
+    ) -> Result<Vec<(i32, String)>, AgentError> {
         let mut req = hull_proto::ContainerRequest::new();
         req.container_id = container_id.to_string();
         let reply = call!(self, list_processes, req)?;

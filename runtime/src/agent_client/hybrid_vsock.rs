@@ -54,7 +54,9 @@ async fn connect_inner(uds: &Path, port: u32) -> Result<UnixStream, VsockError> 
         source,
     };
     let reachable = Reachable::new(uds).map_err(connect_err)?;
-    let mut stream = UnixStream::connect(reachable.path()).await.map_err(connect_err)?;
+    let mut stream = UnixStream::connect(reachable.path())
+        .await
+        .map_err(connect_err)?;
     drop(reachable);
     let handshake = |what: String| VsockError::Handshake { port, what };
     stream
@@ -169,7 +171,9 @@ mod tests {
             assert_eq!(&line, b"CONNECT 1024\n");
             s.write_all(b"OK 5000\nPAYLOAD").await.expect("write");
         });
-        let mut s = connect(&uds, 1024, Duration::from_secs(5)).await.expect("connect");
+        let mut s = connect(&uds, 1024, Duration::from_secs(5))
+            .await
+            .expect("connect");
         let mut rest = String::new();
         s.read_to_string(&mut rest).await.expect("read");
         assert_eq!(rest, "PAYLOAD");
@@ -185,7 +189,9 @@ mod tests {
             let (s, _) = listener.accept().await.expect("accept");
             drop(s);
         });
-        let e = connect(&uds, 1024, Duration::from_secs(5)).await.expect_err("closed");
+        let e = connect(&uds, 1024, Duration::from_secs(5))
+            .await
+            .expect_err("closed");
         assert!(e.to_string().contains("1024"), "{e}");
         let e = connect(&dir.path().join("none"), 1, Duration::from_secs(1))
             .await

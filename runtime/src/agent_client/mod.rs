@@ -4,8 +4,9 @@
 //! Protocol types (`hull_proto`) stop here and in `convert`: callers above get plain
 //! Rust values.
 
-pub mod hybrid_vsock;
 pub mod convert;
+pub mod hybrid_vsock;
+pub mod pump;
 
 use std::path::Path;
 use std::time::Duration;
@@ -30,7 +31,10 @@ pub enum AgentError {
         source: ttrpc::Error,
     },
     #[error("agent request {rpc} timed out after {timeout:?}")]
-    Timeout { rpc: &'static str, timeout: Duration },
+    Timeout {
+        rpc: &'static str,
+        timeout: Duration,
+    },
     #[error("agent reply to {rpc} is invalid: {what}")]
     BadReply { rpc: &'static str, what: String },
 }
@@ -39,7 +43,11 @@ pub enum AgentError {
 pub fn describe_rpc_error(e: &ttrpc::Error) -> String {
     match e {
         ttrpc::Error::RpcStatus(s) => {
-            let code = s.code.enum_value().map(|c| format!("{c:?}")).unwrap_or_else(|v| v.to_string());
+            let code = s
+                .code
+                .enum_value()
+                .map(|c| format!("{c:?}"))
+                .unwrap_or_else(|v| v.to_string());
             format!("{code}: {}", s.message)
         }
         other => other.to_string(),
@@ -66,14 +74,20 @@ pub async fn read_announcement(
     match tokio::time::timeout(timeout, read).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(AgentError::BadAnnouncement(e)),
-        Err(_) => return Err(AgentError::BadAnnouncement("no line within the timeout".into())),
+        Err(_) => {
+            return Err(AgentError::BadAnnouncement(
+                "no line within the timeout".into(),
+            ))
+        }
     }
     parse_announcement(&buf)
 }
 
 /// Validates an announcement line and returns the agent's API version.
 pub fn parse_announcement(bytes: &[u8]) -> Result<u32, AgentError> {
-    let bad = |what: &str| AgentError::BadAnnouncement(format!("{what}: {:?}", String::from_utf8_lossy(bytes)));
+    let bad = |what: &str| {
+        AgentError::BadAnnouncement(format!("{what}: {:?}", String::from_utf8_lossy(bytes)))
+    };
     let line = bytes
         .split(|b| *b == b'\n')
         .next()
@@ -211,7 +225,10 @@ impl AgentClient {
 
     pub async fn version(&self) -> Result<AgentVersion, AgentError> {
         let reply = call!(self, version, hull_proto::CheckRequest::new())?;
-        let bad = |what: String| AgentError::BadReply { rpc: "version", what };
+        let bad = |what: String| AgentError::BadReply {
+            rpc: "version",
+            what,
+        };
         // The guest is not trusted: bound what we print and keep.
         for (name, v) in [
             ("agent_version", &reply.agent_version),

@@ -29,7 +29,10 @@ fn interface(i: &GuestInterface) -> hull_proto::Interface {
 
 fn route(r: &GuestRoute) -> hull_proto::Route {
     let mut p = hull_proto::Route::new();
-    p.dest = r.dest.map(|(ip, len)| format!("{ip}/{len}")).unwrap_or_default();
+    p.dest = r
+        .dest
+        .map(|(ip, len)| format!("{ip}/{len}"))
+        .unwrap_or_default();
     p.gateway = r.gateway.map(|g| g.to_string()).unwrap_or_default();
     p.device = r.device.clone();
     p.source = r.source.map(|s| s.to_string()).unwrap_or_default();
@@ -70,7 +73,11 @@ impl AgentClient {
         if reply.routes.len() != routes.len() {
             return Err(AgentError::BadReply {
                 rpc: "update_routes",
-                what: format!("asked for {} routes, the agent set {}", routes.len(), reply.routes.len()),
+                what: format!(
+                    "asked for {} routes, the agent set {}",
+                    routes.len(),
+                    reply.routes.len()
+                ),
             });
         }
         Ok(())
@@ -90,7 +97,15 @@ mod tests {
             source: None,
             scope: 0,
         });
-        assert_eq!((r.dest.as_str(), r.gateway.as_str(), r.device.as_str(), r.ipv6), ("", "10.244.0.1", "eth0", false));
+        assert_eq!(
+            (
+                r.dest.as_str(),
+                r.gateway.as_str(),
+                r.device.as_str(),
+                r.ipv6
+            ),
+            ("", "10.244.0.1", "eth0", false)
+        );
         let r = route(&GuestRoute {
             dest: Some(("fd00::".parse().expect("ip"), 64)),
             gateway: None,
@@ -105,6 +120,14 @@ mod tests {
             mtu: 1500,
             addresses: vec![("10.244.0.5".parse().expect("ip"), 24)],
         });
-        assert_eq!((i.mtu, i.addresses[0].address.as_str(), i.addresses[0].prefix_len, i.up), (1500, "10.244.0.5", 24, true));
+        assert_eq!(
+            (
+                i.mtu,
+                i.addresses[0].address.as_str(),
+                i.addresses[0].prefix_len,
+                i.up
+            ),
+            (1500, "10.244.0.5", 24, true)
+        );
     }
 }

@@ -11,14 +11,19 @@ use hull_runtime::shim::{lifecycle, HullShim, RUNTIME_ID};
 /// `time.idle`): `scripts/bench suite` reads a pod start's phases from those.
 fn init_logging() {
     let debug = std::env::args().any(|a| a == "-debug" || a == "--debug");
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HULL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if debug { "debug" } else { "info" }));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HULL_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if debug { "debug" } else { "info" })
+    });
     let fifo = std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NONBLOCK)
         .open("log")
         .ok()
-        .filter(|f| f.metadata().map(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type())).unwrap_or(false));
+        .filter(|f| {
+            f.metadata()
+                .map(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()))
+                .unwrap_or(false)
+        });
     let spans = if std::env::var_os("HULL_LOG_SPANS").is_some_and(|v| v == "1") {
         tracing_subscriber::fmt::format::FmtSpan::CLOSE
     } else {
@@ -39,7 +44,34 @@ fn init_logging() {
     }
 }
 
+/// `-v` / `-version` (Go flag syntax, one or two dashes), as containerd's own shims
+/// take it: the shim crate parses the flag but ignores it.
+fn wants_version() -> bool {
+    std::env::args()
+        .skip(1)
+        .any(|a| matches!(a.as_str(), "-v" | "--v" | "-version" | "--version"))
+}
+
+/// What `-v` prints: the binary's name, hull's version and the git revision it was
+/// built from (when built from a git checkout).
+fn version_text() -> String {
+    let revision = env!("HULL_GIT_REVISION");
+    format!(
+        "containerd-shim-hull-v2:\n  Version: {}\n  Revision: {}\n  Runtime: {RUNTIME_ID}\n",
+        env!("CARGO_PKG_VERSION"),
+        if revision.is_empty() {
+            "unknown"
+        } else {
+            revision
+        },
+    )
+}
+
 fn main() {
+    if wants_version() {
+        print!("{}", version_text());
+        return;
+    }
     // Only the serving shim logs into the FIFO; `start` and `delete` print protocol
     // data on stdout, their logs go to stderr (containerd logs it).
     let serving = !std::env::args().any(|a| a == "start" || a == "delete");
@@ -53,7 +85,10 @@ fn main() {
     }
     // One thread: the shim is per pod and small; its helpers (QEMU, ...) get their
     // parent-death signal when this thread, i.e. the shim, ends.
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{RUNTIME_ID}: cannot start the runtime: {e}");
@@ -67,7 +102,11 @@ fn main() {
     if serving {
         // The server is down: its socket goes too (see remove_socket_if_stale).
         let args: Vec<String> = std::env::args().collect();
-        if let Some(socket) = args.iter().position(|a| a == "-socket").and_then(|i| args.get(i + 1)) {
+        if let Some(socket) = args
+            .iter()
+            .position(|a| a == "-socket")
+            .and_then(|i| args.get(i + 1))
+        {
             lifecycle::remove_socket_if_stale(socket);
         }
     }

@@ -9,10 +9,10 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hull_runtime::agent_client::ExitInfo;
 use hull_runtime::config::Config;
-use hull_runtime::sandbox::{Sandbox, SandboxSpec};
 use hull_runtime::run::debug::DebugExecOptions;
 use hull_runtime::run::exec::ExecOptions;
 use hull_runtime::run::{RunError, RunOptions, Signals};
+use hull_runtime::sandbox::{Sandbox, SandboxSpec};
 use hull_runtime::{bench, check, hypervisor, image, inspect};
 
 #[derive(Parser)]
@@ -56,11 +56,16 @@ enum Command {
     /// Print the guest console log (kernel and agent) of a sandbox (id or id prefix).
     Logs { sandbox: String },
     /// Register hull as the containerd runtime `io.containerd.hull.v2` (RuntimeClass
-    /// handler `hull`) in containerd's config; idempotent. Restart containerd after.
+    /// handler `hull`) in containerd's config, and write hull's config file (the
+    /// defaults, commented) unless it exists; idempotent. Restart containerd after.
     InstallContainerd {
         /// containerd's config file.
         #[arg(long, default_value = hull_runtime::install::DEFAULT_CONTAINERD_CONFIG)]
         containerd_config: PathBuf,
+        /// hull's config file, named as the runtime's ConfigPath [default: --config, else
+        /// /etc/hull/config.toml].
+        #[arg(long)]
+        hull_config: Option<PathBuf>,
     },
     /// Measure hull.
     Bench {
@@ -116,7 +121,11 @@ struct RunArgs {
     #[arg(long)]
     read_only: bool,
     /// Bind a host directory into the container: HOST_DIR:CONTAINER_DIR[:ro]; repeatable.
-    #[arg(short = 'v', long = "volume", value_name = "HOST_DIR:CONTAINER_DIR[:ro]")]
+    #[arg(
+        short = 'v',
+        long = "volume",
+        value_name = "HOST_DIR:CONTAINER_DIR[:ro]"
+    )]
     volumes: Vec<String>,
     /// Container hostname [default: the first 12 characters of the sandbox id].
     #[arg(long)]
@@ -236,7 +245,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hull: cannot start the async runtime: {e}");
@@ -246,7 +258,11 @@ fn main() -> ExitCode {
     // `hull run` forwards signals to its container and tears down itself.
     let own_signals = matches!(
         cli.command,
-        Command::Run(_) | Command::Exec(_) | Command::Debug { command: DebugCommand::Exec(_) }
+        Command::Run(_)
+            | Command::Exec(_)
+            | Command::Debug {
+                command: DebugCommand::Exec(_)
+            }
     );
     let code = rt.block_on(async {
         tokio::select! {
@@ -272,7 +288,10 @@ fn main() -> ExitCode {
 
 async fn interrupted() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {
@@ -305,12 +324,27 @@ fn sandbox_spec(config: &Config, vm: &VmArgs) -> SandboxSpec {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    // Writes hull's config file: it must not need one.
+    if let Command::InstallContainerd {
+        containerd_config,
+        hull_config,
+    } = &cli.command
+    {
+        return install_containerd(
+            containerd_config,
+            hull_config.as_ref().or(cli.config.as_ref()),
+        );
+    }
     let config = load_config(&cli)?;
     match &cli.command {
         Command::Check => {
             let report = check::run(&config);
             print!("{report}");
-            Ok(if report.can_run() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.can_run() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Vm {
             command: VmCommand::Ping { vm },
@@ -329,7 +363,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let destroyed = sandbox.destroy().await;
             let v = answer.context("asking the agent")?;
             destroyed.context("destroying the VM")?;
-            println!("agent: hull-agent {} (API {}) healthy", v.agent_version, v.api_version);
+            println!(
+                "agent: hull-agent {} (API {}) healthy",
+                v.agent_version, v.api_version
+            );
             println!("guest kernel: {}", v.kernel_release);
             println!("guest uptime at answer: {:.3} s", v.uptime.as_secs_f64());
             println!("{report}");
@@ -355,11 +392,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if !image::is_bare_name(name) {
                 anyhow::bail!("{name:?} is not an image name (no '/')");
             }
-            println!("{}", image::images_dir(&config.runtime.cache_dir).join(name).display());
+            println!(
+                "{}",
+                image::images_dir(&config.runtime.cache_dir)
+                    .join(name)
+                    .display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Ps => {
-            print!("{}", inspect::table(&inspect::list(&config.runtime.state_dir)));
+            print!(
+                "{}",
+                inspect::table(&inspect::list(&config.runtime.state_dir))
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Logs { sandbox } => {
@@ -368,25 +413,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             std::io::stdout().write_all(&log)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::InstallContainerd { containerd_config } => {
-            let hull_config = cli
-                .config
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(hull_runtime::config::DEFAULT_CONFIG_PATH));
-            match hull_runtime::install::install(containerd_config, &hull_config)? {
-                hull_runtime::install::Outcome::Added => println!(
-                    "added runtime io.containerd.hull.v2 (handler \"hull\") to {}; restart containerd",
-                    containerd_config.display()
-                ),
-                hull_runtime::install::Outcome::AlreadyThere => println!(
-                    "{} already has the hull runtime; nothing changed",
-                    containerd_config.display()
-                ),
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        // (Handled before the config is loaded.)
+        Command::InstallContainerd {
+            containerd_config,
+            hull_config,
+        } => install_containerd(
+            containerd_config,
+            hull_config.as_ref().or(cli.config.as_ref()),
+        ),
         Command::Bench {
-            command: BenchCommand::Boot { vm, runs, floor_initrd, json },
+            command:
+                BenchCommand::Boot {
+                    vm,
+                    runs,
+                    floor_initrd,
+                    json,
+                },
         } => {
             let spec = sandbox_spec(&config, vm);
             let floor = floor_initrd
@@ -396,7 +438,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             print!("{result}");
             if let Some(path) = json {
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
                 }
                 std::fs::write(path, serde_json::to_string_pretty(&result)?)
                     .with_context(|| format!("writing {}", path.display()))?;
@@ -404,6 +447,40 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `hull install-containerd`: hull's config file, then containerd's.
+fn install_containerd(
+    containerd_config: &std::path::Path,
+    hull_config: Option<&PathBuf>,
+) -> Result<ExitCode> {
+    use hull_runtime::install::{self, ConfigOutcome, Outcome};
+    let hull_config = hull_config
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from(hull_runtime::config::DEFAULT_CONFIG_PATH));
+    let report = install::setup(containerd_config, &hull_config)?;
+    match report.config {
+        ConfigOutcome::Written => println!(
+            "wrote hull's config {} (the defaults, commented)",
+            report.hull_config.display()
+        ),
+        ConfigOutcome::Kept => println!(
+            "kept hull's config {} (it exists)",
+            report.hull_config.display()
+        ),
+    }
+    match report.runtime {
+        Outcome::Added => println!(
+            "added runtime io.containerd.hull.v2 (handler \"hull\", ConfigPath {}) to {}; restart containerd",
+            report.hull_config.display(),
+            containerd_config.display()
+        ),
+        Outcome::AlreadyThere => println!(
+            "{} already has the hull runtime; nothing changed there",
+            containerd_config.display()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `hull run`: the container's exit code; 127 when the command is not in the rootfs,

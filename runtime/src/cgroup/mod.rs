@@ -54,7 +54,7 @@ pub enum CgroupError {
     },
 }
 
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError {
+fn io_failed(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError {
     let path = path.to_path_buf();
     move |source| CgroupError::Io { what, path, source }
 }
@@ -110,7 +110,10 @@ impl Target {
                 continue;
             }
             seen.push(canonical);
-            hierarchies.push(Hierarchy { controller: c, root: dir });
+            hierarchies.push(Hierarchy {
+                controller: c,
+                root: dir,
+            });
         }
         if hierarchies.first().map(|h| h.controller) != Some("memory") {
             return Err(CgroupError::NoMemory(root.to_path_buf()));
@@ -145,7 +148,10 @@ impl Target {
 
     /// The cgroup's directory in every hierarchy.
     pub fn dirs(&self) -> Vec<PathBuf> {
-        self.hierarchies.iter().map(|h| h.root.join(&self.rel)).collect()
+        self.hierarchies
+            .iter()
+            .map(|h| h.root.join(&self.rel))
+            .collect()
     }
 
     /// The cgroup's directory in the memory hierarchy (the first one).
@@ -202,18 +208,20 @@ impl Target {
                         true
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
-                    Err(e) => return Err(io("create the cgroup", &dir)(e)),
+                    Err(e) => return Err(io_failed("create the cgroup", &dir)(e)),
                 };
             }
             if let (Some(bytes), true, "memory" | "") = (limit, leaf_created, h.controller) {
                 let file = dir.join(self.limit_file());
-                std::fs::write(&file, bytes.to_string()).map_err(io("set the memory limit in", &file))?;
+                std::fs::write(&file, bytes.to_string())
+                    .map_err(io_failed("set the memory limit in", &file))?;
                 tracing::info!(cgroup = %dir.display(), bytes, "pod cgroup limited");
             }
             cg.leaves.push((h.controller, h.root.clone(), dir));
         }
         // Deepest first, the order they are removed in.
-        cg.created.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        cg.created
+            .sort_by_key(|p| std::cmp::Reverse(p.components().count()));
         Ok(cg)
     }
 }
@@ -232,7 +240,7 @@ fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
         let file = dir.join("cgroup.subtree_control");
         if let Err(e) = std::fs::write(&file, format!("+{c}")) {
             if c == "memory" {
-                return Err(io("enable the memory controller in", &file)(e));
+                return Err(io_failed("enable the memory controller in", &file)(e));
             }
             tracing::debug!(file = %file.display(), controller = c, error = %e, "controller not enabled");
         }
@@ -274,9 +282,10 @@ impl HostCgroup {
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let pid = std::process::id().to_string();
         for (controller, root, dir) in &self.leaves {
-            let from = current_cgroup(&own, controller).map(|rel| root.join(rel.trim_start_matches('/')));
+            let from =
+                current_cgroup(&own, controller).map(|rel| root.join(rel.trim_start_matches('/')));
             let procs = dir.join("cgroup.procs");
-            std::fs::write(&procs, &pid).map_err(io("join", &procs))?;
+            std::fs::write(&procs, &pid).map_err(io_failed("join", &procs))?;
             self.joined_from.push(from.unwrap_or_else(|| root.clone()));
         }
         Ok(())
@@ -352,7 +361,10 @@ pub fn remove_dirs(dirs: &[PathBuf], kill: bool) {
             if kill {
                 for p in &members {
                     tracing::info!(pid = p, cgroup = %dir.display(), "killing a process left in the pod's cgroup");
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), nix::sys::signal::Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(*p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -397,7 +409,9 @@ mod tests {
         let parent = match Target::detect(root, name.clone()) {
             Ok(t) if nix::unistd::geteuid().is_root() => t,
             other => {
-                let why = format!("needs root and a memory cgroup hierarchy under {DEFAULT_ROOT}: {other:?}");
+                let why = format!(
+                    "needs root and a memory cgroup hierarchy under {DEFAULT_ROOT}: {other:?}"
+                );
                 assert!(std::env::var_os("HULL_REQUIRE_E2E").is_none(), "{why}");
                 eprintln!("SKIP real_cgroup_created_limited_and_removed: {why}");
                 return;
@@ -415,11 +429,18 @@ mod tests {
         let mut l = leaf.create(Some(256 * MIB)).expect("leaf");
         assert_eq!(planned, l.created());
         let dirs = l.dirs();
-        assert_eq!(l.created(), dirs.as_slice(), "only the leaf is new under the parent");
+        assert_eq!(
+            l.created(),
+            dirs.as_slice(),
+            "only the leaf is new under the parent"
+        );
         let set = std::fs::read_to_string(dirs[0].join(limit_file)).expect("limit");
         assert_eq!(parse_limit(&set), Some(256 * MIB));
         // A process put in the leaf is killed when the leaf goes.
-        let mut child = std::process::Command::new("sleep").arg("100").spawn().expect("sleep");
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .expect("sleep");
         for d in &dirs {
             std::fs::write(d.join("cgroup.procs"), child.id().to_string()).expect("move the child");
         }

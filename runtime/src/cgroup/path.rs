@@ -50,7 +50,11 @@ fn systemd_path(raw: &str) -> Result<PathBuf, String> {
         // A slice names its whole nesting itself.
         return expand_slice(name);
     }
-    let mut path = expand_slice(if slice.is_empty() { "system.slice" } else { slice })?;
+    let mut path = expand_slice(if slice.is_empty() {
+        "system.slice"
+    } else {
+        slice
+    })?;
     let unit = if prefix.is_empty() {
         format!("{name}.scope")
     } else {
@@ -63,12 +67,19 @@ fn systemd_path(raw: &str) -> Result<PathBuf, String> {
 /// `a-b-c.slice` -> `a.slice/a-b.slice/a-b-c.slice`; `-.slice` is the root.
 fn expand_slice(slice: &str) -> Result<PathBuf, String> {
     let Some(stem) = slice.strip_suffix(".slice") else {
-        return Err(format!("{slice:?} is not a systemd slice (no .slice suffix)"));
+        return Err(format!(
+            "{slice:?} is not a systemd slice (no .slice suffix)"
+        ));
     };
     if stem == "-" {
         return Ok(PathBuf::new());
     }
-    if stem.is_empty() || stem.starts_with('-') || stem.ends_with('-') || stem.contains("--") || stem.contains('/') {
+    if stem.is_empty()
+        || stem.starts_with('-')
+        || stem.ends_with('-')
+        || stem.contains("--")
+        || stem.contains('/')
+    {
         return Err(format!("{slice:?} is not a valid slice name"));
     }
     let mut path = PathBuf::new();
@@ -130,13 +141,22 @@ mod tests {
 
     #[test]
     fn cgroupfs_paths() {
-        assert_eq!(parse_cgroups_path("/default/c1").expect("ctr"), PathBuf::from("default/c1"));
-        assert_eq!(parse_cgroups_path("/k8s.io/abc").expect("cri"), PathBuf::from("k8s.io/abc"));
+        assert_eq!(
+            parse_cgroups_path("/default/c1").expect("ctr"),
+            PathBuf::from("default/c1")
+        );
+        assert_eq!(
+            parse_cgroups_path("/k8s.io/abc").expect("cri"),
+            PathBuf::from("k8s.io/abc")
+        );
         assert_eq!(
             parse_cgroups_path("kubepods/burstable/pod1/abc").expect("relative"),
             PathBuf::from("kubepods/burstable/pod1/abc")
         );
-        assert_eq!(parse_cgroups_path("/a/./b/").expect("dots"), PathBuf::from("a/b"));
+        assert_eq!(
+            parse_cgroups_path("/a/./b/").expect("dots"),
+            PathBuf::from("a/b")
+        );
         for bad in ["", "/", "/a/../b", "..", "./"] {
             let e = parse_cgroups_path(bad).expect_err(bad);
             assert!(e.to_string().contains("cgroupsPath"), "{e}");
@@ -153,8 +173,14 @@ mod tests {
             parse_cgroups_path("system.slice:containerd:c1").expect("ctr"),
             PathBuf::from("system.slice/containerd-c1.scope")
         );
-        assert_eq!(parse_cgroups_path(":docker:x").expect("default slice"), PathBuf::from("system.slice/docker-x.scope"));
-        assert_eq!(parse_cgroups_path("-.slice::x").expect("root slice"), PathBuf::from("x.scope"));
+        assert_eq!(
+            parse_cgroups_path(":docker:x").expect("default slice"),
+            PathBuf::from("system.slice/docker-x.scope")
+        );
+        assert_eq!(
+            parse_cgroups_path("-.slice::x").expect("root slice"),
+            PathBuf::from("x.scope")
+        );
         assert_eq!(
             parse_cgroups_path("a.slice::a-b.slice").expect("a slice"),
             PathBuf::from("a.slice/a-b.slice")
@@ -169,15 +195,32 @@ mod tests {
     fn vm_fits_under_an_inherited_limit() {
         let cg = Path::new("/sys/fs/cgroup/memory/pod");
         assert_eq!(fit_vm(640, None, 192, 64, cg).expect("no limit"), 640);
-        assert_eq!(fit_vm(640, Some(2048 * MIB), 192, 64, cg).expect("room"), 640);
+        assert_eq!(
+            fit_vm(640, Some(2048 * MIB), 192, 64, cg).expect("room"),
+            640
+        );
         // Exactly limit - overhead.
-        assert_eq!(fit_vm(640, Some(832 * MIB), 192, 64, cg).expect("exact"), 640);
+        assert_eq!(
+            fit_vm(640, Some(832 * MIB), 192, 64, cg).expect("exact"),
+            640
+        );
         // Shrunk to limit - overhead.
-        assert_eq!(fit_vm(640, Some(512 * MIB + 5), 192, 64, cg).expect("shrunk"), 320);
-        assert_eq!(fit_vm(640, Some(256 * MIB), 192, 64, cg).expect("minimum"), 64);
+        assert_eq!(
+            fit_vm(640, Some(512 * MIB + 5), 192, 64, cg).expect("shrunk"),
+            320
+        );
+        assert_eq!(
+            fit_vm(640, Some(256 * MIB), 192, 64, cg).expect("minimum"),
+            64
+        );
         let e = fit_vm(640, Some(255 * MIB), 192, 64, cg).expect_err("too small");
         let text = e.to_string();
-        assert!(text.contains("/sys/fs/cgroup/memory/pod") && text.contains("255 MiB") && text.contains("63 MiB"), "{text}");
+        assert!(
+            text.contains("/sys/fs/cgroup/memory/pod")
+                && text.contains("255 MiB")
+                && text.contains("63 MiB"),
+            "{text}"
+        );
         let e = fit_vm(640, Some(100 * MIB), 192, 64, cg).expect_err("below the overhead");
         assert!(e.to_string().contains("0 MiB"), "{e}");
     }

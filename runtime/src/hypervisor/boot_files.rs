@@ -56,13 +56,13 @@ pub fn check_kernel(path: &Path) -> Result<KernelFormat, BootFileError> {
 pub fn check_initrd(path: &Path) -> Result<(), BootFileError> {
     let head = read_head(path, "initrd", "initrd", 8)?;
     const MAGICS: &[&[u8]] = &[
-        b"070701",                   // cpio newc
-        b"070702",                   // cpio newc with crc
-        &[0x1f, 0x8b],               // gzip
+        b"070701",                       // cpio newc
+        b"070702",                       // cpio newc with crc
+        &[0x1f, 0x8b],                   // gzip
         &[0xfd, b'7', b'z', b'X', b'Z'], // xz
-        &[0x28, 0xb5, 0x2f, 0xfd],   // zstd
-        &[0x02, 0x21, 0x4c, 0x18],   // lz4 legacy
-        b"BZh",                      // bzip2
+        &[0x28, 0xb5, 0x2f, 0xfd],       // zstd
+        &[0x02, 0x21, 0x4c, 0x18],       // lz4 legacy
+        b"BZh",                          // bzip2
     ];
     if MAGICS.iter().any(|m| head.starts_with(m)) {
         return Ok(());

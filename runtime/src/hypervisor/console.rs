@@ -174,7 +174,10 @@ mod tests {
         assert!(p.kernel.is_some() && p.agent.is_some() && p.floor.is_none());
         assert!(p.kernel <= p.agent);
         let tail = console.tail();
-        assert!(tail.ends_with("hull-agent: started 0.1.0\nlast words"), "{tail}");
+        assert!(
+            tail.ends_with("hull-agent: started 0.1.0\nlast words"),
+            "{tail}"
+        );
         let logged = std::fs::read_to_string(&log).expect("log");
         assert!(logged.starts_with("[    0.000000] Linux version"));
         assert!(logged.ends_with("last words"));

@@ -60,7 +60,6 @@ pub struct HullVmm {
     vsock_uds: Option<PathBuf>,
 }
 
-
 /// The VM description hull-vmm gets for `spec`. `fs` is the (tag, vhost-user socket) of
 /// a running virtiofsd. Validated with hull-vmm's own rules, so a VM it would refuse is
 /// refused here, naming the field, before any process starts.
@@ -100,7 +99,11 @@ pub fn vm_config(
 
 /// The command line that runs hull-vmm on the VM description `config_file` (jailed
 /// when `spec` has a jail).
-pub fn command(spec: &VmSpec, binary: &Path, config_file: &Path) -> Result<Command, HypervisorError> {
+pub fn command(
+    spec: &VmSpec,
+    binary: &Path,
+    config_file: &Path,
+) -> Result<Command, HypervisorError> {
     let mut cmd = jail::command(
         spec.jail.as_deref(),
         &spec.sock_dir,
@@ -111,7 +114,10 @@ pub fn command(spec: &VmSpec, binary: &Path, config_file: &Path) -> Result<Comma
     )?;
     cmd.arg("--config")
         .arg(config_file)
-        .env("HULL_VMM_LOG", std::env::var("HULL_VMM_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "HULL_VMM_LOG",
+            std::env::var("HULL_VMM_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped());
     Ok(cmd)
 }
@@ -137,7 +143,10 @@ impl HullVmm {
             return Err(HypervisorError::VmConfig {
                 what: format!(
                     "{} shared dirs asked for; hull-vmm has one virtio-fs device",
-                    spec.devices.iter().filter(|d| matches!(d, VmDevice::SharedDir { .. })).count()
+                    spec.devices
+                        .iter()
+                        .filter(|d| matches!(d, VmDevice::SharedDir { .. }))
+                        .count()
                 ),
             });
         }
@@ -153,7 +162,7 @@ impl HullVmm {
         let sock = spec.sock_dir.join(FS_SOCK);
         let bin = self.config.virtiofsd.clone().ok_or(HypervisorError::MissingHelper {
             what: "virtiofsd",
-            fix: "apt-get install libseccomp-dev libcap-ng-dev && cargo install --locked virtiofsd@1.14.0",
+            fix: "apt-get install libseccomp-dev libcap-ng-dev && scripts/setup (cargo install --locked --root /usr/local/libexec/hull virtiofsd@1.14.0)",
         })?;
         let mut backend = virtiofs::spawn(
             spec.jail.as_deref(),
@@ -174,9 +183,7 @@ impl HullVmm {
 
     /// Every helper process, hull-vmm first.
     fn processes(&self) -> impl Iterator<Item = &HelperProcess> {
-        self.vmm
-            .iter()
-            .chain(self.fs_backend.iter())
+        self.vmm.iter().chain(self.fs_backend.iter())
     }
 }
 
@@ -211,8 +218,7 @@ impl Hypervisor for HullVmm {
         let mut cmd = command(spec, &self.config.binary, &config_file)?;
         super::net::inherit(&mut cmd, &spec.devices);
         tracing::debug!(?cmd, "launching hull-vmm");
-        let mut vmm =
-            HelperProcess::spawn("hull-vmm", cmd, &spec.state_dir.join("hull-vmm.log"))?;
+        let mut vmm = HelperProcess::spawn("hull-vmm", cmd, &spec.state_dir.join("hull-vmm.log"))?;
         let stdout = vmm.child_mut().stdout.take();
         self.vmm = Some(vmm);
         let stdout = stdout.ok_or(HypervisorError::Io {
@@ -263,7 +269,10 @@ impl Hypervisor for HullVmm {
 
     async fn stop(&mut self, grace: Duration) -> Result<(), HypervisorError> {
         // SIGTERM: hull-vmm stops its vCPUs and exits with status 10.
-        Ok(crate::child::stop_vm_processes(self.vmm.as_mut(), grace, self.fs_backend.iter_mut()).await?)
+        Ok(
+            crate::child::stop_vm_processes(self.vmm.as_mut(), grace, self.fs_backend.iter_mut())
+                .await?,
+        )
     }
 
     fn pids(&self) -> Vec<u32> {

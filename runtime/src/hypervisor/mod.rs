@@ -134,4 +134,3 @@ pub trait Hypervisor: Send + Sync {
     /// Hypervisor-side diagnostics for an error message (the tail of its stderr).
     fn diagnostics(&self) -> String;
 }
-

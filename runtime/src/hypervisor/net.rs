@@ -90,10 +90,19 @@ mod tests {
     fn qemu_gets_a_tap_netdev_and_a_virtio_mmio_nic() {
         let mut cmd = Command::new("qemu");
         qemu_args(&mut cmd, &devices());
-        let args: Vec<String> = cmd.as_std().get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let args: Vec<String> = cmd
+            .as_std()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         assert_eq!(
             args,
-            ["-netdev", "tap,id=net0,fd=7", "-device", "virtio-net-device,netdev=net0,mac=0a:58:0a:f4:00:05"]
+            [
+                "-netdev",
+                "tap,id=net0,fd=7",
+                "-device",
+                "virtio-net-device,netdev=net0,mac=0a:58:0a:f4:00:05"
+            ]
         );
     }
 

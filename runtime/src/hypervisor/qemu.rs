@@ -20,12 +20,13 @@ use tracing::Instrument;
 
 use super::ready::wait_for_socket;
 use super::{
-    boot_files, virtiofs, Console, Hypervisor, HypervisorError, VmDevice, VmSpec, VHOST_VSOCK_SOCK, VSOCK_SOCK,
+    boot_files, virtiofs, Console, Hypervisor, HypervisorError, VmDevice, VmSpec, VHOST_VSOCK_SOCK,
+    VSOCK_SOCK,
 };
 use crate::child::HelperProcess;
 use crate::host;
-use crate::uds_path;
 use crate::jail::{self, Devices};
+use crate::uds_path;
 
 /// Guest CID given to every VM: each VM has its own vsock backend, so CIDs never meet.
 pub const GUEST_CID: u32 = 3;
@@ -37,7 +38,8 @@ const TCG_ACCEL: &str = "tcg,tb-size=64";
 
 /// QEMU's own seccomp filter, on when the VM is jailed: no obsolete system calls, no
 /// set*id, no fork/exec, no scheduler or cpu-affinity changes.
-pub const QEMU_SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+pub const QEMU_SANDBOX: &str =
+    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /// Which accelerator QEMU uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,8 +107,11 @@ impl Qemu {
             .arg("--uds-path")
             .arg(uds_path::for_helper(&spec.sock_dir, VSOCK_SOCK))
             .stdout(Stdio::null());
-        let mut backend =
-            HelperProcess::spawn("vhost-device-vsock", cmd, &spec.state_dir.join("vhost-vsock.log"))?;
+        let mut backend = HelperProcess::spawn(
+            "vhost-device-vsock",
+            cmd,
+            &spec.state_dir.join("vhost-vsock.log"),
+        )?;
         let waited = wait_for_socket(&vhost_sock, &mut backend, Duration::from_secs(10)).await;
         self.vsock_backend = Some(backend);
         waited?;
@@ -121,16 +126,30 @@ impl Qemu {
             };
             let bin = self.config.virtiofsd.clone().ok_or(HypervisorError::MissingHelper {
                 what: "virtiofsd",
-                fix: "apt-get install libseccomp-dev libcap-ng-dev && cargo install --locked virtiofsd@1.14.0",
+                fix: "apt-get install libseccomp-dev libcap-ng-dev && scripts/setup (cargo install --locked --root /usr/local/libexec/hull virtiofsd@1.14.0)",
             })?;
-            let name = if i == 0 { "virtiofsd".to_string() } else { format!("virtiofsd-{i}") };
+            let name = if i == 0 {
+                "virtiofsd".to_string()
+            } else {
+                format!("virtiofsd-{i}")
+            };
             let sock_name = format!("{name}.sock");
             let sock = spec.sock_dir.join(&sock_name);
             let log = spec.state_dir.join(format!("{name}.log"));
-            let mut backend =
-                virtiofs::spawn(spec.jail.as_deref(), &spec.sock_dir, &bin, &sock_name, host_dir, &log)?;
+            let mut backend = virtiofs::spawn(
+                spec.jail.as_deref(),
+                &spec.sock_dir,
+                &bin,
+                &sock_name,
+                host_dir,
+                &log,
+            )?;
             let waited = wait_for_socket(&sock, &mut backend, Duration::from_secs(10)).await;
-            self.fs_backends.push((backend, tag.clone(), uds_path::for_helper(&spec.sock_dir, &sock_name)));
+            self.fs_backends.push((
+                backend,
+                tag.clone(),
+                uds_path::for_helper(&spec.sock_dir, &sock_name),
+            ));
             waited?;
             if let Some(j) = &spec.jail {
                 j.give(&sock)?;

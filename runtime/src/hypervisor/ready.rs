@@ -90,9 +90,16 @@ mod tests {
 
     #[test]
     fn bound_but_not_listening_is_told_apart() {
-        assert_eq!(listening_in(TABLE, Path::new("/run/vm/a.sock")), Some(false));
+        assert_eq!(
+            listening_in(TABLE, Path::new("/run/vm/a.sock")),
+            Some(false)
+        );
         assert_eq!(listening_in(TABLE, Path::new("/run/vm/b.sock")), Some(true));
-        assert_eq!(listening_in(TABLE, Path::new("/deep/dir/c.sock")), Some(true), "bound by its bare name");
+        assert_eq!(
+            listening_in(TABLE, Path::new("/deep/dir/c.sock")),
+            Some(true),
+            "bound by its bare name"
+        );
         assert_eq!(listening_in(TABLE, Path::new("/run/vm/none.sock")), None);
     }
 

@@ -44,7 +44,9 @@ pub struct BackendPlan {
 /// Why no backend can be built.
 #[derive(Debug, thiserror::Error)]
 pub enum SelectError {
-    #[error("{what} not found (looked for {name} in PATH, cargo's bin dir and beside hull); fix: {fix}")]
+    #[error(
+        "{what} not found (looked for {name} in PATH, cargo's bin dir and beside hull); fix: {fix}"
+    )]
     Missing {
         what: &'static str,
         name: PathBuf,
@@ -154,7 +156,7 @@ pub fn select_on(config: &Config, host: &HostSupport) -> Result<Box<dyn Hypervis
             let vhost_vsock = host::find_binary(&hv.vhost_vsock).ok_or(SelectError::Missing {
                 what: "vhost-device-vsock",
                 name: hv.vhost_vsock.clone(),
-                fix: "cargo install --locked vhost-device-vsock@0.3.0",
+                fix: "scripts/setup (cargo install --locked --root /usr/local/libexec/hull vhost-device-vsock@0.3.0)",
             })?;
             Ok(Box::new(qemu::Qemu::new(qemu::QemuConfig {
                 qemu,
@@ -181,12 +183,19 @@ mod tests {
 
     #[test]
     fn auto_picks_hull_vmm_only_with_hardware_kvm() {
-        let p = |kind, found| plan(BackendChoice::Auto, &host(kind), (Path::new(BIN), found)).expect("auto always plans");
+        let p = |kind, found| {
+            plan(BackendChoice::Auto, &host(kind), (Path::new(BIN), found))
+                .expect("auto always plans")
+        };
         assert_eq!(p(V::Vmx, true).kind, BackendKind::HullVmm);
         assert_eq!(p(V::Svm, true).kind, BackendKind::HullVmm);
         let no_bin = p(V::Vmx, false);
         assert_eq!(no_bin.kind, BackendKind::Qemu(Accel::Kvm));
-        assert!(no_bin.reason.contains("hull-vmm not found"), "{}", no_bin.reason);
+        assert!(
+            no_bin.reason.contains("hull-vmm not found"),
+            "{}",
+            no_bin.reason
+        );
         for kind in [V::Pvm, V::Unknown, V::Absent] {
             let pl = p(kind, true);
             assert_eq!(pl.kind, BackendKind::Qemu(Accel::Tcg), "{kind:?}");
@@ -197,7 +206,10 @@ mod tests {
         // Hardware KVM that this user cannot open is no KVM.
         let locked = plan(
             BackendChoice::Auto,
-            &HostSupport { kind: V::Vmx, kvm_accessible: false },
+            &HostSupport {
+                kind: V::Vmx,
+                kvm_accessible: false,
+            },
             (Path::new(BIN), true),
         )
         .expect("plan");
@@ -210,20 +222,34 @@ mod tests {
             let e = plan(BackendChoice::HullVmm, &host(kind), (Path::new(BIN), true))
                 .expect_err("must refuse");
             let msg = e.to_string();
-            assert!(msg.contains("hull-vmm") && msg.contains("cannot run here"), "{msg}");
+            assert!(
+                msg.contains("hull-vmm") && msg.contains("cannot run here"),
+                "{msg}"
+            );
             assert!(msg.contains("hardware KVM"), "{msg}");
         }
-        let msg = plan(BackendChoice::HullVmm, &host(V::Pvm), (Path::new(BIN), true))
-            .expect_err("pvm")
-            .to_string();
+        let msg = plan(
+            BackendChoice::HullVmm,
+            &host(V::Pvm),
+            (Path::new(BIN), true),
+        )
+        .expect_err("pvm")
+        .to_string();
         assert!(msg.contains("PVM"), "{msg}");
-        let msg = plan(BackendChoice::HullVmm, &host(V::Absent), (Path::new(BIN), true))
-            .expect_err("absent")
-            .to_string();
+        let msg = plan(
+            BackendChoice::HullVmm,
+            &host(V::Absent),
+            (Path::new(BIN), true),
+        )
+        .expect_err("absent")
+        .to_string();
         assert!(msg.contains("no /dev/kvm"), "{msg}");
         let msg = plan(
             BackendChoice::HullVmm,
-            &HostSupport { kind: V::Vmx, kvm_accessible: false },
+            &HostSupport {
+                kind: V::Vmx,
+                kvm_accessible: false,
+            },
             (Path::new(BIN), true),
         )
         .expect_err("locked")
@@ -233,17 +259,30 @@ mod tests {
 
     #[test]
     fn hull_vmm_without_its_binary_names_the_binary() {
-        let e = plan(BackendChoice::HullVmm, &host(V::Vmx), (Path::new("/opt/x/hull-vmm"), false))
-            .expect_err("missing binary");
+        let e = plan(
+            BackendChoice::HullVmm,
+            &host(V::Vmx),
+            (Path::new("/opt/x/hull-vmm"), false),
+        )
+        .expect_err("missing binary");
         let msg = e.to_string();
-        assert!(msg.contains("/opt/x/hull-vmm") && msg.contains("fix:"), "{msg}");
-        let ok = plan(BackendChoice::HullVmm, &host(V::Vmx), (Path::new(BIN), true)).expect("ok");
+        assert!(
+            msg.contains("/opt/x/hull-vmm") && msg.contains("fix:"),
+            "{msg}"
+        );
+        let ok = plan(
+            BackendChoice::HullVmm,
+            &host(V::Vmx),
+            (Path::new(BIN), true),
+        )
+        .expect("ok");
         assert_eq!(ok.kind, BackendKind::HullVmm);
     }
 
     #[test]
     fn qemu_follows_the_kvm_kind() {
-        let p = |kind| plan(BackendChoice::Qemu, &host(kind), (Path::new(BIN), true)).expect("qemu");
+        let p =
+            |kind| plan(BackendChoice::Qemu, &host(kind), (Path::new(BIN), true)).expect("qemu");
         assert_eq!(p(V::Vmx).kind, BackendKind::Qemu(Accel::Kvm));
         assert_eq!(p(V::Pvm).kind, BackendKind::Qemu(Accel::Tcg));
         assert_eq!(p(V::Absent).kind, BackendKind::Qemu(Accel::Tcg));
@@ -260,10 +299,14 @@ mod tests {
         let hv = select_on(&config, &host(V::Pvm)).expect("qemu");
         assert_eq!(hv.name(), "qemu (tcg)");
         config.hypervisor.backend = BackendChoice::HullVmm;
-        let e = select_on(&config, &host(V::Pvm)).err().expect("refused on PVM");
+        let e = select_on(&config, &host(V::Pvm))
+            .err()
+            .expect("refused on PVM");
         assert!(e.to_string().contains("PVM"), "{e}");
         config.hypervisor.hull_vmm = "/nonexistent/hull-vmm".into();
-        let e = select_on(&config, &host(V::Vmx)).err().expect("missing binary");
+        let e = select_on(&config, &host(V::Vmx))
+            .err()
+            .expect("missing binary");
         assert!(e.to_string().contains("/nonexistent/hull-vmm"), "{e}");
     }
 }

@@ -6,8 +6,8 @@
 //! included). No `--tag`: it crashes QEMU 7.x; the tag is set on QEMU's device. It exits
 //! by itself when its VM goes; the backend stops it anyway.
 //!
-//! Jailed, it stays root (it must create and serve files of any owner, see README,
-//! "Threat model") with its default capability set (chown, dac_override, fowner,
+//! Jailed, it stays root (it must create and serve files of any owner, see
+//! docs/threat-model.md) with its default capability set (chown, dac_override, fowner,
 //! fsetid, setgid, setuid, mknod, setfcap), its own namespace sandbox and seccomp
 //! filter (`--seccomp kill`), plus no_new_privs and the jail's rlimits; its socket is
 //! handed to the sandbox uid once it exists.
@@ -41,7 +41,14 @@ pub fn spawn(
         .arg(crate::uds_path::for_helper(sock_dir, socket_name))
         .arg("--shared-dir")
         .arg(shared_dir)
-        .args(["--cache", "never", "--sandbox", "namespace", "--seccomp", "kill"])
+        .args([
+            "--cache",
+            "never",
+            "--sandbox",
+            "namespace",
+            "--seccomp",
+            "kill",
+        ])
         .stdout(Stdio::null());
     Ok(HelperProcess::spawn("virtiofsd", cmd, stderr_log)?)
 }

@@ -37,7 +37,7 @@ impl Lease {
             .recursive(true)
             .mode(0o700)
             .create(lease_dir)
-            .map_err(JailError::io("create the uid lease dir", lease_dir))?;
+            .map_err(JailError::io_failed("create the uid lease dir", lease_dir))?;
         let busy = uids_with_processes();
         for uid in (0..count).filter_map(|i| start.checked_add(i)) {
             if busy.contains(&uid) {
@@ -51,9 +51,10 @@ impl Lease {
                 .truncate(false)
                 .mode(0o600)
                 .open(&path)
-                .map_err(JailError::io("open the uid lease", &path))?;
+                .map_err(JailError::io_failed("open the uid lease", &path))?;
             // SAFETY: flock on a file descriptor this function owns; no memory is passed.
-            let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+            let locked =
+                unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
             if !locked {
                 continue;
             }
@@ -79,7 +80,12 @@ fn uids_with_processes() -> HashSet<u32> {
     };
     entries
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
         .filter_map(|e| std::fs::metadata(e.path()).ok().map(|m| m.uid()))
         .collect()
 }

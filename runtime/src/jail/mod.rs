@@ -1,7 +1,7 @@
 //! The jail of a sandbox's host processes, modelled on Firecracker's jailer: what a
 //! guest that takes over its kernel and then its hypervisor can reach on the host.
 //!
-//! Per sandbox (see README, "Threat model"):
+//! Per sandbox (see docs/threat-model.md):
 //! - a uid and gid of its own from `[jail] uid_start/uid_count` ([`ids`]), released
 //!   when the sandbox's owner ends;
 //! - `<state>/jail/`: `sock/` (owned by the sandbox uid, mode 0700) holds every socket
@@ -54,7 +54,11 @@ pub enum JailError {
         "no free uid for the sandbox's jail: all {count} uids from {start} ([jail] uid_start, uid_count) \
          are leased (leases in {dir}) or still have processes"
     )]
-    NoFreeUid { start: u32, count: u32, dir: PathBuf },
+    NoFreeUid {
+        start: u32,
+        count: u32,
+        dir: PathBuf,
+    },
     #[error("cannot {what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -68,7 +72,7 @@ pub enum JailError {
 }
 
 impl JailError {
-    fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> JailError {
+    fn io_failed(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> JailError {
         let path = path.to_path_buf();
         move |source| JailError::Io { what, path, source }
     }
@@ -105,13 +109,18 @@ impl Jail {
         let sock_dir = dir.join(SOCK_DIR);
         mkdir(&sock_dir, 0o700)?;
         let uid = lease.uid();
-        std::os::unix::fs::chown(&sock_dir, Some(uid), Some(uid))
-            .map_err(JailError::io("give the jail's socket dir to its uid:", &sock_dir))?;
+        std::os::unix::fs::chown(&sock_dir, Some(uid), Some(uid)).map_err(JailError::io_failed(
+            "give the jail's socket dir to its uid:",
+            &sock_dir,
+        ))?;
         // Never above this process's own hard limit (raising it needs CAP_SYS_RESOURCE,
         // which a containerised "root" may lack).
         let rlimits = [
             (libc::RLIMIT_NOFILE, config.nofile),
-            (libc::RLIMIT_MEMLOCK, config.memlock_mib.saturating_mul(1 << 20)),
+            (
+                libc::RLIMIT_MEMLOCK,
+                config.memlock_mib.saturating_mul(1 << 20),
+            ),
             (libc::RLIMIT_NPROC, config.nproc),
             // No core dump: it would hold guest memory.
             (libc::RLIMIT_CORE, 0),
@@ -141,8 +150,9 @@ impl Jail {
     /// Hands a socket hull created (or a root helper created) to the sandbox uid, so the
     /// jailed processes can connect to it.
     pub fn give(&self, path: &Path) -> Result<(), JailError> {
-        std::os::unix::fs::chown(path, Some(self.uid()), Some(self.uid()))
-            .map_err(JailError::io("give to the sandbox uid the socket", path))
+        std::os::unix::fs::chown(path, Some(self.uid()), Some(self.uid())).map_err(
+            JailError::io_failed("give to the sandbox uid the socket", path),
+        )
     }
 
     /// A command that runs `program` jailed, as the sandbox uid: `ro_files` (kernel,
@@ -169,9 +179,11 @@ impl Jail {
             let host = Path::new(sys);
             match std::fs::symlink_metadata(host) {
                 Ok(m) if m.file_type().is_symlink() => {
-                    let target = std::fs::read_link(host).map_err(JailError::io("read the symlink", host))?;
+                    let target = std::fs::read_link(host)
+                        .map_err(JailError::io_failed("read the symlink", host))?;
                     let link = inside(&root, host)?;
-                    std::os::unix::fs::symlink(&target, &link).map_err(JailError::io("create the symlink", &link))?;
+                    std::os::unix::fs::symlink(&target, &link)
+                        .map_err(JailError::io_failed("create the symlink", &link))?;
                 }
                 Ok(m) if m.is_dir() => binds.push(bind(&root, host, host, true, false)?),
                 _ => {}
@@ -181,7 +193,9 @@ impl Jail {
         let exe_in_jail = if program.starts_with("/usr") {
             program.clone()
         } else {
-            let file_name = program.file_name().ok_or_else(|| JailError::BadPath(program.clone()))?;
+            let file_name = program
+                .file_name()
+                .ok_or_else(|| JailError::BadPath(program.clone()))?;
             let at = Path::new(EXE_DIR).join(file_name);
             binds.push(bind(&root, &program, &at, false, false)?);
             at
@@ -194,7 +208,12 @@ impl Jail {
         mkdir(&dev_dir, 0o755)?;
         let proc_dir = inside(&root, Path::new("/proc"))?;
         mkdir(&proc_dir, 0o555)?;
-        let mut nodes = vec![("null", 1, 3, false), ("zero", 1, 5, false), ("random", 1, 8, false), ("urandom", 1, 9, false)];
+        let mut nodes = vec![
+            ("null", 1, 3, false),
+            ("zero", 1, 5, false),
+            ("random", 1, 8, false),
+            ("urandom", 1, 9, false),
+        ];
         if devices == Devices::Kvm {
             nodes.push(("kvm", 10, 232, true));
         }
@@ -295,7 +314,13 @@ fn hard_limit(resource: libc::__rlimit_resource_t) -> libc::rlim_t {
 }
 
 /// A bind of host `src` at `at` inside `root`, with its mount point created.
-fn bind(root: &Path, src: &Path, at: &Path, dir: bool, writable: bool) -> Result<BindPlan, JailError> {
+fn bind(
+    root: &Path,
+    src: &Path,
+    at: &Path,
+    dir: bool,
+    writable: bool,
+) -> Result<BindPlan, JailError> {
     let dst = inside(root, at)?;
     if let Some(parent) = dst.parent() {
         mkdir_all(parent)?;
@@ -308,7 +333,7 @@ fn bind(root: &Path, src: &Path, at: &Path, dir: bool, writable: bool) -> Result
             .create(true)
             .truncate(false)
             .open(&dst)
-            .map_err(JailError::io("create the mount point", &dst))?;
+            .map_err(JailError::io_failed("create the mount point", &dst))?;
     }
     Ok(BindPlan {
         src: cstring(src)?,
@@ -342,7 +367,7 @@ fn mkdir(p: &Path, mode: u32) -> Result<(), JailError> {
     match std::fs::DirBuilder::new().mode(mode).create(p) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => Ok(()),
-        Err(e) => Err(JailError::io("create the jail dir", p)(e)),
+        Err(e) => Err(JailError::io_failed("create the jail dir", p)(e)),
     }
 }
 
@@ -351,7 +376,7 @@ fn mkdir_all(p: &Path) -> Result<(), JailError> {
         .recursive(true)
         .mode(0o755)
         .create(p)
-        .map_err(JailError::io("create the jail dir", p))
+        .map_err(JailError::io_failed("create the jail dir", p))
 }
 
 #[cfg(test)]

@@ -18,10 +18,17 @@ pub fn rel_path(id: &str, uid: u32) -> PathBuf {
 }
 
 /// Creates and joins the cgroup of sandbox `id` whose VM has `vm_mib` of memory.
-pub fn enter(config: &Config, id: &str, uid: u32, limited: bool, vm_mib: u32) -> Result<HostCgroup, JailError> {
+pub fn enter(
+    config: &Config,
+    id: &str,
+    uid: u32,
+    limited: bool,
+    vm_mib: u32,
+) -> Result<HostCgroup, JailError> {
     let target = Target::detect(Path::new(cgroup::DEFAULT_ROOT), rel_path(id, uid))?;
     remove_stale(&target.dirs(), uid);
-    let limit = limited.then(|| cgroup::own_limit_bytes(vm_mib, config.hypervisor.host_overhead_mib));
+    let limit =
+        limited.then(|| cgroup::own_limit_bytes(vm_mib, config.hypervisor.host_overhead_mib));
     let mut cg = target.create(limit)?;
     cg.join_self()?;
     tracing::info!(cgroups = ?cg.dirs(), vm_mib, limit, "hull run joined the sandbox's cgroup");
@@ -43,7 +50,11 @@ fn remove_stale(dirs: &[PathBuf], uid: u32) {
         .map(|e| e.path())
         .collect();
     if !stale.is_empty() {
-        tracing::warn!(?stale, uid, "removing the cgroups a killed hull run left for this jail uid");
+        tracing::warn!(
+            ?stale,
+            uid,
+            "removing the cgroups a killed hull run left for this jail uid"
+        );
         cgroup::remove_dirs(&stale, true);
     }
 }

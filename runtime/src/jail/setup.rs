@@ -129,18 +129,42 @@ impl RootPlan {
         unsafe {
             check(libc::unshare(libc::CLONE_NEWNS))?;
             // Nothing done from here on propagates back to the host.
-            check(libc::mount(null, ptr(SLASH), null, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
+            check(libc::mount(
+                null,
+                ptr(SLASH),
+                null,
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
             // pivot_root needs the new root to be a mount point.
-            check(libc::mount(self.root.as_ptr(), self.root.as_ptr(), null, libc::MS_BIND, std::ptr::null()))?;
+            check(libc::mount(
+                self.root.as_ptr(),
+                self.root.as_ptr(),
+                null,
+                libc::MS_BIND,
+                std::ptr::null(),
+            ))?;
             for b in &self.binds {
-                check(libc::mount(b.src.as_ptr(), b.dst.as_ptr(), null, libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
+                check(libc::mount(
+                    b.src.as_ptr(),
+                    b.dst.as_ptr(),
+                    null,
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ))?;
                 let mut flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | libc::MS_NODEV;
                 if b.writable {
                     flags |= libc::MS_NOEXEC;
                 } else {
                     flags |= libc::MS_RDONLY;
                 }
-                check(libc::mount(null, b.dst.as_ptr(), null, flags, std::ptr::null()))?;
+                check(libc::mount(
+                    null,
+                    b.dst.as_ptr(),
+                    null,
+                    flags,
+                    std::ptr::null(),
+                ))?;
             }
             check(libc::mount(
                 ptr(TMPFS),
@@ -176,7 +200,11 @@ impl RootPlan {
                 null,
                 ptr(SLASH),
                 null,
-                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+                libc::MS_REMOUNT
+                    | libc::MS_BIND
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV,
                 std::ptr::null(),
             ))?;
             check(libc::chdir(self.cwd.as_ptr()))?;

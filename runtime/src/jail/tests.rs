@@ -7,9 +7,18 @@ use crate::config::JailConfig;
 #[test]
 fn paths_inside_the_root_refuse_relative_and_parent_components() {
     let root = Path::new("/j");
-    assert_eq!(inside(root, Path::new("/var/a")).expect("ok"), PathBuf::from("/j/var/a"));
-    assert!(matches!(inside(root, Path::new("var/a")), Err(JailError::BadPath(_))));
-    assert!(matches!(inside(root, Path::new("/var/../etc")), Err(JailError::BadPath(_))));
+    assert_eq!(
+        inside(root, Path::new("/var/a")).expect("ok"),
+        PathBuf::from("/j/var/a")
+    );
+    assert!(matches!(
+        inside(root, Path::new("var/a")),
+        Err(JailError::BadPath(_))
+    ));
+    assert!(matches!(
+        inside(root, Path::new("/var/../etc")),
+        Err(JailError::BadPath(_))
+    ));
 }
 
 /// Skips (saying why) unless root; with HULL_REQUIRE_E2E=1 a skip is a failure.
@@ -44,7 +53,12 @@ async fn a_jailed_process_sees_only_its_jail_as_the_sandbox_uid() {
     std::fs::create_dir(&state).expect("state dir");
     let file = tmp.path().join("kernel");
     std::fs::write(&file, "kernel bytes\n").expect("file");
-    let jail = Jail::create(&test_config(&tmp.path().join("leases"), 3_910_000_000), &state, "t").expect("jail");
+    let jail = Jail::create(
+        &test_config(&tmp.path().join("leases"), 3_910_000_000),
+        &state,
+        "t",
+    )
+    .expect("jail");
     let uid = jail.uid();
     assert!((3_910_000_000..3_910_000_008).contains(&uid));
     let script = format!(
@@ -70,11 +84,17 @@ async fn a_jailed_process_sees_only_its_jail_as_the_sandbox_uid() {
     assert!(text.contains("CapEff:\t0000000000000000"), "{text}");
     assert!(text.contains("CapBnd:\t0000000000000000"), "{text}");
     assert!(text.contains("NoNewPrivs:\t1"), "{text}");
-    assert!(text.contains("no-hostname") && err.contains("/etc/hostname"), "{text}\n{err}");
+    assert!(
+        text.contains("no-hostname") && err.contains("/etc/hostname"),
+        "{text}\n{err}"
+    );
     assert!(text.contains("no-root"), "{text}");
     assert!(text.contains("ro-root"), "{text}");
     assert!(text.contains("sock-writable"), "{text}");
-    assert!(text.contains("no-pid-1"), "host processes are hidden: {text}");
+    assert!(
+        text.contains("no-pid-1"),
+        "host processes are hidden: {text}"
+    );
     // Nothing was mounted on the host.
     assert!(crate::sandbox::share::mounts_under(tmp.path()).is_empty());
     // The file the jailed shell wrote belongs to the sandbox uid.

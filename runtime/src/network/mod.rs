@@ -24,19 +24,41 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
     #[error("the pod's network namespace {path} cannot be opened: {source}")]
-    NetnsMissing { path: PathBuf, source: std::io::Error },
+    NetnsMissing {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a network namespace: {source}")]
     NotANetns { path: PathBuf, source: nix::Error },
     #[error("the pod's network namespace {netns} holds interface {name:?} of kind {kind}, which hull cannot wire into a VM (only the veth pairs CNI plugins such as bridge make, and lo)")]
-    Unsupported { netns: PathBuf, name: String, kind: String },
+    Unsupported {
+        netns: PathBuf,
+        name: String,
+        kind: String,
+    },
     #[error("interface {name:?} in {netns}: {what}")]
-    BadInterface { netns: PathBuf, name: String, what: String },
+    BadInterface {
+        netns: PathBuf,
+        name: String,
+        what: String,
+    },
     #[error("cannot create tap {name} in {netns}: {source}")]
-    Tap { netns: PathBuf, name: String, source: std::io::Error },
+    Tap {
+        netns: PathBuf,
+        name: String,
+        source: std::io::Error,
+    },
     #[error("netlink ({what}) in {netns}: {source}")]
-    Netlink { netns: PathBuf, what: String, source: rtnetlink::Error },
+    Netlink {
+        netns: PathBuf,
+        what: String,
+        source: rtnetlink::Error,
+    },
     #[error("netlink in {netns}: {source}")]
-    Io { netns: PathBuf, source: std::io::Error },
+    Io {
+        netns: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// An interface as the guest must configure it.
@@ -102,7 +124,12 @@ impl PodNetwork {
             source,
         })?;
         let owned = path.to_path_buf();
-        let (endpoints, routes) = netns::run_in(&netns, path, move || async move { wire::setup(&owned).await })??;
+        let (endpoints, routes) =
+            netns::run_in(
+                &netns,
+                path,
+                move || async move { wire::setup(&owned).await },
+            )??;
         let net = PodNetwork {
             path: path.to_path_buf(),
             netns,
@@ -136,11 +163,16 @@ impl PodNetwork {
         }
         self.torn_down = true;
         let endpoints = std::mem::take(&mut self.endpoints);
-        let links: Vec<(u32, String)> = endpoints.iter().map(|e| (e.veth_index, e.tap_name.clone())).collect();
+        let links: Vec<(u32, String)> = endpoints
+            .iter()
+            .map(|e| (e.veth_index, e.tap_name.clone()))
+            .collect();
         // Our fds go first: a tap without any open fd disappears by itself.
         drop(endpoints);
         let path = self.path.clone();
-        let result = netns::run_in(&self.netns, &self.path, move || async move { wire::teardown(&path, &links).await })?;
+        let result = netns::run_in(&self.netns, &self.path, move || async move {
+            wire::teardown(&path, &links).await
+        })?;
         if result.is_ok() {
             tracing::info!(netns = %self.path.display(), "pod network unwired");
         }
@@ -158,7 +190,10 @@ impl Drop for PodNetwork {
 
 /// `aa:bb:cc:dd:ee:ff` for a link-layer address.
 pub fn format_mac(mac: &[u8]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 #[cfg(test)]

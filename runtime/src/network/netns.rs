@@ -34,7 +34,10 @@ where
                 .enable_io()
                 .enable_time()
                 .build()
-                .map_err(|source| NetworkError::Io { netns: owned, source })?;
+                .map_err(|source| NetworkError::Io {
+                    netns: owned,
+                    source,
+                })?;
             Ok(rt.block_on(work()))
         })
         .map_err(|source| NetworkError::Io {

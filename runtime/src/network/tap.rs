@@ -23,7 +23,10 @@ struct IfReq {
 /// clearing that flag in its own child). The tap lives as long as an fd to it is open.
 pub fn open(name: &str) -> std::io::Result<OwnedFd> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("tap name {name:?}")));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("tap name {name:?}"),
+        ));
     }
     let file = OpenOptions::new()
         .read(true)

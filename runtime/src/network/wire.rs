@@ -12,7 +12,9 @@ use std::path::Path;
 use futures_util::stream::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteProtocol, RouteScope, RouteType};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteProtocol, RouteScope, RouteType,
+};
 use rtnetlink::{Handle, LinkUnspec};
 
 use super::{format_mac, tap, Endpoint, GuestInterface, GuestRoute, NetworkError};
@@ -31,7 +33,10 @@ struct Link {
     mtu: u32,
 }
 
-fn nl(netns: &Path, what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetworkError + '_ {
+fn netlink_failed(
+    netns: &Path,
+    what: impl Into<String>,
+) -> impl FnOnce(rtnetlink::Error) -> NetworkError + '_ {
     let what = what.into();
     move |source| NetworkError::Netlink {
         netns: netns.to_path_buf(),
@@ -82,7 +87,7 @@ async fn links(handle: &Handle, netns: &Path) -> Result<Vec<Link>, NetworkError>
         .execute()
         .try_collect()
         .await
-        .map_err(nl(netns, "listing links"))?;
+        .map_err(netlink_failed(netns, "listing links"))?;
     Ok(msgs.iter().map(link_of).collect())
 }
 
@@ -119,7 +124,11 @@ fn plan(netns: &Path, links: Vec<Link>) -> Result<Vec<Link>, NetworkError> {
     Ok(veths)
 }
 
-async fn addresses(handle: &Handle, netns: &Path, l: &Link) -> Result<Vec<(IpAddr, u8)>, NetworkError> {
+async fn addresses(
+    handle: &Handle,
+    netns: &Path,
+    l: &Link,
+) -> Result<Vec<(IpAddr, u8)>, NetworkError> {
     let msgs: Vec<_> = handle
         .address()
         .get()
@@ -127,7 +136,7 @@ async fn addresses(handle: &Handle, netns: &Path, l: &Link) -> Result<Vec<(IpAdd
         .execute()
         .try_collect()
         .await
-        .map_err(nl(netns, format!("addresses of {}", l.name)))?;
+        .map_err(netlink_failed(netns, format!("addresses of {}", l.name)))?;
     let mut out = Vec::new();
     for m in msgs {
         if m.header.index != l.index {
@@ -158,7 +167,11 @@ fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
 
 /// The main table's unicast routes out of the wired veths, except those the kernel
 /// adds by itself for an address (the guest kernel adds them again).
-async fn routes(handle: &Handle, netns: &Path, veths: &[Link]) -> Result<Vec<GuestRoute>, NetworkError> {
+async fn routes(
+    handle: &Handle,
+    netns: &Path,
+    veths: &[Link],
+) -> Result<Vec<GuestRoute>, NetworkError> {
     let mut out = Vec::new();
     for ipv6 in [false, true] {
         let req = if ipv6 {
@@ -172,10 +185,13 @@ async fn routes(handle: &Handle, netns: &Path, veths: &[Link]) -> Result<Vec<Gue
             .execute()
             .try_collect()
             .await
-            .map_err(nl(netns, "listing routes"))?;
+            .map_err(netlink_failed(netns, "listing routes"))?;
         for m in msgs {
             let h = &m.header;
-            if h.table != RouteHeader::RT_TABLE_MAIN || h.kind != RouteType::Unicast || h.protocol == RouteProtocol::Kernel {
+            if h.table != RouteHeader::RT_TABLE_MAIN
+                || h.kind != RouteType::Unicast
+                || h.protocol == RouteProtocol::Kernel
+            {
                 continue;
             }
             let mut r = GuestRoute {
@@ -193,7 +209,9 @@ async fn routes(handle: &Handle, netns: &Path, veths: &[Link]) -> Result<Vec<Gue
             let mut oif = None;
             for a in &m.attributes {
                 match a {
-                    RouteAttribute::Destination(d) => r.dest = route_ip(d).map(|ip| (ip, h.destination_prefix_length)),
+                    RouteAttribute::Destination(d) => {
+                        r.dest = route_ip(d).map(|ip| (ip, h.destination_prefix_length))
+                    }
                     RouteAttribute::Gateway(g) => r.gateway = route_ip(g),
                     RouteAttribute::PrefSource(s) => r.source = route_ip(s),
                     RouteAttribute::Oif(i) => oif = Some(*i),
@@ -216,7 +234,12 @@ async fn routes(handle: &Handle, netns: &Path, veths: &[Link]) -> Result<Vec<Gue
 }
 
 /// Adds an ingress qdisc on `from` and a filter redirecting all its frames to `to`.
-async fn redirect(handle: &Handle, netns: &Path, from: &Link, to: &Link) -> Result<(), NetworkError> {
+async fn redirect(
+    handle: &Handle,
+    netns: &Path,
+    from: &Link,
+    to: &Link,
+) -> Result<(), NetworkError> {
     let from_index = i32::try_from(from.index).map_err(|_| NetworkError::BadInterface {
         netns: netns.to_path_buf(),
         name: from.name.clone(),
@@ -228,7 +251,10 @@ async fn redirect(handle: &Handle, netns: &Path, from: &Link, to: &Link) -> Resu
         .ingress()
         .execute()
         .await
-        .map_err(nl(netns, format!("ingress qdisc on {}", from.name)))?;
+        .map_err(netlink_failed(
+            netns,
+            format!("ingress qdisc on {}", from.name),
+        ))?;
     handle
         .traffic_filter(from_index)
         .add()
@@ -236,10 +262,16 @@ async fn redirect(handle: &Handle, netns: &Path, from: &Link, to: &Link) -> Resu
         .priority(FILTER_PRIORITY)
         .protocol(PROTOCOL_ALL)
         .redirect(to.index)
-        .map_err(nl(netns, format!("redirect filter {} -> {}", from.name, to.name)))?
+        .map_err(netlink_failed(
+            netns,
+            format!("redirect filter {} -> {}", from.name, to.name),
+        ))?
         .execute()
         .await
-        .map_err(nl(netns, format!("redirect filter {} -> {}", from.name, to.name)))
+        .map_err(netlink_failed(
+            netns,
+            format!("redirect filter {} -> {}", from.name, to.name),
+        ))
 }
 
 async fn remove_ingress(handle: &Handle, index: u32) -> Result<(), rtnetlink::Error> {
@@ -249,7 +281,10 @@ async fn remove_ingress(handle: &Handle, index: u32) -> Result<(), rtnetlink::Er
     let mut req = handle.qdisc().del(index);
     // The ingress qdisc: parent ffff:fff1, handle ffff:0.
     req.message_mut().header.parent = rtnetlink::packet_route::tc::TcHandle::INGRESS;
-    req.message_mut().header.handle = rtnetlink::packet_route::tc::TcHandle { major: 0xffff, minor: 0 };
+    req.message_mut().header.handle = rtnetlink::packet_route::tc::TcHandle {
+        major: 0xffff,
+        minor: 0,
+    };
     req.execute().await
 }
 
@@ -260,7 +295,12 @@ fn gone(e: &rtnetlink::Error) -> bool {
         || m.raw_code() == -libc::EINVAL)
 }
 
-async fn wire_one(handle: &Handle, netns: &Path, i: usize, veth: &Link) -> Result<Endpoint, NetworkError> {
+async fn wire_one(
+    handle: &Handle,
+    netns: &Path,
+    i: usize,
+    veth: &Link,
+) -> Result<Endpoint, NetworkError> {
     let tap_name = format!("hulltap{i}");
     let fd = tap::open(&tap_name).map_err(|source| NetworkError::Tap {
         netns: netns.to_path_buf(),
@@ -279,10 +319,18 @@ async fn wire_one(handle: &Handle, netns: &Path, i: usize, veth: &Link) -> Resul
         })?;
     handle
         .link()
-        .change(LinkUnspec::new_with_index(tap_link.index).mtu(veth.mtu).up().build())
+        .change(
+            LinkUnspec::new_with_index(tap_link.index)
+                .mtu(veth.mtu)
+                .up()
+                .build(),
+        )
         .execute()
         .await
-        .map_err(nl(netns, format!("mtu {} and up on {tap_name}", veth.mtu)))?;
+        .map_err(netlink_failed(
+            netns,
+            format!("mtu {} and up on {tap_name}", veth.mtu),
+        ))?;
     let endpoint = Endpoint {
         guest: GuestInterface {
             name: veth.name.clone(),
@@ -316,7 +364,10 @@ pub async fn setup(netns: &Path) -> Result<(Vec<Endpoint>, Vec<GuestRoute>), Net
         match wire_one(&handle, netns, i, veth).await {
             Ok(e) => endpoints.push(e),
             Err(e) => {
-                let made: Vec<_> = endpoints.iter().map(|e| (e.veth_index, e.tap_name.clone())).collect();
+                let made: Vec<_> = endpoints
+                    .iter()
+                    .map(|e| (e.veth_index, e.tap_name.clone()))
+                    .collect();
                 drop(endpoints);
                 if let Err(t) = teardown_with(&handle, netns, &made).await {
                     tracing::warn!(error = %t, "removing a half-wired pod network");
@@ -328,12 +379,19 @@ pub async fn setup(netns: &Path) -> Result<(Vec<Endpoint>, Vec<GuestRoute>), Net
     Ok((endpoints, routes))
 }
 
-async fn teardown_with(handle: &Handle, netns: &Path, made: &[(u32, String)]) -> Result<(), NetworkError> {
+async fn teardown_with(
+    handle: &Handle,
+    netns: &Path,
+    made: &[(u32, String)],
+) -> Result<(), NetworkError> {
     let mut first = None;
     for (veth, tap) in made {
         if let Err(e) = remove_ingress(handle, *veth).await {
             if !gone(&e) {
-                first.get_or_insert(nl(netns, format!("removing the ingress qdisc of interface {veth}"))(e));
+                first.get_or_insert(netlink_failed(
+                    netns,
+                    format!("removing the ingress qdisc of interface {veth}"),
+                )(e));
             }
         }
         // Closed fds removed the tap already unless something else still holds it.
@@ -348,7 +406,7 @@ async fn teardown_with(handle: &Handle, netns: &Path, made: &[(u32, String)]) ->
         for l in still {
             if let Err(e) = handle.link().del(l.header.index).execute().await {
                 if !gone(&e) {
-                    first.get_or_insert(nl(netns, format!("deleting {tap}"))(e));
+                    first.get_or_insert(netlink_failed(netns, format!("deleting {tap}"))(e));
                 }
             }
         }

@@ -39,10 +39,13 @@ pub async fn debug_exec(
     signals: &mut Signals,
 ) -> Result<ExitInfo, RunError> {
     if opts.command.is_empty() {
-        return Err(RunError::Usage("hull debug exec needs a command after `--`".into()));
+        return Err(RunError::Usage(
+            "hull debug exec needs a command after `--`".into(),
+        ));
     }
     let record = debug_sandbox(config, &opts.sandbox)?;
-    let json = serde_json::to_vec(&debug_process(opts)?).map_err(|e| RunError::Internal(e.to_string()))?;
+    let json =
+        serde_json::to_vec(&debug_process(opts)?).map_err(|e| RunError::Internal(e.to_string()))?;
     let agent = AgentClient::connect(&record.vsock_uds, config.boot.request_timeout())
         .await
         .map_err(RunError::agent("connecting to the sandbox's agent"))?;
@@ -51,7 +54,15 @@ pub async fn debug_exec(
         tty: opts.tty,
         interactive: opts.interactive,
     };
-    super::exec::start_and_attach(config, &agent, ProcessRef::exec("", &exec_id), json, how, signals).await
+    super::exec::start_and_attach(
+        config,
+        &agent,
+        ProcessRef::exec("", &exec_id),
+        json,
+        how,
+        signals,
+    )
+    .await
 }
 
 /// `hull debug crash-agent SANDBOX`: fault injection for `scripts/soak`. The agent
@@ -62,7 +73,10 @@ pub async fn crash_agent(config: &Config, sandbox: &str) -> Result<(), RunError>
     let agent = AgentClient::connect(&record.vsock_uds, config.boot.request_timeout())
         .await
         .map_err(RunError::agent("connecting to the sandbox's agent"))?;
-    agent.debug_crash_agent().await.map_err(RunError::agent("DebugCrashAgent"))
+    agent
+        .debug_crash_agent()
+        .await
+        .map_err(RunError::agent("DebugCrashAgent"))
 }
 
 /// The record of `sandbox` (a name, id or unique id prefix), which must have been booted
@@ -119,10 +133,14 @@ mod tests {
             command: vec!["true".into()],
             ..Default::default()
         };
-        let e = debug_exec(&config, &opts, &mut signals).await.expect_err("unknown");
+        let e = debug_exec(&config, &opts, &mut signals)
+            .await
+            .expect_err("unknown");
         assert!(e.to_string().contains("no sandbox \"nope\""), "{e}");
         opts.command.clear();
-        let e = debug_exec(&config, &opts, &mut signals).await.expect_err("no command");
+        let e = debug_exec(&config, &opts, &mut signals)
+            .await
+            .expect_err("no command");
         assert!(e.to_string().contains("needs a command"), "{e}");
     }
 
@@ -135,10 +153,16 @@ mod tests {
             ..Default::default()
         };
         let p = debug_process(&opts).expect("process");
-        assert_eq!(p.args().clone().expect("args"), vec!["/bin/x".to_string(), "-a".to_string()]);
+        assert_eq!(
+            p.args().clone().expect("args"),
+            vec!["/bin/x".to_string(), "-a".to_string()]
+        );
         assert_eq!(p.cwd().to_str(), Some("/"));
         assert_eq!(p.terminal(), Some(true));
         let env = p.env().clone().expect("env");
-        assert!(env.iter().any(|e| e.starts_with("PATH=")) && env.contains(&"TERM=xterm".to_string()), "{env:?}");
+        assert!(
+            env.iter().any(|e| e.starts_with("PATH=")) && env.contains(&"TERM=xterm".to_string()),
+            "{env:?}"
+        );
     }
 }

@@ -39,7 +39,9 @@ pub async fn exec(
     signals: &mut Signals,
 ) -> Result<ExitInfo, RunError> {
     if opts.command.is_empty() {
-        return Err(RunError::Usage("hull exec needs a command after `--`".into()));
+        return Err(RunError::Usage(
+            "hull exec needs a command after `--`".into(),
+        ));
     }
     for e in &opts.env {
         units::check_env(e)?;
@@ -59,7 +61,15 @@ pub async fn exec(
         tty: opts.tty,
         interactive: opts.interactive,
     };
-    start_and_attach(config, &agent, ProcessRef::exec(container, &exec_id), json, how, signals).await
+    start_and_attach(
+        config,
+        &agent,
+        ProcessRef::exec(container, &exec_id),
+        json,
+        how,
+        signals,
+    )
+    .await
 }
 
 /// Starts an exec'd process (`process_json`: an OCI Process) in the agent and attaches
@@ -74,7 +84,12 @@ pub(super) async fn start_and_attach(
     signals: &mut Signals,
 ) -> Result<ExitInfo, RunError> {
     agent
-        .exec_process(&target.container_id, &target.exec_id, process_json, &how.stdio())
+        .exec_process(
+            &target.container_id,
+            &target.exec_id,
+            process_json,
+            &how.stdio(),
+        )
         .await
         .map_err(RunError::agent("starting the process"))?;
     attach(agent, &target, how, signals, config.boot.shutdown_timeout()).await
@@ -86,7 +101,8 @@ fn process_for(
     container: &str,
     opts: &ExecOptions,
 ) -> Result<Process, RunError> {
-    let dir = Share::container_dir_of(state_dir, container).map_err(|e| RunError::Sandbox(e.into()))?;
+    let dir =
+        Share::container_dir_of(state_dir, container).map_err(|e| RunError::Sandbox(e.into()))?;
     let path = dir.join("config.json");
     let spec = Spec::load(&path).map_err(|e| RunError::Rootfs {
         path: path.clone(),
@@ -98,12 +114,18 @@ fn process_for(
     })?;
     process.set_args(Some(opts.command.clone()));
     process.set_terminal(Some(opts.tty));
-    process.set_console_size(if opts.tty { super::io::console_size() } else { None });
+    process.set_console_size(if opts.tty {
+        super::io::console_size()
+    } else {
+        None
+    });
     let env = units::merge_env(&process.env().clone().unwrap_or_default(), &opts.env);
     process.set_env(Some(env));
     if let Some(w) = &opts.workdir {
         if !w.starts_with('/') {
-            return Err(RunError::Usage(format!("--workdir {w:?} must be an absolute path")));
+            return Err(RunError::Usage(format!(
+                "--workdir {w:?} must be an absolute path"
+            )));
         }
         process.set_cwd(PathBuf::from(w));
     }
@@ -151,9 +173,16 @@ mod tests {
         assert_eq!(got.cwd().to_str(), Some("/tmp"));
         assert_eq!((got.user().uid(), got.user().gid()), (7, 8));
         let env = got.env().clone().expect("env");
-        assert!(env.contains(&"A=2".to_string()) && env.contains(&"B=3".to_string()), "{env:?}");
+        assert!(
+            env.contains(&"A=2".to_string()) && env.contains(&"B=3".to_string()),
+            "{env:?}"
+        );
         assert!(env.contains(&"PATH=/bin".to_string()), "{env:?}");
-        assert_eq!(env.iter().filter(|e| e.starts_with("A=")).count(), 1, "{env:?}");
+        assert_eq!(
+            env.iter().filter(|e| e.starts_with("A=")).count(),
+            1,
+            "{env:?}"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use crate::agent_client::{AgentClient, AgentError, ExitInfo, ProcessRef, StdioSpec, Stream};
+use crate::agent_client::{pump, AgentClient, AgentError, ExitInfo, ProcessRef, StdioSpec, Stream};
 use crate::config::Config;
 use crate::hypervisor::{self, SelectError};
 use crate::image::ImageError;
@@ -148,7 +148,7 @@ pub async fn run(
         memory.is_some(),
         sandbox_spec.memory_mib,
     )
-        .map_err(SandboxError::from)?;
+    .map_err(SandboxError::from)?;
     let cid = sandbox.id().to_string();
     let hostname = opts
         .hostname
@@ -204,9 +204,15 @@ pub async fn run(
         tty: opts.tty,
         interactive: opts.interactive,
     };
-    let attached = attach(&agent, &ProcessRef::init(&cid), stdio, signals, config.boot.shutdown_timeout())
-        .instrument(tracing::info_span!("container_attach"))
-        .await;
+    let attached = attach(
+        &agent,
+        &ProcessRef::init(&cid),
+        stdio,
+        signals,
+        config.boot.shutdown_timeout(),
+    )
+    .instrument(tracing::info_span!("container_attach"))
+    .await;
 
     // 5. teardown
     let removed = match &attached {
@@ -346,14 +352,14 @@ pub async fn attach(
     } else {
         None
     };
-    let stdout = tokio::spawn(io::pump_output(
+    let stdout = tokio::spawn(pump::pump_output(
         agent.clone(),
         process.clone(),
         Stream::Stdout,
         tokio::io::stdout(),
     ));
     let stderr = (!opts.tty).then(|| {
-        tokio::spawn(io::pump_output(
+        tokio::spawn(pump::pump_output(
             agent.clone(),
             process.clone(),
             Stream::Stderr,
@@ -361,7 +367,7 @@ pub async fn attach(
         ))
     });
     let stdin = opts.interactive.then(|| {
-        tokio::spawn(io::pump_stdin(
+        tokio::spawn(pump::pump_stdin(
             agent.clone(),
             process.clone(),
             tokio::io::stdin(),

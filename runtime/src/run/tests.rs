@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use hull_proto::*;
 use ttrpc::r#async::TtrpcContext;
 
-use super::io::{pump_output, pump_stdin};
+use crate::agent_client::pump::{pump_output, pump_stdin};
 use crate::agent_client::{AgentClient, AgentError, ProcessRef, Stream};
 
 #[derive(Default)]
@@ -132,14 +132,24 @@ async fn output_is_copied_byte_exact_until_eof() {
     });
     let mut s = serve(fake).await;
     let mut out = Vec::new();
-    let n = pump_output(s.client.clone(), ProcessRef::init("c1"), Stream::Stdout, &mut out)
-        .await
-        .expect("pump");
+    let n = pump_output(
+        s.client.clone(),
+        ProcessRef::init("c1"),
+        Stream::Stdout,
+        &mut out,
+    )
+    .await
+    .expect("pump");
     assert_eq!(n as usize, data.len());
     assert!(out == data, "output differs");
-    let n = pump_output(s.client.clone(), ProcessRef::init("c1"), Stream::Stderr, Vec::new())
-        .await
-        .expect("stderr");
+    let n = pump_output(
+        s.client.clone(),
+        ProcessRef::init("c1"),
+        Stream::Stderr,
+        Vec::new(),
+    )
+    .await
+    .expect("stderr");
     assert_eq!(n, 0);
     let exit = s.client.wait_process("c1", "").await.expect("wait");
     assert_eq!((exit.status, exit.oom_killed), (137, true));
@@ -167,9 +177,14 @@ async fn a_reply_larger_than_asked_is_refused() {
         ..Default::default()
     });
     let mut s = serve(fake).await;
-    let err = pump_output(s.client.clone(), ProcessRef::init("c1"), Stream::Stdout, Vec::new())
-        .await
-        .expect_err("oversize");
+    let err = pump_output(
+        s.client.clone(),
+        ProcessRef::init("c1"),
+        Stream::Stdout,
+        Vec::new(),
+    )
+    .await
+    .expect_err("oversize");
     assert!(matches!(err, AgentError::BadReply { .. }), "{err}");
     let _ = s.server.shutdown().await;
 }

@@ -102,7 +102,8 @@ pub(super) async fn run(
     let announce = GuestListener::bind(&uds, hull_proto::ANNOUNCE_VSOCK_PORT)?;
     if let Some(jail) = &sandbox.jail {
         // The jailed vsock backend connects to it.
-        jail.give(announce.path()).map_err(crate::hypervisor::HypervisorError::from)?;
+        jail.give(announce.path())
+            .map_err(crate::hypervisor::HypervisorError::from)?;
     }
 
     let t0 = Instant::now();

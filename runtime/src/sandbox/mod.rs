@@ -163,10 +163,11 @@ impl Sandbox {
         // Read before anything exists: a missing policy file leaves nothing behind.
         let policy = match &config.policy.file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| SandboxError::Policy {
-                    path: path.clone(),
-                    source,
-                })?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| SandboxError::Policy {
+                        path: path.clone(),
+                        source,
+                    })?;
                 Some((path.clone(), text))
             }
             None => None,
@@ -176,8 +177,14 @@ impl Sandbox {
                 share::check_id(id)?;
                 // A name left by a hull that was killed (its record names a dead owner)
                 // is free again: its leftovers go first.
-                if let Err(record::RecordError::Gone { pid, .. }) = record::SandboxRecord::load(base, id) {
-                    tracing::warn!(id, owner = pid, "removing the state of a dead sandbox of that name");
+                if let Err(record::RecordError::Gone { pid, .. }) =
+                    record::SandboxRecord::load(base, id)
+                {
+                    tracing::warn!(
+                        id,
+                        owner = pid,
+                        "removing the state of a dead sandbox of that name"
+                    );
                     drop(StateDir::adopt_stale(base, id));
                 }
                 id.clone()
@@ -228,7 +235,10 @@ impl Sandbox {
         // would leak them into other tasks and make the future !Send).
         let span = tracing::info_span!("sandbox_boot", id = %self.id);
         async {
-            match boot::run(self, config, spec).await.and_then(|()| self.write_record()) {
+            match boot::run(self, config, spec)
+                .await
+                .and_then(|()| self.write_record())
+            {
                 Ok(()) => Ok(()),
                 Err(e) => {
                     self.teardown().await;
@@ -277,7 +287,10 @@ impl Sandbox {
     /// processes allowed or not, the agent policy of `[policy] file`.
     pub async fn prepare_guest(&self, hostname: &str) -> Result<(), SandboxError> {
         let storages: Vec<StorageSpec> = match &self.share {
-            Some(_) => vec![StorageSpec::virtiofs_share(share::SHARE_TAG, share::GUEST_SHARE)],
+            Some(_) => vec![StorageSpec::virtiofs_share(
+                share::SHARE_TAG,
+                share::GUEST_SHARE,
+            )],
             None => Vec::new(),
         };
         self.agent_or_err()?
@@ -351,7 +364,10 @@ impl Sandbox {
     async fn destroy_inner(mut self) -> Result<(), SandboxError> {
         let mut result = Ok(());
         if let Some(agent) = self.agent.take() {
-            if let Err(e) = agent.destroy_sandbox(self.shutdown_timeout.as_secs() as u32).await {
+            if let Err(e) = agent
+                .destroy_sandbox(self.shutdown_timeout.as_secs() as u32)
+                .await
+            {
                 tracing::warn!(error = %e, "agent did not accept DestroySandbox; killing the VM");
                 result = Err(e.into());
             }

@@ -86,10 +86,11 @@ impl SandboxRecord {
                 })
             }
         };
-        let record: SandboxRecord = serde_json::from_slice(&text).map_err(|e| RecordError::Read {
-            path: path.clone(),
-            why: e.to_string(),
-        })?;
+        let record: SandboxRecord =
+            serde_json::from_slice(&text).map_err(|e| RecordError::Read {
+                path: path.clone(),
+                why: e.to_string(),
+            })?;
         if record.id != id {
             return Err(RecordError::Read {
                 path,

@@ -113,7 +113,10 @@ mod tests {
         std::fs::write(p.join("console.log"), "x").expect("write");
         let mode = std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
-        assert!(StateDir::create(base.path(), "abc").is_err(), "ids are never shared");
+        assert!(
+            StateDir::create(base.path(), "abc").is_err(),
+            "ids are never shared"
+        );
         drop(d);
         assert!(!p.exists());
     }

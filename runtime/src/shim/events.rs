@@ -53,7 +53,8 @@ impl Events {
             pid,
             ..Default::default()
         };
-        self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(ev)).await;
+        self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(ev))
+            .await;
     }
 
     pub async fn start(&self, cid: &str, pid: u32) {
@@ -62,19 +63,25 @@ impl Events {
             pid,
             ..Default::default()
         };
-        self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(ev)).await;
+        self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(ev))
+            .await;
     }
 
     pub async fn exit(&self, cid: &str, exec_id: &str, pid: u32, status: u32, at: Timestamp) {
         let ev = TaskExit {
             container_id: cid.into(),
-            id: if exec_id.is_empty() { cid.into() } else { exec_id.into() },
+            id: if exec_id.is_empty() {
+                cid.into()
+            } else {
+                exec_id.into()
+            },
             pid,
             exit_status: status,
             exited_at: MessageField::some(at),
             ..Default::default()
         };
-        self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(ev)).await;
+        self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(ev))
+            .await;
     }
 
     pub async fn oom(&self, cid: &str) {
@@ -82,7 +89,8 @@ impl Events {
             container_id: cid.into(),
             ..Default::default()
         };
-        self.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(ev)).await;
+        self.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(ev))
+            .await;
     }
 
     pub async fn exec_added(&self, cid: &str, exec_id: &str) {
@@ -91,7 +99,8 @@ impl Events {
             exec_id: exec_id.into(),
             ..Default::default()
         };
-        self.publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(ev)).await;
+        self.publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(ev))
+            .await;
     }
 
     pub async fn exec_started(&self, cid: &str, exec_id: &str, pid: u32) {
@@ -101,7 +110,8 @@ impl Events {
             pid,
             ..Default::default()
         };
-        self.publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(ev)).await;
+        self.publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(ev))
+            .await;
     }
 
     pub async fn paused(&self, cid: &str) {
@@ -109,7 +119,8 @@ impl Events {
             container_id: cid.into(),
             ..Default::default()
         };
-        self.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(ev)).await;
+        self.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(ev))
+            .await;
     }
 
     pub async fn resumed(&self, cid: &str) {
@@ -117,7 +128,8 @@ impl Events {
             container_id: cid.into(),
             ..Default::default()
         };
-        self.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(ev)).await;
+        self.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(ev))
+            .await;
     }
 
     pub async fn delete(&self, cid: &str, pid: u32, status: u32, at: Timestamp) {
@@ -129,6 +141,7 @@ impl Events {
             exited_at: MessageField::some(at),
             ..Default::default()
         };
-        self.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(ev)).await;
+        self.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(ev))
+            .await;
     }
 }

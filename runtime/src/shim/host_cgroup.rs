@@ -12,8 +12,8 @@
 
 use std::path::Path;
 
-use super::service::{ANNOTATION_SANDBOX_MEMORY, MIN_GUEST_MIB};
 use super::record::Record;
+use super::service::{ANNOTATION_SANDBOX_MEMORY, MIN_GUEST_MIB};
 use super::spec::HostSpec;
 use super::ShimError;
 use crate::cgroup::{self, HostCgroup, Target};
@@ -39,13 +39,20 @@ pub fn enter(
     let target = Target::detect(Path::new(cgroup::DEFAULT_ROOT), rel)?;
     let overhead = config.hypervisor.host_overhead_mib;
     let inherited = target.inherited_memory_limit();
-    let fitted = cgroup::fit_vm(vm.memory_mib, inherited, overhead, MIN_GUEST_MIB, &target.memory_dir())?;
+    let fitted = cgroup::fit_vm(
+        vm.memory_mib,
+        inherited,
+        overhead,
+        MIN_GUEST_MIB,
+        &target.memory_dir(),
+    )?;
     if fitted < vm.memory_mib {
         tracing::info!(from = vm.memory_mib, to = fitted, cgroup = %target.memory_dir().display(),
             "VM shrunk to fit the cgroup's memory limit");
         vm.memory_mib = fitted;
     }
-    let limited = spec.memory_limit().is_some() || spec.annotation(ANNOTATION_SANDBOX_MEMORY).is_some();
+    let limited =
+        spec.memory_limit().is_some() || spec.annotation(ANNOTATION_SANDBOX_MEMORY).is_some();
     let limit = limited.then(|| cgroup::own_limit_bytes(vm.memory_mib, overhead));
     let planned = Record {
         cgroups: target.missing_dirs(),

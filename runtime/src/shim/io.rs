@@ -1,6 +1,6 @@
 //! A process's stdio between containerd and the agent. containerd names FIFOs (or
 //! `file://` or `binary://` URIs, the latter run by `logger`) in the request; the shim writes the process's output into them with
-//! `run::io`'s pumps (pull model, backpressure to the writer in the guest) and feeds
+//! `agent_client::pump`'s pumps (pull model, backpressure to the writer in the guest) and feeds
 //! stdin from them. The exit of a process is reported only after its output pumps
 //! finished, so nothing written before the exit is lost.
 
@@ -13,8 +13,8 @@ use tokio::task::JoinHandle;
 
 use super::logger::{self, BinaryLogger};
 use super::ShimError;
+use crate::agent_client::pump::pump_output;
 use crate::agent_client::{AgentClient, AgentError, ProcessRef, StdioSpec, Stream};
-use crate::run::io::pump_output;
 
 /// How long to wait for containerd (or ctr) to open the reading end of an output FIFO.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,7 +82,10 @@ async fn open_sink(uri: &str) -> Result<Sink, ShimError> {
     loop {
         match pipe::OpenOptions::new().open_sender(&path) {
             Ok(s) => return Ok(Sink::Fifo(s)),
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && tokio::time::Instant::now() < deadline => {
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENXIO)
+                    && tokio::time::Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Err(e) => {
@@ -143,12 +146,19 @@ async fn open_outputs(
     namespace: &str,
 ) -> Result<(Vec<(Stream, Sink)>, Option<BinaryLogger>), ShimError> {
     let spec = paths.spec();
-    let named: Vec<(Stream, &str)> = [(Stream::Stdout, spec.stdout, &paths.stdout), (Stream::Stderr, spec.stderr, &paths.stderr)]
-        .into_iter()
-        .filter(|(_, wanted, _)| *wanted)
-        .map(|(s, _, uri)| (s, uri.as_str()))
+    let named: Vec<(Stream, &str)> = [
+        (Stream::Stdout, spec.stdout, &paths.stdout),
+        (Stream::Stderr, spec.stderr, &paths.stderr),
+    ]
+    .into_iter()
+    .filter(|(_, wanted, _)| *wanted)
+    .map(|(s, _, uri)| (s, uri.as_str()))
+    .collect();
+    let binary: Vec<&str> = named
+        .iter()
+        .map(|(_, u)| *u)
+        .filter(|u| logger::is_binary(u))
         .collect();
-    let binary: Vec<&str> = named.iter().map(|(_, u)| *u).filter(|u| logger::is_binary(u)).collect();
     let Some(uri) = binary.first().copied() else {
         let mut sinks = Vec::new();
         for (stream, uri) in named {
@@ -207,9 +217,9 @@ impl ProcessIo {
             // reports the FIFO readable at EOF only once a writer that came after this
             // open has gone (a FIFO without a writer yet just waits). The end of input is
             // that EOF, or containerd's CloseIO, whichever comes first.
-            let rx = pipe::OpenOptions::new()
-                .open_receiver(&path)
-                .map_err(|e| ShimError::Internal(format!("cannot open stdin FIFO {}: {e}", path.display())))?;
+            let rx = pipe::OpenOptions::new().open_receiver(&path).map_err(|e| {
+                ShimError::Internal(format!("cannot open stdin FIFO {}: {e}", path.display()))
+            })?;
             let closed = std::sync::Arc::new(tokio::sync::Notify::new());
             let task = tokio::spawn(pump_stdin(
                 agent.clone(),
@@ -248,7 +258,10 @@ impl ProcessIo {
         if let (Some(task), Some(closed)) = (self.stdin.take(), self.stdin_closed.take()) {
             closed.notify_one();
             let mut task = task;
-            if tokio::time::timeout(Duration::from_secs(5), &mut task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
+            {
                 tracing::warn!("stdin pump did not finish after CloseIO");
                 task.abort();
             }
@@ -335,8 +348,14 @@ mod tests {
 
     #[test]
     fn uris_and_streams() {
-        assert_eq!(target("/run/x/stdout").expect("fifo"), PathBuf::from("/run/x/stdout"));
-        assert_eq!(target("file:///var/log/c.log").expect("file"), PathBuf::from("/var/log/c.log"));
+        assert_eq!(
+            target("/run/x/stdout").expect("fifo"),
+            PathBuf::from("/run/x/stdout")
+        );
+        assert_eq!(
+            target("file:///var/log/c.log").expect("file"),
+            PathBuf::from("/var/log/c.log")
+        );
         let e = target("syslog://x").expect_err("unknown scheme");
         assert!(e.to_string().contains("syslog://"), "{e}");
         let p = StdioPaths {

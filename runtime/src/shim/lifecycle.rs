@@ -75,7 +75,10 @@ impl Shim for HullShim {
         let bundle = std::env::current_dir().map_err(|e| shim_error("bundle dir", e))?;
         let group = grouping(&opts.id, &bundle);
         let address = containerd_shim::socket_address(&opts.address, &opts.namespace, &group);
-        let socket = address.strip_prefix("unix://").unwrap_or(&address).to_string();
+        let socket = address
+            .strip_prefix("unix://")
+            .unwrap_or(&address)
+            .to_string();
         // A pod's later containers: the sandbox's shim already listens there.
         if group != opts.id && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
             write_address(&bundle, &address)?;
@@ -100,7 +103,9 @@ impl Shim for HullShim {
         if opts.debug {
             cmd.arg("-debug");
         }
-        let mut child = cmd.spawn().map_err(|e| shim_error("starting the shim server", e))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| shim_error("starting the shim server", e))?;
         // The server closes its stdout once it listens (the shim crate's handshake).
         if let Some(mut out) = child.stdout.take() {
             let _ = tokio::io::copy(&mut out, &mut tokio::io::sink()).await;
@@ -130,7 +135,8 @@ impl Shim for HullShim {
 }
 
 fn write_address(bundle: &Path, address: &str) -> containerd_shim::Result<()> {
-    std::fs::write(bundle.join("address"), address).map_err(|e| shim_error("writing the address file", e))
+    std::fs::write(bundle.join("address"), address)
+        .map_err(|e| shim_error("writing the address file", e))
 }
 
 /// What `delete` does: the VM's leftovers (processes, mounts, state dir), the

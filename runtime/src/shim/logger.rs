@@ -40,7 +40,7 @@ pub fn is_binary(uri: &str) -> bool {
     uri.starts_with(SCHEME)
 }
 
-fn bad(uri: &str, why: &str) -> ShimError {
+fn bad_uri(uri: &str, why: &str) -> ShimError {
     ShimError::InvalidArgument(format!("log URI {uri:?}: {why}"))
 }
 
@@ -71,18 +71,23 @@ fn decode(s: &str, plus_is_space: bool) -> Option<String> {
 
 /// The binary and its arguments for `uri`.
 pub fn parse(uri: &str) -> Result<LoggerCommand, ShimError> {
-    let rest = uri.strip_prefix(SCHEME).ok_or_else(|| bad(uri, "not a binary:// URI"))?;
+    let rest = uri
+        .strip_prefix(SCHEME)
+        .ok_or_else(|| bad_uri(uri, "not a binary:// URI"))?;
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let path = decode(path, false).ok_or_else(|| bad(uri, "bad %-escape in the path"))?;
+    let path = decode(path, false).ok_or_else(|| bad_uri(uri, "bad %-escape in the path"))?;
     if !path.starts_with('/') {
-        return Err(bad(uri, "the binary must be an absolute path (binary:///path/to/bin)"));
+        return Err(bad_uri(
+            uri,
+            "the binary must be an absolute path (binary:///path/to/bin)",
+        ));
     }
     let mut args = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = decode(k, true).ok_or_else(|| bad(uri, "bad %-escape in the query"))?;
-        let v = decode(v, true).ok_or_else(|| bad(uri, "bad %-escape in the query"))?;
+        let k = decode(k, true).ok_or_else(|| bad_uri(uri, "bad %-escape in the query"))?;
+        let v = decode(v, true).ok_or_else(|| bad_uri(uri, "bad %-escape in the query"))?;
         // containerd passes each key once, with its first value.
         if seen.insert(k.clone()) {
             args.push(k);
@@ -114,9 +119,13 @@ fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
 }
 
 fn sender(fd: OwnedFd) -> Result<pipe::Sender, ShimError> {
-    let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL).map_err(|e| ShimError::Internal(format!("logger pipe: {e}")))?;
-    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK))
+    let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)
         .map_err(|e| ShimError::Internal(format!("logger pipe: {e}")))?;
+    fcntl(
+        fd.as_raw_fd(),
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| ShimError::Internal(format!("logger pipe: {e}")))?;
     pipe::Sender::from_owned_fd(fd).map_err(|e| ShimError::Internal(format!("logger pipe: {e}")))
 }
 
@@ -166,7 +175,10 @@ impl BinaryLogger {
             });
         }
         let child = command.spawn().map_err(|e| {
-            ShimError::InvalidArgument(format!("log URI {uri:?}: cannot start {}: {e}", cmd.path.display()))
+            ShimError::InvalidArgument(format!(
+                "log URI {uri:?}: cannot start {}: {e}",
+                cmd.path.display()
+            ))
         })?;
         let pgid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
         drop(fds);
@@ -198,14 +210,22 @@ impl BinaryLogger {
     /// Ends the logger: it gets [`EXIT_GRACE`] to exit by itself (its inputs ended),
     /// then SIGTERM, then SIGKILL, each to its process group; it is reaped.
     pub async fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         if tokio::time::timeout(EXIT_GRACE, child.wait()).await.is_ok() {
             self.signal_group(nix::sys::signal::Signal::SIGKILL);
             return;
         }
         self.signal_group(nix::sys::signal::Signal::SIGTERM);
-        if tokio::time::timeout(TERM_GRACE, child.wait()).await.is_err() {
-            tracing::warn!(pid = self.pgid, "logging binary ignored SIGTERM; killing it");
+        if tokio::time::timeout(TERM_GRACE, child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                pid = self.pgid,
+                "logging binary ignored SIGTERM; killing it"
+            );
             self.signal_group(nix::sys::signal::Signal::SIGKILL);
             let _ = child.wait().await;
         }
@@ -265,9 +285,11 @@ mod tests {
             ),
         )
         .expect("script");
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
         let uri = format!("binary://{}?k=v", script.display());
-        let (mut logger, mut o, mut e) = BinaryLogger::start(&uri, "c1", "ns1").await.expect("start");
+        let (mut logger, mut o, mut e) =
+            BinaryLogger::start(&uri, "c1", "ns1").await.expect("start");
         use tokio::io::AsyncWriteExt;
         o.write_all(b"to stdout\n").await.expect("write");
         e.write_all(b"to stderr\n").await.expect("write");
@@ -276,7 +298,10 @@ mod tests {
         let text = std::fs::read_to_string(&out).expect("log");
         assert_eq!(text, "c1 ns1 k v\nto stdout\nto stderr\n");
 
-        let e = BinaryLogger::start("binary:///nonexistent/logger", "c1", "ns").await.err().expect("missing");
+        let e = BinaryLogger::start("binary:///nonexistent/logger", "c1", "ns")
+            .await
+            .err()
+            .expect("missing");
         assert!(e.to_string().contains("/nonexistent/logger"), "{e}");
     }
 }

@@ -72,7 +72,10 @@ pub fn nics(net: Option<&PodNetwork>) -> Vec<NetDevice> {
 }
 
 /// Configures the guest: each interface (found by MAC), then the routes.
-pub async fn configure_guest(agent: &AgentClient, net: Option<&PodNetwork>) -> Result<(), ShimError> {
+pub async fn configure_guest(
+    agent: &AgentClient,
+    net: Option<&PodNetwork>,
+) -> Result<(), ShimError> {
     let Some(net) = net else {
         return Ok(());
     };
@@ -110,15 +113,28 @@ mod tests {
     #[test]
     fn the_network_entry_decides() {
         assert_eq!(mode(&spec(json!([{"type": "pid"}]))), NetworkMode::Host);
-        assert_eq!(mode(&spec(json!([{"type": "network"}]))), NetworkMode::Empty);
         assert_eq!(
-            mode(&spec(json!([{"type": "network", "path": "/var/run/netns/cni-1"}]))),
+            mode(&spec(json!([{"type": "network"}]))),
+            NetworkMode::Empty
+        );
+        assert_eq!(
+            mode(&spec(
+                json!([{"type": "network", "path": "/var/run/netns/cni-1"}])
+            )),
             NetworkMode::Netns("/var/run/netns/cni-1".into())
         );
         let e = open(&spec(json!([{"type": "pid"}]))).expect_err("host network");
-        assert!(matches!(e, ShimError::InvalidArgument(_)) && e.to_string().contains("host network"), "{e}");
-        assert!(open(&spec(json!([{"type": "network"}]))).expect("empty").is_none());
-        let e = open(&spec(json!([{"type": "network", "path": "/nonexistent/netns/x"}]))).expect_err("missing");
+        assert!(
+            matches!(e, ShimError::InvalidArgument(_)) && e.to_string().contains("host network"),
+            "{e}"
+        );
+        assert!(open(&spec(json!([{"type": "network"}])))
+            .expect("empty")
+            .is_none());
+        let e = open(&spec(
+            json!([{"type": "network", "path": "/nonexistent/netns/x"}]),
+        ))
+        .expect_err("missing");
         assert!(e.to_string().contains("/nonexistent/netns/x"), "{e}");
     }
 }

@@ -117,7 +117,8 @@ impl Pod {
         let Some(sandbox) = self.sandbox.lock().await.take() else {
             return;
         };
-        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         if self.is_dead() {
             let mut sandbox = sandbox;
             sandbox.teardown().await;
@@ -125,7 +126,11 @@ impl Pod {
             tracing::warn!(error = %e, "destroying the sandbox");
         }
         // The VM (which held the taps open) is gone: the taps and filters go now.
-        let network = self.network.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let network = self
+            .network
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(mut net) = network {
             let removed = tokio::task::spawn_blocking(move || net.teardown()).await;
             match removed {
@@ -185,7 +190,11 @@ fn watch_processes(pids: &[u32], dead: watch::Sender<bool>, stopping: Arc<Atomic
             if stopping.load(Ordering::SeqCst) {
                 return;
             }
-            tracing::warn!(pid, vm = vm_pid, "a VM helper process exited unexpectedly: killing the VM");
+            tracing::warn!(
+                pid,
+                vm = vm_pid,
+                "a VM helper process exited unexpectedly: killing the VM"
+            );
             if let Err(e) = kill_by_pidfd(&vm) {
                 // ESRCH: the VM is gone already (its death is what made the helper exit).
                 if e.raw_os_error() != Some(libc::ESRCH) {
@@ -201,7 +210,8 @@ async fn exited<F: AsRawFd>(pidfd: F) {
     // SAFETY: the AsyncFd takes `pidfd` (an owned fd, or an Arc of one) and holds it for
     // as long as it is registered, so the fd stays open while registered and is
     // deregistered before the AsyncFd drops (and closes) it.
-    let registered = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) };
+    let registered =
+        unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) };
     match registered {
         Ok(fd) => {
             let _ = fd.readable().await;
@@ -237,7 +247,8 @@ fn kill_by_pidfd(pidfd: &OwnedFd) -> std::io::Result<()> {
 /// A pollable handle on a process that becomes readable when it exits (without
 /// reaping it: tokio still owns the wait).
 fn pidfd(pid: u32) -> std::io::Result<OwnedFd> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     if pid <= 0 {
         return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
     }

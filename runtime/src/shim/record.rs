@@ -20,7 +20,11 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn new(state_dir: &Path, pids: Vec<u32>, cgroup: Option<&crate::cgroup::HostCgroup>) -> Record {
+    pub fn new(
+        state_dir: &Path,
+        pids: Vec<u32>,
+        cgroup: Option<&crate::cgroup::HostCgroup>,
+    ) -> Record {
         Record {
             state_dir: state_dir.to_path_buf(),
             pids,
@@ -58,7 +62,8 @@ impl Record {
     fn names_state_dir(&self, pid: u32) -> bool {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         String::from_utf8_lossy(&cmdline).contains(&*self.state_dir.to_string_lossy())
-            || std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(&self.state_dir))
+            || std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .is_ok_and(|cwd| cwd.starts_with(&self.state_dir))
     }
 
     fn clean_state(&self) {
@@ -70,7 +75,10 @@ impl Record {
             if self.names_state_dir(*pid) {
                 if let Ok(p) = i32::try_from(*pid) {
                     tracing::info!(pid, "killing a process left by the shim");
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
             }
         }
@@ -93,7 +101,9 @@ impl Record {
         match std::fs::remove_dir_all(&self.state_dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(dir = %self.state_dir.display(), error = %e, "cannot remove the state dir"),
+            Err(e) => {
+                tracing::warn!(dir = %self.state_dir.display(), error = %e, "cannot remove the state dir")
+            }
         }
     }
 }

@@ -111,10 +111,12 @@ impl Container {
         if exec_id.is_empty() {
             return Ok(self.init.clone());
         }
-        lock(&self.execs)
-            .get(exec_id)
-            .cloned()
-            .ok_or_else(|| ShimError::NotFound(format!("process {exec_id} of container {} not found", self.id)))
+        lock(&self.execs).get(exec_id).cloned().ok_or_else(|| {
+            ShimError::NotFound(format!(
+                "process {exec_id} of container {} not found",
+                self.id
+            ))
+        })
     }
 
     pub fn status(&self, p: &Proc) -> Status {
@@ -192,15 +194,20 @@ impl Service {
     /// Create: the first container boots the VM with its rootfs already in the share.
     pub async fn create(self: &Arc<Self>, req: CreateRequest) -> Result<u32, ShimError> {
         if lock(&self.containers).contains_key(&req.id) {
-            return Err(ShimError::AlreadyExists(format!("container {} already exists", req.id)));
+            return Err(ShimError::AlreadyExists(format!(
+                "container {} already exists",
+                req.id
+            )));
         }
         let spec = HostSpec::load(&req.bundle)?;
+        spec.check_node_namespaces()?;
         let mut pod_slot = self.pod.lock().await;
         let pod = match pod_slot.clone() {
             Some(pod) => {
                 drop(pod_slot);
                 let joins = spec.annotation(super::ANNOTATION_CONTAINER_TYPE) == Some("container")
-                    && spec.annotation(super::ANNOTATION_SANDBOX_ID) == Some(pod.sandbox_container());
+                    && spec.annotation(super::ANNOTATION_SANDBOX_ID)
+                        == Some(pod.sandbox_container());
                 if !joins {
                     return Err(ShimError::FailedPrecondition(format!(
                         "this shim runs the sandbox of {}; container {} is not part of that pod (CRI annotations {} and {})",
@@ -223,7 +230,15 @@ impl Service {
         };
         let init = Proc::new("", req.stdio.clone(), None);
         // Outputs are opened now so nothing the process writes before Start is lost.
-        match ProcessIo::start(pod.agent(), &req.id, "", &req.stdio, self.events.namespace()).await {
+        match ProcessIo::start(
+            pod.agent(),
+            &req.id,
+            "",
+            &req.stdio,
+            self.events.namespace(),
+        )
+        .await
+        {
             Ok(io) => *init.io.lock().await = Some(io),
             Err(e) => {
                 self.forget_failed(&pod, &req.id).await;
@@ -249,7 +264,8 @@ impl Service {
     async fn boot(&self, req: &CreateRequest, spec: &HostSpec) -> Result<Arc<Pod>, ShimError> {
         let config = Config::load(req.options.config_path.as_deref())
             .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
-        let backend = hypervisor::select(&config).map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
+        let backend = hypervisor::select(&config)
+            .map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
         let mut sandbox_spec = sandbox_spec(&config, spec)?;
         // The pod's netns wired first: a network hull cannot wire is refused before any
         // VM process exists (and what was made is removed when `network` drops).
@@ -279,12 +295,24 @@ impl Service {
             share
                 .make_shared()
                 .map_err(|e| ShimError::Internal(e.to_string()))?;
-            let (host_dir, rootfs_guest) =
-                rootfs::mount(share, &req.id, &req.rootfs, &req.bundle, spec.root_path(), false).await?;
+            let (host_dir, rootfs_guest) = rootfs::mount(
+                share,
+                &req.id,
+                &req.rootfs,
+                &req.bundle,
+                spec.root_path(),
+                false,
+            )
+            .await?;
             let json = spec.to_guest(&req.id, &rootfs_guest, share)?;
             let _ = std::fs::write(host_dir.join("config.json"), &json);
             sandbox.start(&config, &sandbox_spec).await?;
-            let hostname = spec.hostname().unwrap_or(&req.id).chars().take(64).collect::<String>();
+            let hostname = spec
+                .hostname()
+                .unwrap_or(&req.id)
+                .chars()
+                .take(64)
+                .collect::<String>();
             sandbox.prepare_guest(&hostname).await?;
             let agent = sandbox
                 .agent()
@@ -307,11 +335,22 @@ impl Service {
             Record::remove(&req.bundle);
             return Err(e);
         }
-        Ok(Arc::new(Pod::new(sandbox, &req.bundle, &req.id, cgroup, network)?))
+        Ok(Arc::new(Pod::new(
+            sandbox,
+            &req.bundle,
+            &req.id,
+            cgroup,
+            network,
+        )?))
     }
 
     /// Creates a later container of the pod in its running VM.
-    async fn join(&self, req: &CreateRequest, spec: &HostSpec, pod: &Arc<Pod>) -> Result<(), ShimError> {
+    async fn join(
+        &self,
+        req: &CreateRequest,
+        spec: &HostSpec,
+        pod: &Arc<Pod>,
+    ) -> Result<(), ShimError> {
         let json = {
             let mut guard = pod.lock_sandbox().await;
             let share = guard
@@ -319,8 +358,15 @@ impl Service {
                 .and_then(|s| s.share_mut())
                 .ok_or_else(|| ShimError::FailedPrecondition("the pod's VM is gone".into()))?;
             let prepared = async {
-                let (host_dir, rootfs_guest) =
-                    rootfs::mount(share, &req.id, &req.rootfs, &req.bundle, spec.root_path(), false).await?;
+                let (host_dir, rootfs_guest) = rootfs::mount(
+                    share,
+                    &req.id,
+                    &req.rootfs,
+                    &req.bundle,
+                    spec.root_path(),
+                    false,
+                )
+                .await?;
                 let json = spec.to_guest(&req.id, &rootfs_guest, share)?;
                 let _ = std::fs::write(host_dir.join("config.json"), &json);
                 Ok::<_, ShimError>(json)
@@ -373,7 +419,9 @@ impl Service {
         let p = c.process(exec_id)?;
         let pod = self.pod().await?;
         if p.is_started() {
-            return Err(ShimError::FailedPrecondition(format!("process {id}/{exec_id} was already started")));
+            return Err(ShimError::FailedPrecondition(format!(
+                "process {id}/{exec_id} was already started"
+            )));
         }
         let agent = pod.agent().clone();
         if exec_id.is_empty() {
@@ -386,9 +434,12 @@ impl Service {
                 .take()
                 .ok_or_else(|| ShimError::internal("the exec has no process spec"))?;
             // Outputs first: the exec's first byte needs a reader.
-            let io = ProcessIo::start(&agent, id, exec_id, &p.stdio, self.events.namespace()).await?;
+            let io =
+                ProcessIo::start(&agent, id, exec_id, &p.stdio, self.events.namespace()).await?;
             *p.io.lock().await = Some(io);
-            agent.exec_process(id, exec_id, json, &p.stdio.spec()).await?;
+            agent
+                .exec_process(id, exec_id, json, &p.stdio.spec())
+                .await?;
         }
         *lock(&p.started) = true;
         self.spawn_waiter(pod.clone(), c.clone(), p.clone());
@@ -435,7 +486,9 @@ impl Service {
             let exit = Exit { status, at: now() };
             p.exit_tx.send_replace(Some(exit.clone()));
             tracing::info!(container = %c.id, exec = %p.exec_id, status, "process exited");
-            svc.events.exit(&c.id, &p.exec_id, pod.pid(), status, exit.at).await;
+            svc.events
+                .exit(&c.id, &p.exec_id, pod.pid(), status, exit.at)
+                .await;
         });
     }
 
@@ -450,7 +503,9 @@ impl Service {
                 let Some(svc) = svc.upgrade() else { return };
                 match next {
                     Ok(cid) if svc.container(&cid).is_ok() => svc.events.oom(&cid).await,
-                    Ok(cid) => tracing::debug!(container = %cid, "OOM event for an unknown container"),
+                    Ok(cid) => {
+                        tracing::debug!(container = %cid, "OOM event for an unknown container")
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "OOM watch ended");
                         return;
@@ -460,16 +515,26 @@ impl Service {
         });
     }
 
-    pub async fn exec(&self, id: &str, exec_id: &str, stdio: StdioPaths, process_json: &[u8]) -> Result<(), ShimError> {
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        stdio: StdioPaths,
+        process_json: &[u8],
+    ) -> Result<(), ShimError> {
         let c = self.container(id)?;
         if c.init.exit().is_some() {
-            return Err(ShimError::FailedPrecondition(format!("container {id} is not running")));
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {id} is not running"
+            )));
         }
         let json = super::spec::guest_process(process_json)?;
         {
             let mut execs = lock(&c.execs);
             if execs.contains_key(exec_id) {
-                return Err(ShimError::AlreadyExists(format!("exec {exec_id} already exists in container {id}")));
+                return Err(ShimError::AlreadyExists(format!(
+                    "exec {exec_id} already exists in container {id}"
+                )));
             }
             execs.insert(exec_id.to_string(), Proc::new(exec_id, stdio, Some(json)));
         }
@@ -477,17 +542,28 @@ impl Service {
         Ok(())
     }
 
-    pub async fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<(), ShimError> {
+    pub async fn kill(
+        &self,
+        id: &str,
+        exec_id: &str,
+        signal: u32,
+        all: bool,
+    ) -> Result<(), ShimError> {
         let c = self.container(id)?;
         let p = c.process(exec_id)?;
         if p.exit().is_some() {
-            return Err(ShimError::NotFound(format!("process {id}/{exec_id} has already exited")));
+            return Err(ShimError::NotFound(format!(
+                "process {id}/{exec_id} has already exited"
+            )));
         }
         let pod = self.pod().await?;
         if pod.is_dead() {
-            return Err(ShimError::NotFound(format!("the VM of container {id} is gone")));
+            return Err(ShimError::NotFound(format!(
+                "the VM of container {id} is gone"
+            )));
         }
-        let sig = i32::try_from(signal).map_err(|_| ShimError::InvalidArgument(format!("invalid signal {signal}")))?;
+        let sig = i32::try_from(signal)
+            .map_err(|_| ShimError::InvalidArgument(format!("invalid signal {signal}")))?;
         pod.agent().signal_process(id, exec_id, sig, all).await?;
         Ok(())
     }
@@ -499,9 +575,14 @@ impl Service {
         let p = c.process(exec_id)?;
         let pod = self.pod().await?;
         if p.is_started() && p.exit().is_none() && !pod.is_dead() {
-            return Err(ShimError::FailedPrecondition(format!("process {id}/{exec_id} is still running")));
+            return Err(ShimError::FailedPrecondition(format!(
+                "process {id}/{exec_id} is still running"
+            )));
         }
-        let exit = p.exit().unwrap_or(Exit { status: 0, at: now() });
+        let exit = p.exit().unwrap_or(Exit {
+            status: 0,
+            at: now(),
+        });
         if let Some(mut io) = p.io.lock().await.take() {
             io.shutdown().await;
         }
@@ -533,7 +614,9 @@ impl Service {
             *self.pod.lock().await = None;
             pod.destroy().await;
         }
-        self.events.delete(id, pod.pid(), exit.status, exit.at.clone()).await;
+        self.events
+            .delete(id, pod.pid(), exit.status, exit.at.clone())
+            .await;
         Ok((pod.pid(), exit))
     }
 
@@ -565,15 +648,31 @@ impl Service {
 
     pub async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<(), ShimError> {
         self.container(id)?;
-        Ok(self.pod().await?.agent().update_container(id, resources_json).await?)
+        Ok(self
+            .pod()
+            .await?
+            .agent()
+            .update_container(id, resources_json)
+            .await?)
     }
 
-    pub async fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<(), ShimError> {
+    pub async fn resize_pty(
+        &self,
+        id: &str,
+        exec_id: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<(), ShimError> {
         let c = self.container(id)?;
         c.process(exec_id)?;
         let rows = u16::try_from(height).unwrap_or(u16::MAX);
         let cols = u16::try_from(width).unwrap_or(u16::MAX);
-        Ok(self.pod().await?.agent().resize_tty(id, exec_id, rows, cols).await?)
+        Ok(self
+            .pod()
+            .await?
+            .agent()
+            .resize_tty(id, exec_id, rows, cols)
+            .await?)
     }
 
     pub async fn close_io(&self, id: &str, exec_id: &str) -> Result<(), ShimError> {
@@ -613,9 +712,16 @@ pub const MIN_GUEST_MIB: u32 = 64;
 /// OOM-killed on the host. The host's own limits (the pod's cgroup and its parents) are
 /// applied on top by [`super::host_cgroup::enter`].
 pub fn sandbox_spec(config: &Config, spec: &HostSpec) -> Result<SandboxSpec, ShimError> {
-    let num = |key: &str| spec.annotation(key).and_then(|v| v.trim().parse::<i64>().ok()).filter(|v| *v > 0);
+    let num = |key: &str| {
+        spec.annotation(key)
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|v| *v > 0)
+    };
     let pod_memory = num(ANNOTATION_SANDBOX_MEMORY).map(|v| v as u64);
-    let pod_cpus = match (num(ANNOTATION_SANDBOX_CPU_QUOTA), num(ANNOTATION_SANDBOX_CPU_PERIOD)) {
+    let pod_cpus = match (
+        num(ANNOTATION_SANDBOX_CPU_QUOTA),
+        num(ANNOTATION_SANDBOX_CPU_PERIOD),
+    ) {
         (Some(q), Some(p)) => Some(q as f64 / p as f64),
         _ => None,
     };
@@ -667,11 +773,14 @@ mod tests {
         let s = sandbox_spec(&config, &spec(serde_json::json!({}), None)).expect("plain");
         assert_eq!(s.memory_mib, base);
         // A container limit: limit + overhead.
-        let s = sandbox_spec(&config, &spec(serde_json::json!({}), Some(512 << 20))).expect("limit");
+        let s =
+            sandbox_spec(&config, &spec(serde_json::json!({}), Some(512 << 20))).expect("limit");
         assert_eq!(s.memory_mib, 512 + 128);
         // A pod limit: the VM fits in it, whatever the config's default.
-        let pod = |bytes: u64| serde_json::json!({ANNOTATION_SANDBOX_MEMORY: bytes.to_string(),
-            ANNOTATION_SANDBOX_CPU_QUOTA: "250000", ANNOTATION_SANDBOX_CPU_PERIOD: "100000"});
+        let pod = |bytes: u64| {
+            serde_json::json!({ANNOTATION_SANDBOX_MEMORY: bytes.to_string(),
+            ANNOTATION_SANDBOX_CPU_QUOTA: "250000", ANNOTATION_SANDBOX_CPU_PERIOD: "100000"})
+        };
         let s = sandbox_spec(&config, &spec(pod(1 << 30), None)).expect("pod 1G");
         assert_eq!((s.memory_mib, s.vcpus), (1024, 3));
         let s = sandbox_spec(&config, &spec(pod(128 << 20), None)).expect("pod 128M");

@@ -48,7 +48,11 @@ type Reply<T> = ttrpc::Result<T>;
 
 #[async_trait]
 impl Task for TaskService {
-    async fn create(&self, _ctx: &TtrpcContext, req: CreateTaskRequest) -> Reply<CreateTaskResponse> {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> Reply<CreateTaskResponse> {
         let _s = tracing::info_span!("task_create", id = %req.id).entered();
         if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
             return Err(status(ShimError::Unimplemented(
@@ -81,7 +85,11 @@ impl Task for TaskService {
     }
 
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> Reply<StartResponse> {
-        let pid = self.svc.start(&req.id, &req.exec_id).await.map_err(status)?;
+        let pid = self
+            .svc
+            .start(&req.id, &req.exec_id)
+            .await
+            .map_err(status)?;
         Ok(StartResponse {
             pid,
             ..Default::default()
@@ -110,7 +118,11 @@ impl Task for TaskService {
     }
 
     async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> Reply<DeleteResponse> {
-        let (pid, exit) = self.svc.delete(&req.id, &req.exec_id).await.map_err(status)?;
+        let (pid, exit) = self
+            .svc
+            .delete(&req.id, &req.exec_id)
+            .await
+            .map_err(status)?;
         Ok(DeleteResponse {
             pid,
             exit_status: exit.status,
@@ -162,10 +174,11 @@ impl Task for TaskService {
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> Reply<Empty> {
-        let spec = req
-            .spec
-            .as_ref()
-            .ok_or_else(|| status(ShimError::InvalidArgument("exec without a process spec".into())))?;
+        let spec = req.spec.as_ref().ok_or_else(|| {
+            status(ShimError::InvalidArgument(
+                "exec without a process spec".into(),
+            ))
+        })?;
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -189,16 +202,20 @@ impl Task for TaskService {
 
     async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> Reply<Empty> {
         if req.stdin {
-            self.svc.close_io(&req.id, &req.exec_id).await.map_err(status)?;
+            self.svc
+                .close_io(&req.id, &req.exec_id)
+                .await
+                .map_err(status)?;
         }
         Ok(Empty::new())
     }
 
     async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> Reply<Empty> {
-        let resources = req
-            .resources
-            .as_ref()
-            .ok_or_else(|| status(ShimError::InvalidArgument("update without resources".into())))?;
+        let resources = req.resources.as_ref().ok_or_else(|| {
+            status(ShimError::InvalidArgument(
+                "update without resources".into(),
+            ))
+        })?;
         // containerd sends the OCI LinuxResources as JSON in the Any.
         self.svc
             .update(&req.id, resources.value.clone())
@@ -242,4 +259,3 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 }
-

@@ -26,7 +26,10 @@ fn vm_config_carries_the_sandbox_and_the_agent_channel() {
     let cfg = vm_config(&spec(state), None).expect("valid");
     assert_eq!(cfg.kernel, PathBuf::from("/var/cache/hull/vmlinux"));
     assert_eq!(cfg.kernel_format, ::hull_vmm::KernelFormat::Auto);
-    assert_eq!(cfg.initrd, Some(PathBuf::from("/var/cache/hull/initramfs.cpio.gz")));
+    assert_eq!(
+        cfg.initrd,
+        Some(PathBuf::from("/var/cache/hull/initramfs.cpio.gz"))
+    );
     // The command line is the sandbox's, unchanged: hull-vmm appends its own
     // `virtio_mmio.device=` announcements.
     assert_eq!(cfg.cmdline, "console=ttyS0 reboot=t panic=-1 hull.log=info");
@@ -39,12 +42,18 @@ fn vm_config_carries_the_sandbox_and_the_agent_channel() {
     assert!(cfg.devices.serial && cfg.devices.i8042 && !cfg.devices.debug_exit);
     // The hybrid vsock where the sandbox expects it: it listens on `<this>_1025`.
     let vsock = cfg.vsock.clone().expect("vsock");
-    assert_eq!(vsock.uds_path, PathBuf::from("/run/hull/vms/abc/vsock.sock"));
+    assert_eq!(
+        vsock.uds_path,
+        PathBuf::from("/run/hull/vms/abc/vsock.sock")
+    );
     // A socket dir too deep for a socket address: the name alone, relative to
     // hull-vmm's working directory (the socket dir).
     let deep = Path::new("/tmp").join("d".repeat(100));
     let cfg = vm_config(&spec(&deep), None).expect("valid");
-    assert_eq!(cfg.vsock.expect("vsock").uds_path, PathBuf::from("vsock.sock"));
+    assert_eq!(
+        cfg.vsock.expect("vsock").uds_path,
+        PathBuf::from("vsock.sock")
+    );
     assert_eq!(vsock.guest_cid, 3);
     assert!(cfg.fs.is_none() && cfg.block.is_empty() && cfg.net.is_empty());
 }
@@ -73,7 +82,10 @@ fn shared_dir_becomes_the_virtio_fs_device() {
     let sock = state.join("virtiofsd.sock");
     let cfg = vm_config(&s, Some(("hullshare", &sock))).expect("valid");
     let fs = cfg.fs.expect("fs");
-    assert_eq!((fs.tag.as_str(), fs.socket.as_path()), ("hullshare", sock.as_path()));
+    assert_eq!(
+        (fs.tag.as_str(), fs.socket.as_path()),
+        ("hullshare", sock.as_path())
+    );
 
     s.devices.push(VmDevice::SharedDir {
         tag: "second".into(),
@@ -91,20 +103,25 @@ fn a_pod_tap_becomes_a_virtio_net_device_next_to_the_shared_dir() {
         tag: "hullshare".into(),
         host_dir: state.join("share"),
     });
-    s.devices.push(VmDevice::Net(crate::hypervisor::net::NetDevice {
-        tap_fd: 9,
-        mac: "0a:58:0a:d5:07:05".into(),
-    }));
+    s.devices
+        .push(VmDevice::Net(crate::hypervisor::net::NetDevice {
+            tap_fd: 9,
+            mac: "0a:58:0a:d5:07:05".into(),
+        }));
     // The NIC is not a second shared dir.
     assert!(HullVmm::shared_dir(&s).expect("one dir").is_some());
     let cfg = vm_config(&s, Some(("hullshare", &state.join("virtiofsd.sock")))).expect("valid");
     assert_eq!(cfg.net.len(), 1);
-    assert_eq!((cfg.net[0].tap_fd, cfg.net[0].mac.as_deref()), (9, Some("0a:58:0a:d5:07:05")));
+    assert_eq!(
+        (cfg.net[0].tap_fd, cfg.net[0].mac.as_deref()),
+        (9, Some("0a:58:0a:d5:07:05"))
+    );
     // hull-vmm's own rules apply: a MAC it cannot parse is refused by name.
-    s.devices.push(VmDevice::Net(crate::hypervisor::net::NetDevice {
-        tap_fd: 10,
-        mac: "not-a-mac".into(),
-    }));
+    s.devices
+        .push(VmDevice::Net(crate::hypervisor::net::NetDevice {
+            tap_fd: 10,
+            mac: "not-a-mac".into(),
+        }));
     let e = vm_config(&s, None).expect_err("bad mac");
     assert!(e.to_string().contains("not-a-mac"), "{e}");
 }
@@ -137,7 +154,10 @@ fn command_line_runs_the_binary_on_the_description() {
     .expect("unjailed command");
     let std = cmd.as_std();
     assert_eq!(std.get_program(), "/opt/hull/hull-vmm");
-    let args: Vec<_> = std.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+    let args: Vec<_> = std
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     assert_eq!(args, ["--config", "/run/hull/vms/a/hull-vmm.json"]);
 }
 
@@ -180,16 +200,28 @@ async fn missing_or_corrupt_kernel_is_named_before_anything_starts() {
         let mut hv = backend(Path::new("/bin/true"));
         let e = hv.launch(&s).await.expect_err("must fail");
         let msg = e.to_string();
-        assert!(msg.contains(&*kernel.to_string_lossy()) && msg.contains(want), "{msg}");
+        assert!(
+            msg.contains(&*kernel.to_string_lossy()) && msg.contains(want),
+            "{msg}"
+        );
         assert!(hv.pids().is_empty(), "nothing started");
-        assert!(entries(&state).is_empty(), "nothing written: {:?}", entries(&state));
-        hv.stop(Duration::from_millis(100)).await.expect("stop is a no-op");
+        assert!(
+            entries(&state).is_empty(),
+            "nothing written: {:?}",
+            entries(&state)
+        );
+        hv.stop(Duration::from_millis(100))
+            .await
+            .expect("stop is a no-op");
     }
     let mut s = spec(&state);
     s.initrd = junk.clone();
     s.kernel = d.path().join("elf-magic");
     std::fs::write(&s.kernel, b"\x7fELF").expect("elf magic");
-    let e = backend(Path::new("/bin/true")).launch(&s).await.expect_err("initrd");
+    let e = backend(Path::new("/bin/true"))
+        .launch(&s)
+        .await
+        .expect_err("initrd");
     assert!(e.to_string().contains("initrd"), "{e}");
 }
 
@@ -208,7 +240,10 @@ async fn missing_binary_is_named_and_nothing_runs() {
     let mut hv = backend(Path::new("/nonexistent/bin/hull-vmm"));
     let e = hv.launch(&s).await.expect_err("must fail");
     let msg = e.to_string();
-    assert!(msg.contains("/nonexistent/bin/hull-vmm") && msg.contains("hull-vmm"), "{msg}");
+    assert!(
+        msg.contains("/nonexistent/bin/hull-vmm") && msg.contains("hull-vmm"),
+        "{msg}"
+    );
     assert!(hv.pids().is_empty());
     assert!(!state.join(VSOCK_SOCK).exists());
 }
@@ -260,7 +295,10 @@ async fn a_vmm_that_exits_before_its_socket_is_reported_with_its_stderr() {
     let mut hv = backend(&fake);
     let e = hv.launch(&s).await.expect_err("must fail");
     let msg = e.to_string();
-    assert!(msg.contains("hull-vmm") && msg.contains("exit code 2"), "{msg}");
+    assert!(
+        msg.contains("hull-vmm") && msg.contains("exit code 2"),
+        "{msg}"
+    );
     assert!(msg.contains("cannot load the kernel"), "{msg}");
     assert!(hv.pids().is_empty(), "reaped");
     // The description it was given is in the state dir (removed with it by the sandbox).

@@ -143,7 +143,10 @@ mod tests {
         assert_eq!(w.write(b"more").ok(), Some(4));
         assert_eq!(w.write(b"again").ok(), Some(5));
         let text = String::from_utf8_lossy(&w.inner).to_string();
-        assert!(text.starts_with("0123456789\n[hull-vmm: console limit reached"), "{text}");
+        assert!(
+            text.starts_with("0123456789\n[hull-vmm: console limit reached"),
+            "{text}"
+        );
         assert_eq!(text.matches("limit reached").count(), 1);
         let mut unlimited = LimitedWriter::new(Vec::new(), 0);
         assert_eq!(unlimited.write(&[b'x'; 100]).ok(), Some(100));

@@ -47,7 +47,7 @@ fn vhost_err(what: &'static str) -> impl FnOnce(vhost::Error) -> Error {
     }
 }
 
-fn e(what: &'static str) -> impl Fn(vhost::Error) -> String {
+fn vhost_failed(what: &'static str) -> impl Fn(vhost::Error) -> String {
     move |err| format!("{what}: {err}")
 }
 
@@ -116,23 +116,26 @@ impl Fs {
         if self.backend_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
             features |= VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         }
-        f.set_features(features).map_err(e("SET_FEATURES"))?;
+        f.set_features(features)
+            .map_err(vhost_failed("SET_FEATURES"))?;
         if features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
             let offered = f
                 .get_protocol_features()
-                .map_err(e("GET_PROTOCOL_FEATURES"))?;
+                .map_err(vhost_failed("GET_PROTOCOL_FEATURES"))?;
             f.set_protocol_features(offered & VhostUserProtocolFeatures::MQ)
-                .map_err(e("SET_PROTOCOL_FEATURES"))?;
+                .map_err(vhost_failed("SET_PROTOCOL_FEATURES"))?;
         }
         let regions = a
             .mem
             .iter()
             .map(|r| {
-                VhostUserMemoryRegionInfo::from_guest_region(r)
-                    .map_err(e("memory region (is guest memory a shared memfd?)"))
+                VhostUserMemoryRegionInfo::from_guest_region(r).map_err(vhost_failed(
+                    "memory region (is guest memory a shared memfd?)",
+                ))
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        f.set_mem_table(&regions).map_err(e("SET_MEM_TABLE"))?;
+        f.set_mem_table(&regions)
+            .map_err(vhost_failed("SET_MEM_TABLE"))?;
         for (i, q) in a.queues.iter().enumerate() {
             let host = |gpa: u64| {
                 a.mem
@@ -149,17 +152,22 @@ impl Fs {
                 avail_ring_addr: host(q.avail_ring())?,
                 log_addr: None,
             };
-            f.set_vring_num(i, q.size()).map_err(e("SET_VRING_NUM"))?;
-            f.set_vring_addr(i, &rings).map_err(e("SET_VRING_ADDR"))?;
-            f.set_vring_base(i, 0).map_err(e("SET_VRING_BASE"))?;
+            f.set_vring_num(i, q.size())
+                .map_err(vhost_failed("SET_VRING_NUM"))?;
+            f.set_vring_addr(i, &rings)
+                .map_err(vhost_failed("SET_VRING_ADDR"))?;
+            f.set_vring_base(i, 0)
+                .map_err(vhost_failed("SET_VRING_BASE"))?;
             f.set_vring_call(i, &self.calls[i])
-                .map_err(e("SET_VRING_CALL"))?;
+                .map_err(vhost_failed("SET_VRING_CALL"))?;
             let kick = a.notifiers.get(i).ok_or("no notifier")?;
-            f.set_vring_kick(i, kick).map_err(e("SET_VRING_KICK"))?;
+            f.set_vring_kick(i, kick)
+                .map_err(vhost_failed("SET_VRING_KICK"))?;
         }
         if features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
             for i in 0..a.queues.len() {
-                f.set_vring_enable(i, true).map_err(e("SET_VRING_ENABLE"))?;
+                f.set_vring_enable(i, true)
+                    .map_err(vhost_failed("SET_VRING_ENABLE"))?;
             }
         }
         Ok(())

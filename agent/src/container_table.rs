@@ -1,4 +1,4 @@
-//! The sandbox's container table, owned by `service::Service` (no globals), and the
+//! The sandbox's container table (and its debug processes), owned by `service::Service` (no globals), and the
 //! queue of OOM events GetOomEvent hands out.
 
 use std::collections::HashMap;
@@ -15,7 +15,7 @@ use crate::container::{cgroup, Container, Process};
 pub const OOM_POLL: Duration = Duration::from_millis(200);
 
 #[derive(Debug)]
-pub struct Sandbox {
+pub struct ContainerTable {
     /// Set by DestroySandbox: OOM long polls end.
     closing: tokio::sync::watch::Sender<bool>,
     created: std::sync::atomic::AtomicBool,
@@ -28,10 +28,10 @@ pub struct Sandbox {
     oom_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
 }
 
-impl Default for Sandbox {
+impl Default for ContainerTable {
     fn default() -> Self {
         let (oom_tx, oom_rx) = mpsc::unbounded_channel();
-        Sandbox {
+        ContainerTable {
             closing: tokio::sync::watch::channel(false).0,
             created: std::sync::atomic::AtomicBool::new(false),
             debug_exec: std::sync::atomic::AtomicBool::new(false),
@@ -43,7 +43,7 @@ impl Default for Sandbox {
     }
 }
 
-impl Sandbox {
+impl ContainerTable {
     fn table(&self) -> MutexGuard<'_, HashMap<String, Arc<Container>>> {
         self.containers.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -130,7 +130,7 @@ impl Sandbox {
     }
 
     /// The next OOM event (container id); waits for one. None once the sandbox is being
-    /// destroyed ([`Sandbox::close`]).
+    /// destroyed ([`ContainerTable::close`]).
     pub async fn next_oom(&self) -> Option<String> {
         let mut closing = self.closing.subscribe();
         if *closing.borrow() {
@@ -148,7 +148,7 @@ impl Sandbox {
     }
 }
 
-/// See [`Sandbox::check_oom`]; false once nobody listens any more.
+/// See [`ContainerTable::check_oom`]; false once nobody listens any more.
 fn check_oom(c: &Container, tx: &mpsc::UnboundedSender<String>) -> bool {
     let now = cgroup::oom_kills(&c.cgroup);
     let before = c.oom_kills_seen.swap(now, Ordering::SeqCst);
@@ -170,21 +170,37 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hull-oom-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let events = |n: u64| {
-            std::fs::write(dir.join("memory.events"), format!("low 0\nhigh 0\nmax 3\noom 1\noom_kill {n}\n")).unwrap()
+            std::fs::write(
+                dir.join("memory.events"),
+                format!("low 0\nhigh 0\nmax 3\noom 1\noom_kill {n}\n"),
+            )
+            .unwrap()
         };
         events(0);
         let (_tx, rx) = tokio::sync::oneshot::channel();
-        let init = Arc::new(Process::new(String::new(), 1, HostEnds::default(), rx, dir.clone()));
+        let init = Arc::new(Process::new(
+            String::new(),
+            1,
+            HostEnds::default(),
+            rx,
+            dir.clone(),
+        ));
         let mut c = Container::new("c1".into(), init, Vec::new());
         c.cgroup = dir.clone();
-        let sandbox = Sandbox::default();
+        let sandbox = ContainerTable::default();
         sandbox.check_oom(&c);
         events(2);
         sandbox.check_oom(&c);
         sandbox.check_oom(&c);
-        let got = tokio::time::timeout(Duration::from_secs(1), sandbox.next_oom()).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(1), sandbox.next_oom())
+            .await
+            .unwrap();
         assert_eq!(got.as_deref(), Some("c1"));
-        assert!(tokio::time::timeout(Duration::from_millis(50), sandbox.next_oom()).await.is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), sandbox.next_oom())
+                .await
+                .is_err()
+        );
         sandbox.close();
         assert_eq!(sandbox.next_oom().await, None);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -19,14 +19,17 @@ pub enum NetError {
     #[error("no guest interface is named {0:?}")]
     NoSuchDevice(String),
     #[error("netlink: {what}: {source}")]
-    Netlink { what: String, source: rtnetlink::Error },
+    Netlink {
+        what: String,
+        source: rtnetlink::Error,
+    },
     #[error("route {what} is not valid: {detail}")]
     BadRoute { what: String, detail: String },
     #[error("netlink socket: {0}")]
     Io(#[from] std::io::Error),
 }
 
-fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
+fn netlink_failed(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
     let what = what.into();
     move |source| NetError::Netlink { what, source }
 }
@@ -58,7 +61,13 @@ fn connect() -> Result<Handle, NetError> {
 }
 
 async fn links(handle: &Handle) -> Result<Vec<LinkMessage>, NetError> {
-    handle.link().get().execute().try_collect().await.map_err(nl("listing links"))
+    handle
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(netlink_failed("listing links"))
 }
 
 fn attr_name(l: &LinkMessage) -> Option<&str> {
@@ -93,7 +102,7 @@ pub async fn loopback_up() -> Result<(), NetError> {
         .change(LinkUnspec::new_with_index(index).up().build())
         .execute()
         .await
-        .map_err(nl("lo up"))
+        .map_err(netlink_failed("lo up"))
 }
 
 /// Configures the interface with `cfg.mac` as `cfg` says.
@@ -112,7 +121,7 @@ pub async fn configure_interface(cfg: &IfaceConfig) -> Result<(), NetError> {
         .change(LinkUnspec::new_with_index(index).down().build())
         .execute()
         .await
-        .map_err(nl(format!("{current} down")))?;
+        .map_err(netlink_failed(format!("{current} down")))?;
     let mut change = LinkUnspec::new_with_index(index).mtu(cfg.mtu);
     if current != cfg.name {
         change = change.name(cfg.name.clone());
@@ -122,7 +131,10 @@ pub async fn configure_interface(cfg: &IfaceConfig) -> Result<(), NetError> {
         .change(change.build())
         .execute()
         .await
-        .map_err(nl(format!("{current}: name {} mtu {}", cfg.name, cfg.mtu)))?;
+        .map_err(netlink_failed(format!(
+            "{current}: name {} mtu {}",
+            cfg.name, cfg.mtu
+        )))?;
     // Replace, not add: the addresses are exactly the pod's.
     let old: Vec<_> = handle
         .address()
@@ -131,7 +143,7 @@ pub async fn configure_interface(cfg: &IfaceConfig) -> Result<(), NetError> {
         .execute()
         .try_collect()
         .await
-        .map_err(nl(format!("addresses of {}", cfg.name)))?;
+        .map_err(netlink_failed(format!("addresses of {}", cfg.name)))?;
     for a in old {
         let global = a.attributes.iter().any(|x| match x {
             AddressAttribute::Address(IpAddr::V6(v6)) => v6.segments()[0] & 0xffc0 != 0xfe80,
@@ -139,7 +151,12 @@ pub async fn configure_interface(cfg: &IfaceConfig) -> Result<(), NetError> {
             _ => false,
         });
         if a.header.index == index && global {
-            handle.address().del(a).execute().await.map_err(nl(format!("old address of {}", cfg.name)))?;
+            handle
+                .address()
+                .del(a)
+                .execute()
+                .await
+                .map_err(netlink_failed(format!("old address of {}", cfg.name)))?;
         }
     }
     for (ip, prefix) in &cfg.addresses {
@@ -149,14 +166,14 @@ pub async fn configure_interface(cfg: &IfaceConfig) -> Result<(), NetError> {
             .replace()
             .execute()
             .await
-            .map_err(nl(format!("{ip}/{prefix} on {}", cfg.name)))?;
+            .map_err(netlink_failed(format!("{ip}/{prefix} on {}", cfg.name)))?;
     }
     handle
         .link()
         .change(LinkUnspec::new_with_index(index).up().build())
         .execute()
         .await
-        .map_err(nl(format!("{} up", cfg.name)))
+        .map_err(netlink_failed(format!("{} up", cfg.name)))
 }
 
 fn scope(s: u8) -> RouteScope {
@@ -167,7 +184,7 @@ fn scope(s: u8) -> RouteScope {
     }
 }
 
-fn bad(r: &RouteConfig, detail: impl std::fmt::Display) -> NetError {
+fn invalid_route(r: &RouteConfig, detail: impl std::fmt::Display) -> NetError {
     NetError::BadRoute {
         what: format!("{:?} via {:?} dev {}", r.dest, r.gateway, r.device),
         detail: detail.to_string(),
@@ -186,7 +203,10 @@ fn build_route(r: &RouteConfig, index: u32) -> Result<RouteMessage, NetError> {
         if let Some(IpAddr::V6(s)) = r.source {
             b = b.pref_source(s);
         }
-        b.output_interface(index).scope(scope(r.scope)).protocol(RouteProtocol::Boot).build()
+        b.output_interface(index)
+            .scope(scope(r.scope))
+            .protocol(RouteProtocol::Boot)
+            .build()
     } else {
         let mut b = RouteMessageBuilder::<Ipv4Addr>::new();
         if let Some((IpAddr::V4(d), len)) = r.dest {
@@ -198,7 +218,10 @@ fn build_route(r: &RouteConfig, index: u32) -> Result<RouteMessage, NetError> {
         if let Some(IpAddr::V4(s)) = r.source {
             b = b.pref_source(s);
         }
-        b.output_interface(index).scope(scope(r.scope)).protocol(RouteProtocol::Boot).build()
+        b.output_interface(index)
+            .scope(scope(r.scope))
+            .protocol(RouteProtocol::Boot)
+            .build()
     };
     // The builders take mixed families silently: refuse them here.
     let family_ok = [r.dest.map(|d| d.0), r.gateway, r.source]
@@ -206,7 +229,7 @@ fn build_route(r: &RouteConfig, index: u32) -> Result<RouteMessage, NetError> {
         .flatten()
         .all(|ip| ip.is_ipv6() == r.ipv6);
     if !family_ok {
-        return Err(bad(r, "mixes IPv4 and IPv6 addresses"));
+        return Err(invalid_route(r, "mixes IPv4 and IPv6 addresses"));
     }
     Ok(msg)
 }
@@ -217,9 +240,16 @@ async fn main_routes(handle: &Handle) -> Result<Vec<RouteMessage>, NetError> {
         RouteMessageBuilder::<Ipv4Addr>::new().build(),
         RouteMessageBuilder::<Ipv6Addr>::new().build(),
     ] {
-        let msgs: Vec<RouteMessage> = handle.route().get(req).execute().try_collect().await.map_err(nl("listing routes"))?;
+        let msgs: Vec<RouteMessage> = handle
+            .route()
+            .get(req)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(netlink_failed("listing routes"))?;
         out.extend(msgs.into_iter().filter(|m| {
-            m.header.table == RouteHeader::RT_TABLE_MAIN && m.header.protocol != RouteProtocol::Kernel
+            m.header.table == RouteHeader::RT_TABLE_MAIN
+                && m.header.protocol != RouteProtocol::Kernel
         }));
     }
     Ok(out)
@@ -230,7 +260,12 @@ async fn main_routes(handle: &Handle) -> Result<Vec<RouteMessage>, NetError> {
 pub async fn replace_routes(routes: &[RouteConfig]) -> Result<(), NetError> {
     let handle = connect()?;
     for old in main_routes(&handle).await? {
-        handle.route().del(old).execute().await.map_err(nl("deleting an old route"))?;
+        handle
+            .route()
+            .del(old)
+            .execute()
+            .await
+            .map_err(netlink_failed("deleting an old route"))?;
     }
     let mut ordered: Vec<&RouteConfig> = routes.iter().collect();
     ordered.sort_by_key(|r| if r.scope == 253 { 0 } else { 1 });
@@ -243,11 +278,17 @@ pub async fn replace_routes(routes: &[RouteConfig]) -> Result<(), NetError> {
             .replace()
             .execute()
             .await
-            .map_err(nl(format!("adding route {:?} via {:?} dev {}", r.dest, r.gateway, r.device)))?;
+            .map_err(netlink_failed(format!(
+                "adding route {:?} via {:?} dev {}",
+                r.dest, r.gateway, r.device
+            )))?;
     }
     Ok(())
 }
 
 pub fn format_mac(mac: &[u8]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
