@@ -205,12 +205,22 @@ fn hull_runs_real_guests_on_svm_kvm_in_the_nested_bed() {
     expect("the L1 script ran to its end", eq("finished", "1"), "finished");
     expect("L1 runs kvm_amd", eq("kvm_module", "kvm_amd"), "kvm_module");
     expect("the built hull is used", eq("hull", &target_bin("hull").to_string_lossy()), "hull");
-    expect("the built hull-vmm is used", eq("hull_vmm", &target_bin("hull-vmm").to_string_lossy()), "hull_vmm");
     expect("hull check runs", eq("check_rc", "0"), "check_rc");
     expect(
         "hull check reports hardware KVM",
         get("check_kvm").contains("OK") && get("check_kvm").contains("hardware (VMX/SVM)"),
         "check_kvm",
+    );
+    expect(
+        "hull check finds the built hull-vmm",
+        get("check_vmm_binary").contains(" OK ")
+            && get("check_vmm_binary").contains(&*target_bin("hull-vmm").to_string_lossy()),
+        "check_vmm_binary",
+    );
+    expect(
+        "hull-vmm sees SVM",
+        get("check_vmm_support").contains("hardware virtualization (Svm)"),
+        "check_vmm_support",
     );
     expect(
         "hull check picks hull-vmm",
