@@ -50,7 +50,10 @@ fn bed_prerequisites() -> Result<(), String> {
         .output()
         .map_err(|e| format!("cannot run scripts/nested: {e}"))?;
     if !out.status.success() {
-        return Err(format!("scripts/nested build failed: {}", output_text(&out)));
+        return Err(format!(
+            "scripts/nested build failed: {}",
+            output_text(&out)
+        ));
     }
     Ok(())
 }
@@ -60,7 +63,11 @@ fn bed_prerequisites() -> Result<(), String> {
 fn nested_run(tmp: &Path, env: &[(&str, &str)], args: &[&str], cmd: &[&str]) -> (Output, Duration) {
     let start = Instant::now();
     let mut c = Command::new(nested_script());
-    c.arg("run").args(args).arg("--").args(cmd).env("TMPDIR", tmp);
+    c.arg("run")
+        .args(args)
+        .arg("--")
+        .args(cmd)
+        .env("TMPDIR", tmp);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -72,7 +79,11 @@ fn nested_run(tmp: &Path, env: &[(&str, &str)], args: &[&str], cmd: &[&str]) -> 
 /// (`HULL_REQUIRE_E2E=1`) with its reason.
 fn bed_ran(test: &str, out: &Output) -> bool {
     if out.status.code() == Some(EXIT_NO_SVM) {
-        let why = String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or("").to_string();
+        let why = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
         return require(test, Err(why));
     }
     true
@@ -84,9 +95,17 @@ fn bed_processes(tmp: &Path) -> Vec<(i32, String)> {
 }
 
 fn assert_bed_left_nothing(tmp: &Path) {
-    let left: Vec<_> = std::fs::read_dir(tmp).expect("tmp").filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    let left: Vec<_> = std::fs::read_dir(tmp)
+        .expect("tmp")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
     assert!(left.is_empty(), "the bed left {left:?}");
-    assert!(bed_processes(tmp).is_empty(), "the bed left processes {:?}", bed_processes(tmp));
+    assert!(
+        bed_processes(tmp).is_empty(),
+        "the bed left processes {:?}",
+        bed_processes(tmp)
+    );
 }
 
 /// The bed itself: CMD's stdout, stderr and status come back through the results
@@ -122,14 +141,28 @@ fn the_bed_returns_output_and_status_and_leaves_nothing() {
         "{}",
         output_text(&out)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n", "{}", output_text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "err\n",
+        "{}",
+        output_text(&out)
+    );
     assert_bed_left_nothing(tmp.path());
 
     let (out, took) = nested_run(tmp.path(), &[], &["--timeout", "40"], &["sleep", "600"]);
     eprintln!("{test}: L1 run with a 40 s deadline took {took:.1?}");
-    assert_eq!(out.status.code(), Some(EXIT_L1_FAILED), "{}", output_text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(EXIT_L1_FAILED),
+        "{}",
+        output_text(&out)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("within 40 s") && err.contains("QEMU killed"), "{}", output_text(&out));
+    assert!(
+        err.contains("within 40 s") && err.contains("QEMU killed"),
+        "{}",
+        output_text(&out)
+    );
     assert_bed_left_nothing(tmp.path());
 }
 
@@ -141,9 +174,19 @@ fn the_bed_names_a_cpu_without_svm() {
         return;
     }
     let tmp = tempfile::tempdir().expect("tmp");
-    let (out, took) = nested_run(tmp.path(), &[("HULL_NESTED_CPU", NO_SVM_CPU)], &["--timeout", "300"], &["true"]);
+    let (out, took) = nested_run(
+        tmp.path(),
+        &[("HULL_NESTED_CPU", NO_SVM_CPU)],
+        &["--timeout", "300"],
+        &["true"],
+    );
     eprintln!("{test}: L1 run took {took:.1?}");
-    assert_eq!(out.status.code(), Some(EXIT_NO_SVM), "{}", output_text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(EXIT_NO_SVM),
+        "{}",
+        output_text(&out)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.starts_with("nested: the bed cannot run here: L1's CPU has no 'svm' flag")
@@ -183,7 +226,11 @@ fn hull_runs_real_guests_on_svm_kvm_in_the_nested_bed() {
         tmp.path(),
         &[],
         &["--timeout", &timeout],
-        &["bash", &script.to_string_lossy(), &bin_dir.to_string_lossy()],
+        &[
+            "bash",
+            &script.to_string_lossy(),
+            &bin_dir.to_string_lossy(),
+        ],
     );
     eprintln!("{test}: L1 run took {took:.1?}");
     if !bed_ran(test, &out) {
@@ -202,9 +249,17 @@ fn hull_runs_real_guests_on_svm_kvm_in_the_nested_bed() {
     };
     let eq = |k: &str, v: &str| get(k) == v;
 
-    expect("the L1 script ran to its end", eq("finished", "1"), "finished");
+    expect(
+        "the L1 script ran to its end",
+        eq("finished", "1"),
+        "finished",
+    );
     expect("L1 runs kvm_amd", eq("kvm_module", "kvm_amd"), "kvm_module");
-    expect("the built hull is used", eq("hull", &target_bin("hull").to_string_lossy()), "hull");
+    expect(
+        "the built hull is used",
+        eq("hull", &target_bin("hull").to_string_lossy()),
+        "hull",
+    );
     expect("hull check runs", eq("check_rc", "0"), "check_rc");
     expect(
         "hull check reports hardware KVM",
@@ -232,13 +287,26 @@ fn hull_runs_real_guests_on_svm_kvm_in_the_nested_bed() {
         expect("hull vm ping", eq(&k("ping_rc"), "0"), &k("ping_rc"));
         expect(
             "the agent answers",
-            get(&k("ping_agent")).starts_with("agent: hull-agent") && get(&k("ping_agent")).ends_with("healthy"),
+            get(&k("ping_agent")).starts_with("agent: hull-agent")
+                && get(&k("ping_agent")).ends_with("healthy"),
             &k("ping_agent"),
         );
-        expect("the VM ran on this backend", eq(&k("ping_on"), name), &k("ping_on"));
+        expect(
+            "the VM ran on this backend",
+            eq(&k("ping_on"), name),
+            &k("ping_on"),
+        );
         expect("hull run echo", eq(&k("echo_rc"), "0"), &k("echo_rc"));
-        expect("hull run echo's output", eq(&k("echo_out"), "hello from L2"), &k("echo_out"));
-        expect("the container's exit code", eq(&k("exit7_rc"), "7"), &k("exit7_rc"));
+        expect(
+            "hull run echo's output",
+            eq(&k("echo_out"), "hello from L2"),
+            &k("echo_out"),
+        );
+        expect(
+            "the container's exit code",
+            eq(&k("exit7_rc"), "7"),
+            &k("exit7_rc"),
+        );
     }
     expect("hull run -i", eq("stdin_rc", "0"), "stdin_rc");
     expect(
@@ -247,13 +315,41 @@ fn hull_runs_real_guests_on_svm_kvm_in_the_nested_bed() {
         "stdin_back",
     );
     expect("hull run -v", eq("volume_rc", "0"), "volume_rc");
-    expect("the container reads the volume", eq("volume_read", "from-l1"), "volume_read");
-    expect("L1 sees the container's file", eq("volume_file", "from-container"), "volume_file");
-    expect("an OOM-killed container exits 137", eq("oom_rc", "137"), "oom_rc");
-    expect("hull says OOM", get("oom_said").parse::<u32>().is_ok_and(|n| n >= 1), "oom_said");
-    expect("no sandbox left", eq("left_sandboxes", "0"), "left_sandboxes");
-    expect("no VM process left", eq("left_processes", "0"), "left_processes");
+    expect(
+        "the container reads the volume",
+        eq("volume_read", "from-l1"),
+        "volume_read",
+    );
+    expect(
+        "L1 sees the container's file",
+        eq("volume_file", "from-container"),
+        "volume_file",
+    );
+    expect(
+        "an OOM-killed container exits 137",
+        eq("oom_rc", "137"),
+        "oom_rc",
+    );
+    expect(
+        "hull says OOM",
+        get("oom_said").parse::<u32>().is_ok_and(|n| n >= 1),
+        "oom_said",
+    );
+    expect(
+        "no sandbox left",
+        eq("left_sandboxes", "0"),
+        "left_sandboxes",
+    );
+    expect(
+        "no VM process left",
+        eq("left_processes", "0"),
+        "left_processes",
+    );
 
-    assert!(failures.is_empty(), "in the nested bed:\n  {}\n{text}", failures.join("\n  "));
+    assert!(
+        failures.is_empty(),
+        "in the nested bed:\n  {}\n{text}",
+        failures.join("\n  ")
+    );
     assert_bed_left_nothing(tmp.path());
 }
