@@ -83,6 +83,36 @@ kv volume_file "$(cat "$vol/out" 2>/dev/null)"
 run oom hull run -m 32M --image demo -- tail /dev/zero
 kv oom_said "$(grep -c 'hull: OOM' "$WORK/oom.err")"
 
+# 8 MiB of output, byte for byte (L1 makes the same bytes with its own seq and head).
+big='seq 1 2000000 | head -c 8388608'
+kv big_sent "$(bash -c "$big" | sha256sum | cut -d' ' -f1)"
+run big hull run --image demo -- sh -c "$big"
+kv big_size "$(stat -c %s "$WORK/big.out")"
+kv big_back "$(sha256sum < "$WORK/big.out" | cut -d' ' -f1)"
+
+# hull-vmm jailed as in production while it runs Linux: the sandbox uid, no
+# capabilities, no_new_privs, and a seccomp filter on every vCPU and event-loop thread.
+timeout -k 10 "$DEADLINE" hull run --image demo -- sh -c 'echo up; sleep 600' > "$WORK/jail.out" 2> "$WORK/jail.err" &
+jail_run=$!
+for _ in $(seq 1 "$DEADLINE"); do grep -q '^up' "$WORK/jail.out" && break; kill -0 "$jail_run" 2>/dev/null || break; sleep 1; done
+kv jail_up "$(cat "$WORK/jail.out")"
+vmm=$(pgrep -x hull-vmm | head -1)
+st() { sed -n "s/^$1:[[:space:]]*//p" "/proc/$vmm/status" 2>/dev/null | awk '{print $1}'; }
+kv jail_uid "$(st Uid)"
+kv jail_capeff "$(st CapEff)"
+kv jail_nnp "$(st NoNewPrivs)"
+threads=0; filtered=0
+for t in /proc/"$vmm"/task/*; do
+  [ -n "$vmm" ] && [ -f "$t/status" ] || continue
+  case "$(cat "$t/comm")" in vcpu*|vmm-events) ;; *) continue ;; esac
+  threads=$((threads + 1))
+  grep -qx $'Seccomp:\t2' "$t/status" && filtered=$((filtered + 1))
+done
+kv jail_threads "$threads"
+kv jail_filtered "$filtered"
+kill -INT "$jail_run" 2>/dev/null; wait "$jail_run" 2>/dev/null
+sed 's/^/[jail] /' "$WORK/jail.err" >&2
+
 # Nothing left: no sandbox, no VM process, no state dir.
 kv left_sandboxes "$(find "${HULL_STATE_DIR:-/run/hull}/vms" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)"
 kv left_processes "$(ps -eo comm= | grep -cxE 'hull-vmm|qemu-system-x86|virtiofsd|vhost-device-vs')"
