@@ -335,6 +335,35 @@ fn hull_runs_real_guests_on_svm_kvm_in_the_nested_bed() {
         get("oom_said").parse::<u32>().is_ok_and(|n| n >= 1),
         "oom_said",
     );
+    expect("hull run of 8 MiB", eq("big_rc", "0"), "big_rc");
+    expect("8 MiB of output", eq("big_size", "8388608"), "big_size");
+    expect(
+        "8 MiB of output byte for byte",
+        get("big_back") == get("big_sent") && get("big_sent").len() == 64,
+        "big_back",
+    );
+    expect("the jailed container runs", eq("jail_up", "up"), "jail_up");
+    expect(
+        "hull-vmm runs as a sandbox uid",
+        get("jail_uid").parse::<u32>().is_ok_and(|u| u > 0),
+        "jail_uid",
+    );
+    expect(
+        "hull-vmm has no capabilities",
+        eq("jail_capeff", "0000000000000000"),
+        "jail_capeff",
+    );
+    expect("hull-vmm has no_new_privs", eq("jail_nnp", "1"), "jail_nnp");
+    expect(
+        "hull-vmm has a vCPU and an event-loop thread",
+        get("jail_threads").parse::<u32>().is_ok_and(|n| n >= 2),
+        "jail_threads",
+    );
+    expect(
+        "every vCPU and event-loop thread of hull-vmm is under seccomp",
+        eq("jail_filtered", get("jail_threads")),
+        "jail_filtered",
+    );
     expect(
         "no sandbox left",
         eq("left_sandboxes", "0"),
