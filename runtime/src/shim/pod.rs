@@ -352,10 +352,10 @@ fn watch_processes(pids: &[u32], dead: watch::Sender<bool>, stopping: Arc<Atomic
 
 /// Resolves when the process behind `pidfd` has exited.
 async fn exited<F: AsRawFd>(pidfd: F) {
-    // SAFETY: the AsyncFd takes `pidfd` (an owned fd, or an Arc of one) and holds it for
-    // as long as it is registered, so the fd stays open while registered and is
-    // deregistered before the AsyncFd drops (and closes) it.
     let registered =
+        // SAFETY: the AsyncFd takes `pidfd` (an owned fd, or an Arc of one) and holds it
+        // for as long as it is registered, so the fd stays open while registered and is
+        // deregistered before the AsyncFd drops (and closes) it.
         unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) };
     match registered {
         Ok(fd) => {
