@@ -12,7 +12,8 @@
 //!            -> sandbox/ + agent_client/ (-> vsock -> the agent)
 //! ```
 //!
-//! [`pod`] holds a pod's whole boot as a list of steps ([`pod::Pod::boot`]), each in
+//! [`pod`] holds the shim's one pod ([`pod::PodSlot`]: a container added, the first
+//! one booting the VM) and a pod's whole boot as a list of steps (`Pod::boot`), each in
 //! the module that owns its data: [`vm_size`] (the VM's memory and vCPUs),
 //! [`pod_network`] (the pod's netns wired into the VM, host network refused),
 //! [`host_cgroup`] (the pod's cgroup on the host, where the VM's memory is charged),

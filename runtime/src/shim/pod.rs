@@ -54,6 +54,78 @@ pub struct Pod {
     network: std::sync::Mutex<Option<PodNetwork>>,
 }
 
+/// The shim's one pod: empty until its first container boots the VM, emptied when
+/// the last container is removed.
+#[derive(Default)]
+pub struct PodSlot {
+    pod: tokio::sync::Mutex<Option<Arc<Pod>>>,
+}
+
+/// A container added to the pod, and whether adding it booted the pod's VM.
+pub struct Added {
+    pub pod: Arc<Pod>,
+    pub booted: bool,
+}
+
+impl PodSlot {
+    /// Adds container `req` to the pod, booting the VM first when it is the pod's
+    /// first container. On error the container is gone again, and so is a VM booted
+    /// for it.
+    pub async fn add_container(
+        &self,
+        req: &CreateRequest,
+        spec: &ContainerSpec,
+    ) -> Result<Added, ShimError> {
+        let (pod, booted) = {
+            let mut slot = self.pod.lock().await;
+            match slot.as_ref() {
+                Some(pod) => (pod.clone(), false),
+                None => {
+                    let pod = Pod::boot(req, spec).await?;
+                    *slot = Some(pod.clone());
+                    (pod, true)
+                }
+            }
+        };
+        if let Err(e) = pod.add_container(req, spec).await {
+            self.remove_container(&req.id, booted).await;
+            return Err(e);
+        }
+        Ok(Added { pod, booted })
+    }
+
+    /// Removes container `id` from the pod; the `last` one takes the VM with it.
+    pub async fn remove_container(&self, id: &str, last: bool) {
+        if last {
+            self.destroy().await;
+        } else if let Some(pod) = self.pod.lock().await.clone() {
+            pod.remove_container(id).await;
+        }
+    }
+
+    /// The running pod, for a verb on one of its containers.
+    pub async fn running(&self) -> Result<Arc<Pod>, ShimError> {
+        self.pod
+            .lock()
+            .await
+            .clone()
+            .ok_or_else(|| ShimError::FailedPrecondition("the sandbox VM is not running".into()))
+    }
+
+    /// The VM's pid, 0 when no VM runs.
+    pub async fn vm_pid(&self) -> u32 {
+        self.pod.lock().await.as_ref().map(|p| p.pid()).unwrap_or(0)
+    }
+
+    /// Stops the VM and removes all the pod made (see [`Pod::destroy`]).
+    pub async fn destroy(&self) {
+        let pod = self.pod.lock().await.take();
+        if let Some(pod) = pod {
+            pod.destroy().await;
+        }
+    }
+}
+
 /// What a pod's boot has made so far; [`BootParts::undo`] removes it.
 #[derive(Default)]
 struct BootParts {
@@ -84,7 +156,7 @@ impl BootParts {
 impl Pod {
     /// Boots the VM for the pod whose first container is `req` (sized, networked and
     /// charged as its spec says), ready for containers. On error nothing is left.
-    pub async fn boot(req: &CreateRequest, spec: &ContainerSpec) -> Result<Arc<Pod>, ShimError> {
+    async fn boot(req: &CreateRequest, spec: &ContainerSpec) -> Result<Arc<Pod>, ShimError> {
         let mut parts = BootParts::default();
         match boot_steps(&mut parts, req, spec).await {
             Ok(()) => Pod::running(parts, req),
@@ -134,7 +206,7 @@ impl Pod {
     /// the container in the guest (a later container of a pod sharing the pod's
     /// namespaces with its sandbox container). What this leaves on failure is removed
     /// by [`Pod::remove_container`].
-    pub async fn add_container(
+    async fn add_container(
         &self,
         req: &CreateRequest,
         spec: &ContainerSpec,
@@ -186,7 +258,7 @@ impl Pod {
 
     /// Removes container `id` from the guest (stopping it if it runs) and its files
     /// from the share. The VM stays.
-    pub async fn remove_container(&self, id: &str) {
+    async fn remove_container(&self, id: &str) {
         if !self.is_dead() {
             if let Err(e) = self.agent.remove_container(id, 1).await {
                 tracing::warn!(container = id, error = %e, "the agent could not remove the container");
@@ -217,7 +289,7 @@ impl Pod {
 
     /// Stops the VM and removes everything the pod made on the host: its helpers,
     /// state dir, share mounts, taps, cgroup and the record in the bundle.
-    pub async fn destroy(&self) {
+    async fn destroy(&self) {
         let Some(sandbox) = self.sandbox.lock().await.take() else {
             return;
         };

@@ -337,36 +337,6 @@ fn watch_exit(pod: Arc<Pod>, events: Arc<Events>, c: Arc<Container>, p: Arc<Proc
     });
 }
 
-/// Publishes TaskOOM for the agent's OOM notices about the containers `is_known`
-/// knows, until the VM dies or `is_known` says the shim is gone (`None`).
-pub fn watch_oom(
-    pod: Arc<Pod>,
-    events: Arc<Events>,
-    is_known: impl Fn(&str) -> Option<bool> + Send + 'static,
-) {
-    tokio::spawn(async move {
-        loop {
-            let next = tokio::select! {
-                r = pod.agent().next_oom_event() => r,
-                _ = pod.died() => return,
-            };
-            match next {
-                Ok(cid) => match is_known(&cid) {
-                    Some(true) => events.oom(&cid).await,
-                    Some(false) => {
-                        tracing::debug!(container = %cid, "OOM event for an unknown container")
-                    }
-                    None => return,
-                },
-                Err(e) => {
-                    tracing::debug!(error = %e, "OOM watch ended");
-                    return;
-                }
-            }
-        }
-    });
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -1,6 +1,6 @@
 //! The shim's verbs, one per Task request, each a short script: the container table
-//! (here), the container's spec ([`spec`]), the pod's VM ([`Pod`]), the container and
-//! its processes ([`process`]), the events to containerd ([`Events`]). `task.rs`
+//! (here), the container's spec ([`spec`]), the pod's VM ([`PodSlot`]), the container
+//! and its processes ([`process`]), the events to containerd ([`Events`]). `task.rs`
 //! translates containerd's requests into these calls; nothing here names a ttrpc type,
 //! and nothing below calls back up.
 
@@ -11,8 +11,8 @@ use containerd_shim::asynchronous::ExitSignal;
 
 use super::events::Events;
 use super::io::StdioPaths;
-use super::pod::{CreateRequest, Pod};
-use super::process::{self, Container, Exit};
+use super::pod::{CreateRequest, Pod, PodSlot};
+use super::process::{Container, Exit};
 use super::spec::{self, ContainerSpec};
 use super::ShimError;
 use crate::agent_client::ContainerStats;
@@ -22,7 +22,7 @@ type ContainerTable = Mutex<HashMap<String, Arc<Container>>>;
 pub struct Service {
     events: Arc<Events>,
     exit: Arc<ExitSignal>,
-    pod: tokio::sync::Mutex<Option<Arc<Pod>>>,
+    pod: PodSlot,
     containers: Arc<ContainerTable>,
 }
 
@@ -31,14 +31,14 @@ impl Service {
         Arc::new(Service {
             events: Arc::new(events),
             exit,
-            pod: tokio::sync::Mutex::new(None),
+            pod: PodSlot::default(),
             containers: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
-    /// Create: the first container boots the pod's VM; each container is then added
-    /// to it and its outputs opened, or, failing that, removed again (the VM with it
-    /// when it is the only one); TaskCreate is published.
+    /// Create: the container added to the pod (the first one boots the pod's VM,
+    /// whose OOM notices are then watched), its outputs opened, TaskCreate published.
+    /// A failure leaves no trace of the container (nor of a VM booted for it).
     pub async fn create(&self, req: CreateRequest) -> Result<u32, ShimError> {
         if self.table().contains_key(&req.id) {
             return Err(ShimError::AlreadyExists(format!(
@@ -47,24 +47,24 @@ impl Service {
             )));
         }
         let spec = ContainerSpec::load(&req.bundle)?;
-        let pod = self.running_pod(&req, &spec).await?;
-        let created = async {
-            pod.add_container(&req, &spec).await?;
-            let namespace = self.events.namespace();
-            Container::open(
-                &req.id,
-                req.bundle.clone(),
-                req.stdio.clone(),
-                &pod,
-                namespace,
-            )
-            .await
+        let added = self.pod.add_container(&req, &spec).await?;
+        if added.booted {
+            self.watch_oom(added.pod.clone());
         }
+        let pod = added.pod;
+        let namespace = self.events.namespace();
+        let opened = Container::open(
+            &req.id,
+            req.bundle.clone(),
+            req.stdio.clone(),
+            &pod,
+            namespace,
+        )
         .await;
-        let container = match created {
+        let container = match opened {
             Ok(c) => c,
             Err(e) => {
-                self.forget(&pod, &req.id).await;
+                self.forget(&req.id).await;
                 return Err(e);
             }
         };
@@ -127,7 +127,7 @@ impl Service {
         let pod = self.pod().await?;
         let exit = c.remove_process(exec_id, &pod).await?;
         if exec_id.is_empty() {
-            self.forget(&pod, id).await;
+            self.forget(id).await;
             self.events
                 .delete(id, pod.pid(), exit.status, exit.at.clone())
                 .await;
@@ -200,9 +200,7 @@ impl Service {
         if !now && !self.table().is_empty() {
             return false;
         }
-        if let Some(pod) = self.pod.lock().await.take() {
-            pod.destroy().await;
-        }
+        self.pod.destroy().await;
         self.exit.signal();
         true
     }
@@ -215,7 +213,7 @@ impl Service {
     }
 
     pub async fn vm_pid(&self) -> u32 {
-        self.pod.lock().await.as_ref().map(|p| p.pid()).unwrap_or(0)
+        self.pod.vm_pid().await
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Container>>> {
@@ -223,51 +221,51 @@ impl Service {
     }
 
     async fn pod(&self) -> Result<Arc<Pod>, ShimError> {
-        self.pod
-            .lock()
-            .await
-            .clone()
-            .ok_or_else(|| ShimError::FailedPrecondition("the sandbox VM is not running".into()))
+        self.pod.running().await
     }
 
-    /// The pod's VM: the running one, or booted for `req` (its OOM notices then
-    /// watched for the containers in the table).
-    async fn running_pod(
-        &self,
-        req: &CreateRequest,
-        spec: &ContainerSpec,
-    ) -> Result<Arc<Pod>, ShimError> {
-        let mut slot = self.pod.lock().await;
-        if let Some(pod) = slot.as_ref() {
-            return Ok(pod.clone());
-        }
-        let pod = Pod::boot(req, spec).await?;
-        *slot = Some(pod.clone());
+    /// Publishes TaskOOM for the agent's OOM notices about the containers in the
+    /// table, until the VM dies or the shim's service is gone.
+    fn watch_oom(&self, pod: Arc<Pod>) {
         let table = Arc::downgrade(&self.containers);
-        process::watch_oom(pod.clone(), self.events.clone(), move |cid| {
-            let table = table.upgrade()?;
-            let known = table
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains_key(cid);
-            Some(known)
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    r = pod.agent().next_oom_event() => r,
+                    _ = pod.died() => return,
+                };
+                let cid = match next {
+                    Ok(cid) => cid,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "OOM watch ended");
+                        return;
+                    }
+                };
+                let Some(table) = table.upgrade() else {
+                    return;
+                };
+                let known = table
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains_key(&cid);
+                if known {
+                    events.oom(&cid).await;
+                } else {
+                    tracing::debug!(container = %cid, "OOM event for an unknown container");
+                }
+            }
         });
-        Ok(pod)
     }
 
     /// Removes container `id` from the table and the pod (the guest, the share); the
-    /// last one takes the VM with it instead.
-    async fn forget(&self, pod: &Pod, id: &str) {
+    /// last one takes the VM with it.
+    async fn forget(&self, id: &str) {
         let last = {
             let mut table = self.table();
             table.remove(id);
             table.is_empty()
         };
-        if last {
-            *self.pod.lock().await = None;
-            pod.destroy().await;
-        } else {
-            pod.remove_container(id).await;
-        }
+        self.pod.remove_container(id, last).await;
     }
 }
