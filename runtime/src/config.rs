@@ -53,6 +53,42 @@ pub struct Config {
     pub debug: DebugConfig,
     pub policy: PolicyConfig,
     pub jail: JailConfig,
+    pub rootfs: RootfsConfig,
+}
+
+/// Where a container's writes to its rootfs go (see docs/configuration.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum WritableLayer {
+    /// An overlay in the guest: the image (containerd's snapshot, over virtio-fs)
+    /// read-only below, the writes on the pod's scratch disk (virtio-blk, ext4).
+    #[default]
+    GuestDisk,
+    /// containerd's snapshot itself, written through virtio-fs on the host.
+    Host,
+}
+
+/// The containers' root filesystems. Fixed per sandbox when it boots.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RootfsConfig {
+    pub writable_layer: WritableLayer,
+    /// Size of a pod's scratch disk, MiB: what all its containers may write. The file
+    /// is sparse: the host's disk holds only what was written.
+    pub scratch_size_mib: u64,
+    /// Where scratch disks are made: a host filesystem with room (never a tmpfs,
+    /// whose pages would be RAM).
+    pub scratch_dir: PathBuf,
+}
+
+impl Default for RootfsConfig {
+    fn default() -> Self {
+        RootfsConfig {
+            writable_layer: WritableLayer::GuestDisk,
+            scratch_size_mib: 10 * 1024,
+            scratch_dir: default_scratch_dir(),
+        }
+    }
 }
 
 /// The agent policy sent at CreateSandbox (see docs/policy.md). Fixed per
@@ -314,6 +350,19 @@ impl Config {
                 ));
             }
         }
+        let r = &self.rootfs;
+        if r.scratch_size_mib < 64 || r.scratch_size_mib > 16 * 1024 * 1024 {
+            return Err(invalid(format!(
+                "rootfs.scratch_size_mib = {} is out of range (64 MiB to 16 TiB)",
+                r.scratch_size_mib
+            )));
+        }
+        if !r.scratch_dir.is_absolute() {
+            return Err(invalid(format!(
+                "rootfs.scratch_dir = {:?} must be an absolute path",
+                r.scratch_dir
+            )));
+        }
         let j = &self.jail;
         if j.enabled {
             if j.uid_count == 0 {
@@ -352,6 +401,15 @@ pub fn default_cache_dir() -> PathBuf {
         return PathBuf::from("/var/cache/hull");
     }
     xdg_dir("XDG_CACHE_HOME", ".cache").join("hull")
+}
+
+/// `/var/lib/hull/scratch` for root, else `scratch` in the state dir.
+pub fn default_scratch_dir() -> PathBuf {
+    if is_root() {
+        PathBuf::from("/var/lib/hull/scratch")
+    } else {
+        default_state_dir().join("scratch")
+    }
 }
 
 /// `$HULL_STATE_DIR`, else `/run/hull` for root, else `$XDG_RUNTIME_DIR/hull`.

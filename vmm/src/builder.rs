@@ -194,9 +194,14 @@ fn open_virtio_devices(config: &VmConfig) -> Result<Vec<SharedVirtio>> {
     for b in &config.block {
         let options = BlockOptions {
             read_only: b.read_only,
+            volatile: b.volatile,
             id: b.id.clone(),
         };
-        devices.push(Arc::new(Mutex::new(Block::open(&b.path, options)?)));
+        let block = match b.fd {
+            Some(fd) => Block::from_inherited_fd(fd, options)?,
+            None => Block::open(&b.path, options)?,
+        };
+        devices.push(Arc::new(Mutex::new(block)));
     }
     for (i, n) in config.net.iter().enumerate() {
         let slot = config.block.len() + i;

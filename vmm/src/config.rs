@@ -112,12 +112,21 @@ pub struct VsockConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlockConfig {
+    /// The raw image; with `fd`, only what names the disk in messages.
     pub path: PathBuf,
+    /// An open file inherited from the parent, used instead of opening `path` (a
+    /// jailed hull-vmm need not see the file). hull-vmm duplicates the fd.
+    #[serde(default)]
+    pub fd: Option<i32>,
     #[serde(default)]
     pub read_only: bool,
     /// Serial the guest reads with GET_ID (`/sys/block/vdX/serial`), at most 20 bytes.
     #[serde(default)]
     pub id: String,
+    /// The disk's contents die with the VM: no FLUSH feature is offered, so the
+    /// guest never waits for the host file to be synced.
+    #[serde(default)]
+    pub volatile: bool,
 }
 
 /// A virtio-net interface on an open tap fd (opened with `IFF_TAP | IFF_NO_PI`, and

@@ -85,6 +85,7 @@ pub fn mmio_registers(data: &[u8]) {
             null_disk(),
             8,
             BlockOptions {
+                volatile: false,
                 read_only: first & 2 != 0,
                 id: "fuzz".into(),
             },
@@ -118,6 +119,7 @@ pub fn descriptor_chains(data: &[u8]) {
             null_disk(),
             16,
             BlockOptions {
+                volatile: false,
                 read_only: false,
                 id: String::new(),
             },

@@ -27,7 +27,7 @@ pub struct Container {
     /// Its cgroup directory in the guest.
     pub cgroup: PathBuf,
     /// Guest mounts made for this container (its `storages`), unmounted on removal.
-    pub mounts: Vec<PathBuf>,
+    pub mounts: Vec<crate::storage::MountPlan>,
     /// The cgroup's `oom_kill` count when last looked at (see `ContainerTable::check_oom`).
     pub oom_kills_seen: AtomicU64,
     started: AtomicBool,
@@ -35,7 +35,11 @@ pub struct Container {
 }
 
 impl Container {
-    pub fn new(id: String, init: Arc<Process>, mounts: Vec<PathBuf>) -> Container {
+    pub fn new(
+        id: String,
+        init: Arc<Process>,
+        mounts: Vec<crate::storage::MountPlan>,
+    ) -> Container {
         let cgroup = cgroup::dir_of(&id);
         Container {
             id,

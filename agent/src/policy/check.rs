@@ -261,13 +261,25 @@ fn sysctls<'k>(
     Ok(())
 }
 
+/// A bind storage's source, and an overlay's lower dirs (shown to the container as
+/// its image), must come from where the policy lets guest paths be bound from.
 fn storages(p: &Policy, storages: &[Storage]) -> Result<(), PolicyError> {
-    for s in storages.iter().filter(|s| s.driver == "bind") {
-        bind_source(
-            p,
-            Path::new(&s.source),
-            &format!("bind storage on {}", s.mount_point),
-        )?;
+    for s in storages {
+        let what = format!("{} storage on {}", s.driver, s.mount_point);
+        match s.driver.as_str() {
+            "bind" => bind_source(p, Path::new(&s.source), &what)?,
+            "overlay" => {
+                let lowers = s
+                    .options
+                    .iter()
+                    .filter_map(|o| o.strip_prefix("lowerdir="))
+                    .flat_map(|l| l.split(':'));
+                for lower in lowers {
+                    bind_source(p, Path::new(lower), &what)?;
+                }
+            }
+            _ => {}
+        }
     }
     Ok(())
 }

@@ -298,6 +298,22 @@ fn mount_rules() {
     sb.storages.push(st);
     let m = denied(&strict_policies(), Request::CreateSandbox(&sb));
     assert!(m.contains("\"/etc\""), "{m}");
+    // An overlay whose lower dir (the image the container sees) is outside them.
+    let mut ov = Storage::new();
+    ov.driver = "overlay".into();
+    ov.mount_point = "/run/hull/rootfs/c".into();
+    ov.options = vec![
+        "lowerdir=/run/hull/share/containers/c/rootfs:/etc".into(),
+        "upperdir=/run/hull/scratch/c/upper".into(),
+        "workdir=/run/hull/scratch/c/work".into(),
+    ];
+    let mut req = create(&spec());
+    req.storages.push(ov);
+    let m = denied(&strict_policies(), Request::CreateContainer(&req));
+    assert!(
+        m.contains("overlay storage on /run/hull/rootfs/c") && m.contains("\"/etc\""),
+        "{m}"
+    );
 }
 
 #[test]

@@ -24,11 +24,9 @@ pub fn lookup(svc: &Service, id: &str) -> Result<Arc<Container>, ServiceError> {
         .ok_or_else(|| ServiceError::NotFound(format!("container {id}")))
 }
 
-fn unmount_all(points: &[PathBuf]) {
-    for p in points.iter().rev() {
-        if let Err(e) = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH) {
-            warn!(path = %p.display(), error = %e, "unmount failed");
-        }
+fn unmount_all(mounted: &[storage::MountPlan]) {
+    for plan in mounted.iter().rev() {
+        storage::unmount(plan);
     }
 }
 
@@ -60,14 +58,14 @@ pub fn do_create_container(
         .map(storage::plan)
         .collect::<Result<Vec<_>, _>>()?;
     let mut mounted = Vec::new();
-    for plan in &plans {
-        if let Err(e) = storage::mount(plan) {
+    for plan in plans {
+        if let Err(e) = storage::mount(&plan) {
             unmount_all(&mounted);
             return Err(e.into());
         }
-        mounted.push(plan.target.clone());
+        mounted.push(plan);
     }
-    let rollback = |mounted: &[PathBuf]| {
+    let rollback = |mounted: &[storage::MountPlan]| {
         if let Err(e) = runner::destroy(id) {
             warn!(container = id, error = %e, "rollback of a failed create");
         }

@@ -98,7 +98,7 @@ impl AgentClient {
         spec: &Spec,
         stdio: &StdioSpec,
     ) -> Result<(), AgentError> {
-        self.create_pod_container(container_id, spec, stdio, "", &[])
+        self.create_pod_container(container_id, spec, &[], stdio, "", &[])
             .await
     }
 
@@ -109,12 +109,14 @@ impl AgentClient {
         &self,
         container_id: &str,
         spec: &Spec,
+        storages: &[StorageSpec],
         stdio: &StdioSpec,
         sandbox_container_id: &str,
         sandbox_namespaces: &[&str],
     ) -> Result<(), AgentError> {
         let mut req = hull_proto::CreateContainerRequest::new();
         req.container_id = container_id.to_string();
+        req.storages = storages.iter().map(convert::storage).collect();
         req.sandbox_container_id = sandbox_container_id.to_string();
         req.sandbox_namespaces = sandbox_namespaces.iter().map(|n| n.to_string()).collect();
         req.oci_spec_json = to_json(spec, "create_container", "OCI spec")?;

@@ -145,6 +145,36 @@ impl StorageSpec {
             readonly: false,
         }
     }
+
+    /// The virtio-blk disk with serial `serial`, a `fstype` filesystem mounted at
+    /// `mount_point`.
+    pub fn disk(serial: &str, fstype: &str, mount_point: &str) -> StorageSpec {
+        StorageSpec {
+            driver: "blk".into(),
+            source: serial.into(),
+            fstype: fstype.into(),
+            options: vec!["noatime".into()],
+            mount_point: mount_point.into(),
+            readonly: false,
+        }
+    }
+
+    /// An overlay at `mount_point`: `lower` read-only below, its writes in `upper`
+    /// (`work` is overlayfs's own).
+    pub fn overlay(lower: &str, upper: &str, work: &str, mount_point: &str) -> StorageSpec {
+        StorageSpec {
+            driver: "overlay".into(),
+            source: "overlay".into(),
+            fstype: "overlay".into(),
+            options: vec![
+                format!("lowerdir={lower}"),
+                format!("upperdir={upper}"),
+                format!("workdir={work}"),
+            ],
+            mount_point: mount_point.into(),
+            readonly: false,
+        }
+    }
 }
 
 /// Which stdio streams a process gets, and whether they are a terminal.

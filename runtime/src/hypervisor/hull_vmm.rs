@@ -87,6 +87,7 @@ pub fn vm_config(
         });
     }
     cfg.net = super::net::hull_vmm_config(&spec.devices);
+    cfg.block = super::disk::hull_vmm_config(&spec.devices);
     if let Some((tag, socket)) = fs {
         cfg.fs = Some(::hull_vmm::FsConfig {
             socket: socket.to_path_buf(),
@@ -136,7 +137,7 @@ impl HullVmm {
     fn shared_dir(spec: &VmSpec) -> Result<Option<(&str, &Path)>, HypervisorError> {
         let mut dirs = spec.devices.iter().filter_map(|d| match d {
             VmDevice::SharedDir { tag, host_dir } => Some((tag.as_str(), host_dir.as_path())),
-            VmDevice::Net(_) => None,
+            VmDevice::Net(_) | VmDevice::Disk(_) => None,
         });
         let first = dirs.next();
         if dirs.next().is_some() {
@@ -216,7 +217,7 @@ impl Hypervisor for HullVmm {
         })?;
 
         let mut cmd = command(spec, &self.config.binary, &config_file)?;
-        super::net::inherit(&mut cmd, &spec.devices);
+        super::inherit_device_fds(&mut cmd, &spec.devices);
         tracing::debug!(?cmd, "launching hull-vmm");
         let mut vmm = HelperProcess::spawn("hull-vmm", cmd, &spec.state_dir.join("hull-vmm.log"))?;
         let stdout = vmm.child_mut().stdout.take();

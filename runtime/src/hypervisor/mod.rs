@@ -8,6 +8,7 @@
 
 pub mod boot_files;
 pub mod console;
+pub mod disk;
 pub mod hull_vmm;
 pub mod net;
 pub mod qemu;
@@ -71,6 +72,39 @@ pub enum VmDevice {
     /// A virtio-net interface on a tap the caller opened (see [`net`]); the fd stays
     /// the caller's, the hypervisor process inherits it.
     Net(net::NetDevice),
+    /// A virtio-blk disk on a file the caller opened (see [`disk`]); the fd stays the
+    /// caller's, the hypervisor process inherits it.
+    Disk(disk::DiskDevice),
+}
+
+/// The fds of `devices` (taps, disks) stay open across the hypervisor's exec: they
+/// are close-on-exec in this process, so the flag is cleared in the child only.
+pub fn inherit_device_fds(cmd: &mut tokio::process::Command, devices: &[VmDevice]) {
+    let fds: Vec<std::os::fd::RawFd> = devices
+        .iter()
+        .filter_map(|d| match d {
+            VmDevice::Net(n) => Some(n.tap_fd),
+            VmDevice::Disk(d) => Some(d.fd),
+            VmDevice::SharedDir { .. } => None,
+        })
+        .collect();
+    if fds.is_empty() {
+        return;
+    }
+    // SAFETY: the closure runs in the child between fork and exec; it only calls
+    // fcntl (async-signal-safe) on fds the parent holds open, and does not allocate
+    // (`fds` was built before the fork and is only read).
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in &fds {
+                let flags = libc::fcntl(*fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(*fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

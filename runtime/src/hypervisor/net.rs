@@ -1,6 +1,6 @@
 //! virtio-net on a tap for both backends: the device arguments (QEMU) or entries
-//! (hull-vmm) for each [`VmDevice::Net`], and the fd inheritance that hands the taps to
-//! the hypervisor process. The taps themselves are made and owned by
+//! (hull-vmm) for each [`VmDevice::Net`]; the hypervisor process inherits the taps
+//! ([`super::inherit_device_fds`]). The taps themselves are made and owned by
 //! `crate::network` (in the pod's netns); here they are only fd numbers.
 
 use std::os::fd::RawFd;
@@ -20,35 +20,11 @@ pub struct NetDevice {
 fn nets(devices: &[VmDevice]) -> impl Iterator<Item = &NetDevice> {
     devices.iter().filter_map(|d| match d {
         VmDevice::Net(n) => Some(n),
-        VmDevice::SharedDir { .. } => None,
+        _ => None,
     })
 }
 
-/// The tap fds of `devices` stay open across the hypervisor's exec: they are
-/// close-on-exec in this process, so the flag is cleared in the child only.
-pub fn inherit(cmd: &mut Command, devices: &[VmDevice]) {
-    let fds: Vec<RawFd> = nets(devices).map(|n| n.tap_fd).collect();
-    if fds.is_empty() {
-        return;
-    }
-    // SAFETY: the closure runs in the child between fork and exec; it only calls
-    // fcntl (async-signal-safe) on fds the parent holds open, and does not allocate
-    // (`fds` was built before the fork and is only read).
-    unsafe {
-        cmd.pre_exec(move || {
-            for fd in &fds {
-                let flags = libc::fcntl(*fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(*fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-}
-
-/// QEMU's arguments (microvm: virtio-mmio, so `virtio-net-device`), with the fds
-/// inherited.
+/// QEMU's arguments (microvm: virtio-mmio, so `virtio-net-device`).
 pub fn qemu_args(cmd: &mut Command, devices: &[VmDevice]) {
     for (i, n) in nets(devices).enumerate() {
         cmd.arg("-netdev")
@@ -56,7 +32,6 @@ pub fn qemu_args(cmd: &mut Command, devices: &[VmDevice]) {
             .arg("-device")
             .arg(format!("virtio-net-device,netdev=net{i},mac={}", n.mac));
     }
-    inherit(cmd, devices);
 }
 
 /// hull-vmm's `net` entries (hull-vmm duplicates the inherited fd).

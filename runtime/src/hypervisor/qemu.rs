@@ -222,6 +222,8 @@ impl Qemu {
                 .arg(format!("vhost-user-fs-device,chardev=fs{i},tag={tag}"));
         }
         super::net::qemu_args(&mut cmd, &spec.devices);
+        super::disk::qemu_args(&mut cmd, &spec.devices);
+        super::inherit_device_fds(&mut cmd, &spec.devices);
         Ok(cmd)
     }
 }

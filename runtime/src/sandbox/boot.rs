@@ -8,6 +8,9 @@ use super::{Sandbox, SandboxError, SandboxSpec};
 use crate::agent_client::{self, AgentClient, GuestListener};
 use crate::child::describe_status;
 use crate::config::Config;
+use std::os::fd::AsRawFd;
+
+use crate::hypervisor::disk::DiskDevice;
 use crate::hypervisor::{ConsoleProgress, VmDevice, VmSpec};
 
 /// The stages a boot goes through, in order.
@@ -95,6 +98,13 @@ pub(super) async fn run(
                 host_dir: s.host_dir().to_path_buf(),
             })
             .chain(spec.nics.iter().cloned().map(VmDevice::Net))
+            .chain(sandbox.scratch.iter().map(|disk| {
+                VmDevice::Disk(DiskDevice {
+                    fd: disk.file.as_raw_fd(),
+                    serial: super::scratch::SERIAL.to_string(),
+                    volatile: true,
+                })
+            }))
             .collect(),
     };
     // Listen for the announcement before anything can send it.

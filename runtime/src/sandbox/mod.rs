@@ -14,6 +14,7 @@
 
 mod boot;
 pub mod record;
+pub mod scratch;
 pub mod share;
 pub mod state_dir;
 
@@ -50,6 +51,8 @@ pub enum SandboxError {
     Jail(#[from] JailError),
     #[error("{0}")]
     Record(#[from] record::RecordError),
+    #[error("{0}")]
+    Scratch(#[from] scratch::ScratchError),
     #[error("cannot read the agent policy {path} ([policy] file): {source}")]
     Policy {
         path: PathBuf,
@@ -88,6 +91,9 @@ pub struct SandboxSpec {
     pub id: Option<String>,
     /// virtio-net interfaces on the pod's taps (see `crate::network`).
     pub nics: Vec<crate::hypervisor::net::NetDevice>,
+    /// Attach a scratch disk ([`scratch`]) for the containers' writable layers, mounted
+    /// by the agent at [`scratch::GUEST_DIR`].
+    pub scratch_disk: bool,
 }
 
 impl SandboxSpec {
@@ -103,6 +109,7 @@ impl SandboxSpec {
             share: false,
             id: None,
             nics: Vec::new(),
+            scratch_disk: false,
         }
     }
 
@@ -129,6 +136,8 @@ pub struct Sandbox {
     console: Option<Console>,
     // After the VM (virtiofsd gone), before the state dir: volumes are unmounted first.
     share: Option<Share>,
+    /// The containers' writable layers (removed with the state dir).
+    scratch: Option<scratch::ScratchDisk>,
     /// The jail of the VM's processes (its uid is released when they are gone).
     jail: Option<Arc<Jail>>,
     state: StateDir,
@@ -214,12 +223,23 @@ impl Sandbox {
         } else {
             None
         };
+        let scratch = if spec.scratch_disk {
+            Some(scratch::ScratchDisk::create(
+                &config.rootfs.scratch_dir,
+                state.path(),
+                &id,
+                config.rootfs.scratch_size_mib,
+            )?)
+        } else {
+            None
+        };
         Ok(Sandbox {
             id,
             hypervisor,
             agent: None,
             console: None,
             share,
+            scratch,
             jail,
             state,
             report: BootReport::default(),
@@ -283,16 +303,19 @@ impl Sandbox {
         self.agent.as_ref().ok_or(SandboxError::NotConnected)
     }
 
-    /// `CreateSandbox`: hostname, the share mounted at [`share::GUEST_SHARE`], debug
-    /// processes allowed or not, the agent policy of `[policy] file`.
+    /// `CreateSandbox`: hostname, the share mounted at [`share::GUEST_SHARE`] and the
+    /// scratch disk at [`scratch::GUEST_DIR`], debug processes allowed or not, the
+    /// agent policy of `[policy] file`.
     pub async fn prepare_guest(&self, hostname: &str) -> Result<(), SandboxError> {
-        let storages: Vec<StorageSpec> = match &self.share {
-            Some(_) => vec![StorageSpec::virtiofs_share(
-                share::SHARE_TAG,
-                share::GUEST_SHARE,
-            )],
-            None => Vec::new(),
-        };
+        let share = self
+            .share
+            .iter()
+            .map(|_| StorageSpec::virtiofs_share(share::SHARE_TAG, share::GUEST_SHARE));
+        let scratch = self
+            .scratch
+            .iter()
+            .map(|_| StorageSpec::disk(scratch::SERIAL, "ext4", scratch::GUEST_DIR));
+        let storages: Vec<StorageSpec> = share.chain(scratch).collect();
         self.agent_or_err()?
             .create_sandbox(
                 &self.id,
@@ -304,6 +327,11 @@ impl Sandbox {
             .instrument(tracing::info_span!("create_sandbox"))
             .await?;
         Ok(())
+    }
+
+    /// Whether the containers' writable layers go on the guest's scratch disk.
+    pub fn has_scratch_disk(&self) -> bool {
+        self.scratch.is_some()
     }
 
     pub fn id(&self) -> &str {

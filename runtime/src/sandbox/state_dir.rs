@@ -62,6 +62,7 @@ impl Drop for StateDir {
             tracing::error!(path = %self.path.display(), mounts = ?left, "not removing the VM state dir: mounts remain");
             return;
         }
+        super::scratch::remove_linked(&self.path);
         // The helpers are reaped before this runs, but a socket or log a dying helper
         // created while the tree was walked makes one pass fail with ENOTEMPTY: retry.
         for attempt in 0..5 {

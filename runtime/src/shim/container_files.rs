@@ -6,6 +6,11 @@
 //! rootfs dir is bind-mounted there. Each volume of the spec is bound below `volumes/`
 //! (a directory) or `files/` (a file). The share owns every mount from then on and
 //! unmounts them when the container is removed or the sandbox goes.
+//!
+//! With the writable layer in the guest (`[rootfs] writable_layer = "guest-disk"`),
+//! the guest does not write the shared rootfs: the container's root is an overlay the
+//! agent mounts at `/run/hull/rootfs/<cid>`, the shared rootfs read-only below and
+//! the writes in `<scratch>/<cid>/upper` on the pod's scratch disk.
 
 use std::path::Path;
 
@@ -14,20 +19,43 @@ use oci_spec::runtime::Spec;
 
 use super::spec::ContainerSpec;
 use super::ShimError;
+use crate::agent_client::StorageSpec;
+use crate::sandbox::scratch;
 use crate::sandbox::share::{self, Share};
+
+/// Where the agent mounts a container's overlay root (guest-disk writable layer).
+const GUEST_ROOTFS_DIR: &str = "/run/hull/rootfs";
+
+/// Where the container's writes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WritesTo {
+    /// The shared rootfs itself (containerd's snapshot on the host).
+    Share,
+    /// An overlay in the guest whose upper dir is on the scratch disk.
+    ScratchDisk,
+}
+
+/// A container placed in the share: the guest's spec, and the guest mounts the agent
+/// makes for it first (its overlay root, with the writable layer in the guest).
+#[derive(Debug)]
+pub struct Placed {
+    pub spec: Spec,
+    pub storages: Vec<StorageSpec>,
+}
 
 /// Places container `cid` in the share (its rootfs from containerd's `rootfs` mounts or
 /// the bundle's rootfs dir, then its volumes) and returns the guest's spec pointing at
-/// them, also written to the container's dir as `config.json`. On failure nothing of
-/// the container stays in the share.
+/// them, also written to the container's dir as `config.json`, with the guest mounts
+/// its root needs. On failure nothing of the container stays in the share.
 pub async fn place(
     share: &mut Share,
     cid: &str,
     rootfs: &[Mount],
     bundle: &Path,
     spec: &ContainerSpec,
-) -> Result<Spec, ShimError> {
-    let placed = place_all(share, cid, rootfs, bundle, spec).await;
+    writes_to: WritesTo,
+) -> Result<Placed, ShimError> {
+    let placed = place_all(share, cid, rootfs, bundle, spec, writes_to).await;
     if placed.is_err() {
         remove(share, cid);
     }
@@ -40,7 +68,8 @@ async fn place_all(
     rootfs: &[Mount],
     bundle: &Path,
     spec: &ContainerSpec,
-) -> Result<Spec, ShimError> {
+    writes_to: WritesTo,
+) -> Result<Placed, ShimError> {
     let (host_dir, guest_dir) = share
         .container_dir(cid)
         .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
@@ -53,8 +82,23 @@ async fn place_all(
     )
     .await?;
     let mut guest = spec.guest.clone();
-    if let Some(root) = guest.root_mut() {
-        root.set_path(format!("{guest_dir}/rootfs").into());
+    let shared_root = format!("{guest_dir}/rootfs");
+    let (root, storages) = match writes_to {
+        WritesTo::Share => (shared_root, Vec::new()),
+        WritesTo::ScratchDisk => {
+            let root = format!("{GUEST_ROOTFS_DIR}/{cid}");
+            let layer = format!("{}/{cid}", scratch::GUEST_DIR);
+            let overlay = StorageSpec::overlay(
+                &shared_root,
+                &format!("{layer}/upper"),
+                &format!("{layer}/work"),
+                &root,
+            );
+            (root, vec![overlay])
+        }
+    };
+    if let Some(r) = guest.root_mut() {
+        r.set_path(root.into());
     }
     for volume in &spec.volumes {
         let placed = if volume.is_dir {
@@ -85,7 +129,10 @@ async fn place_all(
     {
         tracing::debug!(path = %config.display(), error = %e, "cannot write the guest spec");
     }
-    Ok(guest)
+    Ok(Placed {
+        spec: guest,
+        storages,
+    })
 }
 
 /// Mounts the rootfs at `target` in the share.
@@ -184,10 +231,11 @@ mod tests {
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/v", "type": "bind", "source": vol, "options": ["rbind", "ro"]}
         ]));
-        let guest = place(&mut share, "c1", &[], &bundle, &ok)
+        let placed = place(&mut share, "c1", &[], &bundle, &ok, WritesTo::Share)
             .await
             .expect("placed");
-        let out = serde_json::to_value(&guest).expect("json");
+        assert!(placed.storages.is_empty());
+        let out = serde_json::to_value(&placed.spec).expect("json");
         assert_eq!(out["root"]["path"], "/run/hull/share/containers/c1/rootfs");
         assert_eq!(
             out["mounts"][1]["source"],
@@ -204,12 +252,29 @@ mod tests {
             {"destination": "/g", "type": "bind", "source": gone, "options": ["rbind"]}
         ]));
         std::fs::remove_dir(&gone).expect("rm");
-        let e = place(&mut share, "c2", &[], &bundle, &bad)
+        let e = place(&mut share, "c2", &[], &bundle, &bad, WritesTo::Share)
             .await
             .expect_err("gone");
         assert!(e.to_string().contains("for /g"), "{e}");
         let c2 = share.host_dir().join("containers/c2");
         assert!(!c2.exists() && share::mounts_under(&c2).is_empty());
+        // With the writable layer on the scratch disk, the root is the agent's overlay
+        // of the shared rootfs.
+        let placed = place(&mut share, "c3", &[], &bundle, &ok, WritesTo::ScratchDisk)
+            .await
+            .expect("placed");
+        let out = serde_json::to_value(&placed.spec).expect("json");
+        assert_eq!(out["root"]["path"], "/run/hull/rootfs/c3");
+        assert_eq!(
+            placed.storages,
+            [StorageSpec::overlay(
+                "/run/hull/share/containers/c3/rootfs",
+                "/run/hull/scratch/c3/upper",
+                "/run/hull/scratch/c3/work",
+                "/run/hull/rootfs/c3"
+            )]
+        );
+        remove(&mut share, "c3");
         remove(&mut share, "c1");
         assert!(!c1.exists() && share::mounts_under(&c1).is_empty());
     }

@@ -20,11 +20,12 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use super::container_files::{self, WritesTo};
 use super::io::StdioPaths;
 use super::options::RuntimeOptions;
 use super::record::Record;
 use super::spec::ContainerSpec;
-use super::{container_files, host_cgroup, pod_network, vm_size, ShimError};
+use super::{host_cgroup, pod_network, vm_size, ShimError};
 use crate::agent_client::AgentClient;
 use crate::cgroup::HostCgroup;
 use crate::config::Config;
@@ -215,13 +216,20 @@ impl Pod {
         if !first {
             self.check_member(req, spec)?;
         }
-        let guest_spec = {
+        let placed = {
             let mut sandbox = self.sandbox.lock().await;
-            let share = sandbox
+            let sandbox = sandbox
                 .as_mut()
-                .and_then(|s| s.share_mut())
                 .ok_or_else(|| ShimError::FailedPrecondition("the pod's VM is gone".into()))?;
-            container_files::place(share, &req.id, &req.rootfs, &req.bundle, spec).await?
+            let writes_to = match sandbox.has_scratch_disk() {
+                true => WritesTo::ScratchDisk,
+                false => WritesTo::Share,
+            };
+            let share = sandbox
+                .share_mut()
+                .ok_or_else(|| ShimError::internal("the sandbox has no share"))?;
+            container_files::place(share, &req.id, &req.rootfs, &req.bundle, spec, writes_to)
+                .await?
         };
         let (sandbox_container, shared) = match first {
             true => ("", Vec::new()),
@@ -230,7 +238,8 @@ impl Pod {
         self.agent
             .create_pod_container(
                 &req.id,
-                &guest_spec,
+                &placed.spec,
+                &placed.storages,
                 &req.stdio.spec(),
                 sandbox_container,
                 &shared,

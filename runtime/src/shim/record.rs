@@ -98,6 +98,7 @@ impl Record {
             tracing::error!(dir = %self.state_dir.display(), "mounts remain; not removing the state dir");
             return;
         }
+        crate::sandbox::scratch::remove_linked(&self.state_dir);
         match std::fs::remove_dir_all(&self.state_dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -122,8 +122,10 @@ fn parse_block(s: &str) -> Result<BlockConfig, String> {
         .ok_or("empty block path")?;
     let mut cfg = BlockConfig {
         path: path.into(),
+        fd: None,
         read_only: false,
         id: String::new(),
+        volatile: false,
     };
     for opt in parts {
         match opt.split_once('=') {

@@ -23,6 +23,8 @@ const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
 #[derive(Debug, Clone)]
 pub struct BlockOptions {
     pub read_only: bool,
+    /// Offer no FLUSH: the disk's contents die with the VM.
+    pub volatile: bool,
     /// Serial reported by GET_ID (at most 20 bytes are used).
     pub id: String,
 }
@@ -50,6 +52,27 @@ impl Block {
             .map_err(Error::file(path))?;
         let len = file.metadata().map_err(Error::file(path))?.len();
         Ok(Self::from_file(file, len / SECTOR_SIZE, options))
+    }
+
+    /// A device over a duplicate of the inherited fd `fd` (the caller keeps its own).
+    pub fn from_inherited_fd(fd: i32, options: BlockOptions) -> Result<Self> {
+        let named = Path::new("inherited block fd");
+        if fd < 3 {
+            return Err(Error::Config(format!(
+                "block fd {fd} is not an inherited file"
+            )));
+        }
+        // SAFETY: `fd` is only borrowed for the duplication below, which fails cleanly
+        // (EBADF) when it is not open; the duplicate is owned by the returned File.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let file = File::from(borrowed.try_clone_to_owned().map_err(Error::file(named))?);
+        let meta = file.metadata().map_err(Error::file(named))?;
+        if !meta.is_file() {
+            return Err(Error::Config(format!(
+                "block fd {fd} is not a regular file"
+            )));
+        }
+        Ok(Self::from_file(file, meta.len() / SECTOR_SIZE, options))
     }
 
     /// A device over an open file of `capacity` sectors.
@@ -114,7 +137,10 @@ impl VirtioDevice for Block {
     }
 
     fn features(&self) -> u64 {
-        let mut f = VIRTIO_F_VERSION_1 | 1 << VIRTIO_BLK_F_FLUSH | 1 << VIRTIO_BLK_F_SEG_MAX;
+        let mut f = VIRTIO_F_VERSION_1 | 1 << VIRTIO_BLK_F_SEG_MAX;
+        if !self.options.volatile {
+            f |= 1 << VIRTIO_BLK_F_FLUSH;
+        }
         if self.options.read_only {
             f |= 1 << VIRTIO_BLK_F_RO;
         }

@@ -21,6 +21,7 @@ pub fn test_disk(sectors: u64, read_only: bool) -> (Block, File) {
         f.write_all(&[s as u8; 512]).unwrap();
     }
     let opts = BlockOptions {
+        volatile: false,
         read_only,
         id: "hull-disk-0".into(),
     };
