@@ -146,23 +146,39 @@ def pod(c, rt, runtime_args, runs, io_mib, io_files, settle):
             r["guest_in_use_mib"] = round((kv["MemTotal"] - kv["MemAvailable"]) / 1024, 1)
             r["guest_total_mib"] = round(kv["MemTotal"] / 1024, 1)
         r["exec_true_s"] = [_exec(c, cid, f"e{i}", "true")[0] for i in range(runs)]
-        w, rd, small = [], [], []
-        for i in range(runs):
-            f = f"/bench-io-{i}"
-            w.append(_exec(c, cid, f"w{i}", "dd", "if=/dev/zero", f"of={f}", "bs=1M", f"count={io_mib}",
-                           "conv=fsync")[0])
-            rd.append(_exec(c, cid, f"r{i}", "dd", f"if={f}", "of=/dev/null", "bs=1M")[0])
-            _exec(c, cid, f"rm{i}", "rm", "-f", f)
-            small.append(_exec(c, cid, f"s{i}", "sh", "-c",
-                               f"mkdir /bench-files-{i} && cd /bench-files-{i} && seq {io_files} | xargs touch")[0])
-        r.update({"io_write_s": w, "io_read_s": rd, "io_small_files_s": small,
-                  "io_mib": io_mib, "io_files": io_files})
+        r.update(_io(c, cid, runs, io_mib, io_files))
     finally:
         t0 = time.perf_counter()
         c.remove(cid)
         td = time.perf_counter() - t0
     r["teardown_s"] = [td]
     return r
+
+
+def _io(c, cid, runs, io_mib, io_files):
+    """I/O in the container's rootfs: `io_mib` MiB written with fsync and read back,
+    `io_files` empty files created in a new dir; `runs` times each."""
+    w, rd, small = [], [], []
+    for i in range(runs):
+        f = f"/bench-io-{i}"
+        w.append(_exec(c, cid, f"w{i}", "dd", "if=/dev/zero", f"of={f}", "bs=1M", f"count={io_mib}",
+                       "conv=fsync")[0])
+        rd.append(_exec(c, cid, f"r{i}", "dd", f"if={f}", "of=/dev/null", "bs=1M")[0])
+        _exec(c, cid, f"rm{i}", "rm", "-f", f)
+        small.append(_exec(c, cid, f"s{i}", "sh", "-c",
+                           f"mkdir /bench-files-{i} && cd /bench-files-{i} && seq {io_files} | xargs touch")[0])
+    return {"io_write_s": w, "io_read_s": rd, "io_small_files_s": small,
+            "io_mib": io_mib, "io_files": io_files}
+
+
+def io_pod(c, rt, runtime_args, runs, io_mib, io_files):
+    """The I/O cases alone, in a pod of their own."""
+    cid = f"io-{rt}"
+    c.ctr("run", "-d", *runtime_args, IMAGE, cid, *IDLE)
+    try:
+        return _io(c, cid, runs, io_mib, io_files)
+    finally:
+        c.remove(cid)
 
 
 def density(c, rt, runtime_args, pods, settle):

@@ -2,7 +2,13 @@
 
   python3 scripts/bench_suite/main.py --bin-dir DIR --image-layout DIR --out DIR
         [--runs N] [--pods N] [--io-mib N] [--io-files N] [--tiny] [--runtimes a,b]
-        [--work-parent DIR]
+        [--work-parent DIR] [--io-only]
+
+hull runs twice for I/O: with its writable layer on the pod's scratch disk in the guest
+(`[rootfs] writable_layer = "guest-disk"`, the default) and in containerd's snapshot on
+the host (`"host"`), each with a config of its own (`--runtime-config-path`).
+--io-only runs just the I/O cases (runc, hull guest-disk, hull host) and ends with one
+line: `creates medians: runc A s, guest-disk B s, host C s, guest-disk/runc R`.
 
 Peers: runc; youki and crun through the runc shim's binary (--runc-binary); gVisor's
 runsc through the runc shim with a wrapper (`runsc --network=none --ignore-cgroups`).
@@ -24,10 +30,21 @@ import report  # noqa: E402
 from ctd import HULL, RUNC, Containerd  # noqa: E402
 
 
+def hull_layer_config(work, layer):
+    """A hull config whose containers write to `layer` (guest-disk or host)."""
+    path = os.path.join(work, f"hull-{layer}.toml")
+    with open(path, "w") as f:
+        f.write(f'[rootfs]\nwritable_layer = "{layer}"\n')
+    return path
+
+
 def runtime_args(name, c):
     """ctr's runtime flags for a runtime, or the reason it cannot run here."""
     if name == "hull":
         return ["--runtime", HULL], None
+    if name in ("hull-guest-disk", "hull-host"):
+        cfg = hull_layer_config(c.dir, name.removeprefix("hull-"))
+        return ["--runtime", HULL, "--runtime-config-path", cfg], None
     if name == "runc":
         return (["--runtime", RUNC], None) if shutil.which("runc") else (None, "runc not installed (apt-get install runc)")
     if name == "crun":
@@ -62,6 +79,7 @@ def main():
     ap.add_argument("--tiny", action="store_true", help="1 run, 2 pods, small I/O: proves the suite works")
     ap.add_argument("--runtimes", default="hull,runc,youki,crun,runsc")
     ap.add_argument("--work-parent", default="/tmp", help="where the suite's temp dirs go")
+    ap.add_argument("--io-only", action="store_true", help="only the I/O cases: runc, hull guest-disk, hull host")
     a = ap.parse_args()
     if a.tiny:
         a.runs, a.pods, a.io_mib, a.io_files = 1, 2, 8, 200
@@ -72,6 +90,8 @@ def main():
     res = {"when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "host": os.uname().nodename, "cpus": os.cpu_count(), "tiny": a.tiny,
            "runs": a.runs, "pods": a.pods, "runtimes": {}}
+    if a.io_only:
+        return io_only(a, res)
     c = Containerd(a.bin_dir, a.work_parent)
     res["namespace"] = c.ns
     try:
@@ -91,6 +111,11 @@ def main():
                 continue
             print(f"bench suite: {rt}: idle pod (memory, exec, I/O)", file=sys.stderr)
             r["pod"] = attempt(cases.pod, c, rt, args, a.runs, a.io_mib, a.io_files, settle)
+            if rt == "hull":
+                print("bench suite: hull: I/O with the writable layer on the host", file=sys.stderr)
+                host_args, _ = runtime_args("hull-host", c)
+                r["io_host_layer"] = attempt(cases.io_pod, c, "hull-host", host_args, a.runs, a.io_mib,
+                                             a.io_files)
             print(f"bench suite: {rt}: density ({a.pods} pods)", file=sys.stderr)
             r["density"] = attempt(cases.density, c, rt, args, a.pods, settle)
             res["runtimes"][rt] = r
@@ -127,6 +152,29 @@ def main():
         print(f"bench suite: hull's cases failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def io_only(a, res):
+    """`scripts/bench io`: the I/O cases for runc, hull guest-disk and hull host, side by
+    side in one containerd."""
+    c = Containerd(a.bin_dir, a.work_parent)
+    res["namespace"] = c.ns
+    try:
+        c.import_image(a.image_layout)
+        for rt in ("runc", "hull-guest-disk", "hull-host"):
+            args, why = runtime_args(rt, c)
+            if why:
+                res["runtimes"][rt] = {"unavailable": why}
+                continue
+            print(f"bench io: {rt} ({a.runs} runs)", file=sys.stderr)
+            res["runtimes"][rt] = attempt(cases.io_pod, c, rt, args, a.runs, a.io_mib, a.io_files)
+    finally:
+        c.close()
+    res = report.summarise(res)
+    with open(os.path.join(a.out, "io.json"), "w") as f:
+        json.dump(res, f, indent=2)
+    print(report.io_table(res))
+    return 1 if any("error" in v for v in res["runtimes"].values()) else 0
 
 
 if __name__ == "__main__":

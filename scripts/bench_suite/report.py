@@ -42,7 +42,50 @@ ROWS = [
     ("I/O: sequential write", "pod", "io_write_s", "s"),
     ("I/O: sequential read", "pod", "io_read_s", "s"),
     ("I/O: small-file creates", "pod", "io_small_files_s", "s"),
+    ("I/O, host layer: seq. write", "io_host_layer", "io_write_s", "s"),
+    ("I/O, host layer: seq. read", "io_host_layer", "io_read_s", "s"),
+    ("I/O, host layer: creates", "io_host_layer", "io_small_files_s", "s"),
 ]
+
+
+def io_table(res):
+    """`scripts/bench io`'s table: medians (min-max) per runtime, ratios to runc, and
+    the one-line summary of creates."""
+    rts = ("runc", "hull-guest-disk", "hull-host")
+    rows = [("sequential write + fsync", "io_write_s"), ("sequential read", "io_read_s"),
+            ("small-file creates", "io_small_files_s")]
+    lines = [f"{'case':26} " + " ".join(f"{r:>24}" for r in rts) + "  guest-disk/runc  host/runc  host/guest-disk"]
+    med = {}
+    for label, key in rows:
+        vals = {}
+        for r in rts:
+            c = res["runtimes"].get(r, {})
+            v = c.get(key) if isinstance(c, dict) else None
+            vals[r] = v if isinstance(v, dict) and "median" in v else None
+            med[(r, key)] = vals[r]["median"] if vals[r] else None
+
+        def ratio(a, b):
+            x, y = med[(a, key)], med[(b, key)]
+            return f"{x / y:.1f}x" if x and y else "-"
+        lines.append(f"{label:26} " + " ".join(f"{cell(vals[r], 's'):>24}" for r in rts) +
+                     f"  {ratio('hull-guest-disk', 'runc'):>15}  {ratio('hull-host', 'runc'):>9}"
+                     f"  {ratio('hull-host', 'hull-guest-disk'):>15}")
+    for r in rts:
+        c = res["runtimes"].get(r, {})
+        if "unavailable" in c:
+            lines.append(f"{r}: cannot run here: {c['unavailable']}")
+        if "error" in c:
+            lines.append(f"{r}: failed: {c['error']}")
+    some = next((c for c in res["runtimes"].values() if isinstance(c, dict) and "io_mib" in c), None)
+    if some:
+        lines.append(f"I/O: {some['io_mib']} MiB written with dd conv=fsync and read back, {some['io_files']} "
+                     f"empty files created in a new dir, in the container's rootfs; each figure includes one exec")
+    k = "io_small_files_s"
+    a, b, h = med[("runc", k)], med[("hull-guest-disk", k)], med[("hull-host", k)]
+    fmt = lambda v: f"{v:.2f}" if v is not None else "-"  # noqa: E731
+    r = f"{b / a:.1f}" if a and b else "-"
+    lines.append(f"creates medians: runc {fmt(a)} s, guest-disk {fmt(b)} s, host {fmt(h)} s, guest-disk/runc {r}")
+    return "\n".join(lines)
 
 
 def value(res, rt, case, key):
