@@ -202,41 +202,47 @@ async fn strict_policy_refuses_privileged_capabilities_mounts_and_a_second_polic
         s["process"]["capabilities"]["bounding"] = json!(["CAP_SYS_ADMIN"]);
     });
     refused_by(
-        agent.create_container("priv", &privileged, &stdio).await,
+        agent
+            .create_container("priv", &privileged, &[], &stdio)
+            .await,
         "privileged containers are not allowed (CAP_SYS_ADMIN in process.capabilities.bounding)",
         "default",
     );
     let all_devices =
         spec(|s| s["linux"]["resources"] = json!({"devices": [{"allow": true, "access": "rwm"}]}));
     refused_by(
-        agent.create_container("devs", &all_devices, &stdio).await,
+        agent
+            .create_container("devs", &all_devices, &[], &stdio)
+            .await,
         "privileged containers are not allowed (linux.resources.devices allows every device)",
         "default",
     );
     let cap =
         spec(|s| s["process"]["capabilities"]["effective"] = json!(["CAP_CHOWN", "CAP_NET_ADMIN"]));
     refused(
-        agent.create_container("cap", &cap, &stdio).await,
+        agent.create_container("cap", &cap, &[], &stdio).await,
         "capability CAP_NET_ADMIN is not allowed (process.capabilities.effective)",
     );
     let bind = spec(
         |s| s["mounts"] = json!([{"destination": "/host-etc", "type": "bind", "source": "/etc", "options": ["rbind", "ro"]}]),
     );
     refused(
-        agent.create_container("bind", &bind, &stdio).await,
+        agent.create_container("bind", &bind, &[], &stdio).await,
         "bind mount source \"/etc\" is not allowed",
     );
     let ramfs =
         spec(|s| s["mounts"] = json!([{"destination": "/r", "type": "ramfs", "source": "none"}]));
     refused(
-        agent.create_container("ramfs", &ramfs, &stdio).await,
+        agent.create_container("ramfs", &ramfs, &[], &stdio).await,
         "mount type \"ramfs\" is not allowed (mount on /r)",
     );
     let no_seccomp = spec(|s| {
         s["linux"].as_object_mut().expect("linux").remove("seccomp");
     });
     refused(
-        agent.create_container("nosec", &no_seccomp, &stdio).await,
+        agent
+            .create_container("nosec", &no_seccomp, &[], &stdio)
+            .await,
         "a seccomp profile is required (linux.seccomp is missing)",
     );
     let process: oci_spec::runtime::Process =
@@ -264,7 +270,7 @@ async fn strict_policy_refuses_privileged_capabilities_mounts_and_a_second_polic
     // ...and the strict one still holds.
     let cap = spec(|s| s["process"]["capabilities"]["bounding"] = json!(["CAP_SYS_MODULE"]));
     refused(
-        agent.create_container("cap2", &cap, &stdio).await,
+        agent.create_container("cap2", &cap, &[], &stdio).await,
         "capability CAP_SYS_MODULE is not allowed",
     );
 

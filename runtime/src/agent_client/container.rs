@@ -92,13 +92,16 @@ impl AgentClient {
         Ok(())
     }
 
+    /// CreateContainer of a container of its own (no pod), with the guest mounts
+    /// `storages` made for it first.
     pub async fn create_container(
         &self,
         container_id: &str,
         spec: &Spec,
+        storages: &[StorageSpec],
         stdio: &StdioSpec,
     ) -> Result<(), AgentError> {
-        self.create_pod_container(container_id, spec, &[], stdio, "", &[])
+        self.create_pod_container(container_id, spec, storages, stdio, "", &[])
             .await
     }
 

@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use crate::agent_client::{pump, AgentClient, AgentError, ExitInfo, ProcessRef, StdioSpec, Stream};
+use crate::agent_client::{
+    pump, AgentClient, AgentError, ExitInfo, ProcessRef, StdioSpec, StorageSpec, Stream,
+};
 use crate::config::Config;
 use crate::hypervisor::{self, SelectError};
 use crate::image::ImageError;
@@ -155,7 +157,7 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| cid.chars().take(12).collect());
     let setup = async {
-        let spec = prepare_container(
+        let (spec, storages) = prepare_container(
             &mut sandbox,
             &cid,
             &source,
@@ -176,7 +178,7 @@ pub async fn run(
         }
         .stdio();
         agent
-            .create_container(&cid, &spec, &stdio)
+            .create_container(&cid, &spec, &storages, &stdio)
             .instrument(tracing::info_span!("container_create"))
             .await
             .map_err(RunError::agent("creating the container"))?;
@@ -252,7 +254,7 @@ async fn prepare_container(
     memory: Option<u64>,
     cpus: Option<f64>,
     hostname: &str,
-) -> Result<oci_spec::runtime::Spec, RunError> {
+) -> Result<(oci_spec::runtime::Spec, Vec<StorageSpec>), RunError> {
     let share = sandbox
         .share_mut()
         .ok_or_else(|| RunError::Internal("the sandbox has no share".into()))?;
@@ -287,6 +289,16 @@ async fn prepare_container(
     };
     let rootfs_guest = format!("{guest_dir}/rootfs");
     let mut spec = spec::generate(&copts, &source.config(), &rootfs_guest, Some(&rootfs_host))?;
+    // The writes on the scratch disk: the root is the agent's overlay of the share's.
+    let mut storages = Vec::new();
+    if sandbox.has_scratch_disk() {
+        let (root, overlay) = crate::sandbox::scratch::container_root(cid, &rootfs_guest);
+        if let Some(mut r) = spec.root().clone() {
+            r.set_path(root.into());
+            spec.set_root(Some(r));
+        }
+        storages.push(overlay);
+    }
     if opts.tty {
         if let Some(mut process) = spec.process().clone() {
             process.set_console_size(io::console_size());
@@ -311,7 +323,7 @@ async fn prepare_container(
         path: host_dir.join("config.json"),
         why: e.to_string(),
     })?;
-    Ok(spec)
+    Ok((spec, storages))
 }
 
 /// How a process's stdio is attached to hull's.

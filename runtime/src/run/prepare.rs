@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::RunError;
-use crate::config::Config;
+use crate::config::{Config, WritableLayer};
 use crate::image::{Image, ImageConfig, ImageRef};
 use crate::sandbox::SandboxSpec;
 
@@ -143,6 +143,7 @@ pub fn sandbox_spec(
 ) -> SandboxSpec {
     let mut spec = SandboxSpec::from_config(config);
     spec.share = true;
+    spec.scratch_disk = config.rootfs.writable_layer == WritableLayer::GuestDisk;
     spec.keep_state = keep_state;
     if let Some(bytes) = memory {
         let mib = bytes.div_ceil(1 << 20) + MEMORY_OVERHEAD_MIB;

@@ -195,7 +195,7 @@ async fn unimplemented_rpcs_are_named_in_the_error() {
     let mut s = serve(fake).await;
     let err = s
         .client
-        .create_container("c1", &Default::default(), &Default::default())
+        .create_container("c1", &Default::default(), &[], &Default::default())
         .await
         .expect_err("unimplemented");
     assert!(err.to_string().contains("create_container"), "{err}");

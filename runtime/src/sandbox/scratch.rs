@@ -23,6 +23,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::agent_client::StorageSpec;
+
 /// The serial the guest finds the disk by (`/sys/block/vdX/serial`).
 pub const SERIAL: &str = "hull-scratch";
 /// Where the agent mounts it.
@@ -49,6 +51,25 @@ pub enum ScratchError {
 fn io_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ScratchError {
     let path = path.to_path_buf();
     move |source| ScratchError::Io { what, path, source }
+}
+
+/// Where the agent mounts a container's overlay root.
+const GUEST_ROOTFS_DIR: &str = "/run/hull/rootfs";
+
+/// Container `cid`'s root with its writable layer on the scratch disk: the guest path
+/// of the overlay the agent mounts (what the spec's `root.path` becomes), and that
+/// overlay, `shared_root` (the rootfs in the share) read-only below, the writes in
+/// `<GUEST_DIR>/<cid>/upper`.
+pub fn container_root(cid: &str, shared_root: &str) -> (String, StorageSpec) {
+    let root = format!("{GUEST_ROOTFS_DIR}/{cid}");
+    let layer = format!("{GUEST_DIR}/{cid}");
+    let overlay = StorageSpec::overlay(
+        shared_root,
+        &format!("{layer}/upper"),
+        &format!("{layer}/work"),
+        &root,
+    );
+    (root, overlay)
 }
 
 /// A sandbox's scratch disk, open read-write (the fd the hypervisor inherits).

@@ -23,9 +23,6 @@ use crate::agent_client::StorageSpec;
 use crate::sandbox::scratch;
 use crate::sandbox::share::{self, Share};
 
-/// Where the agent mounts a container's overlay root (guest-disk writable layer).
-const GUEST_ROOTFS_DIR: &str = "/run/hull/rootfs";
-
 /// Where the container's writes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WritesTo {
@@ -86,14 +83,7 @@ async fn place_all(
     let (root, storages) = match writes_to {
         WritesTo::Share => (shared_root, Vec::new()),
         WritesTo::ScratchDisk => {
-            let root = format!("{GUEST_ROOTFS_DIR}/{cid}");
-            let layer = format!("{}/{cid}", scratch::GUEST_DIR);
-            let overlay = StorageSpec::overlay(
-                &shared_root,
-                &format!("{layer}/upper"),
-                &format!("{layer}/work"),
-                &root,
-            );
+            let (root, overlay) = scratch::container_root(cid, &shared_root);
             (root, vec![overlay])
         }
     };

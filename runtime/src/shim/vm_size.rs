@@ -7,7 +7,7 @@
 
 use super::spec::ContainerSpec;
 use super::ShimError;
-use crate::config::{Config, WritableLayer};
+use crate::config::Config;
 use crate::sandbox::SandboxSpec;
 
 /// CRI's pod-level resources on the sandbox container (containerd 1.7+).
@@ -48,7 +48,6 @@ pub fn sandbox_spec(config: &Config, spec: &ContainerSpec) -> Result<SandboxSpec
         }
         s.memory_mib = s.memory_mib.min(limit_mib);
     }
-    s.scratch_disk = config.rootfs.writable_layer == WritableLayer::GuestDisk;
     Ok(s)
 }
 
