@@ -28,6 +28,8 @@ pub enum StorageError {
     },
     #[error("create mount point {path}: {error}")]
     Mkdir { path: PathBuf, error: String },
+    #[error("open the overlay's lower dir {path}: {error}")]
+    Lower { path: PathBuf, error: String },
 }
 
 /// What mount(2) gets for one storage.
@@ -45,7 +47,14 @@ pub struct MountPlan {
     /// overlay: the writable layer (upper and work dirs), made before the mount and
     /// removed after the unmount.
     pub layer_dirs: Vec<PathBuf>,
+    /// overlay: the lower dirs, opened before the mount. A lower dir that is a mount
+    /// on the host (containerd's rootfs in the share) is a virtio-fs submount in the
+    /// guest, mounted on first open; overlayfs refuses a not yet mounted one (EINVAL).
+    pub lower_dirs: Vec<PathBuf>,
 }
+
+/// An overlay's lower dirs and its writable layer's dirs.
+type OverlayDirs = (Vec<PathBuf>, Vec<PathBuf>);
 
 /// Where the pod's scratch disk is mounted; a container's writable layer must be
 /// below it.
@@ -96,6 +105,7 @@ pub fn plan(s: &hull_proto::Storage) -> Result<MountPlan, StorageError> {
     }
     let mut disk_serial = None;
     let mut layer_dirs = Vec::new();
+    let mut lower_dirs = Vec::new();
     let (source, fstype, remount_ro) = match s.driver.as_str() {
         "virtiofs" => {
             if s.source.is_empty() {
@@ -127,7 +137,7 @@ pub fn plan(s: &hull_proto::Storage) -> Result<MountPlan, StorageError> {
             (String::new(), Some(s.fstype.clone()), false)
         }
         "overlay" => {
-            layer_dirs =
+            (lower_dirs, layer_dirs) =
                 overlay_layer(&data).map_err(|why| field("options", &data.join(","), why))?;
             ("overlay".to_owned(), Some("overlay".to_owned()), false)
         }
@@ -161,13 +171,15 @@ pub fn plan(s: &hull_proto::Storage) -> Result<MountPlan, StorageError> {
         remount_ro,
         disk_serial,
         layer_dirs,
+        lower_dirs,
     })
 }
 
 /// An overlay's options: `lowerdir` (absolute guest paths, `:`-separated), and its
-/// writable layer, `upperdir` and `workdir`, two distinct dirs below [`SCRATCH_DIR`]
-/// (returned). Nothing else: the host does not pick overlay features.
-fn overlay_layer(options: &[String]) -> Result<Vec<PathBuf>, &'static str> {
+/// writable layer, `upperdir` and `workdir`, two distinct dirs below [`SCRATCH_DIR`].
+/// Nothing else: the host does not pick overlay features. Returns the lower dirs and
+/// the writable layer's.
+fn overlay_layer(options: &[String]) -> Result<OverlayDirs, &'static str> {
     let clean = |p: &str| {
         let path = Path::new(p);
         path.is_absolute() && !p.split('/').any(|c| c == ".." || c == ".") && !p.contains(',')
@@ -192,7 +204,10 @@ fn overlay_layer(options: &[String]) -> Result<Vec<PathBuf>, &'static str> {
     if !layer(upper) || !layer(work) || upper == work {
         return Err("upperdir and workdir must be two dirs below /run/hull/scratch");
     }
-    Ok(vec![PathBuf::from(upper), PathBuf::from(work)])
+    Ok((
+        lower.split(':').map(PathBuf::from).collect(),
+        vec![PathBuf::from(upper), PathBuf::from(work)],
+    ))
 }
 
 /// The /dev node of the virtio-blk disk whose serial is `serial`, waiting up to
@@ -233,6 +248,12 @@ fn mount_steps(plan: &MountPlan) -> Result<(), StorageError> {
     for dir in plan.layer_dirs.iter().chain([&plan.target]) {
         std::fs::create_dir_all(dir).map_err(|e| StorageError::Mkdir {
             path: dir.clone(),
+            error: e.to_string(),
+        })?;
+    }
+    for lower in &plan.lower_dirs {
+        std::fs::File::open(lower).map_err(|e| StorageError::Lower {
+            path: lower.clone(),
             error: e.to_string(),
         })?;
     }
@@ -381,6 +402,10 @@ mod tests {
                 PathBuf::from("/run/hull/scratch/c1/upper"),
                 PathBuf::from("/run/hull/scratch/c1/work")
             ]
+        );
+        assert_eq!(
+            p.lower_dirs,
+            vec![PathBuf::from("/run/hull/share/containers/c1/rootfs")]
         );
         assert!(p
             .data

@@ -88,6 +88,11 @@ pub const HULL_CONFIG_TEMPLATE: &str = r#"# hull's configuration, written by `hu
 # nofile = 4096
 # memlock_mib = 64
 # nproc = 1024
+
+# [rootfs]
+# writable_layer = "guest-disk"    # or "host": containers write containerd's snapshot
+# scratch_size_mib = 10240         # a pod's scratch disk (sparse)
+# scratch_dir = "/var/lib/hull/scratch"
 "#;
 
 /// Writes [`HULL_CONFIG_TEMPLATE`] to `path` (its directory created) unless a file is
