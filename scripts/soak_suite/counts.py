@@ -108,6 +108,22 @@ def taps():
     return n
 
 
+def scratch_disks(scratch_dir="/var/lib/hull/scratch"):
+    """Pods' scratch disks (`<sandbox id>.img`; the templates they are copied from are
+    kept), loop devices and device-mapper devices."""
+    n = 0
+    try:
+        n += sum(1 for f in os.listdir(scratch_dir) if f.endswith(".img") and not f.startswith("template-"))
+    except OSError:
+        pass
+    for d in os.listdir("/sys/block"):
+        if d.startswith("loop") and os.path.exists(f"/sys/block/{d}/loop/backing_file"):
+            n += 1
+        elif d.startswith("dm-"):
+            n += 1
+    return n
+
+
 def snapshot(c, tmpdir, ids, keeper_shim=None):
     """Every count at once. `ids`: the pods the soak ran so far; `keeper_shim`: the pid of
     a long-lived pod's shim, whose fds must not grow with the execs run in it."""
@@ -122,6 +138,7 @@ def snapshot(c, tmpdir, ids, keeper_shim=None):
         "state_dirs": state_dirs(c),
         "temp_dirs": temp_dirs(tmpdir),
         "taps_netns": taps(),
+        "scratch_disks_loop_dm": scratch_disks(),
     }
 
 
