@@ -79,6 +79,12 @@ run volume hull run -v "$vol:/data" --image demo -- sh -c 'cat /data/in; echo fr
 kv volume_read "$(out volume)"
 kv volume_file "$(cat "$vol/out" 2>/dev/null)"
 
+# The writable layer on hull-vmm's virtio-blk, driven by the Linux guest: the container's
+# root is the agent's overlay on the pod's scratch disk (an fd hull-vmm inherits; no
+# FLUSH offered, so the guest sees a write-through cache), and what it writes reads back.
+run scratch hull run --image demo -- sh -c 'grep " / " /proc/mounts | cut -d" " -f3; cat /sys/block/vda/serial; echo; cat /sys/block/vda/queue/write_cache; seq 1 50000 > /n; sync; tail -1 /n'
+kv scratch_out "$(out scratch)"
+
 # An OOM kill: a 32M container that eats memory ends with 137, and hull says OOM.
 run oom hull run -m 32M --image demo -- tail /dev/zero
 kv oom_said "$(grep -c 'hull: OOM' "$WORK/oom.err")"
