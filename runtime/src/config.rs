@@ -403,12 +403,13 @@ pub fn default_cache_dir() -> PathBuf {
     xdg_dir("XDG_CACHE_HOME", ".cache").join("hull")
 }
 
-/// `/var/lib/hull/scratch` for root, else `scratch` in the state dir.
+/// `/var/lib/hull/scratch` for root, else `scratch` in the cache dir (on disk, where
+/// the state dir is often a tmpfs).
 pub fn default_scratch_dir() -> PathBuf {
     if is_root() {
         PathBuf::from("/var/lib/hull/scratch")
     } else {
-        default_state_dir().join("scratch")
+        default_cache_dir().join("scratch")
     }
 }
 

@@ -677,3 +677,59 @@ fn pod_member_of_a_stopped_sandbox_is_refused_by_name() {
     }
     c.assert_nothing_left();
 }
+
+/// A spec with a user namespace and an `RLIMIT_NPROC` hard limit far above the guest
+/// kernel's default for its PID 1 (910 in a 256 MiB guest): a process in a user namespace
+/// cannot raise a hard limit, so the guest must start from the host's (unlimited). The
+/// same spec through runc on the host is the reference.
+#[test]
+fn a_user_namespace_with_a_high_nproc_limit_runs_as_on_runc() {
+    need_containerd!("a_user_namespace_with_a_high_nproc_limit_runs_as_on_runc");
+    let c = Containerd::start();
+    let image = hull_runtime::image::Image::open(&hull_runtime::image::ImageRef {
+        dir: hull_tests::demo_image(),
+        tag: None,
+    })
+    .expect("demo image");
+    // The container's root (host uid 1000000 for runc) must reach its rootfs.
+    std::fs::set_permissions(
+        c.state.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let rootfs = c.state.path().join("userns-rootfs");
+    image.unpack(&rootfs).expect("unpack");
+    let out = c.ctr(&["oci", "spec"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let mut spec: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ctr oci spec");
+    spec["root"] = serde_json::json!({"path": rootfs, "readonly": false});
+    spec["process"]["args"] = serde_json::json!(["sh", "-c", "ulimit -Hu; ulimit -u; id -u"]);
+    spec["process"]["rlimits"] = serde_json::json!([
+        {"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024},
+        {"type": "RLIMIT_NPROC", "hard": 100000, "soft": 100000}
+    ]);
+    let ids = serde_json::json!([{"containerID": 0, "hostID": 1_000_000, "size": 65536}]);
+    spec["linux"]["uidMappings"] = ids.clone();
+    spec["linux"]["gidMappings"] = ids;
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .expect("namespaces")
+        .push(serde_json::json!({"type": "user"}));
+    let path = c.state.path().join("userns-nproc.json");
+    std::fs::write(&path, serde_json::to_vec(&spec).expect("json")).expect("spec");
+    let path = path.to_str().expect("utf8");
+    let mut outputs = Vec::new();
+    for (id, runtime) in [("un-runc", "io.containerd.runc.v2"), ("un-hull", RUNTIME)] {
+        let out = c.ctr(&["run", "--rm", "--runtime", runtime, "--config", path, id]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{runtime}: {}",
+            output_text(&out)
+        );
+        outputs.push(stdout(&out));
+    }
+    assert_eq!(outputs[0], "100000\n100000\n0\n", "runc's answer");
+    assert_eq!(outputs[1], outputs[0], "hull answers as runc");
+    c.assert_nothing_left();
+}

@@ -308,6 +308,11 @@ fn hull_runs_real_guests_on_svm_kvm_in_the_nested_bed() {
             &k("exit7_rc"),
         );
     }
+    expect(
+        "hull-vmm's virtio-blk: the root is an overlay on the scratch disk, write-through (no FLUSH offered), and reads back",
+        eq("scratch_rc", "0") && eq("scratch_out", "overlay hull-scratch write through 50000"),
+        "scratch_out",
+    );
     expect("hull run -i", eq("stdin_rc", "0"), "stdin_rc");
     expect(
         "stdin comes back byte for byte",
