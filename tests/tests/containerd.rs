@@ -733,3 +733,39 @@ fn a_user_namespace_with_a_high_nproc_limit_runs_as_on_runc() {
     assert_eq!(outputs[1], outputs[0], "hull answers as runc");
     c.assert_nothing_left();
 }
+
+/// A privileged container (`ctr run --privileged`: every capability, every host device
+/// in the spec) runs under the default policy, privileged over its pod's guest only: it
+/// mounts, it has the guest's /dev/fuse, and of the host's devices it gets none the
+/// guest lacks (the host's /dev/kvm is not there).
+#[test]
+fn a_privileged_container_runs_with_the_guests_devices_only() {
+    need_containerd!("a_privileged_container_runs_with_the_guests_devices_only");
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("SKIP a_privileged_container_runs_with_the_guests_devices_only: the check needs a host device the guest lacks (/dev/kvm)");
+        return;
+    }
+    let c = Containerd::start();
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--privileged",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "priv1",
+        "sh",
+        "-c",
+        "mount -t tmpfs none /mnt && echo mounted; test -c /dev/fuse && echo fuse; \
+         test -e /dev/kvm || echo no-kvm; grep CapEff /proc/self/status",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("mounted\nfuse\nno-kvm\nCapEff:\t000001ffffffffff")
+            || text.starts_with("mounted\nfuse\nno-kvm\nCapEff:\t0000003fffffffff"),
+        "{}",
+        output_text(&out)
+    );
+    c.assert_nothing_left();
+}

@@ -164,13 +164,25 @@ pub fn parse_spec(json: &[u8], container_id: &str) -> Result<Spec, SpecError> {
 ///   a pod share the VM's network, which is the pod's;
 /// - other namespace paths are host paths: refused (a pod's container joins its
 ///   sandbox container's namespaces through [`join_namespaces`], after this);
-/// - hooks are host binaries: dropped (the runtime runs them on the host).
+/// - hooks are host binaries: dropped (the runtime runs them on the host);
+/// - `linux.devices` name the host's devices (containerd gives a privileged container
+///   all of them): only those the guest has too, by type, major and minor, are kept
+///   (/dev/fuse, /dev/net/tun, ...); a VM never gets a host device.
 pub fn adapt(spec: &mut Spec, container_id: &str) -> Result<(), SpecError> {
     spec.set_hooks(None);
     let Some(linux) = spec.linux_mut().as_mut() else {
         return Ok(());
     };
     linux.set_cgroups_path(Some(Path::new(CGROUP_PARENT).join(container_id)));
+    if let Some(devices) = linux.devices_mut().as_mut() {
+        devices.retain(|d| {
+            let kept = guest_has_device(d);
+            if !kept {
+                tracing::debug!(device = %d.path().display(), "not in the guest: left out");
+            }
+            kept
+        });
+    }
     if let Some(namespaces) = linux.namespaces_mut().as_mut() {
         let mut kept = Vec::with_capacity(namespaces.len());
         for ns in namespaces.drain(..) {
@@ -187,6 +199,22 @@ pub fn adapt(spec: &mut Spec, container_id: &str) -> Result<(), SpecError> {
         *namespaces = kept;
     }
     Ok(())
+}
+
+/// Whether the guest has a device of `d`'s type, major and minor (a FIFO is made, not
+/// passed: always).
+fn guest_has_device(d: &oci_spec::runtime::LinuxDevice) -> bool {
+    use oci_spec::runtime::LinuxDeviceType;
+    let class = match d.typ() {
+        LinuxDeviceType::C | LinuxDeviceType::U => "char",
+        LinuxDeviceType::B => "block",
+        LinuxDeviceType::P => return true,
+        LinuxDeviceType::A => return false,
+    };
+    Path::new("/sys/dev")
+        .join(class)
+        .join(format!("{}:{}", d.major(), d.minor()))
+        .exists()
 }
 
 /// The namespaces a container of a pod may share with the pod's sandbox container

@@ -87,7 +87,7 @@ fn denied(p: &Policies, req: Request<'_>) -> String {
 fn shipped_policies_parse_and_the_builtin_is_the_default() {
     let d = Policy::parse(BUILTIN_DEFAULT).expect("default");
     assert_eq!(d.name, "default");
-    assert!(d.exec.allow && d.exec.allow_debug && !d.containers.allow_privileged);
+    assert!(d.exec.allow && d.exec.allow_debug && d.containers.allow_privileged);
     let s = Policy::parse(STRICT).expect("strict");
     assert_eq!(s.name, "ci-strict");
     assert!(
@@ -174,20 +174,36 @@ fn debug_exec_rule() {
 
 #[test]
 fn privileged_rule() {
+    // The default allows privileged containers (the VM is the boundary); an operator's
+    // policy that forbids them is enforced.
     let mut s = spec();
     s["process"]["capabilities"]["effective"] = json!(["CAP_SYS_ADMIN"]);
-    let m = denied(&default_policies(), Request::CreateContainer(&create(&s)));
+    assert!(admit(
+        &default_policies(),
+        Request::CreateContainer(&create(&s)),
+        State::default()
+    )
+    .is_ok());
+    let no_privileged = || {
+        Policies::new(
+            Policy::parse("name = \"no-privileged\"\n[containers]\nallow_privileged = false\n")
+                .expect("policy"),
+        )
+    };
+    let mut s = spec();
+    s["process"]["capabilities"]["effective"] = json!(["CAP_SYS_ADMIN"]);
+    let m = denied(&no_privileged(), Request::CreateContainer(&create(&s)));
     assert!(m.contains("privileged containers are not allowed (CAP_SYS_ADMIN in process.capabilities.effective)"), "{m}");
-    assert!(m.contains("policy \"default\""), "{m}");
+    assert!(m.contains("policy \"no-privileged\""), "{m}");
 
     let mut s = spec();
     s["linux"]["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
-    let m = denied(&default_policies(), Request::CreateContainer(&create(&s)));
+    let m = denied(&no_privileged(), Request::CreateContainer(&create(&s)));
     assert!(m.contains("allows every device"), "{m}");
 
     let mut s = spec();
     s["linux"]["devices"] = json!([{"path": "/dev/vda", "type": "b", "major": 254, "minor": 0}]);
-    let m = denied(&default_policies(), Request::CreateContainer(&create(&s)));
+    let m = denied(&no_privileged(), Request::CreateContainer(&create(&s)));
     assert!(
         m.contains("linux.devices gives the container /dev/vda"),
         "{m}"
@@ -197,13 +213,13 @@ fn privileged_rule() {
     let mut u = UpdateContainerRequest::new();
     u.container_id = "c1".into();
     u.resources_json = br#"{"devices": [{"allow": true, "type": "a", "access": "rwm"}]}"#.to_vec();
-    let m = denied(&default_policies(), Request::UpdateContainer(&u));
+    let m = denied(&no_privileged(), Request::UpdateContainer(&u));
     assert!(
         m.contains("UpdateContainer resources allows every device"),
         "{m}"
     );
     let p = json!({"args": ["ls"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "capabilities": {"ambient": ["CAP_SYS_ADMIN"]}});
-    let m = denied(&default_policies(), Request::ExecProcess(&exec("c1", &p)));
+    let m = denied(&no_privileged(), Request::ExecProcess(&exec("c1", &p)));
     assert!(
         m.contains("CAP_SYS_ADMIN in exec process.capabilities.ambient"),
         "{m}"

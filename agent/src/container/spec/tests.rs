@@ -178,3 +178,25 @@ fn a_process_without_memlock_gets_the_agents_and_one_with_it_keeps_its_own() {
     pin_memlock(&mut p);
     assert_eq!(memlock(&p), vec![(1, 2)]);
 }
+
+#[test]
+fn only_devices_the_system_has_are_kept() {
+    // /dev/null (1:3) exists wherever this runs; 4095:4095 nowhere.
+    let json = spec_json(r#"["true"]"#).replace(
+        r#""cgroupsPath":"/k8s/c1","#,
+        r#""cgroupsPath":"/k8s/c1","devices":[
+            {"path":"/dev/null2","type":"c","major":1,"minor":3},
+            {"path":"/dev/host-only","type":"b","major":4095,"minor":4095},
+            {"path":"/dev/fifo","type":"p","major":0,"minor":0}],"#,
+    );
+    let spec = parse_spec(json.as_bytes(), "c1").unwrap();
+    let kept: Vec<_> = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default()
+        .iter()
+        .map(|d| d.path().display().to_string())
+        .collect();
+    assert_eq!(kept, ["/dev/null2", "/dev/fifo"]);
+}
