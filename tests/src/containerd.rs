@@ -567,6 +567,23 @@ impl Containerd {
         assert!(self.ctr(&["containers", "rm", id]).status.success());
     }
 
+    /// Kills the shim of task `id` (the only shim running) with SIGKILL and waits until
+    /// containerd has noticed and forgotten the task.
+    pub fn kill_shim(&self, id: &str) {
+        let shims = self.shims();
+        assert_eq!(shims.len(), 1, "one shim: {shims:?}");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(shims[0].0),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill the shim");
+        crate::wait_for(
+            "containerd to clean up the task",
+            Duration::from_secs(30),
+            || self.task_status(id).is_none().then_some(()),
+        );
+    }
+
     /// Shim processes of this containerd.
     pub fn shims(&self) -> Vec<(i32, String)> {
         processes_mentioning(&format!("-address {}", self.socket().display()))

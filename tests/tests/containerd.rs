@@ -438,17 +438,8 @@ fn shim_killed_is_cleaned_up_by_delete() {
         "{} exists while the shim runs",
         socket.display()
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(shims[0].0),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill the shim");
     // containerd notices, runs `containerd-shim-hull-v2 delete`, and forgets the task.
-    wait_for(
-        "containerd to clean up the task",
-        Duration::from_secs(30),
-        || (c.task_status("s1").is_none()).then_some(()),
-    );
+    c.kill_shim("s1");
     // The dead shim's socket went with it (`delete` removes a socket nobody listens on).
     wait_for(
         "the dead shim's socket to be removed",

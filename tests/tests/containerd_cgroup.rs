@@ -281,18 +281,7 @@ fn a_killed_shims_cgroup_is_removed_by_delete() {
     assert!(out.status.success(), "{}", output_text(&out));
     let cg = memory_dir("default/k1");
     assert!(cg.is_dir(), "{}", cg.display());
-    let shims = c.shims();
-    assert_eq!(shims.len(), 1, "{shims:?}");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(shims[0].0),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill the shim");
-    wait_for(
-        "containerd to clean up the task",
-        Duration::from_secs(30),
-        || c.task_status("k1").is_none().then_some(()),
-    );
+    c.kill_shim("k1");
     // containerd forgets the task and runs `delete` in the background.
     wait_for(
         "`delete` to remove the pod's cgroup",

@@ -10,13 +10,12 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use hull_runtime::config::{DEFAULT_HOST_OVERHEAD_MIB, DEFAULT_JAIL_UID_START};
 use hull_runtime::sandbox::record::SandboxRecord;
 use hull_tests::containerd::{Containerd, IMAGE, RUNTIME};
 use hull_tests::run_helpers::{demo, start_ready};
-use hull_tests::{need_run, output_text, processes_mentioning, wait_for, TestState};
+use hull_tests::{need_run, output_text, processes_mentioning, TestState};
 
 macro_rules! need_containerd {
     ($name:expr) => {
@@ -428,23 +427,12 @@ fn containerd_vm_processes_are_jailed_and_nothing_is_left() {
         "1000",
     ]);
     assert!(out.status.success(), "{}", output_text(&out));
-    let shims = c.shims();
-    assert_eq!(shims.len(), 1, "{shims:?}");
     let vm: Vec<i32> = processes_mentioning(&c.state.path().to_string_lossy())
         .into_iter()
         .map(|(p, _)| p)
         .collect();
     assert!(!vm.is_empty());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(shims[0].0),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill the shim");
-    wait_for(
-        "containerd to clean up the task",
-        Duration::from_secs(30),
-        || (c.task_status("j2").is_none()).then_some(()),
-    );
+    c.kill_shim("j2");
     assert!(c.ctr(&["containers", "rm", "j2"]).status.success());
     c.assert_nothing_left();
     for p in vm {

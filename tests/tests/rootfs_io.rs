@@ -205,18 +205,7 @@ fn the_scratch_disk_goes_with_a_killed_shim_and_a_killed_vm() {
 
     run_detached(&c, &cfg, "ks1");
     assert_eq!(disks(&scratch).len(), 1);
-    let shims = c.shims();
-    assert_eq!(shims.len(), 1, "one shim: {shims:?}");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(shims[0].0),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill the shim");
-    wait_for(
-        "containerd to clean up the task",
-        Duration::from_secs(30),
-        || c.task_status("ks1").is_none().then_some(()),
-    );
+    c.kill_shim("ks1");
     wait_no_disks(&scratch, "after the shim was killed");
     assert!(c.ctr(&["containers", "rm", "ks1"]).status.success());
 
