@@ -76,13 +76,8 @@ mod tests {
     fn qemu_gets_an_fd_set_a_file_node_and_a_virtio_mmio_disk() {
         let mut cmd = Command::new("qemu");
         qemu_args(&mut cmd, &devices());
-        let args: Vec<String> = cmd
-            .as_std()
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
         assert_eq!(
-            args,
+            crate::hypervisor::args_of(&cmd),
             [
                 "-add-fd",
                 "fd=9,set=1",

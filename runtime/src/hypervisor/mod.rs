@@ -77,6 +77,15 @@ pub enum VmDevice {
     Disk(disk::DiskDevice),
 }
 
+/// A command's arguments, as text (the device argument tests compare them).
+#[cfg(test)]
+pub(crate) fn args_of(cmd: &tokio::process::Command) -> Vec<String> {
+    cmd.as_std()
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
+}
+
 /// The fds of `devices` (taps, disks) stay open across the hypervisor's exec: they
 /// are close-on-exec in this process, so the flag is cleared in the child only.
 pub fn inherit_device_fds(cmd: &mut tokio::process::Command, devices: &[VmDevice]) {

@@ -65,13 +65,8 @@ mod tests {
     fn qemu_gets_a_tap_netdev_and_a_virtio_mmio_nic() {
         let mut cmd = Command::new("qemu");
         qemu_args(&mut cmd, &devices());
-        let args: Vec<String> = cmd
-            .as_std()
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
         assert_eq!(
-            args,
+            crate::hypervisor::args_of(&cmd),
             [
                 "-netdev",
                 "tap,id=net0,fd=7",
