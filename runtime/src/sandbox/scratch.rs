@@ -189,7 +189,8 @@ fn is_ext4_of_size(path: &Path, size: u64) -> bool {
 }
 
 /// Copies `from` to the new file `to` (mode 0600), only its data extents: the holes
-/// stay holes.
+/// stay holes. A filesystem that cannot tell holes (9p, some FUSE) reports the whole
+/// file as data: all-zero blocks are then skipped, so the copy stays sparse anyway.
 fn copy_sparse(from: &Path, to: &Path) -> Result<File, ScratchError> {
     use nix::unistd::{lseek, Whence};
     let src = File::open(from).map_err(io_error("open", from))?;
@@ -226,8 +227,10 @@ fn copy_sparse(from: &Path, to: &Path) -> Result<File, ScratchError> {
             if n == 0 {
                 break;
             }
-            dst.write_all_at(&buf[..n], off)
-                .map_err(io_error("write", to))?;
+            if buf[..n].iter().any(|&b| b != 0) {
+                dst.write_all_at(&buf[..n], off)
+                    .map_err(io_error("write", to))?;
+            }
             off += n as u64;
         }
         at = hole;
