@@ -303,6 +303,21 @@ mod tests {
     }
 
     #[test]
+    fn written_zeros_are_not_copied() {
+        // What a filesystem without SEEK_HOLE shows: zeros as data.
+        let tmp = tempfile::tempdir().unwrap();
+        let from = tmp.path().join("from");
+        let mut data = vec![0u8; 8 << 20];
+        data[(4 << 20) + 7] = 0xaa;
+        std::fs::write(&from, &data).unwrap();
+        let to = tmp.path().join("to");
+        let copy = copy_sparse(&from, &to).unwrap();
+        assert_eq!(std::fs::read(&to).unwrap(), data);
+        let allocated = copy.metadata().unwrap().blocks() * 512;
+        assert!(allocated <= 1 << 20, "{allocated} bytes allocated");
+    }
+
+    #[test]
     fn a_state_dir_without_a_disk_is_left_alone() {
         let tmp = tempfile::tempdir().unwrap();
         let other = tmp.path().join("keep.txt");
