@@ -22,8 +22,9 @@ run() {
 }
 out() { cat "$WORK/$1.out"; }
 # hull's config in L1: the backend ($1), the built hull-vmm (a bare name would find an
-# installed one first), and boot deadlines for L2, which runs about 10x slower than a TCG
-# guest (more on a loaded host): the checks prove behaviour, not speed.
+# installed one first), boot deadlines for L2, which runs about 10x slower than a TCG
+# guest (more on a loaded host): the checks prove behaviour, not speed; and the scratch
+# disks on L1's own tmpfs (/run): the default dir is the host's, read-only over 9p.
 backend_config() {
   mkdir -p /etc/hull
   cat > /etc/hull/config.toml <<CONF
@@ -37,6 +38,10 @@ init_timeout_secs = 300.0
 agent_timeout_secs = 400.0
 request_timeout_secs = 120.0
 shutdown_timeout_secs = 60.0
+
+[rootfs]
+scratch_dir = "/run/hull-scratch"
+scratch_size_mib = 1024
 CONF
 }
 

@@ -189,7 +189,8 @@ fn is_ext4_of_size(path: &Path, size: u64) -> bool {
 }
 
 /// Copies `from` to the new file `to` (mode 0600), only its data extents: the holes
-/// stay holes.
+/// stay holes. A filesystem that cannot tell holes (9p, some FUSE) reports the whole
+/// file as data: all-zero blocks are then skipped, so the copy stays sparse anyway.
 fn copy_sparse(from: &Path, to: &Path) -> Result<File, ScratchError> {
     use nix::unistd::{lseek, Whence};
     let src = File::open(from).map_err(io_error("open", from))?;
@@ -226,8 +227,10 @@ fn copy_sparse(from: &Path, to: &Path) -> Result<File, ScratchError> {
             if n == 0 {
                 break;
             }
-            dst.write_all_at(&buf[..n], off)
-                .map_err(io_error("write", to))?;
+            if buf[..n].iter().any(|&b| b != 0) {
+                dst.write_all_at(&buf[..n], off)
+                    .map_err(io_error("write", to))?;
+            }
             off += n as u64;
         }
         at = hole;
@@ -297,6 +300,21 @@ mod tests {
         let again = template(tmp.path(), 64).unwrap();
         assert_eq!(again, t);
         assert!(is_ext4_of_size(&t, 64 << 20));
+    }
+
+    #[test]
+    fn written_zeros_are_not_copied() {
+        // What a filesystem without SEEK_HOLE shows: zeros as data.
+        let tmp = tempfile::tempdir().unwrap();
+        let from = tmp.path().join("from");
+        let mut data = vec![0u8; 8 << 20];
+        data[(4 << 20) + 7] = 0xaa;
+        std::fs::write(&from, &data).unwrap();
+        let to = tmp.path().join("to");
+        let copy = copy_sparse(&from, &to).unwrap();
+        assert_eq!(std::fs::read(&to).unwrap(), data);
+        let allocated = copy.metadata().unwrap().blocks() * 512;
+        assert!(allocated <= 1 << 20, "{allocated} bytes allocated");
     }
 
     #[test]
