@@ -14,6 +14,14 @@ fn default_policies() -> Policies {
     Policies::builtin().expect("default policy")
 }
 
+/// The default with privileged containers forbidden, as an operator's image may bake.
+fn no_privileged_policies() -> Policies {
+    Policies::new(
+        Policy::parse("name = \"no-privileged\"\n[containers]\nallow_privileged = false\n")
+            .expect("policy"),
+    )
+}
+
 fn strict_policies() -> Policies {
     Policies::new(Policy::parse(STRICT).expect("strict policy"))
 }
@@ -184,26 +192,29 @@ fn privileged_rule() {
         State::default()
     )
     .is_ok());
-    let no_privileged = || {
-        Policies::new(
-            Policy::parse("name = \"no-privileged\"\n[containers]\nallow_privileged = false\n")
-                .expect("policy"),
-        )
-    };
     let mut s = spec();
     s["process"]["capabilities"]["effective"] = json!(["CAP_SYS_ADMIN"]);
-    let m = denied(&no_privileged(), Request::CreateContainer(&create(&s)));
+    let m = denied(
+        &no_privileged_policies(),
+        Request::CreateContainer(&create(&s)),
+    );
     assert!(m.contains("privileged containers are not allowed (CAP_SYS_ADMIN in process.capabilities.effective)"), "{m}");
     assert!(m.contains("policy \"no-privileged\""), "{m}");
 
     let mut s = spec();
     s["linux"]["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
-    let m = denied(&no_privileged(), Request::CreateContainer(&create(&s)));
+    let m = denied(
+        &no_privileged_policies(),
+        Request::CreateContainer(&create(&s)),
+    );
     assert!(m.contains("allows every device"), "{m}");
 
     let mut s = spec();
     s["linux"]["devices"] = json!([{"path": "/dev/vda", "type": "b", "major": 254, "minor": 0}]);
-    let m = denied(&no_privileged(), Request::CreateContainer(&create(&s)));
+    let m = denied(
+        &no_privileged_policies(),
+        Request::CreateContainer(&create(&s)),
+    );
     assert!(
         m.contains("linux.devices gives the container /dev/vda"),
         "{m}"
@@ -213,13 +224,16 @@ fn privileged_rule() {
     let mut u = UpdateContainerRequest::new();
     u.container_id = "c1".into();
     u.resources_json = br#"{"devices": [{"allow": true, "type": "a", "access": "rwm"}]}"#.to_vec();
-    let m = denied(&no_privileged(), Request::UpdateContainer(&u));
+    let m = denied(&no_privileged_policies(), Request::UpdateContainer(&u));
     assert!(
         m.contains("UpdateContainer resources allows every device"),
         "{m}"
     );
     let p = json!({"args": ["ls"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "capabilities": {"ambient": ["CAP_SYS_ADMIN"]}});
-    let m = denied(&no_privileged(), Request::ExecProcess(&exec("c1", &p)));
+    let m = denied(
+        &no_privileged_policies(),
+        Request::ExecProcess(&exec("c1", &p)),
+    );
     assert!(
         m.contains("CAP_SYS_ADMIN in exec process.capabilities.ambient"),
         "{m}"
@@ -393,13 +407,13 @@ fn max_containers_rule() {
 
 #[test]
 fn a_sent_policy_tightens_the_baked_one_and_is_sealed() {
-    let baked = default_policies();
+    let baked = no_privileged_policies();
     let mut sb = CreateSandboxRequest::new();
     sb.policy = STRICT.into();
     assert!(admit(&baked, Request::CreateSandbox(&sb), State::default()).is_ok());
     baked.seal(Some(Policy::parse(STRICT).unwrap())).unwrap();
     assert_eq!(baked.name(), "ci-strict");
-    // Both apply: strict refuses exec, default still refuses CAP_SYS_ADMIN.
+    // Both apply: strict refuses exec, the baked one still refuses CAP_SYS_ADMIN.
     let m = denied(
         &baked,
         Request::ExecProcess(&exec("c1", &json!({"args": ["ls"], "cwd": "/"}))),
@@ -408,7 +422,7 @@ fn a_sent_policy_tightens_the_baked_one_and_is_sealed() {
     let mut s = spec();
     s["process"]["capabilities"]["bounding"] = json!(["CAP_SYS_ADMIN"]);
     let m = denied(&baked, Request::CreateContainer(&create(&s)));
-    assert!(m.contains("policy \"default\""), "{m}");
+    assert!(m.contains("policy \"no-privileged\""), "{m}");
     // A second policy, however loose, is refused.
     sb.policy = "name = \"open\"\n".into();
     let m = denied(&baked, Request::CreateSandbox(&sb));
@@ -423,7 +437,7 @@ fn a_sent_policy_tightens_the_baked_one_and_is_sealed() {
     assert!(m.contains("ci-strict") && m.contains("debug_exec"), "{m}");
     // Unseal (a failed CreateSandbox) forgets the sent one.
     baked.unseal();
-    assert_eq!(baked.name(), "default");
+    assert_eq!(baked.name(), "no-privileged");
     assert!(!baked.is_sealed());
 }
 
