@@ -184,7 +184,8 @@ async fn strict_policy_refuses_privileged_capabilities_mounts_and_a_second_polic
     let agent = sandbox.agent().expect("agent");
     let stdio = StdioSpec::default();
 
-    // `policy` names the policy that refuses: the baked default is checked first.
+    // `policy` names the policy that refuses (the baked default allows privileged
+    // containers: the sent strict policy refuses them).
     let refused_by =
         |r: Result<(), hull_runtime::agent_client::AgentError>, want: &str, policy: &str| {
             let e = r.expect_err(want).to_string();
@@ -206,7 +207,7 @@ async fn strict_policy_refuses_privileged_capabilities_mounts_and_a_second_polic
             .create_container("priv", &privileged, &[], &stdio)
             .await,
         "privileged containers are not allowed (CAP_SYS_ADMIN in process.capabilities.bounding)",
-        "default",
+        "ci-strict",
     );
     let all_devices =
         spec(|s| s["linux"]["resources"] = json!({"devices": [{"allow": true, "access": "rwm"}]}));
@@ -215,7 +216,7 @@ async fn strict_policy_refuses_privileged_capabilities_mounts_and_a_second_polic
             .create_container("devs", &all_devices, &[], &stdio)
             .await,
         "privileged containers are not allowed (linux.resources.devices allows every device)",
-        "default",
+        "ci-strict",
     );
     let cap =
         spec(|s| s["process"]["capabilities"]["effective"] = json!(["CAP_CHOWN", "CAP_NET_ADMIN"]));
