@@ -702,7 +702,9 @@ fn a_user_namespace_with_a_high_nproc_limit_runs_as_on_runc() {
     assert!(out.status.success(), "{}", output_text(&out));
     let mut spec: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ctr oci spec");
     spec["root"] = serde_json::json!({"path": rootfs, "readonly": false});
-    spec["process"]["args"] = serde_json::json!(["sh", "-c", "ulimit -Hu; ulimit -u; id -u"]);
+    // `ctr oci spec` has no environment: PATH is this test's to give.
+    spec["process"]["env"] = serde_json::json!(["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]);
+    spec["process"]["args"] = serde_json::json!(["/bin/sh", "-c", "ulimit -Hu; ulimit -u; id -u"]);
     spec["process"]["rlimits"] = serde_json::json!([
         {"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024},
         {"type": "RLIMIT_NPROC", "hard": limit, "soft": limit}
