@@ -3,15 +3,100 @@
 //! config file, and writes hull's own config file, which that registration names
 //! (`ConfigPath`), with every default, commented, unless one is there already.
 //! Idempotent: a containerd config that already has the `hull` runtime is left
-//! untouched, and an existing hull config is never overwritten. Only version 2
-//! containerd configs (containerd 1.5+, the default since) are edited.
+//! untouched, and an existing hull config is never overwritten.
+//!
+//! containerd's config is edited as a document, not rewritten: its comments, key
+//! order and quoting stay as they were (`toml_edit`). Version 2 configs (containerd
+//! 1.5 to 1.7, also read by 2.x) keep CRI's runtimes under
+//! `plugins."io.containerd.grpc.v1.cri".containerd.runtimes`; version 3 configs
+//! (containerd 2.x) under `plugins."io.containerd.cri.v1.runtime".containerd.runtimes`.
+//! A version 1 config (no `version` key) is refused: `containerd config migrate`
+//! turns it into a current one.
 
 use std::path::{Path, PathBuf};
 
+use toml_edit::{DocumentMut, Item, Table};
+
 pub const DEFAULT_CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 
-/// The table hull adds.
-pub const RUNTIME_TABLE: &str = r#"[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hull]"#;
+/// The runtime type containerd resolves to `containerd-shim-hull-v2`.
+pub const RUNTIME_TYPE: &str = "io.containerd.hull.v2";
+/// The runtime's name in CRI: the RuntimeClass handler.
+pub const HANDLER: &str = "hull";
+
+/// The keys from the document root to CRI's runtimes table, in a config of `version`.
+pub fn cri_runtimes_path(version: ConfigVersion) -> [&'static str; 4] {
+    let plugin = match version {
+        ConfigVersion::V2 => "io.containerd.grpc.v1.cri",
+        ConfigVersion::V3 => "io.containerd.cri.v1.runtime",
+    };
+    ["plugins", plugin, "containerd", "runtimes"]
+}
+
+/// The containerd config versions hull edits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigVersion {
+    /// containerd 1.5 to 1.7 (2.x reads it too, migrating it in memory).
+    V2,
+    /// containerd 2.x.
+    V3,
+}
+
+impl ConfigVersion {
+    /// The version a new config for this containerd gets: 3 for containerd 2.x and
+    /// later, 2 before.
+    pub fn for_containerd_major(major: u32) -> ConfigVersion {
+        if major >= 2 {
+            ConfigVersion::V3
+        } else {
+            ConfigVersion::V2
+        }
+    }
+
+    fn number(self) -> i64 {
+        match self {
+            ConfigVersion::V2 => 2,
+            ConfigVersion::V3 => 3,
+        }
+    }
+}
+
+/// The major version of the containerd at `binary` (`containerd --version`), or None
+/// if it cannot be run or says something unexpected. Waits at most 10 s.
+pub fn containerd_major(binary: &Path) -> Option<u32> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(binary)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take()?, &mut text).ok()?;
+    parse_containerd_major(&text)
+}
+
+/// `containerd github.com/containerd/containerd/v2 2.1.9+unknown` -> 2.
+fn parse_containerd_major(version_output: &str) -> Option<u32> {
+    let version = version_output.split_whitespace().nth(2)?;
+    let version = version.strip_prefix('v').unwrap_or(version);
+    version.split('.').next()?.parse().ok()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -20,8 +105,24 @@ pub enum InstallError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{0}: a version 1 containerd config; hull edits version 2 configs only (containerd config migrate)")]
-    Version1(String),
+    #[error("{path}: {error}")]
+    Edit { path: String, error: EditError },
+}
+
+/// Why a containerd config text cannot take hull's runtime.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EditError {
+    #[error("not TOML: {0}")]
+    NotToml(String),
+    #[error(
+        "a version 1 containerd config (it has no `version = 2` or `version = 3`); \
+         hull edits version 2 and 3 configs: run `containerd config migrate` first"
+    )]
+    Version1,
+    #[error("containerd config version {0}: hull edits versions 2 and 3 only")]
+    UnknownVersion(String),
+    #[error("`{0}` is not a table; hull's runtime goes in a table there")]
+    NotATable(String),
 }
 
 /// What was done.
@@ -124,13 +225,14 @@ pub fn write_hull_config(path: &Path) -> Result<ConfigOutcome, InstallError> {
 
 /// The `ConfigPath` of hull's runtime in the containerd config `text`, if it has one.
 pub fn registered_config_path(text: &str) -> Option<PathBuf> {
-    let v: toml::Value = toml::from_str(text).ok()?;
-    let p = v
-        .get("plugins")?
-        .get("io.containerd.grpc.v1.cri")?
-        .get("containerd")?
-        .get("runtimes")?
-        .get("hull")?
+    let doc: DocumentMut = text.parse().ok()?;
+    let version = config_version(&doc, text, ConfigVersion::V2).ok()?;
+    let mut item = doc.as_item();
+    for key in cri_runtimes_path(version) {
+        item = item.get(key)?;
+    }
+    let p = item
+        .get(HANDLER)?
         .get("options")?
         .get("ConfigPath")?
         .as_str()?;
@@ -149,25 +251,21 @@ pub struct SetupReport {
 /// `hull install-containerd`: hull's config file first (at the `ConfigPath` the
 /// containerd config already names, if it has hull's runtime, else at
 /// `hull_config`), then the runtime in the containerd config at `containerd_config`.
-pub fn setup(containerd_config: &Path, hull_config: &Path) -> Result<SetupReport, InstallError> {
-    let existing = match std::fs::read_to_string(containerd_config) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(source) => {
-            return Err(InstallError::Io {
-                path: containerd_config.display().to_string(),
-                source,
-            })
-        }
-    };
-    if is_version1(&existing) && add_runtime(&existing, hull_config).is_some() {
-        return Err(InstallError::Version1(
-            containerd_config.display().to_string(),
-        ));
-    }
+/// A missing or empty containerd config is created as version `fresh`.
+pub fn setup(
+    containerd_config: &Path,
+    hull_config: &Path,
+    fresh: ConfigVersion,
+) -> Result<SetupReport, InstallError> {
+    let existing = read_config(containerd_config)?;
+    // Refused before anything is written.
+    add_runtime(&existing, hull_config, fresh).map_err(|error| InstallError::Edit {
+        path: containerd_config.display().to_string(),
+        error,
+    })?;
     let target = registered_config_path(&existing).unwrap_or_else(|| hull_config.to_path_buf());
     let config = write_hull_config(&target)?;
-    let runtime = install(containerd_config, &target)?;
+    let runtime = install(containerd_config, &target, fresh)?;
     Ok(SetupReport {
         runtime,
         hull_config: target,
@@ -175,57 +273,111 @@ pub fn setup(containerd_config: &Path, hull_config: &Path) -> Result<SetupReport
     })
 }
 
-/// The config text with hull's runtime added, or None if it is already there.
-pub fn add_runtime(text: &str, hull_config: &Path) -> Option<String> {
-    if text.contains("containerd.runtimes.hull]") || text.contains("containerd.runtimes.hull.") {
-        return None;
+fn read_config(path: &Path) -> Result<String, InstallError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(source) => Err(InstallError::Io {
+            path: path.display().to_string(),
+            source,
+        }),
     }
-    let mut out = text.to_string();
-    if out.trim().is_empty() {
-        out = "version = 2\n".into();
-    }
-    if !out.ends_with('\n') {
-        out.push('\n');
-    }
-    out.push_str(&format!(
-        "\n# hull: containers in microVMs (RuntimeClass handler \"hull\"); added by `hull install-containerd`\n\
-         {RUNTIME_TABLE}\n  runtime_type = \"io.containerd.hull.v2\"\n\
-         [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.hull.options]\n  ConfigPath = \"{}\"\n",
-        hull_config.display()
-    ));
-    Some(out)
 }
 
-fn is_version1(text: &str) -> bool {
-    let has_v2 = text.lines().any(|l| {
-        let l = l.trim();
-        l.starts_with("version") && l.split('=').nth(1).map(str::trim) == Some("2")
-    });
-    !text.trim().is_empty() && !has_v2
+/// The version of the config `doc` (parsed from `text`); `fresh` for an empty one.
+fn config_version(
+    doc: &DocumentMut,
+    text: &str,
+    fresh: ConfigVersion,
+) -> Result<ConfigVersion, EditError> {
+    match doc.get("version") {
+        None if text.trim().is_empty() => Ok(fresh),
+        None => Err(EditError::Version1),
+        Some(v) => match v.as_integer() {
+            Some(1) => Err(EditError::Version1),
+            Some(2) => Ok(ConfigVersion::V2),
+            Some(3) => Ok(ConfigVersion::V3),
+            _ => Err(EditError::UnknownVersion(v.to_string().trim().to_string())),
+        },
+    }
 }
 
-/// Adds hull's runtime to the containerd config at `path` (created if missing).
-pub fn install(path: &Path, hull_config: &Path) -> Result<Outcome, InstallError> {
+/// The config text with hull's runtime added (a new config of version `fresh` if
+/// `text` is empty), or None if it is already there. Everything else in the text,
+/// comments included, stays as it was.
+pub fn add_runtime(
+    text: &str,
+    hull_config: &Path,
+    fresh: ConfigVersion,
+) -> Result<Option<String>, EditError> {
+    let mut doc: DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| EditError::NotToml(e.to_string()))?;
+    let version = config_version(&doc, text, fresh)?;
+    if text.trim().is_empty() {
+        doc.insert("version", toml_edit::value(version.number()));
+    }
+    let mut table = doc.as_table_mut();
+    let mut walked = Vec::new();
+    for key in cri_runtimes_path(version) {
+        walked.push(key);
+        let item = table.entry(key).or_insert_with(|| {
+            let mut t = Table::new();
+            // Only the innermost table needs a header of its own.
+            t.set_implicit(true);
+            Item::Table(t)
+        });
+        table = item
+            .as_table_mut()
+            .ok_or_else(|| EditError::NotATable(walked.join(".")))?;
+    }
+    if table.contains_key(HANDLER) {
+        return Ok(None);
+    }
+    let mut options = Table::new();
+    options.insert(
+        "ConfigPath",
+        toml_edit::value(hull_config.display().to_string()),
+    );
+    let mut hull = Table::new();
+    hull.decor_mut().set_prefix(
+        "\n# hull: containers in microVMs (RuntimeClass handler \"hull\"); \
+         added by `hull install-containerd`\n",
+    );
+    hull.insert("runtime_type", toml_edit::value(RUNTIME_TYPE));
+    hull.insert("options", Item::Table(options));
+    table.insert(HANDLER, Item::Table(hull));
+    Ok(Some(doc.to_string()))
+}
+
+/// Adds hull's runtime to the containerd config at `path` (created as version
+/// `fresh` if missing). The file is replaced whole (rename), never half-written.
+pub fn install(
+    path: &Path,
+    hull_config: &Path,
+    fresh: ConfigVersion,
+) -> Result<Outcome, InstallError> {
     let io = |source| InstallError::Io {
         path: path.display().to_string(),
         source,
     };
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(io(e)),
-    };
-    let Some(new) = add_runtime(&text, hull_config) else {
+    let text = read_config(path)?;
+    let added = add_runtime(&text, hull_config, fresh).map_err(|error| InstallError::Edit {
+        path: path.display().to_string(),
+        error,
+    })?;
+    let Some(new) = added else {
         return Ok(Outcome::AlreadyThere);
     };
-    if is_version1(&text) {
-        return Err(InstallError::Version1(path.display().to_string()));
-    }
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     let tmp = path.with_extension("toml.hull-tmp");
     std::fs::write(&tmp, new).map_err(io)?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        // The config keeps its mode (it may hold credentials).
+        std::fs::set_permissions(&tmp, meta.permissions()).map_err(io)?;
+    }
     std::fs::rename(&tmp, path).map_err(io)?;
     Ok(Outcome::Added)
 }
@@ -235,32 +387,125 @@ mod tests {
     use super::*;
 
     #[test]
+    fn containerd_versions_are_read_from_its_version_line() {
+        for (line, major) in [
+            (
+                "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3",
+                1,
+            ),
+            (
+                "containerd github.com/containerd/containerd/v2 2.1.9+unknown ",
+                2,
+            ),
+            ("containerd containerd.io v2.0.0 207ad711", 2),
+        ] {
+            assert_eq!(parse_containerd_major(line), Some(major), "{line}");
+        }
+        assert_eq!(parse_containerd_major("containerd"), None);
+        assert_eq!(containerd_major(Path::new("/nonexistent/containerd")), None);
+    }
+
+    fn runtime_at(v: &toml::Value, version: ConfigVersion) -> &toml::Value {
+        let mut item = v;
+        for key in cri_runtimes_path(version) {
+            item = &item[key];
+        }
+        &item[HANDLER]
+    }
+
+    #[test]
     fn idempotent_and_valid_toml() {
         let t = tempfile::tempdir().expect("tmp");
-        let p = t.path().join("etc/containerd/config.toml");
         let hc = Path::new("/etc/hull/config.toml");
-        assert_eq!(install(&p, hc).expect("create"), Outcome::Added);
-        assert_eq!(install(&p, hc).expect("again"), Outcome::AlreadyThere);
-        let text = std::fs::read_to_string(&p).expect("read");
-        let v: toml::Value = toml::from_str(&text).expect("valid TOML");
-        let hull = &v["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["hull"];
-        assert_eq!(hull["runtime_type"].as_str(), Some("io.containerd.hull.v2"));
-        assert_eq!(
-            hull["options"]["ConfigPath"].as_str(),
-            Some("/etc/hull/config.toml")
+        for (fresh, version) in [(ConfigVersion::V2, 2), (ConfigVersion::V3, 3)] {
+            let p = t
+                .path()
+                .join(format!("v{version}/etc/containerd/config.toml"));
+            assert_eq!(install(&p, hc, fresh).expect("create"), Outcome::Added);
+            assert_eq!(
+                install(&p, hc, fresh).expect("again"),
+                Outcome::AlreadyThere
+            );
+            let text = std::fs::read_to_string(&p).expect("read");
+            let v: toml::Value = toml::from_str(&text).expect("valid TOML");
+            assert_eq!(v["version"].as_integer(), Some(version), "{text}");
+            let hull = runtime_at(&v, fresh);
+            assert_eq!(hull["runtime_type"].as_str(), Some(RUNTIME_TYPE), "{text}");
+            assert_eq!(
+                hull["options"]["ConfigPath"].as_str(),
+                Some("/etc/hull/config.toml")
+            );
+            assert_eq!(registered_config_path(&text).as_deref(), Some(hc));
+        }
+    }
+
+    #[test]
+    fn an_existing_config_keeps_its_comments_order_and_quoting() {
+        let hc = Path::new("/etc/hull/config.toml");
+        // As containerd 2.x's `config default` writes it (single-quoted plugin ids).
+        let v3 = "version = 3\n# the socket\n[grpc]\n  address = '/x.sock' # here\n\n\
+                  [plugins]\n  [plugins.'io.containerd.cri.v1.runtime']\n    \
+                  enable_selinux = false\n    [plugins.'io.containerd.cri.v1.runtime'.containerd]\n      \
+                  default_runtime_name = 'runc'\n\n      \
+                  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes]\n\n        \
+                  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n          \
+                  runtime_type = 'io.containerd.runc.v2'\n";
+        let out = add_runtime(v3, hc, ConfigVersion::V2)
+            .expect("edits")
+            .expect("added");
+        assert!(
+            out.starts_with(v3),
+            "the text before is kept as it was:\n{out}"
         );
-        // An existing v2 config keeps its content.
-        let p2 = t.path().join("c2.toml");
-        std::fs::write(&p2, "version = 2\n[grpc]\n  address = \"/x.sock\"").expect("write");
-        assert_eq!(install(&p2, hc).expect("add"), Outcome::Added);
-        let v: toml::Value =
-            toml::from_str(&std::fs::read_to_string(&p2).expect("read")).expect("toml");
+        assert!(out.contains("# hull: containers in microVMs"), "{out}");
+        let v: toml::Value = toml::from_str(&out).expect("valid TOML");
+        assert_eq!(
+            runtime_at(&v, ConfigVersion::V3)["runtime_type"].as_str(),
+            Some(RUNTIME_TYPE)
+        );
         assert_eq!(v["grpc"]["address"].as_str(), Some("/x.sock"));
-        // A version 1 config is refused by name.
-        let p3 = t.path().join("c3.toml");
-        std::fs::write(&p3, "[plugins.cri]\n").expect("write");
-        let e = install(&p3, hc).expect_err("v1");
+        assert_eq!(add_runtime(&out, hc, ConfigVersion::V2), Ok(None));
+
+        // A version 2 config without any CRI table gets the tables it needs.
+        let v2 = "version = 2\n[grpc]\n  address = \"/x.sock\"";
+        let out = add_runtime(v2, hc, ConfigVersion::V3)
+            .expect("edits")
+            .expect("added");
+        let v: toml::Value = toml::from_str(&out).expect("valid TOML");
+        assert_eq!(
+            runtime_at(&v, ConfigVersion::V2)["options"]["ConfigPath"].as_str(),
+            Some("/etc/hull/config.toml"),
+            "{out}"
+        );
+        assert_eq!(v["grpc"]["address"].as_str(), Some("/x.sock"));
+    }
+
+    #[test]
+    fn configs_hull_cannot_edit_are_refused_by_what_is_wrong() {
+        let hc = Path::new("/etc/hull/config.toml");
+        let refused = |text: &str| add_runtime(text, hc, ConfigVersion::V3).expect_err(text);
+        assert_eq!(refused("[plugins.cri]\n"), EditError::Version1);
+        assert_eq!(refused("version = 1\n"), EditError::Version1);
+        assert_eq!(
+            refused("version = 4\n"),
+            EditError::UnknownVersion("4".into())
+        );
+        assert!(matches!(refused("version = \n"), EditError::NotToml(_)));
+        assert_eq!(
+            refused("version = 2\n[plugins]\n\"io.containerd.grpc.v1.cri\" = 1\n"),
+            EditError::NotATable("plugins.io.containerd.grpc.v1.cri".into())
+        );
+        let t = tempfile::tempdir().expect("tmp");
+        let p = t.path().join("c.toml");
+        std::fs::write(&p, "[plugins.cri]\n").expect("write");
+        let e = install(&p, hc, ConfigVersion::V2).expect_err("v1");
         assert!(e.to_string().contains("version 1"), "{e}");
+        assert!(e.to_string().contains("c.toml"), "names the file: {e}");
+        assert_eq!(
+            std::fs::read_to_string(&p).expect("read"),
+            "[plugins.cri]\n",
+            "left as it was"
+        );
     }
 
     #[test]
@@ -324,7 +569,7 @@ mod tests {
         let t = tempfile::tempdir().expect("tmp");
         let ctd = t.path().join("containerd.toml");
         let hc = t.path().join("hull/config.toml");
-        let r = setup(&ctd, &hc).expect("setup");
+        let r = setup(&ctd, &hc, ConfigVersion::V2).expect("setup");
         assert_eq!(
             (r.runtime, r.config, r.hull_config.as_path()),
             (Outcome::Added, ConfigOutcome::Written, hc.as_path())
@@ -333,7 +578,12 @@ mod tests {
         assert_eq!(registered_config_path(&text).as_deref(), Some(hc.as_path()));
         // Registered already (the config file lost): the file it names is written again.
         std::fs::remove_file(&hc).expect("rm");
-        let r = setup(&ctd, Path::new("/nonexistent/elsewhere.toml")).expect("again");
+        let r = setup(
+            &ctd,
+            Path::new("/nonexistent/elsewhere.toml"),
+            ConfigVersion::V2,
+        )
+        .expect("again");
         assert_eq!(
             (r.runtime, r.config, r.hull_config.as_path()),
             (Outcome::AlreadyThere, ConfigOutcome::Written, hc.as_path())
@@ -343,7 +593,7 @@ mod tests {
         let v1 = t.path().join("v1.toml");
         std::fs::write(&v1, "[plugins.cri]\n").expect("write");
         let hc2 = t.path().join("hull2/config.toml");
-        let e = setup(&v1, &hc2).expect_err("v1");
+        let e = setup(&v1, &hc2, ConfigVersion::V2).expect_err("v1");
         assert!(e.to_string().contains("version 1"), "{e}");
         assert!(!hc2.exists());
     }

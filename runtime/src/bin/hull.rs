@@ -458,7 +458,15 @@ fn install_containerd(
     let hull_config = hull_config
         .cloned()
         .unwrap_or_else(|| PathBuf::from(hull_runtime::config::DEFAULT_CONFIG_PATH));
-    let report = install::setup(containerd_config, &hull_config)?;
+    // A config made from nothing gets the version the installed containerd reads
+    // natively (3 for 2.x); without a containerd, version 2, which every release reads.
+    let fresh = hull_runtime::host::find_binary(std::path::Path::new("containerd"))
+        .and_then(|binary| install::containerd_major(&binary))
+        .map_or(
+            install::ConfigVersion::V2,
+            install::ConfigVersion::for_containerd_major,
+        );
+    let report = install::setup(containerd_config, &hull_config, fresh)?;
     match report.config {
         ConfigOutcome::Written => println!(
             "wrote hull's config {} (the defaults, commented)",
