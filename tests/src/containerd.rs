@@ -5,9 +5,11 @@
 //! with hull as runtime handler `hull`. Dropping it stops containerd and any shim it
 //! left, so a failing test does not leak into the next.
 //!
-//! The host's containerd (Debian 12's 1.6) runs with a config written here; another
-//! [`Release`] (Debian's 2.x, unpacked by scripts/containerd-versions) runs with its
-//! own default config, changed only where a test instance must differ
+//! Which containerd: the host's (Debian 12's 1.6) unless `$HULL_TEST_CONTAINERD` names
+//! another series ([`selected_release`]: `1.7`, `2.1`, unpacked by
+//! scripts/containerd-versions); scripts/test runs the containerd and CRI suites once
+//! per series. Version 2 speakers (1.x) run with a config written here; 2.x runs with
+//! its own default config (version 3), changed only where a test instance must differ
 //! ([`Containerd::start_cri_default_config`]).
 
 use std::path::{Path, PathBuf};
@@ -59,14 +61,59 @@ pub struct Release {
     pub bin_dir: PathBuf,
 }
 
+/// The variable naming the containerd series the containerd and CRI tests run against.
+pub const SERIES_ENV: &str = "HULL_TEST_CONTAINERD";
+
+/// The containerd the containerd and CRI tests run against: with `$HULL_TEST_CONTAINERD`
+/// unset, empty or `host`, the host's (None: `containerd` and `ctr` from PATH); with a
+/// series `X.Y` (`1.7`, `2.1`), the newest X.Y.z unpacked by scripts/containerd-versions.
+/// A series that is not unpacked fails the test: a run that asked for it must not
+/// quietly test another containerd.
+pub fn selected_release() -> Option<Release> {
+    match std::env::var(SERIES_ENV).unwrap_or_default().as_str() {
+        "" | "host" => None,
+        series => Some(
+            Release::find_series(series).unwrap_or_else(|e| panic!("{SERIES_ENV}={series}: {e}")),
+        ),
+    }
+}
+
+/// `containerd config default` of `release` (None: the host's), as text.
+pub fn default_config_text(release: Option<&Release>) -> String {
+    let containerd = release.map_or_else(|| PathBuf::from("containerd"), Release::containerd);
+    let out = run_cmd(
+        {
+            let mut c = Command::new("timeout");
+            c.args(["-s", "KILL", "30"])
+                .arg(&containerd)
+                .args(["config", "default"]);
+            c
+        },
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{} config default: {}",
+        containerd.display(),
+        crate::output_text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 impl Release {
     /// The newest containerd `major`.x unpacked in the cache, or why there is none.
     pub fn find(major: u32) -> Result<Release, String> {
+        Release::find_series(&major.to_string())
+    }
+
+    /// The newest containerd `series`.z (`series` is `2` or `1.7`) unpacked in the
+    /// cache, or why there is none.
+    pub fn find_series(series: &str) -> Result<Release, String> {
         let dir = hull_runtime::config::default_cache_dir().join("containerd");
         let how = "run scripts/containerd-versions (scripts/setup does)";
         let rd = std::fs::read_dir(&dir)
             .map_err(|e| format!("no containerd releases in {}: {e} ({how})", dir.display()))?;
-        let prefix = format!("{major}.");
+        let prefix = format!("{series}.");
         let mut found: Vec<(Vec<u64>, Release)> = rd
             .filter_map(|e| e.ok())
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
@@ -87,7 +134,15 @@ impl Release {
         found
             .pop()
             .map(|(_, r)| r)
-            .ok_or_else(|| format!("no containerd {major}.x in {} ({how})", dir.display()))
+            .ok_or_else(|| format!("no containerd {series}.x in {} ({how})", dir.display()))
+    }
+
+    /// The major version: 2 for `2.1.9+ds1-5`.
+    pub fn major(&self) -> u64 {
+        upstream_version(&self.version)
+            .first()
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn containerd(&self) -> PathBuf {
@@ -100,27 +155,10 @@ impl Release {
 
     /// `containerd config default` of this release, parsed.
     pub fn default_config(&self) -> toml::Table {
-        let out = run_cmd(
-            {
-                let mut c = Command::new("timeout");
-                c.args(["-s", "KILL", "30"])
-                    .arg(self.containerd())
-                    .args(["config", "default"]);
-                c
-            },
-            None,
-        );
-        assert!(
-            out.status.success(),
-            "{} config default: {}",
-            self.containerd().display(),
-            crate::output_text(&out)
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = default_config_text(Some(self));
         text.parse::<toml::Table>().unwrap_or_else(|e| {
             panic!(
-                "containerd {}'s default config is not TOML: {e}
-{text}",
+                "containerd {}'s default config is not TOML: {e}\n{text}",
                 self.version
             )
         })
@@ -164,54 +202,84 @@ fn replace(t: &mut toml::Table, path: &[&str], key: &str, value: impl Into<toml:
     table.insert(key.to_string(), value.into());
 }
 
-/// `config` (a containerd 2.x default config) with what a test instance must change:
-/// its root, state, socket and NRI socket and its `/opt` dir (which containerd creates)
-/// in `dir`; CRI's CNI config and plugin dirs (the test's network), its pinned sandbox
-/// image; and hull as runtime `hull` (runtime_type only, as a user adds it), made CRI's
-/// default runtime. Everything else stays as the release ships it.
+/// CRI's plugin that holds the runtimes and CNI settings in a config of `version`.
+fn cri_runtime_plugin(version: i64) -> &'static str {
+    if version >= 3 {
+        "io.containerd.cri.v1.runtime"
+    } else {
+        "io.containerd.grpc.v1.cri"
+    }
+}
+
+/// Points the containerd config `config` (a release's default, version 2 or 3) at a
+/// test instance: its root, state, socket, NRI socket and `/opt` dir in `inst`'s dir,
+/// CRI's CNI config and plugin dirs at `net`. Everything else stays as it was.
+pub fn adapt_to_instance(config: &mut toml::Table, inst: &Instance, net: &crate::cni::CniNet) {
+    let version = config
+        .get("version")
+        .and_then(toml::Value::as_integer)
+        .expect("a containerd config with a version");
+    let dir = inst.root.parent().expect("instance dir");
+    replace(config, &[], "root", inst.root.display().to_string());
+    replace(config, &[], "state", inst.state.display().to_string());
+    replace(
+        config,
+        &["grpc"],
+        "address",
+        inst.address.display().to_string(),
+    );
+    let nri = ["plugins", "io.containerd.nri.v1.nri"];
+    if has_key(config, &nri, "socket_path") {
+        replace(
+            config,
+            &nri,
+            "socket_path",
+            dir.join("nri.sock").display().to_string(),
+        );
+    }
+    let opt = ["plugins", "io.containerd.internal.v1.opt"];
+    if has_key(config, &opt, "path") {
+        replace(config, &opt, "path", dir.join("opt").display().to_string());
+    }
+    let cni = ["plugins", cri_runtime_plugin(version), "cni"];
+    replace(config, &cni, "conf_dir", net.conf_dir.display().to_string());
+    if version >= 3 {
+        replace(
+            config,
+            &cni,
+            "bin_dirs",
+            vec![toml::Value::from(crate::cni::CNI_BIN)],
+        );
+    } else {
+        replace(config, &cni, "bin_dir", crate::cni::CNI_BIN);
+    }
+}
+
+fn has_key(t: &toml::Table, path: &[&str], key: &str) -> bool {
+    path.iter()
+        .try_fold(t, |t, k| t.get(*k).and_then(toml::Value::as_table))
+        .is_some_and(|t| t.contains_key(key))
+}
+
+/// `config` (a containerd 2.x default config) with what a test instance must change
+/// ([`adapt_to_instance`]), its pinned sandbox image, and hull as runtime `hull`
+/// (runtime_type only, as a user adds it), made CRI's default runtime. Everything
+/// else stays as the release ships it.
 fn test_instance_config(
     mut config: toml::Table,
-    dir: &Path,
+    inst: &Instance,
     net: &crate::cni::CniNet,
     sandbox_image: &str,
-) -> String {
-    let path = |p: &str| dir.join(p).display().to_string();
+) -> toml::Table {
     let version = config.get("version").and_then(toml::Value::as_integer);
     assert_eq!(
         version,
         Some(3),
         "a containerd 2.x default config is version 3"
     );
-    replace(&mut config, &[], "root", path("root"));
-    replace(&mut config, &[], "state", path("state"));
-    replace(&mut config, &["grpc"], "address", path("c.sock"));
-    replace(
-        &mut config,
-        &["plugins", "io.containerd.nri.v1.nri"],
-        "socket_path",
-        path("nri.sock"),
-    );
-    replace(
-        &mut config,
-        &["plugins", "io.containerd.internal.v1.opt"],
-        "path",
-        path("opt"),
-    );
+    adapt_to_instance(&mut config, inst, net);
     let images = ["plugins", "io.containerd.cri.v1.images", "pinned_images"];
     replace(&mut config, &images, "sandbox", sandbox_image);
-    let cni = ["plugins", "io.containerd.cri.v1.runtime", "cni"];
-    replace(
-        &mut config,
-        &cni,
-        "conf_dir",
-        net.conf_dir.display().to_string(),
-    );
-    replace(
-        &mut config,
-        &cni,
-        "bin_dirs",
-        vec![toml::Value::from(crate::cni::CNI_BIN)],
-    );
     let cri = ["plugins", "io.containerd.cri.v1.runtime", "containerd"];
     replace(&mut config, &cri, "default_runtime_name", "hull");
     let runtimes = table_at(
@@ -226,7 +294,7 @@ fn test_instance_config(
     let mut hull = toml::Table::new();
     hull.insert("runtime_type".into(), RUNTIME.into());
     runtimes.insert("hull".into(), hull.into());
-    toml::to_string(&config).expect("containerd config to TOML")
+    config
 }
 
 /// The host containerd's config (version 2) for a test instance in `dir`, with `plugins`.
@@ -246,6 +314,35 @@ state = "{st}"
     )
 }
 
+/// CRI's plugin settings in a version 2 config (containerd 1.x) for a test instance:
+/// hull is the runtime handler `hull` and the default, runc a second handler `runc`.
+fn v2_cri_plugin(net: &crate::cni::CniNet, sandbox_image: &str) -> String {
+    format!(
+        r#"[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{sandbox_image}"
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    conf_dir = "{conf}"
+    bin_dir = "{bin}"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "hull"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hull]
+    runtime_type = "{RUNTIME}"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+"#,
+        conf = net.conf_dir.display(),
+        bin = crate::cni::CNI_BIN,
+    )
+}
+
+fn toml_text(config: &toml::Table) -> String {
+    toml::to_string(config).expect("containerd config to TOML")
+}
+
 /// The paths of one test containerd: its root, state and socket.
 pub struct Instance {
     pub root: PathBuf,
@@ -258,11 +355,12 @@ type ConfigFn<'a> = Box<dyn FnOnce(&Instance, &crate::cni::CniNet) -> String + '
 
 /// How [`Containerd::launch`] configures containerd.
 enum Flavor<'a> {
-    /// The host's containerd with CRI, from a config made elsewhere.
+    /// The selected containerd with CRI, from a config made elsewhere.
     FromConfig(ConfigFn<'a>),
-    /// The host's containerd without CRI.
+    /// The selected containerd without CRI.
     Plain,
-    /// The host's containerd with CRI, config written here.
+    /// The selected containerd with CRI, config written here (1.x) or its own
+    /// default config adapted (2.x).
     Cri { sandbox_image: &'a str },
     /// `release` with its own default config (see [`test_instance_config`]).
     DefaultConfig {
@@ -279,6 +377,8 @@ pub struct Containerd {
     pub state: TestState,
     /// The ctr of this containerd's release (the host's: `ctr` in PATH).
     ctr: PathBuf,
+    /// The release running (None: the host's containerd).
+    release: Option<Release>,
 }
 
 impl Containerd {
@@ -337,70 +437,67 @@ impl Containerd {
             bin.join("containerd-shim-hull-v2"),
         )
         .expect("shim symlink");
+        let inst = Instance {
+            root: d.join("root"),
+            state: d.join("state"),
+            address: d.join("c.sock"),
+        };
         let mut cni = None;
+        let selected = selected_release();
         let (release, config) = match flavor {
             Flavor::DefaultConfig {
                 release,
                 sandbox_image,
             } => {
                 let net = crate::cni::CniNet::create(d);
-                let config = test_instance_config(release.default_config(), d, &net, sandbox_image);
+                let config =
+                    test_instance_config(release.default_config(), &inst, &net, sandbox_image);
                 cni = Some(net);
-                (Some(release), config)
+                (Some(release.clone()), toml_text(&config))
             }
             Flavor::FromConfig(make) => {
                 let net = crate::cni::CniNet::create(d);
-                let inst = Instance {
-                    root: d.join("root"),
-                    state: d.join("state"),
-                    address: d.join("c.sock"),
-                };
                 let config = make(&inst, &net);
                 cni = Some(net);
-                (None, config)
+                (selected, config)
             }
             Flavor::Plain => (
-                None,
+                selected,
                 host_config(d, "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"),
             ),
-            Flavor::Cri {
-                sandbox_image: image,
-            } => {
+            Flavor::Cri { sandbox_image } => {
                 let net = crate::cni::CniNet::create(d);
-                let conf = format!(
-                    r#"[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{image}"
-  disable_apparmor = true
-  restrict_oom_score_adj = true
-  netns_mounts_under_state_dir = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    conf_dir = "{conf}"
-    bin_dir = "{bin}"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "hull"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hull]
-    runtime_type = "{RUNTIME}"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-"#,
-                    conf = net.conf_dir.display(),
-                    bin = crate::cni::CNI_BIN,
-                );
+                let config = match &selected {
+                    Some(r) if r.major() >= 2 => {
+                        let mut config =
+                            test_instance_config(r.default_config(), &inst, &net, sandbox_image);
+                        // What the 1.x config below sets too.
+                        let rt = ["plugins", "io.containerd.cri.v1.runtime"];
+                        replace(&mut config, &rt, "disable_apparmor", true);
+                        replace(&mut config, &rt, "restrict_oom_score_adj", true);
+                        replace(&mut config, &rt, "netns_mounts_under_state_dir", true);
+                        toml_text(&config)
+                    }
+                    _ => host_config(d, &v2_cri_plugin(&net, sandbox_image)),
+                };
                 cni = Some(net);
-                (None, host_config(d, &conf))
+                (selected, config)
             }
         };
         std::fs::write(d.join("config.toml"), config).expect("config");
         let log = std::fs::File::create(d.join("containerd.log")).expect("log");
         // The shim first; then the release's own binaries (its runc shim), if any.
         let mut path = bin.display().to_string();
-        if let Some(r) = release {
+        if let Some(r) = &release {
             path = format!("{path}:{}", r.bin_dir.display());
         }
         let path = format!("{path}:{}", std::env::var("PATH").unwrap_or_default());
-        let containerd = release.map_or_else(|| PathBuf::from("containerd"), Release::containerd);
-        let ctr = release.map_or_else(|| PathBuf::from("ctr"), Release::ctr);
+        let containerd = release
+            .as_ref()
+            .map_or_else(|| PathBuf::from("containerd"), Release::containerd);
+        let ctr = release
+            .as_ref()
+            .map_or_else(|| PathBuf::from("ctr"), Release::ctr);
         let child = Command::new(&containerd)
             .arg("--config")
             .arg(d.join("config.toml"))
@@ -418,6 +515,7 @@ impl Containerd {
             dir,
             state,
             ctr,
+            release,
         };
         crate::wait_for("containerd's socket", Duration::from_secs(20), || {
             c.ctr(&["version"]).status.success().then_some(())
@@ -456,6 +554,25 @@ impl Containerd {
             crate::output_text(&out)
         );
         let _ = std::fs::remove_file(&tar);
+    }
+
+    /// The release running (None: the host's containerd).
+    pub fn release(&self) -> Option<&Release> {
+        self.release.as_ref()
+    }
+
+    /// The ctr binary of this containerd's release.
+    pub fn ctr_binary(&self) -> &Path {
+        &self.ctr
+    }
+
+    /// Where CRI mounts pods' network namespaces (`netns_mounts_under_state_dir`).
+    pub fn cri_netns_dir(&self) -> PathBuf {
+        let plugin = match &self.release {
+            Some(r) if r.major() >= 2 => "io.containerd.cri.v1.runtime",
+            _ => "io.containerd.grpc.v1.cri",
+        };
+        self.dir.path().join("state").join(plugin).join("netns")
     }
 
     /// containerd's own dir (root, state, socket, config, log) of this test.

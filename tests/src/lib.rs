@@ -8,6 +8,7 @@
 pub mod cni;
 pub mod containerd;
 pub mod cri;
+pub mod docker;
 pub mod run_helpers;
 
 use std::path::{Path, PathBuf};

@@ -783,3 +783,52 @@ fn a_privileged_container_runs_with_the_guests_devices_only() {
     );
     c.assert_nothing_left();
 }
+
+/// A privileged container builds a network of its own inside its pod's guest, as
+/// Docker-in-Docker and CNI plugins do: a bridge (`brctl addbr`), a veth pair (`ip link
+/// add type veth`) with one end in a new network namespace, a ping across them; and
+/// the guest kernel has what such workloads also need: tun, conntrack.
+#[test]
+fn a_privileged_container_builds_bridges_and_veth_pairs_in_the_guest() {
+    need_containerd!("a_privileged_container_builds_bridges_and_veth_pairs_in_the_guest");
+    let c = Containerd::start();
+    // busybox's `ip` names the veth peer itself (veth0); the namespace is a background
+    // `unshare -n` whose PID the peer moves to.
+    let script = "set -e
+brctl addbr br0
+ip link add v0 type veth
+brctl addif br0 v0
+ip addr add 10.99.0.1/24 dev br0
+ip link set br0 up
+ip link set v0 up
+unshare -n sleep 60 &
+ns=$!
+sleep 1
+ip link set veth0 netns $ns
+nsenter -t $ns -n ip addr add 10.99.0.2/24 dev veth0
+nsenter -t $ns -n ip link set veth0 up
+ping -c 1 -W 10 10.99.0.2 >/dev/null && echo bridged
+test -c /dev/net/tun && echo tun
+test -e /proc/sys/net/netfilter/nf_conntrack_max && echo conntrack
+kill $ns";
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--privileged",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "privnet1",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert_eq!(
+        stdout(&out),
+        "bridged\ntun\nconntrack\n",
+        "{}",
+        output_text(&out)
+    );
+    c.assert_nothing_left();
+}

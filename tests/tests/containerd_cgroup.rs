@@ -307,7 +307,9 @@ fn a_shim_killed_as_it_makes_the_pod_cgroup_leaves_no_cgroup() {
     );
     let limit_arg = (256 * MIB).to_string();
     let mut run = std::process::Command::new("timeout")
-        .args(["-s", "KILL", "120", "ctr", "-a"])
+        .args(["-s", "KILL", "120"])
+        .arg(c.ctr_binary())
+        .arg("-a")
         .arg(c.socket())
         .args([
             "run",

@@ -304,10 +304,13 @@ fn hull_pods_are_reached_by_ip_from_the_host_other_hull_pods_and_runc_pods() {
     });
     drop(rt);
     // No netns of any pod left under containerd's state.
-    let netns_dir = c.dir().join("state/io.containerd.grpc.v1.cri/netns");
+    let netns_dir = c.cri_netns_dir();
+    // The dir is there (CRI made it for the pods): an empty listing means something.
     let left: Vec<_> = std::fs::read_dir(&netns_dir)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("{}: {e}", netns_dir.display()))
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
     assert!(left.is_empty(), "netns left: {left:?}");
     c.assert_nothing_left();
 }

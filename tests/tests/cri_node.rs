@@ -180,33 +180,38 @@ fn logs_dir() -> tempfile::TempDir {
         .expect("log dir")
 }
 
-/// `doc[path...] = value`, creating tables on the way.
-fn set(doc: &mut toml::Value, path: &[&str], value: &str) {
-    let mut t = doc;
-    for key in &path[..path.len() - 1] {
-        let table = t.as_table_mut().expect("a TOML table");
-        t = table
-            .entry(key.to_string())
-            .or_insert_with(|| toml::Value::Table(Default::default()));
-    }
-    t.as_table_mut().expect("a TOML table").insert(
-        path[path.len() - 1].to_string(),
-        toml::Value::String(value.to_string()),
-    );
-}
-
 fn get<'a>(doc: &'a toml::Value, path: &[&str]) -> Option<&'a toml::Value> {
     path.iter().try_fold(doc, |t, k| t.get(*k))
 }
 
-const CRI: &str = "io.containerd.grpc.v1.cri";
+/// The lines `edited` has beyond `original`, if `original`'s lines are all in it, in
+/// order and unchanged (comments, quoting and layout kept); else the first line lost.
+fn lines_added<'a>(original: &str, edited: &'a str) -> Result<Vec<&'a str>, String> {
+    let mut want = original.lines().peekable();
+    let mut added = Vec::new();
+    for line in edited.lines() {
+        if want.peek() == Some(&line) {
+            want.next();
+        } else {
+            added.push(line);
+        }
+    }
+    match want.next() {
+        None => Ok(added),
+        Some(lost) => Err(lost.to_string()),
+    }
+}
 
 #[test]
 fn the_readme_set_up_runs_hull_pods() {
     if !cri::require_cri("the_readme_set_up_runs_hull_pods") {
         return;
     }
-    // containerd's own default config, as a node has it, and no hull config yet.
+    // containerd's own default config, as a node has it, and no hull config yet: the
+    // containerd of this run's series (`$HULL_TEST_CONTAINERD`; version 2 on 1.x,
+    // version 3 on 2.x).
+    let release = hull_tests::containerd::selected_release();
+    let default = hull_tests::containerd::default_config_text(release.as_ref());
     let etc = tempfile::Builder::new()
         .prefix("hull-etc-")
         .tempdir_in("/tmp")
@@ -214,12 +219,7 @@ fn the_readme_set_up_runs_hull_pods() {
     let ctd_config = etc.path().join("containerd/config.toml");
     let hull_config = etc.path().join("hull/config.toml");
     std::fs::create_dir_all(ctd_config.parent().expect("dir")).expect("mkdir");
-    let default = Command::new("containerd")
-        .args(["config", "default"])
-        .output()
-        .expect("containerd config default");
-    assert!(default.status.success(), "{}", output_text(&default));
-    std::fs::write(&ctd_config, &default.stdout).expect("write");
+    std::fs::write(&ctd_config, &default).expect("write");
 
     let hull = |args: &[&str]| {
         let out = Command::new(hull_tests::hull_bin())
@@ -236,9 +236,39 @@ fn the_readme_set_up_runs_hull_pods() {
     };
     hull(&[]);
     let generated = std::fs::read_to_string(&ctd_config).expect("generated config");
+    // Edited, not rewritten: every line of the default is there as it was.
+    let added = lines_added(&default, &generated)
+        .unwrap_or_else(|lost| panic!("the edit lost the line {lost:?}:\n{generated}"));
+    assert!(
+        added.iter().all(|l| l.trim().is_empty()
+            || l.contains("hull")
+            || l.trim_start().starts_with("runtime_type")
+            || l.trim_start().starts_with("ConfigPath")),
+        "lines added beyond hull's runtime: {added:?}"
+    );
     let doc: toml::Value = toml::from_str(&generated).expect("valid TOML");
-    let runtime =
-        get(&doc, &["plugins", CRI, "containerd", "runtimes", "hull"]).expect("hull runtime");
+    let version = doc.get("version").and_then(toml::Value::as_integer);
+    let (runtime_plugin, sandbox_image_at): (&str, &[&str]) = match version {
+        Some(2) => (
+            "io.containerd.grpc.v1.cri",
+            &["plugins", "io.containerd.grpc.v1.cri", "sandbox_image"],
+        ),
+        Some(3) => (
+            "io.containerd.cri.v1.runtime",
+            &[
+                "plugins",
+                "io.containerd.cri.v1.images",
+                "pinned_images",
+                "sandbox",
+            ],
+        ),
+        v => panic!("containerd's default config has version {v:?}"),
+    };
+    let runtime = get(
+        &doc,
+        &["plugins", runtime_plugin, "containerd", "runtimes", "hull"],
+    )
+    .expect("hull runtime");
     assert_eq!(
         runtime["runtime_type"].as_str(),
         Some(RUNTIME),
@@ -249,29 +279,13 @@ fn the_readme_set_up_runs_hull_pods() {
         hull_config.to_str(),
         "{generated}"
     );
-    let sandbox_image = get(&doc, &["plugins", CRI, "sandbox_image"])
+    let sandbox_image = get(&doc, sandbox_image_at)
         .and_then(toml::Value::as_str)
-        .expect("sandbox_image")
+        .expect("sandbox image")
         .to_string();
     let c = Containerd::start_from_config(|inst, cni| {
-        let mut doc = doc.clone();
-        set(&mut doc, &["root"], &inst.root.display().to_string());
-        set(&mut doc, &["state"], &inst.state.display().to_string());
-        set(
-            &mut doc,
-            &["grpc", "address"],
-            &inst.address.display().to_string(),
-        );
-        set(
-            &mut doc,
-            &["plugins", CRI, "cni", "conf_dir"],
-            &cni.conf_dir.display().to_string(),
-        );
-        set(
-            &mut doc,
-            &["plugins", CRI, "cni", "bin_dir"],
-            hull_tests::cni::CNI_BIN,
-        );
+        let mut doc: toml::Table = generated.parse().expect("TOML");
+        hull_tests::containerd::adapt_to_instance(&mut doc, inst, cni);
         toml::to_string(&doc).expect("TOML")
     });
     // The images: nothing is pulled; the config's sandbox image is the test's pause.

@@ -1,6 +1,10 @@
-//! Runtime options containerd passes with a task (`CreateTaskRequest.options`): the only
-//! kind hull takes is containerd's generic `runtimeoptions.v1.Options` (CRI's
-//! `ConfigPath`, `ctr run --runtime-config-path`), which names hull's config file.
+//! Runtime options containerd passes with a task (`CreateTaskRequest.options`): hull
+//! takes containerd's generic `runtimeoptions.v1.Options` (CRI's `ConfigPath`, `ctr run
+//! --runtime-config-path`), which names hull's config file. It also accepts runc's
+//! `containerd.runc.v1.Options`, which containerd 2.x's ctr sends to any runtime when
+//! the spec has a user namespace (to make the IO pipes the container's root's): none
+//! of its fields applies to a VM (they say how to run the runc binary on the host, and
+//! who owns IO pipes the shim opens itself), so a well-formed one is taken and ignored.
 //! Anything else is refused by name rather than silently ignored.
 
 use std::path::PathBuf;
@@ -9,6 +13,8 @@ use super::ShimError;
 
 /// Type URL of containerd's generic runtime options.
 pub const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
+/// Type URL of runc's runtime options.
+pub const RUNC_OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
 
 /// What hull takes from the runtime options.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,6 +29,15 @@ pub fn parse(type_url: &str, value: &[u8]) -> Result<RuntimeOptions, ShimError> 
         return Ok(RuntimeOptions::default());
     }
     let name = type_url.rsplit('/').next().unwrap_or(type_url);
+    if name == RUNC_OPTIONS_TYPE {
+        return if is_protobuf(value) {
+            Ok(RuntimeOptions::default())
+        } else {
+            Err(ShimError::InvalidArgument(format!(
+                "malformed {RUNC_OPTIONS_TYPE} runtime options"
+            )))
+        };
+    }
     if name != RUNTIME_OPTIONS_TYPE {
         return Err(ShimError::InvalidArgument(format!(
             "unknown runtime options type {type_url:?}: hull takes only {RUNTIME_OPTIONS_TYPE} (with ConfigPath = hull's config file)"
@@ -48,21 +63,48 @@ pub fn parse(type_url: &str, value: &[u8]) -> Result<RuntimeOptions, ShimError> 
     Ok(opts)
 }
 
+/// Reads one protobuf varint off the front of `b`.
+fn varint(b: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = b.split_first()?;
+        *b = rest;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Whether `b` is a well-formed protobuf message of varint and length-delimited
+/// fields (what runc's options are made of).
+fn is_protobuf(mut b: &[u8]) -> bool {
+    while !b.is_empty() {
+        let Some(key) = varint(&mut b) else {
+            return false;
+        };
+        let ok = match key & 7 {
+            0 => varint(&mut b).is_some(),
+            2 => match varint(&mut b).and_then(|l| usize::try_from(l).ok()) {
+                Some(len) if len <= b.len() => {
+                    b = &b[len..];
+                    true
+                }
+                _ => false,
+            },
+            _ => false,
+        };
+        if !ok || key >> 3 == 0 {
+            return false;
+        }
+    }
+    true
+}
+
 /// The (field number, UTF-8 string) pairs of a protobuf message made only of string
 /// fields; None if it has anything else.
 fn decode_string_fields(mut b: &[u8]) -> Option<Vec<(u64, String)>> {
-    fn varint(b: &mut &[u8]) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&byte, rest) = b.split_first()?;
-            *b = rest;
-            v |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
     let mut out = Vec::new();
     while !b.is_empty() {
         let key = varint(&mut b)?;
@@ -97,8 +139,21 @@ mod tests {
         b.extend(field(2, "/etc/hull/other.toml"));
         let o = parse("type.googleapis.com/runtimeoptions.v1.Options", &b).expect("ok");
         assert_eq!(o.config_path, Some(PathBuf::from("/etc/hull/other.toml")));
-        let e = parse("containerd.runc.v1.Options", &[8, 1]).expect_err("runc options");
-        assert!(e.to_string().contains("containerd.runc.v1.Options"), "{e}");
+        // runc's (as ctr 2.x sends with a user namespace: io_uid 5, io_gid 6, and a
+        // binary name) are taken and ignored; garbage under that name is not.
+        let mut runc = vec![5 << 3, 0xc0, 0x84, 0x3d, 6 << 3, 0xc0, 0x84, 0x3d];
+        runc.extend(field(4, "runc"));
+        let o = parse("containerd.runc.v1.Options", &runc).expect("runc options");
+        assert_eq!(o, RuntimeOptions::default());
+        let e = parse("containerd.runc.v1.Options", &[8]).expect_err("truncated");
+        assert!(e.to_string().contains("malformed"), "{e}");
+        let e = parse("containerd.runc.v1.Options", &[(4 << 3) | 2, 9, b'x']).expect_err("short");
+        assert!(e.to_string().contains("malformed"), "{e}");
+        let e = parse("io.containerd.other.v1.Options", &[]).expect_err("other options");
+        assert!(
+            e.to_string().contains("io.containerd.other.v1.Options"),
+            "{e}"
+        );
         let e = parse(RUNTIME_OPTIONS_TYPE, &[8, 1]).expect_err("not a string");
         assert!(e.to_string().contains("malformed"), "{e}");
         let e = parse(RUNTIME_OPTIONS_TYPE, &field(3, "x")).expect_err("unknown field");
