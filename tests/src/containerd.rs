@@ -566,15 +566,6 @@ impl Containerd {
         &self.ctr
     }
 
-    /// Where CRI mounts pods' network namespaces (`netns_mounts_under_state_dir`).
-    pub fn cri_netns_dir(&self) -> PathBuf {
-        let plugin = match &self.release {
-            Some(r) if r.major() >= 2 => "io.containerd.cri.v1.runtime",
-            _ => "io.containerd.grpc.v1.cri",
-        };
-        self.dir.path().join("state").join(plugin).join("netns")
-    }
-
     /// containerd's own dir (root, state, socket, config, log) of this test.
     pub fn dir(&self) -> &Path {
         self.dir.path()

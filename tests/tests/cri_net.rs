@@ -161,7 +161,7 @@ fn hull_pods_are_reached_by_ip_from_the_host_other_hull_pods_and_runc_pods() {
         .gateway
         .clone();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    rt.block_on(async {
+    let netns_dir = rt.block_on(async {
         let mut cri = Cri::connect(&c.socket()).await;
         cri.wait_for_image(PAUSE_IMAGE).await;
         cri.wait_for_image(IMAGE).await;
@@ -301,11 +301,19 @@ fn hull_pods_are_reached_by_ip_from_the_host_other_hull_pods_and_runc_pods() {
             !Path::new(&netns_a).exists(),
             "pod a's netns {netns_a} is still mounted"
         );
+        Path::new(&netns_a)
+            .parent()
+            .expect("the netns dir")
+            .to_path_buf()
     });
     drop(rt);
-    // No netns of any pod left under containerd's state.
-    let netns_dir = c.cri_netns_dir();
-    // The dir is there (CRI made it for the pods): an empty listing means something.
+    // No netns of any pod left where CRI mounts them: under containerd's state
+    // (`netns_mounts_under_state_dir`), and the dir is there, so empty means something.
+    assert!(
+        netns_dir.starts_with(c.dir()),
+        "pod netns {} not under the test containerd's state",
+        netns_dir.display()
+    );
     let left: Vec<_> = std::fs::read_dir(&netns_dir)
         .unwrap_or_else(|e| panic!("{}: {e}", netns_dir.display()))
         .filter_map(|e| e.ok())

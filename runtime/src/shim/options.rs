@@ -1,9 +1,9 @@
 //! Runtime options containerd passes with a task (`CreateTaskRequest.options`): hull
 //! takes containerd's generic `runtimeoptions.v1.Options` (CRI's `ConfigPath`, `ctr run
 //! --runtime-config-path`), which names hull's config file. It also accepts runc's
-//! `containerd.runc.v1.Options`, which containerd 2.x's ctr sends to any runtime when
-//! the spec has a user namespace (to make the IO pipes the container's root's): none
-//! of its fields applies to a VM (they say how to run the runc binary on the host, and
+//! `containerd.runc.v1.Options` and `containerd.linux.runc.CreateOptions`, which ctr
+//! (2.x and 1.7 respectively) sends to any runtime when the spec has a user namespace
+//! (to make the IO pipes the container's root's): none of their fields applies to a VM (they say how to run the runc binary on the host, and
 //! who owns IO pipes the shim opens itself), so a well-formed one is taken and ignored.
 //! Anything else is refused by name rather than silently ignored.
 
@@ -13,8 +13,11 @@ use super::ShimError;
 
 /// Type URL of containerd's generic runtime options.
 pub const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
-/// Type URL of runc's runtime options.
-pub const RUNC_OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
+/// Type URLs of runc's runtime options: the shim v2 one, and the older create options.
+pub const RUNC_OPTIONS_TYPES: [&str; 2] = [
+    "containerd.runc.v1.Options",
+    "containerd.linux.runc.CreateOptions",
+];
 
 /// What hull takes from the runtime options.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -29,12 +32,12 @@ pub fn parse(type_url: &str, value: &[u8]) -> Result<RuntimeOptions, ShimError> 
         return Ok(RuntimeOptions::default());
     }
     let name = type_url.rsplit('/').next().unwrap_or(type_url);
-    if name == RUNC_OPTIONS_TYPE {
+    if RUNC_OPTIONS_TYPES.contains(&name) {
         return if is_protobuf(value) {
             Ok(RuntimeOptions::default())
         } else {
             Err(ShimError::InvalidArgument(format!(
-                "malformed {RUNC_OPTIONS_TYPE} runtime options"
+                "malformed {name} runtime options"
             )))
         };
     }
@@ -144,6 +147,8 @@ mod tests {
         let mut runc = vec![5 << 3, 0xc0, 0x84, 0x3d, 6 << 3, 0xc0, 0x84, 0x3d];
         runc.extend(field(4, "runc"));
         let o = parse("containerd.runc.v1.Options", &runc).expect("runc options");
+        assert_eq!(o, RuntimeOptions::default());
+        let o = parse("containerd.linux.runc.CreateOptions", &runc[..8]).expect("create options");
         assert_eq!(o, RuntimeOptions::default());
         let e = parse("containerd.runc.v1.Options", &[8]).expect_err("truncated");
         assert!(e.to_string().contains("malformed"), "{e}");
