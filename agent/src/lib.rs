@@ -21,6 +21,7 @@ pub mod fuzz;
 pub mod init;
 pub mod netlink;
 pub mod policy;
+pub mod port_forward;
 pub mod power;
 pub mod procfs;
 pub mod reaper;

@@ -10,7 +10,8 @@
 //! 5. `policy`: the baked agent policy (/etc/hull/policy.toml).
 //! 6. `server`: ttrpc on vsock port 1024 (or `--listen unix:///path`), handlers in
 //!    `rpc`, logic in `service`.
-//! 7. `announce`: tells the host it may connect now.
+//! 7. `port_forward`: on vsock port 1026, connections the host forwards to pod ports.
+//! 8. `announce`: tells the host it may connect now.
 //!
 //! Outside a guest (`--listen unix://...` or not PID 1) steps 3 and the power-off are
 //! skipped, and DestroySandbox ends the process: that is how host-side tests run it.
@@ -29,7 +30,7 @@ use hull_agent::power::{self, Mode, PowerControl};
 use hull_agent::reaper::Reaper;
 use hull_agent::rpc::Rpc;
 use hull_agent::service::Service;
-use hull_agent::{announce, console, init, server, switch_root};
+use hull_agent::{announce, console, init, port_forward, server, switch_root};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -146,6 +147,10 @@ async fn serve(args: Args, mode: Mode) -> anyhow::Result<()> {
     let (power, mut stop) = PowerControl::new(mode);
     let service = Arc::new(Service::new(power, reaper, policy));
     let listening = server::start(&args.listen_addr(), Rpc::new(service)).await?;
+
+    if matches!(args.listen_addr(), ListenAddr::Vsock { .. }) {
+        tokio::spawn(port_forward::serve());
+    }
 
     if let Some(target) = args.announce_target() {
         tokio::spawn(async move {

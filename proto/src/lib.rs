@@ -50,6 +50,10 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// ready. With hybrid vsock this arrives on the host as a connection to `<uds>_1025`.
 pub const ANNOUNCE_VSOCK_PORT: u32 = 1025;
 
+/// vsock port the agent serves port forwarding on (see the agent's `port_forward`): the
+/// host writes `FORWARD <port>\n`, the agent answers `OK\n` or `ERR <why>\n`.
+pub const PORT_FORWARD_VSOCK_PORT: u32 = 1026;
+
 /// Line the agent writes on the announce connection: `HULL-AGENT-READY <api_version>\n`.
 pub const ANNOUNCE_PREFIX: &str = "HULL-AGENT-READY";
 

@@ -8,9 +8,11 @@
 //! CNI exactly as a runc pod would. The veth keeps no role but the redirect.
 //!
 //! One job per module: [`netns`] (running netlink work inside the netns), [`tap`]
-//! (opening a tap), [`wire`] (reading the netns, adding and removing taps and filters).
-//! [`PodNetwork`] owns what was made and removes it (on `teardown` or drop).
+//! (opening a tap), [`wire`] (reading the netns, adding and removing taps and filters),
+//! [`loopback_redirect`] (port forwarding: loopback connections in the netns sent to
+//! the shim). [`PodNetwork`] owns what was made and removes it (on `teardown` or drop).
 
+pub mod loopback_redirect;
 mod netns;
 mod tap;
 mod wire;
@@ -54,6 +56,8 @@ pub enum NetworkError {
         what: String,
         source: rtnetlink::Error,
     },
+    #[error("port-forward redirect in {netns}: {what}")]
+    Redirect { netns: PathBuf, what: String },
     #[error("netlink in {netns}: {source}")]
     Io {
         netns: PathBuf,
@@ -112,6 +116,7 @@ pub struct PodNetwork {
     netns: File,
     endpoints: Vec<Endpoint>,
     routes: Vec<GuestRoute>,
+    redirect: Option<loopback_redirect::LoopbackRedirect>,
     torn_down: bool,
 }
 
@@ -135,6 +140,7 @@ impl PodNetwork {
             netns,
             endpoints,
             routes,
+            redirect: None,
             torn_down: false,
         };
         for e in &net.endpoints {
@@ -155,13 +161,31 @@ impl PodNetwork {
         &self.routes
     }
 
-    /// Removes the tc filters (with their ingress qdiscs) and the taps. Call after the
-    /// VM is gone (it holds the taps open). Idempotent.
+    /// Sends TCP connections to loopback in the netns to listeners of the shim there
+    /// (see [`loopback_redirect`]): the listeners, for the port forwarder. Removed by
+    /// [`PodNetwork::teardown`].
+    pub fn redirect_loopback(
+        &mut self,
+    ) -> Result<loopback_redirect::RedirectListeners, NetworkError> {
+        let (redirect, listeners) =
+            loopback_redirect::LoopbackRedirect::install(&self.netns, &self.path)?;
+        tracing::info!(netns = %self.path.display(), port = redirect.port(), "loopback redirected for port forwarding");
+        self.redirect = Some(redirect);
+        Ok(listeners)
+    }
+
+    /// Removes the port-forward redirect, the tc filters (with their ingress qdiscs) and
+    /// the taps. Call after the VM is gone (it holds the taps open). Idempotent.
     pub fn teardown(&mut self) -> Result<(), NetworkError> {
         if self.torn_down {
             return Ok(());
         }
         self.torn_down = true;
+        if let Some(mut redirect) = self.redirect.take() {
+            if let Err(e) = redirect.remove() {
+                tracing::warn!(netns = %self.path.display(), error = %e, "removing the port-forward redirect");
+            }
+        }
         let endpoints = std::mem::take(&mut self.endpoints);
         let links: Vec<(u32, String)> = endpoints
             .iter()

@@ -294,6 +294,11 @@ impl Sandbox {
         self.share.as_ref()
     }
 
+    /// The hybrid vsock socket that reaches the guest's vsock ports, once started.
+    pub fn vsock_uds(&self) -> Option<PathBuf> {
+        self.hypervisor.vsock_uds()
+    }
+
     pub fn share_mut(&mut self) -> Option<&mut Share> {
         self.share.as_mut()
     }

@@ -33,6 +33,7 @@ pub mod logger;
 pub mod options;
 pub mod pod;
 pub mod pod_network;
+pub mod port_forward;
 pub mod process;
 pub mod record;
 pub mod service;

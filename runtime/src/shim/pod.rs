@@ -23,6 +23,7 @@ use tracing::Instrument;
 use super::container_files::{self, WritesTo};
 use super::io::StdioPaths;
 use super::options::RuntimeOptions;
+use super::port_forward::PortForwarder;
 use super::record::Record;
 use super::spec::ContainerSpec;
 use super::{host_cgroup, pod_network, vm_size, ShimError};
@@ -53,6 +54,7 @@ pub struct Pod {
     sandbox_container: String,
     cgroup: std::sync::Mutex<Option<HostCgroup>>,
     network: std::sync::Mutex<Option<PodNetwork>>,
+    forwarder: std::sync::Mutex<Option<PortForwarder>>,
 }
 
 /// The shim's one pod: empty until its first container boots the VM, emptied when
@@ -130,6 +132,7 @@ impl PodSlot {
 /// What a pod's boot has made so far; [`BootParts::undo`] removes it.
 #[derive(Default)]
 struct BootParts {
+    forwarder: Option<PortForwarder>,
     network: Option<PodNetwork>,
     cgroup: Option<HostCgroup>,
     sandbox: Option<Sandbox>,
@@ -139,6 +142,7 @@ impl BootParts {
     /// Removes what a failed boot made: the VM and its state (processes first), the
     /// pod's taps, the cgroup the shim made and joined, the record in the bundle.
     async fn undo(mut self, bundle: &Path) {
+        drop(self.forwarder.take());
         if let Some(mut sandbox) = self.sandbox.take() {
             sandbox.teardown().await;
         }
@@ -171,6 +175,7 @@ impl Pod {
     /// The pod once booted: its record written to the bundle, its VM watched.
     fn running(parts: BootParts, req: &CreateRequest) -> Result<Arc<Pod>, ShimError> {
         let BootParts {
+            forwarder,
             network,
             cgroup,
             sandbox,
@@ -200,6 +205,7 @@ impl Pod {
             sandbox_container: req.id.clone(),
             cgroup: std::sync::Mutex::new(cgroup),
             network: std::sync::Mutex::new(network),
+            forwarder: std::sync::Mutex::new(forwarder),
         }))
     }
 
@@ -303,6 +309,12 @@ impl Pod {
             return;
         };
         self.stopping.store(true, Ordering::SeqCst);
+        drop(
+            self.forwarder
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         if self.is_dead() {
             let mut sandbox = sandbox;
             sandbox.teardown().await;
@@ -376,6 +388,7 @@ async fn boot_steps(
         .agent()
         .ok_or_else(|| ShimError::internal("no agent connection"))?;
     pod_network::configure_guest(agent, parts.network.as_ref()).await?;
+    parts.forwarder = pod_network::forward_ports(parts.network.as_mut(), sandbox.vsock_uds());
     Ok(())
 }
 

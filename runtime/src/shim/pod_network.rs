@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use tracing::Instrument;
 
+use super::port_forward::PortForwarder;
 use super::spec::ContainerSpec;
 use super::ShimError;
 use crate::agent_client::AgentClient;
@@ -52,6 +53,30 @@ pub fn open(spec: &ContainerSpec) -> Result<Option<PodNetwork>, ShimError> {
             | NetworkError::BadInterface { .. } => ShimError::InvalidArgument(e.to_string()),
             other => ShimError::Internal(other.to_string()),
         }),
+    }
+}
+
+/// Port forwarding for the pod: loopback connections in its netns redirected to the
+/// guest (see [`super::port_forward`]). Optional: a host without iptables, or a netns
+/// without loopback, runs the pod without it, and says why in the log.
+pub fn forward_ports(
+    net: Option<&mut PodNetwork>,
+    vsock_uds: Option<PathBuf>,
+) -> Option<PortForwarder> {
+    let (net, uds) = (net?, vsock_uds?);
+    let listeners = match net.redirect_loopback() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "no port forwarding into this pod");
+            return None;
+        }
+    };
+    match PortForwarder::start(listeners, uds) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(error = %e, "no port forwarding into this pod");
+            None
+        }
     }
 }
 
