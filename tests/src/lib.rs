@@ -9,6 +9,7 @@ pub mod cni;
 pub mod containerd;
 pub mod cri;
 pub mod docker;
+pub mod kube_stream;
 pub mod run_helpers;
 
 use std::path::{Path, PathBuf};
