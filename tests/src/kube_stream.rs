@@ -3,8 +3,9 @@
 //! `v4.channel.k8s.io`. Just enough of RFC 6455: the handshake, masked binary frames
 //! out, frames in. Each message is one channel byte and data. For exec and attach the
 //! channels are stdin 0, stdout 1, stderr 2, status 3 (a JSON `Status` when the
-//! process ends) and resize 4; for port-forward each port has a data channel (2n) and
-//! an error channel (2n+1), and each channel's first message is the port (u16 LE).
+//! process ends) and resize 4 (JSON `{"Width":W,"Height":H}`); for port-forward each
+//! port has a data channel (2n) and an error channel (2n+1), and each channel's first
+//! message is the port (u16 LE).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -14,6 +15,7 @@ pub const STDIN: u8 = 0;
 pub const STDOUT: u8 = 1;
 pub const STDERR: u8 = 2;
 pub const STATUS: u8 = 3;
+pub const RESIZE: u8 = 4;
 
 /// An open websocket to a streaming URL.
 pub struct Stream {
@@ -111,8 +113,25 @@ impl Session {
 /// terminal is ready), output is gathered until a status comes, the stream closes, or
 /// `enough` says the output is what was waited for.
 pub fn session(url: &str, stdin: Option<&[u8]>, enough: impl Fn(&Session) -> bool) -> Session {
+    session_sized(url, None, stdin, enough)
+}
+
+/// [`session`], with the terminal resized to `(columns, rows)` first (what kubectl
+/// sends on the resize channel when the session opens).
+pub fn session_sized(
+    url: &str,
+    size: Option<(u16, u16)>,
+    stdin: Option<&[u8]>,
+    enough: impl Fn(&Session) -> bool,
+) -> Session {
     let mut stream = Stream::open(url, "");
     let mut sender = stream.sender();
+    if let Some((width, height)) = size {
+        sender.send(
+            RESIZE,
+            format!("{{\"Width\":{width},\"Height\":{height}}}").as_bytes(),
+        );
+    }
     let input = stdin.map(<[u8]>::to_vec);
     let writer = std::thread::spawn(move || {
         if let Some(data) = input {
