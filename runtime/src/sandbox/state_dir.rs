@@ -64,13 +64,18 @@ impl Drop for StateDir {
         }
         super::scratch::remove_linked(&self.path);
         // The helpers are reaped before this runs, but a socket or log a dying helper
-        // created while the tree was walked makes one pass fail with ENOTEMPTY: retry.
-        for attempt in 0..5 {
+        // (or a process it forked into its sandbox) created while the tree was walked
+        // makes one pass fail with ENOTEMPTY: retry, for up to 3 s on a loaded host.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
             match std::fs::remove_dir_all(&self.path) {
                 Ok(()) => return,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-                Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && attempt < 4 => {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::DirectoryNotEmpty
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 Err(e) => {
                     tracing::warn!(path = %self.path.display(), error = %e, "cannot remove VM state dir");
