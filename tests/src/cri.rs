@@ -204,6 +204,19 @@ pub async fn start_container(
     script: &str,
     linux: Option<k8s_cri::v1::LinuxContainerConfig>,
 ) -> String {
+    start_container_of(cri, pod, config, IMAGE, name, script, linux).await
+}
+
+/// [`start_container`] of `image`.
+pub async fn start_container_of(
+    cri: &mut Cri,
+    pod: &str,
+    config: &k8s_cri::v1::PodSandboxConfig,
+    image: &str,
+    name: &str,
+    script: &str,
+    linux: Option<k8s_cri::v1::LinuxContainerConfig>,
+) -> String {
     use k8s_cri::v1::{
         ContainerConfig, ContainerMetadata, CreateContainerRequest, StartContainerRequest,
     };
@@ -215,7 +228,7 @@ pub async fn start_container(
                 attempt: 0,
             }),
             image: Some(ImageSpec {
-                image: IMAGE.to_string(),
+                image: image.to_string(),
                 ..Default::default()
             }),
             command: vec!["sh".into(), "-c".into(), script.to_string()],
@@ -239,6 +252,95 @@ pub async fn start_container(
     .await
     .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
     id
+}
+
+/// A pod named `name` as kubelet asks for one: its own network and IPC namespaces, a
+/// PID namespace per container, logs under `logs/<name>`.
+pub fn pod_config(name: &str, logs: &Path) -> k8s_cri::v1::PodSandboxConfig {
+    use k8s_cri::v1::{
+        LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
+        PodSandboxConfig, PodSandboxMetadata,
+    };
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.to_string(),
+            uid: format!("uid-{name}"),
+            namespace: "default".to_string(),
+            attempt: 0,
+        }),
+        hostname: name.to_string(),
+        log_directory: logs.join(name).display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Pod as i32,
+                    pid: NamespaceMode::Container as i32,
+                    ipc: NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A temp dir for pods' logs.
+pub fn logs_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("hull-cri-logs-")
+        .tempdir_in("/tmp")
+        .expect("log dir")
+}
+
+/// The status of container `id` once it has exited (bounded wait).
+pub async fn wait_exited(cri: &mut Cri, id: &str) -> k8s_cri::v1::ContainerStatus {
+    use k8s_cri::v1::{ContainerState, ContainerStatusRequest};
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = within(
+            "ContainerStatus",
+            cri.runtime.container_status(ContainerStatusRequest {
+                container_id: id.to_string(),
+                verbose: false,
+            }),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"))
+        .into_inner()
+        .status
+        .expect("status");
+        if status.state == ContainerState::ContainerExited as i32 {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "container {id} did not exit: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// StopPodSandbox, then RemovePodSandbox, of `pod`; each must succeed.
+pub async fn stop_and_remove_pod(cri: &mut Cri, pod: &str) {
+    use k8s_cri::v1::{RemovePodSandboxRequest, StopPodSandboxRequest};
+    within(
+        "StopPodSandbox",
+        cri.runtime.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.to_string(),
+        }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("StopPodSandbox {pod}: {e}"));
+    within(
+        "RemovePodSandbox",
+        cri.runtime.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod.to_string(),
+        }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("RemovePodSandbox {pod}: {e}"));
 }
 
 /// ExecSync of `sh -c script` in container `id`: its stdout; the exit must be 0.

@@ -118,10 +118,7 @@ fn cri_pods_run_in_their_own_vms_and_share_the_sandbox_namespaces() {
     }
     let c = Containerd::start_cri(PAUSE_IMAGE);
     cri::import_images(&c);
-    let logs = tempfile::Builder::new()
-        .prefix("hull-cri-logs-")
-        .tempdir_in("/tmp")
-        .expect("log dir");
+    let logs = cri::logs_dir();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     rt.block_on(async {
         let mut cri = Cri::connect(&c.socket()).await;

@@ -19,11 +19,10 @@ use hull_tests::cri::{self, within, Cri, HANDLER, PAUSE_IMAGE};
 use hull_tests::{output_text, wait_for};
 use k8s_cri::v1::security_profile::ProfileType;
 use k8s_cri::v1::{
-    ContainerState, ContainerStatusRequest, Int64Value, LinuxContainerConfig,
-    LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
-    SecurityProfile, StopContainerRequest, StopPodSandboxRequest,
+    Int64Value, LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainersRequest,
+    ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
+    RemovePodSandboxRequest, SecurityProfile, StopContainerRequest, StopPodSandboxRequest,
 };
 
 fn pod_config(name: &str, pid: NamespaceMode, logs: &Path) -> PodSandboxConfig {
@@ -151,33 +150,6 @@ impl Node {
     }
 }
 
-/// The container's status once it has exited (bounded wait).
-async fn exited_status(cri: &mut Cri, id: &str) -> k8s_cri::v1::ContainerStatus {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let status = within(
-            "ContainerStatus",
-            cri.runtime.container_status(ContainerStatusRequest {
-                container_id: id.to_string(),
-                verbose: false,
-            }),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"))
-        .into_inner()
-        .status
-        .expect("status");
-        if status.state == ContainerState::ContainerExited as i32 {
-            return status;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "container {id} did not exit: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// The lines of a CRI log file (`<time> <stream> <tag> <text>`) as `(stream, text)`.
 fn log_lines(path: &Path) -> Vec<(String, String)> {
     std::fs::read_to_string(path)
@@ -239,7 +211,7 @@ fn a_pod_whose_init_left_a_child_holding_stdout_stops_and_leaves_nothing() {
             Ok(Err(e)) => panic!("StopContainer: {e}"),
             Err(_) => panic!("StopContainer did not return within 90 s: the init's child kept the container's output open"),
         }
-        let status = exited_status(&mut cri, &id).await;
+        let status = cri::wait_exited(&mut cri, &id).await;
         assert_eq!(status.exit_code, 137, "the init was SIGKILLed: {status:?}");
         pod
     });
@@ -366,7 +338,7 @@ fn an_oom_killed_container_is_reported_oomkilled() {
             Some(settings),
         )
         .await;
-        let status = exited_status(&mut cri, &id).await;
+        let status = cri::wait_exited(&mut cri, &id).await;
         assert_eq!(status.exit_code, 137, "{status:?}");
         assert_eq!(status.reason, "OOMKilled", "{status:?}");
         pod
@@ -416,7 +388,7 @@ fn unknown_syscalls_in_a_profile_leave_the_containers_stderr_clean() {
             Some(settings),
         )
         .await;
-        let status = exited_status(&mut cri, &id).await;
+        let status = cri::wait_exited(&mut cri, &id).await;
         assert_eq!(status.exit_code, 0, "{status:?}");
         let log = Path::new(&config.log_directory).join("quiet.log");
         let lines = wait_for("both lines in the CRI log", Duration::from_secs(30), || {

@@ -10,18 +10,15 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hull_tests::containerd::Containerd;
 use hull_tests::cri::{self, within, Cri, HANDLER, PAUSE_IMAGE};
 use hull_tests::kube_stream;
 use k8s_cri::v1::{
-    AttachRequest, ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
-    CreateContainerRequest, ExecRequest, ExecSyncRequest, ImageSpec, LinuxContainerConfig,
-    LinuxContainerResources, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxState,
-    PodSandboxStatusRequest, PortForwardRequest, PullImageRequest, RemovePodSandboxRequest,
-    StartContainerRequest, StopPodSandboxRequest,
+    AttachRequest, ExecRequest, ExecSyncRequest, ImageSpec, LinuxContainerConfig,
+    LinuxContainerResources, PodSandboxConfig, PodSandboxState, PodSandboxStatusRequest,
+    PortForwardRequest, PullImageRequest, RemovePodSandboxRequest, StopPodSandboxRequest,
 };
 
 const MIB: i64 = 1024 * 1024;
@@ -94,116 +91,34 @@ fn http_status(addr: &str, path: &str) -> Option<u16> {
     reply.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// What kubelet sends for a pod whose containers ask 256 MiB and half a CPU, under a
+/// RuntimeClass with an overhead.
 fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.to_string(),
-            uid: format!("uid-{name}"),
-            namespace: "default".to_string(),
-            attempt: 0,
-        }),
-        hostname: name.to_string(),
-        log_directory: logs.join(name).display().to_string(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Pod as i32,
-                    pid: NamespaceMode::Container as i32,
-                    ipc: NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            // What kubelet sends for a pod whose containers ask 256 MiB and half a CPU,
-            // under a RuntimeClass with an overhead.
-            resources: Some(LinuxContainerResources {
-                cpu_period: 100_000,
-                cpu_quota: 50_000,
-                memory_limit_in_bytes: 256 * MIB,
-                ..Default::default()
-            }),
-            overhead: Some(LinuxContainerResources {
-                memory_limit_in_bytes: 192 * MIB,
-                ..Default::default()
-            }),
+    let mut config = cri::pod_config(name, logs);
+    if let Some(linux) = config.linux.as_mut() {
+        linux.resources = Some(LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            memory_limit_in_bytes: 256 * MIB,
+            ..Default::default()
+        });
+        linux.overhead = Some(LinuxContainerResources {
+            memory_limit_in_bytes: 192 * MIB,
+            ..Default::default()
+        });
+    }
+    config
+}
+
+/// Resources that limit a container's memory to `bytes`.
+fn memory_limit(bytes: i64) -> Option<LinuxContainerConfig> {
+    Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: bytes,
             ..Default::default()
         }),
         ..Default::default()
-    }
-}
-
-/// Creates and starts container `name` of `image` in `pod`, running `sh -c script`.
-async fn start(
-    cri: &mut Cri,
-    pod: &str,
-    config: &PodSandboxConfig,
-    image: &str,
-    name: &str,
-    script: &str,
-    memory_limit: i64,
-) -> String {
-    let req = CreateContainerRequest {
-        pod_sandbox_id: pod.to_string(),
-        config: Some(ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: name.to_string(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: image.to_string(),
-                ..Default::default()
-            }),
-            command: vec!["sh".into(), "-c".into(), script.to_string()],
-            log_path: format!("{name}.log"),
-            linux: Some(LinuxContainerConfig {
-                resources: Some(LinuxContainerResources {
-                    memory_limit_in_bytes: memory_limit,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        sandbox_config: Some(config.clone()),
-    };
-    let id = within("CreateContainer", cri.runtime.create_container(req))
-        .await
-        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"))
-        .into_inner()
-        .container_id;
-    within(
-        "StartContainer",
-        cri.runtime.start_container(StartContainerRequest {
-            container_id: id.clone(),
-        }),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
-    id
-}
-
-/// Waits for container `id` to exit; its (exit code, reason).
-async fn exited(cri: &mut Cri, id: &str) -> (i32, String) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let status = within(
-            "ContainerStatus",
-            cri.runtime.container_status(ContainerStatusRequest {
-                container_id: id.to_string(),
-                verbose: false,
-            }),
-        )
-        .await
-        .expect("ContainerStatus")
-        .into_inner()
-        .status
-        .expect("a status");
-        if status.state == ContainerState::ContainerExited as i32 {
-            return (status.exit_code, status.reason);
-        }
-        assert!(Instant::now() < deadline, "{id} did not exit: {status:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
 }
 
 /// Everything kubelet would look at in one pod's life on `handler`, step by step.
@@ -231,14 +146,14 @@ async fn lifecycle(
     .map(|s| s.state == PodSandboxState::SandboxReady as i32);
     note("pod ready", format!("{state:?}"));
 
-    let app = start(
+    let app = cri::start_container_of(
         cri,
         &pod,
         &config,
         image,
         "app",
         "echo started; nc -ll -p 8080 -e cat & i=0; while true; do echo tick $i; i=$((i+1)); sleep 1; done",
-        128 * MIB,
+        memory_limit(128 * MIB),
     )
     .await;
 
@@ -355,7 +270,7 @@ async fn lifecycle(
     );
 
     // A container over its memory limit.
-    let hog = start(
+    let hog = cri::start_container_of(
         cri,
         &pod,
         &config,
@@ -365,11 +280,14 @@ async fn lifecycle(
         // grows until the limit. (A shell variable grown by command substitution can
         // instead thrash on the busybox text it evicts before the kernel gives up.)
         "exec tail /dev/zero",
-        32 * MIB,
+        memory_limit(32 * MIB),
     )
     .await;
-    let (code, reason) = exited(cri, &hog).await;
-    note("oom", format!("exit {code} reason {reason}"));
+    let status = cri::wait_exited(cri, &hog).await;
+    note(
+        "oom",
+        format!("exit {} reason {}", status.exit_code, status.reason),
+    );
 
     within(
         "StopPodSandbox",
@@ -379,8 +297,8 @@ async fn lifecycle(
     )
     .await
     .expect("StopPodSandbox");
-    let (code, _) = exited(cri, &app).await;
-    note("stopped", format!("app exit {code}"));
+    let status = cri::wait_exited(cri, &app).await;
+    note("stopped", format!("app exit {}", status.exit_code));
     within(
         "RemovePodSandbox",
         cri.runtime.remove_pod_sandbox(RemovePodSandboxRequest {

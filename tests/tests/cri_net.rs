@@ -21,35 +21,14 @@ use hull_tests::containerd::{Containerd, IMAGE as CTR_IMAGE, RUNTIME};
 use hull_tests::cri::{self, within, Cri, HANDLER, IMAGE, PAUSE_IMAGE};
 use hull_tests::wait_for;
 use k8s_cri::v1::{
-    DnsConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, RemovePodSandboxRequest,
+    DnsConfig, PodSandboxConfig, PodSandboxStatusRequest, RemovePodSandboxRequest,
     StopPodSandboxRequest,
 };
 
 fn pod_config(name: &str, logs: &Path, dns: Option<DnsConfig>) -> PodSandboxConfig {
     PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.to_string(),
-            uid: format!("uid-{name}"),
-            namespace: "default".to_string(),
-            attempt: 0,
-        }),
-        hostname: name.to_string(),
-        log_directory: logs.join(name).display().to_string(),
         dns_config: dns,
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Pod as i32,
-                    pid: NamespaceMode::Container as i32,
-                    ipc: NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
+        ..cri::pod_config(name, logs)
     }
 }
 

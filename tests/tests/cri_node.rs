@@ -173,13 +173,6 @@ async fn assert_no_pods(cri: &mut Cri) {
     assert!(pods.is_empty(), "pods left: {pods:?}");
 }
 
-fn logs_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("hull-cri-logs-")
-        .tempdir_in("/tmp")
-        .expect("log dir")
-}
-
 fn get<'a>(doc: &'a toml::Value, path: &[&str]) -> Option<&'a toml::Value> {
     path.iter().try_fold(doc, |t, k| t.get(*k))
 }
@@ -327,7 +320,7 @@ fn the_readme_set_up_runs_hull_pods() {
     );
 
     // A pod with the RuntimeClass handler `hull`: the runtime's ConfigPath is used.
-    let logs = logs_dir();
+    let logs = cri::logs_dir();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     rt.block_on(async {
         let mut cri = Cri::connect(&c.socket()).await;
@@ -487,7 +480,7 @@ fn volumes_bring_their_submounts_and_keep_what_propagation_can_cross() {
     let host_mounts = host.mounts();
     let c = Containerd::start_cri(PAUSE_IMAGE);
     cri::import_images(&c);
-    let logs = logs_dir();
+    let logs = cri::logs_dir();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     rt.block_on(async {
         let mut cri = Cri::connect(&c.socket()).await;
@@ -649,7 +642,7 @@ fn the_node_ipc_namespace_is_refused_before_any_vm_process_starts() {
     }
     let c = Containerd::start_cri(PAUSE_IMAGE);
     cri::import_images(&c);
-    let logs = logs_dir();
+    let logs = cri::logs_dir();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     rt.block_on(async {
         let mut cri = Cri::connect(&c.socket()).await;

@@ -19,41 +19,11 @@ use std::time::{Duration, Instant};
 
 use hull_tests::containerd::Containerd;
 use hull_tests::cri::{self, within, Cri, HANDLER, PAUSE_IMAGE};
-use k8s_cri::v1::{
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PortForwardRequest,
-    RemovePodSandboxRequest, StopPodSandboxRequest,
-};
+use k8s_cri::v1::{PodSandboxStatusRequest, PortForwardRequest};
 
 const ECHO_PORT: u16 = 8080;
 /// A persistent echo server on ECHO_PORT (busybox nc: `-ll` keeps listening).
 const ECHO_SERVER: &str = "exec nc -ll -p 8080 -e cat";
-
-fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.to_string(),
-            uid: format!("uid-{name}"),
-            namespace: "default".to_string(),
-            attempt: 0,
-        }),
-        hostname: name.to_string(),
-        log_directory: logs.join(name).display().to_string(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Pod as i32,
-                    pid: NamespaceMode::Container as i32,
-                    ipc: NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
 
 /// The pod's netns path (from CRI's verbose status).
 async fn pod_netns(cri: &mut Cri, pod: &str) -> String {
@@ -121,16 +91,13 @@ fn a_port_forward_reaches_the_pods_port_in_the_guest() {
     }
     let c = Containerd::start_cri(PAUSE_IMAGE);
     cri::import_images(&c);
-    let logs = tempfile::Builder::new()
-        .prefix("hull-pf-logs-")
-        .tempdir_in("/tmp")
-        .expect("logs");
+    let logs = cri::logs_dir();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     rt.block_on(async {
         let mut cri = Cri::connect(&c.socket()).await;
         cri.wait_for_image(PAUSE_IMAGE).await;
         cri.wait_for_image(cri::IMAGE).await;
-        let config = pod_config("hull-pf", logs.path());
+        let config = cri::pod_config("hull-pf", logs.path());
         let pod = cri::run_pod(&mut cri, &config, HANDLER).await;
         cri::start_container(&mut cri, &pod, &config, "echo", ECHO_SERVER, None).await;
         let netns_path = pod_netns(&mut cri, &pod).await;
@@ -199,22 +166,7 @@ fn a_port_forward_reaches_the_pods_port_in_the_guest() {
             expected.len()
         );
 
-        within(
-            "StopPodSandbox",
-            cri.runtime.stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            }),
-        )
-        .await
-        .expect("StopPodSandbox");
-        within(
-            "RemovePodSandbox",
-            cri.runtime.remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            }),
-        )
-        .await
-        .expect("RemovePodSandbox");
+        cri::stop_and_remove_pod(&mut cri, &pod).await;
         assert!(
             !Path::new(&netns_path).exists(),
             "the pod's netns {netns_path} is still there"

@@ -5,45 +5,14 @@
 //! - UpdateContainerResources changes the container's memory limit and CPU quota: its
 //!   cgroup in the guest shows the new values.
 
-use std::path::Path;
-
 use hull_tests::containerd::Containerd;
 use hull_tests::cri::{self, within, Cri, HANDLER, PAUSE_IMAGE};
 use hull_tests::kube_stream;
 use k8s_cri::v1::{
-    ExecRequest, LinuxContainerConfig, LinuxContainerResources, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    PodSandboxMetadata, RemovePodSandboxRequest, StopPodSandboxRequest,
-    UpdateContainerResourcesRequest,
+    ExecRequest, LinuxContainerConfig, LinuxContainerResources, UpdateContainerResourcesRequest,
 };
 
 const MIB: i64 = 1024 * 1024;
-
-fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.to_string(),
-            uid: format!("uid-{name}"),
-            namespace: "default".to_string(),
-            attempt: 0,
-        }),
-        hostname: name.to_string(),
-        log_directory: logs.join(name).display().to_string(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Pod as i32,
-                    pid: NamespaceMode::Container as i32,
-                    ipc: NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
 
 /// The memory.max and cpu.max of the container's own cgroup (v2) in the guest.
 const CGROUP_FILES: &str =
@@ -56,16 +25,13 @@ fn a_terminal_resize_and_a_resource_update_reach_the_container() {
     }
     let c = Containerd::start_cri(PAUSE_IMAGE);
     cri::import_images(&c);
-    let logs = tempfile::Builder::new()
-        .prefix("hull-resize-logs-")
-        .tempdir_in("/tmp")
-        .expect("logs");
+    let logs = cri::logs_dir();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     rt.block_on(async {
         let mut cri = Cri::connect(&c.socket()).await;
         cri.wait_for_image(PAUSE_IMAGE).await;
         cri.wait_for_image(cri::IMAGE).await;
-        let config = pod_config("hull-resize", logs.path());
+        let config = cri::pod_config("hull-resize", logs.path());
         let pod = cri::run_pod(&mut cri, &config, HANDLER).await;
         let app = cri::start_container(
             &mut cri,
@@ -135,22 +101,7 @@ fn a_terminal_resize_and_a_resource_update_reach_the_container() {
         let after = cri::exec(&mut cri, &app, CGROUP_FILES).await;
         assert_eq!(after, format!("{}\n25000 100000\n", 200 * MIB));
 
-        within(
-            "StopPodSandbox",
-            cri.runtime.stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            }),
-        )
-        .await
-        .expect("StopPodSandbox");
-        within(
-            "RemovePodSandbox",
-            cri.runtime.remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            }),
-        )
-        .await
-        .expect("RemovePodSandbox");
+        cri::stop_and_remove_pod(&mut cri, &pod).await;
     });
     drop(rt);
     c.assert_nothing_left();
