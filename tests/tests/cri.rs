@@ -22,7 +22,7 @@ use k8s_cri::v1::{
     ContainerStatsRequest, LinuxContainerConfig, LinuxContainerSecurityContext,
     LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainersRequest,
     ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
-    RemovePodSandboxRequest, StopPodSandboxRequest, VersionRequest,
+    VersionRequest,
 };
 
 /// A pod's namespaces as the kubelet sets them: the pod's network; PID shared in the
@@ -268,22 +268,7 @@ fn cri_pods_run_in_their_own_vms_and_share_the_sandbox_namespaces() {
         );
 
         for pod in [&pod_a, &pod_b] {
-            within(
-                "StopPodSandbox",
-                cri.runtime.stop_pod_sandbox(StopPodSandboxRequest {
-                    pod_sandbox_id: pod.clone(),
-                }),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("StopPodSandbox {pod}: {e}"));
-            within(
-                "RemovePodSandbox",
-                cri.runtime.remove_pod_sandbox(RemovePodSandboxRequest {
-                    pod_sandbox_id: pod.clone(),
-                }),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("RemovePodSandbox {pod}: {e}"));
+            cri::stop_and_remove_pod(&mut cri, pod).await;
         }
         let pods = within(
             "ListPodSandbox",

@@ -22,7 +22,7 @@ use k8s_cri::v1::{
     Int64Value, LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
     LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainersRequest,
     ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
-    RemovePodSandboxRequest, SecurityProfile, StopContainerRequest, StopPodSandboxRequest,
+    SecurityProfile, StopContainerRequest,
 };
 
 fn pod_config(name: &str, pid: NamespaceMode, logs: &Path) -> PodSandboxConfig {
@@ -106,22 +106,7 @@ impl Node {
         rt.block_on(async {
             let mut cri = Cri::connect(&containerd.socket()).await;
             for pod in pods {
-                within(
-                    "StopPodSandbox",
-                    cri.runtime.stop_pod_sandbox(StopPodSandboxRequest {
-                        pod_sandbox_id: pod.clone(),
-                    }),
-                )
-                .await
-                .unwrap_or_else(|e| panic!("StopPodSandbox {pod}: {e}"));
-                within(
-                    "RemovePodSandbox",
-                    cri.runtime.remove_pod_sandbox(RemovePodSandboxRequest {
-                        pod_sandbox_id: pod.clone(),
-                    }),
-                )
-                .await
-                .unwrap_or_else(|e| panic!("RemovePodSandbox {pod}: {e}"));
+                cri::stop_and_remove_pod(&mut cri, pod).await;
             }
             let pods = within(
                 "ListPodSandbox",

@@ -20,10 +20,7 @@ use std::time::Duration;
 use hull_tests::containerd::{Containerd, IMAGE as CTR_IMAGE, RUNTIME};
 use hull_tests::cri::{self, within, Cri, HANDLER, IMAGE, PAUSE_IMAGE};
 use hull_tests::wait_for;
-use k8s_cri::v1::{
-    DnsConfig, PodSandboxConfig, PodSandboxStatusRequest, RemovePodSandboxRequest,
-    StopPodSandboxRequest,
-};
+use k8s_cri::v1::{DnsConfig, PodSandboxConfig, PodSandboxStatusRequest};
 
 fn pod_config(name: &str, logs: &Path, dns: Option<DnsConfig>) -> PodSandboxConfig {
     PodSandboxConfig {
@@ -100,25 +97,6 @@ fn in_netns(ns: &File, cmd: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-async fn stop_and_remove(cri: &mut Cri, pod: &str) {
-    within(
-        "StopPodSandbox",
-        cri.runtime.stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.to_string(),
-        }),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("StopPodSandbox {pod}: {e}"));
-    within(
-        "RemovePodSandbox",
-        cri.runtime.remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod.to_string(),
-        }),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("RemovePodSandbox {pod}: {e}"));
 }
 
 #[test]
@@ -264,7 +242,7 @@ fn hull_pods_are_reached_by_ip_from_the_host_other_hull_pods_and_runc_pods() {
             "while the pod runs, its redirect is there: {filters}"
         );
         for pod in [&pod_a, &pod_b, &pod_r] {
-            stop_and_remove(&mut cri, pod).await;
+            cri::stop_and_remove_pod(&mut cri, pod).await;
         }
         let links = in_netns(&ns, &["ip", "-o", "link"]);
         assert!(

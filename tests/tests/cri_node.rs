@@ -24,8 +24,7 @@ use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxContainerConfig,
     LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
     ListPodSandboxRequest, Mount, MountPropagation, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopPodSandboxRequest,
+    PodSandboxConfig, PodSandboxMetadata, RunPodSandboxRequest, StartContainerRequest,
 };
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
@@ -139,25 +138,6 @@ async fn exec_any(cri: &mut Cri, id: &str, script: &str) -> (i32, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
-}
-
-async fn remove_pod(cri: &mut Cri, pod: &str) {
-    within(
-        "StopPodSandbox",
-        cri.runtime.stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.to_string(),
-        }),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("StopPodSandbox {pod}: {e}"));
-    within(
-        "RemovePodSandbox",
-        cri.runtime.remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod.to_string(),
-        }),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("RemovePodSandbox {pod}: {e}"));
 }
 
 async fn assert_no_pods(cri: &mut Cri) {
@@ -361,7 +341,7 @@ fn the_readme_set_up_runs_hull_pods() {
                     .filter(|t| t.contains("stdout F hello from the installed config"))
             },
         );
-        remove_pod(&mut cri, &pod).await;
+        cri::stop_and_remove_pod(&mut cri, &pod).await;
         assert_no_pods(&mut cri).await;
     });
     drop(rt);
@@ -619,7 +599,7 @@ fn volumes_bring_their_submounts_and_keep_what_propagation_can_cross() {
         let (code, _) = exec_any(&mut cri, &rw, "true").await;
         assert_eq!(code, 0);
 
-        remove_pod(&mut cri, &pod).await;
+        cri::stop_and_remove_pod(&mut cri, &pod).await;
         assert_no_pods(&mut cri).await;
     });
     drop(rt);
