@@ -322,6 +322,25 @@ pub async fn wait_exited(cri: &mut Cri, id: &str) -> k8s_cri::v1::ContainerStatu
     }
 }
 
+/// The streaming URL of `kubectl exec -it ID sh`: a shell with a terminal and stdin.
+pub async fn exec_tty_url(cri: &mut Cri, id: &str) -> String {
+    within(
+        "Exec",
+        cri.runtime.exec(k8s_cri::v1::ExecRequest {
+            container_id: id.to_string(),
+            cmd: vec!["sh".into()],
+            tty: true,
+            stdin: true,
+            stdout: true,
+            stderr: false,
+        }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("Exec in {id}: {e}"))
+    .into_inner()
+    .url
+}
+
 /// StopPodSandbox, then RemovePodSandbox, of `pod`; each must succeed.
 pub async fn stop_and_remove_pod(cri: &mut Cri, pod: &str) {
     use k8s_cri::v1::{RemovePodSandboxRequest, StopPodSandboxRequest};

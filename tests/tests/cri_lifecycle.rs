@@ -16,9 +16,9 @@ use hull_tests::containerd::Containerd;
 use hull_tests::cri::{self, within, Cri, HANDLER, PAUSE_IMAGE};
 use hull_tests::kube_stream;
 use k8s_cri::v1::{
-    AttachRequest, ExecRequest, ExecSyncRequest, ImageSpec, LinuxContainerConfig,
-    LinuxContainerResources, PodSandboxConfig, PodSandboxState, PodSandboxStatusRequest,
-    PortForwardRequest, PullImageRequest, RemovePodSandboxRequest, StopPodSandboxRequest,
+    AttachRequest, ExecSyncRequest, ImageSpec, LinuxContainerConfig, LinuxContainerResources,
+    PodSandboxConfig, PodSandboxState, PodSandboxStatusRequest, PortForwardRequest,
+    PullImageRequest, RemovePodSandboxRequest, StopPodSandboxRequest,
 };
 
 const MIB: i64 = 1024 * 1024;
@@ -183,21 +183,7 @@ async fn lifecycle(
     );
 
     // Exec with a terminal and stdin (`kubectl exec -it`).
-    let url = within(
-        "Exec",
-        cri.runtime.exec(ExecRequest {
-            container_id: app.clone(),
-            cmd: vec!["sh".into()],
-            tty: true,
-            stdin: true,
-            stdout: true,
-            stderr: false,
-        }),
-    )
-    .await
-    .expect("Exec")
-    .into_inner()
-    .url;
+    let url = cri::exec_tty_url(cri, &app).await;
     let s = tokio::task::spawn_blocking(move || {
         kube_stream::session(&url, Some(b"echo $((6*7)); exit 0\n"), |_| false)
     })

@@ -8,9 +8,7 @@
 use hull_tests::containerd::Containerd;
 use hull_tests::cri::{self, within, Cri, HANDLER, PAUSE_IMAGE};
 use hull_tests::kube_stream;
-use k8s_cri::v1::{
-    ExecRequest, LinuxContainerConfig, LinuxContainerResources, UpdateContainerResourcesRequest,
-};
+use k8s_cri::v1::{LinuxContainerConfig, LinuxContainerResources, UpdateContainerResourcesRequest};
 
 const MIB: i64 = 1024 * 1024;
 
@@ -52,21 +50,7 @@ fn a_terminal_resize_and_a_resource_update_reach_the_container() {
         .await;
 
         // The terminal of `kubectl exec -it` is 123 columns by 45 rows.
-        let url = within(
-            "Exec",
-            cri.runtime.exec(ExecRequest {
-                container_id: app.clone(),
-                cmd: vec!["sh".into()],
-                tty: true,
-                stdin: true,
-                stdout: true,
-                stderr: false,
-            }),
-        )
-        .await
-        .expect("Exec")
-        .into_inner()
-        .url;
+        let url = cri::exec_tty_url(&mut cri, &app).await;
         let s = tokio::task::spawn_blocking(move || {
             kube_stream::session_sized(&url, Some((123, 45)), Some(b"stty size; exit\n"), |_| false)
         })
