@@ -132,6 +132,51 @@ pub fn cgroup_mode_from_mounts(mounts: &str) -> CgroupMode {
     }
 }
 
+/// Runs `cmd` (stdin from /dev/null, stdout and stderr captured) and waits at most
+/// `deadline` for it: its output, or `TimedOut` after killing it. For short outputs
+/// (a version line, a tool's error): the pipes are read once the command has exited.
+pub fn output_within(
+    cmd: &mut std::process::Command,
+    deadline: std::time::Duration,
+) -> std::io::Result<std::process::Output> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let until = std::time::Instant::now() + deadline;
+    let status = loop {
+        match child.try_wait()? {
+            Some(status) => break status,
+            None if std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("did not finish within {deadline:?}"),
+                ));
+            }
+        }
+    };
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    if let Some(mut pipe) = child.stdout.take() {
+        pipe.read_to_end(&mut stdout)?;
+    }
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_end(&mut stderr)?;
+    }
+    Ok(std::process::Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -64,31 +64,10 @@ impl ConfigVersion {
 /// The major version of the containerd at `binary` (`containerd --version`), or None
 /// if it cannot be run or says something unexpected. Waits at most 10 s.
 pub fn containerd_major(binary: &Path) -> Option<u32> {
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(binary)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-        }
-    }
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take()?, &mut text).ok()?;
-    parse_containerd_major(&text)
+    let mut cmd = std::process::Command::new(binary);
+    cmd.arg("--version");
+    let out = crate::host::output_within(&mut cmd, std::time::Duration::from_secs(10)).ok()?;
+    parse_containerd_major(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// `containerd github.com/containerd/containerd/v2 2.1.9+unknown` -> 2.

@@ -14,8 +14,8 @@ use std::fs::File;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use super::{netns, NetworkError};
 
@@ -163,43 +163,21 @@ fn run_tool(path: &Path, tool: &str, args: &[String]) -> Result<(), NetworkError
         netns: path.to_path_buf(),
         what,
     };
-    let mut child = Command::new(tool)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            failed(format!(
-                "cannot run {tool}: {e} (port forwarding needs iptables: apt-get install iptables)"
-            ))
-        })?;
-    let deadline = Instant::now() + TOOL_DEADLINE;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(failed(format!(
-                    "{tool} did not finish within {TOOL_DEADLINE:?}"
-                )));
-            }
-            Err(e) => return Err(failed(format!("waiting for {tool}: {e}"))),
-        }
-    };
-    if status.success() {
+    let mut cmd = Command::new(tool);
+    cmd.args(args);
+    let out = crate::host::output_within(&mut cmd, TOOL_DEADLINE).map_err(|e| {
+        failed(format!(
+            "cannot run {tool}: {e} (port forwarding needs iptables: apt-get install iptables)"
+        ))
+    })?;
+    if out.status.success() {
         return Ok(());
     }
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
-    }
     Err(failed(format!(
-        "{tool} {}: {status}: {}",
+        "{tool} {}: {}: {}",
         args.join(" "),
-        stderr.trim()
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
     )))
 }
 
