@@ -13,22 +13,8 @@ ROUNDS=${2:-3}
 export PATH="$BIN:$PATH"
 WORK=$(mktemp -d /tmp/l1-bench.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
-
-backend_config() {
-  mkdir -p /etc/hull
-  cat > /etc/hull/config.toml <<CONF
-[hypervisor]
-backend = "$1"
-hull_vmm = "$BIN/hull-vmm"
-
-[boot]
-kernel_timeout_secs = 200.0
-init_timeout_secs = 300.0
-agent_timeout_secs = 400.0
-request_timeout_secs = 120.0
-shutdown_timeout_secs = 60.0
-CONF
-}
+# shellcheck source=tests/nested/l1-lib.sh
+. "$(dirname "$0")/l1-lib.sh"
 
 # KiB of Pss minus Pss_Shmem of the processes named $@ (comm), summed.
 own_kib() {

@@ -7,43 +7,9 @@
 set -u
 BIN=${1:?usage: l1-checks.sh BIN_DIR}
 export PATH="$BIN:$PATH"
-DEADLINE=480   # per command (the boot deadlines in the config below are within it)
 WORK=$(mktemp -d /tmp/l1-checks.XXXXXX)
-
-kv() { printf '%s=%s\n' "$1" "$(printf '%s' "$2" | tr '\n' ' ' | sed 's/ *$//')"; }
-# run KEY CMD...: runs CMD with the deadline; its stdout in $WORK/KEY.out, stderr shown
-# live, prefixed; prints KEY_rc. CMD's stdin is the caller's.
-run() {
-  local key=$1; shift
-  local rc=0
-  echo "[$key] $(date +%T) $*" >&2
-  timeout -k 10 "$DEADLINE" "$@" > "$WORK/$key.out" 2> >(tee "$WORK/$key.err" | sed "s/^/[$key] /" >&2) || rc=$?
-  kv "${key}_rc" "$rc"
-}
-out() { cat "$WORK/$1.out"; }
-# hull's config in L1: the backend ($1), the built hull-vmm (a bare name would find an
-# installed one first), boot deadlines for L2, which runs about 10x slower than a TCG
-# guest (more on a loaded host): the checks prove behaviour, not speed; and the scratch
-# disks on L1's own tmpfs (/run): the default dir is the host's, read-only over 9p.
-backend_config() {
-  mkdir -p /etc/hull
-  cat > /etc/hull/config.toml <<CONF
-[hypervisor]
-backend = "$1"
-hull_vmm = "$BIN/hull-vmm"
-
-[boot]
-kernel_timeout_secs = 200.0
-init_timeout_secs = 300.0
-agent_timeout_secs = 400.0
-request_timeout_secs = 120.0
-shutdown_timeout_secs = 60.0
-
-[rootfs]
-scratch_dir = "/run/hull-scratch"
-scratch_size_mib = 1024
-CONF
-}
+# shellcheck source=tests/nested/l1-lib.sh
+. "$(dirname "$0")/l1-lib.sh"
 
 kv hull "$(command -v hull)"
 kv kvm_module "$(grep -o '^kvm_amd' /proc/modules)"
@@ -90,6 +56,10 @@ kv volume_file "$(cat "$vol/out" 2>/dev/null)"
 run scratch hull run --image demo -- sh -c 'grep " / " /proc/mounts | cut -d" " -f3; cat /sys/block/vda/serial; echo; cat /sys/block/vda/queue/write_cache; seq 1 50000 > /n; sync; tail -1 /n'
 kv scratch_out "$(out scratch)"
 
+# --cpus 2: the VM gets two vCPUs (on L1's one) and the container's cgroup the quota.
+run cpus hull run --cpus 2 --image demo -- sh -c 'nproc; cat /sys/fs/cgroup$(sed -n "s/^0:://p" /proc/self/cgroup)/cpu.max'
+kv cpus_out "$(out cpus)"
+
 # An OOM kill: a 32M container that eats memory ends with 137, and hull says OOM.
 run oom hull run -m 32M --image demo -- tail /dev/zero
 kv oom_said "$(grep -c 'hull: OOM' "$WORK/oom.err")"
@@ -126,6 +96,6 @@ sed 's/^/[jail] /' "$WORK/jail.err" >&2
 
 # Nothing left: no sandbox, no VM process, no state dir.
 kv left_sandboxes "$(find "${HULL_STATE_DIR:-/run/hull}/vms" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)"
-kv left_processes "$(ps -eo comm= | grep -cxE 'hull-vmm|qemu-system-x86|virtiofsd|vhost-device-vs')"
+kv left_processes "$(vm_processes)"
 rm -rf "$WORK"
 kv finished 1
