@@ -685,26 +685,13 @@ fn a_user_namespace_with_a_high_nproc_limit_runs_as_on_runc() {
         return;
     }
     let c = Containerd::start();
-    let image = hull_runtime::image::Image::open(&hull_runtime::image::ImageRef {
-        dir: hull_tests::demo_image(),
-        tag: None,
-    })
-    .expect("demo image");
     // The container's root (host uid 1000000 for runc) must reach its rootfs.
     std::fs::set_permissions(
         c.state.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .expect("chmod");
-    let rootfs = c.state.path().join("userns-rootfs");
-    image.unpack(&rootfs).expect("unpack");
-    let out = c.ctr(&["oci", "spec"]);
-    assert!(out.status.success(), "{}", output_text(&out));
-    let mut spec: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ctr oci spec");
-    spec["root"] = serde_json::json!({"path": rootfs, "readonly": false});
-    // `ctr oci spec` has no environment: PATH is this test's to give.
-    spec["process"]["env"] = serde_json::json!(["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]);
-    spec["process"]["args"] = serde_json::json!(["/bin/sh", "-c", "ulimit -Hu; ulimit -u; id -u"]);
+    let mut spec = demo_spec(&c, "userns", "ulimit -Hu; ulimit -u; id -u");
     spec["process"]["rlimits"] = serde_json::json!([
         {"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024},
         {"type": "RLIMIT_NPROC", "hard": limit, "soft": limit}
@@ -716,8 +703,7 @@ fn a_user_namespace_with_a_high_nproc_limit_runs_as_on_runc() {
         .as_array_mut()
         .expect("namespaces")
         .push(serde_json::json!({"type": "user"}));
-    let path = c.state.path().join("userns-nproc.json");
-    std::fs::write(&path, serde_json::to_vec(&spec).expect("json")).expect("spec");
+    let path = write_spec(&c, "userns-nproc", &spec);
     let path = path.to_str().expect("utf8");
     let mut outputs = Vec::new();
     for (id, runtime) in [("un-runc", "io.containerd.runc.v2"), ("un-hull", RUNTIME)] {
@@ -830,5 +816,194 @@ kill $ns";
         "{}",
         output_text(&out)
     );
+    c.assert_nothing_left();
+}
+
+/// `ctr oci spec` (containerd's default) with the demo image unpacked as its root (in
+/// the test's state dir, `<name>-rootfs`), PATH set and `sh -c script` as its process.
+fn demo_spec(c: &Containerd, name: &str, script: &str) -> serde_json::Value {
+    let image = hull_runtime::image::Image::open(&hull_runtime::image::ImageRef {
+        dir: hull_tests::demo_image(),
+        tag: None,
+    })
+    .expect("demo image");
+    let rootfs = c.state.path().join(format!("{name}-rootfs"));
+    image.unpack(&rootfs).expect("unpack");
+    let out = c.ctr(&["oci", "spec"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let mut spec: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ctr oci spec");
+    spec["root"] = serde_json::json!({"path": rootfs, "readonly": false});
+    // `ctr oci spec` has no environment: PATH is this test's to give.
+    spec["process"]["env"] = serde_json::json!(["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]);
+    spec["process"]["args"] = serde_json::json!(["/bin/sh", "-c", script]);
+    spec
+}
+
+/// Writes `spec` as `<state dir>/<name>.json` (for `ctr run --config`).
+fn write_spec(c: &Containerd, name: &str, spec: &serde_json::Value) -> std::path::PathBuf {
+    let path = c.state.path().join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_vec(spec).expect("json")).expect("spec");
+    path
+}
+
+/// The OCI hooks of a spec, every stage, run as runc runs them: the same spec through
+/// runc and hull, each hook recording its stage, its argv[0], its env and the state it
+/// got on stdin into a log in a directory the container also binds (runc runs
+/// startContainer inside the container). hull runs them all on the host; the records
+/// must match runc's: order, status, id, bundle, annotations, pid. Then a failing
+/// createRuntime hook fails `ctr run` on both, hull naming the hook, nothing left.
+#[test]
+fn oci_hooks_run_at_each_stage_as_on_runc() {
+    need_containerd!("oci_hooks_run_at_each_stage_as_on_runc");
+    let c = Containerd::start();
+    let logs = c.state.path().join("hook-logs");
+    std::fs::create_dir_all(&logs).expect("log dir");
+    let stages = [
+        "prestart",
+        "createRuntime",
+        "createContainer",
+        "startContainer",
+        "poststart",
+        "poststop",
+    ];
+    let record = |log: &std::path::Path, stage: &str| {
+        serde_json::json!({
+            "path": "/bin/sh",
+            "args": ["hook-argv0", "-c",
+                format!("printf '%s %s %s ' \"$1\" \"$(tr '\\0' '\\n' < /proc/$$/cmdline | head -1)\" \"$MARK\" >> {0}; cat >> {0}; echo >> {0}", log.display()),
+                "sh", stage],
+            "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "MARK=from-spec"],
+            "timeout": 30
+        })
+    };
+    let mut records = Vec::new();
+    for (id, runtime) in [
+        ("hooks-runc", "io.containerd.runc.v2"),
+        ("hooks-hull", RUNTIME),
+    ] {
+        let log = logs.join(format!("{id}.log"));
+        let mut spec = demo_spec(&c, id, "echo in-container");
+        spec["annotations"] = serde_json::json!({"hull.test/hooks": "yes"});
+        spec["mounts"]
+            .as_array_mut()
+            .expect("mounts")
+            .push(serde_json::json!({
+                "destination": logs, "type": "bind", "source": logs, "options": ["rbind", "rw"]
+            }));
+        let mut hooks = serde_json::Map::new();
+        for stage in stages {
+            hooks.insert(stage.into(), serde_json::json!([record(&log, stage)]));
+        }
+        spec["hooks"] = hooks.into();
+        let path = write_spec(&c, id, &spec);
+        let out = c.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            "--config",
+            path.to_str().expect("utf8"),
+            id,
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{runtime}: {}",
+            output_text(&out)
+        );
+        assert_eq!(
+            stdout(&out),
+            "in-container\n",
+            "{runtime}: {}",
+            output_text(&out)
+        );
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        // One line per hook: stage, argv[0], MARK, then the state JSON.
+        let lines: Vec<String> = text
+            .lines()
+            .map(|l| {
+                let mut parts = l.splitn(4, ' ');
+                let (stage, argv0, mark, json) = (
+                    parts.next().unwrap_or(""),
+                    parts.next().unwrap_or(""),
+                    parts.next().unwrap_or(""),
+                    parts.next().unwrap_or(""),
+                );
+                let state: serde_json::Value = serde_json::from_str(json)
+                    .unwrap_or_else(|e| panic!("{runtime}: {stage}'s state is not JSON ({e}): {l}"));
+                let pid = state["pid"].as_u64().unwrap_or(0);
+                let bundle = state["bundle"].as_str().unwrap_or("");
+                format!(
+                    "{stage} argv0={argv0} mark={mark} status={} id-ok={} bundle-ok={} annotation={} pid={}",
+                    state["status"].as_str().unwrap_or("-"),
+                    state["id"] == id,
+                    bundle.ends_with(&format!("/{id}")),
+                    state["annotations"]["hull.test/hooks"].as_str().unwrap_or("-"),
+                    if pid > 0 { "yes" } else { "no" },
+                )
+            })
+            .collect();
+        records.push(lines);
+    }
+    let want: Vec<String> = [
+        ("prestart", "creating", "yes"),
+        ("createRuntime", "creating", "yes"),
+        ("createContainer", "creating", "yes"),
+        ("startContainer", "created", "yes"),
+        ("poststart", "running", "yes"),
+        ("poststop", "stopped", "no"),
+    ]
+    .iter()
+    .map(|(stage, status, pid)| {
+        format!("{stage} argv0=hook-argv0 mark=from-spec status={status} id-ok=true bundle-ok=true annotation=yes pid={pid}")
+    })
+    .collect();
+    // runc's records are the reference: the expectation above is checked against them
+    // first, so a difference of runc's own is seen as such.
+    assert_eq!(records[0], want, "runc's hooks");
+    assert_eq!(records[1], records[0], "hull's hooks as runc's");
+    c.assert_nothing_left();
+
+    // A failing createRuntime hook fails the run on both; hull names it.
+    for (id, runtime) in [
+        ("hookfail-runc", "io.containerd.runc.v2"),
+        ("hookfail-hull", RUNTIME),
+    ] {
+        let mut spec = demo_spec(&c, id, "echo must-not-run");
+        spec["hooks"] = serde_json::json!({"createRuntime": [{
+            "path": "/bin/sh", "args": ["sh", "-c", "echo no device for you >&2; exit 3"]
+        }]});
+        let path = write_spec(&c, id, &spec);
+        let out = c.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            "--config",
+            path.to_str().expect("utf8"),
+            id,
+        ]);
+        assert_ne!(
+            out.status.code(),
+            Some(0),
+            "{runtime}: {}",
+            output_text(&out)
+        );
+        assert!(
+            !stdout(&out).contains("must-not-run"),
+            "{runtime}: {}",
+            output_text(&out)
+        );
+        if runtime == RUNTIME {
+            assert!(
+                stderr(&out).contains(
+                    "createRuntime hook /bin/sh failed (exit status 3): no device for you"
+                ),
+                "{}",
+                output_text(&out)
+            );
+        }
+        let _ = c.ctr(&["containers", "rm", id]);
+    }
     c.assert_nothing_left();
 }

@@ -21,11 +21,13 @@
 //! undone in one place. The rest: [`lifecycle`] (the `start`/`delete` sub-commands),
 //! [`io`] (containerd's FIFOs <-> the agent's streams), [`events`] (publishing to
 //! containerd), [`convert`] (containerd's protocol types), [`options`] (runtime
-//! options), [`record`] (what `delete` needs after a crash of the shim).
+//! options), [`record`] (what `delete` needs after a crash of the shim), [`hooks`]
+//! (the spec's OCI hooks, run on the host at Create, Start and Delete).
 
 pub mod container_files;
 pub mod convert;
 pub mod events;
+pub mod hooks;
 pub mod host_cgroup;
 pub mod io;
 pub mod lifecycle;
@@ -66,6 +68,18 @@ pub enum ShimError {
     Unimplemented(String),
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<hooks::HookError> for ShimError {
+    fn from(e: hooks::HookError) -> ShimError {
+        use hooks::HookError;
+        match e {
+            HookError::RelativePath { .. } | HookError::BadTimeout { .. } => {
+                ShimError::InvalidArgument(e.to_string())
+            }
+            _ => ShimError::FailedPrecondition(e.to_string()),
+        }
+    }
 }
 
 impl ShimError {

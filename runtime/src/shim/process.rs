@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::events::Events;
+use super::hooks::ContainerHooks;
 use super::io::{ProcessIo, StdioPaths};
 use super::pod::Pod;
 use super::ShimError;
@@ -146,6 +147,8 @@ impl Proc {
 pub struct Container {
     pub id: String,
     pub bundle: PathBuf,
+    /// The spec's OCI hooks (run by the service at Start and Delete).
+    pub hooks: ContainerHooks,
     pub init: Arc<Proc>,
     execs: Mutex<HashMap<String, Arc<Proc>>>,
     paused: Mutex<bool>,
@@ -157,6 +160,7 @@ impl Container {
     pub async fn open(
         id: &str,
         bundle: PathBuf,
+        hooks: ContainerHooks,
         stdio: StdioPaths,
         pod: &Pod,
         namespace: &str,
@@ -166,6 +170,7 @@ impl Container {
         Ok(Arc::new(Container {
             id: id.to_string(),
             bundle,
+            hooks,
             init,
             execs: Mutex::new(HashMap::new()),
             paused: Mutex::new(false),

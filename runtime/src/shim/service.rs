@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use containerd_shim::asynchronous::ExitSignal;
 
 use super::events::Events;
+use super::hooks::{self, Stage};
 use super::io::StdioPaths;
 use super::pod::{CreateRequest, Pod, PodSlot};
 use super::process::{Container, Exit};
@@ -37,8 +38,9 @@ impl Service {
     }
 
     /// Create: the container added to the pod (the first one boots the pod's VM,
-    /// whose OOM notices are then watched), its outputs opened, TaskCreate published.
-    /// A failure leaves no trace of the container (nor of a VM booted for it).
+    /// whose OOM notices are then watched), its outputs opened, its prestart,
+    /// createRuntime and createContainer hooks run, TaskCreate published. A failure
+    /// leaves no trace of the container (nor of a VM booted for it).
     pub async fn create(&self, req: CreateRequest) -> Result<u32, ShimError> {
         if self.table().contains_key(&req.id) {
             return Err(ShimError::AlreadyExists(format!(
@@ -56,6 +58,7 @@ impl Service {
         let opened = Container::open(
             &req.id,
             req.bundle.clone(),
+            spec.hooks.clone(),
             req.stdio.clone(),
             &pod,
             namespace,
@@ -68,6 +71,21 @@ impl Service {
                 return Err(e);
             }
         };
+        let state = hooks::State {
+            id: &req.id,
+            pid: pod.pid(),
+            bundle: &req.bundle,
+        };
+        for stage in [
+            Stage::Prestart,
+            Stage::CreateRuntime,
+            Stage::CreateContainer,
+        ] {
+            if let Err(e) = container.hooks.run(stage, &state).await {
+                self.forget(&req.id).await;
+                return Err(e.into());
+            }
+        }
         self.table().insert(req.id.clone(), container);
         self.events
             .create(
@@ -80,12 +98,22 @@ impl Service {
         Ok(pod.pid())
     }
 
-    /// Start of the init process or of an exec; its exit is watched from then on.
+    /// Start of the init process (after its startContainer hooks, before its
+    /// poststart ones) or of an exec; its exit is watched from then on.
     pub async fn start(&self, id: &str, exec_id: &str) -> Result<u32, ShimError> {
         let c = self.container(id)?;
         let pod = self.pod().await?;
+        let state = hooks::State {
+            id,
+            pid: pod.pid(),
+            bundle: &c.bundle,
+        };
+        if exec_id.is_empty() {
+            c.hooks.run(Stage::StartContainer, &state).await?;
+        }
         c.start(exec_id, &pod, &self.events).await?;
         if exec_id.is_empty() {
+            c.hooks.run_logged(Stage::Poststart, &state).await;
             self.events.start(id, pod.pid()).await;
         } else {
             self.events.exec_started(id, exec_id, pod.pid()).await;
@@ -121,13 +149,19 @@ impl Service {
     }
 
     /// Delete of an exec (forgotten) or of the container (removed from the guest and
-    /// the share; the last one takes the VM with it).
+    /// the share, the last one taking the VM with it; then its poststop hooks).
     pub async fn delete(&self, id: &str, exec_id: &str) -> Result<(u32, Exit), ShimError> {
         let c = self.container(id)?;
         let pod = self.pod().await?;
         let exit = c.remove_process(exec_id, &pod).await?;
         if exec_id.is_empty() {
             self.forget(id).await;
+            let state = hooks::State {
+                id,
+                pid: pod.pid(),
+                bundle: &c.bundle,
+            };
+            c.hooks.run_logged(Stage::Poststop, &state).await;
             self.events
                 .delete(id, pod.pid(), exit.status, exit.at.clone())
                 .await;

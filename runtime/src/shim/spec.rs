@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, LinuxResources, Mount, Process, Spec};
 
+use super::hooks::ContainerHooks;
 use super::ShimError;
 use crate::sandbox::share::{Propagation, VolumeMount};
 
@@ -36,6 +37,8 @@ pub struct ContainerSpec {
     /// until `container_files::place` sets them.
     pub guest: Spec,
     pub volumes: Vec<Volume>,
+    /// The spec's OCI hooks, for the shim to run on the host.
+    pub hooks: ContainerHooks,
 }
 
 fn invalid(what: String) -> ShimError {
@@ -89,10 +92,12 @@ impl ContainerSpec {
             return Err(invalid("no root.path".into()));
         }
         let (guest, volumes) = guest_spec(&host)?;
+        let hooks = ContainerHooks::from_spec(host.hooks().as_ref(), host.annotations().as_ref())?;
         Ok(ContainerSpec {
             host,
             guest,
             volumes,
+            hooks,
         })
     }
 
