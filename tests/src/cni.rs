@@ -17,6 +17,9 @@ pub struct CniNet {
     /// `10.213.N.0/24`: the pods' addresses; the bridge (gateway) is `.1`.
     pub subnet: String,
     pub gateway: String,
+    /// A dual-stack network's IPv6 side: `fd77:0:0:N::/64`, the bridge `::1`.
+    pub subnet6: Option<String>,
+    pub gateway6: Option<String>,
     pub conf_dir: PathBuf,
 }
 
@@ -38,11 +41,35 @@ impl CniNet {
     /// The third octet comes from the process id and a counter: 10.213.0.0/16 is not
     /// used on these machines (`ip route`), and two concurrent tests get two subnets.
     pub fn create(dir: &Path) -> CniNet {
+        CniNet::make(dir, false)
+    }
+
+    /// The same with an IPv6 range beside the IPv4 one (pods get both addresses, and
+    /// both default routes).
+    pub fn create_dual_stack(dir: &Path) -> CniNet {
+        CniNet::make(dir, true)
+    }
+
+    fn make(dir: &Path, dual_stack: bool) -> CniNet {
         let n = (std::process::id() + NEXT.fetch_add(1, Ordering::SeqCst) * 37) % 250 + 2;
         let name = format!("hull-test-{n}");
         let bridge = format!("hullbr{n}");
         let subnet = format!("10.213.{n}.0/24");
         let gateway = format!("10.213.{n}.1");
+        let (subnet6, gateway6) = if dual_stack {
+            (
+                Some(format!("fd77:0:0:{n}::/64")),
+                Some(format!("fd77:0:0:{n}::1")),
+            )
+        } else {
+            (None, None)
+        };
+        let mut ranges = vec![serde_json::json!([{"subnet": subnet, "gateway": gateway}])];
+        let mut routes = vec![serde_json::json!({"dst": "0.0.0.0/0"})];
+        if let (Some(s6), Some(g6)) = (&subnet6, &gateway6) {
+            ranges.push(serde_json::json!([{"subnet": s6, "gateway": g6}]));
+            routes.push(serde_json::json!({"dst": "::/0"}));
+        }
         let conf_dir = dir.join("cni-conf");
         std::fs::create_dir_all(&conf_dir).expect("cni conf dir");
         let conf = serde_json::json!({
@@ -55,8 +82,8 @@ impl CniNet {
                 "ipMasq": false,
                 "ipam": {
                     "type": "host-local",
-                    "ranges": [[{"subnet": subnet, "gateway": gateway}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "ranges": ranges,
+                    "routes": routes,
                     "dataDir": dir.join("cni-ipam").display().to_string(),
                 }
             }]
@@ -67,6 +94,8 @@ impl CniNet {
             bridge,
             subnet,
             gateway,
+            subnet6,
+            gateway6,
             conf_dir,
         }
     }

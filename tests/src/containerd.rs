@@ -361,7 +361,10 @@ enum Flavor<'a> {
     Plain,
     /// The selected containerd with CRI, config written here (1.x) or its own
     /// default config adapted (2.x).
-    Cri { sandbox_image: &'a str },
+    Cri {
+        sandbox_image: &'a str,
+        dual_stack: bool,
+    },
     /// `release` with its own default config (see [`test_instance_config`]).
     DefaultConfig {
         release: &'a Release,
@@ -397,7 +400,18 @@ impl Containerd {
     /// subnet of this test, see [`crate::cni`]), and runc is a second handler `runc`
     /// (`restrict_oom_score_adj`, without which runc pods fail here).
     pub fn start_cri(sandbox_image: &str) -> Containerd {
-        Containerd::launch(Flavor::Cri { sandbox_image })
+        Containerd::launch(Flavor::Cri {
+            sandbox_image,
+            dual_stack: false,
+        })
+    }
+
+    /// [`Containerd::start_cri`] with a dual-stack CNI network (IPv4 and IPv6).
+    pub fn start_cri_dual_stack(sandbox_image: &str) -> Containerd {
+        Containerd::launch(Flavor::Cri {
+            sandbox_image,
+            dual_stack: true,
+        })
     }
 
     /// Starts containerd `release` (2.x) with its own default config (`containerd
@@ -465,8 +479,15 @@ impl Containerd {
                 selected,
                 host_config(d, "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"),
             ),
-            Flavor::Cri { sandbox_image } => {
-                let net = crate::cni::CniNet::create(d);
+            Flavor::Cri {
+                sandbox_image,
+                dual_stack,
+            } => {
+                let net = if dual_stack {
+                    crate::cni::CniNet::create_dual_stack(d)
+                } else {
+                    crate::cni::CniNet::create(d)
+                };
                 let config = match &selected {
                     Some(r) if r.major() >= 2 => {
                         let mut config =

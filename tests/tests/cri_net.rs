@@ -7,6 +7,9 @@
 //! - the DNS config of the CRI request is the container's /etc/resolv.conf;
 //! - after StopPodSandbox + RemovePodSandbox the pod's netns (held open by the test)
 //!   has no tap and no tc filter left, and its path is gone;
+//! - on a dual-stack CNI bridge a hull pod gets its IPv6 address (the one CRI
+//!   reports) and IPv6 default route in the guest, and IPv6 works both ways between
+//!   the node and the pod;
 //! - bad input (through ctr): a netns path that does not exist, a netns whose
 //!   interface CNI did not make, the host's network: refused naming it, nothing left.
 
@@ -358,4 +361,101 @@ fn a_network_hull_cannot_wire_is_refused_naming_it_and_nothing_is_left() {
         text.contains("host network") && text.contains("cannot share"),
         "{text}"
     );
+}
+
+/// A hull pod on a dual-stack CNI bridge (IPv4 and IPv6 ranges): the guest's eth0 has
+/// the IPv6 address CRI reports for the pod and a default IPv6 route via the bridge; the
+/// node reaches the pod's httpd over IPv6, and the pod reaches a server of the node on
+/// the bridge's IPv6 address.
+#[test]
+fn a_hull_pod_on_a_dual_stack_bridge_has_ipv6_both_ways() {
+    if !cri::require_cri("a_hull_pod_on_a_dual_stack_bridge_has_ipv6_both_ways") {
+        return;
+    }
+    let c = Containerd::start_cri_dual_stack(PAUSE_IMAGE);
+    cri::import_images(&c);
+    let logs = cri::logs_dir();
+    let net = c.cni.as_ref().expect("CRI containerd has a CNI network");
+    let gateway6 = net.gateway6.clone().expect("a dual-stack network");
+    let prefix6 = gateway6.trim_end_matches("::1").to_string();
+    // A server of the node on the bridge's IPv6 address, answering one GET.
+    let node = std::net::TcpListener::bind(format!("[{gateway6}]:0"))
+        .unwrap_or_else(|e| panic!("bind [{gateway6}]:0 (the bridge's address): {e}"));
+    let node_port = node.local_addr().expect("addr").port();
+    node.set_nonblocking(true).expect("nonblocking");
+    let server = std::thread::spawn(move || {
+        let (mut s, peer) = wait_for("the pod's connection", Duration::from_secs(300), || {
+            node.accept().ok()
+        });
+        s.set_nonblocking(false).expect("blocking");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf);
+        let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\nfrom-node\n");
+        peer.ip().to_string()
+    });
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let ip6 = rt.block_on(async {
+        let mut cri = Cri::connect(&c.socket()).await;
+        cri.wait_for_image(PAUSE_IMAGE).await;
+        cri.wait_for_image(IMAGE).await;
+        let config = pod_config("net-v6", logs.path(), None);
+        let pod = cri::run_pod(&mut cri, &config, HANDLER).await;
+        let web = cri::start_container(
+            &mut cri,
+            &pod,
+            &config,
+            "web",
+            &httpd("hello-over-ipv6"),
+            None,
+        )
+        .await;
+        let req = PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        };
+        let status = within("PodSandboxStatus", cri.runtime.pod_sandbox_status(req))
+            .await
+            .expect("PodSandboxStatus")
+            .into_inner();
+        let network = status.status.and_then(|s| s.network).expect("pod network");
+        let ip6 = network
+            .additional_ips
+            .iter()
+            .map(|p| p.ip.clone())
+            .find(|ip| ip.contains(':'))
+            .unwrap_or_else(|| panic!("CRI reports no IPv6 address: {network:?}"));
+        assert!(
+            ip6.starts_with(&prefix6),
+            "{ip6} is in the test's range {prefix6}::/64"
+        );
+
+        // The guest: the address, and the default route via the bridge.
+        let shown = cri::exec(&mut cri, &web, "ip -o -6 addr show dev eth0; ip -6 route").await;
+        assert!(shown.contains(&format!("inet6 {ip6}/64")), "{shown}");
+        assert!(
+            shown.contains(&format!("default via {gateway6} dev eth0")),
+            "{shown}"
+        );
+
+        // The node -> the pod, over IPv6.
+        let body = wait_for("the pod's httpd over IPv6", Duration::from_secs(90), || {
+            http_get(&format!("[{ip6}]"))
+        });
+        assert_eq!(body, "hello-over-ipv6");
+        // The pod -> the node, over IPv6.
+        let got = cri::exec(
+            &mut cri,
+            &web,
+            &format!("wget -q -O - http://[{gateway6}]:{node_port}/"),
+        )
+        .await;
+        assert_eq!(got.trim(), "from-node", "pod -> node over IPv6");
+        cri::stop_and_remove_pod(&mut cri, &pod).await;
+        ip6
+    });
+    let peer = server.join().expect("node server");
+    assert_eq!(peer, ip6, "the node saw the pod's IPv6 address");
+    c.state.assert_nothing_left();
 }
