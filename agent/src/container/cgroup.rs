@@ -26,6 +26,46 @@ pub fn dir_of(id: &str) -> PathBuf {
         .join(id)
 }
 
+/// Removes cgroup `dir` and every cgroup the workload made below it (Docker-in-Docker,
+/// systemd in a container), deepest first. What still runs anywhere in the subtree is
+/// killed first (`cgroup.kill`, Linux 5.14+): a cgroup with processes cannot go. Each
+/// removal is retried until `deadline` while the kernel finishes reaping.
+pub fn remove_tree(dir: &Path, deadline: std::time::Duration) -> io::Result<()> {
+    let kill = dir.join("cgroup.kill");
+    if kill.exists() {
+        let _ = std::fs::write(&kill, "1");
+    }
+    let until = std::time::Instant::now() + deadline;
+    remove_below_then(dir, until)
+}
+
+fn remove_below_then(dir: &Path, until: std::time::Instant) -> io::Result<()> {
+    let children = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect::<Vec<_>>(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for child in children {
+        remove_below_then(&child, until)?;
+    }
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            // EBUSY: processes not reaped yet.
+            Err(e) if std::time::Instant::now() < until => {
+                tracing::debug!(dir = %dir.display(), error = %e, "cgroup not removable yet");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn read(dir: &Path, file: &str) -> Result<String, CgroupFileError> {
     let path = dir.join(file);
     std::fs::read_to_string(&path).map_err(|source| CgroupFileError::Io { path, source })
@@ -190,6 +230,25 @@ pub fn kill_all(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cgroup_tree_goes_deepest_first_and_a_missing_one_is_fine() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let top = tmp.path().join("c1");
+        for d in ["docker/abc/init.scope", "docker/def", "leaf"] {
+            std::fs::create_dir_all(top.join(d)).expect("mkdir");
+        }
+        remove_tree(&top, std::time::Duration::from_millis(100)).expect("removed");
+        assert!(!top.exists());
+        remove_tree(&top, std::time::Duration::from_millis(100)).expect("already gone");
+        // A directory that cannot go (a file in it, as a cgroup with processes) is an
+        // error once the deadline passed, not a hang.
+        std::fs::create_dir_all(top.join("busy")).expect("mkdir");
+        std::fs::write(top.join("busy/pinned"), "x").expect("file");
+        let start = std::time::Instant::now();
+        assert!(remove_tree(&top, std::time::Duration::from_millis(200)).is_err());
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    }
 
     #[test]
     fn flat_keyed_and_single() {

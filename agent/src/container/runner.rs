@@ -218,6 +218,9 @@ pub fn resume(id: &str) -> Result<(), RunError> {
     load(id)?.resume().map_err(libcontainer_failed)
 }
 
+/// How long destroy waits for the processes of a container's cgroup subtree to go.
+const CGROUP_REMOVAL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Removes everything of container `id`: libcontainer's state and cgroup (killing what
 /// still runs), and the bundle. Best effort, so it also rolls back a failed create.
 pub fn destroy(id: &str) -> Result<(), RunError> {
@@ -235,7 +238,7 @@ pub fn destroy(id: &str) -> Result<(), RunError> {
     }
     let cgroup = super::cgroup::dir_of(id);
     if cgroup.exists() {
-        if let Err(e) = std::fs::remove_dir(&cgroup) {
+        if let Err(e) = super::cgroup::remove_tree(&cgroup, CGROUP_REMOVAL_DEADLINE) {
             first_err.get_or_insert(RunError::Io {
                 what: format!("remove cgroup {}", cgroup.display()),
                 source: e,
