@@ -704,10 +704,9 @@ fn a_user_namespace_with_a_high_nproc_limit_runs_as_on_runc() {
         .expect("namespaces")
         .push(serde_json::json!({"type": "user"}));
     let path = write_spec(&c, "userns-nproc", &spec);
-    let path = path.to_str().expect("utf8");
     let mut outputs = Vec::new();
     for (id, runtime) in [("un-runc", "io.containerd.runc.v2"), ("un-hull", RUNTIME)] {
-        let out = c.ctr(&["run", "--rm", "--runtime", runtime, "--config", path, id]);
+        let out = run_config(&c, runtime, &path, id);
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -839,6 +838,17 @@ fn demo_spec(c: &Containerd, name: &str, script: &str) -> serde_json::Value {
     spec
 }
 
+/// `ctr run --rm --runtime RUNTIME --config SPEC ID`.
+fn run_config(
+    c: &Containerd,
+    runtime: &str,
+    spec: impl AsRef<std::path::Path>,
+    id: &str,
+) -> std::process::Output {
+    let spec = spec.as_ref().to_str().expect("utf8 path");
+    c.ctr(&["run", "--rm", "--runtime", runtime, "--config", spec, id])
+}
+
 /// Writes `spec` as `<state dir>/<name>.json` (for `ctr run --config`).
 fn write_spec(c: &Containerd, name: &str, spec: &serde_json::Value) -> std::path::PathBuf {
     let path = c.state.path().join(format!("{name}.json"));
@@ -896,15 +906,7 @@ fn oci_hooks_run_at_each_stage_as_on_runc() {
         }
         spec["hooks"] = hooks.into();
         let path = write_spec(&c, id, &spec);
-        let out = c.ctr(&[
-            "run",
-            "--rm",
-            "--runtime",
-            runtime,
-            "--config",
-            path.to_str().expect("utf8"),
-            id,
-        ]);
+        let out = run_config(&c, runtime, &path, id);
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -974,15 +976,7 @@ fn oci_hooks_run_at_each_stage_as_on_runc() {
             "path": "/bin/sh", "args": ["sh", "-c", "echo no device for you >&2; exit 3"]
         }]});
         let path = write_spec(&c, id, &spec);
-        let out = c.ctr(&[
-            "run",
-            "--rm",
-            "--runtime",
-            runtime,
-            "--config",
-            path.to_str().expect("utf8"),
-            id,
-        ]);
+        let out = run_config(&c, runtime, &path, id);
         assert_ne!(
             out.status.code(),
             Some(0),

@@ -211,7 +211,14 @@ fn results(stdout: &str) -> BTreeMap<String, String> {
 
 /// Runs `tests/nested/<script>` with the built binaries' dir in one L1 and returns its `key=value` results and its whole output; None when
 /// the bed cannot run here (skipped, or failed under `HULL_REQUIRE_E2E=1`).
-fn run_l1_script(test: &str, script: &str) -> Option<(BTreeMap<String, String>, String)> {
+fn run_l1_script(
+    test: &str,
+    prerequisites: Result<(), String>,
+    script: &str,
+) -> Option<(BTreeMap<String, String>, String)> {
+    if !require(test, prerequisites) {
+        return None;
+    }
     let tmp = tempfile::tempdir().expect("tmp");
     let script = repo_root().join("tests/nested").join(script);
     let bin_dir = hull_bin().parent().expect("bin dir").to_path_buf();
@@ -247,11 +254,14 @@ struct Checks<'r> {
 }
 
 impl<'r> Checks<'r> {
+    /// The checks of `results`, the first being that the script ran to its end.
     fn new(results: &'r BTreeMap<String, String>) -> Self {
-        Checks {
+        let mut c = Checks {
             results,
             failures: Vec::new(),
-        }
+        };
+        c.expect_eq("the L1 script ran to its end", "finished", "1");
+        c
     }
 
     fn get(&self, key: &str) -> &'r str {
@@ -272,6 +282,12 @@ impl<'r> Checks<'r> {
         }
     }
 
+    /// `key` must be `value`.
+    fn expect_eq(&mut self, what: &str, key: &str, value: &str) {
+        let ok = self.eq(key, value);
+        self.expect(what, ok, key);
+    }
+
     fn assert_all(self, text: &str) {
         assert!(
             self.failures.is_empty(),
@@ -288,29 +304,17 @@ impl<'r> Checks<'r> {
 #[test]
 fn hull_runs_real_guests_on_svm_kvm_in_the_nested_bed() {
     let test = "hull_runs_real_guests_on_svm_kvm_in_the_nested_bed";
-    if !require(test, bed_prerequisites()) {
-        return;
-    }
-    let Some((r, text)) = run_l1_script(test, "l1-checks.sh") else {
+    let Some((r, text)) = run_l1_script(test, bed_prerequisites(), "l1-checks.sh") else {
         return;
     };
     let mut c = Checks::new(&r);
-    c.expect(
-        "the L1 script ran to its end",
-        c.eq("finished", "1"),
-        "finished",
-    );
-    c.expect(
-        "L1 runs kvm_amd",
-        c.eq("kvm_module", "kvm_amd"),
-        "kvm_module",
-    );
+    c.expect_eq("L1 runs kvm_amd", "kvm_module", "kvm_amd");
     c.expect(
         "the built hull is used",
         c.eq("hull", &target_bin("hull").to_string_lossy()),
         "hull",
     );
-    c.expect("hull check runs", c.eq("check_rc", "0"), "check_rc");
+    c.expect_eq("hull check runs", "check_rc", "0");
     c.expect(
         "hull check reports hardware KVM",
         c.get("check_kvm").contains("OK") && c.get("check_kvm").contains("hardware (VMX/SVM)"),
@@ -336,7 +340,7 @@ fn hull_runs_real_guests_on_svm_kvm_in_the_nested_bed() {
     );
     for (p, name) in [("hull_vmm", "hull-vmm (kvm)"), ("qemu", "qemu (kvm)")] {
         let k = |s: &str| format!("{p}_{s}");
-        c.expect("hull vm ping", c.eq(&k("ping_rc"), "0"), &k("ping_rc"));
+        c.expect_eq("hull vm ping", &k("ping_rc"), "0");
         c.expect(
             "the agent answers",
             c.get(&k("ping_agent")).starts_with("agent: hull-agent")
@@ -348,83 +352,59 @@ fn hull_runs_real_guests_on_svm_kvm_in_the_nested_bed() {
             c.eq(&k("ping_on"), name),
             &k("ping_on"),
         );
-        c.expect("hull run echo", c.eq(&k("echo_rc"), "0"), &k("echo_rc"));
-        c.expect(
-            "hull run echo's output",
-            c.eq(&k("echo_out"), "hello from L2"),
-            &k("echo_out"),
-        );
-        c.expect(
-            "the container's exit code",
-            c.eq(&k("exit7_rc"), "7"),
-            &k("exit7_rc"),
-        );
+        c.expect_eq("hull run echo", &k("echo_rc"), "0");
+        c.expect_eq("hull run echo's output", &k("echo_out"), "hello from L2");
+        c.expect_eq("the container's exit code", &k("exit7_rc"), "7");
     }
-    c.expect("hull run --cpus 2", c.eq("cpus_rc", "0"), "cpus_rc");
-    c.expect(
+    c.expect_eq("hull run --cpus 2", "cpus_rc", "0");
+    c.expect_eq(
         "--cpus 2: two vCPUs in the guest and the quota on the container's cgroup",
-        c.eq("cpus_out", "2 200000 100000"),
         "cpus_out",
+        "2 200000 100000",
     );
     c.expect(
         "hull-vmm's virtio-blk: the root is an overlay on the scratch disk, write-through (no FLUSH offered), and reads back",
         c.eq("scratch_rc", "0") && c.eq("scratch_out", "overlay hull-scratch write through 50000"),
         "scratch_out",
     );
-    c.expect("hull run -i", c.eq("stdin_rc", "0"), "stdin_rc");
+    c.expect_eq("hull run -i", "stdin_rc", "0");
     c.expect(
         "stdin comes back byte for byte",
         !c.get("stdin_sent").is_empty() && c.get("stdin_back") == c.get("stdin_sent"),
         "stdin_back",
     );
-    c.expect("hull run -v", c.eq("volume_rc", "0"), "volume_rc");
-    c.expect(
-        "the container reads the volume",
-        c.eq("volume_read", "from-l1"),
-        "volume_read",
-    );
-    c.expect(
+    c.expect_eq("hull run -v", "volume_rc", "0");
+    c.expect_eq("the container reads the volume", "volume_read", "from-l1");
+    c.expect_eq(
         "L1 sees the container's file",
-        c.eq("volume_file", "from-container"),
         "volume_file",
+        "from-container",
     );
-    c.expect(
-        "an OOM-killed container exits 137",
-        c.eq("oom_rc", "137"),
-        "oom_rc",
-    );
+    c.expect_eq("an OOM-killed container exits 137", "oom_rc", "137");
     c.expect(
         "hull says OOM",
         c.get("oom_said").parse::<u32>().is_ok_and(|n| n >= 1),
         "oom_said",
     );
-    c.expect("hull run of 8 MiB", c.eq("big_rc", "0"), "big_rc");
-    c.expect("8 MiB of output", c.eq("big_size", "8388608"), "big_size");
+    c.expect_eq("hull run of 8 MiB", "big_rc", "0");
+    c.expect_eq("8 MiB of output", "big_size", "8388608");
     c.expect(
         "8 MiB of output byte for byte",
         c.get("big_back") == c.get("big_sent") && c.get("big_sent").len() == 64,
         "big_back",
     );
-    c.expect(
-        "the jailed container runs",
-        c.eq("jail_up", "up"),
-        "jail_up",
-    );
+    c.expect_eq("the jailed container runs", "jail_up", "up");
     c.expect(
         "hull-vmm runs as a sandbox uid",
         c.get("jail_uid").parse::<u32>().is_ok_and(|u| u > 0),
         "jail_uid",
     );
-    c.expect(
+    c.expect_eq(
         "hull-vmm has no capabilities",
-        c.eq("jail_capeff", "0000000000000000"),
         "jail_capeff",
+        "0000000000000000",
     );
-    c.expect(
-        "hull-vmm has no_new_privs",
-        c.eq("jail_nnp", "1"),
-        "jail_nnp",
-    );
+    c.expect_eq("hull-vmm has no_new_privs", "jail_nnp", "1");
     c.expect(
         "hull-vmm has a vCPU and an event-loop thread",
         c.get("jail_threads").parse::<u32>().is_ok_and(|n| n >= 2),
@@ -435,16 +415,8 @@ fn hull_runs_real_guests_on_svm_kvm_in_the_nested_bed() {
         c.eq("jail_filtered", c.get("jail_threads")),
         "jail_filtered",
     );
-    c.expect(
-        "no sandbox left",
-        c.eq("left_sandboxes", "0"),
-        "left_sandboxes",
-    );
-    c.expect(
-        "no VM process left",
-        c.eq("left_processes", "0"),
-        "left_processes",
-    );
+    c.expect_eq("no sandbox left", "left_sandboxes", "0");
+    c.expect_eq("no VM process left", "left_processes", "0");
 
     c.assert_all(&text);
 }
@@ -458,26 +430,12 @@ fn hull_runs_real_guests_on_svm_kvm_in_the_nested_bed() {
 #[test]
 fn containerd_runs_hull_pods_on_hull_vmm_with_cgroup_v2_and_virtio_net() {
     let test = "containerd_runs_hull_pods_on_hull_vmm_with_cgroup_v2_and_virtio_net";
-    if !require(
-        test,
-        bed_prerequisites().and_then(|()| containerd_prerequisites()),
-    ) {
-        return;
-    }
-    let Some((r, text)) = run_l1_script(test, "l1-containerd.sh") else {
+    let prerequisites = bed_prerequisites().and_then(|()| containerd_prerequisites());
+    let Some((r, text)) = run_l1_script(test, prerequisites, "l1-containerd.sh") else {
         return;
     };
     let mut c = Checks::new(&r);
-    c.expect(
-        "the L1 script ran to its end",
-        c.eq("finished", "1"),
-        "finished",
-    );
-    c.expect(
-        "L1 is a cgroup v2 host",
-        c.eq("cgroup_fs", "cgroup2fs"),
-        "cgroup_fs",
-    );
+    c.expect_eq("L1 is a cgroup v2 host", "cgroup_fs", "cgroup2fs");
     c.expect(
         "containerd finds the built shim",
         c.eq(
@@ -486,55 +444,43 @@ fn containerd_runs_hull_pods_on_hull_vmm_with_cgroup_v2_and_virtio_net() {
         ),
         "shim",
     );
-    c.expect(
-        "containerd runs in L1",
-        c.eq("containerd_up", "1"),
-        "containerd_up",
-    );
-    c.expect(
-        "the demo image is imported",
-        c.eq("import_rc", "0"),
-        "import_rc",
-    );
-    c.expect("ctr run's exit code", c.eq("ctr_run_rc", "5"), "ctr_run_rc");
-    c.expect(
-        "ctr run's output",
-        c.eq("ctr_run_out", "hello from containerd"),
-        "ctr_run_out",
-    );
-    c.expect("the pod starts", c.eq("pod_rc", "0"), "pod_rc");
-    c.expect(
+    c.expect_eq("containerd runs in L1", "containerd_up", "1");
+    c.expect_eq("the demo image is imported", "import_rc", "0");
+    c.expect_eq("ctr run's exit code", "ctr_run_rc", "5");
+    c.expect_eq("ctr run's output", "ctr_run_out", "hello from containerd");
+    c.expect_eq("the pod starts", "pod_rc", "0");
+    c.expect_eq(
         "the guest's eth0 has the pod's address",
-        c.eq("guest_eth0", "10.77.0.2/24"),
         "guest_eth0",
+        "10.77.0.2/24",
     );
-    c.expect("the shim wired one tap", c.eq("taps", "1"), "taps");
-    c.expect(
+    c.expect_eq("the shim wired one tap", "taps", "1");
+    c.expect_eq(
         "L1 reaches the container's server over virtio-net",
-        c.eq("net_l1_to_pod", "from-l2"),
         "net_l1_to_pod",
+        "from-l2",
     );
     c.expect(
         "the container reaches L1's server over virtio-net",
         c.eq("net_pod_to_l1_rc", "0") && c.eq("net_pod_to_l1_out", "from-l1"),
         "net_pod_to_l1_out",
     );
-    c.expect("exec's exit code", c.eq("exec_rc", "3"), "exec_rc");
-    c.expect("exec's output", c.eq("exec_out", "exec out"), "exec_out");
-    c.expect(
+    c.expect_eq("exec's exit code", "exec_rc", "3");
+    c.expect_eq("exec's output", "exec_out", "exec out");
+    c.expect_eq(
         "--cpus 2: two vCPUs and the quota in the guest",
-        c.eq("cpus_out", "2 200000 100000"),
         "cpus_out",
+        "2 200000 100000",
     );
-    c.expect(
+    c.expect_eq(
         "hull-vmm is in the pod's cgroup",
-        c.eq("cgroup_vmm", "/default/p1"),
         "cgroup_vmm",
+        "/default/p1",
     );
-    c.expect(
+    c.expect_eq(
         "the shim is in the pod's cgroup",
-        c.eq("cgroup_shim", "/default/p1"),
         "cgroup_shim",
+        "/default/p1",
     );
     // The VM is the limit + 128 MiB; the cgroup's limit is the VM plus the host overhead.
     let vm_mib = 256 + 128;
@@ -542,16 +488,12 @@ fn containerd_runs_hull_pods_on_hull_vmm_with_cgroup_v2_and_virtio_net() {
         vm_mib,
         hull_runtime::config::DEFAULT_HOST_OVERHEAD_MIB,
     ) >> 20;
-    c.expect(
+    c.expect_eq(
         "the pod's cgroup limit is the VM + the host overhead",
-        c.eq("cgroup_max_mib", &limit_mib.to_string()),
         "cgroup_max_mib",
+        &limit_mib.to_string(),
     );
-    c.expect(
-        "the guest touched 100 MB",
-        c.eq("hog_out", "100000000"),
-        "hog_out",
-    );
+    c.expect_eq("the guest touched 100 MB", "hog_out", "100000000");
     c.expect(
         "the guest's 100 MB are charged to the pod's cgroup",
         c.get("cgroup_grew_mib")
@@ -559,9 +501,9 @@ fn containerd_runs_hull_pods_on_hull_vmm_with_cgroup_v2_and_virtio_net() {
             .is_ok_and(|m| m >= 64),
         "cgroup_grew_mib",
     );
-    c.expect("the task stops on SIGKILL", c.eq("stopped", "1"), "stopped");
-    c.expect("task delete", c.eq("delete_rc", "0"), "delete_rc");
-    c.expect("containers rm", c.eq("rm_rc", "0"), "rm_rc");
+    c.expect_eq("the task stops on SIGKILL", "stopped", "1");
+    c.expect_eq("task delete", "delete_rc", "0");
+    c.expect_eq("containers rm", "rm_rc", "0");
     for (what, key, value) in [
         ("no cgroup left", "left_cgroup", ""),
         ("no VM process left", "left_processes", "0"),
