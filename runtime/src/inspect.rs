@@ -4,6 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::gc::Status;
+use crate::sandbox::leftovers;
+
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
     #[error("no sandbox {0:?} under {1} (see `hull ps`)")]
@@ -22,9 +25,12 @@ pub enum InspectError {
 pub struct SandboxInfo {
     pub id: String,
     pub dir: PathBuf,
-    /// "qemu" when a QEMU process runs it, else "-".
+    /// The backend its record names (`qemu`, `hull-vmm`), else "qemu" when a QEMU
+    /// process runs it, else "-".
     pub backend: String,
     pub pid: Option<u32>,
+    /// Whether its owner (the shim or `hull run`) runs (see [`crate::gc`]).
+    pub status: Status,
     /// Resident memory of the VM process.
     pub rss_kib: Option<u64>,
     /// Guest memory as configured (`-m`).
@@ -34,16 +40,7 @@ pub struct SandboxInfo {
 
 /// Every VM dir under `state_dir`, sorted by id.
 pub fn list(state_dir: &Path) -> Vec<SandboxInfo> {
-    let vms = state_dir.join("vms");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&vms)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-                .collect()
-        })
-        .unwrap_or_default();
-    dirs.sort();
+    let dirs = crate::gc::state_dirs(state_dir).unwrap_or_default();
     let procs = processes();
     dirs.into_iter()
         .map(|dir| {
@@ -51,11 +48,26 @@ pub fn list(state_dir: &Path) -> Vec<SandboxInfo> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            let record = crate::gc::leftovers_of(&dir);
+            let status = crate::gc::status(&dir, record.as_ref());
             let marker = dir.to_string_lossy().into_owned();
-            let vm = procs.iter().find(|(_, cmd)| {
-                cmd.iter().any(|a| a.contains(&marker))
-                    && cmd.first().is_some_and(|a| a.contains("qemu-system"))
-            });
+            // The recorded VM process while it still names the dir, else a QEMU that does.
+            let recorded = record
+                .as_ref()
+                .and_then(|r| r.pids.first().copied())
+                .filter(|p| leftovers::names_dir(*p, &dir));
+            let vm = match recorded {
+                Some(pid) => procs.iter().find(|(p, _)| *p == pid),
+                None => procs.iter().find(|(_, cmd)| {
+                    cmd.iter().any(|a| a.contains(&marker))
+                        && cmd.first().is_some_and(|a| a.contains("qemu-system"))
+                }),
+            };
+            let backend = record
+                .as_ref()
+                .and_then(|r| r.backend.split_whitespace().next().map(str::to_string))
+                .or_else(|| vm.map(|_| "qemu".to_string()))
+                .unwrap_or_else(|| "-".into());
             let mut containers: Vec<String> = std::fs::read_dir(dir.join("share/containers"))
                 .map(|rd| {
                     rd.filter_map(|e| e.ok())
@@ -66,12 +78,9 @@ pub fn list(state_dir: &Path) -> Vec<SandboxInfo> {
             containers.sort();
             SandboxInfo {
                 id,
-                backend: if vm.is_some() {
-                    "qemu".into()
-                } else {
-                    "-".into()
-                },
+                backend,
                 pid: vm.map(|(p, _)| *p),
+                status,
                 rss_kib: vm.and_then(|(p, _)| rss_kib(*p)),
                 guest_mib: vm.and_then(|(_, cmd)| guest_mib(cmd)),
                 containers,
@@ -81,19 +90,23 @@ pub fn list(state_dir: &Path) -> Vec<SandboxInfo> {
         .collect()
 }
 
-/// The table `hull ps` prints.
+/// The table `hull ps` prints. OWNER is the pid of the shim or `hull run` that owns
+/// the sandbox; STATE says whether it runs (`live`), is gone (`orphan`: `hull gc`
+/// removes it) or is not recorded (`unknown`).
 pub fn table(list: &[SandboxInfo]) -> String {
     let mut out = format!(
-        "{:<18} {:<7} {:>8} {:>10} {:>9}  {}\n",
-        "SANDBOX", "BACKEND", "PID", "RSS(MiB)", "GUEST(MiB)", "CONTAINERS"
+        "{:<18} {:<8} {:>8} {:>8} {:<7} {:>8} {:>10}  {}\n",
+        "SANDBOX", "BACKEND", "PID", "OWNER", "STATE", "RSS(MiB)", "GUEST(MiB)", "CONTAINERS"
     );
     for s in list {
         let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
         out.push_str(&format!(
-            "{:<18} {:<7} {:>8} {:>10} {:>9}  {}\n",
+            "{:<18} {:<8} {:>8} {:>8} {:<7} {:>8} {:>10}  {}\n",
             s.id,
             s.backend,
             opt(s.pid.map(u64::from)),
+            opt(s.status.owner().map(u64::from)),
+            s.status.word(),
             opt(s.rss_kib.map(|k| k / 1024)),
             opt(s.guest_mib),
             if s.containers.is_empty() {
@@ -186,6 +199,7 @@ mod tests {
         assert_eq!(l.len(), 3);
         assert_eq!(l[0].containers, vec!["c1".to_string()]);
         assert_eq!(l[0].backend, "-");
+        assert_eq!(l[0].status, Status::Unknown);
         assert!(table(&l).contains("aa11"));
         assert_eq!(
             console_log(t.path(), "bb").expect("log"),
@@ -206,6 +220,49 @@ mod tests {
         assert_eq!(
             guest_mib(&["q".into(), "-m".into(), "256M".into()]),
             Some(256)
+        );
+    }
+
+    #[test]
+    fn backend_and_owner_come_from_the_record() {
+        use crate::sandbox::leftovers::{Leftovers, Owner, FILE};
+        let t = tempfile::tempdir().expect("tmp");
+        let me = Owner::current().expect("own stat");
+        let gone = Owner {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        for (id, owner, backend) in [("live", me, "hull-vmm (kvm)"), ("dead", gone, "qemu (tcg)")] {
+            let dir = t.path().join("vms").join(id);
+            std::fs::create_dir_all(&dir).expect("dir");
+            Leftovers {
+                state_dir: dir.clone(),
+                owner: Some(owner),
+                backend: backend.into(),
+                ..Default::default()
+            }
+            .write(&dir.join(FILE))
+            .expect("record");
+        }
+        let l = list(t.path());
+        assert_eq!(l[0].id, "dead");
+        assert_eq!(l[0].backend, "qemu");
+        assert_eq!(
+            l[0].status,
+            Status::Orphan {
+                owner: Some(me.pid)
+            }
+        );
+        assert_eq!(l[1].backend, "hull-vmm");
+        assert_eq!(l[1].status, Status::Live { owner: me.pid });
+        let table = table(&l);
+        let dead = table.lines().find(|l| l.starts_with("dead")).expect("row");
+        assert!(dead.contains(" orphan "), "{table}");
+        assert!(dead.contains(&me.pid.to_string()), "{table}");
+        let live = table.lines().find(|l| l.starts_with("live")).expect("row");
+        assert!(
+            live.contains("hull-vmm") && live.contains(" live "),
+            "{table}"
         );
     }
 }

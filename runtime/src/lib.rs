@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod check;
 pub mod child;
 pub mod config;
+pub mod gc;
 pub mod host;
 pub mod hypervisor;
 pub mod image;

@@ -713,6 +713,15 @@ impl Containerd {
         );
     }
 
+    /// SIGKILLs containerd itself and reaps it; its shims live on, and nothing runs
+    /// `shim delete` for a task whose shim dies from now on.
+    pub fn kill_containerd(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Shim processes of this containerd.
     pub fn shims(&self) -> Vec<(i32, String)> {
         processes_mentioning(&format!("-address {}", self.socket().display()))

@@ -13,7 +13,7 @@ use hull_runtime::run::debug::DebugExecOptions;
 use hull_runtime::run::exec::ExecOptions;
 use hull_runtime::run::{RunError, RunOptions, Signals};
 use hull_runtime::sandbox::{Sandbox, SandboxSpec};
-use hull_runtime::{bench, check, hypervisor, image, inspect};
+use hull_runtime::{bench, check, gc, hypervisor, image, inspect};
 
 #[derive(Parser)]
 #[command(name = "hull", version, about = "Containers in microVMs")]
@@ -51,8 +51,20 @@ enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
-    /// List the sandbox VMs on this host: backend, PID, memory, containers.
+    /// List the sandbox VMs on this host: backend, PID, owner and whether it runs
+    /// (`orphan`: it is gone), memory, containers.
     Ps,
+    /// Remove orphaned sandboxes (their owner, a shim or `hull run`, is gone): VM
+    /// processes, mounts, taps, cgroups, scratch disk and state dir. A sandbox whose
+    /// owner runs is never touched. Idempotent.
+    Gc {
+        /// Only say which sandboxes would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also name the sandboxes left alone.
+        #[arg(short, long)]
+        verbose: bool,
+    },
     /// Print the guest console log (kernel and agent) of a sandbox (id or id prefix).
     Logs { sandbox: String },
     /// Register hull as the containerd runtime `io.containerd.hull.v2` (RuntimeClass
@@ -407,6 +419,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Gc { dry_run, verbose } => gc(&config, *dry_run, *verbose),
         Command::Logs { sandbox } => {
             let log = inspect::console_log(&config.runtime.state_dir, sandbox)?;
             use std::io::Write;
@@ -582,4 +595,52 @@ async fn debug_exec(config: &Config, a: &DebugExecArgs) -> ExitCode {
     };
     let mut signals = Signals::new();
     exec_exit_code(hull_runtime::run::debug::debug_exec(config, &opts, &mut signals).await)
+}
+
+/// `hull gc`: one line per orphan removed (or, with `--dry-run`, to remove); exits 1 if
+/// one could not be removed entirely.
+fn gc(config: &Config, dry_run: bool, verbose: bool) -> Result<ExitCode> {
+    let state = &config.runtime.state_dir;
+    let collected = gc::collect(state, dry_run)
+        .with_context(|| format!("collecting orphaned sandboxes in {}", state.display()))?;
+    let owner = |s: &gc::Status| match s.owner() {
+        Some(pid) => format!("owner pid {pid}"),
+        None => "no owner recorded".to_string(),
+    };
+    let mut orphans = 0;
+    let mut failed = false;
+    for c in &collected {
+        match &c.outcome {
+            gc::Outcome::Removed(Some(done)) => {
+                orphans += 1;
+                println!("removed {} ({} gone): {done}", c.id, owner(&c.status));
+            }
+            gc::Outcome::Removed(None) => {
+                orphans += 1;
+                println!("would remove {} ({} gone)", c.id, owner(&c.status));
+            }
+            gc::Outcome::Failed(e) => {
+                orphans += 1;
+                failed = true;
+                eprintln!("hull: sandbox {} ({} gone): {e}", c.id, owner(&c.status));
+            }
+            gc::Outcome::Skipped if verbose => {
+                println!(
+                    "skipped {} ({}, {})",
+                    c.id,
+                    c.status.word(),
+                    owner(&c.status)
+                );
+            }
+            gc::Outcome::Skipped => {}
+        }
+    }
+    if orphans == 0 {
+        println!("nothing to do: no orphaned sandbox");
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -193,15 +193,41 @@ impl PodNetwork {
             .collect();
         // Our fds go first: a tap without any open fd disappears by itself.
         drop(endpoints);
-        let path = self.path.clone();
-        let result = netns::run_in(&self.netns, &self.path, move || async move {
-            wire::teardown(&path, &links).await
-        })?;
-        if result.is_ok() {
-            tracing::info!(netns = %self.path.display(), "pod network unwired");
-        }
-        result
+        unwire(&self.netns, &self.path, links)
     }
+
+    /// The netns path and the (veth index, tap name) of each wired veth: what
+    /// [`unwire_path`] needs to remove the wiring once this value is gone with its
+    /// process.
+    pub fn wiring(&self) -> (PathBuf, Vec<(u32, String)>) {
+        let links = self
+            .endpoints
+            .iter()
+            .map(|e| (e.veth_index, e.tap_name.clone()))
+            .collect();
+        (self.path.clone(), links)
+    }
+}
+
+/// Removes the tc filters (with the veths' ingress qdiscs) and the taps `links` from
+/// the netns at `path`: the wiring a process that is gone left. Idempotent.
+pub fn unwire_path(path: &Path, links: &[(u32, String)]) -> Result<(), NetworkError> {
+    let netns = File::open(path).map_err(|source| NetworkError::NetnsMissing {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    unwire(&netns, path, links.to_vec())
+}
+
+fn unwire(netns: &File, path: &Path, links: Vec<(u32, String)>) -> Result<(), NetworkError> {
+    let owned = path.to_path_buf();
+    let result = netns::run_in(netns, path, move || async move {
+        wire::teardown(&owned, &links).await
+    })?;
+    if result.is_ok() {
+        tracing::info!(netns = %path.display(), "pod network unwired");
+    }
+    result
 }
 
 impl Drop for PodNetwork {

@@ -143,7 +143,7 @@ pub async fn run(
     let mut sandbox = Sandbox::create(config, &sandbox_spec, backend)?;
     // Jailed, the sandbox's cgroup: hull and the VM's processes are charged to it; it
     // goes (this process moved back) before the sandbox value.
-    let _cgroup = crate::jail::run_cgroup::enter_if_jailed(
+    let cgroup = crate::jail::run_cgroup::enter_if_jailed(
         config,
         sandbox.id(),
         sandbox.jail_uid(),
@@ -151,6 +151,9 @@ pub async fn run(
         sandbox_spec.memory_mib,
     )
     .map_err(SandboxError::from)?;
+    if let Some(cg) = &cgroup {
+        sandbox.note_cgroups(cg.created())?;
+    }
     let cid = sandbox.id().to_string();
     let hostname = opts
         .hostname

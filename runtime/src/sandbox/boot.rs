@@ -126,6 +126,7 @@ pub(super) async fn run(
     sandbox.report.launched = t0.elapsed();
     sandbox.console = Some(console.clone());
     tracing::debug!(pids = ?sandbox.hypervisor.pids(), "VM launched");
+    sandbox.note_pids()?;
 
     let mut progress = console.progress();
     let deadlines = [

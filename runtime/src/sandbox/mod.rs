@@ -13,6 +13,7 @@
 //! itself on drop).
 
 mod boot;
+pub mod leftovers;
 pub mod record;
 pub mod scratch;
 pub mod share;
@@ -53,6 +54,8 @@ pub enum SandboxError {
     Record(#[from] record::RecordError),
     #[error("{0}")]
     Scratch(#[from] scratch::ScratchError),
+    #[error("{0}")]
+    Leftovers(#[from] leftovers::LeftoversError),
     #[error("cannot read the agent policy {path} ([policy] file): {source}")]
     Policy {
         path: PathBuf,
@@ -147,6 +150,8 @@ pub struct Sandbox {
     debug_exec: bool,
     /// `[policy] file` and its text, sent to the agent at CreateSandbox (recorded).
     policy: Option<(PathBuf, String)>,
+    /// What cleaning up after a dead owner needs, kept in the state dir.
+    leftovers: leftovers::Leftovers,
 }
 
 impl Sandbox {
@@ -213,6 +218,14 @@ impl Sandbox {
         if spec.keep_state {
             state.keep();
         }
+        // First, so an owner that dies from here on leaves `hull gc` all it needs.
+        let leftovers = leftovers::Leftovers {
+            state_dir: state.path().to_path_buf(),
+            owner: leftovers::Owner::current(),
+            backend: hypervisor.name(),
+            ..Default::default()
+        };
+        leftovers.write(&state.path().join(leftovers::FILE))?;
         let share = if spec.share {
             Some(Share::create(state.path())?)
         } else {
@@ -246,6 +259,7 @@ impl Sandbox {
             shutdown_timeout: config.boot.shutdown_timeout(),
             debug_exec: config.debug.exec,
             policy,
+            leftovers,
         })
     }
 
@@ -287,6 +301,40 @@ impl Sandbox {
         }
         .write(self.state.path())?;
         Ok(())
+    }
+
+    /// What cleaning up after this sandbox's owner needs (see [`leftovers`]).
+    pub fn leftovers(&self) -> &leftovers::Leftovers {
+        &self.leftovers
+    }
+
+    /// Records the host cgroups made for the sandbox (removed by `hull gc` if its
+    /// owner dies).
+    pub fn note_cgroups(&mut self, dirs: &[PathBuf]) -> Result<(), SandboxError> {
+        self.leftovers.cgroups = dirs.to_vec();
+        self.save_leftovers()
+    }
+
+    /// Records the pod's netns and its (veth index, tap name) wiring.
+    pub fn note_network(
+        &mut self,
+        netns: PathBuf,
+        links: Vec<(u32, String)>,
+    ) -> Result<(), SandboxError> {
+        self.leftovers.network = Some(leftovers::NetworkLeftovers { netns, links });
+        self.save_leftovers()
+    }
+
+    /// Records the VM's processes once launched.
+    fn note_pids(&mut self) -> Result<(), SandboxError> {
+        self.leftovers.pids = self.hypervisor.pids();
+        self.save_leftovers()
+    }
+
+    fn save_leftovers(&self) -> Result<(), SandboxError> {
+        Ok(self
+            .leftovers
+            .write(&self.state.path().join(leftovers::FILE))?)
     }
 
     /// The host side of the share, if the sandbox has one.

@@ -50,37 +50,64 @@ impl Drop for StateDir {
         if self.keep {
             return;
         }
-        // Never let the removal walk into a mounted directory (a volume is a user's own
-        // host dir): detach whatever is still mounted below, and if anything stays,
-        // leave the dir rather than delete through it.
-        for m in super::share::mounts_under(&self.path) {
-            tracing::warn!(mount = %m.display(), "mount left under the VM state dir; detaching it");
-            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        if let Err(e) = remove(&self.path) {
+            tracing::warn!(error = %e, "cannot remove the VM state dir");
         }
-        let left = super::share::mounts_under(&self.path);
-        if !left.is_empty() {
-            tracing::error!(path = %self.path.display(), mounts = ?left, "not removing the VM state dir: mounts remain");
-            return;
-        }
-        super::scratch::remove_linked(&self.path);
-        // The helpers are reaped before this runs, but a socket or log a dying helper
-        // (or a process it forked into its sandbox) created while the tree was walked
-        // makes one pass fail with ENOTEMPTY: retry, for up to 3 s on a loaded host.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-        loop {
-            match std::fs::remove_dir_all(&self.path) {
-                Ok(()) => return,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::DirectoryNotEmpty
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => {
-                    tracing::warn!(path = %self.path.display(), error = %e, "cannot remove VM state dir");
-                    return;
-                }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    #[error("not removing {dir}: mounts remain under it ({mounts})")]
+    MountsRemain { dir: PathBuf, mounts: String },
+    #[error("cannot remove {dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Removes a VM state dir and the scratch disk it links to; returns how many mounts
+/// under it were detached. It never walks into a mounted directory (a volume is a
+/// user's own host dir): whatever is still mounted below is detached first, and if
+/// anything stays, the dir is left. A dir that is not there is no error.
+pub fn remove(path: &Path) -> Result<usize, RemoveError> {
+    let mounts = super::share::mounts_under(path);
+    for m in &mounts {
+        tracing::info!(mount = %m.display(), "detaching a mount left under the VM state dir");
+        let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+    }
+    let left = super::share::mounts_under(path);
+    if !left.is_empty() {
+        return Err(RemoveError::MountsRemain {
+            dir: path.to_path_buf(),
+            mounts: left
+                .iter()
+                .map(|m| m.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    super::scratch::remove_linked(path);
+    // The helpers are gone before this runs, but a socket or log a dying helper (or a
+    // process it forked into its sandbox) created while the tree was walked makes one
+    // pass fail with ENOTEMPTY: retry, for up to 3 s on a loaded host.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => return Ok(mounts.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(mounts.len()),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::DirectoryNotEmpty
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(source) => {
+                return Err(RemoveError::Io {
+                    dir: path.to_path_buf(),
+                    source,
+                })
             }
         }
     }

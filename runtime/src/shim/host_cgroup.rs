@@ -12,12 +12,13 @@
 
 use std::path::Path;
 
-use super::record::Record;
+use super::record;
 use super::spec::ContainerSpec;
 use super::vm_size::{ANNOTATION_SANDBOX_MEMORY, MIN_GUEST_MIB};
 use super::ShimError;
 use crate::cgroup::{self, HostCgroup, Target};
 use crate::config::Config;
+use crate::sandbox::leftovers::Leftovers;
 use crate::sandbox::SandboxSpec;
 
 /// Sizes `vm` to fit the pod's cgroup, creates the cgroup (limited when the workload has
@@ -54,13 +55,11 @@ pub fn enter(
     let limited =
         spec.memory_limit().is_some() || spec.annotation(ANNOTATION_SANDBOX_MEMORY).is_some();
     let limit = limited.then(|| cgroup::own_limit_bytes(vm.memory_mib, overhead));
-    let planned = Record {
+    let planned = Leftovers {
         cgroups: target.missing_dirs(),
-        ..Record::default()
+        ..Leftovers::default()
     };
-    if let Err(e) = planned.write(bundle) {
-        tracing::warn!(error = %e, "cannot record the pod's cgroups in the bundle");
-    }
+    record::write(bundle, &planned);
     let mut cg = target.create(limit)?;
     cg.join_self()?;
     tracing::info!(cgroups = ?cg.dirs(), vm_mib = vm.memory_mib, limit, "shim joined the pod's cgroup");

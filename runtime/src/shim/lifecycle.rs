@@ -19,7 +19,7 @@ use containerd_shim_protos::protobuf::MessageField;
 
 use super::events::Events;
 use super::process::now;
-use super::record::Record;
+use super::record;
 use super::service::Service;
 use super::task::TaskService;
 use super::{ANNOTATION_CONTAINER_TYPE, ANNOTATION_SANDBOX_ID};
@@ -142,10 +142,10 @@ fn write_address(bundle: &Path, address: &str) -> containerd_shim::Result<()> {
 /// What `delete` does: the VM's leftovers (processes, mounts, state dir), the
 /// container's rootfs mount in the bundle, if any, and the socket of a shim that is gone.
 pub fn cleanup(bundle: &Path) {
-    if let Some(record) = Record::read(bundle) {
-        tracing::info!(state_dir = %record.state_dir.display(), "cleaning up after a shim that is gone");
-        record.clean();
-        Record::remove(bundle);
+    if let Some(leftovers) = record::read(bundle) {
+        tracing::info!(state_dir = %leftovers.state_dir.display(), "cleaning up after a shim that is gone");
+        record::clean(&leftovers);
+        record::remove(bundle);
     }
     remove_stale_socket(bundle);
 }

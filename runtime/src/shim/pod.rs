@@ -24,7 +24,7 @@ use super::container_files::{self, WritesTo};
 use super::io::StdioPaths;
 use super::options::RuntimeOptions;
 use super::port_forward::PortForwarder;
-use super::record::Record;
+use super::record;
 use super::spec::ContainerSpec;
 use super::{host_cgroup, pod_network, vm_size, ShimError};
 use crate::agent_client::AgentClient;
@@ -32,6 +32,7 @@ use crate::cgroup::HostCgroup;
 use crate::config::Config;
 use crate::hypervisor;
 use crate::network::PodNetwork;
+use crate::sandbox::leftovers::Leftovers;
 use crate::sandbox::Sandbox;
 
 /// What containerd's Create carries.
@@ -49,7 +50,7 @@ pub struct Pod {
     vm_pid: u32,
     dead: watch::Receiver<bool>,
     stopping: Arc<AtomicBool>,
-    record: Record,
+    record: Leftovers,
     bundle: PathBuf,
     sandbox_container: String,
     cgroup: std::sync::Mutex<Option<HostCgroup>>,
@@ -154,7 +155,7 @@ impl BootParts {
         if let Some(mut cgroup) = self.cgroup.take() {
             cgroup.remove();
         }
-        Record::remove(bundle);
+        record::remove(bundle);
     }
 }
 
@@ -187,10 +188,8 @@ impl Pod {
             .ok_or_else(|| ShimError::internal("the sandbox has no agent connection"))?;
         let pids = sandbox.pids();
         let vm_pid = pids.first().copied().unwrap_or(0);
-        let record = Record::new(sandbox.state_dir(), pids.clone(), cgroup.as_ref());
-        if let Err(e) = record.write(&req.bundle) {
-            tracing::warn!(error = %e, "cannot write the sandbox record into the bundle");
-        }
+        let record = sandbox.leftovers().clone();
+        record::write(&req.bundle, &record);
         let (tx, dead) = watch::channel(false);
         let stopping = Arc::new(AtomicBool::new(false));
         watch_processes(&pids, tx, stopping.clone());
@@ -338,9 +337,9 @@ impl Pod {
         if let Some(mut cg) = cgroup {
             cg.remove();
         }
-        Record::remove(&self.bundle);
+        record::remove(&self.bundle);
         if self.record.state_dir.exists() {
-            self.record.clean();
+            record::clean(&self.record);
         }
     }
 }
@@ -365,11 +364,16 @@ async fn boot_steps(
     let sandbox = parts
         .sandbox
         .insert(Sandbox::create(&config, &vm, backend)?);
-    // Until the pod is up, a crashed shim leaves `delete` the state dir and cgroup.
-    let early = Record::new(sandbox.state_dir(), Vec::new(), parts.cgroup.as_ref());
-    if let Err(e) = early.write(&req.bundle) {
-        tracing::warn!(error = %e, "cannot write the sandbox record into the bundle");
+    // What a shim killed from here on leaves: in the state dir for `hull gc`, and
+    // until the pod is up in the bundle for `delete`.
+    if let Some(cg) = &parts.cgroup {
+        sandbox.note_cgroups(cg.created())?;
     }
+    if let Some(net) = &parts.network {
+        let (netns, links) = net.wiring();
+        sandbox.note_network(netns, links)?;
+    }
+    record::write(&req.bundle, sandbox.leftovers());
     // A pod's containers are mounted into the share while virtiofsd runs.
     sandbox
         .share_mut()

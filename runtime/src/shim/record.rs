@@ -1,111 +1,44 @@
 //! What `containerd-shim-hull-v2 delete` needs when the shim itself is gone (killed,
-//! crashed): the VM's state dir and the host PIDs of its processes, written next to
-//! the bundle as `hull-sandbox.json` once they are known and removed on a clean end.
-//! The helpers die with the shim (parent-death signal); the record covers the mounts
-//! and the state dir they leave, and a helper that somehow survived.
+//! crashed): the sandbox's [`Leftovers`] (state dir, VM processes, the pod's cgroups
+//! and network), copied next to the bundle as `hull-sandbox.json` once they are known
+//! and removed on a clean end. The same record lives in the VM's state dir for `hull
+//! gc`, for when containerd forgot the task; both are cleaned by [`Leftovers::clean`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use crate::sandbox::leftovers::Leftovers;
 
 pub const FILE: &str = "hull-sandbox.json";
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Record {
-    pub state_dir: PathBuf,
-    pub pids: Vec<u32>,
-    /// Host cgroups the shim created for the pod, deepest first.
-    #[serde(default)]
-    pub cgroups: Vec<PathBuf>,
+/// Writes the bundle's copy of `leftovers`.
+pub fn write(bundle: &Path, leftovers: &Leftovers) {
+    if let Err(e) = leftovers.write(&bundle.join(FILE)) {
+        tracing::warn!(error = %e, "cannot write the sandbox record into the bundle");
+    }
 }
 
-impl Record {
-    pub fn new(
-        state_dir: &Path,
-        pids: Vec<u32>,
-        cgroup: Option<&crate::cgroup::HostCgroup>,
-    ) -> Record {
-        Record {
-            state_dir: state_dir.to_path_buf(),
-            pids,
-            cgroups: cgroup.map(|c| c.created().to_vec()).unwrap_or_default(),
+/// The bundle's record, if it has a readable one.
+pub fn read(bundle: &Path) -> Option<Leftovers> {
+    match Leftovers::read(&bundle.join(FILE)) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring the bundle's sandbox record");
+            None
         }
     }
+}
 
-    pub fn write(&self, bundle: &Path) -> std::io::Result<()> {
-        let tmp = bundle.join(format!("{FILE}.tmp"));
-        std::fs::write(&tmp, serde_json::to_vec(self)?)?;
-        std::fs::rename(&tmp, bundle.join(FILE))
-    }
+pub fn remove(bundle: &Path) {
+    let _ = std::fs::remove_file(bundle.join(FILE));
+}
 
-    pub fn read(bundle: &Path) -> Option<Record> {
-        let text = std::fs::read(bundle.join(FILE)).ok()?;
-        serde_json::from_slice(&text).ok()
-    }
-
-    pub fn remove(bundle: &Path) {
-        let _ = std::fs::remove_file(bundle.join(FILE));
-    }
-
-    /// Kills what is left of the VM, unmounts what is left in its state dir and
-    /// removes it, then the pod's cgroups (killing what is left in them: only the
-    /// pod's processes are there). A PID is killed only if its command line still
-    /// names the state dir (the PID may have been reused since).
-    pub fn clean(&self) {
-        self.clean_state();
-        crate::cgroup::remove_dirs(&self.cgroups, true);
-    }
-
-    /// Whether live process `pid` is still one of this VM's: its command line names
-    /// the state dir, or it runs in it (a helper of a state dir too deep for socket
-    /// addresses is handed bare socket names, see `uds_path`).
-    fn names_state_dir(&self, pid: u32) -> bool {
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        String::from_utf8_lossy(&cmdline).contains(&*self.state_dir.to_string_lossy())
-            || std::fs::read_link(format!("/proc/{pid}/cwd"))
-                .is_ok_and(|cwd| cwd.starts_with(&self.state_dir))
-    }
-
-    fn clean_state(&self) {
-        let marker = self.state_dir.to_string_lossy().into_owned();
-        if marker.is_empty() || !self.state_dir.is_absolute() {
-            return;
+/// Cleans what `leftovers` names (see [`Leftovers::clean`]), saying what it could not.
+pub fn clean(leftovers: &Leftovers) {
+    match leftovers.clean() {
+        Ok(done) => {
+            tracing::info!(state_dir = %leftovers.state_dir.display(), %done, "sandbox leftovers removed")
         }
-        for pid in &self.pids {
-            if self.names_state_dir(*pid) {
-                if let Ok(p) = i32::try_from(*pid) {
-                    tracing::info!(pid, "killing a process left by the shim");
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(p),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-        }
-        // Give killed processes a moment to release their sockets and mounts.
-        for _ in 0..50 {
-            if self.pids.iter().all(|p| !self.names_state_dir(*p)) {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        for m in crate::sandbox::share::mounts_under(&self.state_dir) {
-            if let Err(e) = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH) {
-                tracing::warn!(mount = %m.display(), error = %e, "cannot unmount");
-            }
-        }
-        if !crate::sandbox::share::mounts_under(&self.state_dir).is_empty() {
-            tracing::error!(dir = %self.state_dir.display(), "mounts remain; not removing the state dir");
-            return;
-        }
-        crate::sandbox::scratch::remove_linked(&self.state_dir);
-        match std::fs::remove_dir_all(&self.state_dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(dir = %self.state_dir.display(), error = %e, "cannot remove the state dir")
-            }
-        }
+        Err(e) => tracing::warn!(error = %e, "removing the sandbox's leftovers"),
     }
 }
 
@@ -118,16 +51,16 @@ mod tests {
         let t = tempfile::tempdir().expect("tmp");
         let state = t.path().join("vms/abc");
         std::fs::create_dir_all(state.join("share")).expect("state");
-        let r = Record {
+        let r = Leftovers {
             state_dir: state.clone(),
             pids: vec![u32::MAX],
-            cgroups: Vec::new(),
+            ..Default::default()
         };
-        r.write(t.path()).expect("write");
-        assert_eq!(Record::read(t.path()), Some(r.clone()));
-        r.clean();
+        write(t.path(), &r);
+        assert_eq!(read(t.path()), Some(r.clone()));
+        clean(&r);
         assert!(!state.exists());
-        Record::remove(t.path());
-        assert_eq!(Record::read(t.path()), None);
+        remove(t.path());
+        assert_eq!(read(t.path()), None);
     }
 }
