@@ -378,23 +378,6 @@ fn a_hull_pod_on_a_dual_stack_bridge_has_ipv6_both_ways() {
     let net = c.cni.as_ref().expect("CRI containerd has a CNI network");
     let gateway6 = net.gateway6.clone().expect("a dual-stack network");
     let prefix6 = gateway6.trim_end_matches("::1").to_string();
-    // A server of the node on the bridge's IPv6 address, answering one GET.
-    let node = std::net::TcpListener::bind(format!("[{gateway6}]:0"))
-        .unwrap_or_else(|e| panic!("bind [{gateway6}]:0 (the bridge's address): {e}"));
-    let node_port = node.local_addr().expect("addr").port();
-    node.set_nonblocking(true).expect("nonblocking");
-    let server = std::thread::spawn(move || {
-        let (mut s, peer) = wait_for("the pod's connection", Duration::from_secs(300), || {
-            node.accept().ok()
-        });
-        s.set_nonblocking(false).expect("blocking");
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        let mut buf = [0u8; 1024];
-        let _ = s.read(&mut buf);
-        let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\nfrom-node\n");
-        peer.ip().to_string()
-    });
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let ip6 = rt.block_on(async {
         let mut cri = Cri::connect(&c.socket()).await;
@@ -411,6 +394,27 @@ fn a_hull_pod_on_a_dual_stack_bridge_has_ipv6_both_ways() {
             None,
         )
         .await;
+        // A server of the node on the bridge's IPv6 address, answering one GET. The
+        // bridge exists once CNI made the pod, its address once DAD is done.
+        let node = wait_for(
+            "the bridge's IPv6 address to bind",
+            Duration::from_secs(30),
+            || std::net::TcpListener::bind(format!("[{gateway6}]:0")).ok(),
+        );
+        let node_port = node.local_addr().expect("addr").port();
+        node.set_nonblocking(true).expect("nonblocking");
+        let server = std::thread::spawn(move || {
+            let (mut s, peer) = wait_for("the pod's connection", Duration::from_secs(300), || {
+                node.accept().ok()
+            });
+            s.set_nonblocking(false).expect("blocking");
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\nfrom-node\n");
+            peer.ip().to_string()
+        });
         let req = PodSandboxStatusRequest {
             pod_sandbox_id: pod.clone(),
             verbose: false,
@@ -453,8 +457,9 @@ fn a_hull_pod_on_a_dual_stack_bridge_has_ipv6_both_ways() {
         .await;
         assert_eq!(got.trim(), "from-node", "pod -> node over IPv6");
         cri::stop_and_remove_pod(&mut cri, &pod).await;
-        ip6
+        (ip6, server)
     });
+    let (ip6, server) = ip6;
     let peer = server.join().expect("node server");
     assert_eq!(peer, ip6, "the node saw the pod's IPv6 address");
     c.state.assert_nothing_left();
