@@ -577,6 +577,19 @@ impl Containerd {
         let _ = std::fs::remove_file(&tar);
     }
 
+    /// `ctr run -d --runtime io.containerd.hull.v2 demo:latest ID ARGS...`, which must
+    /// succeed (the task runs on).
+    pub fn run_detached(&self, id: &str, args: &[&str]) {
+        let mut a = vec!["run", "-d", "--runtime", RUNTIME, IMAGE, id];
+        a.extend_from_slice(args);
+        let out = self.ctr(&a);
+        assert!(
+            out.status.success(),
+            "ctr run -d {id}: {}",
+            crate::output_text(&out)
+        );
+    }
+
     /// The release running (None: the host's containerd).
     pub fn release(&self) -> Option<&Release> {
         self.release.as_ref()

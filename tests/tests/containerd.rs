@@ -63,17 +63,7 @@ fn ctr_run_prints_output_and_propagates_exit_codes() {
 fn task_api_exec_ps_metrics_pause_resume_kill_delete() {
     need_containerd!("task_api_exec_ps_metrics_pause_resume_kill_delete");
     let c = Containerd::start();
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "d1",
-        "sleep",
-        "1000",
-    ]);
-    assert!(out.status.success(), "{}", output_text(&out));
+    c.run_detached("d1", &["sleep", "1000"]);
     assert_eq!(c.task_status("d1").as_deref(), Some("RUNNING"));
 
     let out = c.ctr(&[
@@ -375,17 +365,7 @@ fn hull_debug_exec_into_a_containerd_sandbox() {
 fn qemu_killed_under_a_running_task_stops_it() {
     need_containerd!("qemu_killed_under_a_running_task_stops_it");
     let c = Containerd::start();
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "q1",
-        "sleep",
-        "1000",
-    ]);
-    assert!(out.status.success(), "{}", output_text(&out));
+    c.run_detached("q1", &["sleep", "1000"]);
     let qemu = processes_mentioning(&c.state.path().to_string_lossy())
         .into_iter()
         .find(|(_, cmd)| cmd.contains("qemu-system"))
@@ -413,17 +393,7 @@ fn qemu_killed_under_a_running_task_stops_it() {
 fn shim_killed_is_cleaned_up_by_delete() {
     need_containerd!("shim_killed_is_cleaned_up_by_delete");
     let c = Containerd::start();
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "s1",
-        "sleep",
-        "1000",
-    ]);
-    assert!(out.status.success(), "{}", output_text(&out));
+    c.run_detached("s1", &["sleep", "1000"]);
     let shims = c.shims();
     assert_eq!(shims.len(), 1, "one shim: {shims:?}");
     let socket = c.shim_socket("s1");

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use hull_tests::containerd::{Containerd, IMAGE, RUNTIME};
+use hull_tests::containerd::Containerd;
 use hull_tests::{output_text, processes_mentioning, wait_for};
 
 macro_rules! need_containerd {
@@ -91,17 +91,7 @@ fn agent_crash_stops_the_task() {
 fn crash_agent_needs_debug_processes() {
     need_containerd!("crash_agent_needs_debug_processes");
     let c = Containerd::start();
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "nd1",
-        "sleep",
-        "1000",
-    ]);
-    assert!(out.status.success(), "{}", output_text(&out));
+    c.run_detached("nd1", &["sleep", "1000"]);
     let sandbox = c.sandbox_of("nd1");
     let out = c
         .state

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use hull_runtime::sandbox::leftovers::{self, Leftovers};
-use hull_tests::containerd::{Containerd, IMAGE, RUNTIME};
+use hull_tests::containerd::Containerd;
 use hull_tests::run_helpers::{demo, hull_in, start_ready};
 use hull_tests::{output_text, pid_alive, processes_in_dir, processes_mentioning, wait_for};
 
@@ -57,17 +57,7 @@ fn gc_removes_what_a_killed_shim_and_containerd_left_and_spares_a_live_sandbox()
             "trap 'exit 0' TERM; echo ready; while :; do sleep 0.1; done",
         ]),
     );
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "gc1",
-        "sleep",
-        "1000",
-    ]);
-    assert!(out.status.success(), "{}", output_text(&out));
+    c.run_detached("gc1", &["sleep", "1000"]);
     let sandbox = c.sandbox_of("gc1");
     let dir = c.state.path().join("vms").join(&sandbox);
     let record = Leftovers::read(&dir.join(leftovers::FILE))

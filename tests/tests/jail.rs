@@ -13,7 +13,7 @@ use std::process::Command;
 
 use hull_runtime::config::{DEFAULT_HOST_OVERHEAD_MIB, DEFAULT_JAIL_UID_START};
 use hull_runtime::sandbox::record::SandboxRecord;
-use hull_tests::containerd::{Containerd, IMAGE, RUNTIME};
+use hull_tests::containerd::Containerd;
 use hull_tests::run_helpers::{demo, start_ready};
 use hull_tests::{need_run, output_text, processes_mentioning, TestState};
 
@@ -375,17 +375,7 @@ fn containerd_vm_processes_are_jailed_and_nothing_is_left() {
     need_containerd!("containerd_vm_processes_are_jailed_and_nothing_is_left");
     let c = Containerd::start();
     let kernel = c.state.config().guest.kernel;
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "j1",
-        "sleep",
-        "1000",
-    ]);
-    assert!(out.status.success(), "{}", output_text(&out));
+    c.run_detached("j1", &["sleep", "1000"]);
     let procs = c.state.processes();
     let find = |n: &str| {
         procs
@@ -416,17 +406,7 @@ fn containerd_vm_processes_are_jailed_and_nothing_is_left() {
     c.assert_nothing_left();
 
     // A SIGKILLed shim: its jailed processes die with it, `delete` removes the rest.
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "j2",
-        "sleep",
-        "1000",
-    ]);
-    assert!(out.status.success(), "{}", output_text(&out));
+    c.run_detached("j2", &["sleep", "1000"]);
     let vm: Vec<i32> = processes_mentioning(&c.state.path().to_string_lossy())
         .into_iter()
         .map(|(p, _)| p)
