@@ -91,11 +91,17 @@ for t in /proc/"$vmm"/task/*; do
 done
 kv jail_threads "$threads"
 kv jail_filtered "$filtered"
-kill -INT "$jail_run" 2>/dev/null; wait "$jail_run" 2>/dev/null
+# Two SIGINTs to hull itself (the first is forwarded to the container, whose PID 1
+# ignores it; the second tears down at once), not through timeout(1): its signal to the
+# process group can merge with its own into one, and its kill-after would then SIGKILL
+# hull within the grace hull gives a forwarded signal, leaving the state dir behind.
+hull_pid=$(pgrep -P "$jail_run" -x hull || echo "$jail_run")
+kill -INT "$hull_pid" 2>/dev/null; sleep 1; kill -INT "$hull_pid" 2>/dev/null
+wait "$jail_run" 2>/dev/null
 sed 's/^/[jail] /' "$WORK/jail.err" >&2
 
 # Nothing left: no sandbox, no VM process, no state dir.
-kv left_sandboxes "$(find "${HULL_STATE_DIR:-/run/hull}/vms" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)"
+left_sandboxes
 kv left_processes "$(vm_processes)"
 rm -rf "$WORK"
 kv finished 1

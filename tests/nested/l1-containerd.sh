@@ -110,7 +110,7 @@ kv left_cgroup "$([ -d "$cg" ] && echo "$cg")"
 kv left_processes "$(vm_processes)"
 kv left_shims "$(pgrep -fc containerd-shim-hull-v2)"
 kv left_taps "$(ip -n "$NS" -o link show | grep -c hulltap)"
-kv left_sandboxes "$(find "${HULL_STATE_DIR:-/run/hull}/vms" -mindepth 1 -maxdepth 1 2> /dev/null | wc -l)"
+left_sandboxes
 kv left_mounts "$(grep -c " $CD/state/" /proc/mounts)"
 
 kill "$httpd_pid" 2> /dev/null

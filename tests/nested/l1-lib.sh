@@ -51,3 +51,12 @@ CONF
 
 # VM processes of any sandbox in L1.
 vm_processes() { ps -eo comm= | grep -cxE 'hull-vmm|qemu-system-x86|virtiofsd|vhost-device-vs'; }
+
+# left_sandboxes: how many VM state dirs are left (the result), and what is in each
+# (on stderr, to tell which run left it).
+left_sandboxes() {
+  local vms="${HULL_STATE_DIR:-/run/hull}/vms"
+  kv left_sandboxes "$(find "$vms" -mindepth 1 -maxdepth 1 2> /dev/null | wc -l)"
+  find "$vms" -mindepth 1 -maxdepth 2 -printf '[left] %p %s bytes %TT\n' 2> /dev/null >&2
+  cat "$vms"/*/leftovers.json "$vms"/*/console.log 2> /dev/null | tail -30 | sed 's/^/[left] /' >&2
+}

@@ -796,6 +796,14 @@ fn tail(s: &str, n: usize) -> String {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        // A failed test shows what containerd and the shims logged (shim panics and
+        // exits land there, not in the test's output).
+        if std::thread::panicking() {
+            eprintln!(
+                "--- containerd log (last 80 lines) ---\n{}",
+                tail(&self.log(), 80)
+            );
+        }
         if let Some(mut child) = self.child.take() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.id() as i32),

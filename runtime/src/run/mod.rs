@@ -56,7 +56,7 @@ pub enum RunError {
     },
     #[error("command {command:?} not found in the container's rootfs (searched {searched})")]
     CommandNotFound { command: String, searched: String },
-    #[error("interrupted by {} before the container ran; everything was torn down", io::signal_name(*.0))]
+    #[error("interrupted by {}; everything was torn down", io::signal_name(*.0))]
     Interrupted(i32),
     /// The sandbox's policy does not allow what was asked (debug processes).
     #[error("{0}")]
