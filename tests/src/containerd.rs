@@ -538,7 +538,7 @@ impl Containerd {
             ctr,
             release,
         };
-        crate::wait_for("containerd's socket", Duration::from_secs(20), || {
+        crate::wait_for("containerd's socket", Duration::from_secs(60), || {
             c.ctr(&["version"]).status.success().then_some(())
         });
         c

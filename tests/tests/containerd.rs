@@ -789,7 +789,8 @@ kill $ns";
 }
 
 /// `ctr oci spec` (containerd's default) with the demo image unpacked as its root (in
-/// the test's state dir, `<name>-rootfs`), PATH set and `sh -c script` as its process.
+/// the test's state dir, `<name>-rootfs`), PATH set, `sh -c script` as its process and
+/// the cgroup `/default/<name>`.
 fn demo_spec(c: &Containerd, name: &str, script: &str) -> serde_json::Value {
     let image = hull_runtime::image::Image::open(&hull_runtime::image::ImageRef {
         dir: hull_tests::demo_image(),
@@ -805,6 +806,9 @@ fn demo_spec(c: &Containerd, name: &str, script: &str) -> serde_json::Value {
     // `ctr oci spec` has no environment: PATH is this test's to give.
     spec["process"]["env"] = serde_json::json!(["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]);
     spec["process"]["args"] = serde_json::json!(["/bin/sh", "-c", script]);
+    // `ctr oci spec` says `/default`, the parent of every `ctr run` task's cgroup; a
+    // task of its own gets `/default/<id>`, as `ctr run` gives it.
+    spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/default/{name}"));
     spec
 }
 

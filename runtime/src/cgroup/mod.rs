@@ -339,19 +339,27 @@ pub fn procs(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
-/// Removes cgroup dirs hull created (deepest first). With `kill`, what is still in one
-/// (never this process) is SIGKILLed first; a dir that keeps members for 5 s, or has
-/// children hull did not make (another pod under a shared parent), stays.
+/// Removes cgroup dirs hull created (deepest first). With `kill`, what is still in a
+/// pod's own cgroup (never this process) is SIGKILLed first; a dir that keeps members
+/// for 5 s, or has children hull did not make (another pod under a shared parent),
+/// stays. A parent hull created on the way (a dir of the list with another below it)
+/// is only removed when empty, its members never killed: another pod may have joined
+/// it as its own cgroup since (a `cgroupsPath` of `/default` beside `/default/<id>`).
 pub fn remove_dirs(dirs: &[PathBuf], kill: bool) {
     let me = i32::try_from(std::process::id()).unwrap_or(0);
     for dir in dirs {
         if !dir.exists() {
             continue;
         }
+        let parent_of_another = dirs.iter().any(|d| d != dir && d.starts_with(dir));
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let members: Vec<i32> = procs(dir).into_iter().filter(|p| *p != me).collect();
             if members.is_empty() {
+                break;
+            }
+            if parent_of_another {
+                tracing::debug!(cgroup = %dir.display(), ?members, "a parent hull made has members of its own now; left in place");
                 break;
             }
             if Instant::now() > deadline {
@@ -452,6 +460,70 @@ mod tests {
         assert!(!status.success(), "the child was killed: {status:?}");
         p.remove();
         assert!(!parent_dir.exists());
+    }
+
+    /// A parent hull created for one pod that another pod joined as its own cgroup (a
+    /// `cgroupsPath` of `/default` beside `/default/<id>`): removing the first pod's
+    /// cgroups removes its own, never kills the other pod's processes, and leaves the
+    /// parent to them.
+    #[test]
+    fn a_created_parent_another_pod_joined_keeps_its_members() {
+        let root = Path::new(DEFAULT_ROOT);
+        let name = PathBuf::from(format!("hull-unit-shared-{}", std::process::id()));
+        let pod = match Target::detect(root, name.join("pod")) {
+            Ok(t) if nix::unistd::geteuid().is_root() => t,
+            other => {
+                let why = format!(
+                    "needs root and a memory cgroup hierarchy under {DEFAULT_ROOT}: {other:?}"
+                );
+                assert!(std::env::var_os("HULL_REQUIRE_E2E").is_none(), "{why}");
+                eprintln!("SKIP a_created_parent_another_pod_joined_keeps_its_members: {why}");
+                return;
+            }
+        };
+        let mut first = pod.create(None).expect("the first pod's cgroups");
+        let created = first.created().to_vec();
+        assert_eq!(
+            created.len(),
+            first.dirs().len() * 2,
+            "pod and parent made: {created:?}"
+        );
+        // The other pod's process joins the parent (its own cgroup).
+        let mut other = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .expect("sleep");
+        let parents: Vec<PathBuf> = first
+            .dirs()
+            .iter()
+            .filter_map(|d| d.parent().map(Path::to_path_buf))
+            .collect();
+        for d in &parents {
+            std::fs::write(d.join("cgroup.procs"), other.id().to_string()).expect("join");
+        }
+        first.remove();
+        assert!(
+            first.dirs().iter().all(|d| !d.exists()),
+            "the pod's own cgroups went"
+        );
+        assert!(
+            other.try_wait().expect("try_wait").is_none(),
+            "the other pod's process was not killed"
+        );
+        assert!(
+            parents.iter().all(|d| d.exists()),
+            "the parent stays with its members"
+        );
+        let _ = other.kill();
+        let _ = other.wait();
+        for d in &parents {
+            let _ = std::fs::write(
+                d.parent().expect("root").join("cgroup.procs"),
+                std::process::id().to_string(),
+            );
+            let _ = std::fs::remove_dir(d);
+        }
+        assert!(parents.iter().all(|d| !d.exists()), "test cleanup");
     }
 
     #[test]
