@@ -407,6 +407,22 @@ mod tests {
         assert_eq!(current_cgroup(text, "blkio"), None);
     }
 
+    /// `rel` on the host's real hierarchy, or None when `test` cannot run here (root and
+    /// a memory hierarchy needed; a failure under `HULL_REQUIRE_E2E`).
+    fn real_target(rel: PathBuf, test: &str) -> Option<Target> {
+        match Target::detect(Path::new(DEFAULT_ROOT), rel) {
+            Ok(t) if nix::unistd::geteuid().is_root() => Some(t),
+            other => {
+                let why = format!(
+                    "needs root and a memory cgroup hierarchy under {DEFAULT_ROOT}: {other:?}"
+                );
+                assert!(std::env::var_os("HULL_REQUIRE_E2E").is_none(), "{why}");
+                eprintln!("SKIP {test}: {why}");
+                None
+            }
+        }
+    }
+
     /// On the host's real hierarchy: a parent's limit is inherited, hull's limit is set
     /// on what it creates, and removal kills what is inside and leaves nothing.
     #[test]
@@ -414,16 +430,9 @@ mod tests {
         const MIB: u64 = 1 << 20;
         let root = Path::new(DEFAULT_ROOT);
         let name = PathBuf::from(format!("hull-unit-{}", std::process::id()));
-        let parent = match Target::detect(root, name.clone()) {
-            Ok(t) if nix::unistd::geteuid().is_root() => t,
-            other => {
-                let why = format!(
-                    "needs root and a memory cgroup hierarchy under {DEFAULT_ROOT}: {other:?}"
-                );
-                assert!(std::env::var_os("HULL_REQUIRE_E2E").is_none(), "{why}");
-                eprintln!("SKIP real_cgroup_created_limited_and_removed: {why}");
-                return;
-            }
+        let Some(parent) = real_target(name.clone(), "real_cgroup_created_limited_and_removed")
+        else {
+            return;
         };
         let parent_dir = parent.memory_dir();
         // What the shim records before creating: exactly what create makes.
@@ -468,18 +477,12 @@ mod tests {
     /// parent to them.
     #[test]
     fn a_created_parent_another_pod_joined_keeps_its_members() {
-        let root = Path::new(DEFAULT_ROOT);
         let name = PathBuf::from(format!("hull-unit-shared-{}", std::process::id()));
-        let pod = match Target::detect(root, name.join("pod")) {
-            Ok(t) if nix::unistd::geteuid().is_root() => t,
-            other => {
-                let why = format!(
-                    "needs root and a memory cgroup hierarchy under {DEFAULT_ROOT}: {other:?}"
-                );
-                assert!(std::env::var_os("HULL_REQUIRE_E2E").is_none(), "{why}");
-                eprintln!("SKIP a_created_parent_another_pod_joined_keeps_its_members: {why}");
-                return;
-            }
+        let Some(pod) = real_target(
+            name.join("pod"),
+            "a_created_parent_another_pod_joined_keeps_its_members",
+        ) else {
+            return;
         };
         let mut first = pod.create(None).expect("the first pod's cgroups");
         let created = first.created().to_vec();
