@@ -97,6 +97,13 @@ impl AgentService for Rpc {
     ) -> ttrpc::Result<VersionResponse> {
         handle("Version", async { health::do_version(&req) }).await
     }
+    async fn guest_stats(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: Empty,
+    ) -> ttrpc::Result<GuestStatsResponse> {
+        handle("GuestStats", async { health::do_guest_stats(&self.svc) }).await
+    }
 
     // ---- sandbox
     async fn destroy_sandbox(

@@ -17,6 +17,8 @@ pub mod image;
 pub mod inspect;
 pub mod install;
 pub mod jail;
+pub mod metrics;
+pub mod monitor;
 pub mod network;
 pub mod run;
 pub mod sandbox;

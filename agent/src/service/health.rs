@@ -1,12 +1,16 @@
-//! Check and Version: is the agent up, and what is it.
+//! Check, Version and GuestStats: is the agent up, what is it, and how full is its guest.
 
 use hull_proto::health_check_response::ServingStatus;
-use hull_proto::{CheckRequest, HealthCheckResponse, VersionResponse, API_VERSION};
+use hull_proto::{
+    CheckRequest, GuestStatsResponse, HealthCheckResponse, VersionResponse, API_VERSION,
+};
 
-use super::ServiceError;
+use super::{Service, ServiceError};
 
 /// Where the guest's uptime comes from.
 pub const PROC_UPTIME: &str = "/proc/uptime";
+/// Where the guest's memory figures come from.
+pub const PROC_MEMINFO: &str = "/proc/meminfo";
 
 /// Answers SERVING: the agent has a single service, and a request reaching this code
 /// means it serves.
@@ -28,6 +32,38 @@ pub fn do_version(_req: &CheckRequest) -> Result<VersionResponse, ServiceError> 
     resp.uptime_ms =
         parse_uptime_ms(&uptime).map_err(|e| ServiceError::internal("parse /proc/uptime", e))?;
     Ok(resp)
+}
+
+/// The guest's MemTotal and MemAvailable, and the containers the agent holds.
+pub fn do_guest_stats(svc: &Service) -> Result<GuestStatsResponse, ServiceError> {
+    let text = std::fs::read_to_string(PROC_MEMINFO)
+        .map_err(|e| ServiceError::internal("read /proc/meminfo", e))?;
+    let field = |name: &str| {
+        meminfo_bytes(&text, name)
+            .ok_or_else(|| ServiceError::internal("parse /proc/meminfo", format!("no {name}")))
+    };
+    let mut resp = GuestStatsResponse::new();
+    resp.mem_total_bytes = field("MemTotal")?;
+    resp.mem_available_bytes = field("MemAvailable")?;
+    resp.containers = u32::try_from(svc.containers.all().len()).unwrap_or(u32::MAX);
+    Ok(resp)
+}
+
+/// The value of `name` in /proc/meminfo text (`MemTotal:  262144 kB`), in bytes.
+pub fn meminfo_bytes(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (key, rest) = line.split_once(':')?;
+        if key != name {
+            return None;
+        }
+        let mut words = rest.split_whitespace();
+        let value: u64 = words.next()?.parse().ok()?;
+        match words.next() {
+            Some("kB") => value.checked_mul(1024),
+            None => Some(value),
+            Some(_) => None,
+        }
+    })
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -69,6 +105,25 @@ mod tests {
         assert_eq!(parse_uptime_ms("3.1234 1.0"), Ok(3_123));
         assert_eq!(parse_uptime_ms("7 1"), Ok(7_000));
         assert_eq!(parse_uptime_ms("7."), Ok(7_000));
+    }
+
+    #[test]
+    fn meminfo_fields_are_read_in_bytes() {
+        let text = "MemTotal:         262144 kB\nMemFree:  1000 kB\nMemAvailable:     131072 kB\nHugePages_Total:       0\n";
+        assert_eq!(meminfo_bytes(text, "MemTotal"), Some(262_144 * 1024));
+        assert_eq!(meminfo_bytes(text, "MemAvailable"), Some(131_072 * 1024));
+        assert_eq!(meminfo_bytes(text, "HugePages_Total"), Some(0));
+        assert_eq!(meminfo_bytes(text, "Mem"), None);
+        assert_eq!(meminfo_bytes("MemTotal: x kB", "MemTotal"), None);
+        assert_eq!(meminfo_bytes("MemTotal: 1 MB", "MemTotal"), None);
+    }
+
+    #[test]
+    fn this_machine_has_its_memory_in_meminfo() {
+        let text = std::fs::read_to_string(PROC_MEMINFO).unwrap();
+        let total = meminfo_bytes(&text, "MemTotal").unwrap();
+        let available = meminfo_bytes(&text, "MemAvailable").unwrap();
+        assert!(total > 0 && available <= total, "{total} {available}");
     }
 
     #[test]

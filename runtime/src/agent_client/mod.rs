@@ -11,6 +11,7 @@ pub mod pump;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::metrics::RpcLatency;
 use hull_proto::{AgentServiceClient, API_VERSION};
 use tokio::io::AsyncReadExt;
 
@@ -195,23 +196,35 @@ pub struct ExitInfo {
     pub oom_killed: bool,
 }
 
+/// What `GuestStats` said, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestStats {
+    pub mem_total_bytes: u64,
+    pub mem_available_bytes: u64,
+    pub containers: u32,
+}
+
 /// A connected agent.
 #[derive(Clone)]
 pub struct AgentClient {
     inner: AgentServiceClient,
     timeout: Duration,
+    /// How long each RPC took, per RPC (for `hull monitor`).
+    latency: RpcLatency,
 }
 
 /// Calls `$rpc` on the generated client with a deadline, mapping errors.
 macro_rules! call {
     ($self:ident, $rpc:ident, $req:expr) => {{
         let ctx = ttrpc::context::with_timeout($self.timeout.as_nanos() as i64);
-        match tokio::time::timeout(
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(
             $self.timeout + Duration::from_secs(1),
             $self.inner.$rpc(ctx, &$req),
         )
-        .await
-        {
+        .await;
+        $self.latency.observe(stringify!($rpc), started.elapsed());
+        match outcome {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(source)) => Err(AgentError::Rpc {
                 rpc: stringify!($rpc),
@@ -234,6 +247,7 @@ impl AgentClient {
         Ok(AgentClient {
             inner: AgentServiceClient::new(client),
             timeout,
+            latency: RpcLatency::default(),
         })
     }
 
@@ -243,7 +257,33 @@ impl AgentClient {
         AgentClient {
             inner: AgentServiceClient::new(ttrpc::r#async::Client::new(socket)),
             timeout,
+            latency: RpcLatency::default(),
         }
+    }
+
+    /// The latency of the RPCs made through this client and its clones.
+    pub fn latency(&self) -> &RpcLatency {
+        &self.latency
+    }
+
+    /// The guest's memory and container count. The guest is not trusted: what it
+    /// claims is checked for sense, not believed.
+    pub async fn guest_stats(&self) -> Result<GuestStats, AgentError> {
+        let reply = call!(self, guest_stats, hull_proto::Empty::new())?;
+        if reply.mem_total_bytes == 0 || reply.mem_available_bytes > reply.mem_total_bytes {
+            return Err(AgentError::BadReply {
+                rpc: "guest_stats",
+                what: format!(
+                    "{} bytes available of {} in all",
+                    reply.mem_available_bytes, reply.mem_total_bytes
+                ),
+            });
+        }
+        Ok(GuestStats {
+            mem_total_bytes: reply.mem_total_bytes,
+            mem_available_bytes: reply.mem_available_bytes,
+            containers: reply.containers,
+        })
     }
 
     /// Health check: succeeds only if the agent says it is serving.

@@ -13,7 +13,7 @@ use hull_runtime::run::debug::DebugExecOptions;
 use hull_runtime::run::exec::ExecOptions;
 use hull_runtime::run::{RunError, RunOptions, Signals};
 use hull_runtime::sandbox::{Sandbox, SandboxSpec};
-use hull_runtime::{bench, check, gc, hypervisor, image, inspect};
+use hull_runtime::{bench, check, gc, hypervisor, image, inspect, monitor};
 
 #[derive(Parser)]
 #[command(name = "hull", version, about = "Containers in microVMs")]
@@ -64,6 +64,15 @@ enum Command {
         /// Also name the sandboxes left alone.
         #[arg(short, long)]
         verbose: bool,
+    },
+    /// Serve this node's sandboxes as Prometheus metrics at http://LISTEN/metrics: the
+    /// sandboxes, their host memory, guest memory and containers (asked from each
+    /// agent), boot phases and agent RPC latencies. Runs until SIGINT or SIGTERM.
+    Monitor {
+        /// Address and port to listen on (port 0: any free port; the address taken is
+        /// printed first).
+        #[arg(long, default_value = "127.0.0.1:8091")]
+        listen: std::net::SocketAddr,
     },
     /// Print the guest console log (kernel and agent) of a sandbox (id or id prefix).
     Logs { sandbox: String },
@@ -275,6 +284,7 @@ fn main() -> ExitCode {
             | Command::Debug {
                 command: DebugCommand::Exec(_)
             }
+            | Command::Monitor { .. }
     );
     let code = rt.block_on(async {
         tokio::select! {
@@ -420,6 +430,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Gc { dry_run, verbose } => gc(&config, *dry_run, *verbose),
+        Command::Monitor { listen } => {
+            let listener = monitor::bind(*listen).await?;
+            let addr = listener.local_addr()?;
+            println!("hull monitor: serving http://{addr}/metrics");
+            use std::io::Write;
+            std::io::stdout().flush()?;
+            let settings = monitor::MonitorSettings {
+                state_dir: config.runtime.state_dir.clone(),
+                agent_timeout: std::time::Duration::from_secs(2),
+            };
+            tokio::select! {
+                served = monitor::serve(listener, settings) => served?,
+                sig = interrupted() => eprintln!("hull monitor: stopped by {sig}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Logs { sandbox } => {
             let log = inspect::console_log(&config.runtime.state_dir, sandbox)?;
             use std::io::Write;

@@ -53,6 +53,18 @@ pub struct BootReport {
 }
 
 impl BootReport {
+    /// The report as `hull monitor` reads it.
+    pub fn seconds(&self) -> crate::metrics::BootSeconds {
+        crate::metrics::BootSeconds {
+            backend: self.backend.clone(),
+            processes: self.launched.as_secs_f64(),
+            kernel: self.kernel.map(|d| d.as_secs_f64()),
+            init: self.init.map(|d| d.as_secs_f64()),
+            agent_ready: self.agent_ready.as_secs_f64(),
+            connected: self.connected.as_secs_f64(),
+        }
+    }
+
     /// One line: `ready in 1.23 s (launch 0.01, kernel 0.30, init 0.95, agent 1.10, connected 1.23)`.
     pub fn summary(&self) -> String {
         let s = |d: Option<Duration>| {
@@ -199,8 +211,17 @@ pub(super) async fn run(
     .instrument(tracing::info_span!("agent_connect"))
     .await?;
     sandbox.report.connected = t0.elapsed();
-    sandbox.agent = Some(agent);
     tracing::info!(report = %sandbox.report.summary(), "sandbox ready");
+    let boot = sandbox.report.seconds();
+    if let Err(e) = crate::metrics::record_boot(&config.runtime.state_dir, &boot) {
+        tracing::warn!(error = %e, "this boot is not counted in the node's boot histograms");
+    }
+    sandbox.metrics = Some(crate::metrics::SandboxMetricsWriter::start(
+        &state,
+        boot,
+        agent.latency().clone(),
+    ));
+    sandbox.agent = Some(agent);
     Ok(())
 }
 

@@ -136,6 +136,8 @@ pub struct Sandbox {
     // Field order is drop order: the backend (and its processes) goes before the dir.
     hypervisor: Box<dyn Hypervisor>,
     agent: Option<AgentClient>,
+    /// Keeps `metrics.json` in the state dir current (for `hull monitor`).
+    metrics: Option<crate::metrics::SandboxMetricsWriter>,
     console: Option<Console>,
     // After the VM (virtiofsd gone), before the state dir: volumes are unmounted first.
     share: Option<Share>,
@@ -250,6 +252,7 @@ impl Sandbox {
             id,
             hypervisor,
             agent: None,
+            metrics: None,
             console: None,
             share,
             scratch,
@@ -473,6 +476,7 @@ impl Sandbox {
     /// dir goes on drop.
     pub async fn teardown(&mut self) {
         self.agent = None;
+        self.metrics = None;
         if let Err(e) = self.hypervisor.stop(Duration::from_millis(500)).await {
             tracing::warn!(error = %e, "stopping the VM's processes");
         }
