@@ -1,11 +1,14 @@
-//! The container's seccomp filter on an exec'd process.
+//! The container's seccomp filter on its init and on every exec'd process.
 //!
 //! libcontainer 0.7 builds an exec's ("tenant") spec from the process alone: its
 //! `linux` section keeps namespaces, cgroup path, personality and time offsets, and
 //! drops `linux.seccomp`, so without this module `kubectl exec` and `ctr task exec`
-//! processes would run unfiltered (`Seccomp: 0` beside the init's `Seccomp: 2`).
+//! processes would run unfiltered (`Seccomp: 0` beside the init's `Seccomp: 2`). And
+//! libcontainer compiles a profile anew for every process, the slowest step of a
+//! container's creation in the guest; the agent loads a program compiled once per
+//! profile instead ([`super::seccomp_bpf`]), for the init as for execs.
 //!
-//! The agent puts the filter back through libcontainer's executor hook, which runs in
+//! The agent loads the filter through libcontainer's executor hook, which runs in
 //! the new process after it joined the container's namespaces and cgroup, set its
 //! rlimits, user and capabilities, right before `execve`, in the order runc uses:
 //! - with `noNewPrivileges`, the filter is loaded there (loading needs no privilege);
@@ -15,6 +18,7 @@
 //!   did (libcontainer loads the init's filter before dropping its capabilities too).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{
@@ -24,18 +28,22 @@ use oci_spec::runtime::{
     Capabilities, Capability, LinuxCapabilities, LinuxSeccomp, LinuxSeccompAction, Process, Spec,
 };
 
+use super::seccomp_bpf::{self, CompiledFilter, SeccompBpfError};
+
 /// What may go wrong before the process is created.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecSeccompError {
     #[error("the container's seccomp profile uses SCMP_ACT_NOTIFY, which hull does not support for exec'd processes")]
     NotifyProfile,
+    #[error(transparent)]
+    Compile(#[from] SeccompBpfError),
 }
 
 /// Loads the container's filter, then (when it was needed for loading) drops the
 /// capabilities added for it, then runs the command as libcontainer's default executor does.
 #[derive(Clone)]
 pub struct ExecSeccomp {
-    filter: LinuxSeccomp,
+    filter: Arc<CompiledFilter>,
     /// The process's own capabilities, when extra ones were added for the load.
     drop_to: Option<LinuxCapabilities>,
 }
@@ -45,20 +53,18 @@ pub struct ExecSeccomp {
 const LOAD_CAPS: [Capability; 2] = [Capability::SysAdmin, Capability::Setpcap];
 
 impl ExecSeccomp {
-    /// The executor for `process` in a container whose spec is `container`, and the
-    /// process as libcontainer must create it; `None` when the container has no filter.
+    /// The executor for `process` in a container whose seccomp profile is `profile`,
+    /// and the process as libcontainer must create it.
     pub fn for_process(
-        container: &Spec,
+        profile: &LinuxSeccomp,
         process: &Process,
-    ) -> Result<Option<(ExecSeccomp, Process)>, ExecSeccompError> {
-        let Some(filter) = container.linux().as_ref().and_then(|l| l.seccomp().clone()) else {
-            return Ok(None);
-        };
-        if filter.default_action() == LinuxSeccompAction::ScmpActNotify
-            || libcontainer::seccomp::is_notify(&filter)
+    ) -> Result<(ExecSeccomp, Process), ExecSeccompError> {
+        if profile.default_action() == LinuxSeccompAction::ScmpActNotify
+            || libcontainer::seccomp::is_notify(profile)
         {
             return Err(ExecSeccompError::NotifyProfile);
         }
+        let filter = seccomp_bpf::compiled(profile)?;
         let mut created = process.clone();
         // Without capabilities in its spec the process keeps the agent's (all of them);
         // with no_new_privs the load needs none.
@@ -69,7 +75,7 @@ impl ExecSeccomp {
             }
             _ => None,
         };
-        Ok(Some((ExecSeccomp { filter, drop_to }, created)))
+        Ok((ExecSeccomp { filter, drop_to }, created))
     }
 }
 
@@ -91,19 +97,9 @@ fn with_load_caps(caps: &LinuxCapabilities) -> LinuxCapabilities {
 
 impl Executor for ExecSeccomp {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
-        match libcontainer::seccomp::initialize_seccomp(&self.filter) {
-            Ok(None) => {}
-            Ok(Some(fd)) => {
-                // Refused in `for_process`; a listener fd here has nobody to serve it.
-                let _ = nix::unistd::close(fd);
-                return Err(ExecutorError::Other("seccomp returned a notify fd".into()));
-            }
-            Err(e) => {
-                return Err(ExecutorError::Other(format!(
-                    "loading the container's seccomp filter: {e}"
-                )))
-            }
-        }
+        self.filter.load().map_err(|e| {
+            ExecutorError::Other(format!("loading the container's seccomp filter: {e}"))
+        })?;
         if let Some(own) = &self.drop_to {
             let syscall = libcontainer::syscall::syscall::create_syscall();
             libcontainer::capabilities::drop_privileges(own, syscall.as_ref()).map_err(|e| {
@@ -127,22 +123,13 @@ impl Executor for ExecSeccomp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oci_spec::runtime::{LinuxBuilder, LinuxSeccompBuilder, ProcessBuilder, SpecBuilder};
+    use oci_spec::runtime::{LinuxSeccompBuilder, ProcessBuilder};
 
-    fn spec_with_filter(action: LinuxSeccompAction) -> Spec {
-        let seccomp = LinuxSeccompBuilder::default()
+    fn spec_with_filter(action: LinuxSeccompAction) -> LinuxSeccomp {
+        LinuxSeccompBuilder::default()
             .default_action(action)
             .build()
-            .expect("seccomp");
-        SpecBuilder::default()
-            .linux(
-                LinuxBuilder::default()
-                    .seccomp(seccomp)
-                    .build()
-                    .expect("linux"),
-            )
-            .build()
-            .expect("spec")
+            .expect("seccomp")
     }
 
     fn process(nnp: Option<bool>) -> Process {
@@ -162,23 +149,10 @@ mod tests {
     }
 
     #[test]
-    fn no_filter_no_executor() {
-        let spec = SpecBuilder::default()
-            .linux(LinuxBuilder::default().build().expect("linux"))
-            .build()
-            .expect("spec");
-        assert!(ExecSeccomp::for_process(&spec, &process(None))
-            .expect("ok")
-            .is_none());
-    }
-
-    #[test]
     fn without_no_new_privs_load_caps_are_added_then_dropped_to_the_own_set() {
         let spec = spec_with_filter(LinuxSeccompAction::ScmpActErrno);
         let own = process(Some(false));
-        let (exec, created) = ExecSeccomp::for_process(&spec, &own)
-            .expect("ok")
-            .expect("filter");
+        let (exec, created) = ExecSeccomp::for_process(&spec, &own).expect("ok");
         let caps = created.capabilities().clone().expect("caps");
         for set in [caps.bounding(), caps.permitted(), caps.effective()] {
             let set = set.clone().expect("set");
@@ -195,9 +169,7 @@ mod tests {
     fn with_no_new_privs_the_process_is_unchanged() {
         let spec = spec_with_filter(LinuxSeccompAction::ScmpActErrno);
         let own = process(Some(true));
-        let (exec, created) = ExecSeccomp::for_process(&spec, &own)
-            .expect("ok")
-            .expect("filter");
+        let (exec, created) = ExecSeccomp::for_process(&spec, &own).expect("ok");
         assert!(exec.drop_to.is_none());
         assert_eq!(created.capabilities(), own.capabilities());
     }

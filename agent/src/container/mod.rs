@@ -7,6 +7,7 @@ pub mod console;
 pub mod exec_seccomp;
 pub mod process;
 pub mod runner;
+pub mod seccomp_bpf;
 pub mod spec;
 pub mod stdio;
 pub mod sysctl;

@@ -18,7 +18,7 @@ use libcontainer::container::Container as LcContainer;
 use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::Executor;
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::{LinuxSeccomp, Process, Spec};
 
 use super::console::ConsoleSocket;
 use super::exec_seccomp::ExecSeccomp;
@@ -138,19 +138,73 @@ fn receive_pty(console: Option<ConsoleSocket>) -> Result<Option<OwnedFd>, RunErr
 
 /// Creates container `id` from `spec`: its init process exists and waits for
 /// [`start`]. On failure nothing of it is left (see [`destroy`]).
+/// The container's seccomp profile, beside a `config.json` that holds none when the
+/// agent loads the filter itself (see [`super::exec_seccomp`]); execs read it.
+const SECCOMP_PROFILE: &str = "seccomp.json";
+
+/// The spec libcontainer gets and the executor of the init: the profile moved from the
+/// spec into an executor that loads its compiled program, unless there is none or it
+/// needs libseccomp's notify listener (then libcontainer loads it, as before).
+fn init_seccomp(spec: &Spec) -> Result<(Spec, Option<ExecSeccomp>), RunError> {
+    let profile = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    let (Some(profile), Some(process)) = (profile, spec.process().as_ref()) else {
+        return Ok((spec.clone(), None));
+    };
+    if libcontainer::seccomp::is_notify(&profile) {
+        return Ok((spec.clone(), None));
+    }
+    let (executor, created) = ExecSeccomp::for_process(&profile, process)
+        .map_err(|e| RunError::Libcontainer(e.to_string()))?;
+    let mut for_libcontainer = spec.clone();
+    for_libcontainer.set_process(Some(created));
+    if let Some(linux) = for_libcontainer.linux_mut() {
+        linux.set_seccomp(None);
+    }
+    Ok((for_libcontainer, Some(executor)))
+}
+
+/// The seccomp profile of container `id` for an exec: the one kept beside the spec, or
+/// the spec's own (a notify profile libcontainer loaded).
+fn container_seccomp(id: &str, bundle: &Path) -> Result<Option<LinuxSeccomp>, RunError> {
+    let path = bundle.join(SECCOMP_PROFILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| RunError::Libcontainer(format!("read {}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let spec = Spec::load(bundle.join("config.json")).map_err(|e| {
+                RunError::Libcontainer(format!("read the spec of container {id}: {e}"))
+            })?;
+            Ok(spec.linux().as_ref().and_then(|l| l.seccomp().clone()))
+        }
+        Err(e) => Err(io_failed(format!("read {}", path.display()))(e)),
+    }
+}
+
 pub fn create(id: &str, spec: &Spec, stdio: StdioSetup) -> Result<Launched, RunError> {
     let bundle = bundle_dir(id);
     std::fs::create_dir_all(&bundle).map_err(io_failed(format!("create {}", bundle.display())))?;
-    let config = serde_json::to_vec(spec)
+    let (for_libcontainer, seccomp) = init_seccomp(spec)?;
+    if seccomp.is_some() {
+        let profile = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+        let json = serde_json::to_vec(&profile)
+            .map_err(|e| RunError::Libcontainer(format!("serialize the seccomp profile: {e}")))?;
+        std::fs::write(bundle.join(SECCOMP_PROFILE), json)
+            .map_err(io_failed(format!("write {SECCOMP_PROFILE}")))?;
+    }
+    let config = serde_json::to_vec(&for_libcontainer)
         .map_err(|e| RunError::Libcontainer(format!("serialize spec: {e}")))?;
     std::fs::write(bundle.join("config.json"), config).map_err(io_failed("write config.json"))?;
     let console = console_for(&stdio)?;
-    let container = builder(id, stdio, console.as_ref(), DefaultExecutor {})?
-        .as_init(&bundle)
-        .with_systemd(false)
-        .with_detach(true)
-        .build()
-        .map_err(libcontainer_failed)?;
+    let container = match seccomp {
+        Some(executor) => builder(id, stdio, console.as_ref(), executor),
+        None => builder(id, stdio, console.as_ref(), DefaultExecutor {}),
+    }?
+    .as_init(&bundle)
+    .with_systemd(false)
+    .with_detach(true)
+    .build()
+    .map_err(libcontainer_failed)?;
     let pid = container
         .pid()
         .ok_or_else(|| RunError::Libcontainer("created container has no pid".into()))?;
@@ -178,12 +232,12 @@ pub fn exec(
     stdio: StdioSetup,
 ) -> Result<Launched, RunError> {
     let bundle = bundle_dir(id);
-    let container_spec = Spec::load(bundle.join("config.json"))
-        .map_err(|e| RunError::Libcontainer(format!("read the spec of container {id}: {e}")))?;
-    let (seccomp, process) = match ExecSeccomp::for_process(&container_spec, process)
-        .map_err(|e| RunError::Libcontainer(e.to_string()))?
-    {
-        Some((executor, created)) => (Some(executor), created),
+    let (seccomp, process) = match container_seccomp(id, &bundle)? {
+        Some(profile) => {
+            let (executor, created) = ExecSeccomp::for_process(&profile, process)
+                .map_err(|e| RunError::Libcontainer(e.to_string()))?;
+            (Some(executor), created)
+        }
         None => (None, process.clone()),
     };
     let path = bundle.join(format!("exec-{exec_id}.json"));
