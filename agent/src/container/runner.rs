@@ -184,7 +184,8 @@ fn container_seccomp(id: &str, bundle: &Path) -> Result<Option<LinuxSeccomp>, Ru
 pub fn create(id: &str, spec: &Spec, stdio: StdioSetup) -> Result<Launched, RunError> {
     let bundle = bundle_dir(id);
     std::fs::create_dir_all(&bundle).map_err(io_failed(format!("create {}", bundle.display())))?;
-    let (for_libcontainer, seccomp) = init_seccomp(spec)?;
+    let (for_libcontainer, seccomp) =
+        tracing::info_span!("seccomp_compile").in_scope(|| init_seccomp(spec))?;
     if seccomp.is_some() {
         let profile = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
         let json = serde_json::to_vec(&profile)

@@ -111,7 +111,7 @@ pub fn compiled(profile: &LinuxSeccomp) -> Result<Arc<CompiledFilter>, SeccompBp
     }
     let started = std::time::Instant::now();
     let filter = Arc::new(compile(profile)?);
-    tracing::debug!(
+    tracing::info!(
         instructions = filter.len(),
         took_ms = started.elapsed().as_millis() as u64,
         "seccomp profile compiled"
