@@ -6,7 +6,8 @@
 //!
 //! Measured per run, from the parent's spawn() of the process:
 //! - first exit: the first byte of guest serial output arrives on the pipe (the guest's
-//!   first `out` is its first I/O exit),
+//!   first `out` is its first I/O exit; hull-vmm passes the console on a line at a time,
+//!   so for it this is the end of the guest's first line, a few exits later),
 //! - power-off: the process has exited after the guest's reset request (triple fault;
 //!   QEMU runs with -no-reboot so it exits, hull-vmm treats it as the end of the VM),
 //! - CPU: user + system time of the process (wait4 rusage),

@@ -14,7 +14,7 @@ use crate::arch::x86_64::layout::VIRTIO_MMIO_BASE;
 use crate::bus::Bus;
 use crate::config::VmConfig;
 use crate::control::Control;
-use crate::devices::legacy::LimitedWriter;
+use crate::devices::legacy::{ConsoleBuffer, LimitedWriter};
 use crate::devices::legacy::{
     DebugExit, SerialDevice, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN, DEBUG_EXIT_PORT, I8042,
     I8042_PORT_BASE, I8042_PORT_LEN,
@@ -27,7 +27,7 @@ use crate::devices::virtio::net::{Net, Tap};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{IrqTrigger, VirtioDevice, MMIO_WINDOW};
 use crate::error::{Error, Result};
-use crate::event_loop::{ConsoleInputSource, EventLoop};
+use crate::event_loop::{ConsoleInputSource, ConsoleOutputSource, EventLoop};
 use crate::vmm::Vmm;
 use crate::vstate::kvm::KvmContext;
 use crate::vstate::memory::{create_guest_memory, MemoryBacking};
@@ -98,6 +98,16 @@ pub fn build(config: VmConfig) -> Result<Vmm> {
         vcpus.push(vcpu);
     }
 
+    let (console_output, serial) = match serial {
+        Some(p) => (
+            Some(ConsoleOutputSource {
+                waker: p.waker,
+                serial: p.serial.clone(),
+            }),
+            Some((p.serial, p.drained)),
+        ),
+        None => (None, None),
+    };
     let console = match (files.console_in, serial) {
         (Some(input), Some((serial, drained))) => Some(ConsoleInputSource {
             input,
@@ -111,7 +121,7 @@ pub fn build(config: VmConfig) -> Result<Vmm> {
         }
         (None, _) => None,
     };
-    let event_loop = EventLoop::new(control.clone(), console, virtio_events)?;
+    let event_loop = EventLoop::new(control.clone(), console, console_output, virtio_events)?;
     tracing::debug!(entry = kernel.entry.addr.0, protocol = ?kernel.entry.protocol, "VM built");
     Ok(Vmm {
         control,
@@ -169,17 +179,29 @@ fn open_console_input(path: &Path) -> Result<File> {
     Ok(file)
 }
 
-type SerialParts = (Arc<Mutex<SerialDevice>>, EventFd);
+/// The serial device and the eventfds the event loop watches: `drained` (the guest
+/// emptied the input FIFO), `waker` (an unfinished console line waits).
+struct SerialParts {
+    serial: Arc<Mutex<SerialDevice>>,
+    drained: EventFd,
+    waker: EventFd,
+}
 
 fn attach_serial(vm: &Vm, pio: &mut Bus, out: Box<dyn Write + Send>) -> Result<SerialParts> {
     let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(Error::host("eventfd"));
+    let clone = |e: &EventFd| e.try_clone().map_err(Error::host("eventfd"));
     let irq = evt()?;
     vm.register_irqfd(&irq, COM1_IRQ)?;
     let drained = evt()?;
-    let drained_for_device = drained.try_clone().map_err(Error::host("eventfd"))?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(irq, drained_for_device, out)));
+    let waker = evt()?;
+    let out = ConsoleBuffer::new(out, Some(clone(&waker)?));
+    let serial = Arc::new(Mutex::new(SerialDevice::new(irq, clone(&drained)?, out)));
     pio.insert(COM1_PORT_BASE.into(), COM1_PORT_LEN.into(), serial.clone())?;
-    Ok((serial, drained))
+    Ok(SerialParts {
+        serial,
+        drained,
+        waker,
+    })
 }
 
 /// ISA IRQs given to virtio-mmio devices, in slot order (each device needs its own:

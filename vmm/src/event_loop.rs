@@ -1,18 +1,21 @@
 //! The VMM's own thread: an epoll loop (event-manager) serving host-side events while
 //! vCPU threads run the guest. Subscribers: the control mailbox (stop/pause/resume and
-//! "the VM is ending"), the serial console input, and virtio devices (queue
-//! notifications and host-side backends).
+//! "the VM is ending"), the serial console input, the serial console's "an unfinished
+//! line waits" (written out by the loop after [`CONSOLE_FLUSH_DELAY`]), and virtio
+//! devices (queue notifications and host-side backends).
 
 use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::control::Control;
-use crate::devices::legacy::SerialDevice;
+use crate::devices::legacy::{SerialDevice, CONSOLE_FLUSH_DELAY};
 use crate::devices::virtio::event_handler::VirtioEvents;
 use crate::error::{Error, Result};
 
@@ -105,6 +108,73 @@ impl MutEventSubscriber for ConsoleInput {
     }
 }
 
+/// Notes that the serial device holds an unfinished line (its waker fired).
+struct ConsoleWaiting {
+    waker: EventFd,
+    waiting: Arc<AtomicBool>,
+}
+
+impl MutEventSubscriber for ConsoleWaiting {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.waker.read();
+        self.waiting.store(true, Ordering::Release);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.waker, EventSet::IN)) {
+            tracing::error!("cannot watch the console flush eventfd: {e:?}");
+        }
+    }
+}
+
+/// Console output wiring handed over by the builder: the serial device and the eventfd
+/// its [`crate::devices::legacy::ConsoleBuffer`] signals.
+pub struct ConsoleOutputSource {
+    pub waker: EventFd,
+    pub serial: Arc<Mutex<SerialDevice>>,
+}
+
+/// The loop's side of console output: when an unfinished line must go out.
+struct ConsoleOutput {
+    serial: Arc<Mutex<SerialDevice>>,
+    waiting: Arc<AtomicBool>,
+    deadline: Option<Instant>,
+}
+
+impl ConsoleOutput {
+    /// Starts the delay of an unfinished line the waker told of (once per flush).
+    fn arm(&mut self, now: Instant) {
+        if self.deadline.is_none() && self.waiting.swap(false, Ordering::AcqRel) {
+            self.deadline = Some(now + CONSOLE_FLUSH_DELAY);
+        }
+    }
+
+    /// Milliseconds until the pending line is due (epoll's timeout), -1: none pending.
+    fn timeout_ms(&self, now: Instant) -> i32 {
+        match self.deadline {
+            None => -1,
+            Some(d) => {
+                let ms = d.saturating_duration_since(now).as_micros().div_ceil(1000);
+                i32::try_from(ms).unwrap_or(i32::MAX)
+            }
+        }
+    }
+
+    fn flush_if_due(&mut self, now: Instant) {
+        if self.deadline.is_some_and(|d| d <= now) {
+            self.deadline = None;
+            self.flush();
+        }
+    }
+
+    fn flush(&self) {
+        self.serial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .flush_output();
+    }
+}
+
 /// Console input wiring handed over by the builder.
 pub struct ConsoleInputSource {
     pub input: File,
@@ -114,12 +184,14 @@ pub struct ConsoleInputSource {
 
 pub struct EventLoop {
     manager: EventManager<Subscriber>,
+    console_output: Option<ConsoleOutput>,
 }
 
 impl EventLoop {
     pub fn new(
         control: Arc<Control>,
         console: Option<ConsoleInputSource>,
+        console_output: Option<ConsoleOutputSource>,
         virtio: Vec<VirtioEvents>,
     ) -> Result<Self> {
         let io = |e: event_manager::Error| Error::Host {
@@ -137,21 +209,115 @@ impl EventLoop {
                 eof: false,
             })));
         }
+        let console_output = console_output.map(|c| {
+            let waiting = Arc::new(AtomicBool::new(false));
+            manager.add_subscriber(Arc::new(Mutex::new(ConsoleWaiting {
+                waker: c.waker,
+                waiting: waiting.clone(),
+            })));
+            ConsoleOutput {
+                serial: c.serial,
+                waiting,
+                deadline: None,
+            }
+        });
         for device in virtio {
             manager.add_subscriber(Arc::new(Mutex::new(device)));
         }
-        Ok(EventLoop { manager })
+        Ok(EventLoop {
+            manager,
+            console_output,
+        })
     }
 
-    /// Waits for and dispatches one batch of events.
+    /// Waits for and dispatches one batch of events (or until an unfinished console line
+    /// is due, and writes it out).
     pub fn run_once(&mut self) -> Result<()> {
-        match self.manager.run_with_timeout(-1) {
+        let timeout = match &mut self.console_output {
+            Some(c) => {
+                let now = Instant::now();
+                c.arm(now);
+                c.timeout_ms(now)
+            }
+            None => -1,
+        };
+        let res = match self.manager.run_with_timeout(timeout) {
             Ok(_) => Ok(()),
             Err(event_manager::Error::Epoll(e)) if e.errno() == libc::EINTR => Ok(()),
             Err(e) => Err(Error::Host {
                 what: "event loop",
                 source: std::io::Error::other(format!("{e:?}")),
             }),
+        };
+        if let Some(c) = &mut self.console_output {
+            // The waker may have fired in this batch: its delay starts now.
+            let now = Instant::now();
+            c.arm(now);
+            c.flush_if_due(now);
         }
+        res
+    }
+
+    /// Writes out the console output still buffered (the VM ended).
+    pub fn flush_console(&mut self) {
+        if let Some(c) = &mut self.console_output {
+            c.deadline = None;
+            c.flush();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::BusDevice;
+    use crate::devices::legacy::ConsoleBuffer;
+    use std::io::Write;
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_unfinished_console_line_goes_out_after_the_delay() {
+        let sink = Sink::default();
+        let evt = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            evt(),
+            evt(),
+            ConsoleBuffer::new(Box::new(sink.clone()), None),
+        )));
+        let mut out = ConsoleOutput {
+            serial: serial.clone(),
+            waiting: Arc::new(AtomicBool::new(false)),
+            deadline: None,
+        };
+        let t0 = Instant::now();
+        out.arm(t0);
+        assert_eq!(out.timeout_ms(t0), -1, "nothing pending: no timeout");
+
+        serial.lock().unwrap().write(0, b"$");
+        out.waiting.store(true, Ordering::Release); // what ConsoleWaiting does
+        out.arm(t0);
+        let delay = i32::try_from(CONSOLE_FLUSH_DELAY.as_millis()).unwrap();
+        assert_eq!(out.timeout_ms(t0), delay);
+        // Another wakeup before the flush does not push the deadline back.
+        out.waiting.store(true, Ordering::Release);
+        out.arm(t0 + CONSOLE_FLUSH_DELAY / 2);
+        assert_eq!(out.timeout_ms(t0 + CONSOLE_FLUSH_DELAY / 2), delay / 2);
+
+        out.flush_if_due(t0 + CONSOLE_FLUSH_DELAY / 2);
+        assert!(sink.0.lock().unwrap().is_empty(), "flushed early");
+        out.flush_if_due(t0 + CONSOLE_FLUSH_DELAY);
+        assert_eq!(&*sink.0.lock().unwrap(), b"$");
+        assert_eq!(out.timeout_ms(t0 + CONSOLE_FLUSH_DELAY), -1);
     }
 }

@@ -124,7 +124,7 @@ impl Vmm {
                 break;
             }
             while let Some(request) = self.control.pop() {
-                serve(request, &threads);
+                serve(request, &threads, &mut self.event_loop);
             }
         }
         let mut stop_error = None;
@@ -133,6 +133,8 @@ impl Vmm {
                 stop_error.get_or_insert(e);
             }
         }
+        // The guest's last words (an unfinished line) before the VM's end is reported.
+        self.event_loop.flush_console();
         // Answer requests that raced with the end.
         while let Some(request) = self.control.pop() {
             let (Request::Pause(tx) | Request::Resume(tx)) = request;
@@ -152,9 +154,15 @@ impl Vmm {
     }
 }
 
-fn serve(request: Request, threads: &[VcpuThread]) {
+fn serve(request: Request, threads: &[VcpuThread], event_loop: &mut EventLoop) {
     let (tx, result) = match request {
-        Request::Pause(tx) => (tx, threads.iter().try_for_each(VcpuThread::pause)),
+        Request::Pause(tx) => {
+            let paused = threads.iter().try_for_each(VcpuThread::pause);
+            // What the guest printed before the pause is out before the pause is
+            // acknowledged (nothing appears while it is paused).
+            event_loop.flush_console();
+            (tx, paused)
+        }
         Request::Resume(tx) => (tx, threads.iter().try_for_each(VcpuThread::resume)),
     };
     let _ = tx.send(result);

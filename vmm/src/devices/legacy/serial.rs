@@ -1,7 +1,9 @@
-//! COM1: vm-superio's 8250 UART, output to the console file, interrupts through an
-//! irqfd on IRQ 4, input pushed in by the event loop.
+//! COM1: vm-superio's 8250 UART, output to the console file a line at a time
+//! ([`ConsoleBuffer`]), interrupts through an irqfd on IRQ 4, input pushed in by the
+//! event loop.
 
 use std::io::{self, Write};
+use std::time::Duration;
 
 use vm_superio::serial::SerialEvents;
 use vm_superio::{Serial, Trigger};
@@ -84,15 +86,117 @@ impl<W: Write> Write for LimitedWriter<W> {
     }
 }
 
+/// How long an unfinished line may wait in [`ConsoleBuffer`] before it goes out anyway
+/// (the event loop writes it: a prompt, the last words before a hang).
+pub const CONSOLE_FLUSH_DELAY: Duration = Duration::from_millis(50);
+/// Pending console bytes that go out even without a newline.
+const CONSOLE_BUFFER_MAX: usize = 4096;
+
+/// The guest's console output, passed on a line at a time.
+///
+/// The UART hands over one byte per guest port write (one VM exit each). Writing each
+/// byte on at once costs a write(2) and a wakeup of whoever reads the console (hull's
+/// console pump) per byte, which is most of what a verbose boot costs under nested
+/// virtualization. Bytes go on at a newline, at [`CONSOLE_BUFFER_MAX`], when the event
+/// loop flushes an unfinished line [`CONSOLE_FLUSH_DELAY`] after `waker` told it one
+/// waits (at most one wakeup per delay), and when the VM ends (or this is dropped).
+pub struct ConsoleBuffer {
+    out: Box<dyn Write + Send>,
+    pending: Vec<u8>,
+    /// Tells the event loop an unfinished line waits.
+    waker: Option<EventFd>,
+    /// The event loop was told and has not flushed yet.
+    told: bool,
+}
+
+impl ConsoleBuffer {
+    /// `waker` (an eventfd the event loop watches) may be `None` when nothing flushes
+    /// unfinished lines on a timer (they then go out at the limit or at the end).
+    pub fn new(out: Box<dyn Write + Send>, waker: Option<EventFd>) -> Self {
+        ConsoleBuffer {
+            out,
+            pending: Vec::with_capacity(256),
+            waker,
+            told: false,
+        }
+    }
+
+    /// Writes out everything pending: the event loop's flush (it may be told again).
+    pub fn flush_pending(&mut self) -> io::Result<()> {
+        self.told = false;
+        self.write_out()
+    }
+
+    /// Writes out everything pending (the bytes are dropped if that fails).
+    fn write_out(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let res = self
+            .out
+            .write_all(&self.pending)
+            .and_then(|()| self.out.flush());
+        self.pending.clear();
+        res
+    }
+
+    fn tell_event_loop(&mut self) {
+        if self.told {
+            return;
+        }
+        if let Some(waker) = &self.waker {
+            match waker.write(1) {
+                Ok(()) => self.told = true,
+                Err(e) => tracing::warn!("console flush wakeup: {e}"),
+            }
+        }
+    }
+}
+
+impl Write for ConsoleBuffer {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.pending.extend_from_slice(b);
+        if b.contains(&b'\n') || self.pending.len() >= CONSOLE_BUFFER_MAX {
+            // Whether or not it was told, the event loop flushes once its delay is up:
+            // `told` stays, so a line-by-line stream wakes it once per delay at most.
+            self.write_out()?;
+        } else {
+            self.tell_event_loop();
+        }
+        Ok(b.len())
+    }
+
+    /// Does nothing: the UART flushes after every byte, which is what this type exists
+    /// to avoid. [`ConsoleBuffer::flush_pending`] writes out.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for ConsoleBuffer {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush_pending() {
+            tracing::warn!("console output at the end: {e}");
+        }
+    }
+}
+
 pub struct SerialDevice {
-    uart: Serial<IrqLine, InputDrained, Box<dyn Write + Send>>,
+    uart: Serial<IrqLine, InputDrained, ConsoleBuffer>,
 }
 
 impl SerialDevice {
     /// `irq` is registered as irqfd for [`COM1_IRQ`]; `drained` is watched by the loop.
-    pub fn new(irq: EventFd, drained: EventFd, out: Box<dyn Write + Send>) -> Self {
+    pub fn new(irq: EventFd, drained: EventFd, out: ConsoleBuffer) -> Self {
         SerialDevice {
             uart: Serial::with_events(IrqLine(irq), InputDrained(drained), out),
+        }
+    }
+
+    /// Writes out the console output still buffered (an unfinished line).
+    pub fn flush_output(&mut self) {
+        if let Err(e) = self.uart.writer_mut().flush_pending() {
+            tracing::warn!("serial output: {e}");
         }
     }
 
@@ -166,6 +270,40 @@ mod tests {
     }
 
     #[test]
+    fn console_output_goes_on_by_line_and_when_flushed() {
+        let sink = Sink::default();
+        let out = |sink: &Sink| String::from_utf8_lossy(&sink.0.lock().unwrap()).to_string();
+        let waker = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut buf = ConsoleBuffer::new(Box::new(sink.clone()), Some(waker.try_clone().unwrap()));
+        for b in b"boot" {
+            assert_eq!(buf.write(&[*b]).ok(), Some(1));
+            assert!(buf.flush().is_ok()); // the UART's flush after each byte: no output
+        }
+        assert_eq!(out(&sink), "");
+        // One wakeup for the unfinished line, however many bytes follow.
+        assert_eq!(waker.read().ok(), Some(1));
+        for b in b"ed\nnext" {
+            buf.write_all(&[*b]).unwrap();
+        }
+        assert_eq!(out(&sink), "booted\n");
+        assert!(waker.read().is_err(), "woken again before the loop flushed");
+        // The event loop's flush: the unfinished line goes out, the next one wakes it.
+        buf.flush_pending().unwrap();
+        assert_eq!(out(&sink), "booted\nnext");
+        buf.write_all(b"$ ").unwrap();
+        assert_eq!(waker.read().ok(), Some(1));
+        // A long line without a newline goes out at the limit; the rest at the end.
+        buf.write_all(&[b'.'; CONSOLE_BUFFER_MAX]).unwrap();
+        assert_eq!(
+            out(&sink).len(),
+            "booted\nnext$ ".len() + CONSOLE_BUFFER_MAX
+        );
+        buf.write_all(b"last words").unwrap();
+        drop(buf);
+        assert!(out(&sink).ends_with(".last words"));
+    }
+
+    #[test]
     fn output_input_and_interrupts() {
         let sink = Sink::default();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
@@ -173,12 +311,13 @@ mod tests {
         let mut dev = SerialDevice::new(
             irq.try_clone().unwrap(),
             drained.try_clone().unwrap(),
-            Box::new(sink.clone()),
+            ConsoleBuffer::new(Box::new(sink.clone()), None),
         );
         for b in b"hi" {
             dev.write(0, &[*b]);
         }
         dev.write(0, b"xy"); // wide access: ignored
+        dev.flush_output(); // an unfinished line
         assert_eq!(&*sink.0.lock().unwrap(), b"hi");
 
         dev.write(1, &[0x01]); // IER: received-data interrupt
