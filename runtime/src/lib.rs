@@ -5,6 +5,7 @@
 //! [`agent_client`] (ttrpc over hybrid vsock to the guest agent).
 
 pub mod agent_client;
+pub mod atomic_write;
 pub mod bench;
 pub mod cgroup;
 pub mod check;

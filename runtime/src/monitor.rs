@@ -172,8 +172,8 @@ async fn respond(
 pub struct SandboxSample {
     pub id: String,
     pub backend: String,
-    /// `live`, `orphan` or `unknown` (as `hull ps` says).
-    pub state: &'static str,
+    /// Whether its owner runs (`hull ps`'s STATE).
+    pub status: Status,
     pub host: HostMemory,
     /// What the agent said; None when it was not asked (the sandbox is not live) or did
     /// not answer (then `agent_error` says why).
@@ -244,7 +244,7 @@ pub async fn collect(settings: &MonitorSettings) -> Snapshot {
             SandboxSample {
                 id: info.id,
                 backend: info.backend,
-                state: info.status.word(),
+                status: info.status,
                 host,
                 guest,
                 agent_error,
@@ -316,7 +316,9 @@ pub fn render(s: &Snapshot) -> String {
     );
     let mut by_state: std::collections::BTreeMap<(&str, &str), u64> = Default::default();
     for sb in &s.sandboxes {
-        *by_state.entry((sb.state, sb.backend.as_str())).or_default() += 1;
+        *by_state
+            .entry((sb.status.word(), sb.backend.as_str()))
+            .or_default() += 1;
     }
     // A node with no sandboxes still says 0, so alerts and graphs see the drop.
     if by_state.is_empty() {
@@ -373,7 +375,7 @@ pub fn render(s: &Snapshot) -> String {
     );
     for sb in &s.sandboxes {
         let id = [("sandbox_id", sb.id.as_str())];
-        if sb.state == "live" {
+        if matches!(sb.status, Status::Live { .. }) {
             up.sample(&id, if sb.guest.is_some() { 1.0 } else { 0.0 });
         }
         if sb.host.processes > 0 {
@@ -473,19 +475,20 @@ mod tests {
         );
     }
 
-    fn sample(id: &str, state: &'static str) -> SandboxSample {
+    fn sample(id: &str, status: Status) -> SandboxSample {
+        let live = matches!(status, Status::Live { .. });
         let mut h = Histogram::new(crate::metrics::RPC_BUCKETS);
         h.observe(0.002);
         SandboxSample {
             id: id.into(),
             backend: "qemu".into(),
-            state,
+            status,
             host: HostMemory {
                 processes: 3,
                 rss_bytes: 4096,
                 pss_bytes: 2048,
             },
-            guest: (state == "live").then_some(GuestStats {
+            guest: live.then_some(GuestStats {
                 mem_total_bytes: 1000,
                 mem_available_bytes: 400,
                 containers: 2,
@@ -508,9 +511,11 @@ mod tests {
     #[test]
     fn the_page_has_every_family_once_with_its_samples() {
         let mut phases = BootPhases::default();
-        phases.observe(&sample("a", "live").metrics.unwrap().boot);
+        let live = Status::Live { owner: 1 };
+        let orphan = Status::Orphan { owner: Some(2) };
+        phases.observe(&sample("a", live).metrics.unwrap().boot);
         let page = render(&Snapshot {
-            sandboxes: vec![sample("a", "live"), sample("b", "orphan")],
+            sandboxes: vec![sample("a", live), sample("b", orphan)],
             boot_phases: phases,
             took: Duration::from_millis(5),
         });

@@ -125,7 +125,7 @@ mod tests {
     use super::*;
     use oci_spec::runtime::{LinuxSeccompBuilder, ProcessBuilder};
 
-    fn spec_with_filter(action: LinuxSeccompAction) -> LinuxSeccomp {
+    fn profile_defaulting_to(action: LinuxSeccompAction) -> LinuxSeccomp {
         LinuxSeccompBuilder::default()
             .default_action(action)
             .build()
@@ -150,9 +150,9 @@ mod tests {
 
     #[test]
     fn without_no_new_privs_load_caps_are_added_then_dropped_to_the_own_set() {
-        let spec = spec_with_filter(LinuxSeccompAction::ScmpActErrno);
+        let profile = profile_defaulting_to(LinuxSeccompAction::ScmpActErrno);
         let own = process(Some(false));
-        let (exec, created) = ExecSeccomp::for_process(&spec, &own).expect("ok");
+        let (exec, created) = ExecSeccomp::for_process(&profile, &own).expect("ok");
         let caps = created.capabilities().clone().expect("caps");
         for set in [caps.bounding(), caps.permitted(), caps.effective()] {
             let set = set.clone().expect("set");
@@ -167,18 +167,18 @@ mod tests {
 
     #[test]
     fn with_no_new_privs_the_process_is_unchanged() {
-        let spec = spec_with_filter(LinuxSeccompAction::ScmpActErrno);
+        let profile = profile_defaulting_to(LinuxSeccompAction::ScmpActErrno);
         let own = process(Some(true));
-        let (exec, created) = ExecSeccomp::for_process(&spec, &own).expect("ok");
+        let (exec, created) = ExecSeccomp::for_process(&profile, &own).expect("ok");
         assert!(exec.drop_to.is_none());
         assert_eq!(created.capabilities(), own.capabilities());
     }
 
     #[test]
     fn notify_profiles_are_refused() {
-        let spec = spec_with_filter(LinuxSeccompAction::ScmpActNotify);
+        let profile = profile_defaulting_to(LinuxSeccompAction::ScmpActNotify);
         assert!(matches!(
-            ExecSeccomp::for_process(&spec, &process(None)),
+            ExecSeccomp::for_process(&profile, &process(None)),
             Err(ExecSeccompError::NotifyProfile)
         ));
     }

@@ -14,7 +14,6 @@ pub mod exposition;
 mod histogram;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -280,33 +279,17 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, MetricsEr
     })
 }
 
-/// Writes `value` to a temporary file beside `path` and renames it over `path`, so a
-/// reader sees the old or the new file, never half of one.
+/// Writes `value` as JSON over `path`, atomically, readable by root only.
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), MetricsError> {
-    let io_error = |what: &'static str, p: &Path| {
-        let p = p.to_path_buf();
+    let io_error = |what: &'static str| {
         move |source| MetricsError::Io {
             what,
-            path: p,
+            path: path.to_path_buf(),
             source,
         }
     };
-    let tmp = path.with_extension("json.tmp");
-    let text = serde_json::to_vec(value).map_err(|e| MetricsError::Io {
-        what: "serialize",
-        path: path.to_path_buf(),
-        source: e.into(),
-    })?;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_error("create", &tmp))?;
-    file.write_all(&text).map_err(io_error("write", &tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io_error("rename", path))
+    let text = serde_json::to_vec(value).map_err(|e| io_error("serialize")(e.into()))?;
+    crate::atomic_write::write_atomically(path, &text, 0o600).map_err(io_error("write"))
 }
 
 #[cfg(test)]

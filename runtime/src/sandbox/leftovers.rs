@@ -136,18 +136,14 @@ impl std::fmt::Display for Cleaned {
 }
 
 impl Leftovers {
-    /// Writes the record to `path` (a temp name, then rename).
+    /// Writes the record to `path` (atomically: see [`crate::atomic_write`]).
     pub fn write(&self, path: &Path) -> Result<(), LeftoversError> {
         let write_failed = |source| LeftoversError::Write {
             path: path.to_path_buf(),
             source,
         };
         let json = serde_json::to_vec_pretty(self).map_err(|e| write_failed(e.into()))?;
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let tmp = path.with_file_name(format!(".{name}.tmp"));
-        std::fs::write(&tmp, json)
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(write_failed)
+        crate::atomic_write::write_atomically(path, &json, 0o666).map_err(write_failed)
     }
 
     /// Reads the record at `path`; None when there is none.

@@ -52,16 +52,14 @@ pub enum RecordError {
 }
 
 impl SandboxRecord {
-    /// Writes the record into `dir` (write to a temp name, then rename).
+    /// Writes the record into `dir` (atomically: see [`crate::atomic_write`]).
     pub fn write(&self, dir: &Path) -> Result<(), RecordError> {
         let path = dir.join(RECORD_FILE);
-        let tmp = dir.join(format!(".{RECORD_FILE}.tmp"));
         let json = serde_json::to_vec_pretty(self).map_err(|e| RecordError::Write {
             path: path.clone(),
             source: std::io::Error::other(e),
         })?;
-        std::fs::write(&tmp, json)
-            .and_then(|()| std::fs::rename(&tmp, &path))
+        crate::atomic_write::write_atomically(&path, &json, 0o666)
             .map_err(|source| RecordError::Write { path, source })
     }
 
