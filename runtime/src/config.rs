@@ -11,6 +11,11 @@ use serde::Deserialize;
 /// Where hull looks for its configuration when no path is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hull/config.toml";
 
+/// A config path for every hull process that is given none: the CLI, the shim (when
+/// containerd's runtime options name none) and the pool's VMs, which inherit it from
+/// containerd's environment.
+pub const CONFIG_ENV: &str = "HULL_CONFIG";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -54,7 +59,20 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub jail: JailConfig,
     pub rootfs: RootfsConfig,
+    pub pool: PoolConfig,
 }
+
+/// The warm pool (see `crate::pool`): VMs booted ahead of need, taken by new pods.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// How many idle, agent-ready VMs of the default size (`guest.vcpus`,
+    /// `guest.memory_mib`) the node keeps for containerd's pods. 0: no pool.
+    pub size: u32,
+}
+
+/// The most pool VMs hull keeps (each holds its memory while idle).
+pub const MAX_POOL_SIZE: u32 = 64;
 
 /// Where a container's writes to its rootfs go (see docs/configuration.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -285,13 +303,21 @@ fn secs(s: f64) -> Duration {
     Duration::try_from_secs_f64(s).unwrap_or(Duration::ZERO)
 }
 
+/// The config file [`Config::load`] reads for `path`.
+pub fn source_path(path: Option<&Path>) -> PathBuf {
+    match (path, std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty())) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(p)) => PathBuf::from(p),
+        (None, None) => PathBuf::from(DEFAULT_CONFIG_PATH),
+    }
+}
+
 impl Config {
-    /// Loads `path`, or the defaults when `path` is the default location and absent.
+    /// Loads `path`, else `$HULL_CONFIG`, else the default location (its defaults when
+    /// that file is absent).
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let (path, explicit) = match path {
-            Some(p) => (p.to_path_buf(), true),
-            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
-        };
+        let path = source_path(path);
+        let explicit = path != Path::new(DEFAULT_CONFIG_PATH);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
@@ -355,6 +381,12 @@ impl Config {
             return Err(invalid(format!(
                 "rootfs.scratch_size_mib = {} is out of range (64 MiB to 16 TiB)",
                 r.scratch_size_mib
+            )));
+        }
+        if self.pool.size > MAX_POOL_SIZE {
+            return Err(invalid(format!(
+                "pool.size = {} is out of range (0 to {MAX_POOL_SIZE})",
+                self.pool.size
             )));
         }
         if !r.scratch_dir.is_absolute() {

@@ -36,6 +36,8 @@ pub struct SandboxInfo {
     /// Guest memory as configured (`-m`).
     pub guest_mib: Option<u64>,
     pub containers: Vec<String>,
+    /// A warm pool VM no pod has taken yet (see `crate::pool`).
+    pub pooled: bool,
 }
 
 /// Every VM dir under `state_dir`, sorted by id.
@@ -76,7 +78,9 @@ pub fn list(state_dir: &Path) -> Vec<SandboxInfo> {
                 })
                 .unwrap_or_default();
             containers.sort();
+            let pooled = crate::pool::Entry::new(state_dir, &id).record().exists();
             SandboxInfo {
+                pooled,
                 id,
                 backend,
                 pid: vm.map(|(p, _)| *p),
@@ -91,8 +95,8 @@ pub fn list(state_dir: &Path) -> Vec<SandboxInfo> {
 }
 
 /// The table `hull ps` prints. OWNER is the pid of the shim or `hull run` that owns
-/// the sandbox; STATE says whether it runs (`live`), is gone (`orphan`: `hull gc`
-/// removes it) or is not recorded (`unknown`).
+/// the sandbox; STATE says whether it runs (`live`; `pool` for a warm pool VM no pod
+/// has taken), is gone (`orphan`: `hull gc` removes it) or is not recorded (`unknown`).
 pub fn table(list: &[SandboxInfo]) -> String {
     let mut out = format!(
         "{:<18} {:<8} {:>8} {:>8} {:<7} {:>8} {:>10}  {}\n",
@@ -106,7 +110,10 @@ pub fn table(list: &[SandboxInfo]) -> String {
             s.backend,
             opt(s.pid.map(u64::from)),
             opt(s.status.owner().map(u64::from)),
-            s.status.word(),
+            match (s.pooled, s.status.word()) {
+                (true, "live") => "pool",
+                (_, word) => word,
+            },
             opt(s.rss_kib.map(|k| k / 1024)),
             opt(s.guest_mib),
             if s.containers.is_empty() {

@@ -21,6 +21,7 @@ pub mod jail;
 pub mod metrics;
 pub mod monitor;
 pub mod network;
+pub mod pool;
 pub mod run;
 pub mod sandbox;
 pub mod shim;

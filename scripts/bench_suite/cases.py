@@ -73,11 +73,14 @@ def hull_phases(log, t0, total):
     return out
 
 
-def start(c, rt, runtime_args, runs):
-    """`ctr run --rm IMAGE true` and time to first output of `echo`; hull's phases."""
+def start(c, rt, runtime_args, runs, before_each=None, first=0):
+    """`ctr run --rm IMAGE true` and time to first output of `echo`; hull's phases.
+    `before_each` runs before each `ctr run` (untimed); ids count from `first`."""
     true_s, echo_s, first_s, phases = [], [], [], []
-    for i in range(runs):
+    for i in range(first, first + runs):
         cid = pod_id("start", rt, i)
+        if before_each:
+            before_each()
         off = c.log_size()
         t0 = time.time()
         p = c.ctr("run", "--rm", *runtime_args, IMAGE, cid, "true", check=False)
@@ -93,6 +96,8 @@ def start(c, rt, runtime_args, runs):
             if ph:
                 phases.append(ph)
         cid = pod_id("echo", rt, i)
+        if before_each:
+            before_each()
         t0 = time.perf_counter()
         pr = subprocess.Popen(["timeout", "-s", "KILL", "300", "ctr", "-a", c.sock, "-n", c.ns, "run", "--rm",
                                *runtime_args, IMAGE, cid, "echo", "hi"],

@@ -85,7 +85,7 @@ def mem_available_kib():
 
 
 class Containerd:
-    def __init__(self, bin_dir, work_parent="/tmp"):
+    def __init__(self, bin_dir, work_parent="/tmp", hull_config=None):
         self.dir = tempfile.mkdtemp(prefix="hull-bench-suite-", dir=work_parent)
         self.sock = os.path.join(self.dir, "c.sock")
         self.hull_state = os.path.join(self.dir, "hull-state")
@@ -110,6 +110,13 @@ class Containerd:
         self.log_path = os.path.join(self.dir, "containerd.log")
         env = dict(os.environ, PATH=f"{b}:{os.environ.get('PATH', '')}", HULL_STATE_DIR=self.hull_state,
                    HULL_LOG_SPANS="1")
+        if hull_config:
+            # hull's config for everything this containerd starts: its shims' `start`
+            # reads [pool] there (runtime options reach a shim only at Create).
+            self.hull_config = os.path.join(self.dir, "hull.toml")
+            with open(self.hull_config, "w") as f:
+                f.write(hull_config)
+            env["HULL_CONFIG"] = self.hull_config
         self.proc = subprocess.Popen(["containerd", "--config", os.path.join(self.dir, "config.toml")],
                                      stdin=subprocess.DEVNULL, stdout=open(self.log_path, "wb"),
                                      stderr=subprocess.STDOUT, env=env)

@@ -2,13 +2,17 @@
 
   python3 scripts/bench_suite/main.py --bin-dir DIR --image-layout DIR --out DIR
         [--runs N] [--pods N] [--io-mib N] [--io-files N] [--tiny] [--runtimes a,b]
-        [--work-parent DIR] [--io-only]
+        [--work-parent DIR] [--io-only] [--start-only]
 
 hull runs twice for I/O: with its writable layer on the pod's scratch disk in the guest
 (`[rootfs] writable_layer = "guest-disk"`, the default) and in containerd's snapshot on
 the host (`"host"`), each with a config of its own (`--runtime-config-path`).
 --io-only runs just the I/O cases (runc, hull guest-disk, hull host) and ends with one
 line: `creates medians: runc A s, guest-disk B s, host C s, guest-disk/runc R`.
+--start-only runs just the start cases (`ctr run --rm true`, first output of `echo`) for
+runc, cold hull and hull from its warm pool (`[pool] size = 1`, refilled and idle before
+each pool run), cold and pool in alternating rounds, and ends with one line:
+`start medians: runc A s, cold B s, pool C s, pool/cold R, pool/runc Q`.
 
 Peers: runc; youki and crun through the runc shim's binary (--runc-binary); gVisor's
 runsc through the runc shim with a wrapper (`runsc --network=none --ignore-cgroups`).
@@ -21,6 +25,8 @@ import datetime
 import json
 import os
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 
@@ -80,6 +86,7 @@ def main():
     ap.add_argument("--runtimes", default="hull,runc,youki,crun,runsc")
     ap.add_argument("--work-parent", default="/tmp", help="where the suite's temp dirs go")
     ap.add_argument("--io-only", action="store_true", help="only the I/O cases: runc, hull guest-disk, hull host")
+    ap.add_argument("--start-only", action="store_true", help="only the start cases: runc, cold hull, pool hull")
     a = ap.parse_args()
     if a.tiny:
         a.runs, a.pods, a.io_mib, a.io_files = 1, 2, 8, 200
@@ -92,6 +99,8 @@ def main():
            "runs": a.runs, "pods": a.pods, "runtimes": {}}
     if a.io_only:
         return io_only(a, res)
+    if a.start_only:
+        return start_only(a, res)
     c = Containerd(a.bin_dir, a.work_parent)
     res["namespace"] = c.ns
     try:
@@ -175,6 +184,85 @@ def io_only(a, res):
         json.dump(res, f, indent=2)
     print(report.io_table(res))
     return 1 if any("error" in v for v in res["runtimes"].values()) else 0
+
+
+def start_only(a, res):
+    """`scripts/bench start`: runc, cold hull and pool hull side by side in one containerd.
+    The pool is on while the file HULL_CONFIG names says `[pool] size = 1` (read by each
+    shim `start`), so cold and pool rounds alternate by rewriting it."""
+    c = Containerd(a.bin_dir, a.work_parent, hull_config="[pool]\nsize = 0\n")
+    hull_bin = os.path.join(a.bin_dir, "hull")
+    env = dict(os.environ, HULL_STATE_DIR=c.hull_state, HULL_CONFIG=c.hull_config)
+
+    def pool_size(n):
+        with open(c.hull_config, "w") as f:
+            f.write(f"[pool]\nsize = {n}\n")
+
+    def pool_drained():
+        # No pool VM boots beside a cold run (2 cores: it would slow it).
+        subprocess.run([hull_bin, "pool", "drain"], env=env, stdout=subprocess.DEVNULL, check=True)
+
+    def pool_ready():
+        p = subprocess.run([hull_bin, "pool", "fill", "--wait", "600"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if p.returncode != 0:
+            raise RuntimeError(f"hull pool fill: {p.stdout.decode(errors='replace')[-400:]}")
+
+    res["namespace"] = c.ns
+    cold, pool = {}, {}
+    try:
+        c.import_image(a.image_layout)
+        args, why = runtime_args("runc", c)
+        if why:
+            res["runtimes"]["runc"] = {"unavailable": why}
+        else:
+            print(f"bench start: runc ({a.runs} runs)", file=sys.stderr)
+            res["runtimes"]["runc"] = {"start": attempt(cases.start, c, "runc", args, a.runs)}
+        hull_args, _ = runtime_args("hull", c)
+        for i in range(a.runs):
+            print(f"bench start: round {i + 1}/{a.runs}: cold hull, then pool hull", file=sys.stderr)
+            pool_size(0)
+            merge(cold, attempt(cases.start, c, "hull-cold", hull_args, 1, pool_drained, i))
+            pool_size(1)
+            merge(pool, attempt(cases.start, c, "hull-pool", hull_args, 1, pool_ready, i))
+    finally:
+        subprocess.run([hull_bin, "pool", "drain"], env=env, stdout=subprocess.DEVNULL)
+        c.close()
+        res["notes"] = c.notes
+    res["runtimes"]["hull-cold"] = {"start": cold}
+    res["runtimes"]["hull-pool"] = {"start": pool}
+    with open(os.path.join(a.out, "start.json"), "w") as f:
+        json.dump(res, f, indent=2)
+    med = {}
+    for rt in ("runc", "hull-cold", "hull-pool"):
+        s = res["runtimes"].get(rt, {}).get("start", {})
+        for k in ("ctr_run_true_s", "echo_first_output_s"):
+            v = s.get(k) or []
+            med[(rt, k)] = statistics.median(v) if v else None
+        err = s.get("error")
+        print(f"{rt:10} ctr run --rm true: {fmt_runs(s.get('ctr_run_true_s'))}  "
+              f"first output of echo: {fmt_runs(s.get('echo_first_output_s'))}" + (f"  ERROR {err}" if err else ""))
+    r, cd, pl = (med[(rt, "ctr_run_true_s")] for rt in ("runc", "hull-cold", "hull-pool"))
+    ratio = lambda x, y: f"{x / y:.2f}" if x and y else "-"
+    print(f"start medians: runc {r or float('nan'):.3f} s, cold {cd or float('nan'):.3f} s, "
+          f"pool {pl or float('nan'):.3f} s, pool/cold {ratio(pl, cd)}, pool/runc {ratio(pl, r)}")
+    failed = any("error" in res["runtimes"][rt]["start"] for rt in ("hull-cold", "hull-pool"))
+    return 1 if failed or not (cd and pl) else 0
+
+
+def merge(into, got):
+    """Appends one round's lists to `into`; an error is kept."""
+    for k, v in got.items():
+        if isinstance(v, list):
+            into.setdefault(k, []).extend(v)
+        elif k == "error":
+            into["error"] = v
+
+
+def fmt_runs(v):
+    if not v:
+        return "-"
+    return f"median {statistics.median(v):.3f} s (min {min(v):.3f}, max {max(v):.3f}, n={len(v)})"
 
 
 if __name__ == "__main__":

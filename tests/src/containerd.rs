@@ -437,7 +437,24 @@ impl Containerd {
         Containerd::launch(Flavor::FromConfig(Box::new(config)))
     }
 
+    /// [`Containerd::start`] with hull's config file made of `hull_config` (its path in
+    /// `HULL_CONFIG` for containerd, so for the shims and pool VMs it starts).
+    pub fn start_with_hull_config(hull_config: &str) -> Containerd {
+        let c = Containerd::launch_with(Flavor::Plain, Some(hull_config));
+        c.import("default", &crate::demo_image(), "demo");
+        c
+    }
+
+    /// The hull config file of [`Containerd::start_with_hull_config`].
+    pub fn hull_config_path(&self) -> PathBuf {
+        self.dir.path().join("hull.toml")
+    }
+
     fn launch(flavor: Flavor<'_>) -> Containerd {
+        Containerd::launch_with(flavor, None)
+    }
+
+    fn launch_with(flavor: Flavor<'_>, hull_config: Option<&str>) -> Containerd {
         let state = TestState::new();
         let dir = tempfile::Builder::new()
             .prefix("hull-ctd-")
@@ -519,7 +536,13 @@ impl Containerd {
         let ctr = release
             .as_ref()
             .map_or_else(|| PathBuf::from("ctr"), Release::ctr);
-        let child = Command::new(&containerd)
+        let mut command = Command::new(&containerd);
+        if let Some(text) = hull_config {
+            let file = d.join("hull.toml");
+            std::fs::write(&file, text).expect("hull config");
+            command.env(hull_runtime::config::CONFIG_ENV, file);
+        }
+        let child = command
             .arg("--config")
             .arg(d.join("config.toml"))
             .env("PATH", path)
@@ -735,12 +758,20 @@ impl Containerd {
         }
     }
 
-    /// Shim processes of this containerd.
+    /// Shim processes of this containerd: those it started, and pool VM keepers that
+    /// serve one of its tasks (in the task's bundle, under containerd's dir).
     pub fn shims(&self) -> Vec<(i32, String)> {
-        processes_mentioning(&format!("-address {}", self.socket().display()))
-            .into_iter()
-            .filter(|(_, c)| c.contains("containerd-shim-hull-v2"))
-            .collect()
+        let mut shims: Vec<(i32, String)> =
+            processes_mentioning(&format!("-address {}", self.socket().display()))
+                .into_iter()
+                .filter(|(_, c)| c.contains("containerd-shim-hull-v2"))
+                .collect();
+        for (pid, cmd) in crate::processes_in_dir(self.dir.path()) {
+            if cmd.contains("containerd-shim-hull-v2") && !shims.iter().any(|(p, _)| *p == pid) {
+                shims.push((pid, cmd));
+            }
+        }
+        shims
     }
 
     /// Nothing of hull is left: no VM process, dir or mount, no shim, and no mount
@@ -819,8 +850,12 @@ impl Drop for Containerd {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // Shims outlive containerd by design; a failed test's must not outlive us.
-        for (pid, _) in self.shims() {
+        // Shims outlive containerd by design; a failed test's must not outlive us, nor
+        // its idle pool VMs' keepers (they run in the state dir's pool dir).
+        let keepers = crate::processes_in_dir(self.state.path())
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains("pool-keep"));
+        for (pid, _) in self.shims().into_iter().chain(keepers) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,

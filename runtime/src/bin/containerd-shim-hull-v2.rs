@@ -9,7 +9,7 @@ use hull_runtime::shim::{lifecycle, HullShim, RUNTIME_ID};
 /// the shim) when it is there, else to stderr. `-debug` or `HULL_LOG` set the level.
 /// `HULL_LOG_SPANS=1` also logs each span's close with its duration (`time.busy`,
 /// `time.idle`): `scripts/bench suite` reads a pod start's phases from those.
-fn init_logging() {
+fn init_logging(sink: &LogSink) {
     let debug = std::env::args().any(|a| a == "-debug" || a == "--debug");
     let filter = tracing_subscriber::EnvFilter::try_from_env("HULL_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(if debug { "debug" } else { "info" })
@@ -33,13 +33,48 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_ansi(false)
         .with_span_events(spans);
-    match fifo {
-        Some(f) => {
-            let f = std::sync::Mutex::new(f);
-            let _ = builder.with_writer(f).try_init();
+    if let Some(f) = fifo {
+        sink.switch_to(f);
+    }
+    let sink = sink.clone();
+    let _ = builder.with_writer(move || sink.clone()).try_init();
+}
+
+/// Where the serving shim's log lines go: stderr, or containerd's log FIFO. A pool
+/// VM's keeper logs to its own file (its stderr) until a task takes it, then to that
+/// task's FIFO.
+#[derive(Clone, Default)]
+struct LogSink(std::sync::Arc<std::sync::Mutex<Option<std::fs::File>>>);
+
+impl LogSink {
+    fn switch_to(&self, file: std::fs::File) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+    }
+
+    /// Logs into the FIFO `log` in `bundle` from now on, if containerd made one.
+    fn switch_to_bundle(&self, bundle: &std::path::Path) {
+        let fifo = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(bundle.join("log"));
+        if let Ok(f) = fifo {
+            self.switch_to(f);
         }
-        None => {
-            let _ = builder.with_writer(std::io::stderr).try_init();
+    }
+}
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            Some(f) => f.write(buf),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.0.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            Some(f) => f.flush(),
+            None => std::io::stderr().flush(),
         }
     }
 }
@@ -75,8 +110,13 @@ fn main() {
     // Only the serving shim logs into the FIFO; `start` and `delete` print protocol
     // data on stdout, their logs go to stderr (containerd logs it).
     let serving = !std::env::args().any(|a| a == "start" || a == "delete");
+    let keeper = std::env::args()
+        .nth(1)
+        .filter(|a| a == hull_runtime::pool::KEEPER_COMMAND)
+        .and(std::env::args().nth(2));
+    let sink = LogSink::default();
     if serving {
-        init_logging();
+        init_logging(&sink);
     } else {
         let _ = tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
@@ -95,6 +135,14 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if let Some(id) = keeper {
+        // A pool VM: it boots, waits, and serves the task that takes it.
+        let code = rt.block_on(hull_runtime::shim::keeper::run(id, |bundle| {
+            sink.switch_to_bundle(bundle)
+        }));
+        rt.shutdown_timeout(std::time::Duration::from_secs(1));
+        std::process::exit(code);
+    }
     rt.block_on(containerd_shim::asynchronous::run::<HullShim>(
         RUNTIME_ID,
         Some(lifecycle::shim_config()),

@@ -2,7 +2,7 @@
 //! runtime library (`hull_runtime`); this file only parses arguments, prints, and makes
 //! sure a Ctrl-C or SIGTERM tears everything down.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -18,7 +18,7 @@ use hull_runtime::{bench, check, gc, hypervisor, image, inspect, monitor};
 #[derive(Parser)]
 #[command(name = "hull", version, about = "Containers in microVMs")]
 struct Cli {
-    /// Configuration file [default: /etc/hull/config.toml if present].
+    /// Configuration file [default: $HULL_CONFIG, else /etc/hull/config.toml if present].
     #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Log level for hull's own logs (error, warn, info, debug, trace).
@@ -87,6 +87,11 @@ enum Command {
         /// /etc/hull/config.toml].
         #[arg(long)]
         hull_config: Option<PathBuf>,
+    },
+    /// The warm pool of booted VMs that containerd's new pods take (`[pool] size`).
+    Pool {
+        #[command(subcommand)]
+        command: PoolCommand,
     },
     /// Measure hull.
     Bench {
@@ -222,6 +227,25 @@ struct DebugExecArgs {
     /// The command (a guest path, or a name in the guest's PATH) and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum PoolCommand {
+    /// The pool's size and its VMs: idle (ready to be taken) or booting.
+    Status,
+    /// Start VMs until the pool has `[pool] size` (containerd's `start` does this after
+    /// every pod that takes one).
+    Fill {
+        /// Wait up to this many seconds for them to be ready, and fail if any is not.
+        #[arg(long)]
+        wait: Option<f64>,
+    },
+    /// Destroy every pool VM (idle ones at once; a keeper that does not stop within
+    /// the timeout is killed). VMs that pods took are not pool VMs any more.
+    Drain {
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -430,6 +454,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Gc { dry_run, verbose } => gc(&config, *dry_run, *verbose),
+        Command::Pool { command } => pool(&config, cli.config.as_deref(), command),
         Command::Monitor { listen } => {
             let listener = monitor::bind(*listen).await?;
             let addr = listener.local_addr()?;
@@ -625,6 +650,68 @@ async fn debug_exec(config: &Config, a: &DebugExecArgs) -> ExitCode {
 
 /// `hull gc`: one line per orphan removed (or, with `--dry-run`, to remove); exits 1 if
 /// one could not be removed entirely.
+/// `hull pool status|fill|drain`.
+fn pool(config: &Config, config_path: Option<&Path>, command: &PoolCommand) -> Result<ExitCode> {
+    use hull_runtime::pool;
+    let state = &config.runtime.state_dir;
+    let seconds = |s: f64| {
+        std::time::Duration::try_from_secs_f64(s)
+            .map_err(|_| anyhow::anyhow!("{s} is not a number of seconds"))
+    };
+    match command {
+        PoolCommand::Status => {
+            let members = pool::members(state);
+            let idle = members.iter().filter(|m| m.idle).count();
+            println!(
+                "pool size {}: {idle} idle, {} booting",
+                config.pool.size,
+                members.len() - idle
+            );
+            for m in &members {
+                let what = if m.idle { "idle" } else { "booting" };
+                println!("{} {what} keeper {}", m.entry.id, m.pid);
+            }
+        }
+        PoolCommand::Fill { wait } => {
+            if config.pool.size == 0 {
+                anyhow::bail!("[pool] size is 0 in the config: there is no pool to fill");
+            }
+            let shim = shim_binary()?;
+            let started = pool::fill(state, config.pool.size, &shim, config_path)
+                .context("filling the pool")?;
+            println!("started {} pool VM(s)", started.len());
+            if let Some(wait) = wait {
+                let idle = pool::wait_ready(state, seconds(*wait)?);
+                println!("{idle} pool VM(s) idle");
+                if idle < config.pool.size as usize {
+                    anyhow::bail!(
+                        "only {idle} of {} pool VMs are ready after {wait} s (their logs: {})",
+                        config.pool.size,
+                        pool::dir(state).display()
+                    );
+                }
+            }
+        }
+        PoolCommand::Drain { timeout } => {
+            let stopped = pool::drain(state, seconds(*timeout)?);
+            println!("drained {stopped} pool VM(s)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The shim binary: beside this one, else on PATH.
+fn shim_binary() -> Result<PathBuf> {
+    const SHIM: &str = "containerd-shim-hull-v2";
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(SHIM)))
+        .filter(|p| p.is_file());
+    beside
+        .or_else(|| hull_runtime::host::find_binary(Path::new(SHIM)))
+        .ok_or_else(|| anyhow::anyhow!("{SHIM} is neither beside hull nor on PATH"))
+}
+
 fn gc(config: &Config, dry_run: bool, verbose: bool) -> Result<ExitCode> {
     let state = &config.runtime.state_dir;
     let collected = gc::collect(state, dry_run)

@@ -193,6 +193,7 @@ impl Target {
             created: Vec::new(),
             joined_from: Vec::new(),
             removed: false,
+            limited: false,
         };
         for h in &self.hierarchies {
             let mut dir = h.root.clone();
@@ -215,6 +216,7 @@ impl Target {
                 let file = dir.join(self.limit_file());
                 std::fs::write(&file, bytes.to_string())
                     .map_err(io_failed("set the memory limit in", &file))?;
+                cg.limited = true;
                 tracing::info!(cgroup = %dir.display(), bytes, "pod cgroup limited");
             }
             cg.leaves.push((h.controller, h.root.clone(), dir));
@@ -259,6 +261,8 @@ pub struct HostCgroup {
     /// Where this process was before it joined.
     joined_from: Vec<PathBuf>,
     removed: bool,
+    /// hull created it with a memory limit.
+    limited: bool,
 }
 
 impl HostCgroup {
@@ -291,6 +295,94 @@ impl HostCgroup {
         Ok(())
     }
 
+    /// Leaves the cgroup in place for good: dropping the value no longer moves this
+    /// process back or removes anything (a cgroup other processes share).
+    pub fn keep(mut self) {
+        self.removed = true;
+    }
+
+    /// Memory charged to the cgroup now (v1 `memory.usage_in_bytes`, v2
+    /// `memory.current`).
+    pub fn memory_usage(&self) -> Option<u64> {
+        let file = match self.version {
+            Version::V1 => "memory.usage_in_bytes",
+            Version::V2 => "memory.current",
+        };
+        let dir = self.memory_leaf()?;
+        std::fs::read_to_string(dir.join(file))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+    }
+
+    /// The processes in the cgroup (its memory hierarchy's leaf).
+    pub fn members(&self) -> Vec<u32> {
+        self.memory_leaf()
+            .map(procs)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| u32::try_from(p).ok())
+            .collect()
+    }
+
+    fn memory_leaf(&self) -> Option<&Path> {
+        self.leaves
+            .iter()
+            .find(|(c, _, _)| *c == "memory" || c.is_empty())
+            .map(|(_, _, d)| d.as_path())
+    }
+
+    /// Moves processes started elsewhere (a pool VM's) into the cgroup, each with all
+    /// its threads. Memory they used before stays charged where it was (cgroup v2
+    /// never moves charges; v1's `memory.move_charge_at_immigrate` is gone from
+    /// current kernels), so a limit hull set is lowered by `precharged`, what they
+    /// hold there: the limit still bounds everything they use.
+    pub fn adopt(&self, pids: &[u32], precharged: u64) -> Result<(), CgroupError> {
+        if self.limited && precharged > 0 {
+            if let Some(dir) = self.memory_leaf() {
+                let file = dir.join(match self.version {
+                    Version::V1 => "memory.limit_in_bytes",
+                    Version::V2 => "memory.max",
+                });
+                let limit = std::fs::read_to_string(&file)
+                    .ok()
+                    .and_then(|t| parse_limit(&t));
+                if let Some(limit) = limit {
+                    let lowered = limit.saturating_sub(precharged).max(MIN_ADOPTED_LIMIT);
+                    std::fs::write(&file, lowered.to_string())
+                        .map_err(io_failed("lower the memory limit in", &file))?;
+                    tracing::info!(cgroup = %dir.display(), limit, precharged, lowered, "memory limit lowered by what the VM holds outside this cgroup");
+                }
+            }
+        }
+        for (_, _, dir) in &self.leaves {
+            let procs = dir.join("cgroup.procs");
+            for pid in pids {
+                std::fs::write(&procs, pid.to_string())
+                    .map_err(io_failed("move a VM process into", &procs))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves this process back where it was before it joined; the cgroup and its
+    /// other members stay.
+    pub fn leave_self(&mut self) {
+        let pid = std::process::id().to_string();
+        for from in self.joined_from.drain(..) {
+            let procs = from.join("cgroup.procs");
+            if let Err(e) = std::fs::write(&procs, &pid) {
+                tracing::warn!(cgroup = %from.display(), error = %e, "cannot move back to the original cgroup");
+            }
+        }
+    }
+
+    /// Removes the cgroups hull created without moving this process back (it has
+    /// joined another cgroup since), killing anything still in them.
+    pub fn remove_in_place(&mut self) {
+        self.joined_from.clear();
+        self.remove();
+    }
+
     /// Moves this process back where it was and removes the cgroups hull created,
     /// killing anything still in them (they are the pod's own).
     pub fn remove(&mut self) {
@@ -300,6 +392,10 @@ impl HostCgroup {
         self.removed = true;
         let pid = std::process::id().to_string();
         for from in self.joined_from.drain(..) {
+            if !from.exists() {
+                // A pool VM's own cgroup, removed when a pod took it.
+                continue;
+            }
             let procs = from.join("cgroup.procs");
             if let Err(e) = std::fs::write(&procs, &pid) {
                 tracing::warn!(cgroup = %from.display(), error = %e, "cannot move the shim back to its cgroup");
@@ -329,6 +425,9 @@ fn current_cgroup<'a>(proc_cgroup: &'a str, controller: &str) -> Option<&'a str>
         matches.then_some(path)
     })
 }
+
+/// The least a lowered limit leaves a pod (the shim and its share of page cache).
+const MIN_ADOPTED_LIMIT: u64 = 32 << 20;
 
 /// PIDs in a cgroup (its own members, not its children's).
 pub fn procs(dir: &Path) -> Vec<i32> {

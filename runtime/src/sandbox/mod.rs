@@ -472,6 +472,14 @@ impl Sandbox {
         result
     }
 
+    /// Resolves when the VM process exits, with how it ended.
+    pub async fn wait_exit(&mut self) -> String {
+        match self.hypervisor.wait().await {
+            Ok(status) => crate::child::describe_status(&status),
+            Err(e) => e.to_string(),
+        }
+    }
+
     /// Stops every process now (no guest shutdown) and unmounts the volumes. The state
     /// dir goes on drop.
     pub async fn teardown(&mut self) {

@@ -22,11 +22,22 @@ use super::process::now;
 use super::record;
 use super::service::Service;
 use super::task::TaskService;
+use super::warm::WarmSlot;
 use super::{ANNOTATION_CONTAINER_TYPE, ANNOTATION_SANDBOX_ID};
+use crate::pool::{self, ClaimRequest};
 
 pub struct HullShim {
     exit: Arc<ExitSignal>,
     namespace: String,
+    /// A pool VM for the pod, when a keeper became this shim.
+    warm: std::sync::Mutex<Option<WarmSlot>>,
+}
+
+impl HullShim {
+    /// Hands the shim a booted pool VM for its pod's first container.
+    pub fn give_warm(&self, slot: WarmSlot) {
+        *self.warm.lock().unwrap_or_else(|e| e.into_inner()) = Some(slot);
+    }
 }
 
 /// The shim crate's settings: hull reaps its own children (tokio owns their waits, a
@@ -68,6 +79,7 @@ impl Shim for HullShim {
         HullShim {
             exit: Arc::new(ExitSignal::default()),
             namespace: args.namespace.clone(),
+            warm: std::sync::Mutex::new(None),
         }
     }
 
@@ -85,6 +97,21 @@ impl Shim for HullShim {
             return Ok(address);
         }
         let exe = std::env::current_exe().map_err(|e| shim_error("own executable", e))?;
+        if group == opts.id {
+            let claim = ClaimRequest {
+                namespace: opts.namespace.clone(),
+                id: opts.id.clone(),
+                address: opts.address.clone(),
+                ttrpc_address: opts.ttrpc_address.clone(),
+                socket: address.clone(),
+                bundle: bundle.clone(),
+                debug: opts.debug,
+            };
+            if take_from_pool(&claim, &exe) {
+                write_address(&bundle, &address)?;
+                return Ok(address);
+            }
+        }
         let mut cmd = tokio::process::Command::new(exe);
         cmd.current_dir(&bundle)
             .stdin(Stdio::null())
@@ -130,8 +157,40 @@ impl Shim for HullShim {
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
         let events = Events::new(publisher, self.namespace.clone());
-        TaskService::new(Service::new(events, self.exit.clone()))
+        let warm = self
+            .warm
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default();
+        TaskService::new(Service::new(events, self.exit.clone(), warm))
     }
+}
+
+/// A new task or pod takes a warm pool VM when `[pool] size` asks for a pool and one
+/// is idle (its keeper then serves the task); either way the pool is topped up in
+/// the background. False: boot a shim of its own, as without a pool. Logs at debug
+/// only: containerd takes all `start` prints, stderr too, as the shim's address.
+fn take_from_pool(claim: &ClaimRequest, exe: &Path) -> bool {
+    let config = match crate::config::Config::load(None) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "no pool: the config does not load");
+            return false;
+        }
+    };
+    if config.pool.size == 0 {
+        return false;
+    }
+    let state = &config.runtime.state_dir;
+    let taken = pool::claim(state, claim).is_some();
+    if !taken {
+        tracing::debug!(task = %claim.id, "no idle pool VM: the task boots its own");
+    }
+    if let Err(e) = pool::fill(state, config.pool.size, exe, None) {
+        tracing::debug!(error = %e, "the pool is not refilled");
+    }
+    taken
 }
 
 fn write_address(bundle: &Path, address: &str) -> containerd_shim::Result<()> {

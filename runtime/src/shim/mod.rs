@@ -30,6 +30,7 @@ pub mod events;
 pub mod hooks;
 pub mod host_cgroup;
 pub mod io;
+pub mod keeper;
 pub mod lifecycle;
 pub mod logger;
 pub mod options;
@@ -42,6 +43,7 @@ pub mod service;
 pub mod spec;
 pub mod task;
 pub mod vm_size;
+pub mod warm;
 
 pub use lifecycle::HullShim;
 

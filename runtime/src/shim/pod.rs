@@ -26,6 +26,7 @@ use super::options::RuntimeOptions;
 use super::port_forward::PortForwarder;
 use super::record;
 use super::spec::ContainerSpec;
+use super::warm::{WarmSandbox, WarmSlot};
 use super::{host_cgroup, pod_network, vm_size, ShimError};
 use crate::agent_client::AgentClient;
 use crate::cgroup::HostCgroup;
@@ -58,11 +59,12 @@ pub struct Pod {
     forwarder: std::sync::Mutex<Option<PortForwarder>>,
 }
 
-/// The shim's one pod: empty until its first container boots the VM, emptied when
-/// the last container is removed.
+/// The shim's one pod: empty until its first container boots the VM (or takes the
+/// pool VM the shim was given), emptied when the last container is removed.
 #[derive(Default)]
 pub struct PodSlot {
     pod: tokio::sync::Mutex<Option<Arc<Pod>>>,
+    warm: WarmSlot,
 }
 
 /// A container added to the pod, and whether adding it booted the pod's VM.
@@ -72,6 +74,13 @@ pub struct Added {
 }
 
 impl PodSlot {
+    pub fn new(warm: WarmSlot) -> PodSlot {
+        PodSlot {
+            pod: tokio::sync::Mutex::default(),
+            warm,
+        }
+    }
+
     /// Adds container `req` to the pod, booting the VM first when it is the pod's
     /// first container. On error the container is gone again, and so is a VM booted
     /// for it.
@@ -85,7 +94,8 @@ impl PodSlot {
             match slot.as_ref() {
                 Some(pod) => (pod.clone(), false),
                 None => {
-                    let pod = Pod::boot(req, spec).await?;
+                    let warm = self.warm.lock().await.take();
+                    let pod = Pod::boot(req, spec, warm).await?;
                     *slot = Some(pod.clone());
                     (pod, true)
                 }
@@ -162,9 +172,13 @@ impl BootParts {
 impl Pod {
     /// Boots the VM for the pod whose first container is `req` (sized, networked and
     /// charged as its spec says), ready for containers. On error nothing is left.
-    async fn boot(req: &CreateRequest, spec: &ContainerSpec) -> Result<Arc<Pod>, ShimError> {
+    async fn boot(
+        req: &CreateRequest,
+        spec: &ContainerSpec,
+        warm: Option<WarmSandbox>,
+    ) -> Result<Arc<Pod>, ShimError> {
         let mut parts = BootParts::default();
-        match boot_steps(&mut parts, req, spec).await {
+        match boot_steps(&mut parts, req, spec, warm).await {
             Ok(()) => Pod::running(parts, req),
             Err(e) => {
                 parts.undo(&req.bundle).await;
@@ -344,16 +358,16 @@ impl Pod {
     }
 }
 
-/// A pod's boot, step by step; what each step makes goes into `parts` at once.
+/// A pod's boot, step by step; what each step makes goes into `parts` at once. A pool
+/// VM (`warm`) is the pod's VM when it is the one the pod would boot.
 async fn boot_steps(
     parts: &mut BootParts,
     req: &CreateRequest,
     spec: &ContainerSpec,
+    warm: Option<WarmSandbox>,
 ) -> Result<(), ShimError> {
     let config = Config::load(req.options.config_path.as_deref())
         .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
-    let backend =
-        hypervisor::select(&config).map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
     let mut vm = vm_size::sandbox_spec(&config, spec)?;
     // The pod's netns wired first: a network hull cannot wire is refused before any VM
     // process exists.
@@ -361,9 +375,32 @@ async fn boot_steps(
     vm.nics = pod_network::nics(parts.network.as_ref());
     // Before any VM process starts: they inherit the pod's cgroup from the shim.
     parts.cgroup = host_cgroup::enter(&config, spec, &mut vm, &req.bundle)?;
-    let sandbox = parts
-        .sandbox
-        .insert(Sandbox::create(&config, &vm, backend)?);
+    let warm = fitting(warm, req.options.config_path.as_deref(), &config, &vm).await;
+    let sandbox = match warm {
+        Some(mut warm) => {
+            // Its processes are in the pool VM's own cgroup: they join the pod's, whose
+            // limit makes room for what they hold there, and that cgroup goes. A pod
+            // without a cgroup keeps it, as its own.
+            match (&parts.cgroup, warm.cgroup.take()) {
+                (Some(cg), Some(mut pool_cgroup)) => {
+                    // Every process there: the VM's helpers' own children too.
+                    let precharged = pool_cgroup.memory_usage().unwrap_or(0);
+                    cg.adopt(&pool_cgroup.members(), precharged)?;
+                    pool_cgroup.remove_in_place();
+                }
+                (Some(cg), None) => cg.adopt(&warm.sandbox.pids(), 0)?,
+                (None, pool_cgroup) => parts.cgroup = pool_cgroup,
+            }
+            parts.sandbox.insert(warm.sandbox)
+        }
+        None => {
+            let backend = hypervisor::select(&config)
+                .map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
+            parts
+                .sandbox
+                .insert(Sandbox::create(&config, &vm, backend)?)
+        }
+    };
     // What a shim killed from here on leaves: in the state dir for `hull gc`, and
     // until the pod is up in the bundle for `delete`.
     if let Some(cg) = &parts.cgroup {
@@ -374,13 +411,15 @@ async fn boot_steps(
         sandbox.note_network(netns, links)?;
     }
     record::write(&req.bundle, sandbox.leftovers());
-    // A pod's containers are mounted into the share while virtiofsd runs.
-    sandbox
-        .share_mut()
-        .ok_or_else(|| ShimError::internal("the sandbox has no share"))?
-        .make_shared()
-        .map_err(|e| ShimError::Internal(e.to_string()))?;
-    sandbox.start(&config, &vm).await?;
+    if sandbox.agent().is_none() {
+        // A pod's containers are mounted into the share while virtiofsd runs.
+        sandbox
+            .share_mut()
+            .ok_or_else(|| ShimError::internal("the sandbox has no share"))?
+            .make_shared()
+            .map_err(|e| ShimError::Internal(e.to_string()))?;
+        sandbox.start(&config, &vm).await?;
+    }
     let hostname: String = spec
         .hostname()
         .unwrap_or(&req.id)
@@ -394,6 +433,31 @@ async fn boot_steps(
     pod_network::configure_guest(agent, parts.network.as_ref()).await?;
     parts.forwarder = pod_network::forward_ports(parts.network.as_mut(), sandbox.vsock_uds());
     Ok(())
+}
+
+/// The pool VM if it is the VM the pod would boot (`vm` from `config`); otherwise it is
+/// destroyed here, and the log says why the pod boots cold.
+async fn fitting(
+    warm: Option<WarmSandbox>,
+    config_path: Option<&Path>,
+    config: &Config,
+    vm: &crate::sandbox::SandboxSpec,
+) -> Option<WarmSandbox> {
+    let mut warm = warm?;
+    match warm.mismatch(config_path, config, vm) {
+        None => {
+            tracing::info!(sandbox = %warm.sandbox.id(), "the pod runs in the pool VM");
+            Some(warm)
+        }
+        Some(why) => {
+            tracing::info!(sandbox = %warm.sandbox.id(), why, "the pool VM does not fit the pod: destroying it, booting the pod's own");
+            warm.sandbox.teardown().await;
+            if let Some(mut pool_cgroup) = warm.cgroup.take() {
+                pool_cgroup.remove_in_place();
+            }
+            None
+        }
+    }
 }
 
 fn watch_processes(pids: &[u32], dead: watch::Sender<bool>, stopping: Arc<AtomicBool>) {

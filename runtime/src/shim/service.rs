@@ -13,6 +13,7 @@ use super::events::Events;
 use super::hooks::{self, Stage};
 use super::io::StdioPaths;
 use super::pod::{CreateRequest, Pod, PodSlot};
+use super::warm::WarmSlot;
 use super::process::{Container, Exit};
 use super::spec::{self, ContainerSpec};
 use super::ShimError;
@@ -28,11 +29,12 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(events: Events, exit: Arc<ExitSignal>) -> Arc<Service> {
+    /// `warm`: a booted pool VM for the pod's first container (empty without one).
+    pub fn new(events: Events, exit: Arc<ExitSignal>, warm: WarmSlot) -> Arc<Service> {
         Arc::new(Service {
             events: Arc::new(events),
             exit,
-            pod: PodSlot::default(),
+            pod: PodSlot::new(warm),
             containers: Arc::new(Mutex::new(HashMap::new())),
         })
     }
