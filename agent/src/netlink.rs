@@ -39,6 +39,8 @@ fn netlink_failed(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> N
 pub struct IfaceConfig {
     pub name: String,
     pub mac: [u8; 6],
+    /// The NIC's current address when it is to be changed to `mac`.
+    pub device_mac: Option<[u8; 6]>,
     pub mtu: u32,
     pub addresses: Vec<(IpAddr, u8)>,
 }
@@ -105,14 +107,16 @@ pub async fn loopback_up() -> Result<(), NetError> {
         .map_err(netlink_failed("lo up"))
 }
 
-/// Configures the interface with `cfg.mac` as `cfg` says.
+/// Configures the interface with `cfg.mac` (or `cfg.device_mac`, which then becomes
+/// `cfg.mac`) as `cfg` says.
 pub async fn configure_interface(cfg: &IfaceConfig) -> Result<(), NetError> {
     let handle = connect()?;
+    let device_mac = cfg.device_mac.unwrap_or(cfg.mac);
     let link = links(&handle)
         .await?
         .into_iter()
-        .find(|l| attr_mac(l) == Some(cfg.mac.as_slice()))
-        .ok_or_else(|| NetError::NoSuchMac(format_mac(&cfg.mac)))?;
+        .find(|l| attr_mac(l) == Some(device_mac.as_slice()))
+        .ok_or_else(|| NetError::NoSuchMac(format_mac(&device_mac)))?;
     let index = link.header.index;
     let current = attr_name(&link).unwrap_or_default().to_string();
     // A link is renamed only while down.
@@ -123,6 +127,9 @@ pub async fn configure_interface(cfg: &IfaceConfig) -> Result<(), NetError> {
         .await
         .map_err(netlink_failed(format!("{current} down")))?;
     let mut change = LinkUnspec::new_with_index(index).mtu(cfg.mtu);
+    if device_mac != cfg.mac {
+        change = change.address(cfg.mac.to_vec());
+    }
     if current != cfg.name {
         change = change.name(cfg.name.clone());
     }
@@ -132,8 +139,10 @@ pub async fn configure_interface(cfg: &IfaceConfig) -> Result<(), NetError> {
         .execute()
         .await
         .map_err(netlink_failed(format!(
-            "{current}: name {} mtu {}",
-            cfg.name, cfg.mtu
+            "{current}: name {} mtu {} address {}",
+            cfg.name,
+            cfg.mtu,
+            format_mac(&cfg.mac)
         )))?;
     // Replace, not add: the addresses are exactly the pod's.
     let old: Vec<_> = handle

@@ -445,6 +445,18 @@ impl Containerd {
         c
     }
 
+    /// [`Containerd::start_cri`] with hull's config file made of `hull_config` (see
+    /// [`Containerd::start_with_hull_config`]).
+    pub fn start_cri_with_hull_config(sandbox_image: &str, hull_config: &str) -> Containerd {
+        Containerd::launch_with(
+            Flavor::Cri {
+                sandbox_image,
+                dual_stack: false,
+            },
+            Some(hull_config),
+        )
+    }
+
     /// The hull config file of [`Containerd::start_with_hull_config`].
     pub fn hull_config_path(&self) -> PathBuf {
         self.dir.path().join("hull.toml")

@@ -2,7 +2,8 @@
 //! VMs (the task runs in the VM that was idle, charged to the task's cgroup within its
 //! memory limit), the pool refills, a task the pool VM does not fit boots its own,
 //! and a pool VM that dies, or whose keeper dies, leaves nothing behind; `hull pool
-//! drain` empties the pool.
+//! drain` empties the pool. A CRI pod takes a pool VM too: the VM's NIC is wired to
+//! the pod's veth after the take, with the veth's MAC, and the pod is reached by IP.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -294,4 +295,100 @@ fn tasks_take_pool_vms_within_their_cgroup_and_the_pool_refills() {
     for id in [&first, &second, &third, &dying, &orphaned, &drained] {
         assert!(!pool_cgroups.join(id).exists(), "{}/{id} left", pool_cgroups.display());
     }
+}
+
+/// HTTP GET http://ip/index.html from the host's netns: the body.
+fn http_get(ip: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(
+        &format!("{ip}:80").parse().ok()?,
+        Duration::from_secs(5),
+    )
+    .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(format!("GET /index.html HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then(|| body.trim().to_string())
+}
+
+#[test]
+fn a_cri_pod_takes_a_pool_vm_and_its_network_is_wired_into_it() {
+    use hull_tests::cri::{self, Cri, HANDLER, IMAGE as CRI_IMAGE, PAUSE_IMAGE};
+    if !cri::require_cri("a_cri_pod_takes_a_pool_vm_and_its_network_is_wired_into_it") {
+        return;
+    }
+    let c = Containerd::start_cri_with_hull_config(PAUSE_IMAGE, "[pool]\nsize = 1\n");
+    cri::import_images(&c);
+    let (pooled, _) = filled(&c);
+    let logs = cri::logs_dir();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    rt.block_on(async {
+        let mut cri = Cri::connect(&c.socket()).await;
+        cri.wait_for_image(PAUSE_IMAGE).await;
+        cri.wait_for_image(CRI_IMAGE).await;
+        let config = cri::pod_config("pool-web", logs.path());
+        let pod = cri::run_pod(&mut cri, &config, HANDLER).await;
+        let web = cri::start_container(
+            &mut cri,
+            &pod,
+            &config,
+            "web",
+            "mkdir -p /www && echo hello-from-a-pool-vm > /www/index.html && exec httpd -f -p 80 -h /www",
+            None,
+        )
+        .await;
+        let ps = c.state.hull().arg("ps").output().expect("hull ps");
+        let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
+        let row = ps
+            .lines()
+            .find(|l| l.contains(pod.as_str()))
+            .unwrap_or_else(|| panic!("hull ps has no pod {pod}:\n{ps}"));
+        assert!(row.starts_with(&pooled), "the pod runs in the pool VM {pooled}: {row}");
+        assert!(
+            c.log().contains("the pod runs in the pool VM"),
+            "{}",
+            c.log()
+        );
+        // The pod's IP, from the guest, reached from the host over CNI's bridge.
+        let addr = cri::exec(&mut cri, &web, "ip -o -4 addr show eth0 | awk '{print $4}'").await;
+        let ip = addr.trim().split('/').next().unwrap_or_default().to_string();
+        assert!(!ip.is_empty(), "eth0 has no IPv4 address: {addr:?}");
+        let body = wait_for("the pool pod's httpd from the host", Duration::from_secs(90), || {
+            http_get(&ip)
+        });
+        assert_eq!(body, "hello-from-a-pool-vm");
+        // The guest's eth0 has the veth's MAC, not the one the pool VM booted with.
+        let guest_mac = cri::exec(&mut cri, &web, "cat /sys/class/net/eth0/address").await;
+        let netns = c
+            .log()
+            .lines()
+            .find_map(|l| {
+                l.contains("pod interface wired to a tap")
+                    .then(|| l.split_whitespace().find_map(|w| w.strip_prefix("netns=")))
+                    .flatten()
+                    .map(str::to_string)
+            })
+            .expect("the shim logs the pod's netns");
+        // (`ip`, not /sys: sysfs shows the netns it was mounted in.)
+        let veth = Command::new("nsenter")
+            .arg(format!("--net={netns}"))
+            .args(["ip", "-o", "link", "show", "eth0"])
+            .output()
+            .expect("nsenter");
+        assert!(veth.status.success(), "{}", output_text(&veth));
+        let veth = String::from_utf8_lossy(&veth.stdout).into_owned();
+        let veth_mac = veth
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no MAC in {veth:?}"));
+        assert_eq!(guest_mac.trim(), veth_mac, "guest eth0 vs the pod's veth");
+        cri::stop_and_remove_pod(&mut cri, &pod).await;
+    });
+    let out = hull(&c).args(["pool", "drain"]).output().expect("drain");
+    assert!(out.status.success(), "{}", output_text(&out));
+    c.assert_nothing_left();
 }

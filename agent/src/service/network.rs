@@ -87,6 +87,10 @@ pub fn interface_config(req: &UpdateInterfaceRequest) -> Result<IfaceConfig, Ser
         .ok_or_else(|| invalid("UpdateInterface without an interface"))?;
     check_name(&i.name)?;
     let mac = parse_mac(&i.hw_addr)?;
+    let device_mac = match i.device_hw_addr.as_str() {
+        "" => None,
+        text => Some(parse_mac(text)?),
+    };
     if !(68..=65535).contains(&i.mtu) {
         return Err(invalid(format!(
             "mtu {} of {} is outside 68..=65535",
@@ -113,6 +117,7 @@ pub fn interface_config(req: &UpdateInterfaceRequest) -> Result<IfaceConfig, Ser
     Ok(IfaceConfig {
         name: i.name.clone(),
         mac,
+        device_mac,
         mtu: i.mtu as u32,
         addresses,
     })
@@ -205,6 +210,25 @@ mod tests {
         let mut req = UpdateInterfaceRequest::new();
         req.interface = protobuf::MessageField::some(i);
         req
+    }
+
+    #[test]
+    fn a_nic_found_by_its_device_address_gets_a_unicast_one() {
+        let mut req = iface("eth0", "0a:58:0a:00:00:05", 1500, "10.0.0.5", 24);
+        let mut i = req.interface.take().expect("interface");
+        i.device_hw_addr = "02:00:00:aa:bb:cc".into();
+        req.interface = protobuf::MessageField::some(i.clone());
+        let cfg = interface_config(&req).expect("valid");
+        assert_eq!(cfg.device_mac, Some([2, 0, 0, 0xaa, 0xbb, 0xcc]));
+        assert_eq!(cfg.mac, [0x0a, 0x58, 0x0a, 0, 0, 5]);
+        i.hw_addr = "01:00:5e:00:00:01".into();
+        req.interface = protobuf::MessageField::some(i.clone());
+        let e = interface_config(&req).expect_err("multicast");
+        assert!(e.to_string().contains("01:00:5e:00:00:01"), "{e}");
+        i.hw_addr = "0a:58:0a:00:00:05".into();
+        i.device_hw_addr = "nope".into();
+        req.interface = protobuf::MessageField::some(i);
+        assert!(interface_config(&req).is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@ fn interface(i: &GuestInterface) -> hull_proto::Interface {
     let mut p = hull_proto::Interface::new();
     p.name = i.name.clone();
     p.hw_addr = i.mac.clone();
+    p.device_hw_addr = i.device_mac.clone().unwrap_or_default();
     p.mtu = u64::from(i.mtu);
     p.up = true;
     p.addresses = i
@@ -117,9 +118,11 @@ mod tests {
         let i = interface(&GuestInterface {
             name: "eth0".into(),
             mac: "0a:58:0a:f4:00:05".into(),
+            device_mac: Some("02:00:00:00:00:01".into()),
             mtu: 1500,
             addresses: vec![("10.244.0.5".parse().expect("ip"), 24)],
         });
+        assert_eq!(i.device_hw_addr, "02:00:00:00:00:01");
         assert_eq!(
             (
                 i.mtu,

@@ -14,8 +14,11 @@
 
 pub mod loopback_redirect;
 mod netns;
+mod pool_nic;
 mod tap;
 mod wire;
+
+pub use pool_nic::PoolNic;
 
 use std::fs::File;
 use std::net::IpAddr;
@@ -72,6 +75,9 @@ pub struct GuestInterface {
     pub name: String,
     /// `aa:bb:cc:dd:ee:ff`: the veth's, given to the VM's virtio-net device.
     pub mac: String,
+    /// The NIC's address when the VM was booted before the pod's network was known (a
+    /// pool VM's): the guest finds the interface by it and gives it `mac`.
+    pub device_mac: Option<String>,
     pub mtu: u32,
     pub addresses: Vec<(IpAddr, u8)>,
 }
@@ -124,17 +130,38 @@ impl PodNetwork {
     /// Wires every veth of the netns at `path` to a tap. On error nothing is left in
     /// the netns (taps and filters made so far are removed).
     pub fn setup(path: &Path) -> Result<PodNetwork, NetworkError> {
-        let netns = File::open(path).map_err(|source| NetworkError::NetnsMissing {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        PodNetwork::wire(path, None)
+    }
+
+    /// How many veths the netns at `path` holds (what [`PodNetwork::setup`] would wire);
+    /// an interface hull cannot wire is an error, as there.
+    pub fn veth_count(path: &Path) -> Result<usize, NetworkError> {
+        let netns = open_netns(path)?;
         let owned = path.to_path_buf();
-        let (endpoints, routes) =
-            netns::run_in(
-                &netns,
-                path,
-                move || async move { wire::setup(&owned).await },
-            )??;
+        netns::run_in(&netns, path, move || async move {
+            wire::veth_count(&owned).await
+        })?
+    }
+
+    /// Wires the one veth of the netns at `path` to the tap of a pool VM's NIC, moved
+    /// into the netns: the VM booted with it, before the pod existed. On error nothing
+    /// is left in the netns.
+    pub fn adopt(path: &Path, nic: PoolNic) -> Result<PodNetwork, NetworkError> {
+        let netns = open_netns(path)?;
+        let (tap, device_mac) = nic.move_to(&netns, path)?;
+        let mut net = PodNetwork::wire(path, Some(tap))?;
+        for e in &mut net.endpoints {
+            e.guest.device_mac = Some(device_mac.clone());
+        }
+        Ok(net)
+    }
+
+    fn wire(path: &Path, pool_tap: Option<(String, OwnedFd)>) -> Result<PodNetwork, NetworkError> {
+        let netns = open_netns(path)?;
+        let owned = path.to_path_buf();
+        let (endpoints, routes) = netns::run_in(&netns, path, move || async move {
+            wire::setup(&owned, pool_tap).await
+        })??;
         let net = PodNetwork {
             path: path.to_path_buf(),
             netns,
@@ -207,6 +234,13 @@ impl PodNetwork {
             .collect();
         (self.path.clone(), links)
     }
+}
+
+fn open_netns(path: &Path) -> Result<File, NetworkError> {
+    File::open(path).map_err(|source| NetworkError::NetnsMissing {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Removes the tc filters (with the veths' ingress qdiscs) and the taps `links` from

@@ -98,11 +98,12 @@ fn kind_name(kind: &Option<InfoKind>) -> String {
     }
 }
 
-/// Which links are wired: every veth; lo is left alone; anything else is refused.
-fn plan(netns: &Path, links: Vec<Link>) -> Result<Vec<Link>, NetworkError> {
+/// Which links are wired: every veth; lo (and `ours`, a pool VM's tap moved in) is
+/// left alone; anything else is refused.
+fn plan(netns: &Path, links: Vec<Link>, ours: Option<&str>) -> Result<Vec<Link>, NetworkError> {
     let mut veths = Vec::new();
     for l in links {
-        if l.name == "lo" {
+        if l.name == "lo" || Some(l.name.as_str()) == ours {
             continue;
         }
         if l.kind != Some(InfoKind::Veth) {
@@ -295,18 +296,27 @@ fn gone(e: &rtnetlink::Error) -> bool {
         || m.raw_code() == -libc::EINVAL)
 }
 
+/// Wires `veth` to a tap: `existing` (a pool VM's, moved into this netns: its name
+/// and fd), else a new one.
 async fn wire_one(
     handle: &Handle,
     netns: &Path,
     i: usize,
     veth: &Link,
+    existing: Option<(String, std::os::fd::OwnedFd)>,
 ) -> Result<Endpoint, NetworkError> {
-    let tap_name = format!("hulltap{i}");
-    let fd = tap::open(&tap_name).map_err(|source| NetworkError::Tap {
-        netns: netns.to_path_buf(),
-        name: tap_name.clone(),
-        source,
-    })?;
+    let (tap_name, fd) = match existing {
+        Some(tap) => tap,
+        None => {
+            let tap_name = format!("hulltap{i}");
+            let fd = tap::open(&tap_name).map_err(|source| NetworkError::Tap {
+                netns: netns.to_path_buf(),
+                name: tap_name.clone(),
+                source,
+            })?;
+            (tap_name, fd)
+        }
+    };
     // Dropping the endpoint (on a later error) closes the fd and so removes the tap.
     let tap_link = links(handle, netns)
         .await?
@@ -335,6 +345,7 @@ async fn wire_one(
         guest: GuestInterface {
             name: veth.name.clone(),
             mac: format_mac(&veth.mac),
+            device_mac: None,
             mtu: veth.mtu,
             addresses: addresses(handle, netns, veth).await?,
         },
@@ -354,14 +365,25 @@ async fn wire_one(
     Ok(endpoint)
 }
 
-/// Wires every veth of the netns; on error removes what it made.
-pub async fn setup(netns: &Path) -> Result<(Vec<Endpoint>, Vec<GuestRoute>), NetworkError> {
+/// How many veths [`setup`] would wire.
+pub async fn veth_count(netns: &Path) -> Result<usize, NetworkError> {
     let handle = connect(netns)?;
-    let veths = plan(netns, links(&handle, netns).await?)?;
+    Ok(plan(netns, links(&handle, netns).await?, None)?.len())
+}
+
+/// Wires every veth of the netns (the first to `pool_tap` when given, a tap already in
+/// the netns); on error removes what it made.
+pub async fn setup(
+    netns: &Path,
+    mut pool_tap: Option<(String, std::os::fd::OwnedFd)>,
+) -> Result<(Vec<Endpoint>, Vec<GuestRoute>), NetworkError> {
+    let handle = connect(netns)?;
+    let ours = pool_tap.as_ref().map(|(name, _)| name.clone());
+    let veths = plan(netns, links(&handle, netns).await?, ours.as_deref())?;
     let routes = routes(&handle, netns, &veths).await?;
     let mut endpoints: Vec<Endpoint> = Vec::new();
     for (i, veth) in veths.iter().enumerate() {
-        match wire_one(&handle, netns, i, veth).await {
+        match wire_one(&handle, netns, i, veth, pool_tap.take()).await {
             Ok(e) => endpoints.push(e),
             Err(e) => {
                 let made: Vec<_> = endpoints

@@ -28,6 +28,8 @@ use super::warm::{WarmSandbox, WarmSlot};
 use super::RUNTIME_ID;
 use crate::cgroup::HostCgroup;
 use crate::config::Config;
+use crate::hypervisor::net::NetDevice;
+use crate::network::PoolNic;
 use crate::pool::{ClaimReply, ClaimRequest, Entry};
 use crate::sandbox::{Sandbox, SandboxError};
 
@@ -132,6 +134,20 @@ async fn boot(
     let backend = crate::hypervisor::select(config)?;
     let mut spec = crate::run::prepare::sandbox_spec(config, None, None, false);
     spec.id = Some(id.to_string());
+    // One NIC, for the pod network most pods have (one veth from CNI).
+    let nic = match PoolNic::create() {
+        Ok(nic) => {
+            spec.nics.push(NetDevice {
+                tap_fd: nic.tap_fd(),
+                mac: nic.mac().to_string(),
+            });
+            Some(nic)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the pool VM boots without a NIC: pods with a network will boot their own");
+            None
+        }
+    };
     let mut sandbox = Sandbox::create(config, &spec, backend)?;
     if let Some(cg) = &cgroup {
         // A keeper killed from here on leaves `hull gc` its cgroup to remove too.
@@ -147,6 +163,7 @@ async fn boot(
         spec,
         config_path,
         cgroup,
+        nic,
     })
 }
 

@@ -57,6 +57,8 @@ pub struct Pod {
     cgroup: std::sync::Mutex<Option<HostCgroup>>,
     network: std::sync::Mutex<Option<PodNetwork>>,
     forwarder: std::sync::Mutex<Option<PortForwarder>>,
+    /// A pool VM's NIC the pod has no veth for: its tap stays while the VM runs.
+    _pool_nic: Option<crate::network::PoolNic>,
 }
 
 /// The shim's one pod: empty until its first container boots the VM (or takes the
@@ -145,6 +147,8 @@ impl PodSlot {
 struct BootParts {
     forwarder: Option<PortForwarder>,
     network: Option<PodNetwork>,
+    /// A pool VM's NIC the pod has no veth for (kept while the VM runs).
+    pool_nic: Option<crate::network::PoolNic>,
     cgroup: Option<HostCgroup>,
     sandbox: Option<Sandbox>,
 }
@@ -192,6 +196,7 @@ impl Pod {
         let BootParts {
             forwarder,
             network,
+            pool_nic,
             cgroup,
             sandbox,
         } = parts;
@@ -219,6 +224,7 @@ impl Pod {
             cgroup: std::sync::Mutex::new(cgroup),
             network: std::sync::Mutex::new(network),
             forwarder: std::sync::Mutex::new(forwarder),
+            _pool_nic: pool_nic,
         }))
     }
 
@@ -369,13 +375,12 @@ async fn boot_steps(
     let config = Config::load(req.options.config_path.as_deref())
         .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
     let mut vm = vm_size::sandbox_spec(&config, spec)?;
-    // The pod's netns wired first: a network hull cannot wire is refused before any VM
-    // process exists.
-    parts.network = pod_network::open(spec)?;
-    vm.nics = pod_network::nics(parts.network.as_ref());
+    // Read first: the host network is refused, and a pool VM fits only a pod whose
+    // netns has at most the one veth it has a NIC for.
+    let pod_veths = pod_network::veth_count(spec)?;
     // Before any VM process starts: they inherit the pod's cgroup from the shim.
     parts.cgroup = host_cgroup::enter(&config, spec, &mut vm, &req.bundle)?;
-    let warm = fitting(warm, req.options.config_path.as_deref(), &config, &vm).await;
+    let warm = fitting(warm, req.options.config_path.as_deref(), &config, &vm, pod_veths).await;
     let sandbox = match warm {
         Some(mut warm) => {
             // Its processes are in the pool VM's own cgroup: they join the pod's, whose
@@ -391,9 +396,22 @@ async fn boot_steps(
                 (Some(cg), None) => cg.adopt(&warm.sandbox.pids(), 0)?,
                 (None, pool_cgroup) => parts.cgroup = pool_cgroup,
             }
-            parts.sandbox.insert(warm.sandbox)
+            let sandbox = parts.sandbox.insert(warm.sandbox);
+            // Its NIC's tap moves into the pod's netns and is wired to the veth there.
+            parts.network = match (pod_veths, warm.nic.take()) {
+                (1, Some(nic)) => pod_network::adopt(spec, nic)?,
+                (_, nic) => {
+                    parts.pool_nic = nic;
+                    pod_network::open(spec)?
+                }
+            };
+            sandbox
         }
         None => {
+            // The pod's netns wired before any VM process exists: the VM boots with
+            // its taps.
+            parts.network = pod_network::open(spec)?;
+            vm.nics = pod_network::nics(parts.network.as_ref());
             let backend = hypervisor::select(&config)
                 .map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
             parts
@@ -442,9 +460,10 @@ async fn fitting(
     config_path: Option<&Path>,
     config: &Config,
     vm: &crate::sandbox::SandboxSpec,
+    pod_veths: usize,
 ) -> Option<WarmSandbox> {
     let mut warm = warm?;
-    match warm.mismatch(config_path, config, vm) {
+    match warm.mismatch(config_path, config, vm, pod_veths) {
         None => {
             tracing::info!(sandbox = %warm.sandbox.id(), "the pod runs in the pool VM");
             Some(warm)

@@ -17,7 +17,7 @@ use super::spec::ContainerSpec;
 use super::ShimError;
 use crate::agent_client::AgentClient;
 use crate::hypervisor::net::NetDevice;
-use crate::network::{NetworkError, PodNetwork};
+use crate::network::{NetworkError, PodNetwork, PoolNic};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetworkMode {
@@ -46,13 +46,33 @@ pub fn open(spec: &ContainerSpec) -> Result<Option<PodNetwork>, ShimError> {
             "the spec has no network namespace (host network: hostNetwork or --net-host); a hull pod runs in a VM, which cannot share the host's network: give the pod a network namespace (CNI)".into(),
         )),
         NetworkMode::Empty => Ok(None),
-        NetworkMode::Netns(path) => PodNetwork::setup(&path).map(Some).map_err(|e| match e {
-            NetworkError::NetnsMissing { .. }
-            | NetworkError::NotANetns { .. }
-            | NetworkError::Unsupported { .. }
-            | NetworkError::BadInterface { .. } => ShimError::InvalidArgument(e.to_string()),
-            other => ShimError::Internal(other.to_string()),
-        }),
+        NetworkMode::Netns(path) => PodNetwork::setup(&path).map(Some).map_err(shim_error),
+    }
+}
+
+/// How many veths the pod's netns holds (0 without one); the host network refused.
+pub fn veth_count(spec: &ContainerSpec) -> Result<usize, ShimError> {
+    match mode(spec) {
+        NetworkMode::Netns(path) => PodNetwork::veth_count(&path).map_err(shim_error),
+        _ => open(spec).map(|_| 0),
+    }
+}
+
+/// The pod's one veth wired to a pool VM's NIC (see [`crate::network::PoolNic`]).
+pub fn adopt(spec: &ContainerSpec, nic: PoolNic) -> Result<Option<PodNetwork>, ShimError> {
+    match mode(spec) {
+        NetworkMode::Netns(path) => PodNetwork::adopt(&path, nic).map(Some).map_err(shim_error),
+        _ => Err(ShimError::internal("a pool VM's NIC adopted without a pod netns")),
+    }
+}
+
+fn shim_error(e: NetworkError) -> ShimError {
+    match e {
+        NetworkError::NetnsMissing { .. }
+        | NetworkError::NotANetns { .. }
+        | NetworkError::Unsupported { .. }
+        | NetworkError::BadInterface { .. } => ShimError::InvalidArgument(e.to_string()),
+        other => ShimError::Internal(other.to_string()),
     }
 }
 

@@ -16,6 +16,8 @@ pub struct WarmSandbox {
     pub config_path: PathBuf,
     /// The keeper's own cgroup (`hull-pool/<id>`), where the VM was charged while idle.
     pub cgroup: Option<crate::cgroup::HostCgroup>,
+    /// The VM's one NIC, on a tap in a netns of its own until a pod takes it.
+    pub nic: Option<crate::network::PoolNic>,
 }
 
 /// The shim's one warm sandbox, until its pod's first container takes (or refuses) it.
@@ -23,12 +25,14 @@ pub type WarmSlot = std::sync::Arc<tokio::sync::Mutex<Option<WarmSandbox>>>;
 
 impl WarmSandbox {
     /// Whether this VM is the one a pod with config `config_path` (containerd's runtime
-    /// option, if any) and VM `wanted` would boot; the reason when it is not.
+    /// option, if any), VM `wanted` and `pod_veths` interfaces would boot; the reason
+    /// when it is not.
     pub fn mismatch(
         &self,
         config_path: Option<&std::path::Path>,
         config: &Config,
         wanted: &SandboxSpec,
+        pod_veths: usize,
     ) -> Option<String> {
         let pod_config = crate::config::source_path(config_path);
         if pod_config != self.config_path {
@@ -38,10 +42,10 @@ impl WarmSandbox {
                 self.config_path.display()
             ));
         }
-        if !wanted.nics.is_empty() {
+        let nics = usize::from(self.nic.is_some());
+        if pod_veths > nics {
             return Some(format!(
-                "the pod has {} network interface(s); pool VMs boot without any",
-                wanted.nics.len()
+                "the pod has {pod_veths} network interfaces, the pool VM {nics} NIC(s)"
             ));
         }
         let booted = &self.spec;
