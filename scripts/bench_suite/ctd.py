@@ -34,6 +34,13 @@ def cmdline(pid):
         return ""
 
 
+def process_cwd(pid):
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
+
+
 def pids_matching(*needles):
     return [p for p in ppid_map() if all(n in cmdline(p) for n in needles)]
 
@@ -156,7 +163,14 @@ class Containerd:
 
     def shim_pids(self, cid=None):
         needles = [f"-address {self.sock}"] + ([f"-id {cid} "] if cid else [])
-        return [p for p in pids_matching(*needles) if "containerd-shim" in cmdline(p)]
+        found = [p for p in pids_matching(*needles) if "containerd-shim" in cmdline(p)]
+        # Pool VM keepers that became a task's shim (`[pool]`): they run in its bundle.
+        bundles = os.path.join(self.dir, "state", "io.containerd.runtime.v2.task", self.ns)
+        for p in pids_matching("pool-keep"):
+            cwd = process_cwd(p)
+            if os.path.dirname(cwd) == bundles and (cid is None or os.path.basename(cwd) == cid):
+                found.append(p)
+        return found
 
     def pod_pids(self, cid=None):
         """Everything the runtime started for pod `cid` (all pods if None): its shim and

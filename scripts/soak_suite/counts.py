@@ -5,7 +5,7 @@ import hashlib
 import os
 import stat
 
-from ctd import cmdline, descendants, ppid_map
+from ctd import cmdline, descendants, ppid_map, process_cwd
 
 
 def _walk_count(root, pred):
@@ -33,6 +33,8 @@ def processes(c):
     container processes), and any process naming the soak's dirs (an orphaned VM)."""
     pids = descendants(c.shim_pids())
     pids |= {p for p in ppid_map() if c.dir in cmdline(p)}
+    # Idle pool VM keepers (`--pool`) wait in the state dir's pool dir.
+    pids |= descendants(p for p in ppid_map() if process_cwd(p).startswith(c.dir + "/"))
     return len(pids)
 
 
@@ -55,6 +57,10 @@ def cgroups(c):
     d = os.path.join(base, c.ns)  # a unified (v2-only) host
     if os.path.isdir(d):
         n += 1 + _walk_count(d, lambda st: stat.S_ISDIR(st.st_mode))
+    # Pool VMs' own cgroups (`--pool`): one per idle VM, gone when a pod takes it.
+    for d in [os.path.join(base, ctrl, "hull-pool") for ctrl in os.listdir(base)] + [os.path.join(base, "hull-pool")]:
+        if os.path.isdir(d):
+            n += _walk_count(d, lambda st: stat.S_ISDIR(st.st_mode))
     return n
 
 

@@ -1,7 +1,7 @@
 """scripts/soak: hull's fault and leak suite, through a containerd of its own.
 
   python3 scripts/soak_suite/main.py --bin-dir DIR --image-layout DIR --out FILE
-        [--cycles N] [--every N] [--time-limit S] [--no-faults] [--work-parent DIR]
+        [--cycles N] [--every N] [--time-limit S] [--no-faults] [--pool N] [--work-parent DIR]
 
 1. Leaks: N create/start/delete cycles of a hull pod (`ctr run --rm ... true`), each
    also running an exec in a long-lived hull pod; after every --every cycles it counts
@@ -12,6 +12,11 @@
    backend; the guest agent through `hull debug crash-agent`) at each lifecycle step
    (boot, running, exec, teardown): containerd must see the right exit and nothing of
    the pod may remain.
+With --pool N the cycles' pods come from a warm pool of N VMs (`[pool] size = N` in
+the HULL_CONFIG of the soak's containerd): before the first count and each later one
+the pool is refilled and idle (`hull pool fill --wait`), so its VMs, keepers and
+cgroups are in every count alike and any that leaks shows. The fault cases then run
+with the pool off and drained: they time their kills to a cold pod's boot.
 Prints the counts and a verdict, writes FILE (JSON); exits non-zero on any leak, any
 failed cycle or fault, or when the time limit cut the run short."""
 import argparse
@@ -19,6 +24,7 @@ import datetime
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +43,20 @@ def fmt(d):
     return " ".join(f"{k}={v}" for k, v in d.items())
 
 
+def pool_cmd(c, a, *args):
+    env = dict(os.environ, HULL_STATE_DIR=c.hull_state, HULL_CONFIG=c.hull_config)
+    p = subprocess.run([os.path.join(a.bin_dir, "hull"), "pool", *args], env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if p.returncode != 0:
+        raise RuntimeError(f"hull pool {' '.join(args)}: {p.stdout.decode(errors='replace')[-400:]}")
+
+
+def settle(c, a):
+    """With a pool: refilled and idle, the same state for every count."""
+    if a.pool:
+        pool_cmd(c, a, "fill", "--wait", "300")
+
+
 def leak_cycles(c, a, res, deadline):
     a.ids += [KEEPER, "soak-warm"]
     c.ctr("run", "-d", "--runtime", HULL, "demo:latest", KEEPER, "sleep", "100000")
@@ -46,6 +66,7 @@ def leak_cycles(c, a, res, deadline):
     # Warm up once (first exec and first pod allocate what they keep), then take the base.
     c.ctr("run", "--rm", "--runtime", HULL, "demo:latest", "soak-warm", "true")
     c.ctr("task", "exec", "--exec-id", "warm", KEEPER, "true")
+    settle(c, a)
     time.sleep(1)
     base = counts.snapshot(c, a.tmpdir, a.ids, shims[0])
     res["base"] = base
@@ -66,6 +87,7 @@ def leak_cycles(c, a, res, deadline):
         if e.returncode != 0:
             failures.append({"cycle": i, "what": "exec", "error": e.stderr.decode(errors="replace")[-300:]})
         if i % a.every == 0 or i == a.cycles:
+            settle(c, a)
             time.sleep(1)  # let the last pod's processes be reaped
             now = counts.snapshot(c, a.tmpdir, a.ids, shims[0])
             lk = counts.leaked(base, now)
@@ -110,6 +132,7 @@ def main():
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--time-limit", type=int, default=5400, help="seconds for the whole run")
     ap.add_argument("--no-faults", action="store_true")
+    ap.add_argument("--pool", type=int, default=0, help="pods from a warm pool of this many VMs")
     ap.add_argument("--work-parent", default="/tmp")
     a = ap.parse_args()
     if a.cycles < 0 or a.every < 1:
@@ -123,15 +146,27 @@ def main():
     # is theirs.
     a.tmpdir = tempfile.mkdtemp(prefix="hull-soak-tmp-", dir=a.work_parent)
     os.environ["TMPDIR"] = a.tmpdir
-    c = Containerd(a.bin_dir, a.work_parent)
+    res["pool"] = a.pool
+    c = Containerd(a.bin_dir, a.work_parent,
+                   hull_config=f"[pool]\nsize = {a.pool}\n" if a.pool else None)
     c.ns = f"hull-soak-{os.getpid()}"
     try:
         c.import_image(a.image_layout)
         if a.cycles:
             leak_cycles(c, a, res, deadline)
+        if a.pool:
+            with open(c.hull_config, "w") as f:
+                f.write("[pool]\nsize = 0\n")
+            pool_cmd(c, a, "drain")
+            a.pool = 0
         if not a.no_faults:
             fault_cases(c, a, res)
     finally:
+        if res["pool"]:
+            try:
+                pool_cmd(c, a, "drain")
+            except RuntimeError as e:
+                print(f"soak: {e}", flush=True)
         c.close()
         shutil.rmtree(a.tmpdir, ignore_errors=True)
         # The namespace's parent cgroups (ctr puts pods under /<namespace>/<id>).
