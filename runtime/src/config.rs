@@ -67,8 +67,44 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
     /// How many idle, agent-ready VMs of the default size (`guest.vcpus`,
-    /// `guest.memory_mib`) the node keeps for containerd's pods. 0: no pool.
+    /// `guest.memory_mib`) the node keeps for containerd's pods. 0: none of that size.
     pub size: u32,
+    /// Other sizes kept ready (`[[pool.class]]`), for pods whose limits give their VM
+    /// that size.
+    pub class: Vec<PoolClass>,
+}
+
+/// One VM size of the pool and how many of it are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolClass {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub size: u32,
+}
+
+impl Config {
+    /// Every VM size the pool keeps, with its count (the default size first; sizes of
+    /// count 0 left out).
+    pub fn pool_classes(&self) -> Vec<PoolClass> {
+        let default = PoolClass {
+            vcpus: self.guest.vcpus,
+            memory_mib: self.guest.memory_mib,
+            size: self.pool.size,
+        };
+        let mut classes: Vec<PoolClass> = Vec::new();
+        for c in std::iter::once(default).chain(self.pool.class.iter().copied()) {
+            match classes
+                .iter_mut()
+                .find(|k| (k.vcpus, k.memory_mib) == (c.vcpus, c.memory_mib))
+            {
+                Some(k) => k.size += c.size,
+                None => classes.push(c),
+            }
+        }
+        classes.retain(|c| c.size > 0);
+        classes
+    }
 }
 
 /// The most pool VMs hull keeps (each holds its memory while idle).
@@ -383,11 +419,19 @@ impl Config {
                 r.scratch_size_mib
             )));
         }
-        if self.pool.size > MAX_POOL_SIZE {
+        let pooled: u32 = self.pool_classes().iter().map(|c| c.size).sum();
+        if pooled > MAX_POOL_SIZE {
             return Err(invalid(format!(
-                "pool.size = {} is out of range (0 to {MAX_POOL_SIZE})",
-                self.pool.size
+                "the pool's sizes add up to {pooled} VMs (pool.size and every [[pool.class]] size): at most {MAX_POOL_SIZE}"
             )));
+        }
+        for c in &self.pool.class {
+            if c.vcpus == 0 || c.vcpus > 255 || c.memory_mib < 64 {
+                return Err(invalid(format!(
+                    "[[pool.class]] vcpus = {}, memory_mib = {}: vcpus must be 1-255 and memory_mib at least 64",
+                    c.vcpus, c.memory_mib
+                )));
+            }
         }
         if !r.scratch_dir.is_absolute() {
             return Err(invalid(format!(
@@ -478,6 +522,32 @@ mod tests {
         let c = Config::parse("", Path::new("x.toml")).expect("empty config parses");
         assert_eq!(c.guest.vcpus, 1);
         assert_eq!(c.hypervisor.backend, BackendChoice::Auto);
+    }
+
+    #[test]
+    fn pool_classes_default_size_first_merged_and_bounded() {
+        let c = Config::parse("", Path::new("x.toml")).expect("empty");
+        assert!(c.pool_classes().is_empty(), "no pool by default");
+        let c = Config::parse(
+            "[pool]\nsize = 2\n[[pool.class]]\nvcpus = 2\nmemory_mib = 512\nsize = 1\n[[pool.class]]\nvcpus = 1\nmemory_mib = 256\nsize = 1\n[[pool.class]]\nvcpus = 4\nmemory_mib = 1024\nsize = 0\n",
+            Path::new("x.toml"),
+        )
+        .expect("classes");
+        let got: Vec<(u32, u32, u32)> = c
+            .pool_classes()
+            .iter()
+            .map(|k| (k.vcpus, k.memory_mib, k.size))
+            .collect();
+        assert_eq!(got, vec![(1, 256, 3), (2, 512, 1)]);
+        let e = Config::parse("[pool]\nsize = 65\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("at most 64"), "{e}");
+        let e = Config::parse(
+            "[[pool.class]]\nvcpus = 0\nmemory_mib = 512\nsize = 1\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("[[pool.class]]"), "{e}");
+        assert!(Config::parse("[pool]\nsizes = 1\n", Path::new("x.toml")).is_err());
     }
 
     #[test]

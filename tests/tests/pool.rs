@@ -12,8 +12,8 @@ use std::time::Duration;
 use hull_tests::containerd::{Containerd, IMAGE, RUNTIME};
 use hull_tests::{output_text, wait_for};
 
-/// A member of `hull pool status`: (sandbox id, idle, keeper pid).
-fn pool_members(c: &Containerd) -> Vec<(String, bool, i32)> {
+/// A member of `hull pool status`: (sandbox id, idle, keeper pid, size).
+fn pool_members(c: &Containerd) -> Vec<(String, bool, i32, String)> {
     let out = hull(c).args(["pool", "status"]).output().expect("hull pool status");
     assert!(out.status.success(), "{}", output_text(&out));
     String::from_utf8_lossy(&out.stdout)
@@ -21,8 +21,13 @@ fn pool_members(c: &Containerd) -> Vec<(String, bool, i32)> {
         .skip(1)
         .map(|l| {
             let w: Vec<&str> = l.split_whitespace().collect();
-            assert_eq!(w.len(), 4, "a member line: {l:?}");
-            (w[0].to_string(), w[1] == "idle", w[3].parse().expect("keeper pid"))
+            assert_eq!(w.len(), 5, "a member line: {l:?}");
+            (
+                w[0].to_string(),
+                w[1] == "idle",
+                w[3].parse().expect("keeper pid"),
+                w[4].to_string(),
+            )
         })
         .collect()
 }
@@ -48,6 +53,7 @@ fn filled(c: &Containerd) -> (String, i32) {
     let members = pool_members(c);
     assert_eq!(members.len(), 1, "{members:?}");
     assert!(members[0].1, "idle: {members:?}");
+    assert_eq!(members[0].3, "1x256MiB");
     (members[0].0.clone(), members[0].2)
 }
 
@@ -214,8 +220,8 @@ fn tasks_take_pool_vms_within_their_cgroup_and_the_pool_refills() {
             .map(|m| m.0)
     });
 
-    // A task the pool VM does not fit (512 MiB + 128) takes it, destroys it and boots
-    // its own VM; it runs all the same.
+    // A task whose VM is bigger (512 MiB + 128) than any pool VM boots its own and
+    // leaves the pool alone.
     let out = c.ctr(&[
         "run",
         "--rm",
@@ -230,6 +236,30 @@ fn tasks_take_pool_vms_within_their_cgroup_and_the_pool_refills() {
     ]);
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "big");
+    assert!(
+        pool_members(&c).iter().any(|m| m.0 == second && m.1),
+        "the pool VM is still idle"
+    );
+
+    // A task whose VM only its Create can judge (containerd's runtime option names
+    // another config file) takes the pool VM, finds it does not fit, destroys it and
+    // boots its own; it runs all the same.
+    let other = c.dir().join("other-hull.toml");
+    std::fs::write(&other, "[pool]\nsize = 1\n").expect("other config");
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        other.to_str().expect("utf-8 path"),
+        IMAGE,
+        "pool-p2b",
+        "echo",
+        "other",
+    ]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "other");
     assert!(
         c.log().contains("the pool VM does not fit the pod"),
         "{}",
@@ -390,5 +420,58 @@ fn a_cri_pod_takes_a_pool_vm_and_its_network_is_wired_into_it() {
     });
     let out = hull(&c).args(["pool", "drain"]).output().expect("drain");
     assert!(out.status.success(), "{}", output_text(&out));
+    c.assert_nothing_left();
+}
+
+#[test]
+fn a_task_takes_the_pool_vm_of_its_size() {
+    if !hull_tests::containerd::require_containerd("a_task_takes_the_pool_vm_of_its_size") {
+        return;
+    }
+    let c = Containerd::start_with_hull_config(
+        "[pool]\nsize = 1\n[[pool.class]]\nvcpus = 2\nmemory_mib = 512\nsize = 1\n",
+    );
+    let out = hull(&c)
+        .args(["pool", "fill", "--wait", "240"])
+        .output()
+        .expect("hull pool fill");
+    assert!(out.status.success(), "{}\n{}", output_text(&out), pool_logs(&c));
+    let members = pool_members(&c);
+    assert_eq!(members.len(), 2, "{members:?}");
+    let big = members
+        .iter()
+        .find(|m| m.3 == "2x512MiB")
+        .unwrap_or_else(|| panic!("no 2x512MiB VM: {members:?}"))
+        .0
+        .clone();
+    // 2 CPUs and 384 MiB + 128 MiB of overhead: a 2 x 512 MiB VM.
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--cpus",
+        "2",
+        "--memory-limit",
+        "402653184",
+        IMAGE,
+        "pool-big",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(c.sandbox_of("pool-big"), big, "the 2 x 512 MiB pool VM");
+    let nproc = c.ctr(&["task", "exec", "--exec-id", "n", "pool-big", "nproc"]);
+    assert_eq!(String::from_utf8_lossy(&nproc.stdout).trim(), "2", "{}", output_text(&nproc));
+    // The default-size VM is still idle; the 2 x 512 MiB one is refilled.
+    wait_for("the 2 x 512 MiB VM to be refilled", Duration::from_secs(240), || {
+        let m = pool_members(&c);
+        (m.len() == 2 && m.iter().all(|m| m.1) && m.iter().any(|m| m.3 == "2x512MiB" && m.0 != big))
+            .then_some(())
+    });
+    c.kill_and_remove("pool-big");
+    let out = hull(&c).args(["pool", "drain"]).output().expect("drain");
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "drained 2 pool VM(s)");
     c.assert_nothing_left();
 }

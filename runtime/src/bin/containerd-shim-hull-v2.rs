@@ -102,6 +102,20 @@ fn version_text() -> String {
     )
 }
 
+/// `pool-keep ID VCPUS MEMORY_MIB`.
+fn keeper_args(args: &[String]) -> Result<(String, hull_runtime::pool::VmSize), String> {
+    match args {
+        [id, vcpus, memory] => Ok((
+            id.clone(),
+            hull_runtime::pool::VmSize {
+                vcpus: vcpus.parse().map_err(|_| format!("vCPUs {vcpus:?}"))?,
+                memory_mib: memory.parse().map_err(|_| format!("memory {memory:?}"))?,
+            },
+        )),
+        _ => Err(format!("{args:?}: want ID VCPUS MEMORY_MIB")),
+    }
+}
+
 fn main() {
     if wants_version() {
         print!("{}", version_text());
@@ -110,10 +124,11 @@ fn main() {
     // Only the serving shim logs into the FIFO; `start` and `delete` print protocol
     // data on stdout, their logs go to stderr (containerd logs it).
     let serving = !std::env::args().any(|a| a == "start" || a == "delete");
-    let keeper = std::env::args()
-        .nth(1)
-        .filter(|a| a == hull_runtime::pool::KEEPER_COMMAND)
-        .and(std::env::args().nth(2));
+    let args: Vec<String> = std::env::args().collect();
+    let keeper = match args.get(1).map(String::as_str) {
+        Some(hull_runtime::pool::KEEPER_COMMAND) => Some(keeper_args(&args[2..])),
+        _ => None,
+    };
     let sink = LogSink::default();
     if serving {
         init_logging(&sink);
@@ -135,11 +150,17 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Some(id) = keeper {
+    if let Some(keeper) = keeper {
         // A pool VM: it boots, waits, and serves the task that takes it.
-        let code = rt.block_on(hull_runtime::shim::keeper::run(id, |bundle| {
-            sink.switch_to_bundle(bundle)
-        }));
+        let code = match keeper {
+            Ok((id, size)) => rt.block_on(hull_runtime::shim::keeper::run(id, size, |bundle| {
+                sink.switch_to_bundle(bundle)
+            })),
+            Err(why) => {
+                tracing::error!(why, "bad pool-keep arguments");
+                2
+            }
+        };
         rt.shutdown_timeout(std::time::Duration::from_secs(1));
         std::process::exit(code);
     }

@@ -662,31 +662,37 @@ fn pool(config: &Config, config_path: Option<&Path>, command: &PoolCommand) -> R
         PoolCommand::Status => {
             let members = pool::members(state);
             let idle = members.iter().filter(|m| m.idle).count();
+            let classes: Vec<String> = config
+                .pool_classes()
+                .iter()
+                .map(|c| format!("{} x {}x{}MiB", c.size, c.vcpus, c.memory_mib))
+                .collect();
             println!(
-                "pool size {}: {idle} idle, {} booting",
-                config.pool.size,
+                "pool of {}: {idle} idle, {} booting",
+                if classes.is_empty() { "none".to_string() } else { classes.join(", ") },
                 members.len() - idle
             );
             for m in &members {
                 let what = if m.idle { "idle" } else { "booting" };
-                println!("{} {what} keeper {}", m.entry.id, m.pid);
+                println!("{} {what} keeper {} {}", m.entry.id, m.pid, m.size);
             }
         }
         PoolCommand::Fill { wait } => {
-            if config.pool.size == 0 {
-                anyhow::bail!("[pool] size is 0 in the config: there is no pool to fill");
+            let classes = config.pool_classes();
+            if classes.is_empty() {
+                anyhow::bail!("the config keeps no pool ([pool] size and every [[pool.class]] size are 0)");
             }
+            let wanted: usize = classes.iter().map(|c| c.size as usize).sum();
             let shim = shim_binary()?;
-            let started = pool::fill(state, config.pool.size, &shim, config_path)
-                .context("filling the pool")?;
+            let started =
+                pool::fill(state, &classes, &shim, config_path).context("filling the pool")?;
             println!("started {} pool VM(s)", started.len());
             if let Some(wait) = wait {
                 let idle = pool::wait_ready(state, seconds(*wait)?);
                 println!("{idle} pool VM(s) idle");
-                if idle < config.pool.size as usize {
+                if idle < wanted {
                     anyhow::bail!(
-                        "only {idle} of {} pool VMs are ready after {wait} s (their logs: {})",
-                        config.pool.size,
+                        "only {idle} of {wanted} pool VMs are ready after {wait} s (their logs: {})",
                         pool::dir(state).display()
                     );
                 }

@@ -111,10 +111,24 @@ impl Entry {
     }
 }
 
+/// A pool VM's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSize {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+}
+
+impl std::fmt::Display for VmSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}MiB", self.vcpus, self.memory_mib)
+    }
+}
+
 /// What `ID.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemberRecord {
     pub owner: Owner,
+    pub size: VmSize,
 }
 
 /// A live keeper.
@@ -124,6 +138,7 @@ pub struct Member {
     pub pid: u32,
     /// Its VM is ready and not taken (else it is still booting).
     pub idle: bool,
+    pub size: VmSize,
     /// When its record was written (oldest members are taken first).
     pub since: std::time::SystemTime,
 }
@@ -147,6 +162,7 @@ pub fn members(state_dir: &Path) -> Vec<Member> {
         match record {
             Some(r) if r.owner.is_alive() => live.push(Member {
                 idle: entry.socket().exists(),
+                size: r.size,
                 pid: r.owner.pid,
                 since: file
                     .metadata()
@@ -213,11 +229,14 @@ pub struct ClaimReply {
 /// How long one keeper has to start serving once claimed.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Takes an idle pool VM for the task of `request`: the first keeper, oldest first,
-/// that answers serves the task from then on. None when no VM is idle or none could
-/// be taken (the caller boots a shim of its own, as without a pool).
-pub fn claim(state_dir: &Path, request: &ClaimRequest) -> Option<String> {
-    for member in members(state_dir).into_iter().filter(|m| m.idle) {
+/// Takes an idle pool VM of `size` for the task of `request`: the first keeper, oldest
+/// first, that answers serves the task from then on. None when no such VM is idle or
+/// none could be taken (the caller boots a shim of its own, as without a pool).
+pub fn claim(state_dir: &Path, size: VmSize, request: &ClaimRequest) -> Option<String> {
+    for member in members(state_dir)
+        .into_iter()
+        .filter(|m| m.idle && m.size == size)
+    {
         match claim_one(&member.entry.socket(), request) {
             Ok(sandbox) => {
                 tracing::debug!(keeper = member.pid, %sandbox, task = %request.id, "took a pool VM");
@@ -260,14 +279,14 @@ fn claim_one(socket: &Path, request: &ClaimRequest) -> Result<String, String> {
     }
 }
 
-/// Starts keepers until the pool has `size` live ones (idle or booting); returns the
-/// ids started. Runs under a lock, so two `start`s never both fill the same gap.
-/// `exe` is the shim binary; the keepers are detached (a session of their own) and
-/// outlive the caller. `config`: the config file they read (else they inherit
-/// `$HULL_CONFIG` or take the default, as the caller did).
+/// Starts keepers until the pool has, for each of `classes`, its count of live ones
+/// (idle or booting); returns the ids started. Runs under a lock, so two `start`s never
+/// both fill the same gap. `exe` is the shim binary; the keepers are detached (a
+/// session of their own) and outlive the caller. `config`: the config file they read
+/// (else they inherit `$HULL_CONFIG` or take the default, as the caller did).
 pub fn fill(
     state_dir: &Path,
-    size: u32,
+    classes: &[crate::config::PoolClass],
     exe: &Path,
     config: Option<&Path>,
 ) -> Result<Vec<String>, PoolError> {
@@ -287,19 +306,30 @@ pub fn fill(
     // Blocks while another fill counts and spawns; released when `_held` drops.
     let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| io_error("lock", &lock_path)(std::io::Error::from(e)))?;
-    let live = members(state_dir).len();
-    let missing = (size as usize).saturating_sub(live);
+    let live = members(state_dir);
     let mut started = Vec::new();
-    for _ in 0..missing {
-        started.push(spawn_keeper(state_dir, exe, config)?);
+    for class in classes {
+        let size = VmSize {
+            vcpus: class.vcpus,
+            memory_mib: class.memory_mib,
+        };
+        let have = live.iter().filter(|m| m.size == size).count();
+        for _ in have..class.size as usize {
+            started.push(spawn_keeper(state_dir, size, exe, config)?);
+        }
     }
     if !started.is_empty() {
-        tracing::debug!(?started, live, size, "pool VMs starting");
+        tracing::debug!(?started, live = live.len(), "pool VMs starting");
     }
     Ok(started)
 }
 
-fn spawn_keeper(state_dir: &Path, exe: &Path, config: Option<&Path>) -> Result<String, PoolError> {
+fn spawn_keeper(
+    state_dir: &Path,
+    size: VmSize,
+    exe: &Path,
+    config: Option<&Path>,
+) -> Result<String, PoolError> {
     let id = crate::sandbox::state_dir::new_id();
     let entry = Entry::new(state_dir, &id);
     let log_path = entry.log();
@@ -312,6 +342,8 @@ fn spawn_keeper(state_dir: &Path, exe: &Path, config: Option<&Path>) -> Result<S
     let mut cmd = std::process::Command::new(exe);
     cmd.arg(KEEPER_COMMAND)
         .arg(&id)
+        .arg(size.vcpus.to_string())
+        .arg(size.memory_mib.to_string())
         .current_dir(dir(state_dir))
         .stdin(std::process::Stdio::null())
         .stdout(log)
@@ -345,7 +377,7 @@ fn spawn_keeper(state_dir: &Path, exe: &Path, config: Option<&Path>) -> Result<S
         });
     };
     let record = entry.record();
-    let text = serde_json::to_vec(&MemberRecord { owner }).map_err(|e| PoolError::Io {
+    let text = serde_json::to_vec(&MemberRecord { owner, size }).map_err(|e| PoolError::Io {
         what: "encode",
         path: record.clone(),
         source: std::io::Error::other(e),
@@ -434,9 +466,13 @@ mod tests {
         std::fs::create_dir_all(dir(t.path())).expect("pool dir");
         let me = Entry::new(t.path(), "live");
         let owner = Owner::current().expect("own stat");
+        let size = VmSize {
+            vcpus: 1,
+            memory_mib: 256,
+        };
         std::fs::write(
             me.record(),
-            serde_json::to_vec(&MemberRecord { owner }).expect("json"),
+            serde_json::to_vec(&MemberRecord { owner, size }).expect("json"),
         )
         .expect("record");
         std::fs::write(me.socket(), b"").expect("socket stand-in");
@@ -447,7 +483,7 @@ mod tests {
         };
         std::fs::write(
             dead.record(),
-            serde_json::to_vec(&MemberRecord { owner: gone }).expect("json"),
+            serde_json::to_vec(&MemberRecord { owner: gone, size }).expect("json"),
         )
         .expect("record");
         std::fs::write(dead.log(), b"log").expect("log");
@@ -456,6 +492,7 @@ mod tests {
         assert_eq!(live.len(), 1, "{live:?}");
         assert_eq!(live[0].entry.id, "live");
         assert!(live[0].idle);
+        assert_eq!(live[0].size, size);
         assert!(!dead.record().exists() && !dead.log().exists());
         assert!(!dir(t.path()).join("junk.json").exists());
     }

@@ -1,7 +1,7 @@
 //! `containerd-shim-hull-v2 pool-keep ID`: one warm pool VM (see `crate::pool`), in
 //! the process that becomes its pod's shim.
 //!
-//! 1. boot the VM a pod without limits gets (the config's size), with no pod data;
+//! 1. boot a VM of its size class (as a pod of that size gets it), with no pod data;
 //! 2. wait, idle, on `<state_dir>/pool/ID.sock` for a claim, SIGTERM (drain) or the
 //!    VM's death;
 //! 3. claimed: leave the pool, move into the task's bundle, serve the Task API on
@@ -30,7 +30,7 @@ use crate::cgroup::HostCgroup;
 use crate::config::Config;
 use crate::hypervisor::net::NetDevice;
 use crate::network::PoolNic;
-use crate::pool::{ClaimReply, ClaimRequest, Entry};
+use crate::pool::{ClaimReply, ClaimRequest, Entry, VmSize};
 use crate::sandbox::{Sandbox, SandboxError};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +52,7 @@ pub enum KeeperError {
 
 /// Runs keeper `id`; returns the process's exit code. `claimed` is called with the
 /// task's bundle once the VM is taken (the shim logs to containerd from then on).
-pub async fn run(id: String, claimed: impl FnOnce(&Path)) -> i32 {
+pub async fn run(id: String, size: VmSize, claimed: impl FnOnce(&Path)) -> i32 {
     let config_path = crate::config::source_path(None);
     let config = match Config::load(None) {
         Ok(c) => c,
@@ -73,7 +73,7 @@ pub async fn run(id: String, claimed: impl FnOnce(&Path)) -> i32 {
     };
     let cgroup = join_pool_cgroup(&id);
     let booted = tokio::select! {
-        booted = boot(&config, config_path, cgroup, &id).instrument(tracing::info_span!("pool_boot", id = %id)) => booted,
+        booted = boot(&config, config_path, cgroup, &id, size).instrument(tracing::info_span!("pool_boot", id = %id)) => booted,
         _ = term.recv() => {
             // Dropping the boot kills the VM's processes and removes its state dir.
             tracing::info!("pool drained while the VM booted");
@@ -124,16 +124,19 @@ fn join_pool_cgroup(id: &str) -> Option<HostCgroup> {
     }
 }
 
-/// Boots the VM a pod with no limits gets from `config`, its share ready for pods.
+/// Boots the VM a pod of `size` gets from `config`, its share ready for pods.
 async fn boot(
     config: &Config,
     config_path: PathBuf,
     cgroup: Option<HostCgroup>,
     id: &str,
+    size: VmSize,
 ) -> Result<WarmSandbox, KeeperError> {
     let backend = crate::hypervisor::select(config)?;
     let mut spec = crate::run::prepare::sandbox_spec(config, None, None, false);
     spec.id = Some(id.to_string());
+    spec.vcpus = size.vcpus;
+    spec.memory_mib = size.memory_mib;
     // One NIC, for the pod network most pods have (one veth from CNI).
     let nic = match PoolNic::create() {
         Ok(nic) => {

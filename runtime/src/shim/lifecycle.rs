@@ -179,15 +179,30 @@ fn take_from_pool(claim: &ClaimRequest, exe: &Path) -> bool {
             return false;
         }
     };
-    if config.pool.size == 0 {
+    let classes = config.pool_classes();
+    if classes.is_empty() {
         return false;
     }
     let state = &config.runtime.state_dir;
-    let taken = pool::claim(state, claim).is_some();
+    // The size the task's VM will have (the pod's first container decides; its
+    // cgroup's limits may still shrink it, and the take is then undone at Create).
+    let size = super::spec::ContainerSpec::load(&claim.bundle)
+        .and_then(|spec| super::vm_size::sandbox_spec(&config, &spec))
+        .map(|vm| pool::VmSize {
+            vcpus: vm.vcpus,
+            memory_mib: vm.memory_mib,
+        });
+    let taken = match size {
+        Ok(size) => pool::claim(state, size, claim).is_some(),
+        Err(e) => {
+            tracing::debug!(error = %e, "no pool VM: the task's spec does not say its size");
+            false
+        }
+    };
     if !taken {
-        tracing::debug!(task = %claim.id, "no idle pool VM: the task boots its own");
+        tracing::debug!(task = %claim.id, "no idle pool VM of its size: the task boots its own");
     }
-    if let Err(e) = pool::fill(state, config.pool.size, exe, None) {
+    if let Err(e) = pool::fill(state, &classes, exe, None) {
         tracing::debug!(error = %e, "the pool is not refilled");
     }
     taken
