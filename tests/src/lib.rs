@@ -298,6 +298,28 @@ pub fn pid_alive(pid: u32) -> bool {
 }
 
 /// stdout + stderr of a finished command, for assertion messages.
+/// A busybox httpd on port 80 serving `body` as /index.html (a container's script).
+pub fn httpd(body: &str) -> String {
+    format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 80 -h /www")
+}
+
+/// HTTP GET http://ip/index.html from the host's netns: the body.
+pub fn http_get(ip: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(
+        &format!("{ip}:80").parse().ok()?,
+        Duration::from_secs(5),
+    )
+    .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(format!("GET /index.html HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then(|| body.trim().to_string())
+}
+
 pub fn output_text(o: &Output) -> String {
     format!(
         "status: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",

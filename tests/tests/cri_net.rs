@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use hull_tests::containerd::{Containerd, IMAGE as CTR_IMAGE, RUNTIME};
 use hull_tests::cri::{self, within, Cri, HANDLER, IMAGE, PAUSE_IMAGE};
-use hull_tests::wait_for;
+use hull_tests::{http_get, httpd, wait_for};
 use k8s_cri::v1::{DnsConfig, PodSandboxConfig, PodSandboxStatusRequest};
 
 fn pod_config(name: &str, logs: &Path, dns: Option<DnsConfig>) -> PodSandboxConfig {
@@ -60,27 +60,6 @@ async fn pod_network(cri: &mut Cri, pod: &str) -> (String, String) {
         .to_string();
     assert!(!netns.is_empty(), "no netns path in {info}");
     (ip, netns)
-}
-
-/// A busybox httpd on port 80 serving `body` as /index.html.
-fn httpd(body: &str) -> String {
-    format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 80 -h /www")
-}
-
-/// HTTP GET http://ip/ from the host's netns: the body.
-fn http_get(ip: &str) -> Option<String> {
-    let mut s = std::net::TcpStream::connect_timeout(
-        &format!("{ip}:80").parse().ok()?,
-        Duration::from_secs(5),
-    )
-    .ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.write_all(format!("GET /index.html HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).ok()?;
-    let (head, body) = reply.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.").then(|| body.trim().to_string())
 }
 
 /// `cmd` run inside the netns held open by `ns` (its path may be gone already).

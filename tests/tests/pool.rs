@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use hull_tests::containerd::{Containerd, IMAGE, RUNTIME};
-use hull_tests::{output_text, wait_for};
+use hull_tests::{http_get, httpd, output_text, wait_for};
 
 /// A member of `hull pool status`: (sandbox id, idle, keeper pid, size).
 fn pool_members(c: &Containerd) -> Vec<(String, bool, i32, String)> {
@@ -327,23 +327,6 @@ fn tasks_take_pool_vms_within_their_cgroup_and_the_pool_refills() {
     }
 }
 
-/// HTTP GET http://ip/index.html from the host's netns: the body.
-fn http_get(ip: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(
-        &format!("{ip}:80").parse().ok()?,
-        Duration::from_secs(5),
-    )
-    .ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.write_all(format!("GET /index.html HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).ok()?;
-    let (head, body) = reply.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.").then(|| body.trim().to_string())
-}
-
 #[test]
 fn a_cri_pod_takes_a_pool_vm_and_its_network_is_wired_into_it() {
     use hull_tests::cri::{self, Cri, HANDLER, IMAGE as CRI_IMAGE, PAUSE_IMAGE};
@@ -366,7 +349,7 @@ fn a_cri_pod_takes_a_pool_vm_and_its_network_is_wired_into_it() {
             &pod,
             &config,
             "web",
-            "mkdir -p /www && echo hello-from-a-pool-vm > /www/index.html && exec httpd -f -p 80 -h /www",
+            &httpd("hello-from-a-pool-vm"),
             None,
         )
         .await;
