@@ -127,25 +127,32 @@ impl PowerControl {
         self.mode
     }
 
+    /// Gets the guest ready to stop, as guest init: SIGTERM every process, SIGKILL what
+    /// is left after `grace` (capped at [`MAX_TERM_GRACE`]), sync. Nothing as a process.
+    pub async fn settle(&self, grace: Duration) {
+        if self.mode != Mode::GuestInit {
+            return;
+        }
+        terminate_all(grace.min(MAX_TERM_GRACE))
+            .instrument(info_span!("terminate_all"))
+            .await;
+        // Off the runtime's thread (sync can take a while: on virtio-fs it is a syncfs of
+        // the host's file system), so other requests are served meanwhile.
+        if let Err(e) = tokio::task::spawn_blocking(nix::unistd::sync).await {
+            warn!(error = %e, "sync failed to run; syncing here");
+            nix::unistd::sync();
+        }
+    }
+
     /// Ends the agent, not before `not_before` (the reply that asked for it must leave
-    /// first). As guest init: SIGTERM every process, SIGKILL what is left after `grace`
-    /// (capped at [`MAX_TERM_GRACE`]) and sync, all of which may run before
-    /// `not_before`; then reboot; it does not return. As a process: tells the main loop
-    /// to stop (which shuts the server down and exits).
-    pub async fn power_off(&self, grace: Duration, not_before: tokio::time::Instant) {
+    /// first): as guest init, reboot (call [`PowerControl::settle`] first); it does not
+    /// return. As a process: tells the main loop to stop (which shuts the server down
+    /// and exits).
+    pub async fn power_off(&self, not_before: tokio::time::Instant) {
         match self.mode {
             Mode::GuestInit => {
-                terminate_all(grace.min(MAX_TERM_GRACE))
-                    .instrument(info_span!("terminate_all"))
-                    .await;
-                info!("powering off");
-                // Off the runtime's thread: the reply is written meanwhile (sync can take
-                // a while: on virtio-fs it is a syncfs of the host's file system).
-                if let Err(e) = tokio::task::spawn_blocking(nix::unistd::sync).await {
-                    warn!(error = %e, "sync failed to run; syncing here");
-                    nix::unistd::sync();
-                }
                 tokio::time::sleep_until(not_before).await;
+                info!("powering off");
                 reboot_now();
             }
             Mode::Process => {

@@ -111,9 +111,10 @@ impl AgentService for Rpc {
         _ctx: &TtrpcContext,
         req: DestroySandboxRequest,
     ) -> ttrpc::Result<Empty> {
-        handle("DestroySandbox", async {
-            sandbox::do_destroy_sandbox(&self.svc, &req)
-        })
+        handle(
+            "DestroySandbox",
+            sandbox::do_destroy_sandbox(&self.svc, &req),
+        )
         .await
     }
 

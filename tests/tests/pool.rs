@@ -14,7 +14,10 @@ use hull_tests::{http_get, httpd, output_text, wait_for};
 
 /// A member of `hull pool status`: (sandbox id, idle, keeper pid, size).
 fn pool_members(c: &Containerd) -> Vec<(String, bool, i32, String)> {
-    let out = hull(c).args(["pool", "status"]).output().expect("hull pool status");
+    let out = hull(c)
+        .args(["pool", "status"])
+        .output()
+        .expect("hull pool status");
     assert!(out.status.success(), "{}", output_text(&out));
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -80,7 +83,9 @@ fn ps_row(c: &Containerd, id: &str) -> Option<Vec<String>> {
 
 fn vm_pid(c: &Containerd, id: &str) -> i32 {
     let row = ps_row(c, id).unwrap_or_else(|| panic!("hull ps has no {id}"));
-    row[2].parse().unwrap_or_else(|_| panic!("no VM pid in {row:?}"))
+    row[2]
+        .parse()
+        .unwrap_or_else(|_| panic!("no VM pid in {row:?}"))
 }
 
 fn kill9(pid: i32) {
@@ -149,11 +154,26 @@ fn tasks_take_pool_vms_within_their_cgroup_and_the_pool_refills() {
         "1000",
     ]);
     assert!(out.status.success(), "{}", output_text(&out));
-    assert_eq!(c.sandbox_of("pool-p1"), first, "pool-p1 runs in the pool VM");
+    assert_eq!(
+        c.sandbox_of("pool-p1"),
+        first,
+        "pool-p1 runs in the pool VM"
+    );
     assert_eq!(ps_row(&c, &first).expect("row")[4], "live");
-    let exec = c.ctr(&["task", "exec", "--exec-id", "e1", "pool-p1", "echo", "from-the-pool"]);
+    let exec = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "pool-p1",
+        "echo",
+        "from-the-pool",
+    ]);
     assert!(exec.status.success(), "{}", output_text(&exec));
-    assert_eq!(String::from_utf8_lossy(&exec.stdout).trim(), "from-the-pool");
+    assert_eq!(
+        String::from_utf8_lossy(&exec.stdout).trim(),
+        "from-the-pool"
+    );
 
     // Its VM's processes are in the task's cgroup. What the VM was charged while idle
     // stays charged to its pool cgroup (charges never move), so the limit a cold pod
@@ -303,7 +323,10 @@ fn tasks_take_pool_vms_within_their_cgroup_and_the_pool_refills() {
         .output()
         .expect("hull pool drain");
     assert!(out.status.success(), "{}", output_text(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "drained 1 pool VM(s)");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "drained 1 pool VM(s)"
+    );
     assert!(pool_members(&c).is_empty());
 
     c.kill_and_remove("pool-p1");
@@ -323,7 +346,11 @@ fn tasks_take_pool_vms_within_their_cgroup_and_the_pool_refills() {
         .expect("hierarchy root")
         .join("hull-pool");
     for id in [&first, &second, &third, &dying, &orphaned, &drained] {
-        assert!(!pool_cgroups.join(id).exists(), "{}/{id} left", pool_cgroups.display());
+        assert!(
+            !pool_cgroups.join(id).exists(),
+            "{}/{id} left",
+            pool_cgroups.display()
+        );
     }
 }
 
@@ -359,7 +386,10 @@ fn a_cri_pod_takes_a_pool_vm_and_its_network_is_wired_into_it() {
             .lines()
             .find(|l| l.contains(pod.as_str()))
             .unwrap_or_else(|| panic!("hull ps has no pod {pod}:\n{ps}"));
-        assert!(row.starts_with(&pooled), "the pod runs in the pool VM {pooled}: {row}");
+        assert!(
+            row.starts_with(&pooled),
+            "the pod runs in the pool VM {pooled}: {row}"
+        );
         assert!(
             c.log().contains("the pod runs in the pool VM"),
             "{}",
@@ -367,11 +397,18 @@ fn a_cri_pod_takes_a_pool_vm_and_its_network_is_wired_into_it() {
         );
         // The pod's IP, from the guest, reached from the host over CNI's bridge.
         let addr = cri::exec(&mut cri, &web, "ip -o -4 addr show eth0 | awk '{print $4}'").await;
-        let ip = addr.trim().split('/').next().unwrap_or_default().to_string();
+        let ip = addr
+            .trim()
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         assert!(!ip.is_empty(), "eth0 has no IPv4 address: {addr:?}");
-        let body = wait_for("the pool pod's httpd from the host", Duration::from_secs(90), || {
-            http_get(&ip)
-        });
+        let body = wait_for(
+            "the pool pod's httpd from the host",
+            Duration::from_secs(90),
+            || http_get(&ip),
+        );
         assert_eq!(body, "hello-from-a-pool-vm");
         // The guest's eth0 has the veth's MAC, not the one the pool VM booted with.
         let guest_mac = cri::exec(&mut cri, &web, "cat /sys/class/net/eth0/address").await;
@@ -418,7 +455,12 @@ fn a_task_takes_the_pool_vm_of_its_size() {
         .args(["pool", "fill", "--wait", "240"])
         .output()
         .expect("hull pool fill");
-    assert!(out.status.success(), "{}\n{}", output_text(&out), pool_logs(&c));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        output_text(&out),
+        pool_logs(&c)
+    );
     let members = pool_members(&c);
     assert_eq!(members.len(), 2, "{members:?}");
     let big = members
@@ -445,16 +487,30 @@ fn a_task_takes_the_pool_vm_of_its_size() {
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(c.sandbox_of("pool-big"), big, "the 2 x 512 MiB pool VM");
     let nproc = c.ctr(&["task", "exec", "--exec-id", "n", "pool-big", "nproc"]);
-    assert_eq!(String::from_utf8_lossy(&nproc.stdout).trim(), "2", "{}", output_text(&nproc));
+    assert_eq!(
+        String::from_utf8_lossy(&nproc.stdout).trim(),
+        "2",
+        "{}",
+        output_text(&nproc)
+    );
     // The default-size VM is still idle; the 2 x 512 MiB one is refilled.
-    wait_for("the 2 x 512 MiB VM to be refilled", Duration::from_secs(240), || {
-        let m = pool_members(&c);
-        (m.len() == 2 && m.iter().all(|m| m.1) && m.iter().any(|m| m.3 == "2x512MiB" && m.0 != big))
+    wait_for(
+        "the 2 x 512 MiB VM to be refilled",
+        Duration::from_secs(240),
+        || {
+            let m = pool_members(&c);
+            (m.len() == 2
+                && m.iter().all(|m| m.1)
+                && m.iter().any(|m| m.3 == "2x512MiB" && m.0 != big))
             .then_some(())
-    });
+        },
+    );
     c.kill_and_remove("pool-big");
     let out = hull(&c).args(["pool", "drain"]).output().expect("drain");
     assert!(out.status.success(), "{}", output_text(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "drained 2 pool VM(s)");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "drained 2 pool VM(s)"
+    );
     c.assert_nothing_left();
 }

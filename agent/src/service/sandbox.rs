@@ -13,22 +13,28 @@ use super::{Service, ServiceError};
 /// as the handler returns; this leaves room for it to cross vsock.
 pub const REPLY_GRACE: Duration = Duration::from_millis(250);
 
-/// Replies success at once; the power-off runs in a task: SIGTERM to every process,
-/// SIGKILL after `timeout_secs`, sync (these overlap the reply's way out), then, not
-/// before [`REPLY_GRACE`] has passed, reboot (as guest init), or the process exits
-/// (outside a guest). Asking again while it runs is harmless.
-pub fn do_destroy_sandbox(
+/// Stops everything first (as guest init: SIGTERM to every process, SIGKILL after
+/// `timeout_secs`, sync), then replies; the power-off runs in a task, not before
+/// [`REPLY_GRACE`] has passed: reboot (as guest init), or the process exits (outside a
+/// guest). So the reply tells the host that nothing runs and everything is written: it
+/// may stop the VM at once rather than wait for the reboot. Asking again while it runs
+/// is harmless.
+pub async fn do_destroy_sandbox(
     svc: &Service,
     req: &DestroySandboxRequest,
 ) -> Result<Empty, ServiceError> {
     let grace = Duration::from_secs(u64::from(req.timeout_secs));
     svc.containers.close();
     let power = svc.power.clone();
-    info!(?grace, mode = ?power.mode(), "destroying the sandbox after the reply");
+    info!(?grace, mode = ?power.mode(), "destroying the sandbox");
+    power
+        .settle(grace)
+        .instrument(info_span!("destroy_sandbox_settle"))
+        .await;
     let not_before = tokio::time::Instant::now() + REPLY_GRACE;
     tokio::spawn(
         async move {
-            power.power_off(grace, not_before).await;
+            power.power_off(not_before).await;
         }
         .instrument(info_span!("destroy_sandbox")),
     );

@@ -669,7 +669,11 @@ fn pool(config: &Config, config_path: Option<&Path>, command: &PoolCommand) -> R
                 .collect();
             println!(
                 "pool of {}: {idle} idle, {} booting",
-                if classes.is_empty() { "none".to_string() } else { classes.join(", ") },
+                if classes.is_empty() {
+                    "none".to_string()
+                } else {
+                    classes.join(", ")
+                },
                 members.len() - idle
             );
             for m in &members {
@@ -680,7 +684,9 @@ fn pool(config: &Config, config_path: Option<&Path>, command: &PoolCommand) -> R
         PoolCommand::Fill { wait } => {
             let classes = config.pool_classes();
             if classes.is_empty() {
-                anyhow::bail!("the config keeps no pool ([pool] size and every [[pool.class]] size are 0)");
+                anyhow::bail!(
+                    "the config keeps no pool ([pool] size and every [[pool.class]] size are 0)"
+                );
             }
             let wanted: usize = classes.iter().map(|c| c.size as usize).sum();
             let shim = shim_binary()?;

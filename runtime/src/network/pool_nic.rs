@@ -78,8 +78,8 @@ impl PoolNic {
             source,
         })?;
         let moved = netns::run_in(&self.netns, &pool_netns(), move || async move {
-            let (conn, handle, _) = rtnetlink::new_connection()
-                .map_err(|source| NetworkError::Io {
+            let (conn, handle, _) =
+                rtnetlink::new_connection().map_err(|source| NetworkError::Io {
                     netns: pool_netns(),
                     source,
                 })?;

@@ -98,7 +98,9 @@ impl Entry {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::debug!(path = %path.display(), error = %e, "cannot remove a pool file"),
+                Err(e) => {
+                    tracing::debug!(path = %path.display(), error = %e, "cannot remove a pool file")
+                }
             }
         }
     }
@@ -517,7 +519,8 @@ mod tests {
             BufReader::new(&conn).read_line(&mut line).expect("read");
             let got: ClaimRequest = serde_json::from_str(&line).expect("request");
             let mut conn = conn;
-            conn.write_all(b"{\"error\":\"the VM died\"}\n").expect("reply");
+            conn.write_all(b"{\"error\":\"the VM died\"}\n")
+                .expect("reply");
             got
         });
         let e = claim_one(&sock, &request).expect_err("refused");

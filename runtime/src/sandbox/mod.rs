@@ -438,8 +438,10 @@ impl Sandbox {
         }
     }
 
-    /// Orderly stop: the agent syncs and powers the VM off; the VM gets
-    /// `shutdown_timeout` to exit before it is killed. Everything is removed either way.
+    /// Orderly stop: the agent stops every process in the guest and syncs, and says
+    /// so in its reply (it reboots the guest a moment later); then the VM's processes
+    /// are stopped at once, as nothing in the guest is left to wait for. An agent that
+    /// does not answer gets its VM killed. Everything is removed either way.
     pub async fn destroy(self) -> Result<(), SandboxError> {
         let span = tracing::info_span!("sandbox_destroy", id = %self.id);
         self.destroy_inner().instrument(span).await
@@ -455,18 +457,6 @@ impl Sandbox {
                 tracing::warn!(error = %e, "agent did not accept DestroySandbox; killing the VM");
                 result = Err(e.into());
             }
-        }
-        match tokio::time::timeout(self.shutdown_timeout, self.hypervisor.wait()).await {
-            Ok(Ok(status)) if status.success() => {}
-            Ok(Ok(status)) => tracing::warn!(
-                status = %crate::child::describe_status(&status),
-                "VM exited abnormally on shutdown"
-            ),
-            Ok(Err(e)) => tracing::warn!(error = %e, "waiting for the VM failed"),
-            Err(_) => tracing::warn!(
-                timeout = ?self.shutdown_timeout,
-                "VM did not power off in time; killing it"
-            ),
         }
         self.teardown().await;
         result

@@ -241,7 +241,9 @@ async fn read_claim(
     let request: ClaimRequest =
         serde_json::from_str(&line).map_err(|e| format!("claim {line:?}: {e}"))?;
     if !request.bundle.is_absolute() || request.socket.is_empty() || request.id.is_empty() {
-        return Err(format!("claim {line:?}: needs an absolute bundle, an id and a socket"));
+        return Err(format!(
+            "claim {line:?}: needs an absolute bundle, an id and a socket"
+        ));
     }
     Ok((request, conn))
 }
@@ -310,7 +312,13 @@ async fn reply(conn: &mut tokio::net::UnixStream, sandbox: Option<String>, error
 async fn start_server(
     request: &ClaimRequest,
     warm: WarmSlot,
-) -> Result<(containerd_shim_protos::ttrpc::asynchronous::Server, HullShim), String> {
+) -> Result<
+    (
+        containerd_shim_protos::ttrpc::asynchronous::Server,
+        HullShim,
+    ),
+    String,
+> {
     let flags = containerd_shim::parse(&request.shim_args()).map_err(|e| e.to_string())?;
     let mut shim_config = lifecycle::shim_config();
     let shim = HullShim::new(RUNTIME_ID, &flags, &mut shim_config).await;
@@ -330,8 +338,9 @@ async fn start_server(
     }
     let listener = std::os::unix::net::UnixListener::bind(path)
         .map_err(|e| format!("cannot listen on the shim socket {path}: {e}"))?;
-    let listener = containerd_shim_protos::ttrpc::asynchronous::transport::Listener::try_from(listener)
-        .map_err(|e| format!("the shim socket {path}: {e}"))?;
+    let listener =
+        containerd_shim_protos::ttrpc::asynchronous::transport::Listener::try_from(listener)
+            .map_err(|e| format!("the shim socket {path}: {e}"))?;
     let mut server = containerd_shim_protos::ttrpc::asynchronous::Server::new()
         .add_listener(listener)
         .register_service(service);

@@ -380,7 +380,14 @@ async fn boot_steps(
     let pod_veths = pod_network::veth_count(spec)?;
     // Before any VM process starts: they inherit the pod's cgroup from the shim.
     parts.cgroup = host_cgroup::enter(&config, spec, &mut vm, &req.bundle)?;
-    let warm = fitting(warm, req.options.config_path.as_deref(), &config, &vm, pod_veths).await;
+    let warm = fitting(
+        warm,
+        req.options.config_path.as_deref(),
+        &config,
+        &vm,
+        pod_veths,
+    )
+    .await;
     let sandbox = match warm {
         Some(mut warm) => {
             // Its processes are in the pool VM's own cgroup: they join the pod's, whose

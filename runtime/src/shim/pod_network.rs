@@ -62,7 +62,9 @@ pub fn veth_count(spec: &ContainerSpec) -> Result<usize, ShimError> {
 pub fn adopt(spec: &ContainerSpec, nic: PoolNic) -> Result<Option<PodNetwork>, ShimError> {
     match mode(spec) {
         NetworkMode::Netns(path) => PodNetwork::adopt(&path, nic).map(Some).map_err(shim_error),
-        _ => Err(ShimError::internal("a pool VM's NIC adopted without a pod netns")),
+        _ => Err(ShimError::internal(
+            "a pool VM's NIC adopted without a pod netns",
+        )),
     }
 }
 

@@ -13,9 +13,9 @@ use super::events::Events;
 use super::hooks::{self, Stage};
 use super::io::StdioPaths;
 use super::pod::{CreateRequest, Pod, PodSlot};
-use super::warm::WarmSlot;
 use super::process::{Container, Exit};
 use super::spec::{self, ContainerSpec};
+use super::warm::WarmSlot;
 use super::ShimError;
 use crate::agent_client::ContainerStats;
 
