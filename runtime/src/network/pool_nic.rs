@@ -10,10 +10,7 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
-use futures_util::stream::TryStreamExt;
-use rtnetlink::LinkUnspec;
-
-use super::{format_mac, netns, tap, NetworkError};
+use super::{format_mac, netns, tap, wire, NetworkError};
 
 /// The tap's name, in the pool netns and then in the pod's (a fresh CNI netns holds
 /// only lo and the veth; the cold path names its first tap the same).
@@ -77,46 +74,9 @@ impl PoolNic {
             netns: path.to_path_buf(),
             source,
         })?;
-        let moved = netns::run_in(&self.netns, &pool_netns(), move || async move {
-            let (conn, handle, _) =
-                rtnetlink::new_connection().map_err(|source| NetworkError::Io {
-                    netns: pool_netns(),
-                    source,
-                })?;
-            tokio::spawn(conn);
-            let link = handle
-                .link()
-                .get()
-                .match_name(TAP_NAME.to_string())
-                .execute()
-                .try_next()
-                .await
-                .map_err(|source| NetworkError::Netlink {
-                    netns: pool_netns(),
-                    what: format!("finding {TAP_NAME}"),
-                    source,
-                })?
-                .ok_or_else(|| NetworkError::Tap {
-                    netns: pool_netns(),
-                    name: TAP_NAME.into(),
-                    source: std::io::Error::other("the pool VM's tap is gone"),
-                })?;
-            handle
-                .link()
-                .change(
-                    LinkUnspec::new_with_index(link.header.index)
-                        .setns_by_fd(target_fd.as_raw_fd())
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(|source| NetworkError::Netlink {
-                    netns: pool_netns(),
-                    what: format!("moving {TAP_NAME} into the pod's netns"),
-                    source,
-                })
-        })?;
-        moved?;
+        netns::run_in(&self.netns, &pool_netns(), move || async move {
+            wire::move_link(&pool_netns(), TAP_NAME, target_fd.as_raw_fd()).await
+        })??;
         Ok(((TAP_NAME.to_string(), self.tap), self.mac))
     }
 }

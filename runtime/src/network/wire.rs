@@ -7,6 +7,7 @@
 //! protocol all u32 match u8 0 0 action mirred egress redirect dev Y`.
 
 use std::net::IpAddr;
+use std::os::fd::RawFd;
 use std::path::Path;
 
 use futures_util::stream::TryStreamExt;
@@ -363,6 +364,34 @@ async fn wire_one(
         return Err(e);
     }
     Ok(endpoint)
+}
+
+/// Moves link `name` of this netns (`netns` names it in errors) into the netns open
+/// as `target`.
+pub async fn move_link(netns: &Path, name: &str, target: RawFd) -> Result<(), NetworkError> {
+    let handle = connect(netns)?;
+    let link = links(&handle, netns)
+        .await?
+        .into_iter()
+        .find(|l| l.name == name)
+        .ok_or_else(|| NetworkError::BadInterface {
+            netns: netns.to_path_buf(),
+            name: name.to_string(),
+            what: "is gone".into(),
+        })?;
+    handle
+        .link()
+        .change(
+            LinkUnspec::new_with_index(link.index)
+                .setns_by_fd(target)
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(netlink_failed(
+            netns,
+            format!("moving {name} to another netns"),
+        ))
 }
 
 /// How many veths [`setup`] would wire.

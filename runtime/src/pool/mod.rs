@@ -407,7 +407,7 @@ pub fn wait_ready(state_dir: &Path, timeout: Duration) -> usize {
 pub fn drain(state_dir: &Path, timeout: Duration) -> usize {
     let stopping = members(state_dir);
     for m in &stopping {
-        signal(m.pid, libc::SIGTERM);
+        signal(m.pid, nix::sys::signal::Signal::SIGTERM);
     }
     let deadline = Instant::now() + timeout;
     loop {
@@ -418,7 +418,7 @@ pub fn drain(state_dir: &Path, timeout: Duration) -> usize {
         if Instant::now() >= deadline {
             for m in &left {
                 tracing::warn!(pid = m.pid, id = %m.entry.id, "pool VM keeper did not stop in time: killing it");
-                signal(m.pid, libc::SIGKILL);
+                signal(m.pid, nix::sys::signal::Signal::SIGKILL);
                 m.entry.remove();
             }
             break;
@@ -428,13 +428,9 @@ pub fn drain(state_dir: &Path, timeout: Duration) -> usize {
     stopping.len()
 }
 
-fn signal(pid: u32, sig: libc::c_int) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    // SAFETY: kill takes a pid and a signal number; no memory is passed.
-    unsafe {
-        libc::kill(pid, sig);
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
     }
 }
 
