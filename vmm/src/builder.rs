@@ -7,6 +7,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::boot;
@@ -14,7 +15,7 @@ use crate::arch::x86_64::layout::VIRTIO_MMIO_BASE;
 use crate::bus::Bus;
 use crate::config::VmConfig;
 use crate::control::Control;
-use crate::devices::legacy::{ConsoleBuffer, LimitedWriter};
+use crate::devices::legacy::{ConsoleBuffer, LimitedWriter, SerialSnapshot};
 use crate::devices::legacy::{
     DebugExit, SerialDevice, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN, DEBUG_EXIT_PORT, I8042,
     I8042_PORT_BASE, I8042_PORT_LEN,
@@ -22,30 +23,38 @@ use crate::devices::legacy::{
 use crate::devices::virtio::block::{Block, BlockOptions};
 use crate::devices::virtio::event_handler::VirtioEvents;
 use crate::devices::virtio::fs::Fs;
-use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::mmio::{MmioTransport, TransportState};
 use crate::devices::virtio::net::{Net, Tap};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{IrqTrigger, VirtioDevice, MMIO_WINDOW};
 use crate::error::{Error, Result};
 use crate::event_loop::{ConsoleInputSource, ConsoleOutputSource, EventLoop};
-use crate::vmm::Vmm;
+use crate::vmm::{SnapshotDevices, Vmm};
 use crate::vstate::kvm::KvmContext;
-use crate::vstate::memory::{create_guest_memory, MemoryBacking};
+use crate::vstate::memory::{create_guest_memory, restore_guest_memory, MemoryBacking};
 use crate::vstate::vcpu::Vcpu;
 use crate::vstate::vm::Vm;
 
-/// Files named by the configuration, opened before any KVM work so that a bad path is
-/// a configuration error.
-struct Files {
-    kernel: File,
-    initrd: Option<File>,
-    console_out: Box<dyn Write + Send>,
-    console_in: Option<File>,
+/// The console's files, opened before any KVM work so that a bad path is a
+/// configuration error.
+struct Console {
+    output: Box<dyn Write + Send>,
+    input: Option<File>,
+}
+
+/// The parts of a built VM that are not yet a [`Vmm`].
+struct Parts {
+    config: VmConfig,
+    kvm: KvmContext,
+    memory: GuestMemoryMmap,
+    vm: Vm,
+    control: Arc<Control>,
 }
 
 pub fn build(config: VmConfig) -> Result<Vmm> {
     config.validate()?;
-    let mut files = open_files(&config)?;
+    let (mut kernel_file, mut initrd_file) = open_boot_files(&config)?;
+    let console = open_console(&config)?;
     let mem_size = config.mem_bytes();
 
     let kvm = KvmContext::new()?;
@@ -60,44 +69,139 @@ pub fn build(config: VmConfig) -> Result<Vmm> {
     let cmdline = announce_virtio(&config.cmdline, virtio.len());
     let (kernel, _initrd) = boot::prepare(
         &memory,
-        &mut files.kernel,
+        &mut kernel_file,
         config.kernel_format,
-        files.initrd.as_mut(),
+        initrd_file.as_mut(),
         &cmdline,
         mem_size,
         config.vcpus,
     )?;
 
-    let control = Arc::new(Control::new()?);
+    let parts = Parts {
+        config,
+        kvm,
+        memory,
+        vm,
+        control: Arc::new(Control::new()?),
+    };
+    let (pio, serial) = attach_legacy(&parts, console.output, None)?;
+    let (mmio, transports, events) = attach_virtio_devices(&parts, virtio, None)?;
+    let mut vcpus = Vec::with_capacity(usize::from(parts.config.vcpus));
+    for index in 0..parts.config.vcpus {
+        let vcpu = Vcpu::new(&parts.vm, &parts.kvm, index, pio.clone(), mmio.clone())?;
+        vcpu.configure(&parts.kvm, parts.config.vcpus, &kernel.entry)?;
+        vcpus.push(vcpu);
+    }
+    tracing::debug!(entry = kernel.entry.addr.0, protocol = ?kernel.entry.protocol, "VM built");
+    assemble(parts, vcpus, console.input, serial, transports, events)
+}
+
+/// A VM from the snapshot in `dir`, as a script: check the snapshot against `config`,
+/// map its memory, set the VM's and each vCPU's state, and attach the devices in their
+/// saved states to this VM's own host side (console, sockets, disks, taps).
+pub fn restore(dir: &Path, config: VmConfig) -> Result<Vmm> {
+    config.validate()?;
+    let snapshot = crate::snapshot::load(dir)?;
+    snapshot.check_matches(&config)?;
+    let console = open_console(&config)?;
+
+    let kvm = KvmContext::new()?;
+    let backing = MemoryBacking {
+        shared: config.shared_memory,
+        hugepages: config.hugepages,
+    };
+    let memory = restore_guest_memory(config.mem_bytes(), backing, &snapshot.memory)?;
+    let vm = Vm::new(&kvm, &memory)?;
+    vm.restore_state(&snapshot.state.vm)?;
+
+    let virtio = open_virtio_devices(&config)?;
+    let parts = Parts {
+        config,
+        kvm,
+        memory,
+        vm,
+        control: Arc::new(Control::new()?),
+    };
+    let (pio, serial) = attach_legacy(&parts, console.output, snapshot.state.serial.as_ref())?;
+    let saved = Some(snapshot.state.virtio.as_slice());
+    let (mmio, transports, events) = attach_virtio_devices(&parts, virtio, saved)?;
+    let mut vcpus = Vec::with_capacity(usize::from(parts.config.vcpus));
+    for (index, state) in (0..parts.config.vcpus).zip(&snapshot.state.vcpus) {
+        let vcpu = Vcpu::new(&parts.vm, &parts.kvm, index, pio.clone(), mmio.clone())?;
+        vcpu.restore_state(state)?;
+        vcpus.push(vcpu);
+    }
+    tracing::debug!(snapshot = %dir.display(), "VM restored");
+    assemble(parts, vcpus, console.input, serial, transports, events)
+}
+
+/// The legacy devices on the port bus: COM1 (new, or in a snapshot's state), the
+/// i8042 and the debug-exit port, as the configuration asks.
+fn attach_legacy(
+    parts: &Parts,
+    console_output: Box<dyn Write + Send>,
+    saved_serial: Option<&SerialSnapshot>,
+) -> Result<(Arc<Bus>, Option<SerialParts>)> {
+    let devices = &parts.config.devices;
     let mut pio = Bus::new();
-    let serial = if config.devices.serial {
-        Some(attach_serial(&vm, &mut pio, files.console_out)?)
+    let serial = if devices.serial {
+        Some(attach_serial(
+            &parts.vm,
+            &mut pio,
+            console_output,
+            saved_serial,
+        )?)
     } else {
         None
     };
-    if config.devices.i8042 {
-        let i8042 = Arc::new(Mutex::new(I8042::new(control.clone())));
+    if devices.i8042 {
+        let i8042 = Arc::new(Mutex::new(I8042::new(parts.control.clone())));
         pio.insert(I8042_PORT_BASE.into(), I8042_PORT_LEN.into(), i8042)?;
     }
-    if config.devices.debug_exit {
-        let dev = Arc::new(Mutex::new(DebugExit::new(control.clone())));
+    if devices.debug_exit {
+        let dev = Arc::new(Mutex::new(DebugExit::new(parts.control.clone())));
         pio.insert(DEBUG_EXIT_PORT.into(), 1, dev)?;
     }
-    let pio = Arc::new(pio);
+    Ok((Arc::new(pio), serial))
+}
+
+type Transports = Vec<Arc<Mutex<MmioTransport>>>;
+
+/// Every virtio device on the MMIO bus, each in its slot, fresh or (with `saved`, one
+/// state per slot) as the snapshot left it.
+fn attach_virtio_devices(
+    parts: &Parts,
+    devices: Vec<SharedVirtio>,
+    saved: Option<&[TransportState]>,
+) -> Result<(Arc<Bus>, Transports, Vec<VirtioEvents>)> {
     let mut mmio = Bus::new();
-    let mut virtio_events = Vec::new();
-    for (slot, device) in virtio.into_iter().enumerate() {
-        virtio_events.push(attach_virtio(&vm, &memory, &mut mmio, slot, device)?);
+    let mut transports = Vec::with_capacity(devices.len());
+    let mut events = Vec::with_capacity(devices.len());
+    for (slot, device) in devices.into_iter().enumerate() {
+        let state =
+            match saved {
+                Some(states) => Some(states.get(slot).ok_or_else(|| {
+                    Error::Config(format!("no saved state for virtio slot {slot}"))
+                })?),
+                None => None,
+            };
+        let (transport, evts) = attach_virtio(parts, &mut mmio, slot, device, state)?;
+        transports.push(transport);
+        events.push(evts);
     }
-    let mmio = Arc::new(mmio);
+    Ok((Arc::new(mmio), transports, events))
+}
 
-    let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
-    for index in 0..config.vcpus {
-        let vcpu = Vcpu::new(&vm, index, pio.clone(), mmio.clone())?;
-        vcpu.configure(&kvm, config.vcpus, &kernel.entry)?;
-        vcpus.push(vcpu);
-    }
-
+/// The [`Vmm`]: the event loop over the console and the devices' host sides.
+fn assemble(
+    parts: Parts,
+    vcpus: Vec<Vcpu>,
+    console_input: Option<File>,
+    serial: Option<SerialParts>,
+    transports: Transports,
+    virtio_events: Vec<VirtioEvents>,
+) -> Result<Vmm> {
+    let snapshot_serial = serial.as_ref().map(|p| p.serial.clone());
     let (console_output, serial) = match serial {
         Some(p) => (
             Some(ConsoleOutputSource {
@@ -108,7 +212,7 @@ pub fn build(config: VmConfig) -> Result<Vmm> {
         ),
         None => (None, None),
     };
-    let console = match (files.console_in, serial) {
+    let console = match (console_input, serial) {
         (Some(input), Some((serial, drained))) => Some(ConsoleInputSource {
             input,
             drained,
@@ -121,24 +225,37 @@ pub fn build(config: VmConfig) -> Result<Vmm> {
         }
         (None, _) => None,
     };
-    let event_loop = EventLoop::new(control.clone(), console, console_output, virtio_events)?;
-    tracing::debug!(entry = kernel.entry.addr.0, protocol = ?kernel.entry.protocol, "VM built");
+    let event_loop = EventLoop::new(
+        parts.control.clone(),
+        console,
+        console_output,
+        virtio_events,
+    )?;
     Ok(Vmm {
-        control,
+        control: parts.control,
         vcpus,
         event_loop,
-        seccomp: config.seccomp,
-        _vm: vm,
-        _memory: memory,
-        _kvm: kvm,
+        seccomp: parts.config.seccomp,
+        devices: SnapshotDevices {
+            serial: snapshot_serial,
+            transports,
+        },
+        config: parts.config,
+        vm: parts.vm,
+        memory: parts.memory,
+        _kvm: parts.kvm,
     })
 }
 
-fn open_files(config: &VmConfig) -> Result<Files> {
+fn open_boot_files(config: &VmConfig) -> Result<(File, Option<File>)> {
     let open = |p: &Path| File::open(p).map_err(Error::file(p));
     let kernel = open(&config.kernel)?;
     let initrd = config.initrd.as_deref().map(open).transpose()?;
-    let console_out: Box<dyn Write + Send> = match &config.console {
+    Ok((kernel, initrd))
+}
+
+fn open_console(config: &VmConfig) -> Result<Console> {
+    let output: Box<dyn Write + Send> = match &config.console {
         Some(path) => Box::new(LimitedWriter::new(
             OpenOptions::new()
                 .write(true)
@@ -150,16 +267,11 @@ fn open_files(config: &VmConfig) -> Result<Files> {
         )),
         None => Box::new(std::io::sink()),
     };
-    let console_in = match &config.console_input {
+    let input = match &config.console_input {
         Some(path) => Some(open_console_input(path)?),
         None => None,
     };
-    Ok(Files {
-        kernel,
-        initrd,
-        console_out,
-        console_in,
-    })
+    Ok(Console { output, input })
 }
 
 /// Console input must be pollable (FIFO, terminal, socket): epoll refuses regular files.
@@ -187,7 +299,12 @@ struct SerialParts {
     waker: EventFd,
 }
 
-fn attach_serial(vm: &Vm, pio: &mut Bus, out: Box<dyn Write + Send>) -> Result<SerialParts> {
+fn attach_serial(
+    vm: &Vm,
+    pio: &mut Bus,
+    out: Box<dyn Write + Send>,
+    saved: Option<&SerialSnapshot>,
+) -> Result<SerialParts> {
     let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(Error::host("eventfd"));
     let clone = |e: &EventFd| e.try_clone().map_err(Error::host("eventfd"));
     let irq = evt()?;
@@ -195,7 +312,12 @@ fn attach_serial(vm: &Vm, pio: &mut Bus, out: Box<dyn Write + Send>) -> Result<S
     let drained = evt()?;
     let waker = evt()?;
     let out = ConsoleBuffer::new(out, Some(clone(&waker)?));
-    let serial = Arc::new(Mutex::new(SerialDevice::new(irq, clone(&drained)?, out)));
+    let device = match saved {
+        Some(state) => SerialDevice::restore(irq, clone(&drained)?, out, state)
+            .map_err(|reason| Error::Config(format!("snapshot: {reason}")))?,
+        None => SerialDevice::new(irq, clone(&drained)?, out),
+    };
+    let serial = Arc::new(Mutex::new(device));
     pio.insert(COM1_PORT_BASE.into(), COM1_PORT_LEN.into(), serial.clone())?;
     Ok(SerialParts {
         serial,
@@ -266,27 +388,35 @@ fn announce_virtio(cmdline: &str, count: usize) -> String {
 }
 
 /// Puts `device` on the MMIO bus in `slot`: irqfd for its interrupt, ioeventfds for its
-/// queue notifications, and an event-loop subscriber that serves them.
+/// queue notifications, and an event-loop subscriber that serves them. With `saved`,
+/// the transport (and an active device) starts in that state.
 fn attach_virtio(
-    vm: &Vm,
-    memory: &vm_memory::GuestMemoryMmap,
+    parts: &Parts,
     mmio: &mut Bus,
     slot: usize,
     device: SharedVirtio,
-) -> Result<VirtioEvents> {
+    saved: Option<&TransportState>,
+) -> Result<(Arc<Mutex<MmioTransport>>, VirtioEvents)> {
+    let vm = &parts.vm;
     let (addr, irq) =
         virtio_slot(slot).ok_or_else(|| Error::Config("too many virtio devices".into()))?;
     let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::host("eventfd"))?;
     vm.register_irqfd(&irq_evt, irq)?;
     let trigger = Arc::new(IrqTrigger::new(irq_evt));
-    let transport = MmioTransport::new(device.clone(), memory.clone(), trigger)
-        .map_err(Error::host("virtio queue eventfds"))?;
+    let memory = parts.memory.clone();
+    let transport = match saved {
+        Some(state) => MmioTransport::restore(device.clone(), memory, trigger, state)
+            .map_err(|e| Error::Config(format!("snapshot: virtio slot {slot}: {e}")))?,
+        None => MmioTransport::new(device.clone(), memory, trigger)
+            .map_err(Error::host("virtio queue eventfds"))?,
+    };
     let notify = addr + u64::from(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY);
     let mut evts = Vec::new();
     for (index, evt) in transport.queue_evts().iter().enumerate() {
         vm.register_ioevent(evt, notify, index as u32)?;
         evts.push(evt.try_clone().map_err(Error::host("eventfd"))?);
     }
-    mmio.insert(addr, MMIO_WINDOW, Arc::new(Mutex::new(transport)))?;
-    Ok(VirtioEvents::new(device, evts))
+    let transport = Arc::new(Mutex::new(transport));
+    mmio.insert(addr, MMIO_WINDOW, transport.clone())?;
+    Ok((transport, VirtioEvents::new(device, evts)))
 }

@@ -278,11 +278,16 @@ impl VmConfig {
         self.validate_virtio()
     }
 
-    fn validate_virtio(&self) -> Result<()> {
-        let count = self.block.len()
+    /// virtio devices, one per virtio-mmio slot: disks, interfaces, fs, vsock.
+    pub fn virtio_device_count(&self) -> usize {
+        self.block.len()
             + self.net.len()
             + usize::from(self.fs.is_some())
-            + usize::from(self.vsock.is_some());
+            + usize::from(self.vsock.is_some())
+    }
+
+    fn validate_virtio(&self) -> Result<()> {
+        let count = self.virtio_device_count();
         if let Some(fs) = &self.fs {
             if !self.shared_memory {
                 return Err(Error::Config(

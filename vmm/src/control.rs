@@ -2,6 +2,8 @@
 //! [`crate::VmmHandle`] asks for stop/pause/resume. Every post wakes the event loop.
 
 use std::collections::VecDeque;
+use std::fs::File;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Mutex, MutexGuard};
@@ -10,11 +12,34 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{Error, Result};
 use crate::exit::ExitReason;
+use crate::snapshot::SnapshotState;
 
-/// A request from a [`crate::VmmHandle`], answered on `reply`.
+/// A request from a [`crate::VmmHandle`], answered on its sender.
 pub enum Request {
     Pause(Sender<Result<()>>),
     Resume(Sender<Result<()>>),
+    /// Read every vCPU's, the VM's and each device's state, and copy guest memory into
+    /// `memory`. Only while paused.
+    Snapshot {
+        /// The snapshot directory being written (for messages).
+        dir: PathBuf,
+        memory: File,
+        reply: Sender<Result<SnapshotState>>,
+    },
+}
+
+impl Request {
+    /// Answers the request with an error (the VM ended before serving it).
+    pub fn refuse(self, error: impl Fn() -> Error) {
+        match self {
+            Request::Pause(tx) | Request::Resume(tx) => {
+                let _ = tx.send(Err(error()));
+            }
+            Request::Snapshot { reply, .. } => {
+                let _ = reply.send(Err(error()));
+            }
+        }
+    }
 }
 
 /// Shared between the event loop, vCPU threads, devices and handles.

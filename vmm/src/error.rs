@@ -46,6 +46,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A snapshot could not be written, or a snapshot directory cannot be restored
+    /// (missing, truncated, corrupt, another format version, or a VM description that
+    /// does not match it).
+    #[error("snapshot {path}: {reason}")]
+    Snapshot {
+        /// The snapshot directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A vCPU thread did not answer a pause/stop request, or died.
     #[error("vCPU {index}: {reason}")]
     Vcpu {
@@ -64,7 +74,10 @@ impl Error {
     /// 4 KVM unavailable or a KVM ioctl failed, 8 any other VMM-internal failure.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config(_) | Error::File { .. } | Error::KernelLoad(_) => 2,
+            Error::Config(_)
+            | Error::File { .. }
+            | Error::KernelLoad(_)
+            | Error::Snapshot { .. } => 2,
             Error::KvmUnavailable(_) | Error::Kvm { .. } => 4,
             Error::Memory(_) | Error::Host { .. } | Error::Vcpu { .. } => 8,
         }

@@ -5,7 +5,8 @@
 //!
 //! - [`VmConfig`]: what to boot (serde, the same JSON the binary reads),
 //! - [`Vmm::build`] then [`Vmm::run`]: boot it and block until it ends with an [`ExitReason`],
-//! - [`VmmHandle`]: stop, pause or resume a running VM from another thread,
+//! - [`VmmHandle`]: stop, pause, resume or snapshot a running VM from another thread,
+//! - [`Vmm::restore`]: a VM from a snapshot directory, ready to [`Vmm::run`],
 //! - [`host_support`]: can this host run hull-vmm, and can it boot Linux?
 //!
 //! Where things live: `builder.rs` reads as the boot script; `vstate/` holds the only
@@ -31,6 +32,7 @@ mod exit;
 pub mod fuzz;
 mod host;
 mod seccomp;
+mod snapshot;
 mod vcpus;
 mod vmm;
 mod vstate;

@@ -14,7 +14,7 @@ use vmm_sys_util::signal::Killable;
 
 use crate::control::Control;
 use crate::error::{Error, Result};
-use crate::vstate::vcpu::{kick_signal, Vcpu, VcpuRun};
+use crate::vstate::vcpu::{kick_signal, Vcpu, VcpuRun, VcpuState};
 
 const KICK_INTERVAL: Duration = Duration::from_millis(10);
 /// How long a vCPU may take to acknowledge a pause or stop.
@@ -23,6 +23,8 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 const REQ_RUN: u8 = 0;
 const REQ_PAUSE: u8 = 1;
 const REQ_STOP: u8 = 2;
+/// Read the vCPU's state while paused (a snapshot), then stay paused.
+const REQ_SAVE: u8 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -35,6 +37,8 @@ struct Shared {
     request: AtomicU8,
     state: Mutex<State>,
     changed: Condvar,
+    /// The answer to REQ_SAVE.
+    saved: Mutex<Option<Result<VcpuState>>>,
 }
 
 impl Shared {
@@ -79,7 +83,17 @@ fn vcpu_loop(mut vcpu: Vcpu, shared: &Shared, control: &Control) {
                 let mut state = shared.state();
                 *state = State::Paused;
                 shared.changed.notify_all();
-                while shared.request.load(Ordering::SeqCst) == REQ_PAUSE {
+                loop {
+                    match shared.request.load(Ordering::SeqCst) {
+                        REQ_PAUSE => {}
+                        REQ_SAVE => {
+                            let saved = vcpu.save_state();
+                            *shared.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(saved);
+                            shared.request.store(REQ_PAUSE, Ordering::SeqCst);
+                            shared.changed.notify_all();
+                        }
+                        _ => break,
+                    }
                     state = shared
                         .changed
                         .wait(state)
@@ -118,6 +132,7 @@ impl VcpuThread {
             request: AtomicU8::new(REQ_RUN),
             state: Mutex::new(State::Running),
             changed: Condvar::new(),
+            saved: Mutex::new(None),
         });
         let thread_shared = shared.clone();
         let handle = std::thread::Builder::new()
@@ -182,6 +197,43 @@ impl VcpuThread {
     /// Takes the vCPU out of the guest and parks it.
     pub fn pause(&self) -> Result<()> {
         self.request_and_wait(REQ_PAUSE, |s| s != State::Running)
+    }
+
+    /// Reads the state of a paused vCPU (on its own thread, which owns the vCPU fd).
+    pub fn save(&self) -> Result<VcpuState> {
+        let not_paused = || Error::Vcpu {
+            index: self.index,
+            reason: "not paused; a vCPU's state is read only while it is paused".into(),
+        };
+        let mut state = self.shared.state();
+        if *state != State::Paused {
+            return Err(not_paused());
+        }
+        self.shared.request.store(REQ_SAVE, Ordering::SeqCst);
+        self.shared.changed.notify_all();
+        let deadline = Instant::now() + ACK_TIMEOUT;
+        while self.shared.request.load(Ordering::SeqCst) == REQ_SAVE {
+            let now = Instant::now();
+            if now >= deadline || *state == State::Exited {
+                return Err(Error::Vcpu {
+                    index: self.index,
+                    reason: format!("state not read within {ACK_TIMEOUT:?}"),
+                });
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        drop(state);
+        self.shared
+            .saved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_else(|| Err(not_paused()))
     }
 
     /// Lets a paused vCPU run again.

@@ -102,3 +102,104 @@ fn guest_vsock_echo_through_the_runtime_client() {
     );
     assert!(!uds.exists(), "the hybrid socket is removed with the VM");
 }
+
+/// A VM whose guest set its vsock device up is snapshotted while it waits for a host
+/// connection; the restored VM gets a socket of its own, and the runtime's client
+/// reaches the guest through it: the device's queues went on where they were.
+#[test]
+fn a_restored_guest_answers_on_its_own_vsock_socket() {
+    if !kvm_available("a_restored_guest_answers_on_its_own_vsock_socket") {
+        return;
+    }
+    let dir = scratch("vsock-restore");
+    let config = |name: &str| {
+        let mut cfg = VmConfig::new(&guests().elf64);
+        cfg.cmdline = "act=v".into();
+        cfg.mem_mib = 32;
+        cfg.console = Some(dir.join(format!("{name}.txt")));
+        cfg.devices.debug_exit = true;
+        cfg.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: dir.join(format!("{name}.sock")),
+        });
+        cfg
+    };
+    let console =
+        |name: &str| std::fs::read_to_string(dir.join(format!("{name}.txt"))).unwrap_or_default();
+
+    let vmm = Vmm::build(config("template")).expect("build");
+    let handle = vmm.handle();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(vmm.run());
+    });
+    let start = std::time::Instant::now();
+    while !console("template").contains("vsock: queues ready") {
+        if let Ok(outcome) = rx.try_recv() {
+            println!(
+                "SKIP a_restored_guest_answers_on_its_own_vsock_socket: the guest ended \
+                 before its device was ready ({outcome:?}); console: {}",
+                console("template")
+            );
+            return;
+        }
+        assert!(
+            start.elapsed() < LIMIT,
+            "guest never ready: {}",
+            console("template")
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let snap = dir.join("snap");
+    handle.snapshot(&snap).expect("snapshot");
+    handle.stop();
+    assert_eq!(
+        rx.recv_timeout(LIMIT)
+            .expect("the template VM ends")
+            .expect("run"),
+        ExitReason::Stopped
+    );
+    assert!(!dir.join("template.sock").exists());
+
+    let vmm = Vmm::restore(&snap, config("clone")).expect("restore");
+    let handle = vmm.handle();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(vmm.run());
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let msg = b"ping after the restore\n";
+    let uds = dir.join("clone.sock");
+    let echoed = rt.block_on(async {
+        let mut s = hybrid_vsock::connect(&uds, 1024, LIMIT)
+            .await
+            .map_err(|e| e.to_string())?;
+        s.write_all(msg).await.map_err(|e| e.to_string())?;
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(LIMIT, s.read_exact(&mut back))
+            .await
+            .map_err(|_| "no echo".to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(back)
+    });
+    let outcome = rx.recv_timeout(LIMIT);
+    handle.stop();
+    let echoed = echoed.unwrap_or_else(|e| panic!("client: {e}; console: {}", console("clone")));
+    assert_eq!(echoed, msg);
+    assert_eq!(
+        outcome.expect("the clone ends").expect("run"),
+        ExitReason::DebugExit(b'V'),
+        "{}",
+        console("clone")
+    );
+    let text = console("clone");
+    assert!(text.contains("vsock: connected"), "{text}");
+    assert!(text.contains("vsock: echoed"), "{text}");
+    assert!(
+        !text.contains("vsock: queues ready"),
+        "the clone set the device up again: {text}"
+    );
+}

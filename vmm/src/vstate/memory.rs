@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 
 use vm_memory::mmap::MmapRegionBuilder;
@@ -95,6 +95,95 @@ pub fn create_guest_memory(size: u64, backing: MemoryBacking) -> Result<GuestMem
         file_offset += len;
     }
     GuestMemoryMmap::from_regions(regions).map_err(|e| Error::Memory(e.to_string()))
+}
+
+/// Guest RAM of `size` bytes with the content of a snapshot's memory `file` (laid out
+/// as [`create_guest_memory`]'s memfd: regions back to back).
+///
+/// - Private memory maps the file copy-on-write (`MAP_PRIVATE`): nothing is read up
+///   front, and every VM restored from the same file shares the pages it has not
+///   written (the page cache holds one copy).
+/// - Shared memory (a vhost-user backend must map it) cannot share the file: a page
+///   the guest writes must be seen by the backend, which a private mapping hides. It is
+///   a new memfd that gets a copy of the file's data; the file's holes (zero pages)
+///   are not read.
+pub fn restore_guest_memory(
+    size: u64,
+    backing: MemoryBacking,
+    file: &File,
+) -> Result<GuestMemoryMmap> {
+    if backing.shared {
+        let mem = create_guest_memory(size, backing)?;
+        copy_file_into(&mem, file)?;
+        return Ok(mem);
+    }
+    if backing.hugepages {
+        return Err(Error::Memory(
+            "huge pages cannot map a snapshot's memory file; restore with shared memory".into(),
+        ));
+    }
+    let mut regions = Vec::new();
+    let mut file_offset = 0u64;
+    for (base, len) in ram_regions(size) {
+        let len_usize = usize::try_from(len)
+            .map_err(|_| Error::Memory(format!("region of {len} bytes too large")))?;
+        let clone = file
+            .try_clone()
+            .map_err(|e| Error::Memory(format!("memory file: {e}")))?;
+        let mapping = MmapRegionBuilder::new(len_usize)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_file_offset(FileOffset::new(clone, file_offset))
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| Error::Memory(format!("mapping the memory file at {file_offset}: {e}")))?;
+        let region = GuestRegionMmap::new(mapping, base)
+            .ok_or_else(|| Error::Memory(format!("region at {:#x} overflows", base.0)))?;
+        regions.push(region);
+        file_offset += len;
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| Error::Memory(e.to_string()))
+}
+
+/// The next data byte at or after `offset` (`SEEK_DATA`) or the next hole
+/// (`SEEK_HOLE`); `None` past the end.
+fn seek(file: &File, offset: u64, whence: libc::c_int) -> Option<u64> {
+    let offset = libc::off_t::try_from(offset).ok()?;
+    // SAFETY: lseek on an fd this File owns; it only moves the file offset, which
+    // nothing else here relies on (reads use pread).
+    let at = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
+    u64::try_from(at).ok()
+}
+
+/// Copies the data extents of `file` into `mem` (file offsets map to the regions back
+/// to back).
+fn copy_file_into(mem: &GuestMemoryMmap, file: &File) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryRegion};
+    const CHUNK: usize = 1 << 20;
+    let mut buf = vec![0u8; CHUNK];
+    let mut region_start = 0u64;
+    for region in mem.iter() {
+        let region_end = region_start + region.len();
+        let mut at = region_start;
+        while let Some(data) = seek(file, at, libc::SEEK_DATA).filter(|&d| d < region_end) {
+            let hole = seek(file, data, libc::SEEK_HOLE)
+                .unwrap_or(region_end)
+                .min(region_end);
+            let mut pos = data;
+            while pos < hole {
+                let n = CHUNK.min((hole - pos) as usize);
+                file.read_exact_at(&mut buf[..n], pos)
+                    .map_err(|e| Error::Memory(format!("reading the memory file at {pos}: {e}")))?;
+                let gpa = region.start_addr().unchecked_add(pos - region_start);
+                mem.write_slice(&buf[..n], gpa)
+                    .map_err(|e| Error::Memory(format!("restoring memory at {:#x}: {e}", gpa.0)))?;
+                pos += n as u64;
+            }
+            at = hole;
+        }
+        region_start = region_end;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

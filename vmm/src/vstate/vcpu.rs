@@ -12,9 +12,12 @@ use std::ptr;
 use std::sync::{Arc, Once};
 
 use kvm_bindings::{
-    kvm_run, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    kvm_cpuid_entry2, kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs,
+    kvm_run, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
+    KVM_MAX_MSR_ENTRIES, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use serde::{Deserialize, Serialize};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use super::kvm::KvmContext;
@@ -41,6 +44,8 @@ pub enum VcpuRun {
 pub struct Vcpu {
     index: u8,
     fd: VcpuFd,
+    /// MSRs KVM lists as saved and restored (what a snapshot records).
+    msr_indices: Arc<[u32]>,
     run: *mut kvm_run,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
@@ -95,13 +100,38 @@ impl Drop for KickGuard {
     }
 }
 
+/// Everything KVM holds for one vCPU, in the order [`Vcpu::restore_state`] sets it.
+#[derive(Serialize, Deserialize)]
+pub struct VcpuState {
+    pub cpuid: Vec<kvm_cpuid_entry2>,
+    pub mp_state: kvm_mp_state,
+    pub regs: kvm_regs,
+    pub sregs: kvm_sregs,
+    /// FPU, SSE and AVX registers (the legacy 4 KiB KVM_GET_XSAVE area: hull-vmm never
+    /// grants a guest the dynamically enabled states, AMX, that would not fit).
+    pub xsave: kvm_xsave,
+    pub xcrs: kvm_xcrs,
+    pub debug_regs: kvm_debugregs,
+    pub lapic: kvm_lapic_state,
+    pub msrs: Vec<kvm_msr_entry>,
+    /// Pending exceptions, interrupts, NMIs and SMIs.
+    pub events: kvm_vcpu_events,
+}
+
 impl Vcpu {
-    pub fn new(vm: &Vm, index: u8, pio: Arc<Bus>, mmio: Arc<Bus>) -> Result<Self> {
+    pub fn new(
+        vm: &Vm,
+        kvm: &KvmContext,
+        index: u8,
+        pio: Arc<Bus>,
+        mmio: Arc<Bus>,
+    ) -> Result<Self> {
         let mut fd = vm.create_vcpu(index)?;
         let run = fd.get_kvm_run() as *mut kvm_run;
         Ok(Vcpu {
             index,
             fd,
+            msr_indices: kvm.msr_index_list().into(),
             run,
             pio,
             mmio,
@@ -153,6 +183,115 @@ impl Vcpu {
         self.fd
             .set_lapic(&lapic)
             .map_err(Error::kvm("KVM_SET_LAPIC"))
+    }
+
+    /// Reads the vCPU's whole state. Call it on a vCPU that is out of `KVM_RUN`
+    /// (paused): KVM then has nothing in flight for it.
+    pub fn save_state(&self) -> Result<VcpuState> {
+        let fd = &self.fd;
+        // The MP state first: reading it makes KVM complete any pending APIC events,
+        // so the registers read after it are the ones that go with it.
+        let mp_state = fd.get_mp_state().map_err(Error::kvm("KVM_GET_MP_STATE"))?;
+        Ok(VcpuState {
+            cpuid: fd
+                .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+                .map_err(Error::kvm("KVM_GET_CPUID2"))?
+                .as_slice()
+                .to_vec(),
+            mp_state,
+            regs: fd.get_regs().map_err(Error::kvm("KVM_GET_REGS"))?,
+            sregs: fd.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?,
+            xsave: fd.get_xsave().map_err(Error::kvm("KVM_GET_XSAVE"))?,
+            xcrs: fd.get_xcrs().map_err(Error::kvm("KVM_GET_XCRS"))?,
+            debug_regs: fd
+                .get_debug_regs()
+                .map_err(Error::kvm("KVM_GET_DEBUGREGS"))?,
+            lapic: fd.get_lapic().map_err(Error::kvm("KVM_GET_LAPIC"))?,
+            msrs: self.save_msrs()?,
+            events: fd
+                .get_vcpu_events()
+                .map_err(Error::kvm("KVM_GET_VCPU_EVENTS"))?,
+        })
+    }
+
+    /// Reads every MSR KVM lists that this vCPU has. KVM_GET_MSRS stops at the first
+    /// MSR it cannot read (the host lists MSRs of features this vCPU lacks): that one
+    /// is skipped and the read goes on after it.
+    fn save_msrs(&self) -> Result<Vec<kvm_msr_entry>> {
+        let mut saved = Vec::with_capacity(self.msr_indices.len());
+        let mut rest: &[u32] = &self.msr_indices;
+        while !rest.is_empty() {
+            let chunk = &rest[..rest.len().min(KVM_MAX_MSR_ENTRIES)];
+            let entries: Vec<kvm_msr_entry> = chunk
+                .iter()
+                .map(|&index| kvm_msr_entry {
+                    index,
+                    ..Default::default()
+                })
+                .collect();
+            let mut msrs = Msrs::from_entries(&entries).map_err(|e| Error::Vcpu {
+                index: self.index(),
+                reason: format!("MSR list: {e:?}"),
+            })?;
+            let read = self
+                .fd
+                .get_msrs(&mut msrs)
+                .map_err(Error::kvm("KVM_GET_MSRS"))?;
+            saved.extend_from_slice(&msrs.as_slice()[..read]);
+            let skip = if read < chunk.len() {
+                tracing::debug!(vcpu = self.index, msr = chunk[read], "MSR not saved");
+                read + 1
+            } else {
+                read
+            };
+            rest = &rest[skip..];
+        }
+        Ok(saved)
+    }
+
+    /// Sets a state read by [`Vcpu::save_state`] on a new, never run vCPU.
+    pub fn restore_state(&self, state: &VcpuState) -> Result<()> {
+        let fd = &self.fd;
+        let cpuid = CpuId::from_entries(&state.cpuid).map_err(|e| Error::Vcpu {
+            index: self.index(),
+            reason: format!("CPUID of the snapshot: {e:?}"),
+        })?;
+        fd.set_cpuid2(&cpuid)
+            .map_err(Error::kvm("KVM_SET_CPUID2"))?;
+        fd.set_mp_state(state.mp_state)
+            .map_err(Error::kvm("KVM_SET_MP_STATE"))?;
+        fd.set_regs(&state.regs)
+            .map_err(Error::kvm("KVM_SET_REGS"))?;
+        fd.set_sregs(&state.sregs)
+            .map_err(Error::kvm("KVM_SET_SREGS"))?;
+        // SAFETY: KVM_SET_XSAVE reads a 4 KiB `kvm_xsave`, which `state.xsave` is. The
+        // ioctl reads more only when the process enabled dynamic XSTATE features for
+        // guests (arch_prctl ARCH_REQ_XCOMP_GUEST_PERM); hull-vmm never does.
+        unsafe { fd.set_xsave(&state.xsave) }.map_err(Error::kvm("KVM_SET_XSAVE"))?;
+        fd.set_xcrs(&state.xcrs)
+            .map_err(Error::kvm("KVM_SET_XCRS"))?;
+        fd.set_debug_regs(&state.debug_regs)
+            .map_err(Error::kvm("KVM_SET_DEBUGREGS"))?;
+        fd.set_lapic(&state.lapic)
+            .map_err(Error::kvm("KVM_SET_LAPIC"))?;
+        for chunk in state.msrs.chunks(KVM_MAX_MSR_ENTRIES) {
+            let msrs = Msrs::from_entries(chunk).map_err(|e| Error::Vcpu {
+                index: self.index(),
+                reason: format!("MSR list: {e:?}"),
+            })?;
+            let set = fd.set_msrs(&msrs).map_err(Error::kvm("KVM_SET_MSRS"))?;
+            if set != chunk.len() {
+                return Err(Error::Vcpu {
+                    index: self.index(),
+                    reason: format!(
+                        "KVM_SET_MSRS stopped at MSR {:#x} of the snapshot",
+                        chunk.get(set).map_or(0, |m| m.index)
+                    ),
+                });
+            }
+        }
+        fd.set_vcpu_events(&state.events)
+            .map_err(Error::kvm("KVM_SET_VCPU_EVENTS"))
     }
 
     /// Points this thread's kick handler at this vCPU.
@@ -270,7 +409,7 @@ mod tests {
             addr: GuestAddress(0x100200),
         };
         for index in 0..2u8 {
-            let vcpu = Vcpu::new(&vm, index, bus.clone(), bus.clone()).unwrap();
+            let vcpu = Vcpu::new(&vm, &kvm, index, bus.clone(), bus.clone()).unwrap();
             vcpu.configure(&kvm, 2, &entry).unwrap();
 
             let regs = vcpu.fd.get_regs().unwrap();

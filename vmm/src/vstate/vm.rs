@@ -1,7 +1,11 @@
 //! The KVM VM: memory slots, in-kernel irqchip (PIC + IOAPIC) and PIT, irqfds.
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{IoEventAddress, VcpuFd, VmFd};
+use serde::{Deserialize, Serialize};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -11,6 +15,16 @@ use crate::error::{Error, Result};
 /// Where KVM puts the three-page TSS region VMX needs (just below the BIOS area at the
 /// top of the 32-bit space, inside the MMIO gap).
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// The VM-wide state KVM holds: both PICs, the IOAPIC, the PIT and the KVM clock.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct VmState {
+    pub pic_master: kvm_irqchip,
+    pub pic_slave: kvm_irqchip,
+    pub ioapic: kvm_irqchip,
+    pub pit: kvm_pit_state2,
+    pub clock: kvm_clock_data,
+}
 
 /// A VM with its interrupt controllers.
 pub struct Vm {
@@ -56,6 +70,51 @@ impl Vm {
             // and drops the VM's vCPUs and fd before the memory).
             unsafe { self.fd.set_user_memory_region(region_desc) }
                 .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+        Ok(())
+    }
+
+    /// Reads the interrupt controllers, the PIT and the clock (vCPUs paused).
+    pub fn save_state(&self) -> Result<VmState> {
+        let chip = |chip_id| -> Result<kvm_irqchip> {
+            let mut c = kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            self.fd
+                .get_irqchip(&mut c)
+                .map_err(Error::kvm("KVM_GET_IRQCHIP"))?;
+            Ok(c)
+        };
+        Ok(VmState {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
+            pit: self.fd.get_pit2().map_err(Error::kvm("KVM_GET_PIT2"))?,
+            clock: self.fd.get_clock().map_err(Error::kvm("KVM_GET_CLOCK"))?,
+        })
+    }
+
+    /// Sets a state read by [`Vm::save_state`] on a new VM, before its vCPUs run. The
+    /// guest's clock goes on from the snapshot's value: the time between the snapshot
+    /// and the restore does not pass for it (the agent is told the wall clock).
+    pub fn restore_state(&self, state: &VmState) -> Result<()> {
+        self.fd
+            .set_pit2(&state.pit)
+            .map_err(Error::kvm("KVM_SET_PIT2"))?;
+        // Only the value: the flags KVM_GET_CLOCK reports (TSC stable, ...) describe
+        // the old host's clock and are not inputs here.
+        let clock = kvm_clock_data {
+            clock: state.clock.clock,
+            ..Default::default()
+        };
+        self.fd
+            .set_clock(&clock)
+            .map_err(Error::kvm("KVM_SET_CLOCK"))?;
+        for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
+            self.fd
+                .set_irqchip(chip)
+                .map_err(Error::kvm("KVM_SET_IRQCHIP"))?;
         }
         Ok(())
     }

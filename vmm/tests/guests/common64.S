@@ -58,6 +58,8 @@ main64:
     je act_vsock
     cmp $'a', %al
     je act_vsock_announce
+    cmp $'c', %al
+    je act_count
 act_default:
 act_reset:
     lea s_reset(%rip), %rsi
@@ -123,6 +125,47 @@ act_halt:
     hlt
     jmp 14b
 
+# Counts forever in rbx and in memory (`counter`), printing "c=<8 hex digits>" after
+# each step; a register and memory that disagree end the VM (debug-exit 'M'). A VM
+# restored from a snapshot must go on with the next number.
+act_count:
+    lea s_count(%rip), %rsi
+    call puts
+    xor %ebx, %ebx
+    movq $0, counter(%rip)
+17: xor %ecx, %ecx
+18: inc %ecx
+    test $0x3ff, %ecx
+    jnz 18b
+    inc %rbx
+    incq counter(%rip)
+    cmp counter(%rip), %rbx
+    jne 21f
+    mov $'c', %al
+    call putc
+    mov $'=', %al
+    call putc
+    mov %ebx, %edi
+    mov $28, %ecx
+19: mov %edi, %eax
+    shr %cl, %eax
+    and $0xf, %eax
+    cmp $10, %al
+    jb 20f
+    add $('a' - 10 - '0'), %al
+20: add $'0', %al
+    call putc
+    sub $4, %ecx
+    jns 19b
+    call newline
+    jmp 17b
+21: lea s_mismatch(%rip), %rsi
+    call puts
+    mov $0x501, %dx
+    mov $'M', %al
+    out %al, (%dx)
+22: jmp 22b
+
 puts:
     mov $0x3f8, %dx
 15: lodsb
@@ -155,3 +198,7 @@ s_triple: .asciz "action: triple fault\n"
 s_echo:   .asciz "action: echo\n"
 s_spin:   .asciz "action: spin\n"
 s_halt:   .asciz "action: halt\n"
+s_count:  .asciz "action: count\n"
+s_mismatch: .asciz "count: register and memory disagree\n"
+    .balign 8
+counter:  .quad 0

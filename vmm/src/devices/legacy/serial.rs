@@ -185,11 +185,68 @@ pub struct SerialDevice {
     uart: Serial<IrqLine, InputDrained, ConsoleBuffer>,
 }
 
+/// The UART's registers and receive FIFO, for a snapshot (vm-superio's `SerialState`,
+/// which has no serde).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
 impl SerialDevice {
     /// `irq` is registered as irqfd for [`COM1_IRQ`]; `drained` is watched by the loop.
     pub fn new(irq: EventFd, drained: EventFd, out: ConsoleBuffer) -> Self {
         SerialDevice {
             uart: Serial::with_events(IrqLine(irq), InputDrained(drained), out),
+        }
+    }
+
+    /// A UART in a snapshot's state; a receive FIFO longer than the UART's is refused.
+    pub fn restore(
+        irq: EventFd,
+        drained: EventFd,
+        out: ConsoleBuffer,
+        saved: &SerialSnapshot,
+    ) -> Result<Self, String> {
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: saved.baud_divisor_low,
+            baud_divisor_high: saved.baud_divisor_high,
+            interrupt_enable: saved.interrupt_enable,
+            interrupt_identification: saved.interrupt_identification,
+            line_control: saved.line_control,
+            line_status: saved.line_status,
+            modem_control: saved.modem_control,
+            modem_status: saved.modem_status,
+            scratch: saved.scratch,
+            in_buffer: saved.in_buffer.clone(),
+        };
+        let uart = Serial::from_state(&state, IrqLine(irq), InputDrained(drained), out)
+            .map_err(|e| format!("serial state: {e:?}"))?;
+        Ok(SerialDevice { uart })
+    }
+
+    /// The UART's state for a snapshot.
+    pub fn save_state(&self) -> SerialSnapshot {
+        let s = self.uart.state();
+        SerialSnapshot {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
         }
     }
 

@@ -9,16 +9,19 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
 };
 use virtio_bindings::virtio_mmio::*;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{ActivateError, Activation, IrqTrigger, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{
+    ActivateError, Activation, IrqTrigger, QueuePosition, VirtioDevice, VIRTIO_F_VERSION_1,
+};
 use crate::bus::BusDevice;
 
 /// "virt" in little endian.
@@ -49,6 +52,50 @@ pub struct MmioTransport {
     status: u32,
     config_generation: u32,
     active: bool,
+}
+
+/// One queue as the driver configured it, and where the device was in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedQueue {
+    pub size: u16,
+    pub ready: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+    /// The device's position; `None` while the device is not active.
+    pub position: Option<QueuePosition>,
+}
+
+/// The transport's registers, its queues and the interrupt status: what a snapshot
+/// records of one virtio-mmio slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportState {
+    /// `VIRTIO_ID_*` of the device behind it (checked on restore).
+    pub device_type: u32,
+    pub features_sel: u32,
+    pub acked_sel: u32,
+    pub acked: u64,
+    pub queue_sel: u32,
+    pub status: u32,
+    pub config_generation: u32,
+    pub interrupt_status: u32,
+    pub active: bool,
+    pub queues: Vec<SavedQueue>,
+}
+
+/// Why a transport state cannot be restored onto a device.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RestoreError {
+    #[error("device type {found} where the snapshot has {expected}")]
+    DeviceType { expected: u32, found: u32 },
+    #[error("{found} queues where the snapshot has {expected}")]
+    QueueCount { expected: usize, found: usize },
+    #[error("queue {0} of the snapshot is not valid for this device or guest memory")]
+    BadQueue(usize),
+    #[error("the snapshot acked features {0:#x} this device does not offer")]
+    Features(u64),
+    #[error("the device cannot be activated: {0}")]
+    Activate(#[from] ActivateError),
 }
 
 fn lock(d: &SharedDevice) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
@@ -97,6 +144,114 @@ impl MmioTransport {
     /// `base + VIRTIO_MMIO_QUEUE_NOTIFY` with the queue index as datamatch).
     pub fn queue_evts(&self) -> &[EventFd] {
         &self.queue_evts
+    }
+
+    /// The transport's state for a snapshot (vCPUs paused): registers, queues and, for
+    /// an active device, its position in each queue.
+    pub fn save_state(&self) -> Result<TransportState, String> {
+        let device = lock(&self.device);
+        let positions = if self.active {
+            let p = device.queue_positions()?;
+            if p.len() != self.queues.len() {
+                return Err(format!(
+                    "the device reported {} queue positions for {} queues",
+                    p.len(),
+                    self.queues.len()
+                ));
+            }
+            p.into_iter().map(Some).collect()
+        } else {
+            vec![None; self.queues.len()]
+        };
+        let queues = self
+            .queues
+            .iter()
+            .zip(positions)
+            .map(|(q, position)| SavedQueue {
+                size: q.size(),
+                ready: q.ready(),
+                desc_table: q.desc_table(),
+                avail_ring: q.avail_ring(),
+                used_ring: q.used_ring(),
+                position,
+            })
+            .collect();
+        Ok(TransportState {
+            device_type: device.device_type(),
+            features_sel: self.features_sel,
+            acked_sel: self.acked_sel,
+            acked: self.acked,
+            queue_sel: self.queue_sel,
+            status: self.status,
+            config_generation: self.config_generation,
+            interrupt_status: self.irq.status(),
+            active: self.active,
+            queues,
+        })
+    }
+
+    /// A transport for `device` in the snapshot's `state`. An active device is
+    /// activated again with the queues where it left them, then told it was restored.
+    /// Everything in `state` is checked as a guest's register writes are: a snapshot
+    /// file is input.
+    pub fn restore(
+        device: SharedDevice,
+        mem: GuestMemoryMmap,
+        irq: Arc<IrqTrigger>,
+        state: &TransportState,
+    ) -> Result<Self, RestoreError> {
+        let mut t = MmioTransport::new(device, mem, irq)
+            .map_err(|e| ActivateError::Backend(e.to_string()))?;
+        let found = lock(&t.device).device_type();
+        if found != state.device_type {
+            return Err(RestoreError::DeviceType {
+                expected: state.device_type,
+                found,
+            });
+        }
+        if state.queues.len() != t.queues.len() {
+            return Err(RestoreError::QueueCount {
+                expected: state.queues.len(),
+                found: t.queues.len(),
+            });
+        }
+        if state.acked & !t.offered != 0 {
+            return Err(RestoreError::Features(state.acked & !t.offered));
+        }
+        for (i, (saved, q)) in state.queues.iter().zip(t.queues.iter_mut()).enumerate() {
+            let config = QueueState {
+                max_size: q.max_size(),
+                next_avail: 0,
+                next_used: 0,
+                event_idx_enabled: false,
+                size: saved.size,
+                ready: saved.ready,
+                desc_table: saved.desc_table,
+                avail_ring: saved.avail_ring,
+                used_ring: saved.used_ring,
+            };
+            *q = Queue::try_from(config).map_err(|_| RestoreError::BadQueue(i))?;
+        }
+        t.features_sel = state.features_sel;
+        t.acked_sel = state.acked_sel;
+        t.acked = state.acked;
+        t.queue_sel = state.queue_sel;
+        t.status = state.status;
+        t.config_generation = state.config_generation;
+        if state.active {
+            let positions: Vec<QueuePosition> = state
+                .queues
+                .iter()
+                .enumerate()
+                .map(|(i, q)| q.position.ok_or(RestoreError::BadQueue(i)))
+                .collect::<Result<_, _>>()?;
+            t.activate_at(&positions)?;
+            lock(&t.device).restored();
+        }
+        // Over what `restored` may have signalled: the snapshot's bits, plus those.
+        let signalled = t.irq.status();
+        t.irq.restore(state.interrupt_status | signalled);
+        Ok(t)
     }
 
     /// DRIVER_OK was accepted and the device runs.
@@ -265,6 +420,18 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) -> Result<(), ActivateError> {
+        let start = vec![
+            QueuePosition {
+                next_avail: 0,
+                next_used: 0
+            };
+            self.queues.len()
+        ];
+        self.activate_at(&start)
+    }
+
+    /// Hands the device its validated queues, each starting at `positions[i]`.
+    fn activate_at(&mut self, positions: &[QueuePosition]) -> Result<(), ActivateError> {
         let mut queues = Vec::with_capacity(self.queues.len());
         for (i, q) in self.queues.iter().enumerate() {
             if !q.ready() {
@@ -275,6 +442,9 @@ impl MmioTransport {
             }
             let mut copy = Queue::try_from(q.state()).map_err(|_| ActivateError::BadQueue(i))?;
             copy.set_event_idx(false);
+            let position = positions.get(i).ok_or(ActivateError::QueueNotReady(i))?;
+            copy.set_next_avail(position.next_avail);
+            copy.set_next_used(position.next_used);
             queues.push(copy);
         }
         lock(&self.device).activate(Activation {

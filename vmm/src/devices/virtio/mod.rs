@@ -94,6 +94,12 @@ impl IrqTrigger {
     pub fn clear(&self) {
         self.status.store(0, Ordering::SeqCst);
     }
+
+    /// Sets InterruptStatus to a snapshot's value. The line is not raised again: an
+    /// interrupt not yet taken is in the restored irqchip state.
+    pub fn restore(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
+    }
 }
 
 /// What a device gets when the driver sets DRIVER_OK.
@@ -107,6 +113,25 @@ pub struct Activation {
     /// Clones of the queue-notification eventfds (for devices served by another
     /// process, which reads them itself).
     pub notifiers: Vec<EventFd>,
+}
+
+/// Where a device is in one of its queues: the next available entry it will take and
+/// the next used entry it will fill. Read for a snapshot, given back on restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueuePosition {
+    pub next_avail: u16,
+    pub next_used: u16,
+}
+
+impl QueuePosition {
+    /// The position of a queue the device itself serves.
+    pub fn of(queue: &Queue) -> Self {
+        use virtio_queue::QueueT;
+        QueuePosition {
+            next_avail: queue.next_avail(),
+            next_used: queue.next_used(),
+        }
+    }
 }
 
 /// A virtio device model.
@@ -125,6 +150,14 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
     /// Back to the state before activation (driver wrote 0 to Status).
     fn reset(&mut self);
+    /// For a snapshot (vCPUs paused): the device's position in each queue, in queue
+    /// order. Called only on an active device. An error says why this device cannot be
+    /// snapshotted now (e.g. requests still in flight in another process).
+    fn queue_positions(&self) -> Result<Vec<QueuePosition>, String>;
+    /// Called once after a restore re-activated the device with the snapshot's queues,
+    /// before any vCPU runs: what the guest must learn about the host side it lost
+    /// (vsock: its connections are gone).
+    fn restored(&mut self) {}
     /// False when someone else (a vhost-user backend) reads the notification eventfds.
     fn handles_notifications(&self) -> bool {
         true

@@ -12,7 +12,8 @@ use vm_memory::GuestMemoryMmap;
 
 use super::request::{handle, Disk, SECTOR_SIZE};
 use crate::devices::virtio::{
-    read_config_bytes, ActivateError, Activation, IrqTrigger, VirtioDevice, VIRTIO_F_VERSION_1,
+    read_config_bytes, ActivateError, Activation, IrqTrigger, QueuePosition, VirtioDevice,
+    VIRTIO_F_VERSION_1,
 };
 use crate::error::{Error, Result};
 
@@ -171,6 +172,14 @@ impl VirtioDevice for Block {
 
     fn reset(&mut self) {
         self.active = None;
+    }
+
+    fn queue_positions(&self) -> std::result::Result<Vec<QueuePosition>, String> {
+        Ok(self
+            .active
+            .iter()
+            .map(|a| QueuePosition::of(&a.queue))
+            .collect())
     }
 
     fn process_queue(&mut self, index: usize) {

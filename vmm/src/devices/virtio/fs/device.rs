@@ -3,6 +3,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use vhost::vhost_user::{
     Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
@@ -15,7 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::MAX_TAG;
 use crate::devices::virtio::{
-    read_config_bytes, ActivateError, Activation, VirtioDevice, VIRTIO_F_VERSION_1,
+    read_config_bytes, ActivateError, Activation, QueuePosition, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use crate::error::{Error, Result};
 
@@ -156,7 +157,8 @@ impl Fs {
                 .map_err(vhost_failed("SET_VRING_NUM"))?;
             f.set_vring_addr(i, &rings)
                 .map_err(vhost_failed("SET_VRING_ADDR"))?;
-            f.set_vring_base(i, 0)
+            // 0 on a fresh device; after a restore, where the guest left the ring.
+            f.set_vring_base(i, q.next_avail())
                 .map_err(vhost_failed("SET_VRING_BASE"))?;
             f.set_vring_call(i, &self.calls[i])
                 .map_err(vhost_failed("SET_VRING_CALL"))?;
@@ -205,6 +207,36 @@ impl VirtioDevice for Fs {
         // connection; a reset therefore stops delivering its interrupts.
         self.pending = None;
         self.active = None;
+    }
+
+    /// virtiofsd keeps its place in the rings itself. With the vCPUs paused and no
+    /// request in flight (every available entry used), that place is the used ring's
+    /// index, which the guest's memory holds. In-flight requests would be lost with
+    /// this virtiofsd, so the snapshot is refused then.
+    fn queue_positions(&self) -> std::result::Result<Vec<QueuePosition>, String> {
+        let Some(a) = self.active.as_ref().or(self.pending.as_ref()) else {
+            return Ok(Vec::new());
+        };
+        let mut positions = Vec::with_capacity(a.queues.len());
+        for (i, q) in a.queues.iter().enumerate() {
+            let avail = q
+                .avail_idx(&a.mem, Ordering::Acquire)
+                .map_err(|e| format!("queue {i}: avail index: {e:?}"))?;
+            let used = q
+                .used_idx(&a.mem, Ordering::Acquire)
+                .map_err(|e| format!("queue {i}: used index: {e:?}"))?;
+            if avail != used {
+                return Err(format!(
+                    "virtio-fs queue {i} has {} request(s) in flight in virtiofsd",
+                    (avail - used).0
+                ));
+            }
+            positions.push(QueuePosition {
+                next_avail: used.0,
+                next_used: used.0,
+            });
+        }
+        Ok(positions)
     }
 
     /// virtiofsd reads the notification eventfds itself.

@@ -16,7 +16,8 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use super::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
 use super::{MAX_FRAME, VNET_HDR_LEN};
 use crate::devices::virtio::{
-    read_config_bytes, ActivateError, Activation, IrqTrigger, VirtioDevice, VIRTIO_F_VERSION_1,
+    read_config_bytes, ActivateError, Activation, IrqTrigger, QueuePosition, VirtioDevice,
+    VIRTIO_F_VERSION_1,
 };
 
 const QUEUE_SIZES: [u16; 2] = [256, 256];
@@ -286,6 +287,16 @@ impl VirtioDevice for Net {
         self.active = None;
         self.pending = None;
         self.watch_tap(false);
+    }
+
+    /// A frame read from the tap but not yet given to the guest is not part of it:
+    /// the network may drop a packet.
+    fn queue_positions(&self) -> Result<Vec<QueuePosition>, String> {
+        Ok(self
+            .active
+            .iter()
+            .flat_map(|a| [QueuePosition::of(&a.rx), QueuePosition::of(&a.tx)])
+            .collect())
     }
 
     fn process_queue(&mut self, index: usize) {

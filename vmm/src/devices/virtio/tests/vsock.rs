@@ -409,3 +409,73 @@ fn malformed_connect_lines_close_the_client() {
     g.backend();
     assert!(g.recv().is_empty(), "no REQUEST for a bad handshake");
 }
+
+/// A transport state read from a running vsock device restores onto a new device (a
+/// new socket): the registers come back, the guest is told its connections are gone
+/// (TRANSPORT_RESET in its event buffer), and a host connection on the new socket
+/// reaches the guest through the RX buffers it had posted before the snapshot.
+#[test]
+fn a_restored_device_resets_the_guests_connections_and_serves_the_new_socket() {
+    use crate::devices::virtio::mmio::{MmioTransport, RestoreError};
+    use crate::devices::virtio::IrqTrigger;
+    use vmm_sys_util::eventfd::EventFd;
+
+    let mut g = Guest::new("restore");
+    const EVENT: usize = 2;
+    let event_buf = DATA + 0x8000;
+    g.d.write(event_buf, &[0xff; 8]);
+    g.d.add_chain(EVENT, &[(event_buf, 8, true)]);
+    let state =
+        g.d.transport
+            .save_state()
+            .expect("state of an active device");
+    assert!(state.active);
+    assert_eq!(state.device_type, 19);
+    assert_eq!(state.queues[RX].position.map(|p| p.next_avail), Some(0));
+
+    let uds = g.dir.join("restored.sock");
+    let dev: Arc<Mutex<dyn crate::devices::virtio::VirtioDevice>> =
+        Arc::new(Mutex::new(Vsock::new(CID, &uds).unwrap()));
+    let irq = Arc::new(IrqTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+    let restored =
+        MmioTransport::restore(dev.clone(), g.d.mem.clone(), irq, &state).expect("restore");
+    assert_eq!(restored.save_state().unwrap().status, state.status);
+
+    let used = g.d.used(EVENT);
+    assert_eq!(used.len(), 1, "one event delivered");
+    assert_eq!(used[0].1, 4);
+    assert_eq!(
+        g.d.read(event_buf, 4),
+        0u32.to_le_bytes(),
+        "TRANSPORT_RESET"
+    );
+
+    // The device on the new socket delivers a host connection into the old buffers.
+    let mut client = UnixStream::connect(&uds).unwrap();
+    client.write_all(b"CONNECT 1024\n").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        dev.lock().unwrap().process_backend();
+        if let Some((req, _)) = g.recv().into_iter().next() {
+            assert_eq!((req.op, req.dst_port), (OP_REQUEST, 1024));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no REQUEST after the restore"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    // A state restores only onto the device type it was taken from.
+    let (disk, _file) = super::block::test_disk(8, true);
+    let irq = Arc::new(IrqTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+    let wrong = MmioTransport::restore(Arc::new(Mutex::new(disk)), g.d.mem.clone(), irq, &state);
+    assert!(matches!(
+        wrong.err(),
+        Some(RestoreError::DeviceType {
+            expected: 19,
+            found: 2
+        })
+    ));
+}

@@ -7,6 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
+
+/// virtio_vsock_event id: every connection of the guest is gone (spec 5.10.6.7).
+const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
 use virtio_queue::{Queue, QueueT};
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
 use vm_memory::{Bytes, GuestMemoryMmap};
@@ -15,7 +18,8 @@ use super::muxer::Muxer;
 use super::packet::Header;
 use super::MAX_PKT_DATA;
 use crate::devices::virtio::{
-    read_config_bytes, ActivateError, Activation, IrqTrigger, VirtioDevice, VIRTIO_F_VERSION_1,
+    read_config_bytes, ActivateError, Activation, IrqTrigger, QueuePosition, VirtioDevice,
+    VIRTIO_F_VERSION_1,
 };
 use crate::error::{Error, Result};
 
@@ -27,7 +31,7 @@ struct Active {
     mem: GuestMemoryMmap,
     rx: Queue,
     tx: Queue,
-    _event: Queue,
+    event: Queue,
     irq: Arc<IrqTrigger>,
 }
 
@@ -161,7 +165,7 @@ impl VirtioDevice for Vsock {
             mem: a.mem,
             rx,
             tx,
-            _event: event,
+            event,
             irq: a.irq,
         });
         // Packets that waited for the driver go out on its first RX notification (this
@@ -172,6 +176,50 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         self.active = None;
         self.muxer.reset();
+    }
+
+    /// Host-side streams are not part of a snapshot: [`Vsock::restored`] tells the
+    /// guest they are gone.
+    fn queue_positions(&self) -> std::result::Result<Vec<QueuePosition>, String> {
+        Ok(self
+            .active
+            .iter()
+            .flat_map(|a| {
+                [
+                    QueuePosition::of(&a.rx),
+                    QueuePosition::of(&a.tx),
+                    QueuePosition::of(&a.event),
+                ]
+            })
+            .collect())
+    }
+
+    /// Sends VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: the guest drops every connection it
+    /// had (they lived in the old VMM's sockets) and keeps its listeners, as after a
+    /// live migration.
+    fn restored(&mut self) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let Some(chain) = a.event.pop_descriptor_chain(&a.mem) else {
+            tracing::warn!("vsock: no event buffer from the guest; transport reset not sent");
+            return;
+        };
+        let head = chain.head_index();
+        let written = match chain.writable().next() {
+            Some(desc)
+                if desc.len() >= 4
+                    && a.mem
+                        .write_obj(VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le(), desc.addr())
+                        .is_ok() =>
+            {
+                4
+            }
+            _ => 0,
+        };
+        if a.event.add_used(&a.mem, head, written).is_ok() {
+            a.irq.signal_used();
+        }
     }
 
     fn process_queue(&mut self, index: usize) {
