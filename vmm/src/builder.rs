@@ -29,6 +29,7 @@ use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{IrqTrigger, VirtioDevice, MMIO_WINDOW};
 use crate::error::{Error, Result};
 use crate::event_loop::{ConsoleInputSource, ConsoleOutputSource, EventLoop};
+use crate::snapshot::LoadedSnapshot;
 use crate::vmm::{SnapshotDevices, Vmm};
 use crate::vstate::kvm::KvmContext;
 use crate::vstate::memory::{create_guest_memory, restore_guest_memory, MemoryBacking};
@@ -96,12 +97,11 @@ pub fn build(config: VmConfig) -> Result<Vmm> {
     assemble(parts, vcpus, console.input, serial, transports, events)
 }
 
-/// A VM from the snapshot in `dir`, as a script: check the snapshot against `config`,
-/// map its memory, set the VM's and each vCPU's state, and attach the devices in their
+/// A VM from a loaded snapshot, as a script: check the snapshot against `config`, map
+/// its memory, set the VM's and each vCPU's state, and attach the devices in their
 /// saved states to this VM's own host side (console, sockets, disks, taps).
-pub fn restore(dir: &Path, config: VmConfig) -> Result<Vmm> {
+pub fn restore(snapshot: LoadedSnapshot, config: VmConfig) -> Result<Vmm> {
     config.validate()?;
-    let snapshot = crate::snapshot::load(dir)?;
     snapshot.check_matches(&config)?;
     let console = open_console(&config)?;
 
@@ -131,7 +131,7 @@ pub fn restore(dir: &Path, config: VmConfig) -> Result<Vmm> {
         vcpu.restore_state(state)?;
         vcpus.push(vcpu);
     }
-    tracing::debug!(snapshot = %dir.display(), "VM restored");
+    tracing::debug!(snapshot = %snapshot.dir.display(), "VM restored");
     assemble(parts, vcpus, console.input, serial, transports, events)
 }
 

@@ -40,7 +40,7 @@ mod vstate;
 pub use config::{BlockConfig, FsConfig, KernelFormat, NetConfig, VmConfig, VsockConfig};
 pub use error::{Error, Result};
 pub use exit::{ExitReason, ResetCause};
-pub use host::{host_support, HostSupport, KvmKind};
+pub use host::{host_support, inherited_file, HostSupport, KvmKind};
 pub use vmm::{Vmm, VmmHandle};
 
 /// The I/O port of the debug-exit device (QEMU's `isa-debug-exit` default port): a byte

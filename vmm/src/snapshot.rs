@@ -176,7 +176,8 @@ pub struct LoadedSnapshot {
     pub memory: File,
 }
 
-/// Refuses a file that is not a regular file of this user with no access for others.
+/// Refuses a file that is not a regular file of this user (or of root, who made a
+/// template a jailed hull-vmm is handed) with no access for anyone else.
 fn check_private(dir: &Path, path: &Path, file: &File) -> Result<std::fs::Metadata> {
     let meta = file.metadata().map_err(Error::file(path))?;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -185,10 +186,13 @@ fn check_private(dir: &Path, path: &Path, file: &File) -> Result<std::fs::Metada
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
-    if meta.uid() != euid {
+    if meta.uid() != euid && meta.uid() != 0 {
         return Err(snapshot_error(
             dir,
-            format!("{name} is owned by uid {}, not {euid}", meta.uid()),
+            format!(
+                "{name} is owned by uid {}, neither {euid} nor root",
+                meta.uid()
+            ),
         ));
     }
     if meta.mode() & 0o077 != 0 {
@@ -206,12 +210,23 @@ fn check_private(dir: &Path, path: &Path, file: &File) -> Result<std::fs::Metada
 /// Opens and checks the snapshot in `dir`.
 pub fn load(dir: &Path) -> Result<LoadedSnapshot> {
     let state_path = dir.join(STATE_FILE);
-    let file = File::open(&state_path).map_err(|e| {
+    let state = File::open(&state_path).map_err(|e| {
         snapshot_error(
             dir,
             format!("{STATE_FILE}: {e} (not a snapshot directory?)"),
         )
     })?;
+    let memory_path = dir.join(MEMORY_FILE);
+    let memory =
+        File::open(&memory_path).map_err(|e| snapshot_error(dir, format!("{MEMORY_FILE}: {e}")))?;
+    load_files(dir, state, memory)
+}
+
+/// Checks a snapshot whose two files someone else opened (a jailed hull-vmm cannot
+/// open a root-owned template; the runtime passes it the files). `dir` names the
+/// snapshot in messages.
+pub fn load_files(dir: &Path, file: File, memory: File) -> Result<LoadedSnapshot> {
+    let state_path = dir.join(STATE_FILE);
     let meta = check_private(dir, &state_path, &file)?;
     if meta.len() > MAX_STATE_BYTES {
         return Err(snapshot_error(
@@ -251,8 +266,6 @@ pub fn load(dir: &Path) -> Result<LoadedSnapshot> {
         .map_err(|e| snapshot_error(dir, format!("{STATE_FILE} is corrupt or truncated: {e}")))?;
 
     let memory_path = dir.join(MEMORY_FILE);
-    let memory =
-        File::open(&memory_path).map_err(|e| snapshot_error(dir, format!("{MEMORY_FILE}: {e}")))?;
     let meta = check_private(dir, &memory_path, &memory)?;
     if meta.len() != state.memory_bytes {
         return Err(snapshot_error(

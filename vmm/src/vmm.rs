@@ -130,7 +130,13 @@ impl Vmm {
     /// memory and devices must be those of the snapshot, and its kernel, initrd and
     /// command line are not used (the snapshot's memory holds them).
     pub fn restore(dir: &Path, config: VmConfig) -> Result<Vmm> {
-        crate::builder::restore(dir, config)
+        crate::builder::restore(crate::snapshot::load(dir)?, config)
+    }
+
+    /// As [`Vmm::restore`], from the snapshot's two files opened by the caller
+    /// (`state.json` and `memory`; `dir` names the snapshot in messages).
+    pub fn restore_files(dir: &Path, state: File, memory: File, config: VmConfig) -> Result<Vmm> {
+        crate::builder::restore(crate::snapshot::load_files(dir, state, memory)?, config)
     }
 
     /// A handle to stop, pause, resume or snapshot the VM while [`Vmm::run`] blocks.

@@ -439,3 +439,134 @@ fn check_reports_the_host() {
     let h = hull_vmm::host_support();
     assert_eq!(out.status.code(), Some(if h.can_run_vms() { 0 } else { 4 }));
 }
+
+/// Sends one request on the API socket and returns the answer line.
+fn api(socket: &Path, request: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("API socket");
+    stream
+        .set_read_timeout(Some(HANG_LIMIT))
+        .expect("read timeout");
+    writeln!(stream, "{request}").expect("request");
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .expect("answer");
+    answer.trim_end().to_string()
+}
+
+/// Counts `c=<hex>` lines (see the guests' README, `act=c`).
+fn count_lines(text: &str) -> Vec<u32> {
+    text.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .filter_map(|l| l.trim_end().strip_prefix("c="))
+        .filter_map(|hex| u32::from_str_radix(hex, 16).ok())
+        .collect()
+}
+
+/// `--api-socket` takes a snapshot of a running VM; `--restore DIR` and `--restore-fds`
+/// (files the caller opened) start new processes that go on from it.
+#[test]
+fn the_api_socket_snapshots_and_restore_flags_go_on_from_it() {
+    if !kvm_available("cli_snapshot") {
+        return;
+    }
+    let g = guests();
+    let dir = scratch("cli-snapshot");
+    let cfg = dir.join("vm.json");
+    let json = serde_json::json!({
+        "kernel": g.pvh_elf,
+        "cmdline": "act=c",
+        "mem_mib": 32,
+        "devices": {"debug_exit": true}
+    });
+    std::fs::write(&cfg, json.to_string()).unwrap();
+    let socket = dir.join("api.sock");
+    let console = dir.join("console.txt");
+    let child = spawn_vmm(&dir, &["--config", p(&cfg), "--api-socket", p(&socket)]);
+    let start = Instant::now();
+    while count_lines(&std::fs::read_to_string(&console).unwrap_or_default()).len() < 3 {
+        assert!(start.elapsed() < HANG_LIMIT, "the guest never counted");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        api(&socket, "dance"),
+        "error: unknown request \"dance\" (pause, resume, snapshot <dir>)"
+    );
+    let snap = dir.join("snap");
+    assert_eq!(api(&socket, &format!("snapshot {}", p(&snap))), "ok");
+    let before = std::fs::read_to_string(&console).unwrap();
+    let again = api(&socket, &format!("snapshot {}", p(&snap)));
+    assert!(
+        again.starts_with("error: ") && again.contains("already exists"),
+        "{again}"
+    );
+    assert_eq!(api(&socket, "resume"), "ok");
+    // SAFETY: plain kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(wait(child).status.code(), Some(10));
+    assert!(!socket.exists(), "the API socket is removed with the VM");
+    let n = count_lines(&before).len() as u32;
+
+    let by_fds = |state: &std::fs::File, memory: &std::fs::File| {
+        use std::os::fd::AsRawFd;
+        format!("{},{}", state.as_raw_fd(), memory.as_raw_fd())
+    };
+    let state = std::fs::File::open(snap.join("state.json")).unwrap();
+    let memory = std::fs::File::open(snap.join("memory")).unwrap();
+    let fds = by_fds(&state, &memory);
+    for restore in [
+        vec!["--restore", p(&snap)],
+        vec!["--restore-fds", fds.as_str()],
+    ] {
+        let out_dir = scratch("cli-restored");
+        let mut args = vec!["--config", p(&cfg)];
+        args.extend(restore.iter().copied());
+        let mut cmd = vmm();
+        cmd.args(&args)
+            .arg("--console")
+            .arg(out_dir.join("console.txt"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // std::process::Command keeps only 0-2 open: the fds go through pre_exec.
+        let inherit = [
+            std::os::fd::AsRawFd::as_raw_fd(&state),
+            std::os::fd::AsRawFd::as_raw_fd(&memory),
+        ];
+        // SAFETY: fcntl on fds this process holds open, between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                for fd in inherit {
+                    libc::fcntl(fd, libc::F_SETFD, 0);
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn hull-vmm");
+        let restored = out_dir.join("console.txt");
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&restored).unwrap_or_default();
+            let after = count_lines(&format!("{before}{text}"));
+            if after.len() as u32 >= n + 3 {
+                let expected: Vec<u32> = (1..=after.len() as u32).collect();
+                assert_eq!(after, expected, "{restore:?}: {before}{text}");
+                assert!(!text.contains("PVH guest"), "booted again: {text}");
+                break;
+            }
+            assert!(
+                start.elapsed() < HANG_LIMIT,
+                "{restore:?}: no counts: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // SAFETY: plain kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+        assert_eq!(wait(child).status.code(), Some(10));
+    }
+
+    // A snapshot that is not one exits 2 and says why.
+    let bad = run_vmm(&dir, &["--config", p(&cfg), "--restore", p(&dir)]);
+    assert_eq!(bad.code, 2);
+    assert!(bad.stderr.contains("state.json"), "{}", bad.stderr);
+}

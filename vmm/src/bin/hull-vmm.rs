@@ -10,8 +10,15 @@
 //! | 6 | the guest could not be run: emulation failure, failed VM entry, crash, unknown exit |
 //! | 8 | VMM-internal failure (memory, threads, event loop) |
 //! | 10 | stopped by the host (SIGTERM, SIGINT) |
+//!
+//! `--api-socket PATH` serves one-line requests while the VM runs (`pause`, `resume`,
+//! `snapshot <dir>`), each answered `ok` or `error: <why>`. `--restore <dir>` (or
+//! `--restore-fds <state fd>,<memory fd>`, files opened by the caller) starts the VM
+//! from a snapshot instead of booting; `--config` then gives its host side.
 
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -76,6 +83,24 @@ struct Cli {
     /// virtio-fs through a running virtiofsd: `<vhost-user socket>,<tag>`.
     #[arg(long, value_parser = parse_fs)]
     fs: Option<FsConfig>,
+    /// Start from the snapshot in this directory instead of booting the kernel.
+    #[arg(long, requires = "config", conflicts_with = "restore_fds")]
+    restore: Option<PathBuf>,
+    /// Start from a snapshot whose `state.json` and `memory` the caller opened:
+    /// `<state fd>,<memory fd>` (inherited).
+    #[arg(long, requires = "config", value_parser = parse_fd_pair)]
+    restore_fds: Option<(i32, i32)>,
+    /// Serve `pause`, `resume` and `snapshot <dir>` requests on this Unix socket.
+    #[arg(long)]
+    api_socket: Option<PathBuf>,
+}
+
+fn parse_fd_pair(s: &str) -> Result<(i32, i32), String> {
+    let (a, b) = s
+        .split_once(',')
+        .ok_or_else(|| format!("expected <state fd>,<memory fd>, got {s:?}"))?;
+    let fd = |t: &str| t.parse::<i32>().map_err(|_| format!("bad fd {t:?}"));
+    Ok((fd(a)?, fd(b)?))
 }
 
 fn parse_fs(s: &str) -> Result<FsConfig, String> {
@@ -218,6 +243,80 @@ fn stop_on_signals(handle: VmmHandle) {
     }
 }
 
+/// Serves the API socket on a thread of its own (no seccomp filter: it only talks to
+/// the VM through `handle`). The socket is removed when the VM ends.
+fn serve_api(path: &Path, handle: VmmHandle) -> Result<ApiSocket, hull_vmm::Error> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(|source| hull_vmm::Error::File {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                serve_api_connection(stream, &handle);
+            }
+        })
+        .map_err(|source| hull_vmm::Error::Host {
+            what: "API thread",
+            source,
+        })?;
+    Ok(ApiSocket(path.to_path_buf()))
+}
+
+/// Removes the API socket when dropped.
+struct ApiSocket(PathBuf);
+
+impl Drop for ApiSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn serve_api_connection(stream: UnixStream, handle: &VmmHandle) {
+    let Ok(mut out) = stream.try_clone() else {
+        return;
+    };
+    for line in BufReader::new(stream).lines() {
+        let Ok(line) = line else {
+            return;
+        };
+        let line = line.trim();
+        let result = match line.split_once(' ').unwrap_or((line, "")) {
+            ("pause", "") => handle.pause(),
+            ("resume", "") => handle.resume(),
+            ("snapshot", dir) if !dir.is_empty() => handle.snapshot(Path::new(dir)),
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "error: unknown request {line:?} (pause, resume, snapshot <dir>)"
+                );
+                continue;
+            }
+        };
+        let reply = match result {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("error: {}", e.to_string().replace('\n', " ")),
+        };
+        if writeln!(out, "{reply}").is_err() {
+            return;
+        }
+    }
+}
+
+fn build_or_restore(cli: &Cli, cfg: VmConfig) -> Result<Vmm, hull_vmm::Error> {
+    if let Some(dir) = &cli.restore {
+        return Vmm::restore(dir, cfg);
+    }
+    if let Some((state_fd, memory_fd)) = cli.restore_fds {
+        let state = hull_vmm::inherited_file(state_fd, "snapshot state fd")?;
+        let memory = hull_vmm::inherited_file(memory_fd, "snapshot memory fd")?;
+        return Vmm::restore_files(Path::new("(inherited snapshot)"), state, memory, cfg);
+    }
+    Vmm::build(cfg)
+}
+
 fn status(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(8))
 }
@@ -234,8 +333,12 @@ fn main() -> ExitCode {
         return status(if h.can_run_vms() { 0 } else { 4 });
     }
     let result = cli.vm_config().and_then(|cfg| {
-        let vmm = Vmm::build(cfg)?;
+        let vmm = build_or_restore(&cli, cfg)?;
         stop_on_signals(vmm.handle());
+        let _api = match &cli.api_socket {
+            Some(path) => Some(serve_api(path, vmm.handle())?),
+            None => None,
+        };
         vmm.run()
     });
     match result {

@@ -58,15 +58,7 @@ impl Block {
     /// A device over a duplicate of the inherited fd `fd` (the caller keeps its own).
     pub fn from_inherited_fd(fd: i32, options: BlockOptions) -> Result<Self> {
         let named = Path::new("inherited block fd");
-        if fd < 3 {
-            return Err(Error::Config(format!(
-                "block fd {fd} is not an inherited file"
-            )));
-        }
-        // SAFETY: `fd` is only borrowed for the duplication below, which fails cleanly
-        // (EBADF) when it is not open; the duplicate is owned by the returned File.
-        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        let file = File::from(borrowed.try_clone_to_owned().map_err(Error::file(named))?);
+        let file = crate::host::inherited_file(fd, "inherited block fd")?;
         let meta = file.metadata().map_err(Error::file(named))?;
         if !meta.is_file() {
             return Err(Error::Config(format!(
