@@ -109,6 +109,24 @@ pub fn host_support() -> HostSupport {
     }
 }
 
+/// A duplicate of `fd`, a file the process inherited from its parent (a disk, a
+/// snapshot's files); the inherited fd itself is left alone. `what` names it in errors.
+pub fn inherited_file(fd: i32, what: &str) -> crate::Result<std::fs::File> {
+    let named = std::path::Path::new(what);
+    if fd < 3 {
+        return Err(crate::Error::Config(format!(
+            "{what}: fd {fd} is not an inherited file"
+        )));
+    }
+    // SAFETY: `fd` is only borrowed for the duplication below, which fails cleanly
+    // (EBADF) when it is not open; the duplicate is owned by the returned File.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let owned = borrowed
+        .try_clone_to_owned()
+        .map_err(crate::Error::file(named))?;
+    Ok(std::fs::File::from(owned))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,22 +159,4 @@ mod tests {
         let h = host_support();
         println!("host_support: {h:?}: {}", h.summary());
     }
-}
-
-/// A duplicate of `fd`, a file the process inherited from its parent (a disk, a
-/// snapshot's files); the inherited fd itself is left alone. `what` names it in errors.
-pub fn inherited_file(fd: i32, what: &str) -> crate::Result<std::fs::File> {
-    let named = std::path::Path::new(what);
-    if fd < 3 {
-        return Err(crate::Error::Config(format!(
-            "{what}: fd {fd} is not an inherited file"
-        )));
-    }
-    // SAFETY: `fd` is only borrowed for the duplication below, which fails cleanly
-    // (EBADF) when it is not open; the duplicate is owned by the returned File.
-    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let owned = borrowed
-        .try_clone_to_owned()
-        .map_err(crate::Error::file(named))?;
-    Ok(std::fs::File::from(owned))
 }
