@@ -53,6 +53,11 @@ impl ContainerTable {
         !self.created.swap(true, Ordering::SeqCst)
     }
 
+    /// Whether CreateSandbox ran (and did not fail).
+    pub fn is_created(&self) -> bool {
+        self.created.load(Ordering::SeqCst)
+    }
+
     /// Lets a failed CreateSandbox be retried.
     pub fn unmark_created(&self) {
         self.created.store(false, Ordering::SeqCst);

@@ -16,6 +16,7 @@ pub mod config;
 pub mod console;
 pub mod container;
 pub mod container_table;
+pub mod entropy;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 pub mod init;

@@ -105,6 +105,18 @@ impl AgentService for Rpc {
         handle("GuestStats", async { health::do_guest_stats(&self.svc) }).await
     }
 
+    // ---- restore
+    async fn set_identity(
+        &self,
+        _ctx: &TtrpcContext,
+        req: SetIdentityRequest,
+    ) -> ttrpc::Result<SetIdentityResponse> {
+        handle("SetIdentity", async {
+            sandbox::do_set_identity(&self.svc, &req)
+        })
+        .await
+    }
+
     // ---- sandbox
     async fn destroy_sandbox(
         &self,

@@ -187,6 +187,7 @@ async fn floor_once(
         vcpus: spec.vcpus,
         memory_mib: spec.memory_mib,
         vsock: false,
+        restore: None,
         devices: Vec::new(),
     };
     let t0 = Instant::now();

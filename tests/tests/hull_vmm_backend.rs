@@ -236,6 +236,7 @@ async fn echo_through_the_backend(test: &str, jailed: bool) {
         vcpus: 1,
         memory_mib: 32,
         vsock: true,
+        restore: None,
         devices: Vec::new(),
     };
     // As the sandbox does: listen for the announcement before anything can send it.
@@ -378,5 +379,143 @@ async fn echo_through_the_backend(test: &str, jailed: bool) {
     drop(spec);
     drop(jail);
     let _ = std::fs::remove_dir_all(&vm_dir);
+    state.assert_nothing_left();
+}
+
+/// A template through the backend: an unjailed VM (the freestanding guest, `act=a`)
+/// announces itself, the backend snapshots it through hull-vmm's API socket, and a
+/// jailed clone started from the snapshot's files (opened here, inherited by the
+/// jailed hull-vmm, which could not open the root-owned files itself) answers the
+/// runtime's vsock client on its own socket without announcing again.
+#[tokio::test]
+async fn a_jailed_clone_restored_from_a_snapshot_answers_through_the_backend() {
+    let test = "a_jailed_clone_restored_from_a_snapshot_answers_through_the_backend";
+    let Some(bin) = hull_vmm_bin(test) else {
+        return;
+    };
+    let h = hull_vmm::host_support();
+    if !h.can_run_vms() {
+        println!("SKIP {test}: {}", h.summary());
+        return;
+    }
+    let state = TestState::new();
+    let guests = guests::build_guests(&state.path().join("guests")).expect("guests");
+    let limit = Duration::from_secs(120);
+    let vm_spec = |id: &str, dir: &Path, sock_dir: &Path| VmSpec {
+        id: id.into(),
+        state_dir: dir.to_path_buf(),
+        sock_dir: sock_dir.to_path_buf(),
+        jail: None,
+        kernel: guests.elf64.clone(),
+        initrd: tiny_initrd(state.path()),
+        cmdline: "act=a".into(),
+        vcpus: 1,
+        memory_mib: 32,
+        vsock: true,
+        restore: None,
+        devices: Vec::new(),
+    };
+
+    // The template: boot, announce, snapshot, stop.
+    let tpl_dir = state.path().join("vms").join("template");
+    std::fs::create_dir_all(&tpl_dir).expect("vm dir");
+    let spec = vm_spec("template", &tpl_dir, &tpl_dir);
+    let announce =
+        GuestListener::bind(&tpl_dir.join("vsock.sock"), hull_proto::ANNOUNCE_VSOCK_PORT)
+            .expect("announce listener");
+    let mut hv = backend(&bin);
+    assert!(hv.can_restore());
+    hv.launch(&spec).await.expect("launch");
+    let announced = tokio::select! {
+        a = tokio::time::timeout(limit, announce.accept()) => a,
+        status = hv.wait() => {
+            let status = status.expect("wait");
+            if status.code() == Some(6) {
+                println!("SKIP {test}: this host's KVM cannot run the guest: {}", hv.diagnostics());
+                return;
+            }
+            panic!("the template VM ended: {status:?} {}", hv.diagnostics());
+        }
+    };
+    let mut announced = announced.expect("announced in time").expect("accept");
+    agent_client::read_announcement(&mut announced, limit)
+        .await
+        .expect("announcement");
+    let snap = state.path().join("template-snapshot");
+    hv.snapshot(&snap).await.expect("snapshot");
+    let again = hv
+        .snapshot(&snap)
+        .await
+        .expect_err("a second snapshot to the same dir");
+    assert!(again.to_string().contains("already exists"), "{again}");
+    hv.stop(Duration::from_secs(5)).await.expect("stop");
+    drop(announce);
+    for name in ["state.json", "memory"] {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(snap.join(name)).expect("snapshot file");
+        assert_eq!((meta.mode() & 0o777, meta.uid()), (0o600, 0), "{name}");
+    }
+
+    // The clone: jailed, from the files opened here.
+    let clone_dir = state.path().join("vms").join("clone");
+    std::fs::create_dir_all(&clone_dir).expect("vm dir");
+    let jail = std::sync::Arc::new(
+        hull_runtime::jail::Jail::create(&Config::default().jail, &clone_dir, "clone")
+            .expect("jail"),
+    );
+    let mut spec = vm_spec("clone", &clone_dir, jail.sock_dir());
+    spec.jail = Some(jail.clone());
+    spec.restore = Some(hull_runtime::hypervisor::SnapshotFiles {
+        dir: snap.clone(),
+        state: std::sync::Arc::new(std::fs::File::open(snap.join("state.json")).expect("state")),
+        memory: std::sync::Arc::new(std::fs::File::open(snap.join("memory")).expect("memory")),
+    });
+    let mut clone = backend(&bin);
+    let console = clone.launch(&spec).await.expect("launch the clone");
+    let uds = clone.vsock_uds().expect("vsock socket");
+    let msg = b"ping the clone\n";
+    let talk = async {
+        let mut s = hybrid_vsock::connect(&uds, hull_proto::AGENT_VSOCK_PORT, limit)
+            .await
+            .map_err(|e| e.to_string())?;
+        s.write_all(msg).await.map_err(|e| e.to_string())?;
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(limit, s.read_exact(&mut back))
+            .await
+            .map_err(|_| "no echo".to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(back)
+    };
+    let echoed = tokio::select! {
+        r = talk => r,
+        status = clone.wait() => Err(format!("the clone ended: {status:?}")),
+    };
+    let console_text = || {
+        String::from_utf8_lossy(&std::fs::read(console.log_path()).unwrap_or_default()).into_owned()
+    };
+    let echoed =
+        echoed.unwrap_or_else(|e| panic!("{e}\n{}\n{}", console_text(), clone.diagnostics()));
+    assert_eq!(echoed, msg);
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        while !console_text().contains("vsock: echoed") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let text = console_text();
+    assert!(
+        text.contains("vsock: connected") && text.contains("vsock: echoed"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("vsock: announced"),
+        "the clone booted again: {text}"
+    );
+    clone.stop(Duration::from_secs(5)).await.expect("stop");
+    assert!(clone.pids().is_empty());
+    drop(spec);
+    drop(jail);
+    let _ = std::fs::remove_dir_all(state.path().join("vms"));
+    let _ = std::fs::remove_dir_all(&snap);
     state.assert_nothing_left();
 }

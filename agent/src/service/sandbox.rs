@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use hull_proto::{CreateSandboxRequest, DestroySandboxRequest, DnsConfig, Empty};
+use hull_proto::{
+    CreateSandboxRequest, DestroySandboxRequest, DnsConfig, Empty, SetIdentityRequest,
+    SetIdentityResponse,
+};
 use tracing::{info, info_span, Instrument};
 
 use super::{Service, ServiceError};
@@ -140,6 +143,59 @@ pub fn do_create_sandbox(svc: &Service, req: &CreateSandboxRequest) -> Result<Em
         svc.policy.unseal();
     }
     result
+}
+
+/// Bounds of `SetIdentityRequest.entropy`.
+const IDENTITY_ENTROPY: std::ops::RangeInclusive<usize> = 32..=4096;
+
+/// SetIdentity: a restored clone gets fresh entropy (credited, then the CRNG
+/// reseeded), the host's wall clock and its hostname, before CreateSandbox.
+pub fn do_set_identity(
+    svc: &Service,
+    req: &SetIdentityRequest,
+) -> Result<SetIdentityResponse, ServiceError> {
+    let _span = info_span!("set_identity", id = %req.sandbox_id).entered();
+    if svc.containers.is_created() {
+        return Err(ServiceError::FailedPrecondition(
+            "SetIdentity comes before CreateSandbox".into(),
+        ));
+    }
+    if !IDENTITY_ENTROPY.contains(&req.entropy.len()) {
+        return Err(ServiceError::InvalidArgument(format!(
+            "entropy must be {}..={} bytes, got {}",
+            IDENTITY_ENTROPY.start(),
+            IDENTITY_ENTROPY.end(),
+            req.entropy.len()
+        )));
+    }
+    if !req.hostname.is_empty() {
+        check_hostname(&req.hostname)?;
+    }
+    let wall = std::time::Duration::from_nanos(
+        u64::try_from(req.wall_clock_unix_ns)
+            .map_err(|_| ServiceError::InvalidArgument("wall_clock_unix_ns before 1970".into()))?,
+    );
+    crate::entropy::add_and_reseed(&req.entropy)
+        .map_err(|e| ServiceError::internal("adding entropy", e))?;
+    let now = nix::sys::time::TimeSpec::from_duration(wall);
+    nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, now)
+        .map_err(|e| ServiceError::internal("clock_settime", e))?;
+    if !req.hostname.is_empty() {
+        nix::unistd::sethostname(&req.hostname)
+            .map_err(|e| ServiceError::internal("sethostname", e))?;
+    }
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    info!(
+        boot_id = %boot_id,
+        hostname = %req.hostname,
+        "identity set after a restore (entropy added, CRNG reseeded, clock set)"
+    );
+    Ok(SetIdentityResponse {
+        boot_id,
+        ..Default::default()
+    })
 }
 
 fn create_sandbox(req: &CreateSandboxRequest) -> Result<Empty, ServiceError> {

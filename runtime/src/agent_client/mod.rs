@@ -214,6 +214,26 @@ pub struct AgentClient {
 }
 
 /// Calls `$rpc` on the generated client with a deadline, mapping errors.
+/// Fills `buf` from the kernel's CSPRNG (getrandom(2), blocking until it is seeded).
+fn getrandom_fill(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: getrandom writes at most `rest.len()` bytes into `rest`, which is a
+        // live, writable slice for the duration of the call.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += n as usize;
+    }
+    Ok(())
+}
+
 macro_rules! call {
     ($self:ident, $rpc:ident, $req:expr) => {{
         let ctx = ttrpc::context::with_timeout($self.timeout.as_nanos() as i64);
@@ -297,6 +317,41 @@ impl AgentClient {
                 what: format!("status {other:?}"),
             }),
         }
+    }
+
+    /// SetIdentity: what makes a clone restored from a template its own VM (fresh
+    /// entropy from the host's getrandom, the wall clock, the sandbox id and hostname).
+    /// Returns the guest's boot_id (shared by every clone of one template).
+    pub async fn set_identity(
+        &self,
+        sandbox_id: &str,
+        hostname: &str,
+    ) -> Result<String, AgentError> {
+        let mut entropy = vec![0u8; 64];
+        getrandom_fill(&mut entropy).map_err(|e| AgentError::BadReply {
+            rpc: "set_identity",
+            what: format!("no host entropy to send: {e}"),
+        })?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let req = hull_proto::SetIdentityRequest {
+            entropy,
+            wall_clock_unix_ns: i64::try_from(now.as_nanos()).unwrap_or(i64::MAX),
+            sandbox_id: sandbox_id.to_string(),
+            hostname: hostname.to_string(),
+            ..Default::default()
+        };
+        let reply = call!(self, set_identity, req)?;
+        let id = &reply.boot_id;
+        // The guest is not trusted: a boot_id is a UUID, nothing longer or stranger.
+        if id.len() > 36 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            return Err(AgentError::BadReply {
+                rpc: "set_identity",
+                what: format!("boot_id {id:?} is not a UUID"),
+            });
+        }
+        Ok(id.clone())
     }
 
     pub async fn version(&self) -> Result<AgentVersion, AgentError> {

@@ -10,7 +10,10 @@
 //! - a shared dir is served by virtiofsd through hull-vmm's vhost-user-fs frontend (one
 //!   per VM: hull-vmm has one virtio-fs device);
 //! - the guest stops the VM by rebooting (`reboot=t`: a triple fault), which hull-vmm
-//!   turns into exit status 0; SIGTERM stops it with status 10.
+//!   turns into exit status 0; SIGTERM stops it with status 10;
+//! - hull-vmm serves `<sock dir>/api.sock` (`--api-socket`): [`Hypervisor::snapshot`]
+//!   asks it for a snapshot there; a VM started from a template gets the snapshot's
+//!   two files as inherited fds (`--restore-fds`), which works jailed too.
 //!
 //! Per-VM files: in the socket dir (the state dir, or the jail's, see `crate::jail`)
 //! `hull-vmm.json` (the VM description), `vsock.sock` and `virtiofsd.sock`; in the state
@@ -33,6 +36,10 @@ use super::{
 
 /// virtiofsd's socket, in the socket dir.
 const FS_SOCK: &str = "virtiofsd.sock";
+/// hull-vmm's API socket (pause, resume, snapshot), in the socket dir.
+const API_SOCK: &str = "api.sock";
+/// How long hull-vmm may take to write a snapshot (guest memory to disk).
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
 use crate::child::HelperProcess;
 use crate::jail::{self, Devices};
 
@@ -58,6 +65,10 @@ pub struct HullVmm {
     fs_backend: Option<HelperProcess>,
     vmm: Option<HelperProcess>,
     vsock_uds: Option<PathBuf>,
+    /// hull-vmm's API socket (host path), once launched.
+    api_socket: Option<PathBuf>,
+    /// The VM runs jailed: its snapshots would land inside the jail.
+    jailed: bool,
 }
 
 /// The VM description hull-vmm gets for `spec`. `fs` is the (tag, vhost-user socket) of
@@ -115,6 +126,8 @@ pub fn command(
     )?;
     cmd.arg("--config")
         .arg(config_file)
+        .arg("--api-socket")
+        .arg(crate::uds_path::for_helper(&spec.sock_dir, API_SOCK))
         .env(
             "HULL_VMM_LOG",
             std::env::var("HULL_VMM_LOG").unwrap_or_else(|_| "warn".into()),
@@ -130,6 +143,8 @@ impl HullVmm {
             fs_backend: None,
             vmm: None,
             vsock_uds: None,
+            api_socket: None,
+            jailed: false,
         }
     }
 
@@ -218,6 +233,14 @@ impl Hypervisor for HullVmm {
 
         let mut cmd = command(spec, &self.config.binary, &config_file)?;
         super::inherit_device_fds(&mut cmd, &spec.devices);
+        if let Some(snapshot) = &spec.restore {
+            use std::os::fd::AsRawFd;
+            let (state, memory) = (snapshot.state.as_raw_fd(), snapshot.memory.as_raw_fd());
+            cmd.arg("--restore-fds").arg(format!("{state},{memory}"));
+            super::inherit_fds(&mut cmd, vec![state, memory]);
+        }
+        self.api_socket = Some(spec.sock_dir.join(API_SOCK));
+        self.jailed = spec.jail.is_some();
         tracing::debug!(?cmd, "launching hull-vmm");
         let mut vmm = HelperProcess::spawn("hull-vmm", cmd, &spec.state_dir.join("hull-vmm.log"))?;
         let stdout = vmm.child_mut().stdout.take();
@@ -283,6 +306,53 @@ impl Hypervisor for HullVmm {
     fn diagnostics(&self) -> String {
         crate::child::stderr_tails(self.processes())
     }
+
+    fn can_restore(&self) -> bool {
+        true
+    }
+
+    async fn snapshot(&mut self, dir: &Path) -> Result<(), HypervisorError> {
+        let failed = |reason: String| HypervisorError::Snapshot {
+            dir: dir.to_path_buf(),
+            reason,
+        };
+        if self.jailed {
+            return Err(failed(
+                "the VM runs jailed; its snapshot would be written inside the jail".into(),
+            ));
+        }
+        let socket = self
+            .api_socket
+            .clone()
+            .ok_or_else(|| failed("the VM is not running".into()))?;
+        let request = format!("snapshot {}\n", dir.display());
+        let answer = tokio::time::timeout(SNAPSHOT_TIMEOUT, api_request(&socket, &request))
+            .await
+            .map_err(|_| {
+                failed(format!(
+                    "hull-vmm did not answer within {SNAPSHOT_TIMEOUT:?}"
+                ))
+            })?
+            .map_err(|e| failed(format!("hull-vmm's API socket {}: {e}", socket.display())))?;
+        match answer.strip_prefix("error: ") {
+            None if answer == "ok" => Ok(()),
+            Some(why) => Err(failed(why.to_string())),
+            None => Err(failed(format!("unexpected answer {answer:?}"))),
+        }
+    }
+}
+
+/// Sends one request line on hull-vmm's API socket and reads the answer line.
+async fn api_request(socket: &Path, request: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let reachable = crate::uds_path::Reachable::new(socket)?;
+    let mut stream = tokio::net::UnixStream::connect(reachable.path()).await?;
+    stream.write_all(request.as_bytes()).await?;
+    let mut line = String::new();
+    // The answer is one short line; a longer one is cut at 4 KiB.
+    let mut reader = BufReader::new(stream.take(4096));
+    reader.read_line(&mut line).await?;
+    Ok(line.trim_end().to_string())
 }
 
 #[cfg(test)]

@@ -59,6 +59,19 @@ pub struct VmSpec {
     /// Storage devices to attach. The guest finds each by its tag (or, later, a block
     /// device by its serial); the agent mounts them when `CreateSandbox` names them.
     pub devices: Vec<VmDevice>,
+    /// Start the VM from this snapshot (a template) instead of booting `kernel`; only
+    /// backends whose [`Hypervisor::can_restore`] is true take it.
+    pub restore: Option<SnapshotFiles>,
+}
+
+/// A snapshot's two files, opened by the runtime and inherited by the hypervisor
+/// process (a jailed one could not open a root-owned template itself).
+#[derive(Debug, Clone)]
+pub struct SnapshotFiles {
+    /// The snapshot's directory, for messages.
+    pub dir: PathBuf,
+    pub state: Arc<std::fs::File>,
+    pub memory: Arc<std::fs::File>,
 }
 
 /// A storage device of a VM. Only a shared directory (virtio-fs) today; a block-device
@@ -97,6 +110,11 @@ pub fn inherit_device_fds(cmd: &mut tokio::process::Command, devices: &[VmDevice
             VmDevice::SharedDir { .. } => None,
         })
         .collect();
+    inherit_fds(cmd, fds);
+}
+
+/// `fds` stay open across the child's exec (they are close-on-exec here).
+pub fn inherit_fds(cmd: &mut tokio::process::Command, fds: Vec<std::os::fd::RawFd>) {
     if fds.is_empty() {
         return;
     }
@@ -142,6 +160,8 @@ pub enum HypervisorError {
     },
     #[error("the VM cannot run on hull-vmm: {what}")]
     VmConfig { what: String },
+    #[error("snapshot {dir}: {reason}")]
+    Snapshot { dir: PathBuf, reason: String },
     #[error("{0}")]
     Jail(#[from] JailError),
     #[error("cannot set up {what}: {source}")]
@@ -176,4 +196,21 @@ pub trait Hypervisor: Send + Sync {
 
     /// Hypervisor-side diagnostics for an error message (the tail of its stderr).
     fn diagnostics(&self) -> String;
+
+    /// Whether [`VmSpec::restore`] and [`Hypervisor::snapshot`] work on this backend.
+    fn can_restore(&self) -> bool {
+        false
+    }
+
+    /// Pauses the running VM and writes a snapshot of it into the new directory `dir`
+    /// (a host path). The VM stays paused; stop it afterwards.
+    async fn snapshot(&mut self, dir: &std::path::Path) -> Result<(), HypervisorError> {
+        Err(HypervisorError::VmConfig {
+            what: format!(
+                "{} cannot take snapshots (no {})",
+                self.name(),
+                dir.display()
+            ),
+        })
+    }
 }

@@ -238,6 +238,12 @@ impl Hypervisor for Qemu {
     }
 
     async fn launch(&mut self, spec: &VmSpec) -> Result<Console, HypervisorError> {
+        if let Some(snapshot) = &spec.restore {
+            return Err(HypervisorError::Snapshot {
+                dir: snapshot.dir.clone(),
+                reason: "QEMU does not restore hull-vmm snapshots; templates need hull-vmm".into(),
+            });
+        }
         boot_files::check_kernel(&spec.kernel)?;
         boot_files::check_initrd(&spec.initrd)?;
         if spec.vsock {

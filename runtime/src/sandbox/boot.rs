@@ -102,6 +102,7 @@ pub(super) async fn run(
         vcpus: spec.vcpus,
         memory_mib: spec.memory_mib,
         vsock: true,
+        restore: None,
         devices: sandbox
             .share
             .iter()

@@ -16,6 +16,7 @@ fn spec(state_dir: &Path) -> VmSpec {
         vcpus: 2,
         memory_mib: 384,
         vsock: true,
+        restore: None,
         devices: Vec::new(),
     }
 }
