@@ -60,6 +60,18 @@ pub struct Config {
     pub jail: JailConfig,
     pub rootfs: RootfsConfig,
     pub pool: PoolConfig,
+    pub template: TemplateConfig,
+}
+
+/// VM templates (see `crate::template`; hull-vmm only): sandboxes start from a
+/// snapshot of a VM booted to "agent ready" instead of booting.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TemplateConfig {
+    /// Restore sandboxes from templates (building one on a key's first need).
+    pub enabled: bool,
+    /// Where templates live; `<runtime.cache_dir>/templates` when unset.
+    pub dir: Option<PathBuf>,
 }
 
 /// The warm pool (see `crate::pool`): VMs booted ahead of need, taken by new pods.
@@ -84,6 +96,14 @@ pub struct PoolClass {
 }
 
 impl Config {
+    /// `[template] dir`, or `<runtime.cache_dir>/templates`.
+    pub fn template_dir(&self) -> PathBuf {
+        self.template
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.runtime.cache_dir.join("templates"))
+    }
+
     /// Every VM size the pool keeps, with its count (the default size first; sizes of
     /// count 0 left out).
     pub fn pool_classes(&self) -> Vec<PoolClass> {

@@ -26,4 +26,5 @@ pub mod run;
 pub mod sandbox;
 pub mod shim;
 pub mod spec;
+pub mod template;
 pub mod uds_path;

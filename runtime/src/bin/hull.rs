@@ -93,6 +93,12 @@ enum Command {
         #[command(subcommand)]
         command: PoolCommand,
     },
+    /// VM templates (`[template]`, hull-vmm): snapshots of a VM booted to "agent
+    /// ready" that sandboxes start from.
+    Template {
+        #[command(subcommand)]
+        command: TemplateCommand,
+    },
     /// Measure hull.
     Bench {
         #[command(subcommand)]
@@ -245,6 +251,27 @@ enum PoolCommand {
     Drain {
         #[arg(long, default_value_t = 30.0)]
         timeout: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum TemplateCommand {
+    /// Build the template of a pod's VM under this config (of the config's size, or
+    /// the one given), unless it exists; print its digest.
+    Build {
+        #[arg(long)]
+        vcpus: Option<u32>,
+        #[arg(long)]
+        memory_mib: Option<u32>,
+    },
+    /// Every template: digest, VM size, kernel, when made, disk use.
+    Ls,
+    /// Remove a template by digest, or all of them.
+    Rm {
+        #[arg(required_unless_present = "all")]
+        digest: Option<String>,
+        #[arg(long, conflicts_with = "digest")]
+        all: bool,
     },
 }
 
@@ -455,6 +482,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Gc { dry_run, verbose } => gc(&config, *dry_run, *verbose),
         Command::Pool { command } => pool(&config, cli.config.as_deref(), command),
+        Command::Template { command } => template(&config, command).await,
         Command::Monitor { listen } => {
             let listener = monitor::bind(*listen).await?;
             let addr = listener.local_addr()?;
@@ -650,6 +678,65 @@ async fn debug_exec(config: &Config, a: &DebugExecArgs) -> ExitCode {
 
 /// `hull gc`: one line per orphan removed (or, with `--dry-run`, to remove); exits 1 if
 /// one could not be removed entirely.
+/// `hull template build|ls|rm`.
+async fn template(config: &Config, command: &TemplateCommand) -> Result<ExitCode> {
+    use hull_runtime::template::{self, TemplateStore};
+    let store = TemplateStore::new(config);
+    match command {
+        TemplateCommand::Build { vcpus, memory_mib } => {
+            let mut spec = hull_runtime::run::prepare::sandbox_spec(config, None, None, false);
+            if let Some(v) = vcpus {
+                spec.vcpus = *v;
+            }
+            if let Some(m) = memory_mib {
+                spec.memory_mib = *m;
+            }
+            let digest = template::build(config, &spec)
+                .await
+                .context("building the template")?;
+            println!("{digest}");
+        }
+        TemplateCommand::Ls => {
+            println!(
+                "{:<32}  {:>5}  {:>8}  {:>9}  {:<10}  KERNEL",
+                "DIGEST", "VCPUS", "MEM_MIB", "DISK_MIB", "CREATED"
+            );
+            for t in store.list()? {
+                let disk = t.disk_bytes as f64 / (1 << 20) as f64;
+                match &t.record {
+                    Some(r) => println!(
+                        "{:<32}  {:>5}  {:>8}  {:>9.1}  {:<10}  {}",
+                        t.digest,
+                        r.key.vcpus,
+                        r.key.memory_mib,
+                        disk,
+                        r.created,
+                        r.key.kernel.path.display()
+                    ),
+                    None => println!(
+                        "{:<32}  {:>5}  {:>8}  {:>9.1}  {:<10}  (incomplete: never used)",
+                        t.digest, "-", "-", disk, "-"
+                    ),
+                }
+            }
+        }
+        TemplateCommand::Rm { digest, all } => {
+            let digests: Vec<String> = if *all {
+                store.list()?.into_iter().map(|t| t.digest).collect()
+            } else {
+                digest.iter().cloned().collect()
+            };
+            for d in &digests {
+                store
+                    .remove(d)
+                    .with_context(|| format!("removing template {d}"))?;
+                println!("removed {d}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `hull pool status|fill|drain`.
 fn pool(config: &Config, config_path: Option<&Path>, command: &PoolCommand) -> Result<ExitCode> {
     use hull_runtime::pool;

@@ -171,7 +171,8 @@ pub async fn run(
             &hostname,
         )
         .await?;
-        // 3. VM and container
+        // 3. VM (from its template, if templates are on) and container
+        sandbox_spec.restore = crate::template::for_sandbox(config, &sandbox_spec).await;
         sandbox.start(config, &sandbox_spec).await?;
         sandbox.prepare_guest(&hostname).await?;
         let agent = sandbox.agent_or_err()?.clone();

@@ -50,6 +50,8 @@ pub struct BootReport {
     pub init: Option<Duration>,
     pub agent_ready: Duration,
     pub connected: Duration,
+    /// The template snapshot the VM was restored from (no kernel boot then).
+    pub restored_from: Option<std::path::PathBuf>,
 }
 
 impl BootReport {
@@ -71,8 +73,12 @@ impl BootReport {
             d.map(|d| format!("{:.3}", d.as_secs_f64()))
                 .unwrap_or_else(|| "-".into())
         };
+        let how = match &self.restored_from {
+            Some(dir) => format!(", restored from template {}", dir.display()),
+            None => String::new(),
+        };
         format!(
-            "ready in {:.3} s on {} (from launch: processes {} s, kernel {} s, init {} s, agent ready {} s, connected {} s)",
+            "ready in {:.3} s on {}{how} (from launch: processes {} s, kernel {} s, init {} s, agent ready {} s, connected {} s)",
             self.connected.as_secs_f64(),
             self.backend,
             s(Some(self.launched)),
@@ -84,17 +90,32 @@ impl BootReport {
     }
 }
 
+/// Boots the sandbox's VM: from its template snapshot when it has one (falling back
+/// to a cold boot if the restore fails), else from its kernel.
 pub(super) async fn run(
     sandbox: &mut Sandbox,
     config: &Config,
     spec: &SandboxSpec,
 ) -> Result<(), SandboxError> {
-    let state = sandbox.state.path().to_path_buf();
-    let sock_dir = sandbox.sock_dir();
-    let vm = VmSpec {
+    if let Some(snapshot) = spec.restore.clone() {
+        let dir = snapshot.dir.clone();
+        match restore(sandbox, config, spec, snapshot).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(template = %dir.display(), error = %e, "restoring the template failed; booting cold");
+                forget_failed_restore(sandbox).await;
+            }
+        }
+    }
+    cold(sandbox, config, spec).await
+}
+
+/// The VM description of `sandbox` as `spec` asks for it (not restored).
+fn vm_spec(sandbox: &Sandbox, spec: &SandboxSpec) -> VmSpec {
+    VmSpec {
         id: sandbox.id.clone(),
-        state_dir: state.clone(),
-        sock_dir: sock_dir.clone(),
+        state_dir: sandbox.state.path().to_path_buf(),
+        sock_dir: sandbox.sock_dir(),
         jail: sandbox.jail.clone(),
         kernel: spec.kernel.clone(),
         initrd: spec.initrd.clone(),
@@ -119,7 +140,112 @@ pub(super) async fn run(
                 })
             }))
             .collect(),
+    }
+}
+
+/// Starts the VM from `snapshot` (a template): no kernel boot and no announcement
+/// (the agent made it before the snapshot and listens), so the host connects at
+/// once, then gives the clone its own identity (entropy, clock, hostname).
+async fn restore(
+    sandbox: &mut Sandbox,
+    config: &Config,
+    spec: &SandboxSpec,
+    snapshot: crate::hypervisor::SnapshotFiles,
+) -> Result<(), SandboxError> {
+    let dir = snapshot.dir.clone();
+    let mut vm = vm_spec(sandbox, spec);
+    vm.restore = Some(snapshot);
+    let uds = vm.sock_dir.join(crate::hypervisor::VSOCK_SOCK);
+    let t0 = Instant::now();
+    sandbox.report = BootReport {
+        backend: sandbox.hypervisor.name(),
+        restored_from: Some(dir),
+        ..Default::default()
     };
+    let console = sandbox
+        .hypervisor
+        .launch(&vm)
+        .instrument(tracing::info_span!("vm_restore"))
+        .await?;
+    sandbox.report.launched = t0.elapsed();
+    sandbox.console = Some(console.clone());
+    sandbox.note_pids()?;
+    let limit = config.boot.agent_timeout();
+    let connect = async {
+        let agent = AgentClient::connect(&uds, config.boot.request_timeout()).await?;
+        agent.check().await?;
+        let boot_id = agent
+            .set_identity(&sandbox.id, &sandbox.id)
+            .instrument(tracing::info_span!("set_identity"))
+            .await?;
+        tracing::debug!(boot_id, "the clone has its identity");
+        Ok::<_, SandboxError>(agent)
+    }
+    .instrument(tracing::info_span!("agent_connect"));
+    let agent = tokio::select! {
+        agent = tokio::time::timeout(limit, connect) => agent.map_err(|_| SandboxError::Boot {
+            stage: BootStage::Connected,
+            message: format!("the restored agent did not answer within {:.1} s", limit.as_secs_f64()),
+            log: console.log_path().display().to_string(),
+            console: console.tail(),
+            diagnostics: String::new(),
+        })??,
+        status = sandbox.hypervisor.wait() => {
+            let status = status?;
+            return Err(SandboxError::Boot {
+                stage: BootStage::Connected,
+                message: format!("the restored VM stopped ({})", describe_status(&status)),
+                log: console.log_path().display().to_string(),
+                console: console.tail(),
+                diagnostics: sandbox.hypervisor.diagnostics(),
+            });
+        }
+    };
+    sandbox.report.agent_ready = t0.elapsed();
+    sandbox.report.connected = t0.elapsed();
+    finish(sandbox, config, agent);
+    Ok(())
+}
+
+/// After a failed restore: its processes stopped and its sockets gone, so a cold boot
+/// starts clean.
+async fn forget_failed_restore(sandbox: &mut Sandbox) {
+    if let Err(e) = sandbox.hypervisor.stop(Duration::from_millis(500)).await {
+        tracing::warn!(error = %e, "stopping the failed restore's processes");
+    }
+    sandbox.console = None;
+    sandbox.agent = None;
+    sandbox.report = BootReport::default();
+    let sock_dir = sandbox.sock_dir();
+    for name in [crate::hypervisor::VSOCK_SOCK, "virtiofsd.sock", "api.sock"] {
+        let _ = std::fs::remove_file(sock_dir.join(name));
+    }
+}
+
+/// The sandbox is up: counted in the node's boot histograms, its metrics kept, its
+/// agent connection held.
+fn finish(sandbox: &mut Sandbox, config: &Config, agent: AgentClient) {
+    tracing::info!(report = %sandbox.report.summary(), "sandbox ready");
+    let boot = sandbox.report.seconds();
+    if let Err(e) = crate::metrics::record_boot(&config.runtime.state_dir, &boot) {
+        tracing::warn!(error = %e, "this boot is not counted in the node's boot histograms");
+    }
+    sandbox.metrics = Some(crate::metrics::SandboxMetricsWriter::start(
+        sandbox.state.path(),
+        boot,
+        agent.latency().clone(),
+    ));
+    sandbox.agent = Some(agent);
+}
+
+/// Boots the VM's kernel and waits for its agent to announce itself and answer.
+async fn cold(
+    sandbox: &mut Sandbox,
+    config: &Config,
+    spec: &SandboxSpec,
+) -> Result<(), SandboxError> {
+    let vm = vm_spec(sandbox, spec);
+    let sock_dir = vm.sock_dir.clone();
     // Listen for the announcement before anything can send it.
     let uds = sock_dir.join(crate::hypervisor::VSOCK_SOCK);
     let announce = GuestListener::bind(&uds, hull_proto::ANNOUNCE_VSOCK_PORT)?;
@@ -212,17 +338,7 @@ pub(super) async fn run(
     .instrument(tracing::info_span!("agent_connect"))
     .await?;
     sandbox.report.connected = t0.elapsed();
-    tracing::info!(report = %sandbox.report.summary(), "sandbox ready");
-    let boot = sandbox.report.seconds();
-    if let Err(e) = crate::metrics::record_boot(&config.runtime.state_dir, &boot) {
-        tracing::warn!(error = %e, "this boot is not counted in the node's boot histograms");
-    }
-    sandbox.metrics = Some(crate::metrics::SandboxMetricsWriter::start(
-        &state,
-        boot,
-        agent.latency().clone(),
-    ));
-    sandbox.agent = Some(agent);
+    finish(sandbox, config, agent);
     Ok(())
 }
 

@@ -97,6 +97,9 @@ pub struct SandboxSpec {
     /// Attach a scratch disk ([`scratch`]) for the containers' writable layers, mounted
     /// by the agent at [`scratch::GUEST_DIR`].
     pub scratch_disk: bool,
+    /// Start from this template snapshot (see `crate::template`) instead of booting;
+    /// a restore that fails falls back to booting.
+    pub restore: Option<crate::hypervisor::SnapshotFiles>,
 }
 
 impl SandboxSpec {
@@ -113,6 +116,7 @@ impl SandboxSpec {
             id: None,
             nics: Vec::new(),
             scratch_disk: false,
+            restore: None,
         }
     }
 
@@ -304,6 +308,21 @@ impl Sandbox {
         }
         .write(self.state.path())?;
         Ok(())
+    }
+
+    /// Pauses the VM and writes a snapshot of it into the new directory `dir` (what a
+    /// template is made of). The VM stays paused: tear the sandbox down afterwards.
+    pub async fn snapshot_vm(
+        &mut self,
+        dir: &std::path::Path,
+    ) -> Result<(), crate::hypervisor::HypervisorError> {
+        // The host's connection goes first: the guest would keep it in the snapshot.
+        self.agent = None;
+        self.metrics = None;
+        self.hypervisor
+            .snapshot(dir)
+            .instrument(tracing::info_span!("vm_snapshot"))
+            .await
     }
 
     /// What cleaning up after this sandbox's owner needs (see [`leftovers`]).

@@ -443,6 +443,7 @@ async fn boot_steps(
             .ok_or_else(|| ShimError::internal("the sandbox has no share"))?
             .make_shared()
             .map_err(|e| ShimError::Internal(e.to_string()))?;
+        vm.restore = crate::template::for_sandbox(&config, &vm).await;
         sandbox.start(&config, &vm).await?;
     }
     let hostname: String = spec
