@@ -517,6 +517,90 @@ fn containerd_runs_hull_pods_on_hull_vmm_with_cgroup_v2_and_virtio_net() {
     c.assert_all(&text);
 }
 
+/// VM templates on hull-vmm with the real guest, one L1 boot (tests/nested/l1-template.sh):
+/// `hull template build` snapshots a VM booted to "agent ready" (root-owned 0600 files);
+/// two `hull run`s restore from it and run their container; each clone has its own
+/// random bytes, boot_id and the current clock (SetIdentity); a truncated template is
+/// rebuilt, not used; `rm --all` empties the store; nothing is left.
+#[test]
+fn templates_restore_real_guests_on_hull_vmm_in_the_nested_bed() {
+    let test = "templates_restore_real_guests_on_hull_vmm_in_the_nested_bed";
+    let Some((r, text)) = run_l1_script(test, bed_prerequisites(), "l1-template.sh") else {
+        return;
+    };
+    let mut c = Checks::new(&r);
+    c.expect_eq("hull template build", "build_rc", "0");
+    c.expect(
+        "the build prints the template's digest",
+        c.get("build_digest").len() == 32
+            && c.get("build_digest")
+                .chars()
+                .all(|ch| ch.is_ascii_hexdigit()),
+        "build_digest",
+    );
+    c.expect_eq("hull template ls lists it", "ls_has_digest", "1");
+    c.expect_eq(
+        "the snapshot's files are root's, 0600",
+        "template_files",
+        "state.json 600 0 memory 600 0",
+    );
+    c.expect_eq("the record is root's, 0600", "template_record", "600 0");
+    for n in ["1", "2"] {
+        let k = |s: &str| format!("clone{n}_{s}");
+        c.expect_eq("hull run from the template", &k("rc"), "0");
+        c.expect_eq("the sandbox was restored", &k("restored"), "1");
+        c.expect(
+            "the clone's clock is L1's",
+            match (
+                c.get(&k("time")).parse::<i64>(),
+                c.get(&k("l1_time")).parse::<i64>(),
+            ) {
+                (Ok(guest), Ok(l1)) => (l1 - guest).abs() <= 120,
+                _ => false,
+            },
+            &k("time"),
+        );
+        c.expect(
+            "the clone read 16 random bytes",
+            c.get(&k("random")).len() == 32,
+            &k("random"),
+        );
+    }
+    // Linux makes boot_id on its first read; nothing reads it before the template's
+    // snapshot, so each clone makes its own, after SetIdentity's reseed.
+    c.expect(
+        "each clone has a boot_id of its own",
+        c.get("clone1_boot_id").len() == 36
+            && c.get("clone2_boot_id").len() == 36
+            && !c.eq("clone2_boot_id", c.get("clone1_boot_id")),
+        "clone2_boot_id",
+    );
+    c.expect(
+        "each clone's random bytes are its own (entropy added, CRNG reseeded)",
+        c.get("clone1_random") != c.get("clone2_random"),
+        "clone2_random",
+    );
+    c.expect_eq("a run after the truncation", "truncated_rc", "0");
+    c.expect_eq("its output", "truncated_out", "after the truncation");
+    c.expect(
+        "the truncated template is named and rebuilt",
+        c.get("truncated_said").parse::<u32>().is_ok_and(|n| n >= 1),
+        "truncated_said",
+    );
+    c.expect_eq(
+        "the run restored from the rebuilt template",
+        "truncated_restored",
+        "1",
+    );
+    c.expect_eq("the rebuilt template is whole", "rebuilt_size_ok", "1");
+    c.expect_eq("hull template rm --all", "rm_rc", "0");
+    c.expect_eq("hull template ls: the header only", "ls_after_lines", "1");
+    c.expect_eq("no template left", "templates_left", "0");
+    c.expect_eq("no sandbox left", "left_sandboxes", "0");
+    c.expect_eq("no VM process left", "left_processes", "0");
+    c.assert_all(&text);
+}
+
 /// containerd and ctr on the host (L1 runs the host's binaries), or why not.
 fn containerd_prerequisites() -> Result<(), String> {
     for tool in ["containerd", "ctr"] {

@@ -110,7 +110,13 @@ pub fn restore(snapshot: LoadedSnapshot, config: VmConfig) -> Result<Vmm> {
         shared: config.shared_memory,
         hugepages: config.hugepages,
     };
+    let started = std::time::Instant::now();
     let memory = restore_guest_memory(config.mem_bytes(), backing, &snapshot.memory)?;
+    tracing::debug!(
+        shared = backing.shared,
+        ms = started.elapsed().as_millis() as u64,
+        "guest memory restored"
+    );
     let vm = Vm::new(&kvm, &memory)?;
     vm.restore_state(&snapshot.state.vm)?;
 

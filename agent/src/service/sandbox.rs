@@ -184,6 +184,8 @@ pub fn do_set_identity(
         nix::unistd::sethostname(&req.hostname)
             .map_err(|e| ServiceError::internal("sethostname", e))?;
     }
+    // Linux makes boot_id on its first read: read after the reseed, it is this
+    // clone's own (nothing reads it before a template's snapshot).
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();

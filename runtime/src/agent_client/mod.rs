@@ -321,7 +321,7 @@ impl AgentClient {
 
     /// SetIdentity: what makes a clone restored from a template its own VM (fresh
     /// entropy from the host's getrandom, the wall clock, the sandbox id and hostname).
-    /// Returns the guest's boot_id (shared by every clone of one template).
+    /// Returns the guest's boot_id (each clone's own: made on its first read).
     pub async fn set_identity(
         &self,
         sandbox_id: &str,

@@ -182,8 +182,13 @@ impl Jail {
                     let target = std::fs::read_link(host)
                         .map_err(JailError::io_failed("read the symlink", host))?;
                     let link = inside(&root, host)?;
-                    std::os::unix::fs::symlink(&target, &link)
-                        .map_err(JailError::io_failed("create the symlink", &link))?;
+                    // A second command for the same helper (a VM started again after
+                    // a failed restore) finds the link made by the first.
+                    let made = std::fs::read_link(&link).is_ok_and(|t| t == target);
+                    if !made {
+                        std::os::unix::fs::symlink(&target, &link)
+                            .map_err(JailError::io_failed("create the symlink", &link))?;
+                    }
                 }
                 Ok(m) if m.is_dir() => binds.push(bind(&root, host, host, true, false)?),
                 _ => {}

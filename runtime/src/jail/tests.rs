@@ -101,6 +101,19 @@ async fn a_jailed_process_sees_only_its_jail_as_the_sandbox_uid() {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(jail.sock_dir().join("s")).expect("file from the jail");
     assert_eq!(meta.uid(), uid);
+    // The same helper started again in the same jail (a VM booted cold after a failed
+    // restore) finds its root as the first left it.
+    let mut again = jail
+        .command("sh", Path::new("/bin/sh"), &[&file], Devices::Basic)
+        .expect("a second jailed command for the same helper");
+    again.args(["-c", "id -u"]);
+    let out = again.output().await.expect("run it again");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), uid.to_string());
 }
 
 #[test]

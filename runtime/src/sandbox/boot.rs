@@ -171,15 +171,34 @@ async fn restore(
     sandbox.console = Some(console.clone());
     sandbox.note_pids()?;
     let limit = config.boot.agent_timeout();
+    // The guest learns that its old connections are gone (vsock TRANSPORT_RESET) when
+    // it first runs, which may be just after the host's first connection is made: that
+    // one is then reset too. So a connection that fails is made again.
     let connect = async {
-        let agent = AgentClient::connect(&uds, config.boot.request_timeout()).await?;
-        agent.check().await?;
-        let boot_id = agent
-            .set_identity(&sandbox.id, &sandbox.id)
-            .instrument(tracing::info_span!("set_identity"))
-            .await?;
-        tracing::debug!(boot_id, "the clone has its identity");
-        Ok::<_, SandboxError>(agent)
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let tried = async {
+                let agent = AgentClient::connect(&uds, config.boot.request_timeout()).await?;
+                agent.check().await?;
+                let boot_id = agent
+                    .set_identity(&sandbox.id, &sandbox.id)
+                    .instrument(tracing::info_span!("set_identity"))
+                    .await?;
+                Ok::<_, SandboxError>((agent, boot_id))
+            }
+            .await;
+            match tried {
+                Ok((agent, boot_id)) => {
+                    tracing::debug!(boot_id, attempt, "the clone has its identity");
+                    return agent;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, attempt, "the restored agent's connection failed; again");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
     }
     .instrument(tracing::info_span!("agent_connect"));
     let agent = tokio::select! {
@@ -189,7 +208,7 @@ async fn restore(
             log: console.log_path().display().to_string(),
             console: console.tail(),
             diagnostics: String::new(),
-        })??,
+        })?,
         status = sandbox.hypervisor.wait() => {
             let status = status?;
             return Err(SandboxError::Boot {

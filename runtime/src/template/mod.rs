@@ -223,11 +223,27 @@ impl TemplateStore {
                 .map(Arc::new)
                 .map_err(io_error("opening", &path))
         };
-        Ok(Some(SnapshotFiles {
-            state: open("state.json")?,
-            memory: open("memory")?,
-            dir,
-        }))
+        let (state, memory) = match (open("state.json"), open("memory")) {
+            (Ok(s), Ok(m)) => (s, m),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(template = %digest, error = %e, "template damaged; rebuilding");
+                self.remove(&digest)?;
+                return Ok(None);
+            }
+        };
+        // What can be checked without hull-vmm (it checks the rest when it restores):
+        // a memory file of the VM's size.
+        let want = u64::from(key.memory_mib) << 20;
+        let len = memory.metadata().map(|m| m.len()).unwrap_or(0);
+        if len != want {
+            tracing::warn!(
+                template = %digest,
+                "template damaged: its memory file is {len} bytes, the VM has {want}; rebuilding"
+            );
+            self.remove(&digest)?;
+            return Ok(None);
+        }
+        Ok(Some(SnapshotFiles { state, memory, dir }))
     }
 
     /// Every template (complete or not) with what it takes on disk.

@@ -83,7 +83,10 @@ fn fake_template(store: &TemplateStore, key: &TemplateKey) -> String {
     let dir = store.snapshot_dir(&digest);
     std::fs::create_dir_all(&dir).expect("dir");
     std::fs::write(dir.join("state.json"), "{}").expect("state");
-    std::fs::write(dir.join("memory"), [0u8; 4096]).expect("memory");
+    let memory = std::fs::File::create(dir.join("memory")).expect("memory");
+    memory
+        .set_len(u64::from(key.memory_mib) << 20)
+        .expect("sparse memory file");
     let record = TemplateRecord {
         key: key.clone(),
         created: 1,
@@ -116,6 +119,19 @@ fn the_store_opens_only_complete_templates_of_the_exact_key() {
         listed[0].record.as_ref().map(|r| r.key.vcpus),
         Some(key.vcpus)
     );
+
+    // A memory file of another size (truncated): removed, to be rebuilt.
+    let memory = std::fs::OpenOptions::new()
+        .write(true)
+        .open(store.snapshot_dir(&digest).join("memory"))
+        .expect("memory");
+    memory.set_len(4096).expect("truncate");
+    assert!(store.open(&key).expect("open").is_none());
+    assert!(
+        !store.snapshot_dir(&digest).exists(),
+        "the damaged template is gone"
+    );
+    let digest = fake_template(&store, &key);
 
     // Without its record a template is incomplete: listed as such, never opened.
     std::fs::remove_file(store.record_path(&digest)).expect("rm record");

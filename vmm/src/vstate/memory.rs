@@ -50,6 +50,15 @@ pub fn create_guest_memory(size: u64, backing: MemoryBacking) -> Result<GuestMem
     } else {
         None
     };
+    map_guest_memory(size, backing, memfd)
+}
+
+/// Maps guest RAM: `memfd` (shared backing) or anonymous memory.
+fn map_guest_memory(
+    size: u64,
+    backing: MemoryBacking,
+    memfd: Option<Arc<File>>,
+) -> Result<GuestMemoryMmap> {
     let mut regions = Vec::new();
     let mut file_offset = 0u64;
     for (base, len) in ram_regions(size) {
@@ -112,7 +121,15 @@ pub fn restore_guest_memory(
     backing: MemoryBacking,
     file: &File,
 ) -> Result<GuestMemoryMmap> {
+    if backing.shared && !backing.hugepages {
+        // The kernel copies page cache to the memfd's pages: no page faults here (the
+        // guest faults in what it touches, as after a boot).
+        let memfd = create_memfd(size, false)?;
+        copy_data_extents(file, &memfd)?;
+        return map_guest_memory(size, backing, Some(Arc::new(memfd)));
+    }
     if backing.shared {
+        // hugetlbfs takes no write(2): copy through the mapping.
         let mem = create_guest_memory(size, backing)?;
         copy_file_into(&mem, file)?;
         return Ok(mem);
@@ -152,6 +169,49 @@ fn seek(file: &File, offset: u64, whence: libc::c_int) -> Option<u64> {
     // nothing else here relies on (reads use pread).
     let at = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
     u64::try_from(at).ok()
+}
+
+/// Copies the data extents of `from` into `to` at the same offsets (sendfile(2): in
+/// the kernel, holes skipped).
+fn copy_data_extents(from: &File, to: &File) -> Result<()> {
+    let len = from
+        .metadata()
+        .map_err(|e| Error::Memory(format!("memory file: {e}")))?
+        .len();
+    let mut at = 0u64;
+    while let Some(data) = seek(from, at, libc::SEEK_DATA).filter(|&d| d < len) {
+        let hole = seek(from, data, libc::SEEK_HOLE).unwrap_or(len).min(len);
+        let mut pos = data;
+        while pos < hole {
+            let copied = send_file(from, to, pos, hole - pos)
+                .map_err(|e| Error::Memory(format!("copying the memory file at {pos}: {e}")))?;
+            if copied == 0 {
+                return Err(Error::Memory(format!(
+                    "the memory file ended at {pos}, before {hole}"
+                )));
+            }
+            pos += copied;
+        }
+        at = hole;
+    }
+    Ok(())
+}
+
+/// One sendfile(2) of up to `count` bytes from `from` at `offset` to `to` at the same
+/// offset; returns how many were copied.
+fn send_file(from: &File, to: &File, offset: u64, count: u64) -> std::io::Result<u64> {
+    let bad = || std::io::Error::from(std::io::ErrorKind::InvalidInput);
+    let start = libc::off_t::try_from(offset).map_err(|_| bad())?;
+    // SAFETY: lseek on an fd `to` owns (its offset is where sendfile writes).
+    if unsafe { libc::lseek(to.as_raw_fd(), start, libc::SEEK_SET) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut in_offset = start;
+    let count = usize::try_from(count.min(1 << 30)).map_err(|_| bad())?;
+    // SAFETY: both fds are open (owned by `from` and `to`); `in_offset` is a valid
+    // off_t the call reads and updates; no memory of ours is written.
+    let n = unsafe { libc::sendfile(to.as_raw_fd(), from.as_raw_fd(), &mut in_offset, count) };
+    u64::try_from(n).map_err(|_| std::io::Error::last_os_error())
 }
 
 /// Copies the data extents of `file` into `mem` (file offsets map to the regions back
