@@ -117,6 +117,17 @@ impl AgentService for Rpc {
         .await
     }
 
+    async fn prepare_caches(
+        &self,
+        _ctx: &TtrpcContext,
+        req: PrepareCachesRequest,
+    ) -> ttrpc::Result<PrepareCachesResponse> {
+        handle("PrepareCaches", async {
+            container::do_prepare_caches(&req)
+        })
+        .await
+    }
+
     // ---- sandbox
     async fn destroy_sandbox(
         &self,

@@ -549,6 +549,11 @@ fn templates_restore_real_guests_on_hull_vmm_in_the_nested_bed() {
         let k = |s: &str| format!("clone{n}_{s}");
         c.expect_eq("hull run from the template", &k("rc"), "0");
         c.expect_eq("the sandbox was restored", &k("restored"), "1");
+        c.expect_eq(
+            "the template compiled the default seccomp profile: the clone does not",
+            &k("compiled"),
+            "0",
+        );
         c.expect(
             "the clone's clock is L1's",
             match (

@@ -220,6 +220,43 @@ fn create_error(id: &str, e: runner::RunError) -> ServiceError {
     }
 }
 
+/// Most profiles, and largest profile, PrepareCaches takes.
+const PREPARE_MAX_PROFILES: usize = 8;
+const PREPARE_MAX_PROFILE_BYTES: usize = 1 << 20;
+
+/// PrepareCaches: compiles each seccomp profile into the agent's cache, so that the
+/// first container with it does not wait for the compile.
+pub fn do_prepare_caches(
+    req: &PrepareCachesRequest,
+) -> Result<PrepareCachesResponse, ServiceError> {
+    let _span = info_span!("prepare_caches", profiles = req.seccomp_profiles.len()).entered();
+    if req.seccomp_profiles.len() > PREPARE_MAX_PROFILES {
+        return Err(ServiceError::InvalidArgument(format!(
+            "{} seccomp profiles, at most {PREPARE_MAX_PROFILES}",
+            req.seccomp_profiles.len()
+        )));
+    }
+    let mut compiled = 0u32;
+    for (i, text) in req.seccomp_profiles.iter().enumerate() {
+        if text.len() > PREPARE_MAX_PROFILE_BYTES {
+            return Err(ServiceError::InvalidArgument(format!(
+                "seccomp profile {i} is {} bytes, at most {PREPARE_MAX_PROFILE_BYTES}",
+                text.len()
+            )));
+        }
+        let profile: oci_spec::runtime::LinuxSeccomp = serde_json::from_str(text)
+            .map_err(|e| ServiceError::InvalidArgument(format!("seccomp profile {i}: {e}")))?;
+        crate::container::seccomp_bpf::compiled(&profile)
+            .map_err(|e| ServiceError::InvalidArgument(format!("seccomp profile {i}: {e}")))?;
+        compiled += 1;
+    }
+    info!(compiled, "caches prepared");
+    Ok(PrepareCachesResponse {
+        seccomp_compiled: compiled,
+        ..Default::default()
+    })
+}
+
 pub fn do_start_container(
     svc: &Service,
     req: &StartContainerRequest,
@@ -355,4 +392,30 @@ pub fn do_list_processes(
         resp.processes.push(info);
     }
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(profiles: &[&str]) -> PrepareCachesRequest {
+        PrepareCachesRequest {
+            seccomp_profiles: profiles.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn prepare_caches_compiles_each_profile_and_names_a_bad_one() {
+        let profile = r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdirat"],"action":"SCMP_ACT_ERRNO"}]}"#;
+        let reply = do_prepare_caches(&request(&[profile])).expect("compiled");
+        assert_eq!(reply.seccomp_compiled, 1);
+        let err = do_prepare_caches(&request(&[profile, "{not json"])).expect_err("bad JSON");
+        assert!(err.to_string().contains("seccomp profile 1"), "{err}");
+        let many = vec![profile; PREPARE_MAX_PROFILES + 1];
+        assert!(do_prepare_caches(&request(&many)).is_err());
+        let huge = "x".repeat(PREPARE_MAX_PROFILE_BYTES + 1);
+        let err = do_prepare_caches(&request(&[&huge])).expect_err("too large");
+        assert!(err.to_string().contains("at most"), "{err}");
+    }
 }

@@ -354,6 +354,27 @@ impl AgentClient {
         Ok(id.clone())
     }
 
+    /// PrepareCaches: the guest compiles each seccomp profile (OCI JSON) now.
+    /// Returns how many it holds compiled.
+    pub async fn prepare_caches(&self, seccomp_profiles: &[String]) -> Result<u32, AgentError> {
+        let req = hull_proto::PrepareCachesRequest {
+            seccomp_profiles: seccomp_profiles.to_vec(),
+            ..Default::default()
+        };
+        let reply = call!(self, prepare_caches, req)?;
+        if reply.seccomp_compiled as usize != seccomp_profiles.len() {
+            return Err(AgentError::BadReply {
+                rpc: "prepare_caches",
+                what: format!(
+                    "{} profiles compiled of {}",
+                    reply.seccomp_compiled,
+                    seccomp_profiles.len()
+                ),
+            });
+        }
+        Ok(reply.seccomp_compiled)
+    }
+
     pub async fn version(&self) -> Result<AgentVersion, AgentError> {
         let reply = call!(self, version, hull_proto::CheckRequest::new())?;
         let bad = |what: String| AgentError::BadReply {

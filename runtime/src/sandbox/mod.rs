@@ -310,6 +310,25 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Has the guest do now what a first container would wait for: compile
+    /// containerd's default seccomp profile (as hull's specs carry it) into the agent's
+    /// cache. For a VM that waits for its pod (a pool VM, a template before its
+    /// snapshot). A failure is only logged: the first container compiles it then.
+    pub async fn prepare_guest_caches(&self) {
+        let Some(agent) = self.agent.as_ref() else {
+            return;
+        };
+        let profile = crate::spec::default_seccomp_json();
+        match agent
+            .prepare_caches(&[profile])
+            .instrument(tracing::info_span!("prepare_caches"))
+            .await
+        {
+            Ok(n) => tracing::debug!(seccomp_profiles = n, "guest caches prepared"),
+            Err(e) => tracing::warn!(error = %e, "the guest's caches are not prepared"),
+        }
+    }
+
     /// Pauses the VM and writes a snapshot of it into the new directory `dir` (what a
     /// template is made of). The VM stays paused: tear the sandbox down afterwards.
     pub async fn snapshot_vm(

@@ -161,6 +161,7 @@ async fn boot(
         share.make_shared()?;
     }
     sandbox.start(config, &spec).await?;
+    sandbox.prepare_guest_caches().await;
     Ok(WarmSandbox {
         sandbox,
         spec,

@@ -232,6 +232,12 @@ pub fn generate(
 }
 
 /// The spec as runc reads it.
+/// containerd's default seccomp profile with hull's default capabilities, as the
+/// `linux.seccomp` JSON of the specs hull generates (what a guest may compile ahead).
+pub fn default_seccomp_json() -> String {
+    serde_json::to_string(&seccomp::default_profile(defaults::CAPABILITIES)).unwrap_or_default()
+}
+
 pub fn to_json(spec: &Spec) -> Result<Vec<u8>, SpecError> {
     serde_json::to_vec_pretty(spec).map_err(|e| SpecError::Build(e.to_string()))
 }

@@ -372,6 +372,8 @@ pub async fn build(config: &Config, spec: &SandboxSpec) -> Result<String, Templa
     let mut sandbox = Sandbox::create(&template_config, &template_spec, backend)?;
     let snapshot = async {
         sandbox.start(&template_config, &template_spec).await?;
+        // Every clone then finds the default seccomp profile compiled.
+        sandbox.prepare_guest_caches().await;
         sandbox.snapshot_vm(&store.snapshot_dir(&digest)).await?;
         Ok::<_, TemplateError>(())
     }
