@@ -38,6 +38,32 @@ fn hull_vmm_bin(test: &str) -> Option<PathBuf> {
     None
 }
 
+/// The hull-vmm binary when this host can also run VMs, or why the test skips.
+fn hull_vmm_and_kvm(test: &str) -> Option<PathBuf> {
+    let bin = hull_vmm_bin(test)?;
+    let h = hull_vmm::host_support();
+    if !h.can_run_vms() {
+        println!("SKIP {test}: {}", h.summary());
+        return None;
+    }
+    Some(bin)
+}
+
+/// Dials guest port 1024 (the agent's) through the backend's hybrid socket `uds`, sends
+/// `msg` and reads back as many bytes.
+async fn echo(uds: &Path, msg: &[u8], limit: Duration) -> Result<Vec<u8>, String> {
+    let mut s = hybrid_vsock::connect(uds, hull_proto::AGENT_VSOCK_PORT, limit)
+        .await
+        .map_err(|e| e.to_string())?;
+    s.write_all(msg).await.map_err(|e| e.to_string())?;
+    let mut back = vec![0u8; msg.len()];
+    tokio::time::timeout(limit, s.read_exact(&mut back))
+        .await
+        .map_err(|_| "no echo".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(back)
+}
+
 fn backend(binary: &Path) -> Box<dyn Hypervisor> {
     Box::new(HullVmm::new(HullVmmConfig {
         binary: binary.to_path_buf(),
@@ -69,14 +95,9 @@ fn config_for(state: &TestState) -> Config {
 #[tokio::test]
 async fn a_kernel_hull_vmm_cannot_load_is_named_and_nothing_is_left() {
     let test = "a_kernel_hull_vmm_cannot_load_is_named_and_nothing_is_left";
-    let Some(bin) = hull_vmm_bin(test) else {
+    let Some(bin) = hull_vmm_and_kvm(test) else {
         return;
     };
-    let h = hull_vmm::host_support();
-    if !h.can_run_vms() {
-        println!("SKIP {test}: {}", h.summary());
-        return;
-    }
     let state = TestState::new();
     let config = config_for(&state);
     // ELF magic (passes the runtime's check), then garbage: hull-vmm's loader refuses it.
@@ -204,14 +225,9 @@ async fn jailed_hull_vmm_runs_the_guest_as_the_sandbox_uid() {
 }
 
 async fn echo_through_the_backend(test: &str, jailed: bool) {
-    let Some(bin) = hull_vmm_bin(test) else {
+    let Some(bin) = hull_vmm_and_kvm(test) else {
         return;
     };
-    let h = hull_vmm::host_support();
-    if !h.can_run_vms() {
-        println!("SKIP {test}: {}", h.summary());
-        return;
-    }
     let state = TestState::new();
     let guests = guests::build_guests(&state.path().join("guests")).expect("guests");
     let vm_dir = state.path().join("vms").join("guest");
@@ -298,16 +314,7 @@ async fn echo_through_the_backend(test: &str, jailed: bool) {
             "guest announced itself on {} (API {api})",
             announce.path().display()
         );
-        let mut s = hybrid_vsock::connect(&uds, hull_proto::AGENT_VSOCK_PORT, limit)
-            .await
-            .map_err(|e| e.to_string())?;
-        s.write_all(msg).await.map_err(|e| e.to_string())?;
-        let mut back = vec![0u8; msg.len()];
-        tokio::time::timeout(limit, s.read_exact(&mut back))
-            .await
-            .map_err(|_| "no echo".to_string())?
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(back)
+        echo(&uds, msg, limit).await
     };
     let outcome = tokio::select! {
         r = talk => Ok(r),
@@ -390,14 +397,9 @@ async fn echo_through_the_backend(test: &str, jailed: bool) {
 #[tokio::test]
 async fn a_jailed_clone_restored_from_a_snapshot_answers_through_the_backend() {
     let test = "a_jailed_clone_restored_from_a_snapshot_answers_through_the_backend";
-    let Some(bin) = hull_vmm_bin(test) else {
+    let Some(bin) = hull_vmm_and_kvm(test) else {
         return;
     };
-    let h = hull_vmm::host_support();
-    if !h.can_run_vms() {
-        println!("SKIP {test}: {}", h.summary());
-        return;
-    }
     let state = TestState::new();
     let guests = guests::build_guests(&state.path().join("guests")).expect("guests");
     let limit = Duration::from_secs(120);
@@ -474,18 +476,7 @@ async fn a_jailed_clone_restored_from_a_snapshot_answers_through_the_backend() {
     let console = clone.launch(&spec).await.expect("launch the clone");
     let uds = clone.vsock_uds().expect("vsock socket");
     let msg = b"ping the clone\n";
-    let talk = async {
-        let mut s = hybrid_vsock::connect(&uds, hull_proto::AGENT_VSOCK_PORT, limit)
-            .await
-            .map_err(|e| e.to_string())?;
-        s.write_all(msg).await.map_err(|e| e.to_string())?;
-        let mut back = vec![0u8; msg.len()];
-        tokio::time::timeout(limit, s.read_exact(&mut back))
-            .await
-            .map_err(|_| "no echo".to_string())?
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(back)
-    };
+    let talk = async { echo(&uds, msg, limit).await };
     let echoed = tokio::select! {
         r = talk => r,
         status = clone.wait() => Err(format!("the clone ended: {status:?}")),

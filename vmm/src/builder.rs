@@ -52,6 +52,18 @@ struct Parts {
     control: Arc<Control>,
 }
 
+impl Parts {
+    fn new(config: VmConfig, kvm: KvmContext, memory: GuestMemoryMmap, vm: Vm) -> Result<Parts> {
+        Ok(Parts {
+            config,
+            kvm,
+            memory,
+            vm,
+            control: Arc::new(Control::new()?),
+        })
+    }
+}
+
 pub fn build(config: VmConfig) -> Result<Vmm> {
     config.validate()?;
     let (mut kernel_file, mut initrd_file) = open_boot_files(&config)?;
@@ -78,13 +90,7 @@ pub fn build(config: VmConfig) -> Result<Vmm> {
         config.vcpus,
     )?;
 
-    let parts = Parts {
-        config,
-        kvm,
-        memory,
-        vm,
-        control: Arc::new(Control::new()?),
-    };
+    let parts = Parts::new(config, kvm, memory, vm)?;
     let (pio, serial) = attach_legacy(&parts, console.output, None)?;
     let (mmio, transports, events) = attach_virtio_devices(&parts, virtio, None)?;
     let mut vcpus = Vec::with_capacity(usize::from(parts.config.vcpus));
@@ -121,13 +127,7 @@ pub fn restore(snapshot: LoadedSnapshot, config: VmConfig) -> Result<Vmm> {
     vm.restore_state(&snapshot.state.vm)?;
 
     let virtio = open_virtio_devices(&config)?;
-    let parts = Parts {
-        config,
-        kvm,
-        memory,
-        vm,
-        control: Arc::new(Control::new()?),
-    };
+    let parts = Parts::new(config, kvm, memory, vm)?;
     let (pio, serial) = attach_legacy(&parts, console.output, snapshot.state.serial.as_ref())?;
     let saved = Some(snapshot.state.virtio.as_slice());
     let (mmio, transports, events) = attach_virtio_devices(&parts, virtio, saved)?;

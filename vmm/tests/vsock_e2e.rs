@@ -23,6 +23,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
+/// Connects to guest port 1024 through the hybrid socket `uds` with the runtime's
+/// client, sends `msg` and reads back as many bytes.
+async fn echo(uds: &std::path::Path, msg: &[u8]) -> Result<Vec<u8>, String> {
+    let mut s = hybrid_vsock::connect(uds, 1024, LIMIT)
+        .await
+        .map_err(|e| e.to_string())?;
+    s.write_all(msg).await.map_err(|e| e.to_string())?;
+    let mut back = vec![0u8; msg.len()];
+    tokio::time::timeout(LIMIT, s.read_exact(&mut back))
+        .await
+        .map_err(|_| "no echo".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(back)
+}
+
 #[test]
 fn guest_vsock_echo_through_the_runtime_client() {
     if !kvm_available("guest_vsock_echo_through_the_runtime_client") {
@@ -54,18 +69,7 @@ fn guest_vsock_echo_through_the_runtime_client() {
         .build()
         .expect("tokio");
     let msg = b"ping from the host\n";
-    let echoed = rt.block_on(async {
-        let mut s = hybrid_vsock::connect(&uds, 1024, LIMIT)
-            .await
-            .map_err(|e| e.to_string())?;
-        s.write_all(msg).await.map_err(|e| e.to_string())?;
-        let mut back = vec![0u8; msg.len()];
-        tokio::time::timeout(LIMIT, s.read_exact(&mut back))
-            .await
-            .map_err(|_| "no echo".to_string())?
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(back)
-    });
+    let echoed = rt.block_on(echo(&uds, msg));
     let outcome = rx.recv_timeout(LIMIT);
     handle.stop();
     let outcome = match outcome {
@@ -172,19 +176,7 @@ fn a_restored_guest_answers_on_its_own_vsock_socket() {
         .build()
         .expect("tokio");
     let msg = b"ping after the restore\n";
-    let uds = dir.join("clone.sock");
-    let echoed = rt.block_on(async {
-        let mut s = hybrid_vsock::connect(&uds, 1024, LIMIT)
-            .await
-            .map_err(|e| e.to_string())?;
-        s.write_all(msg).await.map_err(|e| e.to_string())?;
-        let mut back = vec![0u8; msg.len()];
-        tokio::time::timeout(LIMIT, s.read_exact(&mut back))
-            .await
-            .map_err(|_| "no echo".to_string())?
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(back)
-    });
+    let echoed = rt.block_on(echo(&dir.join("clone.sock"), msg));
     let outcome = rx.recv_timeout(LIMIT);
     handle.stop();
     let echoed = echoed.unwrap_or_else(|e| panic!("client: {e}; console: {}", console("clone")));

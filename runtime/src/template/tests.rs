@@ -87,17 +87,22 @@ fn fake_template(store: &TemplateStore, key: &TemplateKey) -> String {
     memory
         .set_len(u64::from(key.memory_mib) << 20)
         .expect("sparse memory file");
+    write_record(store, &digest, key);
+    digest
+}
+
+/// `D.json` for `key` under `digest`.
+fn write_record(store: &TemplateStore, digest: &str, key: &TemplateKey) {
     let record = TemplateRecord {
         key: key.clone(),
         created: 1,
         build_seconds: 0.5,
     };
     std::fs::write(
-        store.record_path(&digest),
+        store.record_path(digest),
         serde_json::to_vec(&record).expect("json"),
     )
     .expect("record");
-    digest
 }
 
 #[test]
@@ -142,16 +147,7 @@ fn the_store_opens_only_complete_templates_of_the_exact_key() {
     let digest = fake_template(&store, &key);
     let mut other = key.clone();
     other.vcpus += 7;
-    let record = TemplateRecord {
-        key: other,
-        created: 1,
-        build_seconds: 0.5,
-    };
-    std::fs::write(
-        store.record_path(&digest),
-        serde_json::to_vec(&record).expect("json"),
-    )
-    .expect("record");
+    write_record(&store, &digest, &other);
     assert!(store.open(&key).expect("open").is_none());
     assert!(
         !store.snapshot_dir(&digest).exists(),
