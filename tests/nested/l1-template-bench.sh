@@ -36,7 +36,7 @@ for r in $(seq 1 "$ROUNDS"); do
     e=$(date +%s.%N)
     run=$(echo "$e - $s" | bc)
     [ "$rc" = 0 ] || run=""
-    ready=$(sed -n 's/.*report=ready in \([0-9.]*\) s.*/\1/p' "$WORK/err" | head -1)
+    ready=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/err" | sed -n 's/.*report=ready in \([0-9.]*\) s.*/\1/p' | head -1)
     restored=$(grep -c 'restored from template' "$WORK/err")
     echo "round $r $mode: hull run true ${run:-FAILED} s, launch -> connected ${ready:-FAILED} s (restored: $restored)"
     echo "$mode ${run:-nan} ${ready:-nan}" >> "$WORK/rows"
@@ -66,9 +66,13 @@ for mode in cold restored; do
   kib=$(vm_pss_kib)
   echo "$PODS idle pods $mode: $up up, VM processes' Pss $kib KiB"
   echo "$mode $kib $up" >> "$WORK/pss"
-  for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null; done
+  # Two SIGINTs to each hull itself (the first goes to the container, whose PID 1
+  # ignores it; the second tears down), not through timeout(1), which may merge them.
+  hulls=()
+  for pid in "${pids[@]}"; do hulls+=("$(pgrep -P "$pid" -x hull || echo "$pid")"); done
+  for h in "${hulls[@]}"; do kill -INT "$h" 2>/dev/null; done
   sleep 1
-  for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null; done
+  for h in "${hulls[@]}"; do kill -INT "$h" 2>/dev/null; done
   wait
   rm -f "$WORK"/up*
 done
