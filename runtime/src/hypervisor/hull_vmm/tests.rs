@@ -159,7 +159,16 @@ fn command_line_runs_the_binary_on_the_description() {
         .get_args()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    assert_eq!(args, ["--config", "/run/hull/vms/a/hull-vmm.json"]);
+    // The API socket (snapshots) in the socket dir, whole when the path fits.
+    assert_eq!(
+        args,
+        [
+            "--config",
+            "/run/hull/vms/a/hull-vmm.json",
+            "--api-socket",
+            "/run/hull/vms/a/api.sock"
+        ]
+    );
 }
 
 fn backend(binary: &Path) -> HullVmm {
