@@ -64,6 +64,30 @@ async fn echo(uds: &Path, msg: &[u8], limit: Duration) -> Result<Vec<u8>, String
     Ok(back)
 }
 
+/// The VM of the freestanding guest `act=a` (announces itself, then echoes on 1024).
+fn guest_vm_spec(
+    id: &str,
+    dir: &Path,
+    sock_dir: &Path,
+    guests: &guests::Guests,
+    state: &TestState,
+) -> VmSpec {
+    VmSpec {
+        id: id.into(),
+        state_dir: dir.to_path_buf(),
+        sock_dir: sock_dir.to_path_buf(),
+        jail: None,
+        kernel: guests.elf64.clone(),
+        initrd: tiny_initrd(state.path()),
+        cmdline: "act=a".into(),
+        vcpus: 1,
+        memory_mib: 32,
+        vsock: true,
+        restore: None,
+        devices: Vec::new(),
+    }
+}
+
 fn backend(binary: &Path) -> Box<dyn Hypervisor> {
     Box::new(HullVmm::new(HullVmmConfig {
         binary: binary.to_path_buf(),
@@ -241,20 +265,8 @@ async fn echo_through_the_backend(test: &str, jailed: bool) {
     let sock_dir = jail
         .as_ref()
         .map_or_else(|| vm_dir.clone(), |j| j.sock_dir().to_path_buf());
-    let spec = VmSpec {
-        id: "guest".into(),
-        state_dir: vm_dir.clone(),
-        sock_dir: sock_dir.clone(),
-        jail: jail.clone(),
-        kernel: guests.elf64.clone(),
-        initrd: tiny_initrd(state.path()),
-        cmdline: "act=a".into(),
-        vcpus: 1,
-        memory_mib: 32,
-        vsock: true,
-        restore: None,
-        devices: Vec::new(),
-    };
+    let mut spec = guest_vm_spec("guest", &vm_dir, &sock_dir, &guests, &state);
+    spec.jail = jail.clone();
     // As the sandbox does: listen for the announcement before anything can send it.
     let uds_expected = sock_dir.join("vsock.sock");
     let announce = GuestListener::bind(&uds_expected, hull_proto::ANNOUNCE_VSOCK_PORT)
@@ -403,20 +415,8 @@ async fn a_jailed_clone_restored_from_a_snapshot_answers_through_the_backend() {
     let state = TestState::new();
     let guests = guests::build_guests(&state.path().join("guests")).expect("guests");
     let limit = Duration::from_secs(120);
-    let vm_spec = |id: &str, dir: &Path, sock_dir: &Path| VmSpec {
-        id: id.into(),
-        state_dir: dir.to_path_buf(),
-        sock_dir: sock_dir.to_path_buf(),
-        jail: None,
-        kernel: guests.elf64.clone(),
-        initrd: tiny_initrd(state.path()),
-        cmdline: "act=a".into(),
-        vcpus: 1,
-        memory_mib: 32,
-        vsock: true,
-        restore: None,
-        devices: Vec::new(),
-    };
+    let vm_spec =
+        |id: &str, dir: &Path, sock_dir: &Path| guest_vm_spec(id, dir, sock_dir, &guests, &state);
 
     // The template: boot, announce, snapshot, stop.
     let tpl_dir = state.path().join("vms").join("template");
