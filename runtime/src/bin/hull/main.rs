@@ -2,7 +2,7 @@
 //! runtime library (`hull_runtime`); this file only parses arguments, prints, and makes
 //! sure a Ctrl-C or SIGTERM tears everything down.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -14,6 +14,12 @@ use hull_runtime::run::exec::ExecOptions;
 use hull_runtime::run::{RunError, RunOptions, Signals};
 use hull_runtime::sandbox::{Sandbox, SandboxSpec};
 use hull_runtime::{bench, check, gc, hypervisor, image, inspect, monitor};
+
+mod pool;
+mod template;
+
+use pool::PoolCommand;
+use template::TemplateCommand;
 
 #[derive(Parser)]
 #[command(name = "hull", version, about = "Containers in microVMs")]
@@ -236,46 +242,6 @@ struct DebugExecArgs {
 }
 
 #[derive(Subcommand)]
-enum PoolCommand {
-    /// The pool's size and its VMs: idle (ready to be taken) or booting.
-    Status,
-    /// Start VMs until the pool has `[pool] size` (containerd's `start` does this after
-    /// every pod that takes one).
-    Fill {
-        /// Wait up to this many seconds for them to be ready, and fail if any is not.
-        #[arg(long)]
-        wait: Option<f64>,
-    },
-    /// Destroy every pool VM (idle ones at once; a keeper that does not stop within
-    /// the timeout is killed). VMs that pods took are not pool VMs any more.
-    Drain {
-        #[arg(long, default_value_t = 30.0)]
-        timeout: f64,
-    },
-}
-
-#[derive(Subcommand)]
-enum TemplateCommand {
-    /// Build the template of a pod's VM under this config (of the config's size, or
-    /// the one given), unless it exists; print its digest.
-    Build {
-        #[arg(long)]
-        vcpus: Option<u32>,
-        #[arg(long)]
-        memory_mib: Option<u32>,
-    },
-    /// Every template: digest, VM size, kernel, when made, disk use.
-    Ls,
-    /// Remove a template by digest, or all of them.
-    Rm {
-        #[arg(required_unless_present = "all")]
-        digest: Option<String>,
-        #[arg(long, conflicts_with = "digest")]
-        all: bool,
-    },
-}
-
-#[derive(Subcommand)]
 enum ImageCommand {
     /// Print where a named image lives (<cache_dir>/images/NAME).
     Path { name: String },
@@ -481,8 +447,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Gc { dry_run, verbose } => gc(&config, *dry_run, *verbose),
-        Command::Pool { command } => pool(&config, cli.config.as_deref(), command),
-        Command::Template { command } => template(&config, command).await,
+        Command::Pool { command } => pool::pool(&config, cli.config.as_deref(), command),
+        Command::Template { command } => template::template(&config, command).await,
         Command::Monitor { listen } => {
             let listener = monitor::bind(*listen).await?;
             let addr = listener.local_addr()?;
@@ -678,139 +644,6 @@ async fn debug_exec(config: &Config, a: &DebugExecArgs) -> ExitCode {
 
 /// `hull gc`: one line per orphan removed (or, with `--dry-run`, to remove); exits 1 if
 /// one could not be removed entirely.
-/// `hull template build|ls|rm`.
-async fn template(config: &Config, command: &TemplateCommand) -> Result<ExitCode> {
-    use hull_runtime::template::{self, TemplateStore};
-    let store = TemplateStore::new(config);
-    match command {
-        TemplateCommand::Build { vcpus, memory_mib } => {
-            let mut spec = hull_runtime::run::prepare::sandbox_spec(config, None, None, false);
-            if let Some(v) = vcpus {
-                spec.vcpus = *v;
-            }
-            if let Some(m) = memory_mib {
-                spec.memory_mib = *m;
-            }
-            let digest = template::build(config, &spec)
-                .await
-                .context("building the template")?;
-            println!("{digest}");
-        }
-        TemplateCommand::Ls => {
-            println!(
-                "{:<32}  {:>5}  {:>8}  {:>9}  {:<10}  KERNEL",
-                "DIGEST", "VCPUS", "MEM_MIB", "DISK_MIB", "CREATED"
-            );
-            for t in store.list()? {
-                let disk = t.disk_bytes as f64 / (1 << 20) as f64;
-                match &t.record {
-                    Some(r) => println!(
-                        "{:<32}  {:>5}  {:>8}  {:>9.1}  {:<10}  {}",
-                        t.digest,
-                        r.key.vcpus,
-                        r.key.memory_mib,
-                        disk,
-                        r.created,
-                        r.key.kernel.path.display()
-                    ),
-                    None => println!(
-                        "{:<32}  {:>5}  {:>8}  {:>9.1}  {:<10}  (incomplete: never used)",
-                        t.digest, "-", "-", disk, "-"
-                    ),
-                }
-            }
-        }
-        TemplateCommand::Rm { digest, all } => {
-            let digests: Vec<String> = if *all {
-                store.list()?.into_iter().map(|t| t.digest).collect()
-            } else {
-                digest.iter().cloned().collect()
-            };
-            for d in &digests {
-                store
-                    .remove(d)
-                    .with_context(|| format!("removing template {d}"))?;
-                println!("removed {d}");
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `hull pool status|fill|drain`.
-fn pool(config: &Config, config_path: Option<&Path>, command: &PoolCommand) -> Result<ExitCode> {
-    use hull_runtime::pool;
-    let state = &config.runtime.state_dir;
-    let seconds = |s: f64| {
-        std::time::Duration::try_from_secs_f64(s)
-            .map_err(|_| anyhow::anyhow!("{s} is not a number of seconds"))
-    };
-    match command {
-        PoolCommand::Status => {
-            let members = pool::members(state);
-            let idle = members.iter().filter(|m| m.idle).count();
-            let classes: Vec<String> = config
-                .pool_classes()
-                .iter()
-                .map(|c| format!("{} x {}x{}MiB", c.size, c.vcpus, c.memory_mib))
-                .collect();
-            println!(
-                "pool of {}: {idle} idle, {} booting",
-                if classes.is_empty() {
-                    "none".to_string()
-                } else {
-                    classes.join(", ")
-                },
-                members.len() - idle
-            );
-            for m in &members {
-                let what = if m.idle { "idle" } else { "booting" };
-                println!("{} {what} keeper {} {}", m.entry.id, m.pid, m.size);
-            }
-        }
-        PoolCommand::Fill { wait } => {
-            let classes = config.pool_classes();
-            if classes.is_empty() {
-                anyhow::bail!(
-                    "the config keeps no pool ([pool] size and every [[pool.class]] size are 0)"
-                );
-            }
-            let wanted: usize = classes.iter().map(|c| c.size as usize).sum();
-            let shim = shim_binary()?;
-            let started =
-                pool::fill(state, &classes, &shim, config_path).context("filling the pool")?;
-            println!("started {} pool VM(s)", started.len());
-            if let Some(wait) = wait {
-                let idle = pool::wait_ready(state, seconds(*wait)?);
-                println!("{idle} pool VM(s) idle");
-                if idle < wanted {
-                    anyhow::bail!(
-                        "only {idle} of {wanted} pool VMs are ready after {wait} s (their logs: {})",
-                        pool::dir(state).display()
-                    );
-                }
-            }
-        }
-        PoolCommand::Drain { timeout } => {
-            let stopped = pool::drain(state, seconds(*timeout)?);
-            println!("drained {stopped} pool VM(s)");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The shim binary: beside this one, else on PATH.
-fn shim_binary() -> Result<PathBuf> {
-    const SHIM: &str = "containerd-shim-hull-v2";
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join(SHIM)))
-        .filter(|p| p.is_file());
-    beside
-        .or_else(|| hull_runtime::host::find_binary(Path::new(SHIM)))
-        .ok_or_else(|| anyhow::anyhow!("{SHIM} is neither beside hull nor on PATH"))
-}
-
 fn gc(config: &Config, dry_run: bool, verbose: bool) -> Result<ExitCode> {
     let state = &config.runtime.state_dir;
     let collected = gc::collect(state, dry_run)
